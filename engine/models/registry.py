@@ -6,6 +6,7 @@ A builder is ``fn(num_classes: int, output_stride: int | None, **kw) -> nn.Modul
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,7 +14,7 @@ import torch.nn as nn
 
 from ..meta import IMAGENET, ModelMeta, Preprocessing
 
-__all__ = ["register", "list_models", "build_model", "model_spec", "ModelSpec"]
+__all__ = ["register", "list_models", "build_model", "builder_defaults", "model_spec", "ModelSpec"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,15 @@ def model_spec(name: str) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
 
 
+def builder_defaults(fn: Callable[..., nn.Module]) -> dict:
+    """The builder's keyword defaults (beyond num_classes/output_stride).
+
+    Recorded in ``meta.options`` so a checkpoint rebuilds the same module even if a default changes later.
+    """
+    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
+            if p.default is not inspect.Parameter.empty and p.name not in ("num_classes", "output_stride")}
+
+
 def build_model(name: str, *, num_classes: int = 21, output_stride: int | None = None,
                 class_names: list[str] | None = None, class_colors=None, **kw) -> nn.Module:
     """Build a randomly initialised model (eval mode) with ``model.meta`` attached.
@@ -65,9 +75,10 @@ def build_model(name: str, *, num_classes: int = 21, output_stride: int | None =
     if os_ not in spec.output_strides:
         raise ValueError(f"{name} supports output stride {spec.output_strides}, not {os_}")
     model = spec.builder(num_classes=num_classes, output_stride=os_, **kw)
+    options = {**builder_defaults(spec.builder), **kw}
     model.meta = ModelMeta(
-        arch=name, num_classes=num_classes, output_stride=os_, aux=bool(kw.get("aux", False)),
-        options={k: v for k, v in kw.items() if k not in ("aux", "pretrained_backbone")},
+        arch=name, num_classes=num_classes, output_stride=os_, aux=bool(options.pop("aux", False)),
+        options={k: v for k, v in options.items() if k != "pretrained_backbone"},
         class_names=list(class_names or []), class_colors=list(class_colors or []),
         preprocessing=spec.preprocessing, source_format="random")
     return model.eval()
