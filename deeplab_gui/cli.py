@@ -1,0 +1,306 @@
+"""The ``deeplab-gui`` command: one entry point, one subcommand per job (DESIGN §2).
+
+``deeplab-gui [FOLDER]`` opens the app; ``prelabel``, ``train``, ``export-voc`` and ``import-voc`` run
+without a display.  Only the GUI path imports Qt, and heavy modules (torch, the engine) are imported
+inside the commands that need them, so ``--help`` is instant.  Every failure ends with a non-zero
+exit status and one line on stderr; set ``DEEPLAB_GUI_DEBUG=1`` to get the traceback as well.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+__all__ = ["main", "build_parser", "CLIError", "COMMANDS"]
+
+PROG = "deeplab-gui"
+COMMANDS = ("gui", "prelabel", "train", "export-voc", "import-voc")
+EXIT_FAILURE = 1
+EXIT_USAGE = 2  # also "not available in this version", as argparse uses 2 for "cannot do that"
+
+
+class CLIError(Exception):
+    """A failure to report as one line on stderr, with ``code`` as the exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints usage plus the error and exits; we want exactly one line and to return a code.
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CLIError(f"{self.prog}: error: {message}", EXIT_USAGE)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("deeplab-gui")
+    except Exception:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Label images for semantic segmentation with DeepLab pre-labels, "
+                "a dense CRF and your corrections; export PASCAL VOC.",
+                epilog=f"'{PROG} FOLDER' is short for '{PROG} gui FOLDER'.")
+    p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    g = sub.add_parser("gui", help="open the app (the default command)", description="Open the app.")
+    g.add_argument("folder", nargs="?", help="image folder to open")
+    g.set_defaults(func=_cmd_gui)
+
+    pl = sub.add_parser("prelabel", help="predict masks for every image in a folder",
+                        description="Predict a class-index mask for every image in FOLDER.")
+    pl.add_argument("folder", metavar="FOLDER", help="folder of images")
+    pl.add_argument("--weights", metavar="CKPT|CATALOG_ID",
+                    help="checkpoint file (native .safetensors, torchvision, VainF or kazuto1011 .pth) or "
+                         "a weights catalog id")
+    pl.add_argument("--arch", metavar="NAME", help="architecture (registry name); detected from the "
+                                                   "checkpoint's keys when omitted")
+    pl.add_argument("--crf", action="store_true", help="refine each prediction with the dense CRF")
+    pl.add_argument("--out", metavar="DIR", help="write DIR/<image stem>.png (palette PNG, class "
+                                                 "indices, VOC colours)")
+    pl.add_argument("--device", default="auto", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, "
+                                                     "cuda:N or mps")
+    pl.add_argument("--max-side", type=int, default=None, metavar="N",
+                    help="cap on the longer side the network sees (default 1024); masks are always "
+                         "written at full size")
+    pl.add_argument("--recursive", action="store_true", help="include sub-folders (mirrored under DIR)")
+    pl.set_defaults(func=_cmd_prelabel)
+
+    t = sub.add_parser("train", help="fine-tune on the folder's corrected masks (not available yet)",
+                       description="Fine-tune the model on FOLDER's edited/reviewed masks.")
+    t.add_argument("folder", metavar="FOLDER")
+    t.add_argument("--weights", metavar="CKPT")
+    t.add_argument("--iterations", type=int, metavar="N")
+    t.add_argument("--crop", type=int, metavar="S")
+    t.add_argument("--out", metavar="CKPT")
+    t.set_defaults(func=_not_yet)
+
+    e = sub.add_parser("export-voc", help="export masks as a PASCAL VOC dataset (not available yet)",
+                       description="Export FOLDER's images and masks as a PASCAL VOC dataset in OUT.")
+    e.add_argument("folder", metavar="FOLDER")
+    e.add_argument("out", metavar="OUT")
+    e.set_defaults(func=_not_yet)
+
+    i = sub.add_parser("import-voc", help="import a PASCAL VOC dataset (not available yet)",
+                       description="Import the VOC dataset at VOCROOT into FOLDER.")
+    i.add_argument("vocroot", metavar="VOCROOT")
+    i.add_argument("folder", metavar="FOLDER")
+    i.set_defaults(func=_not_yet)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # `deeplab-gui` and `deeplab-gui FOLDER` mean the GUI; argparse cannot mix an optional positional
+    # with subcommands, so the default command is inserted here.
+    if not args_list or (args_list[0] not in COMMANDS and not args_list[0].startswith("-")):
+        args_list.insert(0, "gui")
+    try:
+        args = build_parser().parse_args(args_list)
+    except CLIError as exc:
+        _error_line(str(exc))
+        return exc.code
+    except SystemExit as exc:  # --help / --version
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+    try:
+        return int(args.func(args))
+    except CLIError as exc:
+        _error_line(f"{PROG} {args.command}: {exc}")
+        return exc.code
+    except KeyboardInterrupt:
+        _error_line(f"{PROG} {args.command}: interrupted")
+        return 130
+    except Exception as exc:  # last resort: still one line, never a traceback (unless debugging)
+        if os.environ.get("DEEPLAB_GUI_DEBUG"):
+            traceback.print_exc()
+        _error_line(f"{PROG} {args.command}: {type(exc).__name__}: {_one_line(exc)}")
+        return EXIT_FAILURE
+
+
+def _one_line(exc: BaseException | str) -> str:
+    return " ".join(str(exc).split())
+
+
+def _error_line(text: str) -> None:
+    print(_one_line(text), file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- commands
+def _cmd_gui(args: argparse.Namespace) -> int:
+    if args.folder is not None and not Path(args.folder).is_dir():
+        raise CLIError(f"{args.folder}: not a folder", EXIT_USAGE)
+    import importlib.util
+    # The app module (and with it Qt) is only imported on this path; until it exists, say so.
+    if importlib.util.find_spec(f"{__package__}.app") is None:
+        raise CLIError("the desktop app is not available in this version yet; "
+                       "use 'deeplab-gui prelabel' meanwhile", EXIT_USAGE)
+    app = importlib.import_module(f"{__package__}.app")
+    return int(app.main(args.folder))
+
+
+def _not_yet(args: argparse.Namespace) -> int:
+    raise CLIError(f"'{args.command}' is not available yet in this version", EXIT_USAGE)
+
+
+def _cmd_prelabel(args: argparse.Namespace) -> int:
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise CLIError(f"{folder}: not a folder", EXIT_USAGE)
+    if args.out is None:
+        raise CLIError("writing into the annotation store is not available yet; pass --out DIR to write "
+                       "mask PNGs", EXIT_USAGE)
+    if args.weights is None:
+        raise CLIError("--weights is required: a checkpoint file or a weights catalog id", EXIT_USAGE)
+    if args.max_side is not None and args.max_side < 16:
+        raise CLIError(f"--max-side must be at least 16, not {args.max_side}", EXIT_USAGE)
+    refine = _load_crf() if args.crf else None
+
+    from engine.imageio import list_images
+    out_dir = Path(args.out)
+    images = [p for p in list_images(folder, recursive=args.recursive) if not _is_inside(p, out_dir)]
+    if not images:
+        raise CLIError(f"{folder}: no images found", EXIT_FAILURE)
+    targets = _output_paths(images, folder, out_dir, args.recursive)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"{out_dir}: cannot create output folder ({exc.strerror or exc})") from None
+
+    model = _load_model(args.weights, args.arch)
+    from engine.predictor import DEFAULT_MAX_SIDE, Predictor
+    try:
+        predictor = Predictor(model, device=args.device, max_side=args.max_side or DEFAULT_MAX_SIDE)
+    except (ValueError, RuntimeError) as exc:
+        raise CLIError(_one_line(exc), EXIT_USAGE) from None
+    return _run_prelabel(predictor, targets, refine)
+
+
+def _run_prelabel(predictor: Any, targets: dict[Path, Path | None], refine: Any) -> int:
+    from tqdm import tqdm
+    from engine.masks import save_mask_png
+
+    colors = list(predictor.meta.class_colors)
+    todo = [p for p, out in targets.items() if out is not None]
+    skipped = len(targets) - len(todo)
+    written = 0
+    bar = tqdm(total=len(todo), file=sys.stderr, unit="img", desc="prelabel", dynamic_ncols=True)
+
+    def say(line: str) -> None:
+        bar.write(_one_line(line), file=sys.stderr)
+
+    for src, out in targets.items():
+        if out is None:
+            say(f"warning: {src}: another image already writes {src.stem}.png; skipped")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        # Predictor warnings (out-of-memory fallbacks) become one tidy line above the progress bar.
+        warnings.showwarning = lambda msg, *a, **k: say(f"warning: {msg}")
+        results = _crf_results(predictor, todo, refine) if refine else predictor.predict_many(todo, labels=True)
+        try:
+            for path, result in results:
+                if isinstance(result, Exception):
+                    say(f"warning: skipped {_one_line(result)}")
+                    skipped += 1
+                else:
+                    out = targets[Path(path)]
+                    assert out is not None
+                    try:
+                        out.parent.mkdir(parents=True, exist_ok=True)
+                        save_mask_png(out, result, colors=colors[:255])
+                        written += 1
+                    except (OSError, ValueError) as exc:
+                        say(f"warning: {out}: cannot write mask ({_one_line(exc)})")
+                        skipped += 1
+                bar.update(1)
+        finally:
+            bar.close()
+    print(f"prelabel: wrote {written} mask(s), skipped {skipped}", file=sys.stderr)
+    if written == 0:
+        raise CLIError("no image could be processed", EXIT_FAILURE)
+    return 0
+
+
+def _crf_results(predictor: Any, paths: list[Path], refine: Any) -> Iterator[tuple[Path, Any]]:
+    """(path, labels or error) like ``predict_many(labels=True)``, with the CRF between."""
+    import numpy as np
+    from engine.crf import CRFParams
+    from engine.imageio import read_image
+
+    params = CRFParams()
+    for path in paths:
+        try:
+            rgb = read_image(path)
+            probs = predictor.predict(rgb)
+            refined = refine(rgb, probs, params)
+            yield path, np.asarray(refined).argmax(0).astype(np.uint8)
+        except Exception as exc:  # reported per image; the folder goes on
+            yield path, exc
+
+
+def _load_crf() -> Any:
+    try:
+        from engine.crf import CRFParams, refine  # noqa: F401  (CRFParams is used per image)
+    except ImportError:
+        raise CLIError("--crf needs engine.crf.refine, which is not available in this version; run "
+                       "without --crf", EXIT_USAGE) from None
+    return refine
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _output_paths(images: list[Path], folder: Path, out_dir: Path, recursive: bool) -> dict[Path, Path | None]:
+    """Image -> DIR/<stem>.png (sub-folders mirrored when recursive); None for a name already taken
+    (``a.jpg`` and ``a.png`` side by side), so no mask silently overwrites another."""
+    taken: set[Path] = set()
+    mapping: dict[Path, Path | None] = {}
+    for img in images:
+        rel = img.relative_to(folder).with_suffix(".png") if recursive else Path(img.stem + ".png")
+        out = out_dir / rel
+        key = Path(os.path.normcase(str(out)))
+        mapping[img] = None if key in taken else out
+        taken.add(key)
+    return mapping
+
+
+def _resolve_weights(spec: str) -> Path:
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    looks_like_file = os.sep in spec or "/" in spec or path.suffix.lower() in (".pth", ".pt", ".safetensors", ".ckpt")
+    if looks_like_file:
+        raise CLIError(f"{spec}: no such checkpoint file", EXIT_USAGE)
+    try:
+        from engine.catalog import resolve_weights
+    except ImportError:
+        raise CLIError(f"{spec}: not a file, and the weights catalog is not available in this version",
+                       EXIT_USAGE) from None
+    try:
+        return Path(resolve_weights(spec))
+    except Exception as exc:  # unknown id, offline, hash mismatch: the catalog's message says which
+        raise CLIError(_one_line(exc)) from None
+
+
+def _load_model(spec: str, arch: str | None) -> Any:
+    path = _resolve_weights(spec)
+    from engine.checkpoints import load_model
+    try:
+        return load_model(path, arch=arch)
+    except (ValueError, KeyError, OSError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise CLIError(_one_line(msg)) from None

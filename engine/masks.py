@@ -1,0 +1,134 @@
+"""Label masks on disk: palette (P-mode) PNGs holding class indices, as PASCAL VOC stores them.
+
+A mask is an H×W uint8 array of class indices, 255 = void/unlabeled.  The PNG stores the indices
+themselves; the palette only makes them viewable.  Index 255 keeps VOC's void colour (224, 224, 192),
+which is what the standard VOC colour map gives for 255.  Writes are atomic: a crash mid-write leaves
+the previous file (or none), never a half-written PNG that would later read as a corrupt mask.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .meta import voc_colormap
+
+__all__ = ["VOID_INDEX", "VOID_COLOR", "mask_palette", "save_mask_png", "load_mask_png", "atomic_write_bytes"]
+
+VOID_INDEX = 255
+VOID_COLOR = (224, 224, 192)
+
+
+def mask_palette(colors: Sequence[Sequence[int]] | None = None) -> list[int]:
+    """A 768-entry flat RGB palette: VOC colours, overridden by ``colors`` for the first indices.
+
+    Index 255 is always the VOC void colour, even when ``colors`` has 256 entries, so void stays
+    recognisable in every viewer.
+    """
+    table = [tuple(c) for c in voc_colormap(256)]
+    if colors is not None:
+        colors = list(colors)
+        if len(colors) > 255:
+            raise ValueError(f"at most 255 class colours fit beside void, got {len(colors)}")
+        for i, c in enumerate(colors):
+            rgb = tuple(int(v) for v in c)
+            if len(rgb) != 3 or any(not 0 <= v <= 255 for v in rgb):
+                raise ValueError(f"colour {i} must be three values in 0..255, got {c!r}")
+            table[i] = rgb
+    table[VOID_INDEX] = VOID_COLOR
+    return [v for rgb in table for v in rgb]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, then ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable on POSIX; directories cannot be opened this way on Windows.
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_mask_png(path: str | os.PathLike, mask: np.ndarray,
+                  colors: Sequence[Sequence[int]] | None = None) -> None:
+    """Write an H×W uint8 class-index mask as a P-mode PNG with the VOC palette, atomically.
+
+    ``colors``: optional RGB per class index (e.g. ``model.meta.class_colors``); other indices keep
+    the VOC colour map and 255 the void colour.  Parent directories must exist.
+    """
+    m = np.asarray(mask)
+    if m.ndim != 2 or 0 in m.shape:
+        raise ValueError(f"mask must be a non-empty HxW array, got shape {m.shape}")
+    if m.dtype != np.uint8:
+        if not np.issubdtype(m.dtype, np.integer) or (m.size and (m.min() < 0 or m.max() > 255)):
+            raise ValueError(f"mask must hold class indices 0..255 (uint8), got {m.dtype}")
+        m = m.astype(np.uint8)
+    im = _as_palette(m)
+    im.putpalette(mask_palette(colors))
+    buf = io.BytesIO()
+    # compress_level 6: masks are mostly flat regions; higher levels cost time for a few bytes.
+    im.save(buf, format="PNG", compress_level=6)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _as_palette(m: np.ndarray) -> Image.Image:
+    # Image.fromarray(..., "P") would go through a quantising conversion; building from raw bytes
+    # keeps the indices exactly.
+    h, w = m.shape
+    return Image.frombuffer("P", (w, h), np.ascontiguousarray(m).tobytes(), "raw", "P", 0, 1)
+
+
+def load_mask_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a class-index mask PNG -> H×W uint8 (C-contiguous).
+
+    Accepts P-mode (indices, as VOC ``SegmentationClass`` stores them) and 8-bit greyscale ``L``
+    (some tools save raw indices that way).  RGB/RGBA colour masks are rejected: colours are not
+    indices, and guessing a colour->class mapping would silently mislabel pixels.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode not in ("P", "L"):
+                raise ValueError(
+                    f"{path}: mask must be a palette (P) or 8-bit greyscale PNG of class indices, "
+                    f"not mode {mode}; convert colour masks to indices first")
+            im.load()
+            arr = np.array(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such mask file") from None
+    except ValueError:
+        raise
+    except OSError as exc:
+        raise ValueError(f"{path}: unreadable mask PNG ({' '.join(str(exc).split())})") from None
+    return np.ascontiguousarray(arr)
