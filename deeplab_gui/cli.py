@@ -285,15 +285,16 @@ def _resolve_weights(spec: str) -> Path:
     looks_like_file = os.sep in spec or "/" in spec or path.suffix.lower() in (".pth", ".pt", ".safetensors", ".ckpt")
     if looks_like_file:
         raise CLIError(f"{spec}: no such checkpoint file", EXIT_USAGE)
+    from engine.catalog import resolve_weights
+    from engine.download import TqdmProgress
+
+    bar = TqdmProgress(f"downloading {spec}")
     try:
-        from engine.catalog import resolve_weights
-    except ImportError:
-        raise CLIError(f"{spec}: not a file, and the weights catalog is not available in this version",
-                       EXIT_USAGE) from None
-    try:
-        return Path(resolve_weights(spec))
+        return Path(resolve_weights(spec, progress=bar))
     except Exception as exc:  # unknown id, offline, hash mismatch: the catalog's message says which
         raise CLIError(_one_line(exc)) from None
+    finally:
+        bar.close()
 
 
 def _load_model(spec: str, arch: str | None) -> Any:
