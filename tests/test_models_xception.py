@@ -186,7 +186,7 @@ def test_parameter_count(model16):
 def test_separable_on_off(model16):
     dense = engine.build_model(ARCH, separable=False)
     assert _params(dense) == PARAMS_DENSE
-    assert dense.meta.options == {"separable": False}
+    assert dense.meta.options["separable"] is False
     sep_convs = [m for m in model16.classifier.modules() if isinstance(m, AtrousSeparableConvolution)]
     # Four k>1 convs in the head: three ASPP branches and the 304->256 decoder conv.
     assert len(sep_convs) == 4
