@@ -66,13 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "checkpoint's keys when omitted")
     pl.add_argument("--crf", action="store_true", help="refine each prediction with the dense CRF")
     pl.add_argument("--out", metavar="DIR", help="write DIR/<image stem>.png (palette PNG, class "
-                                                 "indices, VOC colours)")
+                                                 "indices, VOC colours); without it, masks and "
+                                                 "probabilities go into the folder's annotation store")
     pl.add_argument("--device", default="auto", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, "
                                                      "cuda:N or mps")
     pl.add_argument("--max-side", type=int, default=None, metavar="N",
                     help="cap on the longer side the network sees (default 1024); masks are always "
                          "written at full size")
     pl.add_argument("--recursive", action="store_true", help="include sub-folders (mirrored under DIR)")
+    pl.add_argument("--overwrite", action="store_true",
+                    help="without --out: also replace masks a person edited or reviewed (never by default)")
     pl.set_defaults(func=_cmd_prelabel)
 
     t = sub.add_parser("train", help="fine-tune on the folder's corrected masks (not available yet)",
@@ -84,17 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", metavar="CKPT")
     t.set_defaults(func=_not_yet)
 
-    e = sub.add_parser("export-voc", help="export masks as a PASCAL VOC dataset (not available yet)",
-                       description="Export FOLDER's images and masks as a PASCAL VOC dataset in OUT.")
+    e = sub.add_parser("export-voc", help="export masks as a PASCAL VOC dataset",
+                       description="Export FOLDER's edited and reviewed masks (and images) as a PASCAL VOC "
+                                   "dataset in OUT: JPEGImages/, SegmentationClass/, ImageSets/Segmentation/.")
     e.add_argument("folder", metavar="FOLDER")
     e.add_argument("out", metavar="OUT")
-    e.set_defaults(func=_not_yet)
+    e.add_argument("--include-prelabeled", action="store_true", help="also export masks nobody corrected")
+    e.add_argument("--void-border", type=int, default=0, metavar="N",
+                   help="mark N pixels along class boundaries as void (255), as VOC does (default 0)")
+    e.add_argument("--val-fraction", type=float, default=0.2, metavar="F", help="share of images in val.txt")
+    e.add_argument("--seed", type=int, default=0, help="seed of the deterministic train/val split")
+    e.set_defaults(func=lambda a: _store_cmd("cmd_export_voc", a))
 
-    i = sub.add_parser("import-voc", help="import a PASCAL VOC dataset (not available yet)",
-                       description="Import the VOC dataset at VOCROOT into FOLDER.")
+    i = sub.add_parser("import-voc", help="import a PASCAL VOC dataset",
+                       description="Import the VOC dataset at VOCROOT (images and P-mode or colour-coded "
+                                   "masks) into FOLDER and its annotation store.")
     i.add_argument("vocroot", metavar="VOCROOT")
     i.add_argument("folder", metavar="FOLDER")
-    i.set_defaults(func=_not_yet)
+    i.add_argument("--split", metavar="NAME", help="only the ids in ImageSets/Segmentation/NAME.txt")
+    i.add_argument("--overwrite", action="store_true", help="replace masks already edited or reviewed")
+    i.set_defaults(func=lambda a: _store_cmd("cmd_import_voc", a))
     return p
 
 
@@ -148,6 +160,11 @@ def _cmd_gui(args: argparse.Namespace) -> int:
     return int(app.main(args.folder))
 
 
+def _store_cmd(name: str, args: argparse.Namespace) -> int:
+    from . import cli_store
+    return int(getattr(cli_store, name)(args))
+
+
 def _not_yet(args: argparse.Namespace) -> int:
     raise CLIError(f"'{args.command}' is not available yet in this version", EXIT_USAGE)
 
@@ -156,14 +173,17 @@ def _cmd_prelabel(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     if not folder.is_dir():
         raise CLIError(f"{folder}: not a folder", EXIT_USAGE)
-    if args.out is None:
-        raise CLIError("writing into the annotation store is not available yet; pass --out DIR to write "
-                       "mask PNGs", EXIT_USAGE)
     if args.weights is None:
         raise CLIError("--weights is required: a checkpoint file or a weights catalog id", EXIT_USAGE)
     if args.max_side is not None and args.max_side < 16:
         raise CLIError(f"--max-side must be at least 16, not {args.max_side}", EXIT_USAGE)
     refine = _load_crf() if args.crf else None
+    if args.out is None:
+        from .cli_store import prelabel_into_store
+        checkpoint = _resolve_weights(args.weights)
+        predictor = _make_predictor(_load_model(str(checkpoint), args.arch), args)
+        return prelabel_into_store(folder, predictor, refine, checkpoint=checkpoint,
+                                   recursive=args.recursive, overwrite=args.overwrite)
 
     from engine.imageio import list_images
     out_dir = Path(args.out)
@@ -176,13 +196,16 @@ def _cmd_prelabel(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CLIError(f"{out_dir}: cannot create output folder ({exc.strerror or exc})") from None
 
-    model = _load_model(args.weights, args.arch)
+    predictor = _make_predictor(_load_model(args.weights, args.arch), args)
+    return _run_prelabel(predictor, targets, refine)
+
+
+def _make_predictor(model: Any, args: argparse.Namespace) -> Any:
     from engine.predictor import DEFAULT_MAX_SIDE, Predictor
     try:
-        predictor = Predictor(model, device=args.device, max_side=args.max_side or DEFAULT_MAX_SIDE)
+        return Predictor(model, device=args.device, max_side=args.max_side or DEFAULT_MAX_SIDE)
     except (ValueError, RuntimeError) as exc:
         raise CLIError(_one_line(exc), EXIT_USAGE) from None
-    return _run_prelabel(predictor, targets, refine)
 
 
 def _run_prelabel(predictor: Any, targets: dict[Path, Path | None], refine: Any) -> int:

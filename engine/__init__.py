@@ -15,6 +15,9 @@ from .masks import load_mask_png, save_mask_png
 from .meta import ModelMeta, Preprocessing
 from .models import build_model, list_models
 from .predictor import PredictionError, Predictor
+from .store import AnnotationStore
+from .storeformat import Status, StoreError
+from .voc import export_voc, import_voc
 
 __all__ = [
     "build_model", "list_models", "ModelMeta", "Preprocessing",
@@ -25,4 +28,5 @@ __all__ = [
     "DownloadCancelled",
     "Predictor", "PredictionError",
     "read_image", "ImageReadError", "to_rgb_uint8", "list_images", "save_mask_png", "load_mask_png",
+    "AnnotationStore", "Status", "StoreError", "export_voc", "import_voc",
 ]

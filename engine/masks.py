@@ -80,11 +80,13 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def save_mask_png(path: str | os.PathLike, mask: np.ndarray,
-                  colors: Sequence[Sequence[int]] | None = None) -> None:
+                  colors: Sequence[Sequence[int]] | None = None, *, compress_level: int = 6) -> None:
     """Write an H×W uint8 class-index mask as a P-mode PNG with the VOC palette, atomically.
 
     ``colors``: optional RGB per class index (e.g. ``model.meta.class_colors``); other indices keep
     the VOC colour map and 255 the void colour.  Parent directories must exist.
+    ``compress_level``: zlib level; 6 for files that are kept (exports), 1 for autosave of full-size
+    masks (about 40 ms instead of 95 ms at 4000×3000, for a file about twice as large).
     """
     m = np.asarray(mask)
     if m.ndim != 2 or 0 in m.shape:
@@ -96,8 +98,8 @@ def save_mask_png(path: str | os.PathLike, mask: np.ndarray,
     im = _as_palette(m)
     im.putpalette(mask_palette(colors))
     buf = io.BytesIO()
-    # compress_level 6: masks are mostly flat regions; higher levels cost time for a few bytes.
-    im.save(buf, format="PNG", compress_level=6)
+    # Masks are mostly flat regions: levels above 6 cost time for a few bytes.
+    im.save(buf, format="PNG", compress_level=compress_level)
     atomic_write_bytes(path, buf.getvalue())
 
 

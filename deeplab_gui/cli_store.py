@@ -1,0 +1,148 @@
+"""CLI commands that work on a folder's annotation store: ``prelabel`` without ``--out``,
+``export-voc`` and ``import-voc``.  No Qt; imported by :mod:`deeplab_gui.cli` only when needed."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["prelabel_into_store", "cmd_export_voc", "cmd_import_voc", "model_id"]
+
+
+def _cli_error(message: str, code: int = 1) -> Exception:
+    from .cli import CLIError
+    return CLIError(message, code)
+
+
+def _open_store(folder: str | Path, **kw: Any) -> Any:
+    from engine.storelock import StoreLockedError
+    from engine.store import AnnotationStore
+    from engine.storeformat import StoreError
+
+    try:
+        store = AnnotationStore.open(folder, **kw)
+    except StoreLockedError as exc:
+        raise _cli_error(f"{exc} (close the other deeplab-gui window first)") from None
+    except (StoreError, OSError) as exc:
+        raise _cli_error(f"{folder}: cannot open the annotation store ({exc})") from None
+    if store.notice:
+        print(f"note: {store.notice}", file=sys.stderr)
+    return store
+
+
+def model_id(checkpoint: Path, arch: str) -> str:
+    """Identifies the model a cached probability map came from: architecture + file content hash."""
+    h = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"{arch}:{h.hexdigest()[:16]}"
+
+
+def prelabel_into_store(folder: Path, predictor: Any, refine: Callable[..., Any] | None, *,
+                        checkpoint: Path, recursive: bool, overwrite: bool) -> int:
+    """Predict every image that has no person's mask; masks and probabilities go into the store.
+
+    Edited and reviewed masks are never replaced unless ``overwrite``.  Unreadable images are recorded
+    in the store with their reason and skipped.
+    """
+    import numpy as np
+    from tqdm import tqdm
+    from engine.imageio import ImageReadError, read_image
+
+    meta = predictor.meta
+    with _open_store(folder, recursive=recursive or None) as store:
+        if list(store.class_names) != list(meta.class_names):
+            raise _cli_error(
+                f"the folder's class list ({len(store.class_names)} classes: "
+                f"{', '.join(store.class_names[:4])}, ...) differs from the model's ({meta.num_classes}: "
+                f"{', '.join(meta.class_names[:4])}, ...); pre-label into --out DIR, or fine-tune a model "
+                "on this folder's classes")
+        ids = store.ids()
+        todo = [i for i in ids if store.needs_prelabel(i, overwrite=overwrite)]
+        protected = len(ids) - len(todo)
+        mid = model_id(checkpoint, meta.arch)
+        params = None
+        if refine is not None:
+            from engine.crf import CRFParams
+            params = CRFParams()
+        written = failed = 0
+        with tqdm(total=len(todo), file=sys.stderr, unit="img", desc="prelabel", dynamic_ncols=True) as bar:
+            for image_id in todo:
+                try:
+                    rgb = read_image(store.image_path(image_id))
+                    probs = predictor.predict(rgb)
+                    if refine is not None:
+                        probs = np.asarray(refine(rgb, probs, params), dtype=np.float32)
+                    labels = probs.argmax(0).astype(np.uint8)
+                    if store.save_prediction(image_id, labels, probs=probs, model_id=mid, overwrite=overwrite):
+                        written += 1
+                        store.record_error(image_id, None)
+                except ImageReadError as exc:
+                    store.record_error(image_id, exc.reason)
+                    bar.write(f"warning: skipped {exc}", file=sys.stderr)
+                    failed += 1
+                except Exception as exc:  # one bad image must not stop a folder of thousands
+                    bar.write(f"warning: {image_id}: {' '.join(str(exc).split())}", file=sys.stderr)
+                    failed += 1
+                bar.update(1)
+    print(f"prelabel: {written} pre-labeled, {protected} kept (edited/reviewed"
+          f"{'' if not overwrite else ', none: --overwrite'}), {failed} failed", file=sys.stderr)
+    if todo and written == 0:
+        raise _cli_error("no image could be processed")
+    return 0
+
+
+def cmd_export_voc(args: argparse.Namespace) -> int:
+    from engine.storeformat import StoreError
+    from engine.voc import export_voc
+
+    if not Path(args.folder).is_dir():
+        raise _cli_error(f"{args.folder}: not a folder", 2)
+    from tqdm import tqdm
+    bar = tqdm(file=sys.stderr, unit="img", desc="export-voc", dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+    try:
+        rep = export_voc(args.folder, args.out, include_prelabeled=args.include_prelabeled,
+                         void_border=args.void_border, val_fraction=args.val_fraction, seed=args.seed,
+                         progress=progress)
+    except (StoreError, OSError, ValueError) as exc:
+        raise _cli_error(" ".join(str(exc).split())) from None
+    finally:
+        bar.close()
+    for image_id, reason in rep.skipped:
+        print(f"warning: {image_id}: skipped ({reason})", file=sys.stderr)
+    print(f"export-voc: {len(rep.exported)} image(s) to {rep.out} (train {len(rep.train)}, val "
+          f"{len(rep.val)}), {len(rep.skipped)} skipped", file=sys.stderr)
+    if not rep.exported:
+        raise _cli_error("nothing to export: no edited or reviewed masks"
+                         + ("" if args.include_prelabeled else " (add --include-prelabeled for model masks)"))
+    return 0
+
+
+def cmd_import_voc(args: argparse.Namespace) -> int:
+    from engine.storeformat import StoreError
+    from engine.storelock import StoreLockedError
+    from engine.voc import import_voc
+
+    if not Path(args.vocroot).is_dir():
+        raise _cli_error(f"{args.vocroot}: not a folder", 2)
+    try:
+        Path(args.folder).mkdir(parents=True, exist_ok=True)
+        rep = import_voc(args.vocroot, args.folder, split=args.split, overwrite=args.overwrite)
+    except StoreLockedError as exc:
+        raise _cli_error(f"{exc} (close the other deeplab-gui window first)") from None
+    except (StoreError, OSError, ValueError) as exc:
+        raise _cli_error(" ".join(str(exc).split())) from None
+    for voc_id, reason in rep.skipped:
+        print(f"warning: {voc_id}: skipped ({reason})", file=sys.stderr)
+    print(f"import-voc: {len(rep.imported)} image(s) into {rep.folder}, {len(rep.skipped)} skipped",
+          file=sys.stderr)
+    if not rep.imported and rep.skipped:
+        raise _cli_error("nothing could be imported")
+    return 0

@@ -1,0 +1,444 @@
+"""The annotation store: class list, per-image status, user masks, cached probabilities, checkpoints.
+
+One store per image folder, in the sidecar folder ``<folder>/.deeplab-gui/`` (layout, formats and
+guarantees are documented in ``engine/STORE.md``).  Rules it keeps:
+
+- Every file write is atomic (temp file in the same folder, fsync, rename); a kill at any moment
+  leaves each mask as a complete old or new version.
+- A mask a person drew (status ``edited`` or ``reviewed``) is never replaced by a prediction unless
+  the caller passes ``overwrite=True``.  For user saves the status is committed *before* the mask
+  file is renamed into place, so no crash can leave a user's mask labelled as a prediction.
+- One instance per folder (:class:`~engine.storelock.InstanceLock`); ``read_only=True`` opens a
+  viewer that takes no lock and writes nothing.
+- A folder that cannot be written keeps its store under the user data dir; ``store.notice`` says so.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .imageio import ImageReadError, image_size
+from .masks import VOID_INDEX, atomic_write_bytes, load_mask_png, save_mask_png
+from .probcache import CachedProbs, ImageSignature, ProbCache
+from .scan import ScanResult, natural_key, scan_folder
+from .storeformat import (PROTECTED, LabelClass, MaskError, Status, StoreError, StoreWriteError, check_classes,
+                          check_id as _check_id, classes_to_json, default_classes, load_classes_file,
+                          locate_store, open_db, open_db_readonly, remove_orphan_temps, user_store_root,
+                          write_error as _write_error)
+from .storelock import InstanceLock, StoreLockedError
+
+__all__ = [
+    "AnnotationStore", "Status", "LabelClass", "StoreError", "StoreWriteError", "MaskError",
+    "StoreLockedError", "PROTECTED", "default_classes", "user_store_root",
+]
+
+DEFAULT_PROBS_BUDGET = 4 << 30  # bytes of cached probabilities kept before the least recently used go
+
+
+class AnnotationStore:
+    """The annotations of one image folder.  Open with :meth:`open`; close (or ``with``) when done.
+
+    Thread-safe: the GUI's autosave, a background pre-labelling worker and the UI may call it at once.
+    """
+
+    def __init__(self, folder: Path, root: Path, *, read_only: bool, notice: str | None,
+                 recursive: bool, probs_budget: int) -> None:
+        self.folder = folder
+        self.root = root
+        self.read_only = read_only
+        self.notice = notice
+        self.recursive = recursive
+        self.probs_budget = probs_budget
+        self._mutex = threading.RLock()
+        self._lock = InstanceLock(root / "lock", label=str(folder))
+        self._db: sqlite3.Connection | None = None
+        self._status: dict[str, Status] = {}
+        self._errors: dict[str, str] = {}
+        self._classes: list[LabelClass] = default_classes()
+        self._sizes: dict[str, tuple[int, int, int, int]] = {}  # id -> (bytes, mtime_ns, h, w)
+        self._probs = ProbCache(root / "probs", None, probs_budget)
+        self.scan_result: ScanResult | None = None
+
+    # ------------------------------------------------------------------ opening and closing
+    @classmethod
+    def open(cls, folder: str | os.PathLike, *, read_only: bool = False, recursive: bool | None = None,
+             scan: bool = True, probs_budget: int = DEFAULT_PROBS_BUDGET) -> "AnnotationStore":
+        """Open (creating if needed) the store of ``folder``.
+
+        Raises :class:`StoreLockedError` when another instance has it open (``read_only=True`` still
+        works then), ``NotADirectoryError``/``FileNotFoundError`` for a bad folder.
+        ``recursive``: include sub-folders; None keeps what the store used last time (default False).
+        ``scan``: list the folder's images now (else call :meth:`scan` later, e.g. off the UI thread).
+        """
+        folder = Path(folder).expanduser().resolve()
+        if not folder.is_dir():
+            raise (NotADirectoryError if folder.exists() else FileNotFoundError)(f"{folder}: not a folder")
+        root, notice = locate_store(folder, read_only=read_only)
+        store = cls(folder, root, read_only=read_only, notice=notice, recursive=bool(recursive),
+                    probs_budget=probs_budget)
+        try:
+            store._open(recursive)
+            if scan:
+                store.scan()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _open(self, recursive: bool | None) -> None:
+        if not self.read_only:
+            for sub in ("masks", "probs", "checkpoints"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+            origin = self.root / "folder.txt"
+            if self.root.parent != self.folder and not origin.exists():
+                atomic_write_bytes(origin, (str(self.folder) + "\n").encode())
+            remove_orphan_temps(self.root)  # we hold the lock: any temp file is a dead writer's
+        self._db = self._connect()
+        self._probs = ProbCache(self.root / "probs", None if self.read_only else self._db, self.probs_budget)
+        rows = self._db.execute("SELECT id, status, error FROM images").fetchall() if self._db else []
+        for image_id, status, error in rows:
+            try:
+                self._status[image_id] = Status(status)
+            except ValueError:
+                self._status[image_id] = Status.EDITED  # unknown value: protect it rather than drop it
+            if error:
+                self._errors[image_id] = error
+        self._classes, notice = load_classes_file(self.root / "classes.json", self._meta("classes"),
+                                                  repair=not self.read_only)
+        if notice:
+            self.notice = ((self.notice + "; ") if self.notice else "") + notice
+        if not self.read_only and not (self.root / "classes.json").exists():
+            self.set_classes(self._classes)  # so the file is there to read (and edit) from day one
+        saved = self._meta("recursive")
+        if recursive is None:
+            self.recursive = saved == "1"
+        elif not self.read_only and saved != ("1" if recursive else "0"):
+            self._set_meta("recursive", "1" if recursive else "0")
+
+    def _connect(self) -> sqlite3.Connection | None:
+        path = self.root / "store.db"
+        if self.read_only:
+            return open_db_readonly(path)
+        db, notice = open_db(path, self.root / "masks")
+        if notice:
+            self.notice = ((self.notice + "; ") if self.notice else "") + notice
+        return db
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._db is not None:
+                try:
+                    self._db.close()
+                finally:
+                    self._db = None
+            self._lock.release()
+
+    def __enter__(self) -> "AnnotationStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ small db helpers
+    def _meta(self, key: str) -> str | None:
+        if self._db is None:
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._exec("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, value), what="the store settings")
+
+    def _writable(self) -> sqlite3.Connection:
+        if self.read_only:
+            raise StoreError(f"{self.folder} is open read-only; nothing can be saved")
+        if self._db is None:
+            raise StoreError("the store is closed")
+        return self._db
+
+    def _exec(self, sql: str, args: tuple, *, what: str) -> None:
+        db = self._writable()
+        try:
+            db.execute(sql, args)
+        except sqlite3.OperationalError as exc:
+            full = "full" in str(exc).lower()
+            raise _write_error(OSError(errno.ENOSPC if full else errno.EIO, str(exc)), what) from exc
+
+    # ------------------------------------------------------------------ folder contents
+    def scan(self, *, cancel=None) -> ScanResult:
+        """(Re)list the folder's images (no decoding); ``ids()`` follows the result."""
+        result = scan_folder(self.folder, recursive=self.recursive, cancel=cancel)
+        self.scan_result = result
+        return result
+
+    def ids(self) -> list[str]:
+        """Image ids of the last scan, in natural order."""
+        return self.scan_result.ids() if self.scan_result is not None else []
+
+    def image_path(self, image_id: str) -> Path:
+        return self.folder / _check_id(image_id)
+
+    def known_ids(self) -> list[str]:
+        """Ids with a status other than unlabeled, including images no longer in the folder."""
+        return sorted(self._status, key=natural_key)
+
+    # ------------------------------------------------------------------ classes
+    @property
+    def classes(self) -> list[LabelClass]:
+        return list(self._classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self._classes]
+
+    @property
+    def class_colors(self) -> list[tuple[int, int, int]]:
+        return [c.color for c in self._classes]
+
+    def set_classes(self, classes: Sequence[LabelClass | tuple[str, Sequence[int]]], *,
+                    allow_shrink: bool = False) -> None:
+        """Replace the class list (names and colours, index order).
+
+        Shrinking the list would leave masks holding indices with no class; it needs
+        ``allow_shrink=True`` (those pixels then fail export until relabelled).
+        """
+        new = check_classes(classes)
+        if len(new) < len(self._classes) and not allow_shrink:
+            raise StoreError(f"the new list has {len(new)} classes, fewer than the {len(self._classes)} "
+                             f"masks may use; pass allow_shrink=True to do it anyway")
+        with self._mutex:
+            self._writable()
+            text = classes_to_json(new)
+            try:
+                atomic_write_bytes(self.root / "classes.json", text.encode("utf-8"))
+            except OSError as exc:
+                raise _write_error(exc, "the class list") from exc
+            self._set_meta("classes", text)  # backup, used if classes.json gets damaged
+            self._classes = new
+
+    # ------------------------------------------------------------------ status
+    def status(self, image_id: str) -> Status:
+        return self._status.get(image_id, Status.UNLABELED)
+
+    def statuses(self) -> dict[str, Status]:
+        """Status of every scanned image (unlabeled included)."""
+        return {i: self.status(i) for i in self.ids()}
+
+    def counts(self) -> dict[Status, int]:
+        out = {s: 0 for s in Status}
+        for s in self.statuses().values():
+            out[s] += 1
+        return out
+
+    def set_status(self, image_id: str, status: Status | str) -> None:
+        status = Status(status)
+        with self._mutex:
+            self._put_status(_check_id(image_id), status)
+
+    def _put_status(self, image_id: str, status: Status | None) -> None:
+        if status is None or status is Status.UNLABELED:
+            self._exec("DELETE FROM images WHERE id=?", (image_id,), what=f"the status of {image_id}")
+            self._status.pop(image_id, None)
+        else:
+            self._exec("INSERT INTO images VALUES(?, ?, ?, NULL) ON CONFLICT(id) DO UPDATE SET "
+                       "status=excluded.status, updated=excluded.updated",
+                       (image_id, status.value, time.time()), what=f"the status of {image_id}")
+            self._status[image_id] = status
+
+    def error(self, image_id: str) -> str | None:
+        """Why the image could not be read last time, if it could not."""
+        return self._errors.get(image_id)
+
+    def record_error(self, image_id: str, reason: str | None) -> None:
+        """Remember (or with None, forget) why an image is unreadable, so lists can show it."""
+        with self._mutex:
+            if self.read_only:
+                return
+            if reason is None:
+                self._errors.pop(image_id, None)
+                self._exec("UPDATE images SET error=NULL WHERE id=?", (image_id,), what="an error note")
+                return
+            self._errors[image_id] = reason
+            status = self.status(image_id)
+            self._exec("INSERT INTO images VALUES(?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET error=?",
+                       (image_id, status.value, time.time(), reason, reason), what="an error note")
+            self._status.setdefault(image_id, status)
+
+    # ------------------------------------------------------------------ masks
+    def mask_path(self, image_id: str) -> Path:
+        return self.root / "masks" / (_check_id(image_id) + ".png")
+
+    def has_mask(self, image_id: str) -> bool:
+        return self.mask_path(image_id).exists()
+
+    def load_mask(self, image_id: str) -> np.ndarray | None:
+        """The stored H×W uint8 mask (255 void), or None when there is none.
+
+        Raises :class:`StoreError` naming the file when it exists but cannot be read.
+        """
+        path = self.mask_path(image_id)
+        try:
+            return load_mask_png(path)
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise StoreError(f"the mask of {image_id} is unreadable: {exc}") from None
+
+    def validate_mask(self, image_id: str, mask: np.ndarray) -> np.ndarray:
+        """Check shape (that of the image, EXIF-rotated) and class indices; returns it as uint8."""
+        m = np.asarray(mask)
+        if m.ndim != 2 or 0 in m.shape:
+            raise MaskError(f"mask for {image_id} must be a non-empty HxW array, got shape {m.shape}")
+        if m.dtype != np.uint8:
+            if not np.issubdtype(m.dtype, np.integer):
+                raise MaskError(f"mask for {image_id} must hold integer class indices, got {m.dtype}")
+            if m.min() < 0 or m.max() > 255:
+                raise MaskError(f"mask for {image_id} has values outside 0..255")
+            m = m.astype(np.uint8)
+        size = self._image_hw(image_id)
+        if size is not None and tuple(m.shape) != size:
+            raise MaskError(f"mask for {image_id} is {m.shape[1]}x{m.shape[0]} but the image is "
+                            f"{size[1]}x{size[0]}; nothing was saved")
+        n = len(self._classes)
+        # Two counting passes (a few ms at 12 Mpx) instead of building a boolean mask of offenders.
+        if n < VOID_INDEX and np.count_nonzero(m >= n) > np.count_nonzero(m == VOID_INDEX):
+            bad = np.unique(m[(m >= n) & (m != VOID_INDEX)])
+            if bad.size:
+                raise MaskError(f"mask for {image_id} uses class index {int(bad[0])} but the class list "
+                                f"has {n} classes (0..{n - 1}, 255 void); nothing was saved")
+        return m
+
+    def _image_hw(self, image_id: str) -> tuple[int, int] | None:
+        path = self.image_path(image_id)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # image gone: keep the user's mask rather than refuse it
+        cached = self._sizes.get(image_id)
+        if cached and cached[:2] == (st.st_size, st.st_mtime_ns):
+            return cached[2:]
+        try:
+            w, h = image_size(path)
+        except ImageReadError:
+            return None
+        self._sizes[image_id] = (st.st_size, st.st_mtime_ns, h, w)
+        return (h, w)
+
+    def save_mask(self, image_id: str, mask: np.ndarray, *, status: Status | str | None = None) -> None:
+        """Save a person's mask (cheap enough to call on every autosave tick).
+
+        ``status``: None means ``edited`` (``reviewed`` stays ``reviewed``).  Raises
+        :class:`MaskError` for a mask that does not fit, :class:`StoreWriteError` when the disk
+        refuses; in both cases the previous mask on disk is untouched.
+        """
+        m = self.validate_mask(image_id, mask)
+        with self._mutex:
+            self._writable()
+            old = self.status(image_id)
+            new = Status(status) if status is not None else (
+                Status.REVIEWED if old is Status.REVIEWED else Status.EDITED)
+            path = self.mask_path(image_id)
+            # Status first: a kill between the two steps leaves "edited" on an older mask, which is
+            # harmless; the other order could leave a person's mask marked as a prediction.
+            if new is not old:  # autosaves of an edited mask cost no database commit
+                self._put_status(image_id, new)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_mask_png(path, m, self.class_colors, compress_level=1)
+            except OSError as exc:
+                if new is not old:
+                    try:
+                        self._put_status(image_id, old)
+                    except StoreError:
+                        pass
+                raise _write_error(exc, f"the mask of {image_id}") from exc
+
+    def needs_prelabel(self, image_id: str, *, overwrite: bool = False) -> bool:
+        """Whether a pre-label run should predict this image (False for a person's mask)."""
+        return overwrite or self.status(image_id) not in PROTECTED
+
+    def save_prediction(self, image_id: str, mask: np.ndarray, *, probs: np.ndarray | None = None,
+                        model_id: str = "", overwrite: bool = False) -> bool:
+        """Store a model's mask (and optionally its probabilities) as ``prelabeled``.
+
+        Returns False, writing nothing, when the image holds an edited or reviewed mask and
+        ``overwrite`` is False.  This is what ``deeplab-gui prelabel FOLDER`` (no ``--out``) calls.
+        """
+        m = self.validate_mask(image_id, mask)
+        with self._mutex:
+            self._writable()
+            if not self.needs_prelabel(image_id, overwrite=overwrite):
+                return False
+            path = self.mask_path(image_id)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_mask_png(path, m, self.class_colors, compress_level=1)
+            except OSError as exc:
+                raise _write_error(exc, f"the prediction for {image_id}") from exc
+            if self.status(image_id) is not Status.PRELABELED:
+                self._put_status(image_id, Status.PRELABELED)
+        if probs is not None:
+            self.save_probs(image_id, probs, model_id=model_id)
+        return True
+
+    def delete_mask(self, image_id: str) -> None:
+        """Remove the mask and reset the status to unlabeled."""
+        with self._mutex:
+            self._put_status(_check_id(image_id), Status.UNLABELED)
+            try:
+                self.mask_path(image_id).unlink()
+            except FileNotFoundError:
+                pass
+
+    # ------------------------------------------------------------------ probability cache
+    def probs_path(self, image_id: str) -> Path:
+        return self._probs.path(_check_id(image_id))
+
+    def save_probs(self, image_id: str, probs: np.ndarray, *, model_id: str,
+                   signature: ImageSignature | None = None) -> None:
+        """Cache C×H×W probabilities for ``image_id``; ``signature`` defaults to the image's stat now."""
+        with self._mutex:
+            self._writable()
+            sig = signature or ImageSignature.of(self.image_path(image_id))
+            try:
+                self._probs.save(image_id, probs, model_id=model_id, signature=sig)
+            except (OSError, sqlite3.OperationalError) as exc:
+                err = exc if isinstance(exc, OSError) else OSError(errno.EIO, str(exc))
+                raise _write_error(err, f"the probabilities of {image_id}") from exc
+
+    def load_probs(self, image_id: str, model_id: str | None = None) -> CachedProbs | None:
+        """Fresh cached probabilities (same image bytes/mtime, same model if given), else None."""
+        with self._mutex:
+            return self._probs.load(_check_id(image_id), image_path=self.image_path(image_id),
+                                    model_id=model_id)
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    def new_checkpoint_path(self, stem: str = "finetune", suffix: str = ".safetensors") -> Path:
+        """A fresh, unused path ``checkpoints/<stem>-vNNN<suffix>`` (versions count up)."""
+        stem = re.sub(r"[^\w.-]+", "_", stem) or "finetune"
+        taken = [int(m.group(1)) for p in self.list_checkpoints()
+                 if (m := re.fullmatch(re.escape(stem) + r"-v(\d+)", p.stem))]
+        return self.checkpoints_dir / f"{stem}-v{max(taken, default=0) + 1:03d}{suffix}"
+
+    def list_checkpoints(self) -> list[Path]:
+        """Fine-tuned checkpoints in the store, oldest first."""
+        d = self.checkpoints_dir
+        if not d.is_dir():
+            return []
+        files = [p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")]
+        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, natural_key(p.name)))
+
+

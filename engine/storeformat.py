@@ -1,0 +1,264 @@
+"""The store's on-disk formats and vocabulary: status values, class list JSON, the sqlite database.
+
+Kept apart from :mod:`engine.store` (the behaviour) so the formats documented in ``engine/STORE.md``
+can be read in one place.  Nothing here takes locks or decides policy.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Sequence
+
+
+from .masks import atomic_write_bytes
+from .meta import VOC_CLASSES, voc_colormap
+from .scan import SIDECAR_NAME
+
+__all__ = [
+    "Status", "PROTECTED", "LabelClass", "default_classes", "check_classes", "classes_to_json",
+    "classes_from_json", "StoreError", "StoreWriteError", "MaskError", "write_error", "check_id",
+    "open_db", "open_db_readonly", "SCHEMA_VERSION", "locate_store", "user_store_root", "load_classes_file",
+    "remove_orphan_temps",
+]
+
+SCHEMA_VERSION = 1
+
+
+class Status(str, Enum):
+    UNLABELED = "unlabeled"
+    PRELABELED = "prelabeled"   # mask came from a model (maybe CRF-refined); nobody touched it
+    EDITED = "edited"           # a person changed the mask
+    REVIEWED = "reviewed"       # a person accepted the mask as final
+
+
+# Masks in these states are a person's work: predictions never replace them unless asked to.
+PROTECTED = frozenset({Status.EDITED, Status.REVIEWED})
+
+
+@dataclass(frozen=True)
+class LabelClass:
+    name: str
+    color: tuple[int, int, int]
+
+
+def default_classes() -> list[LabelClass]:
+    """PASCAL VOC's 21 classes with the standard VOC colour map."""
+    return [LabelClass(n, c) for n, c in zip(VOC_CLASSES, voc_colormap(len(VOC_CLASSES)))]
+
+
+class StoreError(Exception):
+    """Anything the store refuses or fails to do; ``str(err)`` is a sentence for the user."""
+
+
+class StoreWriteError(StoreError, OSError):
+    """A write failed (disk full, permissions, I/O error); the previous version on disk is intact."""
+
+
+class MaskError(StoreError, ValueError):
+    """A mask that does not fit its image or the class list; nothing was written."""
+
+
+def write_error(exc: OSError, what: str) -> StoreWriteError:
+    """Turn an OSError from a write into a :class:`StoreWriteError` a user can act on."""
+    reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EROFS: "the disk is read-only", errno.EACCES: "permission denied",
+              errno.EPERM: "permission denied"}.get(exc.errno, exc.strerror or str(exc))
+    err = StoreWriteError(f"could not save {what}: {reason}; the previous version on disk is kept, "
+                          f"free space or fix the problem and save again")
+    err.errno = exc.errno
+    return err
+
+
+def check_id(image_id: str) -> str:
+    """An image id is a relative POSIX path inside the folder; refuse anything that could escape it."""
+    parts = image_id.split("/") if isinstance(image_id, str) else [""]
+    if (not image_id or image_id.startswith("/") or "\\" in image_id or "\0" in image_id
+            or any(p in ("", ".", "..") for p in parts) or parts[0].startswith(".")):
+        raise StoreError(f"invalid image id {image_id!r}: must be a relative path inside the folder")
+    return image_id
+
+
+# ---------------------------------------------------------------------------- class list
+def check_classes(classes: Sequence[LabelClass | tuple[str, Sequence[int]]]) -> list[LabelClass]:
+    """Normalise and validate a class list: 1..255 entries, unique non-empty names, RGB colours."""
+    out = []
+    for c in classes:
+        name, color = (c.name, c.color) if isinstance(c, LabelClass) else (c[0], c[1])
+        color = tuple(int(v) for v in color)
+        if len(color) != 3 or not all(0 <= v <= 255 for v in color):
+            raise StoreError(f"class {name!r}: a colour must be three values in 0..255, got {color}")
+        out.append(LabelClass(str(name).strip(), color))
+    if not 1 <= len(out) <= 255:
+        raise StoreError(f"a class list needs 1 to 255 classes (index 255 is void), got {len(out)}")
+    names = [c.name for c in out]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise StoreError("class names must be non-empty and unique")
+    return out
+
+
+def classes_to_json(classes: Sequence[LabelClass]) -> str:
+    return json.dumps({"format": 1, "classes": [{"name": c.name, "color": list(c.color)} for c in classes]},
+                      ensure_ascii=False, indent=1)
+
+
+def classes_from_json(text: str) -> list[LabelClass]:
+    """Parse ``classes.json``; raises ``ValueError`` (or KeyError/TypeError) when it is malformed."""
+    data = json.loads(text)
+    try:
+        return check_classes([(c["name"], c["color"]) for c in data["classes"]])
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def load_classes_file(path: Path, backup: str | None, *, repair: bool) -> tuple[list[LabelClass], str | None]:
+    """Read ``classes.json``; returns ``(classes, notice or None)``.
+
+    Missing: the database's backup copy, else VOC's 21.  Unreadable: the same fallback, and with
+    ``repair`` the damaged file is kept as ``classes.json.damaged-<time>`` and the backup written back.
+    """
+    fallback = classes_from_json(backup) if backup else default_classes()
+    try:
+        return classes_from_json(path.read_text(encoding="utf-8")), None
+    except FileNotFoundError:
+        return fallback, None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if repair:
+            os.replace(path, path.with_name(f"classes.json.damaged-{time.strftime('%Y%m%d-%H%M%S')}"))
+            if backup:
+                atomic_write_bytes(path, backup.encode("utf-8"))
+        return fallback, (f"classes.json was unreadable ({exc}); " +
+                          ("restored the last saved class list" if backup else "using the 21 VOC classes"))
+
+
+# ---------------------------------------------------------------------------- masks and temp files
+def remove_orphan_temps(root: Path) -> int:
+    """Delete temp files (``.<name>.<random>.tmp``) a writer left when it died mid-write; returns how many.
+
+    Only safe while holding the store's lock: no live writer of ours can own one then.
+    """
+    n = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            if f.startswith(".") and f.endswith(".tmp"):
+                try:
+                    os.unlink(os.path.join(dirpath, f))
+                    n += 1
+                except OSError:
+                    pass
+    return n
+
+
+# ---------------------------------------------------------------------------- sqlite
+def _init_db(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    try:
+        db.execute("PRAGMA busy_timeout=10000")
+        # WAL: a commit appends to the log and a crash mid-commit rolls back cleanly.  Some network
+        # file systems refuse WAL; the classic rollback journal is then just as safe, only slower.
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            db.execute("PRAGMA journal_mode=DELETE")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("CREATE TABLE IF NOT EXISTS images(id TEXT PRIMARY KEY, status TEXT NOT NULL, "
+                   "updated REAL NOT NULL, error TEXT)")
+        db.execute("CREATE TABLE IF NOT EXISTS probs(id TEXT PRIMARY KEY, model_id TEXT NOT NULL, "
+                   "bytes INTEGER NOT NULL, used REAL NOT NULL)")
+        db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+        if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            raise sqlite3.DatabaseError("integrity check failed")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def open_db(path: Path, masks_dir: Path) -> tuple[sqlite3.Connection, str | None]:
+    """Open or create the status database; returns ``(connection, notice or None)``.
+
+    A damaged database is renamed ``store.db.corrupt-<time>`` (kept for inspection) and rebuilt from
+    the masks on disk, every one marked ``edited``: without the database a prediction cannot be told
+    from a drawing, so all are protected from being overwritten.
+    """
+    try:
+        return _init_db(path), None
+    except sqlite3.DatabaseError as exc:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(str(path) + suffix)
+            if p.exists():
+                os.replace(p, Path(f"{path}.corrupt-{stamp}{suffix}"))
+        db = _init_db(path)
+        n = 0
+        for p in masks_dir.rglob("*.png"):
+            image_id = p.relative_to(masks_dir).as_posix()[:-4]
+            db.execute("INSERT OR REPLACE INTO images VALUES(?, ?, ?, NULL)",
+                       (image_id, Status.EDITED.value, time.time()))
+            n += 1
+        return db, (f"the status database was damaged ({exc}); it was kept as {path.name}.corrupt-{stamp} "
+                    f"and rebuilt: {n} images with masks are marked edited")
+
+
+def open_db_readonly(path: Path) -> sqlite3.Connection | None:
+    """A read-only connection (None when there is no database yet)."""
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        db.execute("SELECT count(*) FROM images").fetchone()
+    except sqlite3.DatabaseError:
+        # WAL readers need the -shm file; on a read-only medium open the snapshot as immutable.
+        db.close()
+        db = sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True, check_same_thread=False)
+    return db
+
+
+# ---------------------------------------------------------------------------- where the store lives
+def user_store_root() -> Path:
+    """Where stores of read-only folders live: ``$DEEPLAB_GUI_DATA_DIR/stores`` or the per-user data dir."""
+    env = os.environ.get("DEEPLAB_GUI_DATA_DIR")
+    if env:
+        return Path(env) / "stores"
+    import platformdirs
+    return Path(platformdirs.user_data_dir("deeplab-gui", appauthor=False)) / "stores"
+
+
+def _probe_writable(folder: Path) -> bool:
+    """True when ``folder/.deeplab-gui`` exists or can be made, and a file can be created inside."""
+    side = folder / SIDECAR_NAME
+    probe = side / f".probe-{os.getpid()}.tmp"
+    try:
+        side.mkdir(exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        os.unlink(probe)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return False
+        raise
+
+
+def locate_store(folder: Path, *, read_only: bool) -> tuple[Path, str | None]:
+    """``(store root, notice)`` for an absolute ``folder``.
+
+    Normally ``folder/.deeplab-gui``.  When the folder cannot be written, a per-folder directory
+    under :func:`user_store_root` named ``<folder name>-<sha1 of the path, 12 hex>``, with a notice
+    saying so.  A read-only viewer uses whichever of the two exists.
+    """
+    side = folder / SIDECAR_NAME
+    name = re.sub(r"[^\w.-]+", "_", folder.name) or "root"
+    fallback = user_store_root() / f"{name}-{hashlib.sha1(str(folder).encode()).hexdigest()[:12]}"
+    if read_only:
+        root = fallback if (not side.exists() and fallback.exists()) else side
+        return root, f"{folder} is open read-only; changes cannot be saved"
+    if _probe_writable(folder):
+        return side, None
+    return fallback, f"{folder} is read-only; its annotations are kept in {fallback} instead"

@@ -1,0 +1,86 @@
+"""CLI commands on the annotation store: prelabel without --out, export-voc, import-voc."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deeplab_gui.cli import main
+from engine import build_model, save_model
+from engine.store import AnnotationStore
+from engine.storeformat import Status
+
+
+@pytest.fixture
+def folder(tmp_path):
+    f = tmp_path / "photos ü"
+    f.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png", "c.jpg"):
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(f / name)
+    (f / "notes.png").write_bytes(b"not an image at all")
+    return f
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(build_model("deeplabv3_mobilenet_v2", num_classes=21), path)
+    return path
+
+
+def test_prelabel_into_store_keeps_what_a_person_drew(folder, ckpt, capsys):
+    drawn = np.full((24, 32), 7, np.uint8)
+    with AnnotationStore.open(folder) as st:
+        st.save_mask("b.png", drawn, status=Status.EDITED)
+    argv = ["prelabel", str(folder), "--weights", str(ckpt), "--device", "cpu", "--max-side", "32"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "notes.png" in err or "failed" in err
+    with AnnotationStore.open(folder) as st:
+        assert st.status("a.png") is Status.PRELABELED and st.status("c.jpg") is Status.PRELABELED
+        assert st.load_mask("a.png").shape == (24, 32)
+        assert st.status("b.png") is Status.EDITED
+        assert (st.load_mask("b.png") == drawn).all()
+        cached = st.load_probs("a.png")
+        assert cached is not None and cached.probs.shape[0] == 21
+    # Only an explicit --overwrite replaces the person's mask.
+    assert main(argv + ["--overwrite"]) == 0
+    with AnnotationStore.open(folder) as st:
+        assert st.status("b.png") is Status.PRELABELED
+        assert not (st.load_mask("b.png") == drawn).all()
+
+
+def test_prelabel_into_store_refuses_a_model_with_other_classes(folder, tmp_path, capsys):
+    path = tmp_path / "five.safetensors"
+    save_model(build_model("deeplabv3_mobilenet_v2", num_classes=5), path)
+    assert main(["prelabel", str(folder), "--weights", str(path), "--device", "cpu"]) == 1
+    assert "class list" in capsys.readouterr().err
+
+
+def test_export_then_import_voc_from_the_command_line(folder, tmp_path, capsys):
+    mask = np.zeros((24, 32), np.uint8)
+    mask[4:12, 5:20] = 15
+    mask[0, :] = 255
+    with AnnotationStore.open(folder) as st:
+        st.save_mask("a.png", mask, status=Status.REVIEWED)
+        st.save_mask("c.jpg", mask, status=Status.PRELABELED)
+    out = tmp_path / "voc"
+    assert main(["export-voc", str(folder), str(out)]) == 0
+    ids = (out / "ImageSets" / "Segmentation" / "trainval.txt").read_text().split()
+    assert ids == ["a"]
+    exported = np.array(Image.open(out / "SegmentationClass" / "a.png"))
+    assert Image.open(out / "SegmentationClass" / "a.png").mode == "P" and (exported == mask).all()
+    assert main(["export-voc", str(folder), str(tmp_path / "voc2"), "--include-prelabeled"]) == 0
+    assert len((tmp_path / "voc2" / "ImageSets" / "Segmentation" / "trainval.txt").read_text().split()) == 2
+
+    target = tmp_path / "imported"
+    assert main(["import-voc", str(out), str(target)]) == 0
+    with AnnotationStore.open(target) as st:
+        (only,) = st.ids()
+        assert st.status(only) is Status.REVIEWED and (st.load_mask(only) == mask).all()
+
+
+def test_export_with_nothing_to_export_says_why(folder, tmp_path, capsys):
+    assert main(["export-voc", str(folder), str(tmp_path / "voc")]) == 1
+    assert "no edited or reviewed masks" in capsys.readouterr().err
