@@ -1,0 +1,108 @@
+"""``refine``: one-shot dense-CRF refinement with a choice of backend ("torch", "pydensecrf", "auto")."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import torch
+
+from . import dense
+from .params import DEEPLAB_V1, PROB_EPS, CRFParams, check_image, check_probs
+
+__all__ = ["refine", "available_backends", "resolve_backend", "BACKENDS", "PRUNE_TOLERANCE"]
+
+BACKENDS = ("torch", "pydensecrf")
+# Classes whose mean-field probability provably stays below this everywhere are left out of message
+# passing (see dense.py). 1e-4 changes kept probabilities by far less than float32 noise matters.
+PRUNE_TOLERANCE = 1e-4
+# On CPU "auto" prefers the backend measured faster at full size (benchmarks/results/crf.md).
+_CPU_ORDER = ("torch", "pydensecrf")
+
+
+def _has_pydensecrf() -> bool:
+    return importlib.util.find_spec("pydensecrf") is not None
+
+
+def available_backends() -> list[str]:
+    """Backends usable in this environment, in "auto" preference order for this machine."""
+    order = ["torch", "pydensecrf"] if torch.cuda.is_available() else list(_CPU_ORDER)
+    return [b for b in order if b != "pydensecrf" or _has_pydensecrf()]
+
+
+def resolve_backend(backend: str) -> str:
+    """Map "auto" to a concrete backend: CUDA torch when present, else the faster importable one."""
+    if backend == "auto":
+        return available_backends()[0]
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown CRF backend {backend!r}; choose from {('auto',) + BACKENDS}")
+    if backend == "pydensecrf" and not _has_pydensecrf():
+        raise ValueError("CRF backend 'pydensecrf' is not installed (pip install pydensecrf2)")
+    return backend
+
+
+def refine(image: np.ndarray, probs: np.ndarray, params: CRFParams = DEEPLAB_V1, backend: str = "auto", *,
+           device: str | torch.device | None = None, prune_tolerance: float = PRUNE_TOLERANCE) -> np.ndarray:
+    """Refine per-pixel class probabilities with a fully-connected CRF.
+
+    Args:
+        image: H×W×3 uint8 RGB.
+        probs: C×H×W float probabilities (finite, >= 0, summing to 1 per pixel).
+        params: kernel weights/widths and iteration count.
+        backend: "torch" (this project's lattice, CPU or CUDA), "pydensecrf", or "auto".
+        device: torch backend only; None/"auto" picks CUDA when available.
+        prune_tolerance: torch backend only; 0 disables class pruning.
+    Returns:
+        C×H×W float32 refined probabilities. With ``params.iterations == 0``, a copy of ``probs``.
+    Raises:
+        ValueError: malformed image or probabilities, size mismatch, unknown/unavailable backend.
+    """
+    if not isinstance(params, CRFParams):
+        raise ValueError(f"params must be a CRFParams, got {type(params).__name__}")
+    img = check_image(image)
+    p = check_probs(probs, img.shape)
+    name = resolve_backend(backend)
+    if params.iterations == 0:
+        return p.copy()
+    if name == "pydensecrf":
+        return _refine_pydensecrf(img, p, params)
+    return _refine_torch(img, p, params, dense.pick_device(device), prune_tolerance)
+
+
+def torch_kernels(image: torch.Tensor, params: CRFParams) -> list[tuple[dense.Kernel, float]]:
+    """Build the (kernel, weight) pairs for ``params`` on an (H, W, 3) float32 image tensor."""
+    h, w, _ = image.shape
+    kernels = []
+    if params.gaussian_weight > 0:
+        kernels.append((dense.gaussian_kernel(h, w, params.gaussian_xy, image.device), params.gaussian_weight))
+    if params.bilateral_weight > 0:
+        kernels.append((dense.bilateral_kernel(image, params.bilateral_xy, params.bilateral_rgb),
+                        params.bilateral_weight))
+    return kernels
+
+
+def _refine_torch(img: np.ndarray, p: np.ndarray, params: CRFParams, device: torch.device,
+                  tolerance: float) -> np.ndarray:
+    c, h, w = p.shape
+    with torch.inference_mode():
+        image_t = torch.from_numpy(img).to(device=device, dtype=torch.float32)
+        logp = dense.log_unary(torch.from_numpy(p).to(device))
+        kernels = torch_kernels(image_t, params)
+        keep = dense.prune(dense.class_ratios(logp), kernels, tolerance)
+        q = dense.mean_field(logp, kernels, params.iterations, keep=keep)
+        return q.t().reshape(c, h, w).cpu().numpy().copy()
+
+
+def _refine_pydensecrf(img: np.ndarray, p: np.ndarray, params: CRFParams) -> np.ndarray:
+    import pydensecrf.densecrf as dcrf
+
+    c, h, w = p.shape
+    crf = dcrf.DenseCRF2D(w, h, c)
+    unary = -np.log(np.maximum(p, PROB_EPS)).reshape(c, -1)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    if params.gaussian_weight > 0:
+        crf.addPairwiseGaussian(sxy=params.gaussian_xy, compat=params.gaussian_weight)
+    if params.bilateral_weight > 0:
+        crf.addPairwiseBilateral(sxy=params.bilateral_xy, srgb=params.bilateral_rgb, rgbim=img,
+                                 compat=params.bilateral_weight)
+    q = np.array(crf.inference(params.iterations), dtype=np.float32)
+    return q.reshape(c, h, w)

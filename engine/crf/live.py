@@ -1,0 +1,294 @@
+"""Live CRF for slider dragging: cached lattices and unaries, class pruning, preview first, latest wins.
+
+A ``LiveCRF`` session belongs to one image and its network probabilities. What does not change while a
+person drags the CRF sliders is computed once: the unaries and pruning ratios per resolution, and one
+lattice per (resolution, kernel, widths) in a small LRU cache, so moving a weight or the iteration count
+costs only the mean-field iterations and moving one width rebuilds one lattice. Each request is answered
+first at a reduced size (widths scaled with the image) and then at full size; a newer request, or the
+caller's ``cancel`` check, stops older work between steps. ``LiveCRFWorker`` runs a session on a plain
+background thread (the GUI wraps it in its Qt adapter).
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import dense
+from .backends import PRUNE_TOLERANCE
+from .params import CRFParams, check_image, check_probs
+
+__all__ = ["LiveCRF", "LiveResult", "LiveCRFWorker", "PREVIEW_PIXELS", "PREVIEW_ITERATIONS"]
+
+# Preview resolution budget: about 200×150 pixels, small enough for a few tens of milliseconds per
+# request on a 2-core CPU, large enough to show where boundaries go.
+PREVIEW_PIXELS = 20_000
+# Mean-field changes labels little after a few iterations; the preview stops at this many (the full
+# result runs all of them).
+PREVIEW_ITERATIONS = 5
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    """One answer to a request.
+
+    ``probs`` is C×h×w float32 at the resolution the CRF ran at: the image's own size for the "full"
+    stage, ``scale`` times it for the "preview" stage (a GUI shows that scaled; ``full_labels()`` and
+    ``full_probs()`` upsample when a full-size array is needed).
+    """
+
+    request_id: int
+    stage: str  # "preview" or "full"
+    params: CRFParams  # as requested (widths in full-size pixels)
+    probs: np.ndarray
+    scale: float
+    image_size: tuple[int, int]  # (H, W) of the session's image
+    elapsed: float  # seconds from submit() (or the start of run()) to this result
+    kept_classes: tuple[int, ...] = field(default=())
+
+    @property
+    def labels(self) -> np.ndarray:
+        """h×w uint8 argmax labels at the result's own resolution."""
+        return self.probs.argmax(0).astype(np.uint8)
+
+    def full_probs(self) -> np.ndarray:
+        """C×H×W float32 probabilities at the image's size (bilinear, align_corners=False)."""
+        if self.probs.shape[1:] == self.image_size:
+            return self.probs
+        t = torch.from_numpy(self.probs)[None]
+        return F.interpolate(t, size=self.image_size, mode="bilinear", align_corners=False)[0].numpy()
+
+    def full_labels(self) -> np.ndarray:
+        """H×W uint8 labels at the image's size; only classes that took part are upsampled."""
+        if self.probs.shape[1:] == self.image_size:
+            return self.labels
+        kept = list(self.kept_classes) or list(range(self.probs.shape[0]))
+        t = torch.from_numpy(self.probs[kept])[None]
+        up = F.interpolate(t, size=self.image_size, mode="bilinear", align_corners=False)[0]
+        return np.asarray(kept, dtype=np.uint8)[up.argmax(0).numpy()]
+
+
+@dataclass
+class _Level:
+    scale: float
+    height: int
+    width: int
+    image: torch.Tensor  # (h, w, 3) float32 RGB 0-255
+    logp: torch.Tensor  # (h*w, C) float32
+    ratios: torch.Tensor  # (C,) pruning input
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class LiveCRF:
+    """A refinement session for one image.
+
+    Args:
+        image: H×W×3 uint8 RGB.  probs: C×H×W float probabilities (validated like ``refine``).
+        device: torch device; None/"auto" picks CUDA when available.
+        preview_pixels: pixel budget of the preview; images within it get only the full answer.
+        preview_iterations: cap on mean-field iterations for the preview.
+        cache_bytes: memory budget for cached lattices (least recently used evicted first; a
+            full-size 5-d lattice costs roughly 250 bytes per pixel, a 2-d one about 100).
+        prune_tolerance: see ``backends.PRUNE_TOLERANCE``; 0 disables pruning.
+
+    Thread safety: ``submit``/``is_current`` may be called from any thread; ``run`` from one worker.
+    """
+
+    def __init__(self, image: np.ndarray, probs: np.ndarray, *, device=None, preview_pixels: int = PREVIEW_PIXELS,
+                 preview_iterations: int = PREVIEW_ITERATIONS, cache_bytes: int = 1 << 30,
+                 prune_tolerance: float = PRUNE_TOLERANCE):
+        img = check_image(image)
+        p = check_probs(probs, img.shape)
+        self.device = dense.pick_device(device)
+        self.num_classes, self.height, self.width = p.shape
+        self.prune_tolerance = prune_tolerance
+        self.preview_iterations = preview_iterations
+        self._cache: OrderedDict[tuple, dense.Kernel] = OrderedDict()
+        self._cache_bytes = int(cache_bytes)
+        self._lock = threading.Lock()
+        self._latest = 0
+        self._submitted: dict[int, float] = {}
+        with torch.inference_mode():
+            image_t = torch.from_numpy(img).to(device=self.device, dtype=torch.float32)
+            probs_t = torch.from_numpy(p).to(self.device)
+            self._full = self._level(1.0, image_t, probs_t)
+            self._preview = None
+            n = self.height * self.width
+            if n > preview_pixels:
+                s = math.sqrt(preview_pixels / n)
+                h, w = max(1, round(self.height * s)), max(1, round(self.width * s))
+                small_img = F.interpolate(image_t.permute(2, 0, 1)[None], size=(h, w), mode="area")[0]
+                small_p = F.interpolate(probs_t[None], size=(h, w), mode="area")[0]
+                small_p = small_p / small_p.sum(0, keepdim=True)
+                # Spatial widths scale with the mean of the two axes' actual factors.
+                scale = 0.5 * (h / self.height + w / self.width)
+                self._preview = self._level(scale, small_img.permute(1, 2, 0).contiguous(), small_p)
+
+    @staticmethod
+    def _level(scale: float, image: torch.Tensor, probs: torch.Tensor) -> _Level:
+        logp = dense.log_unary(probs)
+        return _Level(scale, image.shape[0], image.shape[1], image, logp, dense.class_ratios(logp))
+
+    # ------------------------------------------------------------------ requests
+    def submit(self, params: CRFParams) -> int:
+        """Register a new request (it supersedes all earlier ones); returns its id."""
+        if not isinstance(params, CRFParams):
+            raise ValueError(f"params must be a CRFParams, got {type(params).__name__}")
+        with self._lock:
+            self._latest += 1
+            self._submitted = {self._latest: time.perf_counter()}
+            return self._latest
+
+    def is_current(self, request_id: int) -> bool:
+        with self._lock:
+            return request_id == self._latest
+
+    # ------------------------------------------------------------------ work
+    def run(self, params: CRFParams, *, request_id: int | None = None, cancel: Callable[[], bool] | None = None,
+            preview: bool = True) -> Iterator[LiveResult]:
+        """Yield the preview (when the image exceeds the preview budget) then the full-size result.
+
+        A started preview runs to the end even if newer requests arrive (it is short, and cutting it
+        would starve a continuous drag of any feedback); after it, a newer request or ``cancel()``
+        abandons the full-size work between iterations. Zero iterations yield the input at once.
+        """
+        if request_id is None:
+            request_id = self.submit(params)
+        with self._lock:
+            start = self._submitted.get(request_id, time.perf_counter())
+
+        def cancelled() -> bool:
+            return cancel is not None and bool(cancel())
+
+        def stale() -> bool:
+            return not self.is_current(request_id) or cancelled()
+
+        if self._preview is not None and preview:
+            if stale():
+                return
+            try:
+                probs, kept = self._solve(self._preview, params, cancelled, self.preview_iterations)
+            except _Cancelled:
+                return
+            yield LiveResult(request_id, "preview", params, probs, self._preview.scale, (self.height, self.width),
+                             time.perf_counter() - start, kept)
+        if stale():
+            return
+        try:
+            probs, kept = self._solve(self._full, params, stale, params.iterations)
+        except _Cancelled:
+            return
+        yield LiveResult(request_id, "full", params, probs, 1.0, (self.height, self.width),
+                         time.perf_counter() - start, kept)
+
+    def refine(self, params: CRFParams) -> np.ndarray:
+        """Synchronous full-size refinement through the session's caches (no preview)."""
+        rid = self.submit(params)
+        for result in self.run(params, request_id=rid, preview=False):
+            return result.probs
+        raise RuntimeError("request superseded")  # only if another thread submitted meanwhile
+
+    def _kernel(self, level: _Level, key: tuple, build: Callable[[], dense.Kernel], stale) -> dense.Kernel:
+        full_key = (level.scale,) + key
+        with self._lock:
+            kernel = self._cache.get(full_key)
+            if kernel is not None:
+                self._cache.move_to_end(full_key)
+                return kernel
+        if stale():
+            raise _Cancelled
+        kernel = build()
+        with self._lock:
+            self._cache[full_key] = kernel
+            # Evict least recently used kernels over budget, but never the two newest (one request
+            # needs up to two kernels at once).
+            while len(self._cache) > 2 and sum(k.nbytes for k in self._cache.values()) > self._cache_bytes:
+                self._cache.popitem(last=False)
+        return kernel
+
+    def _solve(self, level: _Level, params: CRFParams, stale, iterations: int) -> tuple[np.ndarray, tuple[int, ...]]:
+        c = self.num_classes
+        with torch.inference_mode():
+            iterations = min(iterations, params.iterations)
+            if iterations == 0:
+                q = torch.exp(level.logp)
+                q = q / q.sum(1, keepdim=True)
+                kept = tuple(range(c))
+            else:
+                p = params.scaled(level.scale) if level.scale != 1.0 else params
+                kernels = []
+                if p.gaussian_weight > 0:
+                    k = self._kernel(level, ("gaussian", p.gaussian_xy),
+                                     lambda: dense.gaussian_kernel(level.height, level.width, p.gaussian_xy,
+                                                                   self.device), stale)
+                    kernels.append((k, p.gaussian_weight))
+                if p.bilateral_weight > 0:
+                    k = self._kernel(level, ("bilateral", p.bilateral_xy, p.bilateral_rgb),
+                                     lambda: dense.bilateral_kernel(level.image, p.bilateral_xy, p.bilateral_rgb),
+                                     stale)
+                    kernels.append((k, p.bilateral_weight))
+                keep = dense.prune(level.ratios, kernels, self.prune_tolerance)
+                q = dense.mean_field(level.logp, kernels, iterations, keep=keep, cancel=stale)
+                if q is None:
+                    raise _Cancelled
+                kept = tuple(keep.tolist()) if keep is not None else tuple(range(c))
+            probs = q.t().reshape(c, level.height, level.width)
+            return probs.cpu().numpy().copy(), kept
+
+
+class LiveCRFWorker:
+    """Serve a ``LiveCRF`` on a daemon thread: ``request(params)`` from any thread, results to a callback.
+
+    Only the latest request is worked on; superseded ones are dropped between steps. ``on_result`` runs
+    on the worker thread (a GUI adapter re-emits it as a signal). ``close()`` stops and joins the thread.
+    """
+
+    def __init__(self, session: LiveCRF, on_result: Callable[[LiveResult], None], *, preview: bool = True):
+        self.session = session
+        self._on_result = on_result
+        self._preview = preview
+        self._cond = threading.Condition()
+        self._pending: tuple[int, CRFParams] | None = None
+        self._closed = False
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._loop, name="LiveCRFWorker", daemon=True)
+        self._thread.start()
+
+    def request(self, params: CRFParams) -> int:
+        rid = self.session.submit(params)
+        with self._cond:
+            self._pending = (rid, params)
+            self._cond.notify()
+        return rid
+
+    def close(self, timeout: float | None = None) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                rid, params = self._pending
+                self._pending = None
+            try:
+                for result in self.session.run(params, request_id=rid, cancel=lambda: self._closed,
+                                               preview=self._preview):
+                    self._on_result(result)
+            except Exception as exc:  # keep serving later requests; the caller can inspect .errors
+                self.errors.append(exc)

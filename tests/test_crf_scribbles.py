@@ -1,0 +1,85 @@
+"""engine.crf.refine_with_scribbles: a few strokes recover a region boundary along image edges."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.crf import CONVCRF, DEEPLAB_V1, UNMARKED, refine_with_scribbles
+
+
+def _two_regions(h=64, w=96, seed=0):
+    """Left/right regions split by a wavy boundary; distinct colours plus noise."""
+    rng = np.random.default_rng(seed)
+    ys = np.arange(h)
+    boundary = (w * 0.45 + 8 * np.sin(ys / 9.0)).round().astype(int)  # first column of region 1 per row
+    mask = (np.arange(w)[None, :] >= boundary[:, None]).astype(np.uint8)
+    colours = np.array([[70, 110, 60], [160, 120, 200]], dtype=np.float64)
+    image = np.clip(colours[mask] + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
+    return image, mask, boundary
+
+
+def _strokes(h, w):
+    s = np.full((h, w), UNMARKED, np.uint8)
+    s[10:54, 8] = 0  # a vertical stroke well inside the left region
+    s[30, 4:20] = 0
+    s[12:50, 85] = 1  # and one inside the right region
+    s[40, 75:92] = 1
+    return s
+
+
+def _boundary_error(labels, boundary):
+    # Per row: the first column labelled 1, compared with the true boundary column.
+    found = np.array([np.argmax(row == 1) if (row == 1).any() else len(row) for row in labels])
+    return np.abs(found - boundary)
+
+
+@pytest.mark.parametrize("params", [DEEPLAB_V1, CONVCRF])
+def test_strokes_alone_recover_the_boundary(params):
+    image, mask, boundary = _two_regions()
+    strokes = _strokes(*mask.shape)
+    out = refine_with_scribbles(image, None, strokes, params.replace(iterations=20), backend="torch")
+    assert out.shape == (2,) + mask.shape
+    labels = out.argmax(0)
+    assert _boundary_error(labels, boundary).max() <= 3
+    assert (labels == mask).mean() > 0.97
+    marked = strokes != UNMARKED
+    np.testing.assert_array_equal(labels[marked], strokes[marked])
+
+
+def test_strokes_correct_a_wrong_network_guess():
+    image, mask, boundary = _two_regions(seed=1)
+    # The "network" believes the boundary is 15 px further right than it is.
+    wrong = np.zeros((2,) + mask.shape, np.float32)
+    shifted = np.roll(mask, 15, axis=1)
+    shifted[:, :15] = 0
+    wrong[1] = np.where(shifted == 1, 0.65, 0.35)
+    wrong[0] = 1 - wrong[1]
+    strokes = _strokes(*mask.shape)
+    strokes[5:60, 50] = 1  # the user marks the misclassified strip
+    out = refine_with_scribbles(image, wrong, strokes, DEEPLAB_V1.replace(iterations=20), backend="torch")
+    assert _boundary_error(out.argmax(0), boundary).max() <= 3
+
+
+def test_backends_agree_on_scribbles():
+    pytest.importorskip("pydensecrf")
+    image, mask, _ = _two_regions(h=40, w=60, seed=2)
+    strokes = np.full(mask.shape, UNMARKED, np.uint8)
+    strokes[20, 5:15], strokes[20, 45:55] = 0, 1
+    a = refine_with_scribbles(image, None, strokes, DEEPLAB_V1, backend="torch")
+    b = refine_with_scribbles(image, None, strokes, DEEPLAB_V1, backend="pydensecrf")
+    assert (a.argmax(0) == b.argmax(0)).mean() >= 0.99
+
+
+def test_scribble_errors():
+    image, mask, _ = _two_regions(h=16, w=16)
+    blank = np.full(mask.shape, UNMARKED, np.uint8)
+    with pytest.raises(ValueError, match="nothing to propagate"):
+        refine_with_scribbles(image, None, blank)
+    bad = blank.copy()
+    bad[3, 3] = 5
+    with pytest.raises(ValueError, match="out of range"):
+        refine_with_scribbles(image, np.full((2, 16, 16), 0.5, np.float32), bad)
+    with pytest.raises(ValueError):
+        refine_with_scribbles(image, None, blank[:-1])
+    with pytest.raises(ValueError):
+        refine_with_scribbles(image, None, blank.astype(np.int32))
