@@ -13,7 +13,7 @@ DEMO   ?= resources/demo
 # Until the desktop app exists, `make run` pre-labels the demo folder from the command line.
 WEIGHTS ?= deeplabv3_mobilenet_v3_large_coco
 DEMO_OUT ?= build/demo-masks
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n auto
 
 .PHONY: run test setup bench clean-venv
 
