@@ -185,8 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for device in devices:
         for precision, batch in _configs(device):
-            candidates = [(n, "deeplab-gui", lambda n=n: build_model(n, num_classes=21)) for n in names]
-            candidates += [(n, "torchvision", b) for n, b in refs.items()]
+            # Each reference right after our model of the same name, so both see the same machine load
+            # (this CPU is shared; drift over a long run would otherwise favour one side).
+            candidates = []
+            for n in names:
+                candidates.append((n, "deeplab-gui", lambda n=n: build_model(n, num_classes=21)))
+                if n in refs:
+                    candidates.append((n, "torchvision", refs[n]))
             for name, source, build in candidates:
                 torch.manual_seed(0)
                 row = bench_model(name, build(), source, device, precision, batch, args.size, warmup, repeats)

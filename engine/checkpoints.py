@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from .checkpoint_formats import (FORMATS, SkipRandomInit, detect_format, diff_keys, format_diff,
                                  match_architecture, strip_wrapper_prefixes)
+from .fileio import fsync_dir
 from .meta import ModelMeta
 from .models import build_model, model_spec
 
@@ -192,20 +193,6 @@ def read_meta(path: str | os.PathLike) -> ModelMeta | None:
 # --------------------------------------------------------------------------------------------
 # writing
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not possible (nor needed) on Windows.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_model(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> Path:
     """Write ``model`` (weights + ``model.meta``) as a native ``.safetensors`` checkpoint.
 
@@ -251,7 +238,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> Pa
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

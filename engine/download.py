@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from .fileio import fsync_dir
+
 __all__ = [
     "WeightsError",
     "WeightsUnavailable",
@@ -64,19 +66,6 @@ def _cancelled(cancel: Any) -> bool:
     if hasattr(cancel, "is_set"):  # threading.Event
         return bool(cancel.is_set())
     return bool(cancel())
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def download_file(url: str, dest: str | os.PathLike, *, sha256_prefix: str | None = None,
@@ -145,7 +134,7 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256_prefix: str | Non
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(part, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             ok = True
     finally:
         if not ok:

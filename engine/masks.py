@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from .fileio import atomic_write_bytes
 from .meta import voc_colormap
 
-__all__ = ["VOID_INDEX", "VOID_COLOR", "mask_palette", "save_mask_png", "load_mask_png", "atomic_write_bytes"]
+__all__ = ["VOID_INDEX", "VOID_COLOR", "mask_palette", "save_mask_png", "load_mask_png"]
 
 VOID_INDEX = 255
 VOID_COLOR = (224, 224, 192)
@@ -42,41 +42,6 @@ def mask_palette(colors: Sequence[Sequence[int]] | None = None) -> list[int]:
             table[i] = rgb
     table[VOID_INDEX] = VOID_COLOR
     return [v for rgb in table for v in rgb]
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, then ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable on POSIX; directories cannot be opened this way on Windows.
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_mask_png(path: str | os.PathLike, mask: np.ndarray,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .masks import atomic_write_bytes
+from .fileio import atomic_write_bytes
 
 __all__ = ["CachedProbs", "ImageSignature", "ProbCache", "save_probs", "load_probs", "read_probs_file"]
 

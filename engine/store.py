@@ -26,7 +26,8 @@ from typing import Sequence
 import numpy as np
 
 from .imageio import ImageReadError, image_size
-from .masks import VOID_INDEX, atomic_write_bytes, load_mask_png, save_mask_png
+from .fileio import atomic_write_bytes
+from .masks import VOID_INDEX, load_mask_png, save_mask_png
 from .probcache import CachedProbs, ImageSignature, ProbCache
 from .scan import ScanResult, natural_key, scan_folder
 from .storeformat import (PROTECTED, LabelClass, MaskError, Status, StoreError, StoreWriteError, check_classes,

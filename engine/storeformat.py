@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-from .masks import atomic_write_bytes
+from .fileio import atomic_write_bytes
 from .meta import VOC_CLASSES, voc_colormap
 from .scan import SIDECAR_NAME
 

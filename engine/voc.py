@@ -35,7 +35,8 @@ import numpy as np
 from PIL import Image
 
 from .imageio import ImageReadError, image_size, read_image
-from .masks import VOID_COLOR, VOID_INDEX, atomic_write_bytes, save_mask_png
+from .fileio import atomic_write_bytes
+from .masks import VOID_COLOR, VOID_INDEX, save_mask_png
 from .meta import voc_colormap
 from .scan import natural_key
 from .store import AnnotationStore, LabelClass, Status, StoreError, default_classes

@@ -216,7 +216,7 @@ def test_mask_write_is_atomic(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("engine.masks.os.replace", boom)
+    monkeypatch.setattr("engine.fileio.os.replace", boom)
     with pytest.raises(OSError, match="disk full"):
         save_mask_png(path, np.ones((4, 4), np.uint8))
     assert path.read_bytes() == before

@@ -7,13 +7,15 @@ used, ``"low_level"`` for DeepLabV3+ decoders.
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SegModel", "IntermediateLayerGetter"]
+__all__ = ["SegModel", "IntermediateLayerGetter", "state_dict_from"]
 
 
 class IntermediateLayerGetter(nn.ModuleDict):
@@ -74,3 +76,18 @@ class SegModel(nn.Module):
             aux = F.interpolate(self.aux_classifier(features["aux"]), size=size, mode="bilinear",
                                 align_corners=False)
         return out, aux
+
+
+def state_dict_from(weights) -> dict[str, torch.Tensor]:
+    """A state dict from a mapping or a checkpoint path.
+
+    Paths are read by :func:`engine.checkpoints.read_checkpoint`: safetensors or ``torch.load`` with
+    ``weights_only=True``, never unpickling code, with the same clear errors as ``load_model``.
+    """
+    if isinstance(weights, (str, os.PathLike)):
+        from ..checkpoints import read_checkpoint  # lazy: checkpoints imports the model registry
+
+        return dict(read_checkpoint(weights).state_dict)
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"backbone weights must be a state dict or a file path, not {type(weights).__name__}")
+    return dict(weights)

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..meta import IMAGENET
-from ._base import SegModel
+from ._base import SegModel, state_dict_from
 from .registry import register
 
 __all__ = [
@@ -142,9 +142,7 @@ def vgg16_imagenet_to_backbone(state_dict: Mapping[str, torch.Tensor]) -> dict[s
 def load_vgg16_imagenet(model: nn.Module, source: str | PathLike | Mapping[str, torch.Tensor]) -> nn.Module:
     """Load ImageNet VGG16 conv weights (a path to ``vgg16-*.pth`` or its state dict) into a
     ``deeplabv1_vgg16`` model's backbone, in place; the head is untouched.  Returns the model."""
-    if not isinstance(source, Mapping):
-        source = torch.load(source, map_location="cpu", weights_only=True)
-    mapped = vgg16_imagenet_to_backbone(source)
+    mapped = vgg16_imagenet_to_backbone(state_dict_from(source))
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     if unexpected or any(k.startswith("backbone.") for k in missing):
         raise KeyError(f"model is not a deeplabv1_vgg16: unexpected {unexpected[:6]}")

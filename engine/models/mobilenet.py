@@ -14,9 +14,7 @@ Two peers, two layouts, kept exactly so their released weights load without rena
 """
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
-from collections.abc import Mapping
 from functools import partial
 from typing import Callable
 
@@ -25,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..meta import IMAGENET, TORCHVISION_SEG
-from ._base import IntermediateLayerGetter, SegModel
+from ._base import IntermediateLayerGetter, SegModel, state_dict_from
 from .heads import DeepLabHead, DeepLabHeadV3Plus, FCNHead, VainFDeepLabHead, convert_to_separable_conv
 from .registry import register
 
@@ -362,16 +360,7 @@ def _load_imagenet_backbone(model: nn.Module, weights, convert: Callable[[dict],
         return
     if weights is True:
         raise ValueError("pretrained_backbone=True needs weights: pass the ImageNet state dict or its path")
-    if isinstance(weights, (str, os.PathLike)):
-        path = os.fspath(weights)
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            weights = load_file(path)
-        else:
-            weights = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(weights, Mapping):
-        raise TypeError(f"backbone weights must be a state dict or a file path, not {type(weights).__name__}")
-    missing, unexpected = model.load_state_dict(convert(dict(weights)), strict=False)
+    missing, unexpected = model.load_state_dict(convert(state_dict_from(weights)), strict=False)
     missing = [k for k in missing if k.startswith("backbone.")]
     if missing or unexpected:
         raise ValueError(f"ImageNet weights do not fit {type(model).__name__} backbone: "

@@ -9,13 +9,12 @@ output stride 16 turns layer4's stride into dilation 2, output stride 8 also lay
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
-from ._base import IntermediateLayerGetter
+from ._base import IntermediateLayerGetter, state_dict_from
 
 __all__ = [
     "Bottleneck",
@@ -142,16 +141,7 @@ def load_imagenet_resnet(net: nn.Module, weights) -> None:
 
     ``fc.*`` may be present or absent; any other missing or unexpected key is an error naming them.
     """
-    if isinstance(weights, (str, os.PathLike)):
-        path = os.fspath(weights)
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            weights = load_file(path)
-        else:
-            weights = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(weights, Mapping):
-        raise TypeError(f"backbone weights must be a state dict or a file path, not {type(weights).__name__}")
-    missing, unexpected = net.load_state_dict(dict(weights), strict=False)
+    missing, unexpected = net.load_state_dict(state_dict_from(weights), strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise ValueError(f"backbone weights do not fit ResNet: missing {missing[:8]}, unexpected {unexpected[:8]}")
