@@ -1,7 +1,7 @@
 """The annotation store: class list, per-image status, user masks, cached probabilities, checkpoints.
 
 One store per image folder, in the sidecar folder ``<folder>/.deeplab-gui/`` (layout, formats and
-guarantees are documented in ``engine/STORE.md``).  Rules it keeps:
+guarantees are documented in the README's "Annotation store" section).  Rules it keeps:
 
 - Every file write is atomic (temp file in the same folder, fsync, rename); a kill at any moment
   leaves each mask as a complete old or new version.

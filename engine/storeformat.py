@@ -1,6 +1,6 @@
 """The store's on-disk formats and vocabulary: status values, class list JSON, the sqlite database.
 
-Kept apart from :mod:`engine.store` (the behaviour) so the formats documented in ``engine/STORE.md``
+Kept apart from :mod:`engine.store` (the behaviour) so the formats documented in the README's "Annotation store" section
 can be read in one place.  Nothing here takes locks or decides policy.
 """
 from __future__ import annotations
