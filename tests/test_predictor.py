@@ -278,3 +278,43 @@ def test_huge_image_stays_within_documented_memory_bound():
     assert grow_probs <= bound_probs + slack, (grow_probs, bound_probs)
     # The labels path really avoids full-size probabilities (2×9000×12000 float32 = 864 MB).
     assert grow_labels < 2 * 9000 * 12000 * 4 / 2
+
+
+@pytest.fixture(scope="module")
+def real_predictor():
+    from engine import build_model
+    torch.manual_seed(0)
+    return Predictor(build_model("deeplabv3_mobilenet_v2", num_classes=5), device="cpu", max_side=64)
+
+
+def _write(path: Path, kind: str) -> tuple[int, int]:
+    """Write a 30×40 test image of ``kind``; returns the (H, W) a viewer shows."""
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    if kind == "rgb":
+        Image.fromarray(rgb).save(path)
+    elif kind == "grey":
+        Image.fromarray(rgb[:, :, 0]).save(path)
+    elif kind == "rgba":
+        Image.fromarray(np.dstack([rgb, rgb[:, :, 1]])).save(path)
+    elif kind == "16bit":
+        Image.fromarray(rng.integers(0, 65536, (30, 40), dtype=np.uint16)).save(path)
+    elif kind == "exif_rotated":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+        Image.fromarray(rgb).save(path, exif=exif.tobytes())
+        return 40, 30
+    return 30, 40
+
+
+@pytest.mark.parametrize("kind,suffix", [("rgb", ".png"), ("grey", ".png"), ("rgba", ".png"),
+                                         ("16bit", ".png"), ("exif_rotated", ".jpg")])
+def test_real_model_probabilities_sum_to_one_at_input_size(real_predictor, tmp_path, kind, suffix):
+    path = tmp_path / f"img{suffix}"
+    shape = _write(path, kind)
+    if kind == "16bit":
+        assert Image.open(path).mode.startswith("I")
+    probs = real_predictor.predict(path)
+    assert probs.shape == (5, *shape) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    assert real_predictor.predict_labels(path).shape == shape
