@@ -1,0 +1,288 @@
+"""The editable mask of one image, as plain Python: painting, fill, polygon, undo/redo. No Qt.
+
+napari's split: this document owns the pixels and the history; the Qt canvas only translates mouse
+events into calls here and repaints the rectangles the listeners report. Everything is testable
+without a QApplication.
+
+History is a stack of *patches*: the tight box of the changed pixels with their old and new values,
+so an undo step costs memory in proportion to what it touched, not to the image. Large patches are
+zlib-compressed (label masks compress tens of times), which keeps a full-image "apply CRF" step to a
+few hundred KiB. Coordinates and boxes follow :mod:`deeplab_gui.raster`: ``x`` column, ``y`` row,
+boxes half-open ``(y0, x0, y1, x1)``.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .brush import VOID, BrushCanvas, Listener, ScribbleLayer, check_label, check_point
+from .raster import BBox, bbox_of, flood_region, polygon_mask
+
+__all__ = ["VOID", "BBox", "Listener", "Patch", "MaskDocument", "ScribbleLayer", "BrushCanvas"]
+
+# Patches whose raw old+new pixels exceed this are compressed; below it zlib's overhead is not worth it.
+_COMPRESS_ABOVE = 8192
+_tokens = itertools.count(1)
+
+
+def _check_mask(mask, name: str = "mask") -> np.ndarray:
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2 or 0 in mask.shape:
+        raise ValueError(f"{name} must be a non-empty H×W numpy array, got {getattr(mask, 'shape', type(mask))}")
+    if mask.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 class indices (255 = void), got {mask.dtype}")
+    return mask
+
+
+@dataclass
+class Patch:
+    """One undo step: the pixels of ``bbox`` before (``old``) and after (``new``) the edit.
+
+    ``old``/``new`` are stored raw (``bytes`` of a C-order uint8 block) or zlib-compressed;
+    ``nbytes`` is what the patch costs in memory. ``token`` names the document state after the edit.
+    """
+    bbox: BBox
+    old: bytes
+    new: bytes
+    compressed: bool
+    description: str = ""
+    token: int = field(default_factory=lambda: next(_tokens))
+
+    @classmethod
+    def make(cls, bbox: BBox, old: np.ndarray, new: np.ndarray, description: str = "") -> "Patch":
+        o, n = np.ascontiguousarray(old), np.ascontiguousarray(new)
+        squeeze = o.nbytes + n.nbytes > _COMPRESS_ABOVE
+        # zlib reads the arrays' buffers directly: no intermediate bytes copy of a large block.
+        o, n = (zlib.compress(o, 1), zlib.compress(n, 1)) if squeeze else (o.tobytes(), n.tobytes())
+        return cls(bbox, o, n, squeeze, description)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.old) + len(self.new)
+
+    def pixels(self, which: str) -> np.ndarray:
+        """The ``old`` or ``new`` block as an (y1-y0)×(x1-x0) uint8 array."""
+        data = getattr(self, which)
+        if self.compressed:
+            data = zlib.decompress(data)
+        y0, x0, y1, x1 = self.bbox
+        return np.frombuffer(data, dtype=np.uint8).reshape(y1 - y0, x1 - x0)
+
+
+class MaskDocument(BrushCanvas):
+    """The editable mask of one image. ``mask``: H×W uint8 class indices, 255 = void.
+
+    Every edit (a whole stroke, a fill, a polygon, an apply) is one undo step. The history keeps as
+    many steps as fit in ``max_history_bytes`` (oldest dropped first; the newest is always kept), and
+    a new edit after an undo drops the redo branch.
+    """
+
+    def __init__(self, mask: np.ndarray, *, max_history_bytes: int = 256 * 2**20) -> None:
+        data = np.array(_check_mask(mask), dtype=np.uint8, order="C", copy=True)
+        super().__init__(data)
+        if max_history_bytes < 0:
+            raise ValueError("max_history_bytes must be >= 0")
+        self.max_history_bytes = int(max_history_bytes)
+        self._undo: list[Patch] = []
+        self._redo: list[Patch] = []
+        self._bytes = 0
+        self._base_token = 0      # state token below the oldest kept step (changes when one is dropped)
+        self._saved_token = 0
+
+    # --- observation ------------------------------------------------------------------------------
+    @property
+    def mask(self) -> np.ndarray:
+        """Read-only H×W uint8 view of the current labels (shared with the document: no copy)."""
+        return self._view
+
+    @property
+    def _token(self) -> int:
+        return self._undo[-1].token if self._undo else self._base_token
+
+    @property
+    def dirty(self) -> bool:
+        """True when the labels differ from the last :meth:`mark_saved` state (undo back to it clears)."""
+        return self.in_stroke and self._stroke["bbox"] is not None or self._token != self._saved_token
+
+    def mark_saved(self) -> None:
+        """Record the current state as saved.
+
+        An autosave may land while the mouse is down: the open stroke is left open (ending it would
+        break the drag), and the document stays dirty, since the stroke's final state was not saved.
+        """
+        painting = self.in_stroke and self._stroke["bbox"] is not None
+        self._saved_token = -1 if painting else self._token
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo) or (self.in_stroke and self._stroke["bbox"] is not None)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    @property
+    def undo_depth(self) -> int:
+        return len(self._undo)
+
+    @property
+    def redo_depth(self) -> int:
+        return len(self._redo)
+
+    @property
+    def history_bytes(self) -> int:
+        """Memory held by the undo and redo patches."""
+        return self._bytes
+
+    @property
+    def undo_description(self) -> str:
+        return self._undo[-1].description if self._undo else ""
+
+    @property
+    def redo_description(self) -> str:
+        return self._redo[-1].description if self._redo else ""
+
+    # --- history ----------------------------------------------------------------------------------
+    def _push(self, patch: Patch) -> None:
+        for p in self._redo:
+            self._bytes -= p.nbytes
+        self._redo.clear()
+        self._undo.append(patch)
+        self._bytes += patch.nbytes
+        while self._bytes > self.max_history_bytes and len(self._undo) > 1:
+            old = self._undo.pop(0)
+            self._bytes -= old.nbytes
+            self._base_token = old.token
+
+    def _commit(self, bbox: BBox, old: np.ndarray, new: np.ndarray, description: str) -> BBox | None:
+        """Record old→new of ``bbox`` (already written) trimmed to the pixels that really changed."""
+        y0, x0 = bbox[0], bbox[1]
+        tight = bbox_of(old != new, (y0, x0))
+        if tight is None:
+            return None
+        ty0, tx0, ty1, tx1 = tight
+        sl = (slice(ty0 - y0, ty1 - y0), slice(tx0 - x0, tx1 - x0))
+        self._push(Patch.make(tight, old[sl], new[sl], description))
+        return tight
+
+    def _write(self, bbox: BBox, inside: np.ndarray, value: int, description: str) -> BBox | None:
+        """Set ``value`` where ``inside`` within ``bbox`` as one step; listeners hear the tight box."""
+        y0, x0, y1, x1 = bbox
+        region = self._data[y0:y1, x0:x1]
+        old = region.copy()
+        region[inside] = value
+        tight = self._commit(bbox, old, region, description)
+        if tight is not None:
+            self._changed(tight)
+        return tight
+
+    def _stroke_done(self, bbox: BBox, saved: list[tuple[BBox, np.ndarray]]) -> None:
+        y0, x0, y1, x1 = bbox
+        new = self._data[y0:y1, x0:x1].copy()
+        old = new.copy()
+        for (sy0, sx0, sy1, sx1), block in reversed(saved):
+            old[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = block
+        self._commit(bbox, old, new, "Paint")
+
+    def _apply(self, patch: Patch, which: str) -> BBox:
+        y0, x0, y1, x1 = patch.bbox
+        self._data[y0:y1, x0:x1] = patch.pixels(which)
+        self._changed(patch.bbox)
+        return patch.bbox
+
+    def undo(self) -> BBox | None:
+        """Revert the newest step (finishing an open stroke first); returns its box or None."""
+        self.end_stroke()
+        if not self._undo:
+            return None
+        patch = self._undo.pop()
+        self._redo.append(patch)
+        return self._apply(patch, "old")
+
+    def redo(self) -> BBox | None:
+        """Re-apply the newest undone step; returns its box or None."""
+        self.end_stroke()
+        if not self._redo:
+            return None
+        patch = self._redo.pop()
+        self._undo.append(patch)
+        return self._apply(patch, "new")
+
+    def clear_history(self) -> None:
+        """Forget every undo/redo step (the labels stay as they are)."""
+        self.end_stroke()
+        self._base_token = self._token
+        self._undo.clear()
+        self._redo.clear()
+        self._bytes = 0
+
+    # --- edits ------------------------------------------------------------------------------------
+    def fill(self, x: int, y: int, label: int) -> BBox | None:
+        """Flood-fill the 4-connected region of the label at pixel (column x, row y) with ``label``.
+
+        Returns the changed box, or None (no step) when (x, y) is outside the image or the region
+        already has ``label``.
+        """
+        value = check_label(label)
+        fx, fy = check_point(x, y)
+        c, r = int(math.floor(fx)), int(math.floor(fy))
+        h, w = self.shape
+        self.end_stroke()
+        if not (0 <= r < h and 0 <= c < w) or self._data[r, c] == value:
+            return None
+        bbox, inside = flood_region(self._data, c, r)
+        return self._write(bbox, inside, value, "Fill")
+
+    def polygon(self, points: Sequence[tuple[float, float]], label: int) -> BBox | None:
+        """Fill the polygon with vertices ``points`` ((x, y), implicitly closed; non-zero winding).
+
+        Vertices may lie outside the image (clipped). Returns the changed box or None when nothing
+        changed. Raises ValueError for fewer than 3 points, non-finite points or a bad label.
+        """
+        value = check_label(label)
+        self.end_stroke()
+        hit = polygon_mask(self.shape, points)
+        if hit is None:
+            return None
+        return self._write(hit[0], hit[1], value, "Polygon")
+
+    def apply_labels(self, new_mask: np.ndarray, where: np.ndarray | None = None,
+                     description: str = "") -> BBox | None:
+        """Replace the labels by ``new_mask`` (everywhere, or where the H×W bool ``where`` is True) as
+        one undo step; only the changed pixels' box is stored. Used for "apply CRF", pre-labelling
+        this image and CRF-snap results.
+
+        ``new_mask``: H×W integer array with values in 0..255 (e.g. an int64 argmax is fine).
+        Returns the changed box or None when nothing changed. Raises ValueError for a wrong
+        shape/dtype/range.
+        """
+        if not isinstance(new_mask, np.ndarray) or new_mask.shape != self.shape:
+            raise ValueError(f"new_mask must be an H×W array of shape {self.shape}, "
+                             f"got {getattr(new_mask, 'shape', type(new_mask))}")
+        if new_mask.dtype != np.uint8:
+            if not np.issubdtype(new_mask.dtype, np.integer) or new_mask.dtype == np.bool_:
+                raise ValueError(f"new_mask must hold integer class indices, got {new_mask.dtype}")
+            if new_mask.size and (new_mask.min() < 0 or new_mask.max() > 255):
+                raise ValueError("new_mask values must be in 0..255")
+            new_mask = new_mask.astype(np.uint8)
+        if where is not None:
+            if not isinstance(where, np.ndarray) or where.shape != self.shape or where.dtype != np.bool_:
+                raise ValueError(f"where must be an H×W bool array of shape {self.shape}")
+        self.end_stroke()
+        diff = self._data != new_mask
+        if where is not None:
+            diff &= where
+        bbox = bbox_of(diff)
+        if bbox is None:
+            return None
+        y0, x0, y1, x1 = bbox
+        region = self._data[y0:y1, x0:x1]
+        old = region.copy()
+        np.copyto(region, new_mask[y0:y1, x0:x1], where=diff[y0:y1, x0:x1])
+        self._push(Patch.make(bbox, old, region, description or "Apply labels"))
+        self._changed(bbox)
+        return bbox
