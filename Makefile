@@ -10,9 +10,6 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_CPU ?= torch==2.13.0
 DEMO   ?= resources/demo
-# Until the desktop app exists, `make run` pre-labels the demo folder from the command line.
-WEIGHTS ?= deeplabv3_mobilenet_v3_large_coco
-DEMO_OUT ?= build/demo-masks
 PYTEST_ARGS ?= -n auto
 
 .PHONY: run test setup bench clean-venv
@@ -32,8 +29,7 @@ endif
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/deeplab-gui prelabel $(DEMO) --weights $(WEIGHTS) --out $(DEMO_OUT)
-	@echo "masks written to $(DEMO_OUT)/ (the desktop app arrives with issue 5)"
+	$(BIN)/deeplab-gui $(DEMO)
 
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q $(PYTEST_ARGS)

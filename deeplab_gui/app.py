@@ -1,0 +1,71 @@
+"""``deeplab-gui [FOLDER]``: start the desktop app on FOLDER, or on the bundled ``resources/demo/``.
+
+``DEEPLAB_GUI_EXIT_AFTER_MS=N`` quits by itself N ms after the folder finished opening (or after N ms
+if none opens): the smoke hook tests use to run the real command under ``QT_QPA_PLATFORM=offscreen``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+__all__ = ["demo_folder", "install_excepthook", "main"]
+
+log = logging.getLogger("deeplab_gui")
+
+
+def demo_folder() -> Path:
+    """The repository's ``resources/demo/`` (resolved from this file, not the working directory)."""
+    return Path(__file__).resolve().parent.parent / "resources" / "demo"
+
+
+def install_excepthook(window=None) -> None:
+    """Uncaught exceptions in Qt callbacks: log with traceback, tell the user, keep running."""
+    def hook(exc_type, exc, tb):
+        log.error("uncaught exception", exc_info=(exc_type, exc, tb))
+        text = " ".join(f"{exc_type.__name__}: {exc}".split())
+        if window is not None:
+            try:
+                window.show_message("error", f"internal error: {text} (details in the log file)")
+                return
+            except Exception:  # the window is gone: fall back to stderr
+                log.debug("could not show the error in the window", exc_info=True)
+        traceback.print_exception(exc_type, exc, tb)
+    sys.excepthook = hook
+
+
+def main(folder: str | None = None) -> int:
+    """Open the main window on ``folder`` (default: the demo folder) and run the event loop."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from .main_window import MainWindow
+    from .settings import setup_logging
+
+    log_path = setup_logging()
+    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "deeplab-gui"])
+    app.setApplicationName("deeplab-gui")
+    app.setOrganizationName("deeplab-gui")
+    window = MainWindow()
+    install_excepthook(window)
+    log.info("deeplab-gui started (log: %s)", log_path)
+    window.show()
+
+    target = Path(folder) if folder else demo_folder()
+    if target.is_dir():
+        window.session.open_folder(target)
+    else:
+        window.show_message("warning", f"{target} is not a folder; use File > Open folder")
+
+    exit_after = os.environ.get("DEEPLAB_GUI_EXIT_AFTER_MS")
+    if exit_after:
+        ms = max(int(exit_after), 0)
+        # Quit once the folder is open and its first image shown (or after the delay regardless).
+        window.session.current_changed.connect(lambda _id: QTimer.singleShot(ms, window.close))
+        QTimer.singleShot(ms + 20_000 if target.is_dir() else ms, window.close)
+    app.setQuitOnLastWindowClosed(True)
+    window.destroyed.connect(app.quit)
+    code = app.exec()
+    return int(code)

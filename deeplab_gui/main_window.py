@@ -1,0 +1,266 @@
+"""The main window: image list (left), canvas (centre), class / tool / model / CRF panels (right), menus.
+
+It wires widgets to the :class:`~deeplab_gui.session.Session` and owns the keyboard shortcuts; it holds
+no state of its own beyond layout.  The model, CRF and export panels come from another part of the app
+and are imported lazily, so the window still works (with a logged warning) without them.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDockWidget,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QSlider,
+    QWidget,
+)
+
+from .canvas import Canvas
+from .class_panel import ClassPanel
+from .image_list import ImageListPanel
+from .session import VIEW_MODES, Session
+from .tools import TOOL_KEYS, make_tools
+
+__all__ = ["MainWindow"]
+
+log = logging.getLogger("deeplab_gui")
+_VIEW_TITLES = {"mask": "Mask", "raw": "Raw prediction", "crf": "CRF", "uncertainty": "Uncertainty"}
+_TOOL_TITLES = {"brush": "Brush", "eraser": "Eraser (Shift: to background)", "polygon": "Polygon",
+                "fill": "Flood fill", "picker": "Label picker", "snap": "CRF-snap brush"}
+
+
+class ToolOptions(QWidget):
+    """Brush size, overlay opacity, outline toggle and view mode."""
+
+    def __init__(self, session: Session, parent=None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.size = QDoubleSpinBox()
+        self.size.setRange(0.5, 500.0)
+        self.size.setDecimals(1)
+        self.opacity = QSlider(Qt.Orientation.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(round(session.opacity * 100))
+        self.outline = QCheckBox("Outline only")
+        self.view = QComboBox()
+        for m in VIEW_MODES:
+            self.view.addItem(_VIEW_TITLES[m], m)
+        form = QFormLayout(self)
+        form.addRow("Brush radius", self.size)
+        form.addRow("Opacity", self.opacity)
+        form.addRow("", self.outline)
+        form.addRow("View", self.view)
+        self.opacity.valueChanged.connect(lambda v: session.set_opacity(v / 100.0))
+        self.outline.toggled.connect(session.set_outline)
+        self.view.currentIndexChanged.connect(lambda _i: session.set_view_mode(self.view.currentData()))
+        session.view_changed.connect(self._sync)
+
+    def _sync(self) -> None:
+        i = self.view.findData(self.session.view_mode)
+        if i != self.view.currentIndex():
+            self.view.blockSignals(True)
+            self.view.setCurrentIndex(i)
+            self.view.blockSignals(False)
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, session: Session | None = None) -> None:
+        super().__init__()
+        self.session = session or Session(parent=self)
+        s = self.session
+        self.canvas = Canvas(s, self)
+        self.setCentralWidget(self.canvas)
+        self.tools = make_tools()
+        self.image_list = ImageListPanel(s)
+        self.class_panel = ClassPanel(s)
+        self.tool_options = ToolOptions(s)
+        self.panels: dict[str, QWidget] = {}
+        self.messages: list[tuple[str, str]] = []   # (level, text), newest last: for tests and the log
+        self._box: QMessageBox | None = None
+        self._dock("Images", self.image_list, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self._dock("Classes", self.class_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        self._dock("Tool options", self.tool_options, Qt.DockWidgetArea.RightDockWidgetArea)
+        self._load_panels()
+        self._build_menus()
+        self.tool_options.size.valueChanged.connect(self._on_size)
+        self.set_tool("brush")
+        s.message.connect(self.show_message)
+        for sig in (s.current_changed, s.saved, s.folder_opened, s.mask_changed):
+            sig.connect(lambda *_: self.update_title())
+        s.busy.connect(lambda text: self.statusBar().showMessage(text, 3000) if text else None)
+        self.canvas.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f}%"))
+        self.zoom_label = QLabel()
+        self.statusBar().addPermanentWidget(self.zoom_label)
+        self.resize(1280, 800)
+        geo, state = s.settings.window_state()
+        if geo is not None:
+            self.restoreGeometry(geo)
+        if state is not None:
+            self.restoreState(state)
+        self.update_title()
+
+    # ------------------------------------------------------------ layout
+    def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(title.replace(" ", "_"))  # saveState() needs object names
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _load_panels(self) -> None:
+        """Model and CRF panels: optional, so the window works before (or without) them."""
+        for name, module, cls in (("Model", "model_panel", "ModelPanel"), ("CRF", "crf_panel", "CRFPanel")):
+            try:
+                mod = __import__(f"{__package__}.{module}", fromlist=[cls])
+                panel = getattr(mod, cls)(self.session)
+            except Exception as exc:  # noqa: BLE001  (ImportError, or a panel that fails to build)
+                log.warning("%s panel unavailable: %s", name, exc)
+                continue
+            self.panels[name] = panel
+            self._dock(name, panel, Qt.DockWidgetArea.RightDockWidgetArea)
+
+    def _action(self, menu, text: str, slot, shortcut=None, checkable: bool = False) -> QAction:
+        act = QAction(text, self)
+        if shortcut:
+            shortcuts = shortcut if isinstance(shortcut, list) else [shortcut]
+            act.setShortcuts([QKeySequence(k) for k in shortcuts])
+        act.setCheckable(checkable)
+        act.triggered.connect(slot)
+        if menu is not None:
+            menu.addAction(act)
+        self.addAction(act)  # window-wide shortcut even when its menu is hidden
+        return act
+
+    def _build_menus(self) -> None:
+        s, mb = self.session, self.menuBar()
+        f = mb.addMenu("&File")
+        self._action(f, "&Open folder...", self.ask_open_folder, QKeySequence.StandardKey.Open)
+        self.recent_menu = f.addMenu("Open &recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+        self._action(f, "&Save", s.save_current, "Ctrl+S")
+        self.export_action = self._action(f, "&Export VOC...", self.open_export)
+        f.addSeparator()
+        self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        e = mb.addMenu("&Edit")
+        self._action(e, "&Undo", self.undo, "Ctrl+Z")
+        self._action(e, "&Redo", self.redo, ["Ctrl+Shift+Z", "Ctrl+Y"])
+        v = mb.addMenu("&View")
+        self._action(v, "&Fit", self.canvas.fit, "Ctrl+0")
+        self._action(v, "&Actual size (1:1)", self.canvas.actual_size, "Ctrl+1")
+        self._action(v, "Zoom &in", lambda: self.canvas.set_zoom(self.canvas.zoom * 1.25), "Ctrl++")
+        self._action(v, "Zoom &out", lambda: self.canvas.set_zoom(self.canvas.zoom / 1.25), "Ctrl+-")
+        self.outline_action = self._action(v, "&Outline only", s.set_outline, "O", checkable=True)
+        v.addSeparator()
+        for i, m in enumerate(VIEW_MODES):
+            self._action(v, _VIEW_TITLES[m], lambda _=False, m=m: s.set_view_mode(m), f"Alt+{i + 1}")
+        im = mb.addMenu("&Image")
+        self._action(im, "&Previous", s.prev_image, "A")
+        self._action(im, "&Next", s.next_image, "D")
+        self._action(im, "Mark &reviewed", s.mark_reviewed, "Ctrl+R")
+        self._action(im, "Next most &uncertain", s.next_most_uncertain, "U")
+        t = mb.addMenu("&Tools")
+        group = QActionGroup(self)
+        self.tool_actions = {}
+        for name, key in TOOL_KEYS.items():
+            act = self._action(t, _TOOL_TITLES[name], lambda _=False, n=name: self.set_tool(n), key, checkable=True)
+            group.addAction(act)
+            self.tool_actions[name] = act
+        t.addSeparator()
+        self._action(t, "Smaller brush", lambda: self.change_size(1 / 1.25), "[")
+        self._action(t, "Larger brush", lambda: self.change_size(1.25), "]")
+        for k in range(10):  # 1-9 classes 1-9, 0 background
+            self._action(None, f"Class {k}", lambda _=False, k=k: setattr(s, "current_label", k), str(k))
+        for dock in self.findChildren(QDockWidget):
+            v.addAction(dock.toggleViewAction())
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        for folder in self.session.settings.recent_folders():
+            self.recent_menu.addAction(folder, lambda f=folder: self.session.open_folder(f))
+
+    # ------------------------------------------------------------ commands
+    def ask_open_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open image folder", str(self.session.folder or Path.home()))
+        if folder:
+            self.session.open_folder(folder)
+
+    def open_export(self) -> None:
+        try:
+            from .export_dialog import ExportDialog
+        except ImportError as exc:
+            self.show_message("warning", f"VOC export is not available in this version ({exc})")
+            return
+        if self.session.store is None:
+            self.show_message("info", "open a folder first")
+            return
+        ExportDialog(self.session, self).open()
+
+    def undo(self) -> None:
+        if self.session.document is not None:
+            self.session.document.undo()
+
+    def redo(self) -> None:
+        if self.session.document is not None:
+            self.session.document.redo()
+
+    def set_tool(self, name: str) -> None:
+        tool = self.tools[name]
+        self.canvas.set_tool(tool)
+        self.tool_actions[name].setChecked(True)
+        if tool.sized:
+            tool.size = self.session.settings.tool_size(name, tool.size)
+            self.tool_options.size.blockSignals(True)
+            self.tool_options.size.setValue(tool.size)
+            self.tool_options.size.blockSignals(False)
+        self.statusBar().showMessage(_TOOL_TITLES[name], 2000)
+
+    def change_size(self, factor: float) -> None:
+        tool = self.canvas.tool
+        if tool is not None and tool.sized:
+            self.tool_options.size.setValue(max(0.5, min(500.0, tool.size * factor)))
+
+    def _on_size(self, value: float) -> None:
+        tool = self.canvas.tool
+        if tool is not None and tool.sized:
+            tool.size = float(value)
+            self.session.settings.set_tool_size(tool.name, tool.size)
+
+    # ------------------------------------------------------------ feedback
+    def update_title(self) -> None:
+        s = self.session
+        parts = ["deeplab-gui"]
+        if s.folder is not None:
+            parts.append(str(s.folder) + (" [read-only]" if s.read_only else ""))
+        if s.image_id:
+            parts.append(s.image_id + (" *" if s.dirty else ""))
+        self.setWindowTitle(" — ".join(parts))
+
+    def show_message(self, level: str, text: str) -> None:
+        """Info goes to the status bar; warnings and errors to a (non-blocking) dialog as well."""
+        self.messages.append((level, text))
+        self.statusBar().showMessage(text, 8000)
+        if level not in ("warning", "error"):
+            return
+        if self._box is not None and self._box.isVisible():
+            self._box.setText(self._box.text() + "\n\n" + text)  # one box, not a pile of them
+            return
+        icon = QMessageBox.Icon.Critical if level == "error" else QMessageBox.Icon.Warning
+        self._box = QMessageBox(icon, "deeplab-gui", text, QMessageBox.StandardButton.Ok, self)
+        self._box.setWindowModality(Qt.WindowModality.NonModal)
+        self._box.show()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.session.settings.set_window_state(self.saveGeometry(), self.saveState())
+        self.session.shutdown()
+        self.session.settings.sync()
+        super().closeEvent(event)

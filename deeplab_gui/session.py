@@ -1,0 +1,436 @@
+"""The app's state with no widgets: folder, store, current image and its mask document, model, views.
+
+Widgets read attributes and call methods here; they learn about changes only through the signals, so
+several panels stay in step without knowing each other (napari's layer/model split, DESIGN §7).  All
+slow work (folder scan, image decoding, probability-cache IO, entropy) goes through :meth:`run_task`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from .session_io import Loaded, derived, load_image, most_uncertain, read_for_display
+from .settings import Settings
+from .workers import TaskHandle, Worker
+
+__all__ = ["AUTOSAVE_MS", "VIEW_MODES", "VOID", "Session"]
+
+log = logging.getLogger("deeplab_gui")
+
+VIEW_MODES = ("mask", "raw", "crf", "uncertainty")
+AUTOSAVE_MS = 30_000
+VOID = 255
+
+
+class Session(QObject):
+    """Everything the app knows; see the module docstring.  Create on the UI thread."""
+
+    folder_opened = Signal()
+    current_changed = Signal(str)
+    mask_changed = Signal(tuple)       # (y0, x0, y1, x1), half-open
+    probs_changed = Signal()
+    view_changed = Signal()
+    statuses_changed = Signal()
+    model_changed = Signal()
+    classes_changed = Signal()
+    label_changed = Signal(int)
+    busy = Signal(str)                 # "" when idle
+    message = Signal(str, str)         # level ("info" | "warning" | "error"), text
+    saved = Signal(bool)
+
+    def __init__(self, settings: Settings | None = None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings or Settings()
+        self.worker = Worker(self)
+        self.worker.busy_changed.connect(lambda n: self.busy.emit(f"{n} task(s) running" if n else ""))
+        self.store: Any = None
+        self.folder: Path | None = None
+        self.image_id: str | None = None
+        self.image: np.ndarray | None = None
+        self.display: Any = None            # QImage of ``image`` ready for the screen
+        self.document: Any = None
+        self.probs: np.ndarray | None = None
+        self.raw_labels: np.ndarray | None = None
+        self.uncertainty: np.ndarray | None = None
+        self.crf_labels: np.ndarray | None = None
+        self.model: Any = None
+        self.model_id: str | None = None
+        self.predictor: Any = None
+        self.view_mode = "mask"
+        self.opacity = 0.5
+        self.outline = False
+        self._label = 1
+        self._ids: list[str] = []
+        self._load: TaskHandle | None = None
+        self._pending: str | None = None
+        self._unsaved: dict[str, Any] = {}   # id -> MaskDocument whose save failed (kept in memory)
+        self._said_read_only = False
+        # Decoded neighbours of the current image (id -> (image, display)), so A/D show them at once.
+        self._prefetched: dict[str, tuple[np.ndarray, Any]] = {}
+        self._prefetching: dict[str, TaskHandle] = {}
+        self._timer = QTimer(self)
+        self._timer.setInterval(AUTOSAVE_MS)
+        self._timer.timeout.connect(self.autosave)
+        self._timer.start()
+
+    # ------------------------------------------------------------------ small properties
+    @property
+    def class_names(self) -> list[str]:
+        return self.store.class_names if self.store is not None else []
+
+    @property
+    def class_colors(self) -> list[tuple[int, int, int]]:
+        return self.store.class_colors if self.store is not None else []
+
+    @property
+    def current_label(self) -> int:
+        return self._label
+
+    @current_label.setter
+    def current_label(self, label: int) -> None:
+        n = len(self.class_names)
+        label = int(label)
+        if label == VOID or 0 <= label < max(n, 1):
+            self._label = label
+            self.label_changed.emit(label)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    @property
+    def read_only(self) -> bool:
+        return bool(self.store is not None and self.store.read_only)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.document is not None and self.document.dirty)
+
+    def statuses(self) -> dict[str, Any]:
+        return self.store.statuses() if self.store is not None else {}
+
+    def run_task(self, fn: Callable, *args: Any, **kw: Any) -> TaskHandle:
+        """Run ``fn`` off the UI thread (see :meth:`Worker.run_task`)."""
+        return self.worker.run_task(fn, *args, **kw)
+
+    def _say(self, level: str, text: str) -> None:
+        getattr(log, "error" if level == "error" else level if level == "warning" else "info")(text)
+        self.message.emit(level, text)
+
+    # ------------------------------------------------------------------ folder
+    def open_folder(self, path: str | os.PathLike) -> TaskHandle:
+        """Open ``path``'s store and scan it in a worker; ``folder_opened`` then the first image."""
+        def work(folder: str):
+            from engine.store import AnnotationStore, StoreLockedError
+            try:
+                return AnnotationStore.open(folder), None
+            except StoreLockedError as exc:
+                return AnnotationStore.open(folder, read_only=True), f"{exc}; opened read-only"
+
+        return self.run_task(work, str(path), on_result=self._folder_ready,
+                             on_error=lambda t: self._say("error", f"cannot open {path}: {t}"),
+                             task_name="open folder")
+
+    def _folder_ready(self, value: tuple) -> None:
+        store, note = value
+        self.close_store()
+        self.store, self.folder = store, store.folder
+        self._ids = store.ids()
+        self._unsaved.clear()
+        self._prefetched.clear()
+        self._said_read_only = False
+        self.settings.add_recent_folder(store.folder)
+        for text in (note, store.notice):
+            if text:
+                self._say("warning", text)
+        skipped = store.scan_result.skipped if store.scan_result is not None else []
+        if skipped:
+            names = ", ".join(f"{p} ({why})" for p, why in skipped[:3])
+            self._say("warning", f"{len(skipped)} file(s) skipped: {names}" + (" ..." if len(skipped) > 3 else ""))
+        if self._label >= len(store.class_names) and self._label != VOID:
+            self._label = min(1, len(store.class_names) - 1)
+        self.folder_opened.emit()
+        self.classes_changed.emit()
+        self.statuses_changed.emit()
+        if self._ids:
+            self.select(self._ids[0])
+        else:
+            self._say("info", f"{store.folder} holds no images")
+
+    def close_store(self) -> None:
+        """Save, then let go of the current folder (also what quitting calls)."""
+        if self.store is None:
+            return
+        self.save_current()
+        for image_id, doc in list(self._unsaved.items()):
+            self._save_doc(image_id, doc)
+        if self._load is not None:
+            self._load.cancel()
+        self.store.close()
+        self.store, self.folder, self.image_id, self.image, self.document = None, None, None, None, None
+        self.display = None
+        self._prefetched.clear()
+        self.probs = self.raw_labels = self.uncertainty = self.crf_labels = None
+
+    def shutdown(self, timeout_ms: int = 5000) -> None:
+        self._timer.stop()
+        self.close_store()
+        self.worker.cancel_all()
+        self.worker.wait(timeout_ms)
+
+    # ------------------------------------------------------------------ image switching
+    def select(self, image_id: str) -> TaskHandle | None:
+        """Autosave the current image, then load ``image_id`` in a worker (``current_changed`` after)."""
+        if self.store is None or image_id not in self._ids:
+            return None
+        self.save_current()
+        if self._load is not None:
+            self._load.cancel()  # latest wins
+        self._pending = image_id
+        store, model_id = self.store, self.model_id
+        ready = self._prefetched.get(image_id)
+        inflight = self._prefetching.get(image_id)
+        if ready is None and inflight is not None and not inflight.done:
+            # Already being decoded (A/D pressed early): wait for it rather than decode it twice.
+            inflight.finished.connect(lambda: self._pending == image_id and self.select(image_id))
+            return inflight
+        self._load = self.run_task(load_image, store, image_id, model_id, ready, on_result=self._install,
+                                   on_error=lambda t: self._say("error", t), task_name="load image")
+        return self._load
+
+    def _install(self, loaded: Loaded | None) -> None:
+        if loaded is None or loaded.image_id != self._pending or self.store is None:
+            return  # a newer selection superseded this one
+        from .document import MaskDocument
+        self.save_current()  # edits made while the new image was loading
+        if self.document is not None:
+            self.document.remove_listener(self._on_doc_change)
+        self.image_id, self.image, self.display = loaded.image_id, loaded.image, loaded.display
+        self.probs, self.raw_labels, self.uncertainty = loaded.probs, loaded.raw, loaded.unc
+        self.crf_labels = None
+        if loaded.image is None:
+            self.document = None
+        elif loaded.image_id in self._unsaved:
+            self.document = self._unsaved[loaded.image_id]
+        else:
+            h, w = loaded.image.shape[:2]
+            mask = loaded.mask if loaded.mask is not None else np.full((h, w), VOID, np.uint8)
+            self.document = MaskDocument(mask)
+        if self.document is not None:
+            self.document.add_listener(self._on_doc_change)
+        if loaded.warning:
+            self._say("warning", loaded.warning)
+        self.current_changed.emit(loaded.image_id)
+        self.probs_changed.emit()
+        self._prefetch_neighbours(loaded.image_id)
+
+    def _neighbours(self, image_id: str | None) -> list[str]:
+        i = self._ids.index(image_id) if image_id in self._ids else -10
+        return [self._ids[j] for j in (i + 1, i - 1) if 0 <= j < len(self._ids)]
+
+    def _prefetch_neighbours(self, image_id: str) -> None:
+        """Decode the next and previous images in the background (two kept: bounded memory)."""
+        keep = self._neighbours(image_id)
+        for k in [k for k in self._prefetched if k not in keep]:
+            del self._prefetched[k]
+        store = self.store
+        for k in keep:
+            if k in self._prefetched or k in self._prefetching or store.error(k):
+                continue
+
+            def done(value: tuple, k: str = k) -> None:
+                if self.store is store and k in self._neighbours(self.image_id):
+                    self._prefetched[k] = value
+            h = self.run_task(read_for_display, store.image_path(k), on_result=done,
+                              on_error=lambda _t: None, task_name="prefetch")  # select() reports it
+            self._prefetching[k] = h
+            h.finished.connect(lambda k=k: self._prefetching.pop(k, None))
+
+    def _on_doc_change(self, bbox: tuple) -> None:
+        self.mask_changed.emit(tuple(int(v) for v in bbox))
+
+    def _step(self, delta: int) -> None:
+        if not self._ids:
+            return
+        cur = self._pending or self.image_id
+        i = self._ids.index(cur) if cur in self._ids else -1
+        j = min(max(i + delta, 0), len(self._ids) - 1)
+        if self._ids[j] != cur:
+            self.select(self._ids[j])
+
+    def next_image(self) -> None:
+        self._step(+1)
+
+    def prev_image(self) -> None:
+        self._step(-1)
+
+    # ------------------------------------------------------------------ saving
+    def save_current(self) -> bool:
+        """Save the current mask if it changed; False (with a ``message`` saying why) on failure.
+
+        A failed save keeps the document in memory (also across image switches) and retries on the
+        next autosave.
+        """
+        if self.document is None or self.image_id is None or self.store is None:
+            return True
+        if not self.document.dirty:
+            return True
+        return self._save_doc(self.image_id, self.document)
+
+    def _save_doc(self, image_id: str, doc: Any) -> bool:
+        if self.read_only:
+            if not self._said_read_only:
+                self._said_read_only = True
+                self._say("warning", "this folder is open read-only: changes are kept in memory only")
+            self._unsaved[image_id] = doc
+            self.saved.emit(False)
+            return False
+        from engine.storeformat import StoreError
+        version = doc.version
+        try:
+            self.store.save_mask(image_id, doc.mask)
+        except (StoreError, OSError) as exc:
+            self._unsaved[image_id] = doc
+            self._say("error", f"{exc} (your changes are kept in memory)")
+            self.saved.emit(False)
+            return False
+        if doc.version == version:
+            doc.mark_saved()
+        self._unsaved.pop(image_id, None)
+        self.saved.emit(True)
+        self.statuses_changed.emit()
+        return True
+
+    def autosave(self) -> None:
+        """Timer tick: save the current mask if dirty and retry masks whose save failed."""
+        if self.store is None or self.read_only:
+            return
+        self.save_current()
+        for image_id, doc in list(self._unsaved.items()):
+            if image_id != self.image_id:
+                self._save_doc(image_id, doc)
+
+    def mark_reviewed(self) -> bool:
+        if self.document is None or self.image_id is None or self.read_only:
+            return False
+        from engine.storeformat import Status, StoreError
+        try:
+            self.store.save_mask(self.image_id, self.document.mask, status=Status.REVIEWED)
+        except (StoreError, OSError) as exc:
+            self._say("error", str(exc))
+            return False
+        self.document.mark_saved()
+        self.statuses_changed.emit()
+        self.saved.emit(True)
+        return True
+
+    # ------------------------------------------------------------------ model and predictions
+    def set_model(self, model: Any, model_id: str | None, device: Any = None) -> None:
+        """Use ``model`` (None to unload); builds the Predictor.  Cached probabilities of another
+        model stop being shown."""
+        from engine.predictor import Predictor
+        self.model, self.model_id = model, (model_id if model is not None else None)
+        self.predictor = Predictor(model, device) if model is not None else None
+        self.model_changed.emit()
+
+    def set_probs(self, image_id: str, probs: np.ndarray) -> TaskHandle:
+        """Cache ``probs`` (C×H×W float32) in the store and, for the current image, show them."""
+        store, model_id = self.store, self.model_id or ""
+
+        def work():
+            if not store.read_only:
+                store.save_probs(image_id, probs, model_id=model_id)
+            return derived(probs)
+        return self.run_task(work, on_result=lambda d: self._show_probs(image_id, probs, d),
+                             on_error=lambda t: self._say("error", t), task_name="cache probabilities")
+
+    def _show_probs(self, image_id: str, probs: np.ndarray, derived: tuple) -> None:
+        if image_id == self.image_id and self.image is not None and probs.shape[1:] == self.image.shape[:2]:
+            self.probs, (self.raw_labels, self.uncertainty) = probs, derived
+            self.probs_changed.emit()
+
+    def apply_prediction(self, image_id: str, labels: np.ndarray, probs: np.ndarray | None = None) -> TaskHandle:
+        """Store a model's labels (never over an edited/reviewed mask) and, when ``image_id`` is shown
+        with an untouched unlabelled or pre-labelled mask, put them in the document as one undo step."""
+        store, model_id = self.store, self.model_id or ""
+
+        def work():
+            stored = store.save_prediction(image_id, labels, probs=probs, model_id=model_id)
+            return stored, derived(probs)
+
+        def done(value: tuple) -> None:
+            stored, derived = value
+            self.statuses_changed.emit()
+            if probs is not None:
+                self._show_probs(image_id, probs, derived)
+            doc = self.document
+            if stored and image_id == self.image_id and doc is not None and not doc.dirty \
+                    and doc.shape == labels.shape:
+                doc.apply_labels(labels, description="pre-label")
+                doc.mark_saved()  # the store holds exactly this mask, as a prediction
+
+        return self.run_task(work, on_result=done, on_error=lambda t: self._say("error", t),
+                             task_name="store prediction")
+
+    # ------------------------------------------------------------------ view
+    def set_crf_labels(self, labels: np.ndarray | None) -> None:
+        self.crf_labels = labels
+        if self.view_mode == "crf":
+            self.view_changed.emit()
+
+    def set_view_mode(self, mode: str) -> None:
+        if mode not in VIEW_MODES:
+            raise ValueError(f"view mode must be one of {VIEW_MODES}, not {mode!r}")
+        if mode != self.view_mode:
+            self.view_mode = mode
+            self.view_changed.emit()
+
+    def set_opacity(self, value: float) -> None:
+        self.opacity = float(min(max(value, 0.0), 1.0))
+        self.view_changed.emit()
+
+    def set_outline(self, on: bool) -> None:
+        self.outline = bool(on)
+        self.view_changed.emit()
+
+    def overlay_labels(self) -> np.ndarray | None:
+        """H×W uint8 labels to draw for the view mode (the user mask when the view has nothing)."""
+        if self.view_mode == "raw" and self.raw_labels is not None:
+            return self.raw_labels
+        if self.view_mode == "crf" and self.crf_labels is not None:
+            return self.crf_labels
+        return self.document.mask if self.document is not None else None
+
+    # ------------------------------------------------------------------ classes
+    def set_classes(self, classes: list[tuple[str, tuple[int, int, int]]]) -> bool:
+        """Replace the class list (names, colours); a shorter list is refused by the store."""
+        if self.store is None:
+            return False
+        try:
+            self.store.set_classes(classes)
+        except Exception as exc:  # noqa: BLE001  (StoreError, bad names/colours: tell the user)
+            self._say("error", str(exc))
+            return False
+        self.classes_changed.emit()
+        return True
+
+    # ------------------------------------------------------------------ review queue
+    def next_most_uncertain(self) -> TaskHandle | None:
+        """Select the not-yet-reviewed image whose cached probabilities have the highest mean entropy."""
+        if self.store is None:
+            return None
+        store, model_id, current = self.store, self.model_id, self.image_id
+
+        def done(image_id: str | None) -> None:
+            if image_id is None:
+                self._say("info", "no other unreviewed image has cached predictions; pre-label first")
+            else:
+                self.select(image_id)
+        return self.run_task(most_uncertain, store, model_id, current, on_result=done,
+                             on_error=lambda t: self._say("error", t), task_name="rank by uncertainty")

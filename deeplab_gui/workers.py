@@ -1,0 +1,228 @@
+"""Background work for the app: plain-Python callables and generators run off the UI thread.
+
+The engine reports progress through plain callbacks (``progress(done, total)``) and polls ``cancel()``;
+this module adapts that to Qt (napari's ``thread_worker`` idea, DESIGN §1): a :class:`Worker` runs the
+callable on its own ``QThreadPool`` and a :class:`TaskHandle` delivers ``progress``, ``result``,
+``error`` and ``finished`` on the UI thread.  An exception never reaches Qt's event loop: it becomes a
+one-line ``error`` and is logged with its traceback (the log file is set up by :mod:`.settings`).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+import types
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+
+__all__ = ["TaskCancelled", "TaskHandle", "Worker", "one_line_error"]
+
+log = logging.getLogger("deeplab_gui")
+
+# Progress from a tight loop would flood the UI event queue; 20 updates a second is plenty to see.
+_PROGRESS_INTERVAL_S = 0.05
+
+
+class TaskCancelled(Exception):
+    """A task may raise this when it notices ``cancel()``; the handle then finishes without error."""
+
+
+def one_line_error(exc: BaseException) -> str:
+    """A one-line message for a person: the project's own errors are sentences already; others get
+    their type name so ``KeyError: 'x'`` stays meaningful."""
+    text = " ".join(str(exc).split())
+    mod = type(exc).__module__.split(".")[0]
+    if mod in ("engine", "trainer", "deeplab_gui") and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class TaskHandle(QObject):
+    """One running task.  Public signals arrive on the UI thread (the thread that created the handle).
+
+    ``progress(done, total)``, ``result(object)``, ``error(str)`` and always exactly one ``finished()``
+    last (also after a cancel).  ``cancel()`` asks the task to stop; the callable sees it through its
+    ``cancel()`` keyword, a generator is stopped at its next ``yield``.
+    """
+
+    progress = Signal(int, int)
+    result = Signal(object)
+    error = Signal(str)
+    finished = Signal()
+
+    # Emitted from the pool thread; the handle lives on the UI thread so Qt queues them there.
+    _sig_progress = Signal(int, int)
+    _sig_result = Signal(object)
+    _sig_error = Signal(str)
+    _sig_finished = Signal()
+
+    def __init__(self, name: str = "", parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.name = name
+        self._cancel = threading.Event()
+        self._done = False
+        self._last_progress = 0.0
+        self._sig_progress.connect(self._on_progress)
+        self._sig_result.connect(self._on_result)
+        self._sig_error.connect(self._on_error)
+        self._sig_finished.connect(self._on_finished)
+
+    # ---------------------------------------------------------------- public
+    def cancel(self) -> None:
+        """Ask the task to stop (thread-safe, idempotent)."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def done(self) -> bool:
+        """True once ``finished`` has been delivered on the UI thread."""
+        return self._done
+
+    # ---------------------------------------------------------------- pool-thread side
+    def _report(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - self._last_progress >= _PROGRESS_INTERVAL_S or done == 0:
+            self._last_progress = now
+            self._sig_progress.emit(int(done), int(total))
+
+    # ---------------------------------------------------------------- UI-thread side
+    @Slot(int, int)
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress.emit(done, total)
+
+    @Slot(object)
+    def _on_result(self, value: object) -> None:
+        self.result.emit(value)
+
+    @Slot(str)
+    def _on_error(self, text: str) -> None:
+        self.error.emit(text)
+
+    @Slot()
+    def _on_finished(self) -> None:
+        self._done = True
+        self.finished.emit()
+
+
+class _Runnable(QRunnable):
+    def __init__(self, handle: TaskHandle, fn: Callable, args: tuple, kwargs: dict) -> None:
+        super().__init__()
+        self.setAutoDelete(True)
+        self.handle, self.fn, self.args, self.kwargs = handle, fn, args, kwargs
+
+    def run(self) -> None:  # pool thread
+        h = self.handle
+        try:
+            if h.cancelled:
+                return
+            out = self.fn(*self.args, **self.kwargs)
+            if isinstance(out, types.GeneratorType):
+                out = self._drain(out)
+            if not h.cancelled:
+                h._sig_result.emit(out)
+        except TaskCancelled:
+            pass
+        except BaseException as exc:  # the app must survive any task failure
+            log.error("task %r failed", h.name or getattr(self.fn, "__name__", "?"), exc_info=exc)
+            h._sig_error.emit(one_line_error(exc))
+        finally:
+            h._sig_finished.emit()
+
+    def _drain(self, gen: types.GeneratorType) -> Any:
+        """Run a generator: a yielded ``(done, total)`` pair is progress; its ``return`` is the result."""
+        try:
+            while True:
+                item = next(gen)
+                if self.handle.cancelled:
+                    gen.close()
+                    raise TaskCancelled
+                if isinstance(item, tuple) and len(item) == 2 and all(isinstance(v, int) for v in item):
+                    self.handle._report(*item)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    p = params.get(name)
+    return p is not None and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+
+
+class Worker(QObject):
+    """Runs tasks on a private thread pool; create it on the UI thread.
+
+    ``busy_changed(int)`` tells how many tasks are in flight (for a status-bar spinner).
+    """
+
+    busy_changed = Signal(int)
+
+    def __init__(self, parent: QObject | None = None, *, max_threads: int = 4) -> None:
+        super().__init__(parent)
+        self.pool = QThreadPool(self)
+        # A long pre-label run must not starve image loading: several threads, each mostly waiting
+        # on torch (which has its own intra-op threads) or on disk.
+        self.pool.setMaxThreadCount(max_threads)
+        self._active: set[TaskHandle] = set()
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def run_task(self, fn: Callable, *args: Any, on_result: Callable[[Any], Any] | None = None,
+                 on_error: Callable[[str], Any] | None = None,
+                 on_progress: Callable[[int, int], Any] | None = None,
+                 parent: QObject | None = None, task_name: str = "", **kw: Any) -> TaskHandle:
+        """Start ``fn(*args, **kw)`` in the pool and return its handle at once.
+
+        ``fn`` gets ``progress=`` and ``cancel=`` keyword callables when its signature names them.
+        A generator function may instead yield ``(done, total)`` and ``return`` its result.
+        Callbacks run on the UI thread; an exception in one is logged and reported as ``error``.
+        """
+        handle = TaskHandle(task_name or getattr(fn, "__name__", ""), parent)
+        if _accepts(fn, "progress"):
+            kw.setdefault("progress", handle._report)
+        if _accepts(fn, "cancel"):
+            kw.setdefault("cancel", handle._cancel.is_set)
+        if on_progress is not None:
+            handle.progress.connect(on_progress)
+        if on_result is not None:
+            handle.result.connect(self._guard(handle, on_result))
+        if on_error is not None:
+            handle.error.connect(on_error)
+        self._active.add(handle)
+        handle.finished.connect(lambda h=handle: self._retire(h))
+        self.busy_changed.emit(len(self._active))
+        self.pool.start(_Runnable(handle, fn, args, kw))
+        return handle
+
+    def _guard(self, handle: TaskHandle, fn: Callable[[Any], Any]) -> Callable[[Any], None]:
+        # A bug in a result callback must not take the app down (PySide prints and goes on, but the
+        # user would never know): log it and turn it into the task's error.
+        def call(value: Any) -> None:
+            try:
+                fn(value)
+            except Exception as exc:  # a callback bug becomes the task's error
+                log.error("result callback of %r failed", handle.name, exc_info=exc)
+                handle.error.emit(one_line_error(exc))
+        return call
+
+    def _retire(self, handle: TaskHandle) -> None:
+        self._active.discard(handle)
+        self.busy_changed.emit(len(self._active))
+
+    def cancel_all(self) -> None:
+        for h in list(self._active):
+            h.cancel()
+
+    def wait(self, timeout_ms: int = 5000) -> bool:
+        """Block until the pool is idle (used on quit, after :meth:`cancel_all`)."""
+        return self.pool.waitForDone(timeout_ms)

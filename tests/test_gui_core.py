@@ -1,0 +1,346 @@
+"""The app core offscreen with pytest-qt: session, image list, canvas and tools, shortcuts, saving."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QEvent, QPointF, Qt
+from PySide6.QtGui import QMouseEvent
+from PySide6.QtWidgets import QApplication
+
+from deeplab_gui.main_window import MainWindow
+from deeplab_gui.session import Session
+from deeplab_gui.settings import Settings
+from engine.storeformat import Status, StoreWriteError
+
+WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
+ROOT = Path(__file__).resolve().parent.parent
+W, H = 40, 30
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPLAB_GUI_LOG_DIR", str(tmp_path / "log"))
+    monkeypatch.setenv("DEEPLAB_GUI_SETTINGS", str(tmp_path / "settings.ini"))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Three 40×30 PNGs (left half dark, right half bright) and one corrupt file."""
+    d = tmp_path / "images"
+    d.mkdir()
+    for i in range(3):
+        arr = np.zeros((H, W, 3), np.uint8)
+        arr[:, W // 2:] = 200 + i
+        Image.fromarray(arr).save(d / f"img{i}.png")
+    (d / "zz_bad.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    return d
+
+
+@pytest.fixture
+def sessions(qtbot, tmp_path):
+    made = []
+
+    def make(path) -> Session:
+        s = Session(Settings(tmp_path / "settings.ini"))
+        made.append(s)
+        with qtbot.waitSignal(s.current_changed, timeout=WAIT):
+            s.open_folder(path)
+        return s
+    yield make
+    for s in made:
+        s.shutdown()
+
+
+@pytest.fixture
+def window(qtbot, folder):
+    win = MainWindow(Session(Settings(os.environ["DEEPLAB_GUI_SETTINGS"])))
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitExposed(win)
+    win.activateWindow()
+    with qtbot.waitSignal(win.session.current_changed, timeout=WAIT):
+        win.session.open_folder(folder)
+    win.canvas.setFocus()
+    yield win
+    win.session.shutdown()
+
+
+def _select(qtbot, s: Session, image_id: str) -> None:
+    with qtbot.waitSignal(s.current_changed, timeout=WAIT):
+        s.select(image_id)
+
+
+def _mouse(canvas, kind, x, y, buttons=Qt.MouseButton.LeftButton, button=Qt.MouseButton.LeftButton,
+           modifiers=Qt.KeyboardModifier.NoModifier):
+    """Send a mouse event to the canvas viewport at image coordinates (x, y)."""
+    vp = canvas.viewport()
+    local = QPointF(canvas.mapFromScene(QPointF(x, y)))
+    ev = QMouseEvent(kind, local, QPointF(vp.mapToGlobal(local.toPoint())), button, buttons, modifiers)
+    QApplication.sendEvent(vp, ev)
+
+
+def _stroke(canvas, points, modifiers=Qt.KeyboardModifier.NoModifier):
+    (x0, y0), rest = points[0], points[1:]
+    _mouse(canvas, QEvent.Type.MouseButtonPress, x0, y0, modifiers=modifiers)
+    for x, y in rest:
+        _mouse(canvas, QEvent.Type.MouseMove, x, y, button=Qt.MouseButton.NoButton, modifiers=modifiers)
+    x, y = points[-1]
+    _mouse(canvas, QEvent.Type.MouseButtonRelease, x, y, buttons=Qt.MouseButton.NoButton, modifiers=modifiers)
+
+
+# ---------------------------------------------------------------------------- session
+def test_open_folder_and_corrupt_image(qtbot, sessions, folder):
+    s = sessions(folder)
+    assert s.ids == ["img0.png", "img1.png", "img2.png", "zz_bad.png"]
+    assert s.image_id == "img0.png" and s.image.shape == (H, W, 3)
+    assert s.document.mask.shape == (H, W) and (s.document.mask == 255).all()  # unlabelled: all void
+    with qtbot.waitSignal(s.message, timeout=WAIT,
+                          check_params_cb=lambda level, text: level == "warning" and "zz_bad.png" in text):
+        s.select("zz_bad.png")
+    qtbot.waitUntil(lambda: s.image_id == "zz_bad.png")
+    assert s.image is None and s.document is None and s.store.error("zz_bad.png")
+    _select(qtbot, s, "img1.png")  # the rest still works
+    assert s.image.shape == (H, W, 3) and s.document is not None
+
+
+def test_second_instance_is_read_only(qtbot, sessions, folder):
+    sessions(folder)
+    msgs = []
+    s2 = Session(Settings(folder.parent / "other.ini"))
+    s2.message.connect(lambda level, text: msgs.append((level, text)))
+    try:
+        with qtbot.waitSignal(s2.current_changed, timeout=WAIT):
+            s2.open_folder(folder)
+        assert s2.read_only and any("read-only" in t for _, t in msgs)
+        s2.document.apply_labels(np.zeros((H, W), np.uint8))
+        assert s2.save_current() is False and s2.dirty  # kept in memory, nothing written
+    finally:
+        s2.shutdown()
+
+
+def test_save_reopen_same_mask(qtbot, sessions, folder):
+    s = sessions(folder)
+    s.document.begin_stroke(3, 4.0)
+    s.document.stroke_to(10, 10)
+    s.document.stroke_to(30, 20)
+    s.document.end_stroke()
+    expected = s.document.mask.copy()
+    assert s.dirty and s.save_current() and not s.dirty
+    assert s.store.status("img0.png") is Status.EDITED
+    s.shutdown()
+    s2 = sessions(folder)
+    assert s2.image_id == "img0.png"
+    np.testing.assert_array_equal(s2.document.mask, expected)
+
+
+def test_failed_save_keeps_work_and_says_why(qtbot, window, monkeypatch):
+    s = window.session
+
+    def refuse(*a, **k):
+        raise StoreWriteError("could not save the mask of img0.png: the disk is full; the previous "
+                              "version on disk is kept")
+    monkeypatch.setattr(s.store, "save_mask", refuse)
+    s.document.apply_labels(np.full((H, W), 2, np.uint8))
+    with qtbot.waitSignal(s.message, timeout=WAIT, check_params_cb=lambda lv, t: lv == "error" and "disk is full" in t):
+        assert s.save_current() is False
+    assert s.dirty and window.windowTitle().endswith("img0.png *")
+    assert ("error" in {lv for lv, _ in window.messages})
+    _select(qtbot, s, "img1.png")       # switching: the failed document stays in memory
+    _select(qtbot, s, "img0.png")
+    assert (s.document.mask == 2).all() and s.dirty
+    monkeypatch.undo()
+    s.autosave()
+    assert not s.dirty and (s.store.load_mask("img0.png") == 2).all()
+
+
+def test_apply_prediction_never_replaces_edits(qtbot, sessions, folder):
+    s = sessions(folder)
+    labels = np.ones((H, W), np.uint8)
+    probs = np.zeros((21, H, W), np.float32)
+    probs[1] = 1.0
+    with qtbot.waitSignal(s.probs_changed, timeout=WAIT):
+        s.apply_prediction("img0.png", labels, probs)
+    assert (s.document.mask == 1).all() and not s.dirty and s.document.can_undo
+    assert s.store.status("img0.png") is Status.PRELABELED
+    assert s.raw_labels is not None and (s.raw_labels == 1).all()
+    s.document.apply_labels(np.full((H, W), 4, np.uint8))
+    s.save_current()
+    h = s.apply_prediction("img0.png", np.zeros((H, W), np.uint8), None)
+    qtbot.waitUntil(lambda: h.done, timeout=WAIT)
+    assert (s.document.mask == 4).all() and (s.store.load_mask("img0.png") == 4).all()
+
+
+def test_next_most_uncertain(qtbot, sessions, folder):
+    s = sessions(folder)
+    sure = np.zeros((2, H, W), np.float32)
+    sure[0] = 1.0
+    unsure = np.full((2, H, W), 0.5, np.float32)
+    for image_id, p in (("img1.png", sure), ("img2.png", unsure)):
+        h = s.set_probs(image_id, p)
+        qtbot.waitUntil(lambda h=h: h.done, timeout=WAIT)
+    with qtbot.waitSignal(s.current_changed, timeout=WAIT):
+        s.next_most_uncertain()
+    assert s.image_id == "img2.png" and s.uncertainty is not None and s.uncertainty.max() > 0.9
+
+
+# ---------------------------------------------------------------------------- window, canvas, tools
+def test_mouse_stroke_changes_mask_and_shortcut_undo_redo(qtbot, window):
+    s, canvas = window.session, window.canvas
+    s.current_label = 5
+    window.set_tool("brush")
+    window.tool_options.size.setValue(2.0)
+    _stroke(canvas, [(5.5, 5.5), (15.5, 5.5), (25.5, 5.5)])
+    mask = s.document.mask
+    assert mask[5, 5] == 5 and mask[5, 20] == 5 and mask[25, 5] == 255
+    assert s.document.undo_depth == 1 and window.windowTitle().endswith("*")
+    assert (window.canvas.overlay.buffer()[5, 5:26] == 5).all()  # the overlay repainted the stroke
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert (s.document.mask == 255).all()
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert s.document.mask[5, 20] == 5
+
+
+def test_eraser_polygon_fill_picker_keys(qtbot, window):
+    s, canvas = window.session, window.canvas
+    qtbot.keyClick(canvas, Qt.Key.Key_3)
+    assert s.current_label == 3
+    qtbot.keyClick(canvas, Qt.Key.Key_P)
+    assert canvas.tool.name == "polygon"
+    for x, y in ((2, 2), (20, 2), (20, 20)):
+        _mouse(canvas, QEvent.Type.MouseButtonPress, x, y)
+        _mouse(canvas, QEvent.Type.MouseButtonRelease, x, y, buttons=Qt.MouseButton.NoButton)
+    qtbot.keyClick(canvas, Qt.Key.Key_Return)
+    assert s.document.mask[3, 15] == 3 and s.document.mask[15, 3] == 255
+    qtbot.keyClick(canvas, Qt.Key.Key_F)
+    qtbot.keyClick(canvas, Qt.Key.Key_7)
+    _mouse(canvas, QEvent.Type.MouseButtonPress, 35.5, 25.5)  # fill the void region
+    assert s.document.mask[25, 35] == 7 and s.document.mask[3, 15] == 3
+    qtbot.keyClick(canvas, Qt.Key.Key_I)
+    _mouse(canvas, QEvent.Type.MouseButtonPress, 15.5, 3.5)
+    assert s.current_label == 3
+    qtbot.keyClick(canvas, Qt.Key.Key_E)
+    size = canvas.tool.size
+    qtbot.keyClick(canvas, Qt.Key.Key_BracketRight)
+    assert canvas.tool.size > size
+    _stroke(canvas, [(35.5, 25.5)])                                        # eraser: to void
+    assert s.document.mask[25, 35] == 255
+    _stroke(canvas, [(35.5, 5.5)], modifiers=Qt.KeyboardModifier.ShiftModifier)  # shift: to background
+    assert s.document.mask[5, 35] == 0
+
+
+def test_switch_autosaves_and_keyboard_navigation(qtbot, window):
+    s = window.session
+    s.document.apply_labels(np.full((H, W), 2, np.uint8))
+    with qtbot.waitSignal(s.current_changed, timeout=WAIT):
+        qtbot.keyClick(window.canvas, Qt.Key.Key_D)
+    assert s.image_id == "img1.png"
+    assert s.store.status("img0.png") is Status.EDITED and (s.store.load_mask("img0.png") == 2).all()
+    with qtbot.waitSignal(s.current_changed, timeout=WAIT):
+        qtbot.keyClick(window.canvas, Qt.Key.Key_A)
+    assert s.image_id == "img0.png" and (s.document.mask == 2).all()
+    view = window.image_list.view
+    view.setFocus()
+    with qtbot.waitSignal(s.current_changed, timeout=WAIT):
+        qtbot.keyClick(view, Qt.Key.Key_Down)
+    assert s.image_id == "img1.png"
+    with qtbot.waitSignal(s.current_changed, timeout=WAIT):
+        qtbot.keyClick(view, Qt.Key.Key_End)
+    assert s.image_id == "zz_bad.png"
+
+
+def test_filter_by_status_and_counts(qtbot, window):
+    s, panel = window.session, window.image_list
+    s.document.apply_labels(np.full((H, W), 2, np.uint8))
+    assert s.save_current()
+    panel.set_filter("edited")
+    assert panel.model.rowCount() == 1 and panel.model.image_id(0) == "img0.png"
+    panel.set_filter("unlabeled")
+    assert [panel.model.image_id(r) for r in range(panel.model.rowCount())] == ["img1.png", "img2.png", "zz_bad.png"]
+    assert "Edited (1)" in [panel.filter_box.itemText(i) for i in range(panel.filter_box.count())]
+    assert s.mark_reviewed()
+    panel.set_filter("reviewed")
+    assert panel.model.rowCount() == 1
+    panel.set_filter(None)
+    assert panel.model.rowCount() == 4
+
+
+def test_view_modes_outline_and_uncertainty(qtbot, window):
+    s, canvas = window.session, window.canvas
+    labels = np.ones((H, W), np.uint8)
+    labels[10:20, 10:20] = 4
+    s.document.apply_labels(labels)
+    buf = canvas.overlay.buffer()
+    assert buf[15, 15] == 4
+    s.set_outline(True)
+    assert buf[15, 15] == 255 and buf[10, 15] == 4  # interior hidden, boundary kept
+    s.set_outline(False)
+    probs = np.full((2, H, W), 0.5, np.float32)
+    probs[:, :, :10] = [[[1.0]], [[0.0]]]
+    h = s.set_probs("img0.png", probs)
+    qtbot.waitUntil(lambda: h.done, timeout=WAIT)
+    s.set_view_mode("raw")
+    assert canvas.overlay.buffer()[15, 15] == 0
+    s.set_view_mode("uncertainty")
+    assert canvas.overlay.buffer()[5, 5] < 10 and canvas.overlay.buffer()[5, 30] > 240
+    s.set_crf_labels(np.full((H, W), 6, np.uint8))
+    s.set_view_mode("crf")
+    assert canvas.overlay.buffer()[0, 0] == 6
+
+
+def test_crf_snap_brush_applies_one_undo_step(qtbot, window):
+    s, canvas = window.session, window.canvas
+    s.current_label = 2
+    qtbot.keyClick(canvas, Qt.Key.Key_S)
+    assert canvas.tool.name == "snap"
+    canvas.tool.size = 2.0
+    with qtbot.waitSignal(s.mask_changed, timeout=WAIT):
+        _stroke(canvas, [(30.5, 10.5), (32.5, 12.5)])
+    assert s.document.undo_depth == 1 and s.document.mask[11, 31] == 2
+    assert s.document.undo_description == "CRF snap"
+
+
+def test_class_panel_edits_and_settings(qtbot, window, tmp_path):
+    s, panel = window.session, window.class_panel
+    n = len(s.class_names)
+    assert panel.add_class("road", (10, 20, 30)) and s.class_names[-1] == "road"
+    assert panel.rename_class(1, "plane") and s.class_names[1] == "plane"
+    assert panel.recolor_class(1, (1, 2, 3)) and s.class_colors[1] == (1, 2, 3)
+    assert panel.list.count() == n + 1
+    window.set_tool("brush")
+    window.tool_options.size.setValue(13.0)
+    assert Settings(os.environ["DEEPLAB_GUI_SETTINGS"]).tool_size("brush", 0) == 13.0
+    assert str(s.folder) in s.settings.recent_folders()
+
+
+def test_cli_runs_the_app_and_exits_by_itself(folder, tmp_path):
+    """What tests/test_cli.py::test_gui_default_command can assert now that the app exists."""
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", DEEPLAB_GUI_EXIT_AFTER_MS="50")
+    r = subprocess.run([sys.executable, "-m", "deeplab_gui", str(folder)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert (folder / ".deeplab-gui" / "store.db").exists()
+    assert "deeplab-gui started" in (tmp_path / "log" / "deeplab-gui.log").read_text()
+
+
+def test_neighbours_are_prefetched_and_shown_from_memory(qtbot, sessions, folder, monkeypatch):
+    s = sessions(folder)
+    qtbot.waitUntil(lambda: "img1.png" in s._prefetched and not s._prefetching, timeout=WAIT)
+    import deeplab_gui.session_io as sio
+
+    def no_disk(path):
+        raise AssertionError(f"{path} should come from the prefetch cache")
+    monkeypatch.setattr(sio, "read_for_display", no_disk)
+    with qtbot.waitSignal(s.current_changed, timeout=WAIT):
+        s.next_image()
+    assert s.image_id == "img1.png" and s.image.shape == (H, W, 3)
+    assert s.display.width() == W and s.display.height() == H
+    assert set(s._prefetched) <= {"img0.png", "img2.png"}  # bounded: the new neighbours only

@@ -1,0 +1,150 @@
+"""deeplab_gui.workers: results, errors, progress and cancel arrive on the UI thread; the UI keeps running."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+pytest.importorskip("PySide6")
+from PySide6.QtCore import QTimer
+
+from deeplab_gui.workers import TaskHandle, Worker, one_line_error
+
+
+@pytest.fixture
+def worker(qtbot):
+    w = Worker()
+    yield w
+    w.cancel_all()
+    w.wait(5000)
+
+
+def test_result_delivered_on_ui_thread(qtbot, worker):
+    seen = {}
+
+    def fn(a, b):
+        seen["thread"] = threading.current_thread()
+        return a + b
+
+    got = []
+    handle = worker.run_task(fn, 2, 3, on_result=lambda v: got.append((v, threading.current_thread())))
+    with qtbot.waitSignal(handle.finished, timeout=5000):
+        pass
+    assert got == [(5, threading.main_thread())]
+    assert seen["thread"] is not threading.main_thread()
+    assert handle.done and worker.active == 0
+
+
+def test_error_becomes_one_line_and_is_logged(qtbot, worker, caplog):
+    def boom():
+        raise KeyError("missing\nthing")
+
+    errors, results = [], []
+    with caplog.at_level(logging.ERROR, logger="deeplab_gui"):
+        handle = worker.run_task(boom, on_result=results.append,
+                                 on_error=lambda t: errors.append((t, threading.current_thread())))
+        with qtbot.waitSignal(handle.finished, timeout=5000):
+            pass
+    assert results == []
+    assert len(errors) == 1 and errors[0][1] is threading.main_thread()
+    assert errors[0][0].startswith("KeyError:") and "\n" not in errors[0][0]
+    assert any(r.exc_info for r in caplog.records), "traceback must be logged"
+
+
+def test_result_callback_failure_is_reported_not_raised(qtbot, worker):
+    errors = []
+
+    def bad_callback(value):
+        raise ValueError("bad " + value)
+
+    handle = worker.run_task(lambda: "x", on_result=bad_callback, on_error=errors.append)
+    with qtbot.waitSignal(handle.finished, timeout=5000):
+        pass
+    assert errors == ["ValueError: bad x"]
+
+
+def test_progress_and_cancel_keywords(qtbot, worker):
+    started = threading.Event()
+    release = threading.Event()
+
+    def long_task(n, *, progress, cancel):
+        progress(0, n)
+        started.set()
+        for i in range(n):
+            if cancel():
+                return "cancelled"
+            release.wait(0.01)
+            progress(i + 1, n)
+        return "complete"
+
+    progress, results = [], []
+    handle = worker.run_task(long_task, 10_000, on_progress=lambda d, t: progress.append((d, t)),
+                             on_result=results.append)
+    qtbot.waitUntil(lambda: len(progress) >= 1, timeout=5000)
+    assert started.wait(5)
+    handle.cancel()
+    with qtbot.waitSignal(handle.finished, timeout=5000):
+        pass
+    assert progress[0] == (0, 10_000)
+    assert results == []  # a cancelled task's result is dropped
+    assert handle.cancelled and handle.done
+
+
+def test_generator_task_progress_and_return_value(qtbot, worker):
+    def gen(n):
+        for i in range(n):
+            yield (i + 1, n)
+        return n * 10
+
+    progress, results = [], []
+    handle = worker.run_task(gen, 5, on_progress=lambda d, t: progress.append((d, t)),
+                             on_result=results.append)
+    with qtbot.waitSignal(handle.finished, timeout=5000):
+        pass
+    assert results == [50]
+    assert progress[-1] == (5, 5)
+
+
+def test_long_task_does_not_block_ui_timer(qtbot, worker):
+    """A QTimer on the UI thread keeps firing while the task runs."""
+    stop = threading.Event()
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start()
+
+    def busy(cancel):
+        x = 0
+        while not stop.is_set() and not cancel():
+            x += 1  # pure-Python spin (holds the GIL in bursts, like real work)
+        return x
+
+    handle = worker.run_task(busy)
+    qtbot.waitUntil(lambda: len(ticks) >= 10, timeout=10000)
+    assert not handle.done
+    stop.set()
+    with qtbot.waitSignal(handle.finished, timeout=5000):
+        pass
+    timer.stop()
+
+
+def test_cancel_before_start_finishes_quietly(qtbot):
+    w = Worker(max_threads=1)
+    gate = threading.Event()
+    first = w.run_task(lambda: gate.wait(5))
+    ran = []
+    second = w.run_task(lambda: ran.append(1), on_result=ran.append)
+    second.cancel()
+    gate.set()
+    qtbot.waitUntil(lambda: first.done and second.done, timeout=5000)
+    assert ran == []
+    w.wait(5000)
+
+
+def test_one_line_error_messages():
+    from engine.storeformat import StoreWriteError
+    assert one_line_error(StoreWriteError("could not save\n the mask")) == "could not save the mask"
+    assert one_line_error(RuntimeError()) == "RuntimeError"
+    assert isinstance(TaskHandle(), TaskHandle)
