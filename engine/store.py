@@ -435,11 +435,12 @@ class AnnotationStore:
         return self.checkpoints_dir / f"{stem}-v{max(taken, default=0) + 1:03d}{suffix}"
 
     def list_checkpoints(self) -> list[Path]:
-        """Fine-tuned checkpoints in the store, oldest first."""
+        """Fine-tuned checkpoints (``*.safetensors``) in the store, oldest first."""
         d = self.checkpoints_dir
         if not d.is_dir():
             return []
-        files = [p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")]
+        files = [p for p in d.iterdir()
+                 if p.is_file() and not p.name.startswith(".") and p.suffix == ".safetensors"]
         return sorted(files, key=lambda p: (p.stat().st_mtime_ns, natural_key(p.name)))
 
 

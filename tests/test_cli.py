@@ -76,12 +76,8 @@ def test_help_and_version(capsys):
     assert main(["--version"]) == 0
 
 
-def test_unavailable_commands_exit_2_with_one_line(capsys):
-    assert main(["train", "f"]) == 2
-    assert "not available yet" in _one_line(capsys.readouterr().err)
-
-
-@pytest.mark.parametrize("argv", [["export-voc", "missing", "o"], ["import-voc", "missing", "f"]])
+@pytest.mark.parametrize("argv", [["export-voc", "missing", "o"], ["import-voc", "missing", "f"],
+                                  ["train", "missing"]])
 def test_voc_commands_refuse_missing_folders_in_one_line(argv, capsys):
     assert main(argv) == 2
     assert "not a folder" in _one_line(capsys.readouterr().err)

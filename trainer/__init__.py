@@ -1,0 +1,40 @@
+"""deeplab-gui trainer: fine-tune a DeepLab model on the masks a person edited or reviewed.
+
+No Qt here.  The GUI drives :class:`FineTune` (a generator of :class:`Progress` events with
+``cancel()`` and ``result``) from a worker thread; ``deeplab-gui train`` and
+``torchrun --nproc_per_node=N -m trainer FOLDER`` drive it from the command line.
+
+Names are imported on first use (PEP 562), so ``import trainer`` and ``trainer.cli`` (argument
+definitions for ``deeplab-gui train --help``) do not pay for importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "classes": ("ClassChange", "adapt_classes", "class_tensor_keys"),
+    "dataset": ("Sample", "SegDataset", "labelled_samples", "split_heldout"),
+    "loop": ("FineTune", "FineTuneResult", "Progress", "TrainError", "seg_loss"),
+    "metrics": ("confusion_matrix", "evaluate", "miou", "per_class_iou"),
+    "params": ("freeze_bn_params", "is_backbone_param", "set_train_mode", "split_params"),
+    "recipe": ("IGNORE_INDEX", "Recipe"),
+    "schedule": ("poly_lr", "progress_fraction"),
+    "versions": ("Version", "VersionError", "Versions"),
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'trainer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,39 @@
+"""Body of ``deeplab-gui train FOLDER [--weights CKPT] [--iterations N] [--crop S] [--out CKPT] ...``.
+
+The parser in cli.py defines FOLDER, --weights, --iterations, --crop and --out; it may add the rest
+with :func:`add_arguments` (learning rate, batch size, time budget, device, --confirm ...).  Missing
+optional attributes fall back to the recipe's defaults, so either parser works.
+"""
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["cmd_train", "add_arguments"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the optional train knobs beyond the five the base parser defines."""
+    from trainer.cli import add_train_arguments
+    add_train_arguments(parser, positional=False)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune on FOLDER's edited/reviewed masks; progress on stderr, checkpoint path on stdout.
+
+    Returns 0 when a new checkpoint was written, 130 when interrupted.  Failures raise CLIError
+    (one line, exit 1) as the other commands do.
+    """
+    from trainer.cli import run_training
+    from trainer.loop import TrainError
+    from .cli import CLIError
+
+    from pathlib import Path
+    if not Path(args.folder).is_dir():
+        raise CLIError(f"{args.folder}: not a folder", 2)  # a usage error, like the other commands
+    for name, default in (("device", "auto"), ("confirm", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    try:
+        return run_training(args)
+    except (ValueError, TrainError, OSError) as exc:
+        raise CLIError(str(exc)) from None
