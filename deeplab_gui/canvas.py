@@ -17,6 +17,7 @@ from PySide6.QtGui import (
     QKeyEvent,
     QPainter,
     QPixmap,
+    QTransform,
     QWheelEvent,
     qRgba,
 )
@@ -140,6 +141,8 @@ class Canvas(QGraphicsView):
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         session.current_changed.connect(self._on_current)
+        if hasattr(session, "image_ready"):
+            session.image_ready.connect(self._show_pixels)
         session.mask_changed.connect(self._on_mask_changed)
         session.view_changed.connect(self.refresh)
         session.probs_changed.connect(self._on_probs)
@@ -156,23 +159,43 @@ class Canvas(QGraphicsView):
 
     # ---------------------------------------------------------------- content
     def _on_current(self, _image_id: str) -> None:
+        size = getattr(self.session, "image_size", None)
         image = self.session.image
-        if image is None:
+        if size is None and image is not None:
+            size = image.shape[:2]
+        if size is None:
             self.image_item.setPixmap(QPixmap())
             self.overlay.resize(0, 0)
             self.scene().setSceneRect(QRectF())
             return
-        h, w = image.shape[:2]
-        qimg = getattr(self.session, "display", None)
-        if not isinstance(qimg, QImage) or qimg.size().toTuple() != (w, h):
-            qimg = display_image(image)
-        self.image_item.setPixmap(QPixmap.fromImage(qimg))
+        h, w = size
+        self._show_pixels()
         self.overlay.resize(h, w)
         self.scene().setSceneRect(QRectF(0, 0, w, h))
         if self.tool is not None:
             self.tool.reset()
         self.refresh()
         self.fit()
+
+    def _show_pixels(self, _image_id: str = "") -> None:
+        """Put the session's display image on screen; a reduced preview is stretched over the full
+        image's scene rectangle, so zoom, overlay and tools work in full-resolution pixels from the
+        start and the full-resolution pixmap (``image_ready``) just replaces it."""
+        s = self.session
+        size = getattr(s, "image_size", None) or (s.image.shape[:2] if s.image is not None else None)
+        if size is None:
+            return
+        h, w = size
+        qimg = getattr(s, "display", None)
+        if not isinstance(qimg, QImage) or qimg.isNull():
+            if s.image is None:
+                return
+            qimg = display_image(s.image)
+        elif s.image is not None and qimg.size().toTuple() != (w, h):
+            qimg = display_image(s.image)
+        self.image_item.setPixmap(QPixmap.fromImage(qimg))
+        qw, qh = qimg.width(), qimg.height()
+        self.image_item.setTransform(QTransform.fromScale(w / qw, h / qh) if (qw, qh) != (w, h) else QTransform())
 
     def _on_probs(self) -> None:
         if self.session.view_mode in ("raw", "uncertainty"):

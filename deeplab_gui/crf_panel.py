@@ -2,25 +2,24 @@
 
 Every change goes to an ``engine.crf.LiveCRFWorker`` serving the current image and its cached network
 probabilities (latest request wins; a reduced-size preview first, then full size). The worker calls back
-on its own thread; ``_LiveAdapter`` re-emits each result as a Qt signal with a queued connection so the
+on its own thread; ``LiveAdapter`` re-emits each result as a Qt signal with a queued connection so the
 session is only touched on the UI thread. Building a ``LiveCRF`` (unaries, preview pyramid) costs tens of
 milliseconds to seconds on big images, so that too happens in a worker (``session.run_task``).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PySide6.QtCore import QObject, Qt, Signal, Slot
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout,
                                QLabel, QPushButton, QSizePolicy, QSlider, QSpinBox, QVBoxLayout, QWidget)
 
 from engine.crf import DEEPLAB_V1, MAX_ITERATIONS, PRESETS, CRFParams, LiveCRF, LiveCRFWorker, LiveResult
+
+from .crf_live import MAX_LIVE_PIXELS, LiveAdapter, build_live
 
 __all__ = ["CRFPanel", "ParamSpec", "PARAM_SPECS", "ParamControl", "PRESET_LABELS", "CUSTOM", "MAX_LIVE_PIXELS"]
 
@@ -30,8 +29,7 @@ CUSTOM = "custom"
 PRESET_LABELS = {"deeplab_v1": "DeepLab v1 LargeFOV", "deeplab_v2": "DeepLab v2 ResNet",
                  "convcrf": "ConvCRF / pydensecrf example"}
 _SLIDER_STEPS = 1000
-# Above this many pixels the live CRF runs on a reduced copy (see _build_live).
-MAX_LIVE_PIXELS = 2_000_000
+SAVE_DELAY_MS = 500  # settings write after the last slider step
 
 
 @dataclass(frozen=True)
@@ -134,43 +132,6 @@ class ParamControl(QWidget):
         self.value_changed.emit(float(value))
 
 
-class _LiveAdapter(QObject):
-    """Carries LiveCRFWorker results (worker thread) to the UI thread as a queued signal.
-
-    The upsampling to full-size labels happens here, on the worker thread, so the UI thread only
-    swaps an array. ``generation`` lets the panel drop results of an image it has moved away from.
-    """
-
-    result = Signal(int, object, object)  # generation, LiveResult, HxW uint8 labels at the image's size
-
-    def __init__(self, generation: int, image_size: tuple[int, int] | None = None) -> None:
-        super().__init__()
-        self.generation = generation
-        self.image_size = image_size  # the picture's (H, W) when the CRF runs on a reduced copy
-        self._index: tuple[tuple, np.ndarray, np.ndarray] | None = None
-
-    def on_result(self, res: LiveResult) -> None:  # runs on the LiveCRFWorker thread
-        target = self.image_size or res.image_size
-        if res.stage == "full" and target == res.image_size:
-            labels = res.full_labels()
-        else:
-            labels = self._nearest(res.labels, target)
-        self.result.emit(self.generation, res, labels)
-
-    def _nearest(self, small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """Labels scaled to ``size`` by nearest neighbour: a gather of H×W bytes (about 1 ms for
-        500×375) instead of bilinear upsampling of every kept class (tens of ms), which would double
-        the slider-to-screen latency; the full-size answer follows with exact boundaries."""
-        h, w = size
-        key = (small.shape, (h, w))
-        if self._index is None or self._index[0] != key:
-            rows = np.minimum(((np.arange(h) + 0.5) * small.shape[0] / h).astype(np.intp), small.shape[0] - 1)
-            cols = np.minimum(((np.arange(w) + 0.5) * small.shape[1] / w).astype(np.intp), small.shape[1] - 1)
-            self._index = (key, rows, cols)
-        _, rows, cols = self._index
-        return small[rows[:, None], cols[None, :]]
-
-
 class CRFPanel(QWidget):
     """Dock contents for the live CRF. Public for tests and the benchmark: ``controls`` (field name ->
     ParamControl), ``params()``, ``set_params()``, ``preset_combo``, ``enable_box``, ``apply_button``,
@@ -185,16 +146,23 @@ class CRFPanel(QWidget):
         self.last_result: LiveResult | None = None
         self._generation = 0
         self._worker: LiveCRFWorker | None = None
-        self._adapter: _LiveAdapter | None = None
+        self._adapter: LiveAdapter | None = None
         self._building = None  # TaskHandle of the LiveCRF being built
         self._source: tuple | None = None  # (image, probs) arrays the live session was built for
         self._params = DEEPLAB_V1
+        # Parameters are written to the settings once a drag pauses, not on each of its steps.
+        self._unsaved: tuple[str, dict] | None = None
+        self._save_timer = QTimer(self)
+        self._save_timer.setSingleShot(True)
+        self._save_timer.setInterval(SAVE_DELAY_MS)
+        self._save_timer.timeout.connect(self.flush_settings)
         self._build_ui()
         self._load_folder_params()
         s = session
         s.current_changed.connect(self._restart)
         s.probs_changed.connect(self._restart)
-        s.folder_opened.connect(self._load_folder_params)
+        s.image_ready.connect(self._restart)  # a JPEG's full-resolution pixels follow its preview
+        s.folder_opened.connect(self._on_folder)
         s.view_changed.connect(self._sync_view_buttons)
         self._sync_view_buttons()
         self._update_state()
@@ -271,12 +239,13 @@ class CRFPanel(QWidget):
             return
         self._params = params
         key = next((k for k, p in PRESETS.items() if p == params), CUSTOM)
+        # The request goes out first: everything below is UI bookkeeping the worker need not wait for.
+        self._submit()
         self.preset_combo.setCurrentIndex(self.preset_combo.findData(key))
-        self._save_folder_params()
         # Moving a CRF slider means "show me the CRF": switch the view so the effect is visible.
         if self.enable_box.isChecked() and self.session.view_mode != "crf":
             self.session.set_view_mode("crf")
-        self._submit()
+        self._save_folder_params()
 
     def _on_preset(self, index: int) -> None:
         key = self.preset_combo.itemData(index)
@@ -301,9 +270,23 @@ class CRFPanel(QWidget):
             log.warning("ignoring stored CRF parameters for %s: %s", key, exc)
 
     def _save_folder_params(self) -> None:
-        key, settings = self._settings_key(), getattr(self.session, "settings", None)
-        if key is not None and settings is not None and hasattr(settings, "set_crf_params"):
-            settings.set_crf_params(key, asdict(self._params))
+        """Remember the parameters for this folder (written by :meth:`flush_settings` shortly after)."""
+        key = self._settings_key()
+        if key is not None:
+            self._unsaved = (key, asdict(self._params))
+            self._save_timer.start()
+
+    def flush_settings(self) -> None:
+        """Write parameters not yet saved (the timer, a folder change and shutdown call this)."""
+        self._save_timer.stop()
+        pending, self._unsaved = self._unsaved, None
+        settings = getattr(self.session, "settings", None)
+        if pending is not None and settings is not None and hasattr(settings, "set_crf_params"):
+            settings.set_crf_params(*pending)
+
+    def _on_folder(self) -> None:
+        self.flush_settings()  # under the folder they were chosen for (the key was taken then)
+        self._load_folder_params()
 
     # ------------------------------------------------------------------ live session
     def _stop_worker(self) -> None:
@@ -339,7 +322,7 @@ class CRFPanel(QWidget):
         generation = self._generation
         self.status_label.setText("preparing CRF…")
         self._building = self.session.run_task(
-            _build_live, image, probs,
+            build_live, image, probs,
             on_result=lambda live, g=generation: self._on_built(g, live),
             on_error=lambda msg, g=generation: self._on_build_error(g, msg))
 
@@ -348,7 +331,7 @@ class CRFPanel(QWidget):
             return
         self._building = None
         image = self.session.image
-        self._adapter = _LiveAdapter(generation, image.shape[:2] if image is not None else None)
+        self._adapter = LiveAdapter(generation, image.shape[:2] if image is not None else None)
         self._adapter.result.connect(self._on_result, Qt.ConnectionType.QueuedConnection)
         self._worker = LiveCRFWorker(live, self._adapter.on_result)
         self._update_state()
@@ -414,43 +397,11 @@ class CRFPanel(QWidget):
         return True
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt naming)
+        self.flush_settings()
         self._stop_worker()
         super().closeEvent(event)
 
     def shutdown(self) -> None:
-        """Stop the live worker (the main window calls this on close; tests on teardown)."""
+        """Save pending parameters and stop the live worker (the main window calls this on close)."""
+        self.flush_settings()
         self._stop_worker()
-
-
-def _build_live(image: np.ndarray, probs: np.ndarray) -> LiveCRF:
-    """Worker-thread part of a restart: unaries and the preview level of a new LiveCRF.
-
-    Images above ``MAX_LIVE_PIXELS`` are refined on an area-averaged copy (spatial widths scaled with
-    it): a full-size lattice costs about 250 bytes per pixel, 3 GB and minutes for 12 megapixels. The
-    adapter scales the labels back to the picture's size.
-    """
-    h, w = image.shape[:2]
-    if h * w > MAX_LIVE_PIXELS:
-        s = math.sqrt(MAX_LIVE_PIXELS / (h * w))
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        with torch.inference_mode():
-            img = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=size, mode="area")
-            p = F.interpolate(torch.from_numpy(np.ascontiguousarray(probs, np.float32))[None], size=size,
-                              mode="area")[0]
-            p = p / p.sum(0, keepdim=True)
-            image = img[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-            probs = p.numpy()
-        return _ScaledLiveCRF(image, probs, s)
-    return LiveCRF(image, probs)
-
-
-class _ScaledLiveCRF(LiveCRF):
-    """A LiveCRF on a reduced copy: requests keep full-size widths, scaled here like the preview's."""
-
-    def __init__(self, image: np.ndarray, probs: np.ndarray, scale: float) -> None:
-        super().__init__(image, probs)
-        self.scale = scale
-
-    def run(self, params: CRFParams, **kw):
-        for result in super().run(params.scaled(self.scale), **kw):
-            yield dataclasses.replace(result, params=params)  # report what was asked for

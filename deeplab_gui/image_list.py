@@ -21,6 +21,7 @@ _LABELS = {"unlabeled": "Unlabelled", "prelabeled": "Pre-labelled", "edited": "E
 _ICONS = {"unlabeled": ("fa5.circle", "#9e9e9e"), "prelabeled": ("fa5s.robot", "#1e88e5"),
           "edited": ("fa5s.pen", "#fb8c00"), "reviewed": ("fa5s.check-circle", "#43a047"),
           "error": ("fa5s.exclamation-triangle", "#e53935")}
+_SELECTED = "#ffffff"  # glyph colour on a selected row (the highlight's text colour in most styles)
 _icon_cache: dict[str, QIcon] = {}
 
 
@@ -31,15 +32,18 @@ def status_icon(status: str) -> QIcon:
         name, color = _ICONS.get(status, _ICONS["unlabeled"])
         try:
             import qtawesome
-            icon = qtawesome.icon(name, color=color)
+            # The selected row's highlight is a saturated blue that swallows the "pre-labelled"
+            # blue (and dims the others): selected rows draw the glyph in the highlight's text
+            # colour instead; the glyph's shape still tells the status.
+            icon = qtawesome.icon(name, color=color, color_active=color, color_selected=_SELECTED)
         except Exception as exc:  # noqa: BLE001  (missing font, old qtawesome: degrade, do not fail)
             log.warning("qtawesome icon %s unavailable (%s); using a plain dot", name, exc)
             pix = QPixmap(16, 16)
             pix.fill(Qt.GlobalColor.transparent)
             p = QPainter(pix)
             p.setBrush(QColor(color))
-            p.setPen(Qt.PenStyle.NoPen)
-            p.drawEllipse(3, 3, 10, 10)
+            p.setPen(QColor(_SELECTED))  # a white ring keeps the dot visible on the highlight
+            p.drawEllipse(2, 2, 12, 12)
             p.end()
             icon = QIcon(pix)
         _icon_cache[status] = icon

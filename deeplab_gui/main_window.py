@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, Qt
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
     QMessageBox,
+    QSizePolicy,
     QSlider,
     QWidget,
 )
@@ -60,10 +61,24 @@ class ToolOptions(QWidget):
         form.addRow("Opacity", self.opacity)
         form.addRow("", self.outline)
         form.addRow("View", self.view)
+        # A short form: spare height in the right dock column belongs to the class list, not to a
+        # blank area under these four rows.
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         self.opacity.valueChanged.connect(lambda v: session.set_opacity(v / 100.0))
         self.outline.toggled.connect(session.set_outline)
         self.view.currentIndexChanged.connect(lambda _i: session.set_view_mode(self.view.currentData()))
         session.view_changed.connect(self._sync)
+
+    def event(self, e: QEvent) -> bool:  # noqa: N802 (Qt naming)
+        done = super().event(e)
+        if e.type() in (QEvent.Type.LayoutRequest, QEvent.Type.Show):
+            # Cap the height at the form's own: a cap taken once at construction would be off after
+            # the style polishes the widgets, and without one the dock keeps the height a
+            # neighbouring panel gave up (the model panel's banner hiding): a blank band.
+            h = self.layout().sizeHint().height()
+            if self.maximumHeight() != h:
+                self.setMaximumHeight(h)
+        return done
 
     def _sync(self) -> None:
         i = self.view.findData(self.session.view_mode)
@@ -259,8 +274,20 @@ class MainWindow(QMainWindow):
         self._box.setWindowModality(Qt.WindowModality.NonModal)
         self._box.show()
 
+    def shutdown_panels(self) -> None:
+        """Stop what the panels run on their own threads: the live CRF worker and a pre-label batch.
+        (Session.shutdown then cancels and waits for the session's task pool.)"""
+        for name, method in (("CRF", "shutdown"), ("Model", "cancel")):
+            panel = self.panels.get(name)
+            if panel is not None and hasattr(panel, method):
+                try:
+                    getattr(panel, method)()
+                except Exception as exc:  # noqa: BLE001  (quitting must go on whatever a panel does)
+                    log.warning("%s panel did not stop cleanly: %s", name, exc)
+
     def closeEvent(self, event: QCloseEvent) -> None:
         self.session.settings.set_window_state(self.saveGeometry(), self.saveState())
+        self.shutdown_panels()
         self.session.shutdown()
         self.session.settings.sync()
         super().closeEvent(event)

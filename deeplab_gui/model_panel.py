@@ -152,6 +152,7 @@ class ModelPanel(QWidget):
         session.current_changed.connect(self._on_current_changed)
         session.probs_changed.connect(self._update_state)
         session.folder_opened.connect(self._update_state)
+        session.image_ready.connect(self._update_state)  # pre-label needs the full-resolution pixels
         self.refresh_catalog()
         self._update_state()
 

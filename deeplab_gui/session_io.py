@@ -5,13 +5,15 @@ returns is handed to the session on the UI thread.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Loaded", "derived", "load_image", "most_uncertain", "read_for_display"]
+__all__ = ["Loaded", "derived", "load_image", "most_uncertain", "read_for_display", "read_preview"]
 
 
 @dataclass
@@ -25,6 +27,10 @@ class Loaded:
     unc: np.ndarray | None            # H×W float32 normalised entropy
     warning: str | None = None
     display: Any = None               # the image as a QImage in the screen's pixel format
+    size: tuple[int, int] | None = None  # full-resolution (H, W); None when unreadable
+    # True when ``image`` is None but ``display`` holds a reduced decode (a JPEG seen at 1/2..1/8
+    # scale): the session then decodes the full pixels in a second task.
+    preview: bool = False
 
 
 def read_for_display(path: Any) -> tuple[np.ndarray, Any]:
@@ -36,6 +42,16 @@ def read_for_display(path: Any) -> tuple[np.ndarray, Any]:
     return image, display_image(image)
 
 
+def read_preview(path: Any, max_side: int) -> tuple[np.ndarray | None, Any, tuple[int, int]]:
+    """(full image or None, QImage to show, full (H, W)): a reduced JPEG decode when there is one,
+    so the picture reaches the screen in a fraction of the full decode's time; worker thread only."""
+    from engine.imageio import read_image_preview
+
+    from .canvas import display_image
+    image, size = read_image_preview(path, max_side)
+    return (image if image.shape[:2] == size else None), display_image(image), size
+
+
 def derived(probs: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(argmax labels H×W uint8, uncertainty H×W float32) of C×H×W probabilities; worker thread only."""
     if probs is None:
@@ -44,31 +60,67 @@ def derived(probs: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | N
     return probs.argmax(0).astype(np.uint8), uncertainty(probs)
 
 
-def load_image(store: Any, image_id: str, model_id: str | None, ready: tuple | None, *,
-               cancel: Callable[[], bool]) -> Loaded | None:
+def load_image(store: Any, image_id: str, model_id: str | None, ready: tuple | None,
+               preview_side: int | None = None, *, cancel: Callable[[], bool]) -> Loaded | None:
     """Everything the UI needs to show ``image_id``: pixels (unless ``ready`` has them), the stored
-    mask, fresh cached probabilities and what derives from them.  None when cancelled."""
+    mask, fresh cached probabilities and what derives from them.  None when cancelled.
+
+    With ``preview_side``, a JPEG larger than that comes back as a reduced ``display`` only
+    (``preview=True``, ``image`` None); mask and probabilities are always at full resolution.
+    """
     from engine.imageio import ImageReadError
-    from engine.storeformat import StoreError
+    path = store.image_path(image_id)
+    # The mask and probabilities are read while the pixels decode: both mostly run in C with the GIL
+    # released (zlib, libjpeg), so on two cores the switch costs the longer of the two, not the sum.
+    annotations = _io_pool().submit(_read_annotations, store, image_id, model_id)
     try:
-        image, display = ready if ready is not None else read_for_display(store.image_path(image_id))
+        if ready is not None:
+            image, display = ready
+            size = image.shape[:2]
+        elif preview_side is not None:
+            image, display, size = read_preview(path, preview_side)
+        else:
+            image, display = read_for_display(path)
+            size = image.shape[:2]
     except ImageReadError as exc:
+        annotations.cancel()
         store.record_error(image_id, str(exc))
         return Loaded(image_id, None, None, None, None, None, f"cannot read {image_id}: {exc}")
     if store.error(image_id):
         store.record_error(image_id, None)
+    mask, probs, warning = annotations.result()
     if cancel():
         return None
+    size = (int(size[0]), int(size[1]))
+    if mask is not None and mask.shape != size:
+        warning, mask = f"the stored mask of {image_id} does not fit the image; starting empty", None
+    if probs is not None and probs.shape[1:] != size:
+        probs = None
+    return Loaded(image_id, image, mask, probs, *derived(probs), warning, display, size, image is None)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _io_pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deeplab-gui-io")
+        return _POOL
+
+
+def _read_annotations(store: Any, image_id: str, model_id: str | None) -> tuple:
+    """(stored mask or None, cached probabilities or None, warning or None) of ``image_id``."""
+    from engine.storeformat import StoreError
     warning, mask = None, None
     try:
         mask = store.load_mask(image_id)
-        if mask is not None and mask.shape != image.shape[:2]:
-            warning, mask = f"the stored mask of {image_id} does not fit the image; starting empty", None
     except StoreError as exc:
         warning = str(exc)
     cached = store.load_probs(image_id, model_id)
-    probs = cached.probs if cached is not None and cached.probs.shape[1:] == image.shape[:2] else None
-    return Loaded(image_id, image, mask, probs, *derived(probs), warning, display)
+    return mask, (cached.probs if cached is not None else None), warning
 
 
 def most_uncertain(store: Any, model_id: str | None, current: str | None, *,

@@ -239,8 +239,8 @@ def test_crf_slider_changes_the_shown_mask(qtbot, crf_setup):
     assert changed > 0.001  # the CRF cleaned up noisy pixels
     # The refined labels agree with the truth better than the noisy network output.
     assert (s.crf_labels == scene.mask).mean() > (raw == scene.mask).mean()
-    # Parameters persist per folder.
-    assert s.settings.crf_params(s.folder)["iterations"] == 10
+    # Parameters persist per folder, written once the drag pauses (not on each step).
+    qtbot.waitUntil(lambda: (s.settings.crf_params(s.folder) or {}).get("iterations") == 10, timeout=WAIT)
     again = CRFPanel(s)
     qtbot.addWidget(again)
     assert again.params().iterations == 10
@@ -320,14 +320,14 @@ def test_export_refuses_into_the_store(qtbot, tmp_path, make_session):
 
 def test_preview_labels_scale_to_the_image_by_nearest_neighbour(qtbot):
     from engine.crf import LiveResult
-    from deeplab_gui.crf_panel import _LiveAdapter
+    from deeplab_gui.crf_live import LiveAdapter
 
     probs = np.zeros((3, 2, 3), np.float32)
     small = np.array([[0, 1, 2], [2, 2, 0]])
     for c in range(3):
         probs[c][small == c] = 1.0
     res = LiveResult(1, "preview", DEEPLAB_V1, probs, 0.5, (4, 6), 0.0, (0, 1, 2))
-    adapter = _LiveAdapter(generation=7)
+    adapter = LiveAdapter(generation=7)
     with qtbot.waitSignal(adapter.result, timeout=WAIT) as got:
         adapter.on_result(res)
     generation, result, labels = got.args
@@ -340,10 +340,10 @@ def test_preview_labels_scale_to_the_image_by_nearest_neighbour(qtbot):
 
 
 def test_big_images_refine_on_a_reduced_copy(qtbot, crf_setup, monkeypatch):
-    import deeplab_gui.crf_panel as crf_panel
+    import deeplab_gui.crf_live as crf_live
 
     s, panel, scene = crf_setup
-    monkeypatch.setattr(crf_panel, "MAX_LIVE_PIXELS", 600)  # the 60x40 scene counts as "big" now
+    monkeypatch.setattr(crf_live, "MAX_LIVE_PIXELS", 600)  # the 60x40 scene counts as "big" now
     panel.enable_box.setChecked(False)
     panel.set_params(DEEPLAB_V1, submit=False)
     panel.enable_box.setChecked(True)  # a new live session, built on a 30x20 copy

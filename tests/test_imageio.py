@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.imageio import ImageReadError, image_size, list_images, read_image, to_rgb_uint8
+from engine.imageio import (
+    ImageReadError,
+    image_size,
+    list_images,
+    read_image,
+    read_image_preview,
+    to_rgb_uint8,
+)
 
 
 def _save(tmp_path, im: Image.Image, name: str, **kw):
@@ -235,3 +242,55 @@ def test_mask_load_rejects_colour_png_and_save_rejects_bad_masks(tmp_path):
         save_mask_png(tmp_path / "x.png", np.full((2, 2), 300))
     save_mask_png(tmp_path / "i.png", np.full((2, 2), 3, dtype=np.int64))  # small ints are fine
     np.testing.assert_array_equal(load_mask_png(tmp_path / "i.png"), 3)
+
+
+def _smooth(h: int, w: int) -> np.ndarray:
+    """A smooth colour ramp: survives JPEG and reduced decoding nearly unchanged."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) * 127 // (w + h)],
+                    axis=2).astype(np.uint8)
+
+
+def test_preview_reduces_a_jpeg_and_reports_the_full_size(tmp_path):
+    arr = _smooth(240, 320)
+    path = _save(tmp_path, Image.fromarray(arr), "p.jpg", quality=95)
+    small, size = read_image_preview(path, max_side=80)
+    assert size == (240, 320)
+    # The largest power-of-two reduction keeping the longer side >= 80: 1/4.
+    assert small.shape == (60, 80, 3) and small.dtype == np.uint8 and small.flags.c_contiguous
+    ref = np.asarray(Image.fromarray(read_image(path)).resize((80, 60), Image.BOX), dtype=np.int16)
+    assert np.abs(small.astype(np.int16) - ref).mean() < 4
+    # Asking for more than the image has decodes it whole, exactly as read_image does.
+    whole, size2 = read_image_preview(path, max_side=400)
+    assert size2 == (240, 320)
+    np.testing.assert_array_equal(whole, read_image(path))
+
+
+def test_preview_of_a_rotated_jpeg_matches_read_image_orientation(tmp_path):
+    arr = _smooth(64, 128)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _save(tmp_path, Image.fromarray(arr), "r.jpg", quality=95, exif=exif.tobytes())
+    small, size = read_image_preview(path, max_side=32)
+    full = read_image(path)
+    assert size == full.shape[:2] == (128, 64)
+    assert small.shape == (32, 16, 3)  # 1/4, rotated like the full decode
+
+
+def test_preview_of_other_formats_is_the_full_image(tmp_path):
+    arr = np.random.randint(0, 256, (20, 30, 3), dtype=np.uint8)
+    path = _save(tmp_path, Image.fromarray(arr), "a.png")
+    img, size = read_image_preview(path, max_side=8)
+    assert size == (20, 30)
+    np.testing.assert_array_equal(img, arr)
+
+
+def test_preview_errors_like_read_image(tmp_path):
+    path = _save(tmp_path, Image.fromarray(_smooth(64, 64)), "t.jpg")
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ImageReadError):
+        read_image_preview(path, max_side=16)
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_image_preview(tmp_path / "missing.jpg")
+    with pytest.raises(ValueError):
+        read_image_preview(path, max_side=0)
