@@ -183,6 +183,8 @@ class MainWindow(QMainWindow):
         self._action(im, "&Next", s.next_image, "D")
         self._action(im, "Mark &reviewed", s.mark_reviewed, "Ctrl+R")
         self._action(im, "Next most &uncertain", s.next_most_uncertain, "U")
+        mm = mb.addMenu("&Model")
+        self.finetune_action = self._action(mm, "&Fine-tune on my labels...", self.open_finetune)
         t = mb.addMenu("&Tools")
         group = QActionGroup(self)
         self.tool_actions = {}
@@ -219,6 +221,17 @@ class MainWindow(QMainWindow):
             self.show_message("info", "open a folder first")
             return
         ExportDialog(self.session, self).open()
+
+    def open_finetune(self):
+        """The model panel's fine-tune dialog (None, with a message, when it cannot be used yet)."""
+        panel = self.panels.get("Model")
+        if panel is None or not hasattr(panel, "open_finetune"):
+            self.show_message("warning", "fine-tuning is not available in this version")
+            return None
+        if self.session.store is None or self.session.model is None:
+            self.show_message("info", "open a folder and load a model first")
+            return None
+        return panel.open_finetune()
 
     def undo(self) -> None:
         if self.session.document is not None:

@@ -34,7 +34,7 @@ NO_WEIGHTS_TEXT = (
     "2. <b>Load a checkpoint file</b> you already have (torchvision, VainF, kazuto1011 or native "
     "<code>.safetensors</code>; the format is detected).<br>"
     "3. <b>Label a few images by hand</b> with the brush and polygon tools, then fine-tune a model on "
-    "them (the Fine-tune button arrives with issue 6).")
+    "them (the <b>Fine-tune on my labels</b> button).")
 
 
 def device_description() -> str:
@@ -210,6 +210,9 @@ class ModelPanel(QWidget):
         form.addRow("Model", self.model_label)
         self.classes_label = QLabel("–")
         form.addRow("Classes", self.classes_label)
+        from .versions_panel import VersionsBox
+        self.versions = VersionsBox(self.session)
+        form.addRow("Version", self.versions)
         layout.addLayout(form)
 
         self.prelabel_button = QPushButton("Pre-label this image")
@@ -218,6 +221,11 @@ class ModelPanel(QWidget):
         self.prelabel_all_button.clicked.connect(self.prelabel_unlabelled)
         layout.addWidget(self.prelabel_button)
         layout.addWidget(self.prelabel_all_button)
+        self.finetune_button = QPushButton("Fine-tune on my labels…")
+        self.finetune_button.setToolTip("train the model on the masks you edited or reviewed")
+        self.finetune_button.clicked.connect(self.open_finetune)
+        layout.addWidget(self.finetune_button)
+        self.finetune_dialog = None
         prow = QHBoxLayout()
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
@@ -271,6 +279,7 @@ class ModelPanel(QWidget):
         ready = model is not None and not busy
         self.prelabel_button.setEnabled(ready and s.image is not None)
         self.prelabel_all_button.setEnabled(ready and s.store is not None)
+        self.finetune_button.setEnabled(model is not None and s.store is not None and not s.read_only)
         for w in (self.load_button, self.file_button, self.banner_download, self.banner_file, self.weights_combo):
             w.setEnabled(not busy)
         self._show_progress(busy)
@@ -372,12 +381,14 @@ class ModelPanel(QWidget):
     def _on_batch_current(self, image_id: str, labels: np.ndarray, probs: np.ndarray) -> None:
         self._apply(image_id, labels, probs)
 
-    def prelabel_unlabelled(self):
-        """Predict every unlabelled image of the folder (worker, progress, cancel)."""
+    def prelabel_unlabelled(self, include_prelabelled: bool = False):
+        """Predict every unlabelled image of the folder (worker, progress, cancel); with
+        ``include_prelabelled`` also those a model labelled but nobody touched (after fine-tuning)."""
         s = self.session
         if self.task is not None or s.predictor is None or s.store is None:
             return None
-        ids = [i for i in s.store.ids() if s.store.status(i) is Status.UNLABELED]
+        wanted = (Status.UNLABELED, Status.PRELABELED) if include_prelabelled else (Status.UNLABELED,)
+        ids = [i for i in s.store.ids() if s.store.status(i) in wanted]
         if not ids:
             self.status_label.setText("no unlabelled images")
             return None
@@ -392,6 +403,17 @@ class ModelPanel(QWidget):
             text += f"; {summary['failed']} could not be read"
         self.status_label.setText(text)
         self.prelabel_finished.emit(summary)
+
+    def open_finetune(self):
+        """Show the "Fine-tune on my labels" dialog (non-modal, one per panel); returns it."""
+        from .finetune_dialog import FineTuneDialog
+        if self.finetune_dialog is None:
+            self.finetune_dialog = FineTuneDialog(
+                self.session, self.window(), prelabel=lambda: self.prelabel_unlabelled(include_prelabelled=True))
+        self.finetune_dialog.refresh_counts()
+        self.finetune_dialog.show()
+        self.finetune_dialog.raise_()
+        return self.finetune_dialog
 
     # ------------------------------------------------------------------ task plumbing
     def _start(self, fn, *args, on_result, on_error=None):
@@ -424,3 +446,5 @@ class ModelPanel(QWidget):
     def cancel(self) -> None:
         if self.task is not None:
             self.task.cancel()
+        if self.finetune_dialog is not None:
+            self.finetune_dialog.cancel()
