@@ -12,7 +12,7 @@ TORCH_CPU ?= torch==2.13.0
 DEMO   ?= resources/demo
 PYTEST_ARGS ?= -n auto
 
-.PHONY: run test setup bench clean-venv
+.PHONY: run test setup bench clean-venv package package-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,21 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# One-folder desktop bundle in dist/deeplab-gui/ (PyInstaller; torch as installed here: CPU or CUDA).
+# Minutes on a 2-core machine; see README "Desktop bundle".
+PACKAGE_STAMP := $(VENV)/.package-installed
+$(PACKAGE_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[package]"
+	touch $@
+
+package: $(PACKAGE_STAMP)
+	$(BIN)/pyinstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build/pyinstaller \
+		packaging/deeplab_gui.spec
+	@du -sh dist/deeplab-gui
+
+# Build, then run the bundle's self-test from a temp folder with a scrubbed environment, and start
+# its GUI under Xvfb (where installed) for a screenshot: build/package-test/screenshot.png.
+package-test: package
+	DEEPLAB_GUI_BUNDLE=dist/deeplab-gui QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:xdist \
+		tests/test_selftest.py -k frozen_bundle -rs

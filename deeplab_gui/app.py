@@ -2,6 +2,7 @@
 
 ``DEEPLAB_GUI_EXIT_AFTER_MS=N`` quits by itself N ms after the folder finished opening (or after N ms
 if none opens): the smoke hook tests use to run the real command under ``QT_QPA_PLATFORM=offscreen``.
+With it, ``DEEPLAB_GUI_SCREENSHOT=PATH`` saves the window (``QWidget.grab``) to PATH just before quitting.
 """
 from __future__ import annotations
 
@@ -62,9 +63,18 @@ def main(folder: str | None = None) -> int:
     exit_after = os.environ.get("DEEPLAB_GUI_EXIT_AFTER_MS")
     if exit_after:
         ms = max(int(exit_after), 0)
+        shot = os.environ.get("DEEPLAB_GUI_SCREENSHOT")
+
+        def finish() -> None:
+            # DEEPLAB_GUI_SCREENSHOT=path: save the window as it looks just before the timed exit
+            # (the packaging check's proof that a bundle draws its real window).
+            if shot and window.isVisible() and not window.grab().save(shot):
+                log.error("could not write the screenshot %s", shot)
+            window.close()
+
         # Quit once the folder is open and its first image shown (or after the delay regardless).
-        window.session.current_changed.connect(lambda _id: QTimer.singleShot(ms, window.close))
-        QTimer.singleShot(ms + 20_000 if target.is_dir() else ms, window.close)
+        window.session.current_changed.connect(lambda _id: QTimer.singleShot(ms, finish))
+        QTimer.singleShot(ms + 20_000 if target.is_dir() else ms, finish)
     app.setQuitOnLastWindowClosed(True)
     window.destroyed.connect(app.quit)
     code = app.exec()

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "a dense CRF and your corrections; export PASCAL VOC.",
                 epilog=f"'{PROG} FOLDER' is short for '{PROG} gui FOLDER'.")
     p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    p.add_argument("--self-test", action="store_true",
+                   help="check this installation (Qt, model, prediction, both CRF backends, store, VOC "
+                        "export) in a few seconds, headless; exit 0 when all pass")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     g = sub.add_parser("gui", help="open the app (the default command)", description="Open the app.")
@@ -128,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except SystemExit as exc:  # --help / --version
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+    if args.self_test:  # same code in source and frozen form; it prints its own report
+        from .selftest import run_self_test
+        return run_self_test()
     try:
         return int(args.func(args))
     except CLIError as exc:
