@@ -133,14 +133,13 @@ class MainWindow(QMainWindow):
         return dock
 
     def _load_panels(self) -> None:
-        """Model and CRF panels: optional, so the window works before (or without) them."""
-        for name, module, cls in (("Model", "model_panel", "ModelPanel"), ("CRF", "crf_panel", "CRFPanel")):
-            try:
-                mod = __import__(f"{__package__}.{module}", fromlist=[cls])
-                panel = getattr(mod, cls)(self.session)
-            except Exception as exc:  # noqa: BLE001  (ImportError, or a panel that fails to build)
-                log.warning("%s panel unavailable: %s", name, exc)
-                continue
+        """Model and CRF panels as docks on the right."""
+        # Plain imports (not importlib): PyInstaller follows them into the bundle.
+        from .crf_panel import CRFPanel
+        from .model_panel import ModelPanel
+
+        for name, cls in (("Model", ModelPanel), ("CRF", CRFPanel)):
+            panel = cls(self.session)
             self.panels[name] = panel
             self._dock(name, panel, Qt.DockWidgetArea.RightDockWidgetArea)
 
@@ -212,11 +211,8 @@ class MainWindow(QMainWindow):
             self.session.open_folder(folder)
 
     def open_export(self) -> None:
-        try:
-            from .export_dialog import ExportDialog
-        except ImportError as exc:
-            self.show_message("warning", f"VOC export is not available in this version ({exc})")
-            return
+        from .export_dialog import ExportDialog
+
         if self.session.store is None:
             self.show_message("info", "open a folder first")
             return
