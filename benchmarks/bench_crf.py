@@ -36,7 +36,17 @@ def _percentile(values, q):
     return float(np.percentile(np.asarray(values), q)) if values else None
 
 
+def warm_up(backends):
+    """One untimed small refine per backend and class count: first calls pay one-time costs (JIT-generated
+    gather kernels per column count, worker threads, lazy imports) that are not per-image costs."""
+    for c in CLASSES:
+        scene = make_scene(200, 240, c, seed=c)
+        for backend, device in backends:
+            refine(scene.image, scene.probs, DEEPLAB_V1.replace(iterations=2), backend=backend, device=device)
+
+
 def bench_refine(sizes, repeats, backends, log):
+    warm_up(backends)
     rows = []
     for w, h in sizes:
         for c in CLASSES:

@@ -154,3 +154,100 @@ def test_cuda_matches_cpu(scene):
     cpu = refine(scene.image, scene.probs, DEEPLAB_V2, backend="torch", device="cpu")
     gpu = refine(scene.image, scene.probs, DEEPLAB_V2, backend="torch", device="cuda")
     assert (cpu.argmax(0) == gpu.argmax(0)).mean() >= 0.99
+
+
+# ----------------------------------------------------------------------------- CPU speed paths
+def _two_column_mean_field(logp, kernels, iterations):
+    # The textbook form, both columns filtered: the reference for the one-channel two-class path.
+    q = torch.softmax(logp, 1)
+    for _ in range(iterations):
+        logits = logp.clone()
+        for kernel, weight in kernels:
+            logits += kernel.apply(q.contiguous(), weight)
+        q = torch.softmax(logits, 1)
+    return q
+
+
+def test_two_class_one_channel_path_matches_the_two_column_form():
+    from engine.crf import dense
+    from engine.crf.backends import torch_kernels
+
+    sc = make_scene(48, 64, 2, seed=8)
+    with torch.inference_mode():
+        logp = dense.log_unary(torch.from_numpy(sc.probs))
+        kernels = torch_kernels(torch.from_numpy(sc.image).float(), DEEPLAB_V1)
+        ours = dense.mean_field(logp, kernels, 6)
+        ref = _two_column_mean_field(logp, kernels, 6)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    assert torch.equal(ours.argmax(1), ref.argmax(1))
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    from engine.crf import workers
+
+    monkeypatch.setattr(workers, "MIN_POINTS", 0)  # tiny test images take the worker path too
+    monkeypatch.setattr(workers, "SPLIT_COLUMNS", True)  # several columns too (off by default)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield workers
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("classes,active", [(2, 2), (5, 5), (21, 3), (3, 1)])
+def test_worker_split_matches_the_single_thread_result(two_threads, monkeypatch, classes, active):
+    sc = make_scene(40, 52, classes, active_classes=active, seed=classes)
+    monkeypatch.setattr(two_threads, "ENABLED", False)
+    plain = refine(sc.image, sc.probs, DEEPLAB_V1, backend="torch")
+    monkeypatch.setattr(two_threads, "ENABLED", True)
+    calls = []
+    real = two_threads.run_all
+    monkeypatch.setattr(two_threads, "run_all", lambda jobs: calls.append(len(jobs)) or real(jobs))
+    split = refine(sc.image, sc.probs, DEEPLAB_V1, backend="torch")
+    assert calls and all(n == 2 for n in calls)  # one hand-off of two jobs per iteration
+    np.testing.assert_allclose(split, plain, atol=1e-5)
+    np.testing.assert_array_equal(split.argmax(0), plain.argmax(0))
+    # Starting the single-threaded workers leaves this thread's (and the process default) count alone.
+    assert torch.get_num_threads() == 2
+
+
+def test_worker_errors_reach_the_caller(two_threads):
+    def boom():
+        raise RuntimeError("job failed")
+
+    with pytest.raises(RuntimeError, match="job failed"):
+        two_threads.run_all([lambda: torch.zeros(1), boom])
+    assert [float(t) for t in two_threads.run_all([lambda: torch.ones(1), lambda: torch.ones(1) * 2])] == [1, 2]
+
+
+def test_concurrent_lattice_builds_equal_sequential_ones(two_threads):
+    from engine.crf import dense
+
+    sc = make_scene(36, 50, 3, seed=4)
+    image = torch.from_numpy(sc.image).float()
+    feats = [dense.gaussian_features(36, 50, 3.0, image.device), dense.bilateral_features(image, 20.0, 8.0)]
+    together = dense.kernels_from_features(feats)
+    torch.set_num_threads(1)  # the sequential path
+    alone = dense.kernels_from_features(feats)
+    x = torch.rand(36 * 50, 3)
+    for a, b in zip(together, alone):
+        assert a.lattice.n_vertices == b.lattice.n_vertices
+        assert torch.equal(a.apply(x, 2.0), b.apply(x, 2.0))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_workers_restart_in_a_forked_child(two_threads):
+    import os
+    import signal
+
+    two_threads.run_all([lambda: torch.zeros(1), lambda: torch.zeros(1)])  # started in the parent
+    pid = os.fork()
+    if pid == 0:  # child: must not wait forever on the parent's threads (the alarm ends a hang)
+        ok = False
+        try:
+            signal.alarm(30)
+            ok = [float(t) for t in two_threads.run_all([lambda: torch.ones(1), lambda: torch.ones(1)])] == [1, 1]
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -115,3 +115,80 @@ def test_torch_only_build_path_matches_numpy_path(monkeypatch):
     portable = PermutohedralLattice(f)
     assert portable.n_vertices == fast.n_vertices
     torch.testing.assert_close(portable.filter(x), fast.filter(x), atol=1e-5, rtol=1e-5)
+
+
+def _quantised_features(n, d, seed):
+    # Coarse, partly negative values: many exact ties between elevated coordinates, and points whose
+    # rounded remainder-0 vertex is off the plane (the rank wrap-around case).
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy((np.round(rng.normal(0, 6, (n, d)) * 4) / 4).astype(np.float32))
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 5])
+def test_numpy_build_is_bit_identical_to_torch_build(monkeypatch, d):
+    from engine.crf import lattice as lattice_mod
+
+    f = _quantised_features(2500, d, seed=d)
+    fast = PermutohedralLattice(f)
+    monkeypatch.setattr(lattice_mod, "NUMPY_ON_CPU", False)
+    ref = PermutohedralLattice(f)
+    assert fast.n_vertices == ref.n_vertices
+    assert torch.equal(fast._slice_idx.long(), ref._slice_idx.long())
+    assert torch.equal(fast._slice_w, ref._slice_w)
+    for a, b in zip(fast._blur_idx, ref._blur_idx):
+        assert torch.equal(a.long(), b.long())
+    # Splat groups may list a vertex's entries in another order; per vertex they are the same.
+    x = torch.rand(2500, 2)
+    torch.testing.assert_close(fast.splat(x), ref.splat(x), atol=1e-5, rtol=1e-6)
+
+
+def test_simplex_keys_match_the_torch_simplex():
+    from engine.crf import lattice_cpu
+    from engine.crf.lattice import _simplex
+
+    for d in (2, 5):
+        f = _quantised_features(3000, d, seed=10 + d)
+        lattice_cpu.BLOCK, saved = 700, lattice_cpu.BLOCK  # several blocks, a ragged last one
+        try:
+            mq, by_rank, bary = lattice_cpu.simplex_keys(f.numpy())
+        finally:
+            lattice_cpu.BLOCK = saved
+        rem0, rank, bary_t = _simplex(f)
+        assert np.array_equal(bary, bary_t.numpy())
+        assert np.array_equal(mq.T, (rem0 // (d + 1)).numpy())
+        # by_rank inverts rank: the coordinate of rank k has rank k.
+        assert np.array_equal(np.take_along_axis(rank.numpy(), by_rank.T.astype(np.int64), 1),
+                              np.broadcast_to(np.arange(d + 1), (3000, d + 1)))
+
+
+def test_number_vertices_packed_and_argsort_paths_agree():
+    from engine.crf import lattice_cpu
+
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 50, size=600).astype(np.int64)  # many repeats, like shared vertices
+    bary = rng.random((200, 3), dtype=np.float32)
+    bits = 10
+    packed = (codes << bits) + np.arange(600)
+    a = lattice_cpu.number_vertices(packed, bits, 3, np.int32, bary)
+    b = lattice_cpu.number_vertices(codes.copy(), 0, 3, np.int32, bary)
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y)
+    uniq, slice_idx, splat_idx, splat_w, bags = a
+    assert np.array_equal(uniq, np.unique(codes))
+    assert np.array_equal(uniq[slice_idx], codes)
+    # Each vertex's bag lists exactly the points whose entries map to it.
+    ends = np.append(bags[1:], 600)
+    for v in (0, len(uniq) // 2, len(uniq) - 1):
+        pts = np.sort(splat_idx[bags[v]:ends[v]])
+        assert np.array_equal(pts, np.sort(np.flatnonzero(codes == uniq[v]) // 3))
+
+
+def test_blur_pads_a_zero_row_and_keeps_shapes():
+    lat = PermutohedralLattice(_features(200, 3, 5.0, seed=7))
+    x = torch.rand(200, 4)
+    padded = lat._splat(x)
+    assert padded.shape == (lat.n_vertices + 1, 4) and (padded[-1] == 0).all()
+    blurred = lat._blur(padded)
+    assert (blurred[-1] == 0).all()
+    torch.testing.assert_close(lat.blur(lat.splat(x)), blurred[:-1])
+    torch.testing.assert_close(lat.slice(blurred), lat.filter(x))

@@ -71,13 +71,14 @@ def refine(image: np.ndarray, probs: np.ndarray, params: CRFParams = DEEPLAB_V1,
 def torch_kernels(image: torch.Tensor, params: CRFParams) -> list[tuple[dense.Kernel, float]]:
     """Build the (kernel, weight) pairs for ``params`` on an (H, W, 3) float32 image tensor."""
     h, w, _ = image.shape
-    kernels = []
+    features, weights = [], []
     if params.gaussian_weight > 0:
-        kernels.append((dense.gaussian_kernel(h, w, params.gaussian_xy, image.device), params.gaussian_weight))
+        features.append(dense.gaussian_features(h, w, params.gaussian_xy, image.device))
+        weights.append(params.gaussian_weight)
     if params.bilateral_weight > 0:
-        kernels.append((dense.bilateral_kernel(image, params.bilateral_xy, params.bilateral_rgb),
-                        params.bilateral_weight))
-    return kernels
+        features.append(dense.bilateral_features(image, params.bilateral_xy, params.bilateral_rgb))
+        weights.append(params.bilateral_weight)
+    return list(zip(dense.kernels_from_features(features), weights))
 
 
 def _refine_torch(img: np.ndarray, p: np.ndarray, params: CRFParams, device: torch.device,
@@ -89,7 +90,8 @@ def _refine_torch(img: np.ndarray, p: np.ndarray, params: CRFParams, device: tor
         kernels = torch_kernels(image_t, params)
         keep = dense.prune(dense.class_ratios(logp), kernels, tolerance)
         q = dense.mean_field(logp, kernels, params.iterations, keep=keep)
-        return q.t().reshape(c, h, w).cpu().numpy().copy()
+        # q is this call's own tensor: the array may share its memory (one C×H×W copy, the transpose).
+        return q.t().contiguous().reshape(c, h, w).cpu().numpy()
 
 
 def _refine_pydensecrf(img: np.ndarray, p: np.ndarray, params: CRFParams) -> np.ndarray:

@@ -12,7 +12,10 @@ Where densecrf inserts keys one at a time into a hash table, we pack every (poin
 int64 code (mixed radix, padded so that neighbour keys never wrap), sort the codes once to number the
 vertices, and find neighbours along each lattice direction, a constant code offset away, with one
 ``searchsorted``. All three maps then run as ``embedding_bag`` sums (gather + weighted sum in one fused
-kernel), several times faster on CPU than sparse-matrix products and equally available on CUDA.
+kernel), several times faster on CPU than sparse-matrix products and equally available on CUDA. The
+blur keeps an extra all-zero row M that missing neighbours point at, and adds v + 0.5·(v_n1 + v_n2) in
+densecrf's order. On the CPU the build runs in numpy, block by block (``lattice_cpu``); on CUDA the
+torch functions at the end of this module do the same arithmetic.
 """
 from __future__ import annotations
 
@@ -22,12 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import lattice_cpu
+
 __all__ = ["PermutohedralLattice"]
 
 # Points per chunk for the build steps whose temporaries scale with N*(d+1).
 _CHUNK = 1 << 18
-# Sort and search with numpy when tensors are on the CPU (several times faster there); the torch
-# path is the one CUDA uses, and tests run it on CPU by turning this off.
+# Build with numpy (lattice_cpu: cache-sized blocks, one plain sort) when tensors are on the CPU, several
+# times faster there; the torch path is the one CUDA uses, and tests run it on CPU by turning this off.
 NUMPY_ON_CPU = True
 
 
@@ -46,33 +51,6 @@ def _number_vertices(codes: torch.Tensor, corners: int, idx_dtype: torch.dtype):
         splat_bags (M,) start of each group.
     """
     n = codes.numel()
-    if _use_numpy(codes):
-        flat = codes.numpy()
-        lo = int(flat.min())
-        bits = max(int(n - 1).bit_length(), 1)
-        np_idx = np.int32 if idx_dtype == torch.int32 else np.int64
-        if (int(flat.max()) - lo).bit_length() + bits <= 63:
-            # Pack (code, position) into one int64 and sort in place: numpy's plain sort is several
-            # times faster than any argsort (or torch.sort) on CPU; the low bits give the permutation.
-            packed = flat - lo
-            packed <<= bits
-            packed |= np.arange(n, dtype=np.int64)
-            packed.sort()
-            order = packed & ((1 << bits) - 1)
-            packed >>= bits
-            ordered = packed
-        else:
-            order = np.argsort(flat)
-            ordered = flat[order]
-        first = np.empty(n, dtype=bool)
-        first[0] = True
-        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-        slice_idx = np.empty(n, dtype=np_idx)
-        slice_idx[order] = np.cumsum(first) - 1
-        as_t = torch.from_numpy
-        uniq = ordered[first] + (lo if ordered is packed else 0)
-        return (as_t(uniq), as_t(slice_idx), as_t(order),
-                as_t((order // corners).astype(np_idx)), as_t(np.flatnonzero(first).astype(np_idx)))
     ordered, order = torch.sort(codes)
     first = torch.ones_like(ordered, dtype=torch.bool)
     first[1:] = ordered[1:] != ordered[:-1]
@@ -80,12 +58,6 @@ def _number_vertices(codes: torch.Tensor, corners: int, idx_dtype: torch.dtype):
     slice_idx[order] = (torch.cumsum(first, 0) - 1).to(idx_dtype)
     splat_idx = torch.div(order, corners, rounding_mode="floor").to(idx_dtype)
     return ordered[first], slice_idx, order, splat_idx, torch.nonzero(first).view(-1).to(idx_dtype)
-
-
-def _searchsorted(sorted_values: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    if _use_numpy(sorted_values):
-        return torch.from_numpy(np.searchsorted(sorted_values.numpy(), queries.numpy()))
-    return torch.searchsorted(sorted_values, queries)
 
 
 class PermutohedralLattice:
@@ -112,90 +84,75 @@ class PermutohedralLattice:
         self.n_points, self.dim = n, d
         idx_dtype = torch.int32 if n * (d + 1) < 2**31 - 1 else torch.int64
 
-        rem0 = torch.empty((n, d), dtype=torch.int64, device=self.device)
-        rank = torch.empty((n, d + 1), dtype=torch.int64, device=self.device)
-        bary = torch.empty((n, d + 1), dtype=torch.float32, device=self.device)
-        for start in range(0, n, _CHUNK):
-            stop = min(start + _CHUNK, n)
-            rem0[start:stop], rank[start:stop], bary[start:stop] = _simplex(feats[start:stop])
+        cpu = _use_numpy(feats)
+        if cpu:
+            mq, by_rank, bary_np = lattice_cpu.simplex_keys(np.ascontiguousarray(feats.numpy()))
+            lo, hi = mq.min(1).astype(np.int64), mq.max(1).astype(np.int64)
+            bary = torch.from_numpy(bary_np)
+        else:
+            mq, rank, bary = _simplex_keys_torch(feats)
+            lo, hi = mq.amin(0).cpu().numpy(), mq.amax(0).cpu().numpy()
 
         # Pack keys into int64 codes. Every coordinate of corner r's key is ≡ r (mod d+1), so a key is
         # (r, q) with key = (d+1)·q + r: code = r·R + mixed-radix(q). Dropping the factor d+1 per
         # coordinate saves ~13 bits for d=5, which lets the sort below pack (code, position) in 63 bits.
         # q is within 1 of rem0/(d+1) and neighbours move it by 1 more: pad each range by 2.
-        mq = torch.div(rem0, d + 1, rounding_mode="floor")
-        del rem0
         pad = 2
-        lo, hi = mq.amin(0), mq.amax(0)
         base = lo - pad
-        radix = (hi - lo + 2 * pad + 1).tolist()
+        radix = [int(r) for r in hi - lo + 2 * pad + 1]
         if math.log2(d + 1) + sum(math.log2(r) for r in radix) > 62:
             raise ValueError("lattice keys do not fit in 64 bits; kernel widths are too small for these features")
         strides = [1] * d
         for i in range(d - 2, -1, -1):
             strides[i] = strides[i + 1] * radix[i + 1]
         big = strides[0] * radix[0]  # R: the code stride of the remainder r
-        stride_t = torch.tensor(strides, dtype=torch.int64, device=self.device)
         total = int(sum(strides))
-
-        # Corner r adds r to coordinates of rank <= d-r and r-(d+1) to the others, i.e. q_i = m_i - 1
-        # for rank_i > d-r: code_r = r·R + code(m) - Σ{stride_i : rank_i > d-r}, the last sum a suffix
-        # sum of strides ordered by rank. No (N, d+1, d) key tensor is materialised.
-        codes = torch.empty((n, d + 1), dtype=torch.int64, device=self.device)
-        corner = torch.arange(d + 1, dtype=torch.int64, device=self.device)
-        for start in range(0, n, _CHUNK):
-            stop = min(start + _CHUNK, n)
-            base_code = ((mq[start:stop] - base) * stride_t).sum(1, keepdim=True)
-            by_rank = torch.zeros((stop - start, d + 2), dtype=torch.int64, device=self.device)
-            by_rank.scatter_(1, rank[start:stop, :d], stride_t.expand(stop - start, d))
-            suffix = by_rank.flip(1).cumsum(1).flip(1)  # exact in int64
-            codes[start:stop] = base_code + corner * big - suffix[:, d + 1 - corner]
-        del mq, rank
-
-        uniq, self._slice_idx, order, self._splat_idx, self._splat_bags = _number_vertices(
-            codes.view(-1), d + 1, idx_dtype)
-        del codes
+        np_idx = np.int32 if idx_dtype == torch.int32 else np.int64
+        if cpu:
+            keys, bits = lattice_cpu.vertex_keys(mq, by_rank, base, strides, big)
+            del mq, by_rank
+            uniq, slice_idx, splat_idx, splat_w, splat_bags = lattice_cpu.number_vertices(
+                keys, bits, d + 1, np_idx, bary_np)
+            del keys
+            uniq, self._slice_idx, self._splat_idx, self._splat_w, self._splat_bags = (
+                torch.from_numpy(t) for t in (uniq, slice_idx, splat_idx, splat_w, splat_bags))
+        else:
+            codes = _codes_torch(mq, rank, torch.from_numpy(base).to(self.device), strides, big)
+            del mq, rank
+            uniq, self._slice_idx, order, self._splat_idx, self._splat_bags = _number_vertices(
+                codes, d + 1, idx_dtype)
+            del codes
+            # Splat is the transpose of slice: each vertex sums its (point, weight) entries, which the
+            # code sort has grouped by vertex; bags start at the first entry of each vertex.
+            self._splat_w = bary.view(-1)[order]
+            del order
         m = self.n_vertices = uniq.numel()
-        # Slice: each point gathers its d+1 corners (bags of d+1 in self._slice_idx).
-        self._slice_bags = torch.arange(0, n * (d + 1), d + 1, dtype=idx_dtype, device=self.device)
         self._slice_w = bary
-        # Splat is the transpose: each vertex sums its (point, weight) entries, which the code sort has
-        # grouped by vertex; bags start at the first entry of each vertex.
-        self._splat_w = bary.view(-1)[order.to(self.device)]
-        del order
+        # Slice: each point gathers its d+1 corners (bags of d+1 in self._slice_idx). On the CPU the
+        # build makes no torch call that could start its thread pool, so that lattices can be built
+        # concurrently from plain threads (numpy releases the GIL) without oversubscribing the cores.
+        def arange(*args):
+            if cpu:
+                return torch.from_numpy(np.arange(*args, dtype=np_idx))
+            return torch.arange(*args, dtype=idx_dtype, device=self.device)
+
+        self._slice_bags = arange(0, n * (d + 1), d + 1)
 
         # Blur along direction j: v_i + (v_n1 + v_n2)/2, where n1/n2 move the key by (+d, -1, ..., -1)
         # with the +d on coordinate j (the last direction puts it on the implicit (d+1)-th coordinate).
-        # A missing neighbour contributes 0 (densecrf's zero row): we point it at i itself, weight 0.
-        self_idx = torch.arange(m, dtype=torch.int64, device=self.device)
-        # Direction j<d moves a key by +d on coordinate j and -1 on the others; direction d moves all
-        # stored coordinates by -1. In (r, q) form: r > 0 -> (r-1, q + e_j); r = 0 -> (d, q - 1 + e_j)
-        # (e_d = 0), so the code offset depends only on whether r is 0.
-        at_zero = uniq < big
-        blur_idx, blur_w = [], []
-        for j in range(d + 1):
-            step = strides[j] if j < d else 0
-            target = uniq + torch.where(at_zero, d * big - total + step, step - big)
-            pos = _searchsorted(uniq, target).to(self.device).clamp_(max=m - 1)
-            found = uniq[pos] == target
-            idx = torch.empty((m, 3), dtype=idx_dtype, device=self.device)
-            w = torch.empty((m, 3), dtype=torch.float32, device=self.device)
-            idx[:, 0] = self_idx
-            idx[:, 1] = torch.where(found, pos, self_idx)
-            # n2 is the inverse relation: if b = n1(a) then a = n2(b); no second search needed.
-            src = self_idx[found]
-            dst = pos[found]
-            idx[:, 2] = self_idx
-            idx[dst, 2] = src.to(idx_dtype)
-            w[:, 0] = 1.0
-            w[:, 1] = found
-            w[:, 2] = 0.0
-            w[dst, 2] = 1.0
-            w[:, 1:].mul_(0.5)
-            blur_idx.append(idx.view(-1))
-            blur_w.append(w.view(-1))
-        self._blur_bags = torch.arange(0, 3 * m, 3, dtype=idx_dtype, device=self.device)
-        self._blur_idx, self._blur_w = blur_idx, blur_w
+        # Lattice values carry an extra row M kept at zero (densecrf's zero row): a missing neighbour
+        # points there, so each direction is one unweighted 2-entry gather-sum and one axpy.
+        if cpu:
+            self._blur_idx = [torch.from_numpy(p) for p in lattice_cpu.blur_neighbours(
+                uniq.numpy(), strides, big, total, np_idx)]
+        else:
+            self._blur_idx = _blur_torch(uniq, strides, big, total, idx_dtype)
+        self._blur_bags = arange(0, 2 * (m + 1), 2)
+        # Splat bags with one empty bag appended: the splat writes the zero row itself.
+        if cpu:
+            self._splat_bags_z = torch.from_numpy(np.append(splat_bags, np_idx(n * (d + 1))))
+        else:
+            self._splat_bags_z = torch.cat([self._splat_bags, arange(n * (d + 1), n * (d + 1) + 1)])
         # densecrf's "magic" slice scale.
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
 
@@ -211,29 +168,43 @@ class PermutohedralLattice:
         w = self._slice_w * self.alpha
         return w if point_scale is None else w * point_scale[:, None]
 
+    def _splat(self, values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C) -> (M+1, C), the last row zero."""
+        w = self._splat_w if weights is None else weights
+        return F.embedding_bag(self._splat_idx, values, self._splat_bags_z, mode="sum", per_sample_weights=w)
+
+    def _blur(self, v: torch.Tensor) -> torch.Tensor:
+        """(M+1, C) -> (M+1, C); row M stays zero. densecrf's order: v + 0.5·(v_n1 + v_n2)."""
+        for idx in self._blur_idx:
+            v = torch.add(v, F.embedding_bag(idx, v, self._blur_bags, mode="sum"), alpha=0.5)
+        return v
+
     def splat(self, values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """(N, C) float32 -> (M, C): barycentric scatter onto lattice vertices."""
-        w = self._splat_w if weights is None else weights
-        return F.embedding_bag(self._splat_idx, values, self._splat_bags, mode="sum", per_sample_weights=w)
+        return self._splat(values, weights)[: self.n_vertices]
 
     def blur(self, lattice_values: torch.Tensor) -> torch.Tensor:
         """(M, C) -> (M, C): v + (v[n1] + v[n2]) / 2 along each lattice direction in turn."""
-        v = lattice_values
-        for idx, w in zip(self._blur_idx, self._blur_w):
-            v = F.embedding_bag(idx, v, self._blur_bags, mode="sum", per_sample_weights=w)
-        return v
+        pad = lattice_values.new_zeros((1, lattice_values.shape[1]))
+        return self._blur(torch.cat([lattice_values, pad]))[: self.n_vertices]
 
     def slice(self, lattice_values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """(M, C) -> (N, C): barycentric interpolation back to the points (alpha included by default)."""
+        """(M, C) or (M+1, C) -> (N, C): barycentric interpolation back to the points (alpha included by
+        default)."""
         w = self.slice_weights() if weights is None else weights
         return F.embedding_bag(self._slice_idx, lattice_values, self._slice_bags, mode="sum",
                                per_sample_weights=w.reshape(-1))
+
+    def apply(self, values: torch.Tensor, splat_w: torch.Tensor | None = None,
+              slice_w: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C) float32 -> (N, C): slice(blur(splat(values))) with the given entry weights."""
+        return self.slice(self._blur(self._splat(values, splat_w)), slice_w)
 
     def filter(self, values: torch.Tensor) -> torch.Tensor:
         """(N, C) float32 -> (N, C) float32: the approximate Gaussian filter (splat, blur, slice)."""
         if values.ndim != 2 or values.shape[0] != self.n_points:
             raise ValueError(f"values must be ({self.n_points}, C), got {tuple(values.shape)}")
-        return self.slice(self.blur(self.splat(values.to(torch.float32).contiguous())))
+        return self.apply(values.to(torch.float32).contiguous())
 
     def normalizer(self) -> torch.Tensor:
         """(N,) float32: 1/sqrt(K·1 + 1e-20), densecrf's NORMALIZE_SYMMETRIC weights."""
@@ -296,3 +267,60 @@ def _simplex(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     bary[:, 0] += 1.0 + bary[:, d + 1]
     rem0 = rem0[:d].t().to(torch.int64)
     return rem0, rank.contiguous(), bary[:, : d + 1].contiguous()
+
+
+def _simplex_keys_torch(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Torch path (CUDA): mq (n, d) int64 = floor(rem0/(d+1)), rank (n, d+1) int64, bary (n, d+1)."""
+    n, d = feats.shape
+    dev = feats.device
+    mq = torch.empty((n, d), dtype=torch.int64, device=dev)
+    rank = torch.empty((n, d + 1), dtype=torch.int64, device=dev)
+    bary = torch.empty((n, d + 1), dtype=torch.float32, device=dev)
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        rem0, rank[start:stop], bary[start:stop] = _simplex(feats[start:stop])
+        mq[start:stop] = torch.div(rem0, d + 1, rounding_mode="floor")
+    return mq, rank, bary
+
+
+def _codes_torch(mq: torch.Tensor, rank: torch.Tensor, base: torch.Tensor, strides: list[int],
+                 big: int) -> torch.Tensor:
+    """(n*(d+1),) int64 vertex codes, point-major (torch path)."""
+    n, d = mq.shape
+    dev = mq.device
+    stride_t = torch.tensor(strides, dtype=torch.int64, device=dev)
+    # Corner r adds r to coordinates of rank <= d-r and r-(d+1) to the others, i.e. q_i = m_i - 1
+    # for rank_i > d-r: code_r = r·R + code(m) - Σ{stride_i : rank_i > d-r}, the last sum a suffix
+    # sum of strides ordered by rank. No (N, d+1, d) key tensor is materialised.
+    codes = torch.empty((n, d + 1), dtype=torch.int64, device=dev)
+    corner = torch.arange(d + 1, dtype=torch.int64, device=dev)
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        base_code = ((mq[start:stop] - base) * stride_t).sum(1, keepdim=True)
+        by_rank = torch.zeros((stop - start, d + 2), dtype=torch.int64, device=dev)
+        by_rank.scatter_(1, rank[start:stop, :d], stride_t.expand(stop - start, d))
+        suffix = by_rank.flip(1).cumsum(1).flip(1)  # exact in int64
+        codes[start:stop] = base_code + corner * big - suffix[:, d + 1 - corner]
+    return codes.view(-1)
+
+
+def _blur_torch(uniq: torch.Tensor, strides: list[int], big: int, total: int, idx_dtype: torch.dtype):
+    """Per direction, ((M+1)*2,) neighbour pairs as in ``lattice_cpu.blur_neighbours`` (torch path)."""
+    m, d, dev = uniq.numel(), len(strides), uniq.device
+    # Direction j<d moves a key by +d on coordinate j and -1 on the others; direction d moves all
+    # stored coordinates by -1. In (r, q) form: r > 0 -> (r-1, q + e_j); r = 0 -> (d, q - 1 + e_j)
+    # (e_d = 0), so the code offset depends only on whether r is 0.
+    at_zero = uniq < big
+    pairs = []
+    for j in range(d + 1):
+        step = strides[j] if j < d else 0
+        target = uniq + torch.where(at_zero, d * big - total + step, step - big)
+        pos = torch.searchsorted(uniq, target).clamp_(max=m - 1)
+        src = torch.nonzero(uniq[pos] == target).view(-1)
+        dst = pos[src]
+        pair = torch.full((m + 1, 2), m, dtype=idx_dtype, device=dev)
+        pair[src, 0] = dst.to(idx_dtype)
+        # n2 is the inverse relation: if b = n1(a) then a = n2(b); no second search needed.
+        pair[dst, 1] = src.to(idx_dtype)
+        pairs.append(pair.view(-1))
+    return pairs
