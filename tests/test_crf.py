@@ -251,3 +251,16 @@ def test_workers_restart_in_a_forked_child(two_threads):
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "pydensecrf"])
+def test_read_only_image_arrays_are_accepted(backend):
+    # np.asarray(PIL image) is read-only; pydensecrf's binding used to refuse such buffers.
+    pytest.importorskip("pydensecrf")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    image.setflags(write=False)
+    probs = rng.random((2, 12, 16)).astype(np.float32)
+    probs /= probs.sum(0, keepdims=True)
+    out = refine(image, probs, CRFParams(iterations=2), backend=backend)
+    assert out.shape == (2, 12, 16)

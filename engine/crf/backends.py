@@ -104,7 +104,10 @@ def _refine_pydensecrf(img: np.ndarray, p: np.ndarray, params: CRFParams) -> np.
     if params.gaussian_weight > 0:
         crf.addPairwiseGaussian(sxy=params.gaussian_xy, compat=params.gaussian_weight)
     if params.bilateral_weight > 0:
-        crf.addPairwiseBilateral(sxy=params.bilateral_xy, srgb=params.bilateral_rgb, rgbim=img,
+        # pydensecrf's Cython signature takes a writable buffer even though it only reads it; arrays
+        # from Pillow (np.asarray(image)) are read-only, so copy those.
+        rgbim = np.require(img, dtype=np.uint8, requirements=["C", "W"])
+        crf.addPairwiseBilateral(sxy=params.bilateral_xy, srgb=params.bilateral_rgb, rgbim=rgbim,
                                  compat=params.bilateral_weight)
     q = np.array(crf.inference(params.iterations), dtype=np.float32)
     return q.reshape(c, h, w)
