@@ -125,6 +125,40 @@ def test_worker_answers_the_latest_request(scene):
     np.testing.assert_allclose(fulls[-1].probs, expected, atol=1e-5)
 
 
+def test_a_new_preview_does_not_wait_behind_a_running_full_stage(scene, monkeypatch):
+    session = LiveCRF(scene.image, scene.probs, preview_pixels=3000)
+    release, full_started = threading.Event(), threading.Event()
+    real_solve = session._solve
+
+    def solve(level, params, stale, iterations):
+        if level is session._full:  # hold every full-size stage until the test lets go
+            full_started.set()
+            assert release.wait(timeout=60)
+        return real_solve(level, params, stale, iterations)
+
+    monkeypatch.setattr(session, "_solve", solve)
+    previews, second_preview = [], threading.Event()
+
+    def on_result(result):
+        if result.stage == "preview":
+            previews.append(result.request_id)
+            if len(previews) == 2:
+                second_preview.set()
+
+    worker = LiveCRFWorker(session, on_result)
+    try:
+        worker.request(DEEPLAB_V1)
+        assert full_started.wait(timeout=60), worker.errors
+        second = worker.request(DEEPLAB_V1.replace(bilateral_rgb=9))
+        # The first request's full stage is still running (held), yet the new preview arrives.
+        assert second_preview.wait(timeout=60), worker.errors
+        assert previews[-1] == second and not release.is_set()
+    finally:
+        release.set()
+        worker.close(timeout=30)
+    assert worker.errors == []
+
+
 def test_cache_respects_its_memory_budget(scene):
     session = LiveCRF(scene.image, scene.probs, preview_pixels=3000, cache_bytes=1)
     list(session.run(DEEPLAB_V1))

@@ -119,7 +119,9 @@ class LiveCRF:
         self._latest = 0
         self._submitted: dict[int, float] = {}
         with torch.inference_mode():
-            image_t = torch.from_numpy(img).to(device=self.device, dtype=torch.float32)
+            # Read-only arrays (the app's image, np.asarray of a Pillow image) make torch warn; the
+            # float conversion copies anyway, so go through numpy's cast instead.
+            image_t = torch.from_numpy(img.astype(np.float32)).to(self.device)
             probs_t = torch.from_numpy(p).to(self.device)
             self._full = self._level(1.0, image_t, probs_t)
             self._preview = None
@@ -155,8 +157,10 @@ class LiveCRF:
 
     # ------------------------------------------------------------------ work
     def run(self, params: CRFParams, *, request_id: int | None = None, cancel: Callable[[], bool] | None = None,
-            preview: bool = True) -> Iterator[LiveResult]:
+            preview: bool = True, full: bool = True) -> Iterator[LiveResult]:
         """Yield the preview (when the image exceeds the preview budget) then the full-size result.
+
+        ``preview`` / ``full`` select the stages (LiveCRFWorker runs them on separate threads).
 
         A started preview runs to the end even if newer requests arrive (it is short, and cutting it
         would starve a continuous drag of any feedback); after it, a newer request or ``cancel()``
@@ -182,7 +186,7 @@ class LiveCRF:
                 return
             yield LiveResult(request_id, "preview", params, probs, self._preview.scale, (self.height, self.width),
                              time.perf_counter() - start, kept)
-        if stale():
+        if not full or stale():
             return
         try:
             probs, kept = self._solve(self._full, params, stale, params.iterations)
@@ -247,10 +251,14 @@ class LiveCRF:
 
 
 class LiveCRFWorker:
-    """Serve a ``LiveCRF`` on a daemon thread: ``request(params)`` from any thread, results to a callback.
+    """Serve a ``LiveCRF`` on two daemon threads: ``request(params)`` from any thread, results to a callback.
 
-    Only the latest request is worked on; superseded ones are dropped between steps. ``on_result`` runs
-    on the worker thread (a GUI adapter re-emits it as a signal). ``close()`` stops and joins the thread.
+    A preview lane answers the latest request's preview; a full lane then computes its full-size result.
+    Two lanes because a full-size stage cannot always stop at once (building a new lattice after a
+    width changed takes a while): on one thread, the next slider move's preview would wait behind it.
+    Only the latest request is worked on; superseded ones are dropped between steps.  ``on_result`` runs
+    on a worker thread (a GUI adapter re-emits it as a signal); for one request the preview always comes
+    before the full result.  ``close()`` stops and joins the threads.
     """
 
     def __init__(self, session: LiveCRF, on_result: Callable[[LiveResult], None], *, preview: bool = True):
@@ -258,37 +266,59 @@ class LiveCRFWorker:
         self._on_result = on_result
         self._preview = preview
         self._cond = threading.Condition()
-        self._pending: tuple[int, CRFParams] | None = None
+        self._pending: tuple[int, CRFParams] | None = None  # waiting for the preview lane
+        self._pending_full: tuple[int, CRFParams] | None = None  # waiting for the full lane
         self._closed = False
         self.errors: list[BaseException] = []
-        self._thread = threading.Thread(target=self._loop, name="LiveCRFWorker", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._preview_loop, name="LiveCRF-preview", daemon=True),
+                         threading.Thread(target=self._full_loop, name="LiveCRF-full", daemon=True)]
+        for t in self._threads:
+            t.start()
 
     def request(self, params: CRFParams) -> int:
         rid = self.session.submit(params)
         with self._cond:
-            self._pending = (rid, params)
-            self._cond.notify()
+            if self._preview:
+                self._pending = (rid, params)
+            else:
+                self._pending_full = (rid, params)
+            self._cond.notify_all()
         return rid
 
     def close(self, timeout: float | None = None) -> None:
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout)
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout)
 
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while self._pending is None and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                rid, params = self._pending
-                self._pending = None
-            try:
-                for result in self.session.run(params, request_id=rid, cancel=lambda: self._closed,
-                                               preview=self._preview):
-                    self._on_result(result)
-            except Exception as exc:  # keep serving later requests; the caller can inspect .errors
-                self.errors.append(exc)
+    def _take(self, attr: str) -> tuple[int, CRFParams] | None:
+        with self._cond:
+            while getattr(self, attr) is None and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            item = getattr(self, attr)
+            setattr(self, attr, None)
+            return item
+
+    def _serve(self, rid: int, params: CRFParams, *, preview: bool) -> None:
+        try:
+            for result in self.session.run(params, request_id=rid, cancel=lambda: self._closed,
+                                           preview=preview, full=not preview):
+                self._on_result(result)
+        except Exception as exc:  # keep serving later requests; the caller can inspect .errors
+            self.errors.append(exc)
+
+    def _preview_loop(self) -> None:
+        while (item := self._take("_pending")) is not None:
+            self._serve(*item, preview=True)
+            with self._cond:  # hand the request on; a newer one replaces an older that was not started
+                if self.session.is_current(item[0]):
+                    self._pending_full = item
+                    self._cond.notify_all()
+
+    def _full_loop(self) -> None:
+        while (item := self._take("_pending_full")) is not None:
+            if self.session.is_current(item[0]):
+                self._serve(*item, preview=False)
