@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from .cancel import cancel_check
 from .fileio import fsync_dir
 
 __all__ = [
@@ -60,14 +61,6 @@ def sha256_of(path: str | os.PathLike, chunk_size: int = _CHUNK) -> str:
     return h.hexdigest()
 
 
-def _cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):  # threading.Event
-        return bool(cancel.is_set())
-    return bool(cancel())
-
-
 def download_file(url: str, dest: str | os.PathLike, *, sha256_prefix: str | None = None,
                   progress: ProgressFn | None = None, cancel: Any = None, timeout: float = 30.0,
                   chunk_size: int = _CHUNK, manual_hint: str | None = None) -> Path:
@@ -82,6 +75,7 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256_prefix: str | Non
     untouched and no ``.part`` file remains.
     """
     dest = Path(dest)
+    is_cancelled = cancel_check(cancel)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     hint = f" {manual_hint}" if manual_hint else ""
@@ -110,7 +104,7 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256_prefix: str | Non
                 progress(0, total)
             with open(part, "wb") as out:
                 while True:
-                    if _cancelled(cancel):
+                    if is_cancelled():
                         raise DownloadCancelled(f"download of {url} cancelled")
                     try:
                         block = response.read(chunk_size)

@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cancel import cancel_check
 from .imageio import read_image, to_rgb_uint8
 
 __all__ = ["Predictor", "PredictionError", "resolve_device", "DEFAULT_MAX_SIDE", "DEFAULT_TILE_ELEMENTS"]
@@ -215,7 +216,7 @@ class Predictor:
         thread while the current one runs, so disk and GPU overlap.
         """
         total = len(images) if hasattr(images, "__len__") else None  # type: ignore[arg-type]
-        is_cancelled = _cancel_check(cancel)
+        is_cancelled = cancel_check(cancel)
         run = self.predict_labels if labels else self.predict
 
         def load(item: Any) -> np.ndarray | Exception:
@@ -391,13 +392,3 @@ def _argmax0_u8(probs: np.ndarray, out: np.ndarray) -> None:
         np.greater(probs[k], best, out=mask)
         out[mask] = k
         np.maximum(best, probs[k], out=best)
-
-
-def _cancel_check(cancel: Any) -> Callable[[], bool]:
-    if cancel is None:
-        return lambda: False
-    if hasattr(cancel, "is_set"):
-        return cancel.is_set
-    if callable(cancel):
-        return lambda: bool(cancel())
-    raise TypeError("cancel must be a callable returning bool or a threading.Event")

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.cancel import cancel_check
 from engine.checkpoints import save_model
 from engine.predictor import resolve_device
 
@@ -104,7 +105,7 @@ class FineTune:
         self.parent = parent if parent is not None else _parent_of(model)
         self.confirm, self.out = confirm, Path(out) if out is not None else None
         self._cancel = threading.Event()
-        self._external = cancel.is_set if isinstance(cancel, threading.Event) else cancel
+        self._external = cancel_check(cancel)
         self.result: FineTuneResult | None = None
 
     def cancel(self) -> None:
@@ -112,7 +113,7 @@ class FineTune:
         self._cancel.set()
 
     def cancelled(self) -> bool:
-        return self._cancel.is_set() or bool(self._external and self._external())
+        return self._cancel.is_set() or self._external()
 
     def run(self, progress: Callable[[Progress], None] | None = None) -> FineTuneResult:
         """Run to the end, passing each event to ``progress``; returns the result."""
