@@ -68,7 +68,7 @@ class Kernel:
         """Memory held by this kernel's tensors (lattice included), for cache budgets."""
         lat = self.lattice
         tensors = [self.splat_w, self.slice_w, lat._slice_idx, lat._slice_bags, lat._slice_w, lat._splat_idx,
-                   lat._splat_bags, lat._splat_bags_z, lat._splat_w, lat._blur_bags, *lat._blur_idx]
+                   lat._splat_bags, lat._splat_bags_z, lat._splat_w, lat._blur_bags, lat._blur_w, *lat._blur_idx]
         if self._weighted is not None:
             tensors.append(self._weighted[1])
         return sum(t.numel() * t.element_size() for t in tensors)

@@ -141,13 +141,21 @@ class PermutohedralLattice:
         # Blur along direction j: v_i + (v_n1 + v_n2)/2, where n1/n2 move the key by (+d, -1, ..., -1)
         # with the +d on coordinate j (the last direction puts it on the implicit (d+1)-th coordinate).
         # Lattice values carry an extra row M kept at zero (densecrf's zero row): a missing neighbour
-        # points there, so each direction is one unweighted 2-entry gather-sum and one axpy.
+        # points there, so each direction is one 3-entry weighted gather-sum per vertex, bag (n1, n2, i)
+        # with weights (0.5, 0.5, 1). Summed in that order it rounds exactly as densecrf's
+        # v_i + 0.5·(v_n1 + v_n2) (0.5·a + 0.5·b is 0.5·(a + b) exactly, with or without an FMA), and
+        # it reads and writes the (M+1, C) values once per direction instead of twice (an add after
+        # a 2-entry sum): 40% less blur time with 21 classes.
         if cpu:
             self._blur_idx = [torch.from_numpy(p) for p in lattice_cpu.blur_neighbours(
                 uniq.numpy(), strides, big, total, np_idx)]
         else:
             self._blur_idx = _blur_torch(uniq, strides, big, total, idx_dtype)
-        self._blur_bags = arange(0, 2 * (m + 1), 2)
+        self._blur_bags = arange(0, 3 * (m + 1), 3)
+        if cpu:
+            self._blur_w = torch.from_numpy(np.tile(np.array([0.5, 0.5, 1.0], np.float32), m + 1))
+        else:
+            self._blur_w = torch.tensor([0.5, 0.5, 1.0], dtype=torch.float32, device=self.device).repeat(m + 1)
         # Splat bags with one empty bag appended: the splat writes the zero row itself.
         if cpu:
             self._splat_bags_z = torch.from_numpy(np.append(splat_bags, np_idx(n * (d + 1))))
@@ -176,7 +184,7 @@ class PermutohedralLattice:
     def _blur(self, v: torch.Tensor) -> torch.Tensor:
         """(M+1, C) -> (M+1, C); row M stays zero. densecrf's order: v + 0.5·(v_n1 + v_n2)."""
         for idx in self._blur_idx:
-            v = torch.add(v, F.embedding_bag(idx, v, self._blur_bags, mode="sum"), alpha=0.5)
+            v = F.embedding_bag(idx, v, self._blur_bags, mode="sum", per_sample_weights=self._blur_w)
         return v
 
     def splat(self, values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -305,7 +313,7 @@ def _codes_torch(mq: torch.Tensor, rank: torch.Tensor, base: torch.Tensor, strid
 
 
 def _blur_torch(uniq: torch.Tensor, strides: list[int], big: int, total: int, idx_dtype: torch.dtype):
-    """Per direction, ((M+1)*2,) neighbour pairs as in ``lattice_cpu.blur_neighbours`` (torch path)."""
+    """Per direction, ((M+1)*3,) neighbour bags as in ``lattice_cpu.blur_neighbours`` (torch path)."""
     m, d, dev = uniq.numel(), len(strides), uniq.device
     # Direction j<d moves a key by +d on coordinate j and -1 on the others; direction d moves all
     # stored coordinates by -1. In (r, q) form: r > 0 -> (r-1, q + e_j); r = 0 -> (d, q - 1 + e_j)
@@ -318,7 +326,8 @@ def _blur_torch(uniq: torch.Tensor, strides: list[int], big: int, total: int, id
         pos = torch.searchsorted(uniq, target).clamp_(max=m - 1)
         src = torch.nonzero(uniq[pos] == target).view(-1)
         dst = pos[src]
-        pair = torch.full((m + 1, 2), m, dtype=idx_dtype, device=dev)
+        pair = torch.full((m + 1, 3), m, dtype=idx_dtype, device=dev)
+        pair[:m, 2] = torch.arange(m, dtype=idx_dtype, device=dev)
         pair[src, 0] = dst.to(idx_dtype)
         # n2 is the inverse relation: if b = n1(a) then a = n2(b); no second search needed.
         pair[dst, 1] = src.to(idx_dtype)

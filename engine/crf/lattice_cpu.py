@@ -170,9 +170,9 @@ def number_vertices(keys: np.ndarray, bits: int, corners: int, idx_dtype, bary: 
 
 
 def blur_neighbours(uniq: np.ndarray, strides: list[int], big: int, total: int, idx_dtype) -> list[np.ndarray]:
-    """Per lattice direction j, ((M+1)*2,) neighbour pairs (n1, n2) of each vertex for
-    v_i + (v_n1 + v_n2)/2; a missing neighbour, and both of the extra last row's, point at row M,
-    which the lattice keeps at zero (densecrf's zero row).
+    """Per lattice direction j, ((M+1)*3,) bags (n1, n2, i) of each vertex i for v_i + (v_n1 + v_n2)/2,
+    summed with weights (0.5, 0.5, 1) in that order; a missing neighbour, and every entry of the extra
+    last row's bag, point at row M, which the lattice keeps at zero (densecrf's zero row).
 
     ``uniq`` (M,) sorted distinct codes.
     """
@@ -189,7 +189,8 @@ def blur_neighbours(uniq: np.ndarray, strides: list[int], big: int, total: int, 
         pos = np.searchsorted(uniq, target)
         np.minimum(pos, m - 1, out=pos)
         found = uniq[pos] == target
-        pair = np.full((m + 1, 2), m, dtype=idx_dtype)
+        pair = np.full((m + 1, 3), m, dtype=idx_dtype)
+        pair[:m, 2] = np.arange(m, dtype=idx_dtype)
         src = np.flatnonzero(found)
         dst = pos[src]
         pair[src, 0] = dst
