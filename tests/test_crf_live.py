@@ -130,11 +130,11 @@ def test_a_new_preview_does_not_wait_behind_a_running_full_stage(scene, monkeypa
     release, full_started = threading.Event(), threading.Event()
     real_solve = session._solve
 
-    def solve(level, params, stale, iterations):
+    def solve(level, params, stale, iterations, *rest):
         if level is session._full:  # hold every full-size stage until the test lets go
             full_started.set()
             assert release.wait(timeout=60)
-        return real_solve(level, params, stale, iterations)
+        return real_solve(level, params, stale, iterations, *rest)
 
     monkeypatch.setattr(session, "_solve", solve)
     previews, second_preview = [], threading.Event()

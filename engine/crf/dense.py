@@ -60,8 +60,9 @@ class Kernel:
         self._weighted: tuple[float, torch.Tensor] | None = None
 
     @classmethod
-    def from_features(cls, features: torch.Tensor) -> "Kernel":
-        return cls(PermutohedralLattice(features))
+    def from_features(cls, features: torch.Tensor, max_vertices: int | None = None) -> "Kernel":
+        """The kernel on these features; ``max_vertices``: see ``PermutohedralLattice``."""
+        return cls(PermutohedralLattice(features, max_vertices))
 
     @property
     def nbytes(self) -> int:
@@ -113,14 +114,15 @@ def bilateral_features(image: torch.Tensor, xy: float, rgb: float) -> torch.Tens
     return torch.stack(_grid(h, w, xy, image.device) + list(colour), 1)
 
 
-def gaussian_kernel(height: int, width: int, xy: float, device: torch.device) -> Kernel:
+def gaussian_kernel(height: int, width: int, xy: float, device: torch.device,
+                    max_vertices: int | None = None) -> Kernel:
     """Smoothness kernel exp(-|pi-pj|²/2θγ²) on an H×W pixel grid (features x/θγ, y/θγ)."""
-    return Kernel.from_features(gaussian_features(height, width, xy, device))
+    return Kernel.from_features(gaussian_features(height, width, xy, device), max_vertices)
 
 
-def bilateral_kernel(image: torch.Tensor, xy: float, rgb: float) -> Kernel:
+def bilateral_kernel(image: torch.Tensor, xy: float, rgb: float, max_vertices: int | None = None) -> Kernel:
     """Appearance kernel exp(-|pi-pj|²/2θα² - |Ii-Ij|²/2θβ²); ``image`` (H, W, 3) float32 0-255 RGB."""
-    return Kernel.from_features(bilateral_features(image, xy, rgb))
+    return Kernel.from_features(bilateral_features(image, xy, rgb), max_vertices)
 
 
 def kernels_from_features(features: list[torch.Tensor]) -> list[Kernel]:
@@ -222,16 +224,27 @@ def add_messages(logits: torch.Tensor, q: torch.Tensor, kernels: list[tuple[Kern
             logits += kernel.apply(q, weight)
 
 
+def _proceed(i: int, cancel: Cancel | None, enough: Cancel | None) -> bool | None:
+    """Before iteration i: None to abandon (cancelled), False to stop here with the current Q (``enough``
+    says so and at least one iteration ran), True to go on."""
+    if cancel is not None and cancel():
+        return None
+    return not (i > 0 and enough is not None and enough())
+
+
 def _mean_field_two(logp: torch.Tensor, kernels: list[tuple[Kernel, float]], iterations: int,
-                    cancel: Cancel | None) -> torch.Tensor | None:
+                    cancel: Cancel | None, enough: Cancel | None = None) -> torch.Tensor | None:
     """Two classes: the softmax depends only on the logit difference, and the filters are linear, so
     one channel u = q0 - q1 carries all messages: Δ = log p0 - log p1 + Σ_k w_k·n_k ⊙ K_k(n_k ⊙ u),
     q = (σ(Δ), σ(-Δ)). Half the filtering of the two-column form, equal up to float rounding."""
     delta = (logp[:, 0] - logp[:, 1]).contiguous()
     logits = delta
-    for _ in range(iterations):
-        if cancel is not None and cancel():
+    for i in range(iterations):
+        go = _proceed(i, cancel, enough)
+        if go is None:
             return None
+        if not go:
+            break
         u = torch.sigmoid(logits).sub_(torch.sigmoid(-logits)).view(-1, 1)
         logits = delta.clone()
         add_messages(logits.view(-1, 1), u, kernels)
@@ -239,8 +252,12 @@ def _mean_field_two(logp: torch.Tensor, kernels: list[tuple[Kernel, float]], ite
 
 
 def mean_field(logp: torch.Tensor, kernels: list[tuple[Kernel, float]], iterations: int, *,
-               keep: torch.Tensor | None = None, cancel: Cancel | None = None) -> torch.Tensor | None:
+               keep: torch.Tensor | None = None, cancel: Cancel | None = None,
+               enough: Cancel | None = None) -> torch.Tensor | None:
     """Mean-field inference. logp (N, C) float32; returns Q (N, C) float32, or None when cancelled.
+
+    ``enough`` (checked before each iteration after the first) ends the inference early with the Q
+    reached so far: a live preview uses it to stay within a time budget.
 
     ``keep`` (indices) restricts message passing to those classes; the others keep their unary-only
     values inside every normaliser and in the output.
@@ -248,12 +265,15 @@ def mean_field(logp: torch.Tensor, kernels: list[tuple[Kernel, float]], iteratio
     n, c = logp.shape
     kernels = [(k, w) for k, w in kernels if w != 0.0]
     if c == 2 and (keep is None or keep.numel() == c):
-        return _mean_field_two(logp, kernels, iterations, cancel)
+        return _mean_field_two(logp, kernels, iterations, cancel, enough)
     if keep is None or keep.numel() == c:
         q = _softmax_rows(logp)
-        for _ in range(iterations):
-            if cancel is not None and cancel():
+        for i in range(iterations):
+            go = _proceed(i, cancel, enough)
+            if go is None:
                 return None
+            if not go:
+                break
             logits = logp.clone()
             add_messages(logits, q, kernels)
             q = _softmax_rows(logits)
@@ -271,9 +291,12 @@ def mean_field(logp: torch.Tensor, kernels: list[tuple[Kernel, float]], iteratio
     lp_keep = logp[:, keep]
     logits[:, :k] = lp_keep
     q_ext = _softmax_rows(logits)
-    for _ in range(iterations):
-        if cancel is not None and cancel():
+    for i in range(iterations):
+        go = _proceed(i, cancel, enough)
+        if go is None:
             return None
+        if not go:
+            break
         q = q_ext[:, :k].contiguous()
         logits[:, :k] = lp_keep
         msgs = torch.zeros_like(q)

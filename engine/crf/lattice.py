@@ -27,13 +27,22 @@ import torch.nn.functional as F
 
 from . import lattice_cpu
 
-__all__ = ["PermutohedralLattice"]
+__all__ = ["PermutohedralLattice", "LatticeTooLarge"]
 
 # Points per chunk for the build steps whose temporaries scale with N*(d+1).
 _CHUNK = 1 << 18
 # Build with numpy (lattice_cpu: cache-sized blocks, one plain sort) when tensors are on the CPU, several
 # times faster there; the torch path is the one CUDA uses, and tests run it on CPU by turning this off.
 NUMPY_ON_CPU = True
+
+
+class LatticeTooLarge(Exception):
+    """Raised by ``PermutohedralLattice(..., max_vertices=k)`` once it knows the lattice would have more
+    than k vertices; only the cheap first part of the build (keys and their sort) has been spent."""
+
+    def __init__(self, n_vertices: int, max_vertices: int):
+        super().__init__(f"lattice has {n_vertices} vertices, budget {max_vertices}")
+        self.n_vertices, self.max_vertices = n_vertices, max_vertices
 
 
 def _use_numpy(t: torch.Tensor) -> bool:
@@ -65,6 +74,8 @@ class PermutohedralLattice:
 
     Args:
         features: float32 tensor (N, d) of already-scaled features (e.g. x/θα, y/θα, r/θβ, g/θβ, b/θβ).
+        max_vertices: optional budget: raise ``LatticeTooLarge`` as soon as the vertex count M is known
+            to exceed it, before the costlier neighbour search (a caller can then try a coarser image).
 
     Attributes:
         n_points (N), dim (d), n_vertices (M: lattice vertices touched by at least one point), device.
@@ -75,7 +86,7 @@ class PermutohedralLattice:
     scalings (normalisation, kernel weight) into them once instead of scaling (N, C) maps per call.
     """
 
-    def __init__(self, features: torch.Tensor):
+    def __init__(self, features: torch.Tensor, max_vertices: int | None = None):
         if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
             raise ValueError(f"features must be a non-empty (N, d) tensor, got shape {tuple(features.shape)}")
         feats = features.to(torch.float32)
@@ -114,6 +125,8 @@ class PermutohedralLattice:
             uniq, slice_idx, splat_idx, splat_w, splat_bags = lattice_cpu.number_vertices(
                 keys, bits, d + 1, np_idx, bary_np)
             del keys
+            if max_vertices is not None and uniq.size > max_vertices:
+                raise LatticeTooLarge(int(uniq.size), max_vertices)
             uniq, self._slice_idx, self._splat_idx, self._splat_w, self._splat_bags = (
                 torch.from_numpy(t) for t in (uniq, slice_idx, splat_idx, splat_w, splat_bags))
         else:
@@ -122,6 +135,8 @@ class PermutohedralLattice:
             uniq, self._slice_idx, order, self._splat_idx, self._splat_bags = _number_vertices(
                 codes, d + 1, idx_dtype)
             del codes
+            if max_vertices is not None and uniq.numel() > max_vertices:
+                raise LatticeTooLarge(int(uniq.numel()), max_vertices)
             # Splat is the transpose of slice: each vertex sums its (point, weight) entries, which the
             # code sort has grouped by vertex; bags start at the first entry of each vertex.
             self._splat_w = bary.view(-1)[order]

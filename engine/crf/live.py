@@ -7,6 +7,15 @@ costs only the mean-field iterations and moving one width rebuilds one lattice. 
 first at a reduced size (widths scaled with the image) and then at full size; a newer request, or the
 caller's ``cancel`` check, stops older work between steps. ``LiveCRFWorker`` runs a session on a plain
 background thread (the GUI wraps it in its Qt adapter).
+
+The preview has a cost ceiling, because a slider can move into widths where the lattice stops sharing
+vertices between pixels (a few pixels of θα, or a θβ of one or two colour units: every pixel's simplex is
+its own, M approaches (d+1)·N, and a build costs five times the usual): each preview lattice has a vertex
+budget, and one over it is abandoned after its cheap first step (keys and their sort) for the next
+coarser preview level, a verdict remembered for those widths. The mean-field iterations of a preview
+stop once ``preview_seconds`` have passed (at least one runs). At such widths the kernels act below
+the preview's pixel size anyway, so the coarser level loses nothing that could be seen; the full-size
+answer that follows is exact.
 """
 from __future__ import annotations
 
@@ -23,9 +32,11 @@ import torch.nn.functional as F
 
 from . import dense
 from .backends import PRUNE_TOLERANCE
+from .lattice import LatticeTooLarge
 from .params import CRFParams, check_image, check_probs
 
-__all__ = ["LiveCRF", "LiveResult", "LiveCRFWorker", "PREVIEW_PIXELS", "PREVIEW_ITERATIONS"]
+__all__ = ["LiveCRF", "LiveResult", "LiveCRFWorker", "PREVIEW_PIXELS", "PREVIEW_ITERATIONS", "PREVIEW_LEVELS",
+           "PREVIEW_LATTICE_BUDGET", "PREVIEW_SECONDS"]
 
 # Preview resolution budget: about 200×150 pixels, small enough for a few tens of milliseconds per
 # request on a 2-core CPU, large enough to show where boundaries go.
@@ -33,6 +44,16 @@ PREVIEW_PIXELS = 20_000
 # Mean-field changes labels little after a few iterations; the preview stops at this many (the full
 # result runs all of them).
 PREVIEW_ITERATIONS = 5
+# Coarser preview levels, each with half the pixels of the one before, for widths whose lattices exceed
+# the budget below.
+PREVIEW_LEVELS = 3
+# Lattice entries (vertices × (d+1)) allowed per preview pixel and kernel, on all but the last level.
+# Usual widths need 2-6 (DeepLab v1 preset on 500×375: bilateral 2.2, smoothness 3.6); degenerate
+# lattices reach d+1 per dimension, 30-36 for the appearance kernel.
+PREVIEW_LATTICE_BUDGET = 12
+# Wall-clock budget for a preview's iterations, counted from the start of its stage (lattice builds
+# included); at least one iteration always runs.
+PREVIEW_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,7 @@ class LiveResult:
     image_size: tuple[int, int]  # (H, W) of the session's image
     elapsed: float  # seconds from submit() (or the start of run()) to this result
     kept_classes: tuple[int, ...] = field(default=())
+    iterations: int | None = None  # mean-field iterations run (a preview may stop early, see module doc)
 
     @property
     def labels(self) -> np.ndarray:
@@ -83,6 +105,7 @@ class _Level:
     image: torch.Tensor  # (h, w, 3) float32 RGB 0-255
     logp: torch.Tensor  # (h*w, C) float32
     ratios: torch.Tensor  # (C,) pruning input
+    max_entries: int | None = None  # lattice budget (vertices × (d+1)) per kernel; None: unlimited
 
 
 class _Cancelled(Exception):
@@ -97,6 +120,9 @@ class LiveCRF:
         device: torch device; None/"auto" picks CUDA when available.
         preview_pixels: pixel budget of the preview; images within it get only the full answer.
         preview_iterations: cap on mean-field iterations for the preview.
+        preview_levels: how many preview levels (halving the pixels each time) the lattice budget
+            may fall back through; 1 turns the fallback off.
+        preview_seconds: time budget of a preview's iterations (None: always ``preview_iterations``).
         cache_bytes: memory budget for cached lattices (least recently used evicted first; a
             full-size 5-d lattice costs roughly 250 bytes per pixel, a 2-d one about 100).
         prune_tolerance: see ``backends.PRUNE_TOLERANCE``; 0 disables pruning.
@@ -106,13 +132,16 @@ class LiveCRF:
 
     def __init__(self, image: np.ndarray, probs: np.ndarray, *, device=None, preview_pixels: int = PREVIEW_PIXELS,
                  preview_iterations: int = PREVIEW_ITERATIONS, cache_bytes: int = 1 << 30,
-                 prune_tolerance: float = PRUNE_TOLERANCE):
+                 prune_tolerance: float = PRUNE_TOLERANCE, preview_levels: int = PREVIEW_LEVELS,
+                 preview_seconds: float | None = PREVIEW_SECONDS):
         img = check_image(image)
         p = check_probs(probs, img.shape)
         self.device = dense.pick_device(device)
         self.num_classes, self.height, self.width = p.shape
         self.prune_tolerance = prune_tolerance
         self.preview_iterations = preview_iterations
+        self.preview_seconds = preview_seconds
+        self._too_large: set[tuple] = set()  # (scale, kernel, widths) over the level's lattice budget
         self._cache: OrderedDict[tuple, dense.Kernel] = OrderedDict()
         self._cache_bytes = int(cache_bytes)
         self._lock = threading.Lock()
@@ -124,22 +153,30 @@ class LiveCRF:
             image_t = torch.from_numpy(img.astype(np.float32)).to(self.device)
             probs_t = torch.from_numpy(p).to(self.device)
             self._full = self._level(1.0, image_t, probs_t)
-            self._preview = None
+            # Preview levels, finest first; all but the last carry a lattice budget.
+            self._previews: list[_Level] = []
             n = self.height * self.width
-            if n > preview_pixels:
-                s = math.sqrt(preview_pixels / n)
+            pixels = preview_pixels
+            while n > pixels and len(self._previews) < max(1, preview_levels):
+                s = math.sqrt(pixels / n)
                 h, w = max(1, round(self.height * s)), max(1, round(self.width * s))
+                if self._previews and h * w >= self._previews[-1].height * self._previews[-1].width:
+                    break  # too small to get any coarser
                 small_img = F.interpolate(image_t.permute(2, 0, 1)[None], size=(h, w), mode="area")[0]
                 small_p = F.interpolate(probs_t[None], size=(h, w), mode="area")[0]
                 small_p = small_p / small_p.sum(0, keepdim=True)
                 # Spatial widths scale with the mean of the two axes' actual factors.
                 scale = 0.5 * (h / self.height + w / self.width)
-                self._preview = self._level(scale, small_img.permute(1, 2, 0).contiguous(), small_p)
+                self._previews.append(self._level(scale, small_img.permute(1, 2, 0).contiguous(), small_p,
+                                                  PREVIEW_LATTICE_BUDGET * h * w))
+                pixels //= 2
+            if self._previews:
+                self._previews[-1].max_entries = None
 
     @staticmethod
-    def _level(scale: float, image: torch.Tensor, probs: torch.Tensor) -> _Level:
+    def _level(scale: float, image: torch.Tensor, probs: torch.Tensor, max_entries: int | None = None) -> _Level:
         logp = dense.log_unary(probs)
-        return _Level(scale, image.shape[0], image.shape[1], image, logp, dense.class_ratios(logp))
+        return _Level(scale, image.shape[0], image.shape[1], image, logp, dense.class_ratios(logp), max_entries)
 
     # ------------------------------------------------------------------ requests
     def submit(self, params: CRFParams) -> int:
@@ -177,23 +214,23 @@ class LiveCRF:
         def stale() -> bool:
             return not self.is_current(request_id) or cancelled()
 
-        if self._preview is not None and preview:
+        if self._previews and preview:
             if stale():
                 return
             try:
-                probs, kept = self._solve(self._preview, params, cancelled, self.preview_iterations)
+                level, probs, kept, ran = self._solve_preview(params, cancelled)
             except _Cancelled:
                 return
-            yield LiveResult(request_id, "preview", params, probs, self._preview.scale, (self.height, self.width),
-                             time.perf_counter() - start, kept)
+            yield LiveResult(request_id, "preview", params, probs, level.scale, (self.height, self.width),
+                             time.perf_counter() - start, kept, ran)
         if not full or stale():
             return
         try:
-            probs, kept = self._solve(self._full, params, stale, params.iterations)
+            probs, kept, ran = self._solve(self._full, params, stale, params.iterations)
         except _Cancelled:
             return
         yield LiveResult(request_id, "full", params, probs, 1.0, (self.height, self.width),
-                         time.perf_counter() - start, kept)
+                         time.perf_counter() - start, kept, ran)
 
     def refine(self, params: CRFParams) -> np.ndarray:
         """Synchronous full-size refinement through the session's caches (no preview)."""
@@ -202,16 +239,27 @@ class LiveCRF:
             return result.probs
         raise RuntimeError("request superseded")  # only if another thread submitted meanwhile
 
-    def _kernel(self, level: _Level, key: tuple, build: Callable[[], dense.Kernel], stale) -> dense.Kernel:
+    def _kernel(self, level: _Level, key: tuple, dim: int, build: Callable[[int | None], dense.Kernel],
+                stale) -> dense.Kernel:
         full_key = (level.scale,) + key
+        limit = None if level.max_entries is None else level.max_entries // (dim + 1)
         with self._lock:
             kernel = self._cache.get(full_key)
             if kernel is not None:
                 self._cache.move_to_end(full_key)
                 return kernel
+            if limit is not None and full_key in self._too_large:
+                raise LatticeTooLarge(-1, limit)
         if stale():
             raise _Cancelled
-        kernel = build()
+        try:
+            kernel = build(limit)
+        except LatticeTooLarge:
+            with self._lock:
+                if len(self._too_large) > 1024:
+                    self._too_large.clear()
+                self._too_large.add(full_key)
+            raise
         with self._lock:
             self._cache[full_key] = kernel
             # Evict least recently used kernels over budget, but never the two newest (one request
@@ -220,34 +268,67 @@ class LiveCRF:
                 self._cache.popitem(last=False)
         return kernel
 
-    def _solve(self, level: _Level, params: CRFParams, stale, iterations: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    def _kernels(self, level: _Level, params: CRFParams, stale) -> list[tuple[dense.Kernel, float]]:
+        """The (kernel, weight) pairs of ``params`` at ``level``; LatticeTooLarge over its budget."""
+        p = params.scaled(level.scale) if level.scale != 1.0 else params
+        kernels = []
+        # The appearance kernel first: it is the one that can exceed a budget, and cheaply.
+        if p.bilateral_weight > 0:
+            k = self._kernel(level, ("bilateral", p.bilateral_xy, p.bilateral_rgb), 5,
+                             lambda limit: dense.bilateral_kernel(level.image, p.bilateral_xy, p.bilateral_rgb,
+                                                                  limit), stale)
+            kernels.append((k, p.bilateral_weight))
+        if p.gaussian_weight > 0:
+            k = self._kernel(level, ("gaussian", p.gaussian_xy), 2,
+                             lambda limit: dense.gaussian_kernel(level.height, level.width, p.gaussian_xy,
+                                                                 self.device, limit), stale)
+            kernels.insert(0, (k, p.gaussian_weight))  # smoothness then appearance, as always
+        return kernels
+
+    def _solve_preview(self, params: CRFParams, cancelled) -> tuple[_Level, np.ndarray, tuple[int, ...], int]:
+        """The preview on the finest level whose lattices fit their budget, within the time budget."""
+        t0 = time.perf_counter()
+        enough = None
+        if self.preview_seconds is not None:
+            budget = self.preview_seconds
+            enough = lambda: time.perf_counter() - t0 > budget  # noqa: E731
+        for level in self._previews:
+            try:
+                probs, kept, ran = self._solve(level, params, cancelled, self.preview_iterations, enough)
+                return level, probs, kept, ran
+            except LatticeTooLarge:
+                continue
+        raise AssertionError("the last preview level has no lattice budget")
+
+    def _solve(self, level: _Level, params: CRFParams, stale, iterations: int,
+               enough: Callable[[], bool] | None = None) -> tuple[np.ndarray, tuple[int, ...], int]:
         c = self.num_classes
         with torch.inference_mode():
             iterations = min(iterations, params.iterations)
+            ran = 0
             if iterations == 0:
                 q = torch.exp(level.logp)
                 q = q / q.sum(1, keepdim=True)
                 kept = tuple(range(c))
             else:
-                p = params.scaled(level.scale) if level.scale != 1.0 else params
-                kernels = []
-                if p.gaussian_weight > 0:
-                    k = self._kernel(level, ("gaussian", p.gaussian_xy),
-                                     lambda: dense.gaussian_kernel(level.height, level.width, p.gaussian_xy,
-                                                                   self.device), stale)
-                    kernels.append((k, p.gaussian_weight))
-                if p.bilateral_weight > 0:
-                    k = self._kernel(level, ("bilateral", p.bilateral_xy, p.bilateral_rgb),
-                                     lambda: dense.bilateral_kernel(level.image, p.bilateral_xy, p.bilateral_rgb),
-                                     stale)
-                    kernels.append((k, p.bilateral_weight))
+                kernels = self._kernels(level, params, stale)
                 keep = dense.prune(level.ratios, kernels, self.prune_tolerance)
-                q = dense.mean_field(level.logp, kernels, iterations, keep=keep, cancel=stale)
+                done, stopped = 0, False
+
+                def stop() -> bool:  # asked before iterations 2, 3, ...: counts those that ran
+                    nonlocal done, stopped
+                    done += 1
+                    stopped = enough()
+                    return stopped
+
+                q = dense.mean_field(level.logp, kernels, iterations, keep=keep, cancel=stale,
+                                     enough=None if enough is None else stop)
                 if q is None:
                     raise _Cancelled
+                ran = done if stopped else iterations
                 kept = tuple(keep.tolist()) if keep is not None else tuple(range(c))
             probs = q.t().reshape(c, level.height, level.width)
-            return probs.cpu().numpy().copy(), kept
+            return probs.cpu().numpy().copy(), kept, ran
 
 
 class LiveCRFWorker:
