@@ -85,8 +85,10 @@ def _refine_torch(img: np.ndarray, p: np.ndarray, params: CRFParams, device: tor
                   tolerance: float) -> np.ndarray:
     c, h, w = p.shape
     with torch.inference_mode():
-        image_t = torch.from_numpy(img).to(device=device, dtype=torch.float32)
-        logp = dense.log_unary(torch.from_numpy(p).to(device))
+        # Read-only arrays (the app's images) make torch warn on from_numpy; the bytes are only read.
+        image_t = torch.from_numpy(img if img.flags.writeable else img.copy()).to(device=device,
+                                                                                   dtype=torch.float32)
+        logp = dense.log_unary(torch.from_numpy(p if p.flags.writeable else p.copy()).to(device))
         kernels = torch_kernels(image_t, params)
         keep = dense.prune(dense.class_ratios(logp), kernels, tolerance)
         q = dense.mean_field(logp, kernels, params.iterations, keep=keep)
