@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from PySide6.QtCore import QEventLoop, QPointF, Qt  # noqa: E402
+from PySide6.QtCore import QEventLoop, QPointF, Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from deeplab_gui.canvas import Canvas  # noqa: E402
@@ -47,14 +47,33 @@ def pct(values, q):
 
 
 def wait_until(app: QApplication, cond, timeout: float = 60.0) -> None:
-    """Run the event loop until ``cond()``; sleeps inside Qt's loop, not in fixed steps."""
+    """Run a real event loop until ``cond()``, as the app's own loop runs: it sleeps in Qt's dispatcher
+    (which releases the GIL) between events, checked every millisecond. A processEvents() polling loop
+    instead keeps the UI thread busy and holding the GIL, which slows every worker thread and measured
+    the CRF slider's engine part 20-40 ms slower than the app's idle loop gives it."""
+    app.processEvents()
+    if cond():
+        return
+    loop = QEventLoop()
     end = time.perf_counter() + timeout
-    while not cond():
-        if time.perf_counter() > end:
-            raise TimeoutError("benchmark step did not finish")
-        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 5)
-        if not cond():
-            app.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents, 5)
+    timed_out = False
+
+    def check() -> None:
+        nonlocal timed_out
+        if cond():
+            loop.quit()
+        elif time.perf_counter() > end:
+            timed_out = True
+            loop.quit()
+
+    timer = QTimer()
+    timer.setTimerType(Qt.TimerType.PreciseTimer)
+    timer.timeout.connect(check)
+    timer.start(1)
+    loop.exec()
+    timer.stop()
+    if timed_out:
+        raise TimeoutError("benchmark step did not finish")
 
 
 def open_session(app, folder: Path, settings_path: Path) -> Session:
@@ -239,7 +258,7 @@ def bench_crf(app, tmp: Path, moves: int) -> dict:
     specs = {p.field: p for p in PARAM_SPECS}
     rng = np.random.default_rng(0)
     fields = ["bilateral_xy", "bilateral_weight", "bilateral_rgb", "gaussian_weight", "gaussian_xy", "iterations"]
-    preview, full, engine_preview, delivered = [], [], [], []
+    preview, full, engine_preview, delivered, steps = [], [], [], [], []
     stages: dict[str, float] = {}
     panel.crf_updated.connect(lambda stage: stages.setdefault(stage, time.perf_counter()))
     for i in range(moves):
@@ -258,8 +277,12 @@ def bench_crf(app, tmp: Path, moves: int) -> dict:
                    and "preview" in stages)
         app.processEvents()  # the canvas repaints the overlay from crf_labels
         preview.append((time.perf_counter() - t0) * 1000)
-        engine_preview.append(panel.last_result.elapsed * 1000)  # submit -> LiveResult, worker thread
+        shown = panel.last_result
+        engine_preview.append(shown.elapsed * 1000)  # submit -> LiveResult, worker thread
         delivered.append((stages["preview"] - t0) * 1000)  # the panel has set session.crf_labels
+        steps.append({"field": field, "value": round(getattr(want, field), 2), "on_screen_ms": round(preview[-1], 1),
+                      "engine_ms": round(engine_preview[-1], 1), "stage": shown.stage,
+                      "scale": round(shown.scale, 3), "iterations": shown.iterations})
         wait_until(app, lambda: "full" in stages)
         full.append((stages["full"] - t0) * 1000)
     panel.shutdown()
@@ -268,7 +291,7 @@ def bench_crf(app, tmp: Path, moves: int) -> dict:
     return {"preview_on_screen_p50_ms": pct(preview, 50), "preview_on_screen_p95_ms": pct(preview, 95),
             "delivered_p50_ms": pct(delivered, 50), "delivered_p95_ms": pct(delivered, 95),
             "engine_preview_p50_ms": pct(engine_preview, 50), "engine_preview_p95_ms": pct(engine_preview, 95),
-            "full_p50_ms": pct(full, 50), "full_p95_ms": pct(full, 95), "moves": moves,
+            "full_p50_ms": pct(full, 50), "full_p95_ms": pct(full, 95), "moves": moves, "steps": steps,
             "scene": "500x375, 21 classes, 5 carrying probability, DeepLab v1 preset start"}
 
 
