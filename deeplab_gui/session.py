@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from .saving import SessionSaves
 from .session_io import Loaded, derived, load_image, most_uncertain, read_for_display
 from .settings import Settings
 from .workers import TaskHandle, Worker
@@ -76,8 +77,7 @@ class Session(QObject):
         self._load: TaskHandle | None = None
         self._full: TaskHandle | None = None  # full-resolution decode after a preview
         self._pending: str | None = None
-        self._unsaved: dict[str, Any] = {}   # id -> MaskDocument whose save failed (kept in memory)
-        self._said_read_only = False
+        self.saves = SessionSaves(self)
         # Decoded neighbours of the current image (id -> (image, display)), so A/D show them at once.
         self._prefetched: dict[str, tuple[np.ndarray, Any]] = {}
         self._prefetching: dict[str, TaskHandle] = {}
@@ -149,9 +149,8 @@ class Session(QObject):
         self.close_store()
         self.store, self.folder = store, store.folder
         self._ids = store.ids()
-        self._unsaved.clear()
+        self.saves.reset()
         self._prefetched.clear()
-        self._said_read_only = False
         self.settings.add_recent_folder(store.folder)
         for text in (note, store.notice):
             if text:
@@ -174,9 +173,7 @@ class Session(QObject):
         """Save, then let go of the current folder (also what quitting calls)."""
         if self.store is None:
             return
-        self.save_current()
-        for image_id, doc in list(self._unsaved.items()):
-            self._save_doc(image_id, doc)
+        self.saves.save_all()
         for task in (self._load, self._full):
             if task is not None:
                 task.cancel()
@@ -189,6 +186,7 @@ class Session(QObject):
     def shutdown(self, timeout_ms: int = 5000) -> None:
         self._timer.stop()
         self.close_store()
+        self.saves.writer.close()
         self.worker.cancel_all()
         self.worker.wait(timeout_ms)
 
@@ -197,7 +195,7 @@ class Session(QObject):
         """Autosave the current image, then load ``image_id`` in a worker (``current_changed`` after)."""
         if self.store is None or image_id not in self._ids:
             return None
-        self.save_current()
+        self.saves.save_current(wait=False)  # queued: the switch does not wait for the disk
         for task in (self._load, self._full):
             if task is not None:
                 task.cancel()  # latest wins
@@ -216,7 +214,7 @@ class Session(QObject):
         if loaded is None or loaded.image_id != self._pending or self.store is None:
             return  # a newer selection superseded this one
         from .document import MaskDocument
-        self.save_current()  # edits made while the new image was loading
+        self.saves.save_current(wait=False)  # edits made while the new image was loading
         if self.document is not None:
             self.document.remove_listener(self._on_doc_change)
         self.image_id, self.image, self.display = loaded.image_id, loaded.image, loaded.display
@@ -225,8 +223,8 @@ class Session(QObject):
         self.crf_labels = None
         if loaded.size is None:
             self.document = None
-        elif loaded.image_id in self._unsaved:
-            self.document = self._unsaved[loaded.image_id]
+        elif loaded.image_id in self.saves.unsaved:
+            self.document = self.saves.unsaved[loaded.image_id]
         else:
             # The document is full resolution from the start, even under a reduced preview: painting
             # needs the mask, not the pixels.
@@ -321,65 +319,20 @@ class Session(QObject):
     def prev_image(self) -> None:
         self._step(-1)
 
-    # ------------------------------------------------------------------ saving
-    def save_current(self) -> bool:
-        """Save the current mask if it changed; False (with a ``message`` saying why) on failure.
-
-        A failed save keeps the document in memory (also across image switches) and retries on the
-        next autosave.
-        """
-        if self.document is None or self.image_id is None or self.store is None:
-            return True
-        if not self.document.dirty:
-            return True
-        return self._save_doc(self.image_id, self.document)
-
-    def _save_doc(self, image_id: str, doc: Any) -> bool:
-        if self.read_only:
-            if not self._said_read_only:
-                self._said_read_only = True
-                self._say("warning", "this folder is open read-only: changes are kept in memory only")
-            self._unsaved[image_id] = doc
-            self.saved.emit(False)
-            return False
-        from engine.storeformat import StoreError
-        version = doc.version
-        try:
-            self.store.save_mask(image_id, doc.mask)
-        except (StoreError, OSError) as exc:
-            self._unsaved[image_id] = doc
-            self._say("error", f"{exc} (your changes are kept in memory)")
-            self.saved.emit(False)
-            return False
-        if doc.version == version:
-            doc.mark_saved()
-        self._unsaved.pop(image_id, None)
-        self.saved.emit(True)
-        self.statuses_changed.emit()
-        return True
+    # ------------------------------------------------------------------ saving (see saving.py)
+    def save_current(self, wait: bool = True) -> bool:
+        """Save the current mask if it changed; with ``wait`` (default) wait for the disk and return
+        False (with a ``message`` saying why) on failure. A failed save keeps the document in memory
+        (also across image switches) and the next autosave retries it."""
+        return self.saves.save_current(wait)
 
     def autosave(self) -> None:
-        """Timer tick: save the current mask if dirty and retry masks whose save failed."""
-        if self.store is None or self.read_only:
-            return
-        self.save_current()
-        for image_id, doc in list(self._unsaved.items()):
-            if image_id != self.image_id:
-                self._save_doc(image_id, doc)
+        """Timer tick: queue the current mask if dirty and retry masks whose save failed."""
+        self.saves.autosave()
 
     def mark_reviewed(self) -> bool:
-        if self.document is None or self.image_id is None or self.read_only:
-            return False
-        from engine.storeformat import Status, StoreError
-        try:
-            self.store.save_mask(self.image_id, self.document.mask, status=Status.REVIEWED)
-        except (StoreError, OSError) as exc:
-            self._say("error", str(exc))
-            return False
-        self.document.mark_saved()
-        self.statuses_changed.emit()
-        self.saved.emit(True)
-        return True
+        """Save the current mask with the status "reviewed"."""
+        return self.saves.mark_reviewed()
 
     # ------------------------------------------------------------------ model and predictions
     def set_model(self, model: Any, model_id: str | None, device: Any = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -158,8 +159,63 @@ def test_failed_save_keeps_work_and_says_why(qtbot, window, monkeypatch):
     _select(qtbot, s, "img0.png")
     assert (s.document.mask == 2).all() and s.dirty
     monkeypatch.undo()
+    s.autosave()  # queued on the writer thread; the document is marked saved when it lands
+    qtbot.waitUntil(lambda: not s.dirty, timeout=WAIT)
+    assert (s.store.load_mask("img0.png") == 2).all()
+
+
+def _hold_saves(monkeypatch, store):
+    """Make the store's mask writes wait for the returned gate (a slow or stalled disk)."""
+    gate, started = threading.Event(), threading.Event()
+    real = store.save_mask
+
+    def slow(*a, **k):
+        started.set()
+        assert gate.wait(30)
+        return real(*a, **k)
+    monkeypatch.setattr(store, "save_mask", slow)
+    return gate, started
+
+
+def test_switching_images_does_not_wait_for_the_disk(qtbot, sessions, folder, monkeypatch):
+    s = sessions(folder)
+    gate, started = _hold_saves(monkeypatch, s.store)
+    s.document.apply_labels(np.full((H, W), 3, np.uint8))
+    _select(qtbot, s, "img1.png")  # the autosave on switching is queued, the switch goes on
+    assert started.wait(WAIT / 1000) and not gate.is_set()
+    assert s.image_id == "img1.png" and s.saves.writer.pending == 1
+    assert s.store.status("img0.png") is Status.UNLABELED  # not on disk yet
+    gate.set()
+    qtbot.waitUntil(lambda: s.store.status("img0.png") is Status.EDITED, timeout=WAIT)
+    assert (s.store.load_mask("img0.png") == 3).all()
+
+
+def test_strokes_made_while_a_save_is_running_stay_unsaved_until_saved(qtbot, sessions, folder, monkeypatch):
+    s = sessions(folder)
+    gate, started = _hold_saves(monkeypatch, s.store)
+    s.document.apply_labels(np.full((H, W), 3, np.uint8))
     s.autosave()
-    assert not s.dirty and (s.store.load_mask("img0.png") == 2).all()
+    assert started.wait(WAIT / 1000)
+    s.document.apply_labels(np.full((H, W), 5, np.uint8))  # painted after the copy was taken
+    gate.set()
+    qtbot.waitUntil(lambda: s.saves.writer.pending == 0, timeout=WAIT)
+    qtbot.waitUntil(lambda: s.store.status("img0.png") is Status.EDITED, timeout=WAIT)
+    assert s.dirty and (s.store.load_mask("img0.png") == 3).all()
+    assert s.save_current() and not s.dirty and (s.store.load_mask("img0.png") == 5).all()
+
+
+def test_closing_the_folder_waits_for_queued_saves(qtbot, sessions, folder, monkeypatch):
+    s = sessions(folder)
+    store = s.store
+    gate, started = _hold_saves(monkeypatch, store)
+    s.document.apply_labels(np.full((H, W), 6, np.uint8))
+    s.autosave()
+    threading.Timer(0.3, gate.set).start()  # the disk catches up while close_store waits
+    s.close_store()
+    assert gate.is_set() and s.store is None
+    monkeypatch.undo()
+    s2 = sessions(folder)
+    assert (s2.document.mask == 6).all() and s2.store.status("img0.png") is Status.EDITED
 
 
 def test_apply_prediction_never_replaces_edits(qtbot, sessions, folder):

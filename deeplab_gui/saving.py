@@ -1,0 +1,170 @@
+"""Saving masks for the Session: writes on one background thread, failures kept in memory.
+
+A 12-megapixel mask takes 30-50 ms to encode and write (PNG, fsync, rename). Autosaves happen on every
+image switch and every 30 s, so on the UI thread they would add that to each A/D press. Here the UI
+thread only copies the mask (a few ms) and a single writer thread saves the copies in submission order,
+so two saves of one image can never land out of order. Results come back to the UI thread, where a
+document is marked saved only if nobody painted on it since its copy was taken. Explicit saves
+(Ctrl+S, export, fine-tune, mark reviewed, closing the folder) wait for every queued write and report
+the outcome, as before. A failed write keeps the document in memory, also across image switches, and
+the next autosave retries it.
+"""
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from PySide6.QtCore import QObject, Qt, Signal
+
+__all__ = ["MaskWriter", "SessionSaves"]
+
+
+class MaskWriter(QObject):
+    """Runs write jobs on one thread, in order; their completions run on the thread that owns this
+    object (the UI thread), either through a queued signal or inside :meth:`flush`, exactly once."""
+
+    _ready = Signal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mask-save")
+        self._futures: list[Future] = []
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._ready.connect(self.drain, Qt.ConnectionType.QueuedConnection)
+
+    @property
+    def pending(self) -> int:
+        """Writes queued or running."""
+        self._futures = [f for f in self._futures if not f.done()]
+        return len(self._futures)
+
+    def submit(self, write: Callable[[], None], on_done: Callable[[Exception | None], None]) -> None:
+        def job() -> None:
+            try:
+                write()
+                error = None
+            except Exception as exc:  # noqa: BLE001  (reported to on_done on the UI thread)
+                error = exc
+            self._done.put((on_done, error))
+            self._ready.emit()
+        self._futures.append(self._pool.submit(job))
+
+    def drain(self) -> None:
+        """Run the completions that have arrived (UI thread)."""
+        while True:
+            try:
+                on_done, error = self._done.get_nowait()
+            except queue.Empty:
+                return
+            on_done(error)
+
+    def flush(self) -> None:
+        """Wait for every queued write, then run their completions here (UI thread)."""
+        for future in self._futures:
+            future.result()
+        self._futures.clear()
+        self.drain()
+
+    def close(self) -> None:
+        self.flush()
+        self._pool.shutdown(wait=True)
+
+
+class SessionSaves:
+    """The saving half of :class:`~deeplab_gui.session.Session` (which delegates to it)."""
+
+    def __init__(self, session: Any) -> None:
+        self.s = session
+        self.writer = MaskWriter(session)
+        self.unsaved: dict[str, Any] = {}     # id -> MaskDocument whose save failed (kept in memory)
+        self._queued: dict[str, tuple[Any, int]] = {}  # id -> (document, version) of its newest write
+        self._said_read_only = False
+
+    def reset(self) -> None:
+        """A new folder: forget the previous one's documents (close_folder saved them first)."""
+        self.unsaved.clear()
+        self._queued.clear()
+        self._said_read_only = False
+
+    def save_current(self, wait: bool = True) -> bool:
+        """Save the current mask if it changed. ``wait=False`` (autosaves) only queues the write;
+        ``wait=True`` also waits for all queued writes and returns whether the mask is on disk (False
+        with a ``message`` saying why)."""
+        s = self.s
+        if s.document is None or s.image_id is None or s.store is None:
+            return True
+        if s.document.dirty:
+            self.save(s.image_id, s.document)
+        if wait:
+            self.writer.flush()
+        return s.image_id not in self.unsaved
+
+    def save(self, image_id: str, doc: Any, status: Any = None) -> bool:
+        """Queue a write of ``doc`` (False, keeping it in memory, when the folder is read-only)."""
+        s = self.s
+        if s.read_only:
+            if not self._said_read_only:
+                self._said_read_only = True
+                s._say("warning", "this folder is open read-only: changes are kept in memory only")
+            self.unsaved[image_id] = doc
+            s.saved.emit(False)
+            return False
+        version = doc.version
+        queued = self._queued.get(image_id)
+        if status is None and queued is not None and queued[0] is doc and queued[1] == version:
+            return True  # exactly this is already on its way
+        mask, store = doc.mask.copy(), s.store
+        self._queued[image_id] = (doc, version)
+        kw = {} if status is None else {"status": status}
+        self.writer.submit(lambda: store.save_mask(image_id, mask, **kw),
+                           lambda error: self._written(store, image_id, doc, version, error))
+        return True
+
+    def _written(self, store: Any, image_id: str, doc: Any, version: int, error: Exception | None) -> None:
+        s = self.s
+        queued = self._queued.get(image_id)
+        if queued is not None and queued[0] is doc and queued[1] == version:
+            del self._queued[image_id]
+        if error is not None:
+            if store is s.store:
+                self.unsaved[image_id] = doc
+            s._say("error", f"{error} (your changes are kept in memory)")
+            s.saved.emit(False)
+            return
+        if doc.version == version:
+            doc.mark_saved()
+        if self.unsaved.get(image_id) is doc and not doc.dirty:
+            del self.unsaved[image_id]
+        s.saved.emit(True)
+        s.statuses_changed.emit()
+
+    def autosave(self) -> None:
+        """Timer tick: queue the current mask if dirty and retry masks whose save failed."""
+        s = self.s
+        if s.store is None or s.read_only:
+            return
+        self.save_current(wait=False)
+        for image_id, doc in list(self.unsaved.items()):
+            if image_id != s.image_id:
+                self.save(image_id, doc)
+
+    def save_all(self) -> None:
+        """Before the folder closes: write everything still in memory and wait for it."""
+        s = self.s
+        if s.document is not None and s.image_id is not None and s.document.dirty:
+            self.save(s.image_id, s.document)
+        for image_id, doc in list(self.unsaved.items()):
+            if not s.read_only:
+                self.save(image_id, doc)
+        self.writer.flush()
+
+    def mark_reviewed(self) -> bool:
+        s = self.s
+        if s.document is None or s.image_id is None or s.read_only:
+            return False
+        from engine.storeformat import Status
+        self.save(s.image_id, s.document, status=Status.REVIEWED)
+        self.writer.flush()
+        return s.image_id not in self.unsaved
