@@ -151,7 +151,7 @@ def _train(run, relay: _EventRelay, *, cancel: Callable[[], bool]) -> tuple[Any,
     dialog's Cancel does.  The result is always returned, so a run that finished just as Cancel was
     pressed is still reported (its version was already written).
     """
-    from .model_panel import checkpoint_model_id
+    from .model_tasks import checkpoint_model_id
     for ev in run:
         relay.event.emit(ev)
         if cancel():

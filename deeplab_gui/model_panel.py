@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from PySide6.QtCore import QObject, Qt, Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QFrame, QHBoxLayout, QLabel, QProgressBar,
                                QPushButton, QSizePolicy, QVBoxLayout, QWidget)
 
 import engine
 from engine import catalog
 from engine.storeformat import Status
+
+from .model_tasks import (BatchRelay, LoadedModel, catalog_state, checkpoint_model_id, device_description,
+                          display_name, folder_default, load_catalog, load_file, predict_batch, predict_one)
 
 __all__ = ["ModelPanel", "device_description", "checkpoint_model_id", "LoadedModel", "NO_WEIGHTS_TEXT"]
 
@@ -37,99 +38,6 @@ NO_WEIGHTS_TEXT = (
     "them (the <b>Fine-tune on my labels</b> button).")
 
 
-def device_description() -> str:
-    """"NVIDIA H100 (80 GB)" for the first CUDA device, else "CPU"."""
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        return f"{props.name} ({props.total_memory / 2**30:.0f} GB)"
-    return "CPU"
-
-
-def checkpoint_model_id(path: str | os.PathLike) -> str:
-    """A cheap identity for a checkpoint file (name, size, mtime): the probability cache's model key,
-    so a retrained file under the same name does not serve stale probabilities."""
-    st = os.stat(path)
-    return f"file:{Path(path).name}:{st.st_size}:{st.st_mtime_ns}"
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    model_id: str
-    spec: str  # what to remember in settings: a catalog id or a file path
-
-
-def _display_name(model_id: str | None) -> str:
-    """"file:tiny.safetensors:123:456" -> "tiny.safetensors"; catalog ids unchanged."""
-    if model_id and model_id.startswith("file:"):
-        return model_id.split(":")[1]
-    return model_id or ""
-
-
-# ---------------------------------------------------------------------- worker-thread functions
-def _load_catalog(entry_id: str, *, progress, cancel) -> LoadedModel:
-    def bytes_progress(done: int, total: int | None) -> None:
-        # Qt progress is int32: report kilobytes so a 250 MB file fits.
-        progress(done >> 10, (total or 0) >> 10)
-    model = catalog.load_catalog_model(entry_id, progress=bytes_progress, cancel=cancel)
-    return LoadedModel(model, entry_id, entry_id)
-
-
-def _load_file(path: str, arch: str | None, *, progress) -> LoadedModel:
-    progress(0, 0)
-    try:
-        model = engine.load_model(path)  # format and architecture from the keys
-    except engine.CheckpointError:
-        if not arch:
-            raise
-        model = engine.load_model(path, arch=arch)  # keys ambiguous: the combo's architecture decides
-    return LoadedModel(model, checkpoint_model_id(path), str(path))
-
-
-def _predict_one(predictor, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    probs = predictor.predict(image)
-    return probs.argmax(0).astype(np.uint8), probs
-
-
-class _BatchRelay(QObject):
-    """Hands the current image's prediction from the batch worker thread to the UI thread."""
-
-    current_done = Signal(str, object, object)  # image id, labels HxW uint8, probs CxHxW float32
-
-
-def _predict_batch(predictor, store, ids: list[str], model_id: str, current: list, relay: _BatchRelay, *,
-                   progress, cancel) -> dict:
-    """Pre-label ``ids``: predict, then save through the store (which refuses to overwrite a person's
-    mask). The image shown in the app (``current[0]``, read live) is handed to the UI thread instead, so
-    the session applies it to the open document as one undo step."""
-    done = saved = failed = 0
-    progress(0, len(ids))
-    paths = [store.image_path(i) for i in ids]
-    by_path = dict(zip(map(str, paths), ids))
-    for key, result in predictor.predict_many([str(p) for p in paths], cancel=cancel):
-        image_id = by_path[key]
-        done += 1
-        if isinstance(result, Exception):
-            failed += 1
-            store.record_error(image_id, str(result))
-        else:
-            labels = result.argmax(0).astype(np.uint8)
-            if image_id == current[0]:
-                relay.current_done.emit(image_id, labels, result)
-                saved += 1
-            elif store.save_prediction(image_id, labels, probs=result, model_id=model_id):
-                saved += 1
-            else:
-                store.save_probs(image_id, result, model_id=model_id)  # a person's mask: keep only probs
-        progress(done, len(ids))
-    return {"done": done, "saved": saved, "failed": failed, "total": len(ids)}
-
-
-def _catalog_state() -> dict[str, bool]:
-    """Which segmentation weights are on disk (hashing a file takes ~1 s: worker thread)."""
-    return {e.id: catalog.is_downloaded(e) for e in catalog.list_weights("segmentation")}
-
-
 # ---------------------------------------------------------------------- widget
 class ModelPanel(QWidget):
     """Dock contents: weights, device, pre-label buttons. Test hooks: ``load_weights(spec)`` (catalog id
@@ -143,15 +51,17 @@ class ModelPanel(QWidget):
         super().__init__(parent)
         self.session = session
         self.task = None
-        self._downloaded: dict[str, bool] = {}
+        self._downloaded: dict[str, bool] | None = None  # None until the catalog check is back
+        self._autoload_again = False
         self._current = [getattr(session, "image_id", None)]  # read by the batch worker thread
-        self._relay = _BatchRelay()
+        self._relay = BatchRelay()
         self._relay.current_done.connect(self._on_batch_current, Qt.ConnectionType.QueuedConnection)
         self._build_ui()
         session.model_changed.connect(self._update_state)
         session.current_changed.connect(self._on_current_changed)
         session.probs_changed.connect(self._update_state)
         session.folder_opened.connect(self._update_state)
+        session.folder_opened.connect(self._autoload)
         session.image_ready.connect(self._update_state)  # pre-label needs the full-resolution pixels
         self.refresh_catalog()
         self._update_state()
@@ -252,7 +162,7 @@ class ModelPanel(QWidget):
             i = self.arch_combo.findText(arch)
             if i >= 0:
                 self.arch_combo.setCurrentIndex(i)
-            there = self._downloaded.get(entry_id)
+            there = (self._downloaded or {}).get(entry_id)
             self.load_button.setText("Load" if there else "Download and load")
             self.banner_download.setText(f"Download {entry_id}")
 
@@ -262,7 +172,7 @@ class ModelPanel(QWidget):
         busy = self.task is not None
         if model is not None:
             meta = model.meta
-            self.model_label.setText(f"{_display_name(s.model_id) or meta.arch}\n({meta.arch})")
+            self.model_label.setText(f"{display_name(s.model_id) or meta.arch}\n({meta.arch})")
             self.model_label.setToolTip(s.model_id or "")
             self.classes_label.setText(str(meta.num_classes))
             i = self.arch_combo.findText(meta.arch)
@@ -289,12 +199,23 @@ class ModelPanel(QWidget):
         self._update_state()
 
     # ------------------------------------------------------------------ catalog and loading
+    @property
+    def catalog_checked(self) -> bool:
+        """Whether the check of downloaded catalog weights has come back (autoloading waits for it)."""
+        return self._downloaded is not None
+
     def refresh_catalog(self):
         """Re-check which catalog weights are downloaded (in a worker); updates labels and the banner."""
-        return self.session.run_task(_catalog_state, on_result=self._on_catalog_state,
+        return self.session.run_task(catalog_state, on_result=self._on_catalog_state,
                                      on_error=lambda m: log.warning("catalog check failed: %s", m))
 
     def _on_catalog_state(self, state: dict) -> None:
+        first = self._downloaded is None
+        self._show_catalog_state(state)
+        if first:
+            self._autoload()
+
+    def _show_catalog_state(self, state: dict) -> None:
         self._downloaded = dict(state)
         for i in range(self.weights_combo.count()):
             eid = self.weights_combo.itemData(i)
@@ -302,16 +223,40 @@ class ModelPanel(QWidget):
             self.weights_combo.setItemText(i, f"{eid} ({mark})")
         self._on_weights_selected()
         self._update_state()
-        self._restore_last(state)
 
-    def _restore_last(self, state: dict) -> None:
-        """Reload the weights used last time when they are on this machine (never download unasked)."""
-        settings = getattr(self.session, "settings", None)
-        last = settings.last_weights() if settings is not None and hasattr(settings, "last_weights") else None
-        if self.session.model is not None or self.task is not None or not last:
+    def _autoload(self, *_args) -> None:
+        """Once the catalog check is back and whenever a folder opens: load the folder's current
+        fine-tuned version, or, with no model loaded, the weights used last time (never downloading).
+        While another load runs, it is tried again when that one finishes."""
+        s = self.session
+        if self._downloaded is None:
             return
-        if state.get(last) or (last not in catalog.CATALOG and Path(last).is_file()):
-            self.load_weights(last)
+        if self.task is not None:
+            self._autoload_again = True
+            return
+        self._autoload_again = False
+        settings = getattr(s, "settings", None)
+        last = settings.last_weights() if settings is not None and hasattr(settings, "last_weights") else None
+        store = getattr(s, "store", None)
+
+        def chosen(choice) -> None:
+            if choice is None or getattr(s, "store", None) is not store:
+                return
+            spec, why = choice
+            if why == "last" and s.model is not None:
+                return
+            if why == "folder":
+                try:
+                    if s.model_id == checkpoint_model_id(spec):
+                        return  # already in use
+                except OSError:
+                    return
+            if self.task is not None:
+                self._autoload_again = True
+            elif self.load_weights(spec) is not None and why == "folder":
+                self.status_label.setText(f"loading this folder's fine-tuned model {Path(spec).name}…")
+        s.run_task(folder_default, store, last, dict(self._downloaded), on_result=chosen,
+                   on_error=lambda m: log.warning("choosing weights failed: %s", m))
 
     def choose_checkpoint(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load checkpoint", "",
@@ -327,10 +272,10 @@ class ModelPanel(QWidget):
         spec = str(spec)
         self.banner_error.hide()
         if spec in catalog.CATALOG:
-            fn, args = _load_catalog, (spec,)
+            fn, args = load_catalog, (spec,)
             self.status_label.setText(f"loading {spec}…")
         else:
-            fn, args = _load_file, (spec, self.arch_combo.currentText())
+            fn, args = load_file, (spec, self.arch_combo.currentText())
             self.status_label.setText(f"loading {Path(spec).name}…")
         return self._start(fn, *args, on_result=self._on_loaded, on_error=self._on_load_error)
 
@@ -341,8 +286,7 @@ class ModelPanel(QWidget):
             settings.set_last_weights(loaded.spec)
         self.status_label.setText(f"loaded {loaded.model_id}")
         if loaded.spec in catalog.CATALOG:
-            self._downloaded[loaded.spec] = True
-            self._on_catalog_state(self._downloaded)
+            self._show_catalog_state({**(self._downloaded or {}), loaded.spec: True})
         self.model_loaded.emit(loaded.model_id)
 
     def _on_load_error(self, message: str) -> None:
@@ -361,7 +305,7 @@ class ModelPanel(QWidget):
             return None
         image_id = s.image_id
         self.status_label.setText(f"pre-labelling {image_id}…")
-        return self._start(_predict_one, s.predictor, s.image,
+        return self._start(predict_one, s.predictor, s.image,
                            on_result=lambda r, i=image_id: self._on_current_result(i, *r))
 
     def _on_current_result(self, image_id: str, labels: np.ndarray, probs: np.ndarray) -> None:
@@ -394,7 +338,7 @@ class ModelPanel(QWidget):
             return None
         self._current[0] = s.image_id
         self.status_label.setText(f"pre-labelling {len(ids)} images…")
-        return self._start(_predict_batch, s.predictor, s.store, ids, s.model_id or "", self._current,
+        return self._start(predict_batch, s.predictor, s.store, ids, s.model_id or "", self._current,
                            self._relay, on_result=self._on_batch_done)
 
     def _on_batch_done(self, summary: dict) -> None:
@@ -442,6 +386,8 @@ class ModelPanel(QWidget):
             self._update_state()
             if hasattr(self.session, "statuses_changed"):
                 self.session.statuses_changed.emit()  # batch saves happened behind the session's back
+            if self._autoload_again:
+                self._autoload()
 
     def cancel(self) -> None:
         if self.task is not None:

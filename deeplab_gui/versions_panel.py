@@ -50,7 +50,7 @@ def _use_version(store, name: str):
     import engine
     from trainer.versions import Versions
 
-    from .model_panel import checkpoint_model_id
+    from .model_tasks import checkpoint_model_id
     versions = Versions.of(store)
     path = versions.path(name)
     model = engine.load_model(path)

@@ -20,6 +20,7 @@ from trainer.synthetic import CLASSES, make_folder  # noqa: E402
 
 from deeplab_gui.finetune_dialog import CurvePlot, FineTuneDialog, count_labelled, format_eta  # noqa: E402
 from deeplab_gui.model_panel import ModelPanel  # noqa: E402
+from deeplab_gui.model_tasks import checkpoint_model_id  # noqa: E402
 from deeplab_gui.session import Session  # noqa: E402
 from deeplab_gui.settings import Settings  # noqa: E402
 from deeplab_gui.versions_panel import VersionsBox  # noqa: E402
@@ -198,9 +199,30 @@ def test_training_error_is_reported(qtbot, tmp_path):
 
 
 # ------------------------------------------------------------------------------ panel and versions
+def test_opening_a_folder_loads_its_current_version(qtbot, session, tmp_path):
+    d = _dialog(qtbot, session)
+    d.ask = lambda text: True
+    assert _run(qtbot, d) == "done"
+    current = Versions.of(session.store).current_path()
+    folder = session.folder
+    session.shutdown()
+    s2 = Session(Settings(tmp_path / "fresh.ini"))  # a new start: no weights remembered
+    try:
+        panel = ModelPanel(s2)
+        qtbot.addWidget(panel)
+        with qtbot.waitSignal(s2.current_changed, timeout=WAIT):
+            s2.open_folder(folder)
+        qtbot.waitUntil(lambda: s2.model is not None and panel.task is None, timeout=WAIT)
+        assert s2.model_id == checkpoint_model_id(current)
+        assert "fine-tuned" in panel.status_label.text() or current.name in panel.status_label.text()
+    finally:
+        s2.shutdown()
+
+
 def test_model_panel_button_and_versions_combo(qtbot, session):
     panel = ModelPanel(session)
     qtbot.addWidget(panel)
+    qtbot.waitUntil(lambda: panel.catalog_checked, timeout=WAIT)  # its autoload has looked and found nothing
     assert panel.finetune_button.isEnabled()
     d = panel.open_finetune()
     assert d is panel.open_finetune()  # one dialog per panel

@@ -1,0 +1,132 @@
+"""The model panel's work off the UI thread: loading weights, pre-labelling, checking the catalog.
+
+Plain functions run through ``session.run_task`` (they take ``progress``/``cancel`` keywords where the
+task reports progress or can stop); nothing here touches a widget. The only Qt is ``BatchRelay``, whose
+queued signal hands the shown image's prediction from the batch thread to the UI thread.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PySide6.QtCore import QObject, Signal
+
+import engine
+from engine import catalog
+
+__all__ = ["LoadedModel", "BatchRelay", "device_description", "checkpoint_model_id", "display_name",
+           "load_catalog", "load_file", "predict_one", "predict_batch", "catalog_state", "folder_default"]
+
+
+def device_description() -> str:
+    """"NVIDIA H100 (80 GB)" for the first CUDA device, else "CPU"."""
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GB)"
+    return "CPU"
+
+
+def checkpoint_model_id(path: str | os.PathLike) -> str:
+    """A cheap identity for a checkpoint file (name, size, mtime): the probability cache's model key,
+    so a retrained file under the same name does not serve stale probabilities."""
+    st = os.stat(path)
+    return f"file:{Path(path).name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    model_id: str
+    spec: str  # what to remember in settings: a catalog id or a file path
+
+
+def display_name(model_id: str | None) -> str:
+    """"file:tiny.safetensors:123:456" -> "tiny.safetensors"; catalog ids unchanged."""
+    if model_id and model_id.startswith("file:"):
+        return model_id.split(":")[1]
+    return model_id or ""
+
+
+def load_catalog(entry_id: str, *, progress, cancel) -> LoadedModel:
+    def bytes_progress(done: int, total: int | None) -> None:
+        # Qt progress is int32: report kilobytes so a 250 MB file fits.
+        progress(done >> 10, (total or 0) >> 10)
+    model = catalog.load_catalog_model(entry_id, progress=bytes_progress, cancel=cancel)
+    return LoadedModel(model, entry_id, entry_id)
+
+
+def load_file(path: str, arch: str | None, *, progress) -> LoadedModel:
+    progress(0, 0)
+    try:
+        model = engine.load_model(path)  # format and architecture from the keys
+    except engine.CheckpointError:
+        if not arch:
+            raise
+        model = engine.load_model(path, arch=arch)  # keys ambiguous: the combo's architecture decides
+    return LoadedModel(model, checkpoint_model_id(path), str(path))
+
+
+def predict_one(predictor, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    probs = predictor.predict(image)
+    return probs.argmax(0).astype(np.uint8), probs
+
+
+class BatchRelay(QObject):
+    """Hands the current image's prediction from the batch worker thread to the UI thread."""
+
+    current_done = Signal(str, object, object)  # image id, labels HxW uint8, probs CxHxW float32
+
+
+def predict_batch(predictor, store, ids: list[str], model_id: str, current: list, relay: BatchRelay, *,
+                   progress, cancel) -> dict:
+    """Pre-label ``ids``: predict, then save through the store (which refuses to overwrite a person's
+    mask). The image shown in the app (``current[0]``, read live) is handed to the UI thread instead, so
+    the session applies it to the open document as one undo step."""
+    done = saved = failed = 0
+    progress(0, len(ids))
+    paths = [store.image_path(i) for i in ids]
+    by_path = dict(zip(map(str, paths), ids))
+    for key, result in predictor.predict_many([str(p) for p in paths], cancel=cancel):
+        image_id = by_path[key]
+        done += 1
+        if isinstance(result, Exception):
+            failed += 1
+            store.record_error(image_id, str(result))
+        else:
+            labels = result.argmax(0).astype(np.uint8)
+            if image_id == current[0]:
+                relay.current_done.emit(image_id, labels, result)
+                saved += 1
+            elif store.save_prediction(image_id, labels, probs=result, model_id=model_id):
+                saved += 1
+            else:
+                store.save_probs(image_id, result, model_id=model_id)  # a person's mask: keep only probs
+        progress(done, len(ids))
+    return {"done": done, "saved": saved, "failed": failed, "total": len(ids)}
+
+
+def catalog_state() -> dict[str, bool]:
+    """Which segmentation weights are on disk (hashing a file takes ~1 s: worker thread)."""
+    return {e.id: catalog.is_downloaded(e) for e in catalog.list_weights("segmentation")}
+
+
+def folder_default(store, last: str | None, downloaded: dict[str, bool]) -> tuple[str, str] | None:
+    """What to load on opening a folder: ``(path, "folder")`` for its current fine-tuned version (trained
+    on these very labels), else ``(spec, "last")`` for the weights used last time when they are on this
+    machine (never a download), else None. Reads the folder's versions.json: worker thread."""
+    if store is not None:
+        from trainer.versions import Versions
+        try:
+            path = Versions.of(store).current_path()
+        except (OSError, ValueError) as exc:  # an unreadable index: say so, fall back to the last weights
+            import logging
+            logging.getLogger("deeplab_gui").warning("cannot read the folder's model versions: %s", exc)
+            path = None
+        if path is not None and Path(path).is_file():
+            return str(path), "folder"
+    if last and (downloaded.get(last) or (last not in catalog.CATALOG and Path(last).is_file())):
+        return last, "last"
+    return None
