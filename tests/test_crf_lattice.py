@@ -192,3 +192,16 @@ def test_blur_pads_a_zero_row_and_keeps_shapes():
     assert (blurred[-1] == 0).all()
     torch.testing.assert_close(lat.blur(lat.splat(x)), blurred[:-1])
     torch.testing.assert_close(lat.slice(blurred), lat.filter(x))
+
+
+def test_vertex_budget_stops_the_build_early():
+    from engine.crf.lattice import LatticeTooLarge
+
+    f = _quantised_features(2000, 5, seed=3)
+    full = PermutohedralLattice(f)
+    with pytest.raises(LatticeTooLarge) as err:
+        PermutohedralLattice(f, max_vertices=full.n_vertices - 1)
+    assert err.value.n_vertices == full.n_vertices
+    fits = PermutohedralLattice(f, max_vertices=full.n_vertices)
+    x = torch.rand(2000, 3)
+    assert torch.equal(fits.filter(x), full.filter(x))

@@ -166,3 +166,38 @@ def test_cache_respects_its_memory_budget(scene):
     roomy = LiveCRF(scene.image, scene.probs, preview_pixels=3000)
     list(roomy.run(DEEPLAB_V1))
     assert len(roomy._cache) == 4 and all(k.nbytes > 0 for k in roomy._cache.values())
+
+
+def test_preview_over_its_lattice_budget_falls_back_to_a_coarser_level(scene, monkeypatch):
+    builds = []
+    real_bilateral = live_mod.dense.bilateral_kernel
+    monkeypatch.setattr(live_mod.dense, "bilateral_kernel",
+                        lambda *a, **k: builds.append(a[0].shape[:2]) or real_bilateral(*a, **k))
+    session = LiveCRF(scene.image, scene.probs, preview_pixels=3000, preview_seconds=None)
+    sizes = [(lv.height, lv.width) for lv in session._previews]
+    assert len(sizes) == 3 and sizes[0][0] * sizes[0][1] > sizes[1][0] * sizes[1][1] > sizes[2][0] * sizes[2][1]
+    usual = next(session.run(DEEPLAB_V1, full=False))
+    assert usual.scale == session._previews[0].scale  # the preset's lattices fit the finest level
+    # Widths far below a preview pixel: every pixel's simplex is its own and the lattice is over budget.
+    tiny = DEEPLAB_V1.replace(bilateral_xy=1.0, bilateral_rgb=0.5)
+    builds.clear()
+    preview = next(session.run(tiny, full=False))
+    assert preview.scale < session._previews[0].scale and preview.iterations == 5
+    assert builds[0] == sizes[0] and len(builds) >= 2  # tried the finest level first, then a coarser one
+    # The verdict is remembered: a weight move goes straight to the level that fits.
+    builds.clear()
+    again = next(session.run(tiny.replace(bilateral_weight=6.0), full=False))
+    assert again.scale == preview.scale and builds == []
+    # The full-size answer ignores the budget and equals refine().
+    full = session.refine(tiny)
+    np.testing.assert_allclose(full, refine(scene.image, scene.probs, tiny, backend="torch"), atol=1e-4)
+
+
+def test_preview_time_budget_stops_iterations_early(scene):
+    session = LiveCRF(scene.image, scene.probs, preview_pixels=3000, preview_seconds=0.0)
+    preview, full = list(session.run(DEEPLAB_V1))
+    assert preview.iterations == 1 and full.iterations == DEEPLAB_V1.iterations
+    one = LiveCRF(scene.image, scene.probs, preview_pixels=3000, preview_seconds=None, preview_iterations=1)
+    np.testing.assert_allclose(preview.probs, next(one.run(DEEPLAB_V1, full=False)).probs, atol=1e-6)
+    unhurried = LiveCRF(scene.image, scene.probs, preview_pixels=3000, preview_seconds=None)
+    assert next(unhurried.run(DEEPLAB_V1, full=False)).iterations == live_mod.PREVIEW_ITERATIONS
