@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, Qt
+from PySide6.QtCore import QEvent, QSize, Qt
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -18,9 +18,11 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QLabel,
     QMainWindow,
     QMessageBox,
+    QScrollArea,
     QSizePolicy,
     QSlider,
     QWidget,
@@ -88,6 +90,33 @@ class ToolOptions(QWidget):
             self.view.blockSignals(False)
 
 
+class _VerticalScroll(QScrollArea):
+    """Scrolls vertically only: as wide as its widget needs, as tall as it likes when there is room."""
+
+    def setWidget(self, widget: QWidget) -> None:  # noqa: N802  (Qt's name)
+        super().setWidget(widget)
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802
+        # The panel's layout changed (the no-weights banner appeared, say): the dock must ask again.
+        if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(obj, event)
+
+    def _with_bar(self, size: QSize) -> QSize:
+        return QSize(size.width() + self.verticalScrollBar().sizeHint().width() + 2, size.height())
+
+    def sizeHint(self) -> QSize:  # noqa: N802  (Qt's name)
+        w = self.widget()
+        return self._with_bar(w.sizeHint()) if w is not None else super().sizeHint()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802
+        w = self.widget()
+        if w is None:
+            return super().minimumSizeHint()
+        return QSize(self._with_bar(w.minimumSizeHint()).width(), super().minimumSizeHint().height())
+
+
 class MainWindow(QMainWindow):
     def __init__(self, session: Session | None = None) -> None:
         super().__init__()
@@ -125,10 +154,20 @@ class MainWindow(QMainWindow):
         self.update_title()
 
     # ------------------------------------------------------------ layout
-    def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+    def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea, scroll: bool = False) -> QDockWidget:
         dock = QDockWidget(title, self)
         dock.setObjectName(title.replace(" ", "_"))  # saveState() needs object names
-        dock.setWidget(widget)
+        if scroll:
+            # The right-hand docks together are taller than a 768-pixel laptop screen; without a scroll
+            # area their minimum heights would push the window off the screen.
+            area_widget = _VerticalScroll()
+            area_widget.setWidgetResizable(True)
+            area_widget.setFrameShape(QFrame.Shape.NoFrame)
+            area_widget.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            area_widget.setWidget(widget)
+            dock.setWidget(area_widget)
+        else:
+            dock.setWidget(widget)
         self.addDockWidget(area, dock)
         return dock
 
@@ -141,7 +180,7 @@ class MainWindow(QMainWindow):
         for name, cls in (("Model", ModelPanel), ("CRF", CRFPanel)):
             panel = cls(self.session)
             self.panels[name] = panel
-            self._dock(name, panel, Qt.DockWidgetArea.RightDockWidgetArea)
+            self._dock(name, panel, Qt.DockWidgetArea.RightDockWidgetArea, scroll=True)
 
     def _action(self, menu, text: str, slot, shortcut=None, checkable: bool = False) -> QAction:
         act = QAction(text, self)

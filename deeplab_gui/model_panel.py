@@ -29,13 +29,29 @@ __all__ = ["ModelPanel", "device_description", "checkpoint_model_id", "LoadedMod
 log = logging.getLogger(__name__)
 
 NO_WEIGHTS_TEXT = (
-    "<b>No model weights on this machine yet.</b> Three ways forward:<br>"
-    "1. <b>Download</b> the selected public weights (needs network access; offline, the message says "
-    "where to drop the file by hand).<br>"
-    "2. <b>Load a checkpoint file</b> you already have (torchvision, VainF, kazuto1011 or native "
-    "<code>.safetensors</code>; the format is detected).<br>"
-    "3. <b>Label a few images by hand</b> with the brush and polygon tools, then fine-tune a model on "
-    "them (the <b>Fine-tune on my labels</b> button).")
+    "<b>No model weights on this machine yet.</b> Three ways forward:"
+    "<ol style='margin-left:-20px'>"
+    "<li><b>Download</b> the selected public weights (offline, the message says where to drop the file).</li>"
+    "<li><b>Load a checkpoint file</b> you have: torchvision, VainF, kazuto1011 or native "
+    "<code>.safetensors</code>, detected from its contents.</li>"
+    "<li><b>Label a few images</b> with the brush and polygon, then <b>Fine-tune on my labels</b>.</li>"
+    "</ol>")
+
+
+class WrappedLabel(QLabel):
+    """A word-wrapped label that claims the height its text needs at its current width. Dock layouts
+    ignore heightForWidth, so a plain wrapped label got the height of its one-line size hint and the
+    banner's text was cut off in narrow windows."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(text, parent)
+        self.setWordWrap(True)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802  (Qt's name)
+        super().resizeEvent(event)
+        need = self.heightForWidth(self.width())
+        if need > 0 and need != self.minimumHeight():
+            self.setMinimumHeight(need)
 
 
 # ---------------------------------------------------------------------- widget
@@ -74,11 +90,9 @@ class ModelPanel(QWidget):
         self.banner.setObjectName("noWeightsBanner")
         self.banner.setStyleSheet("#noWeightsBanner { background: #fff4d6; border: 1px solid #d9a400; }")
         b = QVBoxLayout(self.banner)
-        self.banner_text = QLabel(NO_WEIGHTS_TEXT)
-        self.banner_text.setWordWrap(True)
+        self.banner_text = WrappedLabel(NO_WEIGHTS_TEXT)
         self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.banner_error = QLabel()
-        self.banner_error.setWordWrap(True)
+        self.banner_error = WrappedLabel()
         self.banner_error.setStyleSheet("color: #a00000;")
         self.banner_error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.banner_error.hide()

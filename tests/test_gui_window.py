@@ -240,6 +240,19 @@ def test_tool_options_dock_takes_no_spare_height(qtbot, window):
     assert opts.height() <= opts.layout().sizeHint().height()
 
 
+def test_window_fits_a_laptop_screen_and_the_banner_shows_all_its_text(qtbot, window):
+    # The right-hand docks together are taller than 768 pixels: the model and CRF panels scroll
+    # instead of pushing the window off a laptop screen.
+    assert window.minimumSizeHint().height() <= 700
+    window.resize(1280, 720)
+    panel = window.panels["Model"]
+    panel.banner.show()
+    _settle()
+    text = panel.banner_text
+    qtbot.waitUntil(lambda: text.height() >= text.heightForWidth(text.width()), timeout=WAIT)
+    assert "3." in text.text() or "<li>" in text.text()
+
+
 def test_status_icons_stay_visible_on_a_selected_row(qtbot):
     for status in ("unlabeled", "prelabeled", "edited", "reviewed"):
         img = status_icon(status).pixmap(16, 16, QIcon.Mode.Selected).toImage()
