@@ -25,9 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .imageio import ImageReadError, image_size
 from .fileio import atomic_write_bytes
-from .masks import VOID_INDEX, load_mask_png, save_mask_png
 from .probcache import CachedProbs, ImageSignature, ProbCache
 from .scan import ScanResult, natural_key, scan_folder
 from .storeformat import (PROTECTED, LabelClass, MaskError, Status, StoreError, StoreWriteError, check_classes,
@@ -35,6 +33,7 @@ from .storeformat import (PROTECTED, LabelClass, MaskError, Status, StoreError, 
                           locate_store, open_db, open_db_readonly, remove_orphan_temps, user_store_root,
                           write_error as _write_error)
 from .storelock import InstanceLock, StoreLockedError
+from .storemasks import MaskMethods
 
 __all__ = [
     "AnnotationStore", "Status", "LabelClass", "StoreError", "StoreWriteError", "MaskError",
@@ -44,7 +43,7 @@ __all__ = [
 DEFAULT_PROBS_BUDGET = 4 << 30  # bytes of cached probabilities kept before the least recently used go
 
 
-class AnnotationStore:
+class AnnotationStore(MaskMethods):
     """The annotations of one image folder.  Open with :meth:`open`; close (or ``with``) when done.
 
     Thread-safe: the GUI's autosave, a background pre-labelling worker and the UI may call it at once.
@@ -273,132 +272,6 @@ class AnnotationStore:
             self._exec("INSERT INTO images VALUES(?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET error=?",
                        (image_id, status.value, time.time(), reason, reason), what="an error note")
             self._status.setdefault(image_id, status)
-
-    # ------------------------------------------------------------------ masks
-    def mask_path(self, image_id: str) -> Path:
-        return self.root / "masks" / (_check_id(image_id) + ".png")
-
-    def has_mask(self, image_id: str) -> bool:
-        return self.mask_path(image_id).exists()
-
-    def load_mask(self, image_id: str) -> np.ndarray | None:
-        """The stored H×W uint8 mask (255 void), or None when there is none.
-
-        Raises :class:`StoreError` naming the file when it exists but cannot be read.
-        """
-        path = self.mask_path(image_id)
-        try:
-            return load_mask_png(path)
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:
-            raise StoreError(f"the mask of {image_id} is unreadable: {exc}") from None
-
-    def validate_mask(self, image_id: str, mask: np.ndarray) -> np.ndarray:
-        """Check shape (that of the image, EXIF-rotated) and class indices; returns it as uint8."""
-        m = np.asarray(mask)
-        if m.ndim != 2 or 0 in m.shape:
-            raise MaskError(f"mask for {image_id} must be a non-empty HxW array, got shape {m.shape}")
-        if m.dtype != np.uint8:
-            if not np.issubdtype(m.dtype, np.integer):
-                raise MaskError(f"mask for {image_id} must hold integer class indices, got {m.dtype}")
-            if m.min() < 0 or m.max() > 255:
-                raise MaskError(f"mask for {image_id} has values outside 0..255")
-            m = m.astype(np.uint8)
-        size = self._image_hw(image_id)
-        if size is not None and tuple(m.shape) != size:
-            raise MaskError(f"mask for {image_id} is {m.shape[1]}x{m.shape[0]} but the image is "
-                            f"{size[1]}x{size[0]}; nothing was saved")
-        n = len(self._classes)
-        # Two counting passes (a few ms at 12 Mpx) instead of building a boolean mask of offenders.
-        if n < VOID_INDEX and np.count_nonzero(m >= n) > np.count_nonzero(m == VOID_INDEX):
-            bad = np.unique(m[(m >= n) & (m != VOID_INDEX)])
-            if bad.size:
-                raise MaskError(f"mask for {image_id} uses class index {int(bad[0])} but the class list "
-                                f"has {n} classes (0..{n - 1}, 255 void); nothing was saved")
-        return m
-
-    def _image_hw(self, image_id: str) -> tuple[int, int] | None:
-        path = self.image_path(image_id)
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None  # image gone: keep the user's mask rather than refuse it
-        cached = self._sizes.get(image_id)
-        if cached and cached[:2] == (st.st_size, st.st_mtime_ns):
-            return cached[2:]
-        try:
-            w, h = image_size(path)
-        except ImageReadError:
-            return None
-        self._sizes[image_id] = (st.st_size, st.st_mtime_ns, h, w)
-        return (h, w)
-
-    def save_mask(self, image_id: str, mask: np.ndarray, *, status: Status | str | None = None) -> None:
-        """Save a person's mask (cheap enough to call on every autosave tick).
-
-        ``status``: None means ``edited`` (``reviewed`` stays ``reviewed``).  Raises
-        :class:`MaskError` for a mask that does not fit, :class:`StoreWriteError` when the disk
-        refuses; in both cases the previous mask on disk is untouched.
-        """
-        m = self.validate_mask(image_id, mask)
-        with self._mutex:
-            self._writable()
-            old = self.status(image_id)
-            new = Status(status) if status is not None else (
-                Status.REVIEWED if old is Status.REVIEWED else Status.EDITED)
-            path = self.mask_path(image_id)
-            # Status first: a kill between the two steps leaves "edited" on an older mask, which is
-            # harmless; the other order could leave a person's mask marked as a prediction.
-            if new is not old:  # autosaves of an edited mask cost no database commit
-                self._put_status(image_id, new)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_mask_png(path, m, self.class_colors, compress_level=1)
-            except OSError as exc:
-                if new is not old:
-                    try:
-                        self._put_status(image_id, old)
-                    except StoreError:
-                        pass
-                raise _write_error(exc, f"the mask of {image_id}") from exc
-
-    def needs_prelabel(self, image_id: str, *, overwrite: bool = False) -> bool:
-        """Whether a pre-label run should predict this image (False for a person's mask)."""
-        return overwrite or self.status(image_id) not in PROTECTED
-
-    def save_prediction(self, image_id: str, mask: np.ndarray, *, probs: np.ndarray | None = None,
-                        model_id: str = "", overwrite: bool = False) -> bool:
-        """Store a model's mask (and optionally its probabilities) as ``prelabeled``.
-
-        Returns False, writing nothing, when the image holds an edited or reviewed mask and
-        ``overwrite`` is False.  This is what ``deeplab-gui prelabel FOLDER`` (no ``--out``) calls.
-        """
-        m = self.validate_mask(image_id, mask)
-        with self._mutex:
-            self._writable()
-            if not self.needs_prelabel(image_id, overwrite=overwrite):
-                return False
-            path = self.mask_path(image_id)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_mask_png(path, m, self.class_colors, compress_level=1)
-            except OSError as exc:
-                raise _write_error(exc, f"the prediction for {image_id}") from exc
-            if self.status(image_id) is not Status.PRELABELED:
-                self._put_status(image_id, Status.PRELABELED)
-        if probs is not None:
-            self.save_probs(image_id, probs, model_id=model_id)
-        return True
-
-    def delete_mask(self, image_id: str) -> None:
-        """Remove the mask and reset the status to unlabeled."""
-        with self._mutex:
-            self._put_status(_check_id(image_id), Status.UNLABELED)
-            try:
-                self.mask_path(image_id).unlink()
-            except FileNotFoundError:
-                pass
 
     # ------------------------------------------------------------------ probability cache
     def probs_path(self, image_id: str) -> Path:
