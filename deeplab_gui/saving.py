@@ -88,6 +88,14 @@ class SessionSaves:
         self._queued.clear()
         self._said_read_only = False
 
+    def in_memory(self, image_id: str) -> Any:
+        """The document to show for ``image_id`` instead of its mask on disk: one whose save failed,
+        or one whose write is still queued (the disk may still hold the older mask)."""
+        doc = self.unsaved.get(image_id)
+        if doc is None and image_id in self._queued:
+            doc = self._queued[image_id][0]
+        return doc
+
     def save_current(self, wait: bool = True) -> bool:
         """Save the current mask if it changed. ``wait=False`` (autosaves) only queues the write;
         ``wait=True`` also waits for all queued writes and returns whether the mask is on disk (False

@@ -77,6 +77,7 @@ class Session(QObject):
         self._load: TaskHandle | None = None
         self._full: TaskHandle | None = None  # full-resolution decode after a preview
         self._pending: str | None = None
+        self._pending_doc: Any = None  # the in-memory document of the image being loaded, if any
         self.saves = SessionSaves(self)
         # Decoded neighbours of the current image (id -> (image, display)), so A/D show them at once.
         self._prefetched: dict[str, tuple[np.ndarray, Any]] = {}
@@ -200,6 +201,9 @@ class Session(QObject):
             if task is not None:
                 task.cancel()  # latest wins
         self._pending = image_id
+        # A write of this image still queued now may land before or after the load reads the disk:
+        # its document, not the file, is what the image looks like.
+        self._pending_doc = self.saves.in_memory(image_id)
         store, model_id = self.store, self.model_id
         ready = self._prefetched.get(image_id)
         # Without decoded pixels at hand, a reduced decode goes first (even when a prefetch of this
@@ -223,8 +227,8 @@ class Session(QObject):
         self.crf_labels = None
         if loaded.size is None:
             self.document = None
-        elif loaded.image_id in self.saves.unsaved:
-            self.document = self.saves.unsaved[loaded.image_id]
+        elif self._memory_doc(loaded.image_id) is not None:
+            self.document = self._memory_doc(loaded.image_id)
         else:
             # The document is full resolution from the start, even under a reduced preview: painting
             # needs the mask, not the pixels.
@@ -242,6 +246,10 @@ class Session(QObject):
             if loaded.image is not None:
                 self.image_ready.emit(loaded.image_id)
             self._prefetch_neighbours(loaded.image_id)
+
+    def _memory_doc(self, image_id: str) -> Any:
+        doc = self._pending_doc
+        return doc if doc is not None else self.saves.in_memory(image_id)
 
     def _fetch_full(self, image_id: str) -> None:
         """Decode the full-resolution pixels of the image shown as a preview (``image_ready`` after)."""

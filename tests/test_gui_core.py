@@ -190,6 +190,21 @@ def test_switching_images_does_not_wait_for_the_disk(qtbot, sessions, folder, mo
     assert (s.store.load_mask("img0.png") == 3).all()
 
 
+def test_switching_back_before_the_write_lands_shows_the_strokes(qtbot, sessions, folder, monkeypatch):
+    s = sessions(folder)
+    gate, started = _hold_saves(monkeypatch, s.store)
+    doc = s.document
+    s.document.apply_labels(np.full((H, W), 4, np.uint8))
+    _select(qtbot, s, "img1.png")
+    assert started.wait(WAIT / 1000)
+    _select(qtbot, s, "img0.png")  # the disk still holds the old (empty) mask
+    assert s.document is doc and (s.document.mask == 4).all() and s.document.can_undo
+    gate.set()
+    qtbot.waitUntil(lambda: s.saves.writer.pending == 0, timeout=WAIT)
+    qtbot.waitUntil(lambda: not s.dirty, timeout=WAIT)
+    assert (s.store.load_mask("img0.png") == 4).all()
+
+
 def test_strokes_made_while_a_save_is_running_stay_unsaved_until_saved(qtbot, sessions, folder, monkeypatch):
     s = sessions(folder)
     gate, started = _hold_saves(monkeypatch, s.store)
@@ -299,7 +314,8 @@ def test_switch_autosaves_and_keyboard_navigation(qtbot, window):
     with qtbot.waitSignal(s.current_changed, timeout=WAIT):
         qtbot.keyClick(window.canvas, Qt.Key.Key_D)
     assert s.image_id == "img1.png"
-    assert s.store.status("img0.png") is Status.EDITED and (s.store.load_mask("img0.png") == 2).all()
+    qtbot.waitUntil(lambda: s.store.status("img0.png") is Status.EDITED, timeout=WAIT)  # written in the background
+    assert (s.store.load_mask("img0.png") == 2).all()
     with qtbot.waitSignal(s.current_changed, timeout=WAIT):
         qtbot.keyClick(window.canvas, Qt.Key.Key_A)
     assert s.image_id == "img0.png" and (s.document.mask == 2).all()
