@@ -175,9 +175,9 @@ def bench_switch(app, tmp: Path, repeats: int) -> dict:
         # A person looks at the picture before moving on: let the neighbour prefetch finish, as it
         # would then, so every switch starts from the same state (no decode of the other image in
         # memory: the prefetch keeps only neighbours, and each image is the other's neighbour).
-        s._prefetched.clear()
-        wait_until(app, lambda: not s._prefetching)
-        s._prefetched.clear()
+        s.prefetch.ready.clear()
+        wait_until(app, lambda: not s.prefetch.running)
+        s.prefetch.ready.clear()
     # Where the time goes: the same steps one by one on this thread (median of 3).
     from PySide6.QtGui import QImage, QPixmap
     from engine.imageio import read_image

@@ -69,6 +69,7 @@ class ModelPanel(QWidget):
         self.task = None
         self._downloaded: dict[str, bool] | None = None  # None until the catalog check is back
         self._autoload_again = False
+        self._folder_version: str | None = None  # the folder's version being autoloaded
         self._current = [getattr(session, "image_id", None)]  # read by the batch worker thread
         self._relay = BatchRelay()
         self._relay.current_done.connect(self._on_batch_current, Qt.ConnectionType.QueuedConnection)
@@ -268,6 +269,7 @@ class ModelPanel(QWidget):
             if self.task is not None:
                 self._autoload_again = True
             elif self.load_weights(spec) is not None and why == "folder":
+                self._folder_version = spec
                 self.status_label.setText(f"loading this folder's fine-tuned model {Path(spec).name}…")
         s.run_task(folder_default, store, last, dict(self._downloaded), on_result=chosen,
                    on_error=lambda m: log.warning("choosing weights failed: %s", m))
@@ -298,7 +300,10 @@ class ModelPanel(QWidget):
         settings = getattr(self.session, "settings", None)
         if settings is not None and hasattr(settings, "set_last_weights"):
             settings.set_last_weights(loaded.spec)
-        self.status_label.setText(f"loaded {loaded.model_id}")
+        name = display_name(loaded.model_id)
+        folder = self._folder_version == loaded.spec
+        self._folder_version = None
+        self.status_label.setText(f"loaded this folder's fine-tuned model {name}" if folder else f"loaded {name}")
         if loaded.spec in catalog.CATALOG:
             self._show_catalog_state({**(self._downloaded or {}), loaded.spec: True})
         self.model_loaded.emit(loaded.model_id)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from .prefetch import Prefetcher
 from .saving import SessionSaves
 from .session_io import Loaded, derived, load_image, most_uncertain, read_for_display
 from .settings import Settings
@@ -79,9 +80,7 @@ class Session(QObject):
         self._pending: str | None = None
         self._pending_doc: Any = None  # the in-memory document of the image being loaded, if any
         self.saves = SessionSaves(self)
-        # Decoded neighbours of the current image (id -> (image, display)), so A/D show them at once.
-        self._prefetched: dict[str, tuple[np.ndarray, Any]] = {}
-        self._prefetching: dict[str, TaskHandle] = {}
+        self.prefetch = Prefetcher(self)  # decoded neighbours of the current image, so A/D show them at once
         self._timer = QTimer(self)
         self._timer.setInterval(AUTOSAVE_MS)
         self._timer.timeout.connect(self.autosave)
@@ -151,7 +150,7 @@ class Session(QObject):
         self.store, self.folder = store, store.folder
         self._ids = store.ids()
         self.saves.reset()
-        self._prefetched.clear()
+        self.prefetch.clear()
         self.settings.add_recent_folder(store.folder)
         for text in (note, store.notice):
             if text:
@@ -181,7 +180,7 @@ class Session(QObject):
         self.store.close()
         self.store, self.folder, self.image_id, self.image, self.document = None, None, None, None, None
         self.display = self.image_size = None
-        self._prefetched.clear()
+        self.prefetch.clear()
         self.probs = self.raw_labels = self.uncertainty = self.crf_labels = None
 
     def shutdown(self, timeout_ms: int = 5000) -> None:
@@ -205,7 +204,7 @@ class Session(QObject):
         # its document, not the file, is what the image looks like.
         self._pending_doc = self.saves.in_memory(image_id)
         store, model_id = self.store, self.model_id
-        ready = self._prefetched.get(image_id)
+        ready = self.prefetch.ready.get(image_id)
         # Without decoded pixels at hand, a reduced decode goes first (even when a prefetch of this
         # image is under way: it may have only just started); _fetch_full then waits for that prefetch
         # rather than decode the image twice.
@@ -245,7 +244,7 @@ class Session(QObject):
         else:
             if loaded.image is not None:
                 self.image_ready.emit(loaded.image_id)
-            self._prefetch_neighbours(loaded.image_id)
+            self.prefetch.around(loaded.image_id)
 
     def _memory_doc(self, image_id: str) -> Any:
         doc = self._pending_doc
@@ -253,11 +252,11 @@ class Session(QObject):
 
     def _fetch_full(self, image_id: str) -> None:
         """Decode the full-resolution pixels of the image shown as a preview (``image_ready`` after)."""
-        if image_id in self._prefetched:
-            self._full_ready(image_id, self._prefetched[image_id])
+        if image_id in self.prefetch.ready:
+            self._full_ready(image_id, self.prefetch.ready[image_id])
             return
-        inflight = self._prefetching.get(image_id)
-        if inflight is not None and not inflight.done:
+        inflight = self.prefetch.inflight(image_id)
+        if inflight is not None:
             # Its result callback hands the pixels over; should it fail, decode here after all.
             inflight.finished.connect(lambda: image_id == self.image_id and self.image is None
                                       and self._fetch_full(image_id))
@@ -281,33 +280,7 @@ class Session(QObject):
             return
         self.image, self.display = image, display
         self.image_ready.emit(image_id)
-        self._prefetch_neighbours(image_id)
-
-    def _neighbours(self, image_id: str | None) -> list[str]:
-        i = self._ids.index(image_id) if image_id in self._ids else -10
-        return [self._ids[j] for j in (i + 1, i - 1) if 0 <= j < len(self._ids)]
-
-    def _prefetch_neighbours(self, image_id: str) -> None:
-        """Decode the next and previous images in the background (two kept: bounded memory)."""
-        keep = self._neighbours(image_id)
-        for k in [k for k in self._prefetched if k not in keep]:
-            del self._prefetched[k]
-        store = self.store
-        for k in keep:
-            if k in self._prefetched or k in self._prefetching or store.error(k):
-                continue
-
-            def done(value: tuple, k: str = k) -> None:
-                if self.store is not store:
-                    return
-                if k == self.image_id:  # selected while it was being decoded: finish the switch
-                    self._full_ready(k, value)
-                elif k in self._neighbours(self.image_id):
-                    self._prefetched[k] = value
-            h = self.run_task(read_for_display, store.image_path(k), on_result=done,
-                              on_error=lambda _t: None, task_name="prefetch")  # select() reports it
-            self._prefetching[k] = h
-            h.finished.connect(lambda k=k: self._prefetching.pop(k, None))
+        self.prefetch.around(image_id)
 
     def _on_doc_change(self, bbox: tuple) -> None:
         self.mask_changed.emit(tuple(int(v) for v in bbox))

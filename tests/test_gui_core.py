@@ -405,7 +405,7 @@ def test_cli_runs_the_app_and_exits_by_itself(folder, tmp_path):
 
 def test_neighbours_are_prefetched_and_shown_from_memory(qtbot, sessions, folder, monkeypatch):
     s = sessions(folder)
-    qtbot.waitUntil(lambda: "img1.png" in s._prefetched and not s._prefetching, timeout=WAIT)
+    qtbot.waitUntil(lambda: "img1.png" in s.prefetch.ready and not s.prefetch.running, timeout=WAIT)
     import deeplab_gui.session_io as sio
 
     def no_disk(path):
@@ -415,4 +415,4 @@ def test_neighbours_are_prefetched_and_shown_from_memory(qtbot, sessions, folder
         s.next_image()
     assert s.image_id == "img1.png" and s.image.shape == (H, W, 3)
     assert s.display.width() == W and s.display.height() == H
-    assert set(s._prefetched) <= {"img0.png", "img2.png"}  # bounded: the new neighbours only
+    assert set(s.prefetch.ready) <= {"img0.png", "img2.png"}  # bounded: the new neighbours only

@@ -214,7 +214,7 @@ def test_opening_a_folder_loads_its_current_version(qtbot, session, tmp_path):
             s2.open_folder(folder)
         qtbot.waitUntil(lambda: s2.model is not None and panel.task is None, timeout=WAIT)
         assert s2.model_id == checkpoint_model_id(current)
-        assert "fine-tuned" in panel.status_label.text() or current.name in panel.status_label.text()
+        assert panel.status_label.text() == f"loaded this folder's fine-tuned model {current.name}"
     finally:
         s2.shutdown()
 
