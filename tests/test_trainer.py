@@ -159,3 +159,48 @@ def test_recipe_validates_and_round_trips():
     assert Recipe.from_dict(r.to_dict()) == r
     with pytest.raises(ValueError):
         Recipe(crop=4)
+
+
+def test_msc_loss_sums_one_cross_entropy_per_scale_output():
+    from engine.models.deeplabv2 import DeepLabV2, DeepLabV2Base
+    from trainer.loop import msc_loss, seg_loss
+
+    torch.manual_seed(0)
+    model = DeepLabV2(DeepLabV2Base(3, (1, 1, 1, 1), (6, 12, 18, 24)), msc_scales=(0.5, 0.75))
+    x = torch.randn(2, 3, 64, 64)
+    y = torch.randint(0, 3, (2, 64, 64))
+    y[:, :8] = 255  # void rows stay void at every size
+    outs = model(x, return_scales=True)
+    assert [tuple(o.shape[-2:]) for o in outs] == [(9, 9), (5, 5), (7, 7), (9, 9)]  # full, 0.5, 0.75, max (Caffe ceil)
+    loss = msc_loss(outs, y)
+    expected = sum(seg_loss(o, torch.nn.functional.interpolate(y[:, None].float(), size=o.shape[-2:],
+                                                               mode="nearest-exact")[:, 0].long()) for o in outs)
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # Inference output is unchanged by the training hook: the max over scales, upsampled.
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (2, 3, 64, 64)
+        fused = model(x, return_scales=True)[-1]
+    assert torch.allclose(out, torch.nn.functional.interpolate(fused, size=(64, 64), mode="bilinear",
+                                                               align_corners=False))
+
+
+def test_finetune_trains_deeplab_v2_on_every_scale(tmp_path, monkeypatch):
+    from engine.store import AnnotationStore
+    from trainer import FineTune
+    from trainer import loop as loop_mod
+    from trainer.synthetic import make_folder
+
+    calls = []
+    real = loop_mod.msc_loss
+    monkeypatch.setattr(loop_mod, "msc_loss", lambda outs, y: calls.append(len(outs)) or real(outs, y))
+    make_folder(tmp_path / "f", 3, size=[(48, 56)], seed=4)
+    torch.manual_seed(0)
+    model = engine.build_model("deeplabv2_resnet101", num_classes=3)
+    with AnnotationStore.open(tmp_path / "f") as store:
+        result = FineTune(store, model, Recipe(iterations=1, crop=48, batch_size=1, eval_every=0, device="cpu",
+                                               heldout_fraction=0, eval_max_side=None)).run()
+    assert result.status == "done" and calls == [4]  # full, 0.5, 0.75 and their max

@@ -36,7 +36,7 @@ from .recipe import IGNORE_INDEX, Recipe
 from .schedule import poly_lr, progress_fraction
 from .versions import Version, Versions
 
-__all__ = ["FineTune", "FineTuneResult", "Progress", "TrainError", "seg_loss"]
+__all__ = ["FineTune", "FineTuneResult", "Progress", "TrainError", "msc_loss", "seg_loss"]
 
 
 class TrainError(RuntimeError):
@@ -78,6 +78,18 @@ class FineTuneResult:
     heldout_ids: list[str] = field(default_factory=list)
     class_change: ClassChange | None = None
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (step, loss, lr)
+
+
+def msc_loss(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """DeepLab v2's multi-scale training loss (kazuto1011's recipe): the sum of one cross-entropy per
+    output of ``forward_scales`` (full scale, each input scale, and their max), each against the labels
+    resized to that output's stride-8 size by nearest neighbour (pixel centres, as PIL resizes them)."""
+    total = None
+    for logits in outputs:
+        small = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest-exact")
+        loss = seg_loss(logits, small[:, 0].long())
+        total = loss if total is None else total + loss
+    return total
 
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -139,6 +151,7 @@ class FineTune:
         if frozen:
             freeze_bn_params(work)
         net = ddp.wrap_ddp(work, device)
+        msc = bool(getattr(work, "msc_scales", None))  # DeepLab v2 MSC: a loss per scale (msc_loss)
         amp = r.amp and device.type == "cuda"
         num_classes = len(names)
         result = FineTuneResult("cancelled", train_ids=[s.id for s in train], heldout_ids=[s.id for s in held],
@@ -192,10 +205,13 @@ class FineTune:
                 images, masks = next(batches)
                 x, y = to_input(images.to(device), pp), masks.to(device)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    out, aux = net(x, return_aux=True)
-                    loss = seg_loss(out, y)
-                    if aux is not None and r.aux_weight:
-                        loss = loss + r.aux_weight * seg_loss(aux, y)
+                    if msc:
+                        loss = msc_loss(net(x, return_scales=True), y)
+                    else:
+                        out, aux = net(x, return_aux=True)
+                        loss = seg_loss(out, y)
+                        if aux is not None and r.aux_weight:
+                            loss = loss + r.aux_weight * seg_loss(aux, y)
                 scaler.scale(loss / r.accumulate).backward()
                 total_loss += float(loss.detach()) / r.accumulate
             if ddp.any_rank(not math.isfinite(total_loss)) and not amp:

@@ -184,9 +184,13 @@ class DeepLabV2(nn.Module):
         fused = torch.stack([full, *resized]).max(dim=0).values
         return [full, *pyramid, fused]
 
-    def forward(self, x: torch.Tensor, return_aux: bool = False):
-        logits = self.forward_scales(x)[-1]
-        out = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    def forward(self, x: torch.Tensor, return_aux: bool = False, return_scales: bool = False):
+        """N×C×H×W logits; ``return_scales=True`` gives ``forward_scales(x)`` instead (training: one
+        loss per output, through DDP's forward so that gradients are synchronised)."""
+        outputs = self.forward_scales(x)
+        if return_scales:
+            return outputs
+        out = F.interpolate(outputs[-1], size=x.shape[-2:], mode="bilinear", align_corners=False)
         return (out, None) if return_aux else out
 
 
