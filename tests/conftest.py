@@ -18,3 +18,23 @@ def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture
+def sessions(qtbot, tmp_path):
+    """``sessions(folder)``: a deeplab_gui Session with its own settings file, the folder open and its
+    first image current; every one made is shut down after the test."""
+    from deeplab_gui.session import Session
+    from deeplab_gui.settings import Settings
+
+    made = []
+
+    def make(path):
+        s = Session(Settings(tmp_path / "settings.ini"))
+        made.append(s)
+        with qtbot.waitSignal(s.current_changed, timeout=20_000):
+            s.open_folder(path)
+        return s
+    yield make
+    for s in made:
+        s.shutdown()

@@ -47,21 +47,6 @@ def folder(tmp_path):
 
 
 @pytest.fixture
-def sessions(qtbot, tmp_path):
-    made = []
-
-    def make(path) -> Session:
-        s = Session(Settings(tmp_path / "settings.ini"))
-        made.append(s)
-        with qtbot.waitSignal(s.current_changed, timeout=WAIT):
-            s.open_folder(path)
-        return s
-    yield make
-    for s in made:
-        s.shutdown()
-
-
-@pytest.fixture
 def window(qtbot, folder):
     win = MainWindow(Session(Settings(os.environ["DEEPLAB_GUI_SETTINGS"])))
     qtbot.addWidget(win)

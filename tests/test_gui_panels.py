@@ -17,8 +17,6 @@ from engine.storeformat import Status  # noqa: E402
 from deeplab_gui.crf_panel import PARAM_SPECS, CRFPanel  # noqa: E402
 from deeplab_gui.export_dialog import ExportDialog, ExportOptions  # noqa: E402
 from deeplab_gui.model_panel import ModelPanel  # noqa: E402
-from deeplab_gui.session import Session  # noqa: E402
-from deeplab_gui.settings import Settings  # noqa: E402
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
 
@@ -47,22 +45,6 @@ def _folder(tmp_path, n=3, size=(48, 32)):
     return folder
 
 
-@pytest.fixture
-def make_session(qtbot, tmp_path):
-    sessions = []
-
-    def make(folder):
-        s = Session(Settings(tmp_path / "settings.ini"))
-        sessions.append(s)
-        with qtbot.waitSignal(s.current_changed, timeout=WAIT):
-            s.open_folder(folder)
-        return s
-
-    yield make
-    for s in sessions:
-        s.shutdown()
-
-
 def _load(qtbot, panel, path):
     with qtbot.waitSignal(panel.session.model_changed, timeout=WAIT):
         assert panel.load_weights(path) is not None
@@ -74,8 +56,8 @@ def _idle(qtbot, session):
 
 
 # ------------------------------------------------------------------------------ model panel
-def test_banner_when_no_weights_then_checkpoint_loads(qtbot, tmp_path, make_session, tiny_ckpt):
-    s = make_session(_folder(tmp_path))
+def test_banner_when_no_weights_then_checkpoint_loads(qtbot, tmp_path, sessions, tiny_ckpt):
+    s = sessions(_folder(tmp_path))
     panel = ModelPanel(s)
     qtbot.addWidget(panel)
     qtbot.waitUntil(lambda: not panel.banner.isHidden(), timeout=WAIT)  # empty cache: the three ways
@@ -96,13 +78,13 @@ def test_banner_when_no_weights_then_checkpoint_loads(qtbot, tmp_path, make_sess
     qtbot.waitUntil(lambda: s.model is not None, timeout=WAIT)
 
 
-def test_failed_download_shows_where_to_drop_the_file(qtbot, tmp_path, make_session, monkeypatch):
+def test_failed_download_shows_where_to_drop_the_file(qtbot, tmp_path, sessions, monkeypatch):
     from engine import catalog
 
     def offline(entry, **kw):
         raise engine.WeightsUnavailable(f"no network; save {entry.url} as {catalog.weights_path(entry)}")
     monkeypatch.setattr(catalog, "download", offline)
-    s = make_session(_folder(tmp_path, n=1))
+    s = sessions(_folder(tmp_path, n=1))
     panel = ModelPanel(s)
     qtbot.addWidget(panel)
     entry = catalog.list_weights("segmentation")[0]
@@ -115,10 +97,10 @@ def test_failed_download_shows_where_to_drop_the_file(qtbot, tmp_path, make_sess
     assert panel.load_button.isEnabled()
 
 
-def test_prelabel_all_keeps_ui_responsive(qtbot, tmp_path, make_session, tiny_ckpt):
+def test_prelabel_all_keeps_ui_responsive(qtbot, tmp_path, sessions, tiny_ckpt):
     from PySide6.QtCore import QTimer
 
-    s = make_session(_folder(tmp_path, n=3))
+    s = sessions(_folder(tmp_path, n=3))
     panel = ModelPanel(s)
     qtbot.addWidget(panel)
     _load(qtbot, panel, tiny_ckpt)
@@ -158,8 +140,8 @@ def test_prelabel_all_keeps_ui_responsive(qtbot, tmp_path, make_session, tiny_ck
     assert s.document.undo_depth == 1  # one undo step
 
 
-def test_prelabel_never_overwrites_an_edited_mask(qtbot, tmp_path, make_session, tiny_ckpt):
-    s = make_session(_folder(tmp_path, n=2))
+def test_prelabel_never_overwrites_an_edited_mask(qtbot, tmp_path, sessions, tiny_ckpt):
+    s = sessions(_folder(tmp_path, n=2))
     panel = ModelPanel(s)
     qtbot.addWidget(panel)
     _load(qtbot, panel, tiny_ckpt)
@@ -186,8 +168,8 @@ def test_prelabel_never_overwrites_an_edited_mask(qtbot, tmp_path, make_session,
     np.testing.assert_array_equal(s.store.load_mask(s.ids[0]), painted)
 
 
-def test_prelabel_cancel_stops_the_batch(qtbot, tmp_path, make_session, tiny_ckpt):
-    s = make_session(_folder(tmp_path, n=4))
+def test_prelabel_cancel_stops_the_batch(qtbot, tmp_path, sessions, tiny_ckpt):
+    s = sessions(_folder(tmp_path, n=4))
     panel = ModelPanel(s)
     qtbot.addWidget(panel)
     _load(qtbot, panel, tiny_ckpt)
@@ -207,13 +189,13 @@ def test_prelabel_cancel_stops_the_batch(qtbot, tmp_path, make_session, tiny_ckp
 
 # ------------------------------------------------------------------------------ CRF panel
 @pytest.fixture
-def crf_setup(qtbot, tmp_path, make_session):
+def crf_setup(qtbot, tmp_path, sessions):
     """One 60x40 image with two regions and noisy probabilities cached for it."""
     scene = make_scene(40, 60, 21, active_classes=2, seed=3, shapes=1, coarse=8, prob_noise=1.5)
     folder = tmp_path / "scene"
     folder.mkdir()
     Image.fromarray(scene.image).save(folder / "scene.png")
-    s = make_session(folder)
+    s = sessions(folder)
     panel = CRFPanel(s)
     qtbot.addWidget(panel)
     panel.set_params(DEEPLAB_V1.replace(iterations=0))
@@ -281,8 +263,8 @@ def test_apply_crf_to_mask_is_one_undo_step(qtbot, crf_setup):
 
 
 # ------------------------------------------------------------------------------ export
-def test_export_voc_from_the_dialog(qtbot, tmp_path, make_session):
-    s = make_session(_folder(tmp_path, n=3))
+def test_export_voc_from_the_dialog(qtbot, tmp_path, sessions):
+    s = sessions(_folder(tmp_path, n=3))
     ids = s.ids
     h, w = s.image.shape[:2]
     mask = np.zeros((h, w), np.uint8)
@@ -308,8 +290,8 @@ def test_export_voc_from_the_dialog(qtbot, tmp_path, make_session):
     assert dialog.export_button.isEnabled()
 
 
-def test_export_refuses_into_the_store(qtbot, tmp_path, make_session):
-    s = make_session(_folder(tmp_path, n=1))
+def test_export_refuses_into_the_store(qtbot, tmp_path, sessions):
+    s = sessions(_folder(tmp_path, n=1))
     dialog = ExportDialog(s)
     qtbot.addWidget(dialog)
     dialog.set_options(ExportOptions(out=str(s.store.root / "voc")))

@@ -224,27 +224,29 @@ def add_messages(logits: torch.Tensor, q: torch.Tensor, kernels: list[tuple[Kern
             logits += kernel.apply(q, weight)
 
 
-def _proceed(i: int, cancel: Cancel | None, enough: Cancel | None) -> bool | None:
-    """Before iteration i: None to abandon (cancelled), False to stop here with the current Q (``enough``
-    says so and at least one iteration ran), True to go on."""
-    if cancel is not None and cancel():
-        return None
-    return not (i > 0 and enough is not None and enough())
+class _Cancelled(Exception):
+    pass
+
+
+def _iterations(n: int, cancel: Cancel | None, enough: Cancel | None):
+    """0..n-1, one per mean-field iteration: raises _Cancelled when ``cancel()`` says so, and ends early
+    (with the Q reached so far) when ``enough()`` does after the first iteration."""
+    for i in range(n):
+        if cancel is not None and cancel():
+            raise _Cancelled
+        if i > 0 and enough is not None and enough():
+            return
+        yield i
 
 
 def _mean_field_two(logp: torch.Tensor, kernels: list[tuple[Kernel, float]], iterations: int,
-                    cancel: Cancel | None, enough: Cancel | None = None) -> torch.Tensor | None:
+                    cancel: Cancel | None, enough: Cancel | None) -> torch.Tensor:
     """Two classes: the softmax depends only on the logit difference, and the filters are linear, so
     one channel u = q0 - q1 carries all messages: Δ = log p0 - log p1 + Σ_k w_k·n_k ⊙ K_k(n_k ⊙ u),
     q = (σ(Δ), σ(-Δ)). Half the filtering of the two-column form, equal up to float rounding."""
     delta = (logp[:, 0] - logp[:, 1]).contiguous()
     logits = delta
-    for i in range(iterations):
-        go = _proceed(i, cancel, enough)
-        if go is None:
-            return None
-        if not go:
-            break
+    for _ in _iterations(iterations, cancel, enough):
         u = torch.sigmoid(logits).sub_(torch.sigmoid(-logits)).view(-1, 1)
         logits = delta.clone()
         add_messages(logits.view(-1, 1), u, kernels)
@@ -262,18 +264,21 @@ def mean_field(logp: torch.Tensor, kernels: list[tuple[Kernel, float]], iteratio
     ``keep`` (indices) restricts message passing to those classes; the others keep their unary-only
     values inside every normaliser and in the output.
     """
-    n, c = logp.shape
     kernels = [(k, w) for k, w in kernels if w != 0.0]
-    if c == 2 and (keep is None or keep.numel() == c):
-        return _mean_field_two(logp, kernels, iterations, cancel, enough)
+    try:
+        if logp.shape[1] == 2 and (keep is None or keep.numel() == 2):
+            return _mean_field_two(logp, kernels, iterations, cancel, enough)
+        return _mean_field(logp, kernels, iterations, keep, cancel, enough)
+    except _Cancelled:
+        return None
+
+
+def _mean_field(logp: torch.Tensor, kernels: list[tuple[Kernel, float]], iterations: int,
+                keep: torch.Tensor | None, cancel: Cancel | None, enough: Cancel | None) -> torch.Tensor:
+    n, c = logp.shape
     if keep is None or keep.numel() == c:
         q = _softmax_rows(logp)
-        for i in range(iterations):
-            go = _proceed(i, cancel, enough)
-            if go is None:
-                return None
-            if not go:
-                break
+        for _ in _iterations(iterations, cancel, enough):
             logits = logp.clone()
             add_messages(logits, q, kernels)
             q = _softmax_rows(logits)
@@ -291,12 +296,7 @@ def mean_field(logp: torch.Tensor, kernels: list[tuple[Kernel, float]], iteratio
     lp_keep = logp[:, keep]
     logits[:, :k] = lp_keep
     q_ext = _softmax_rows(logits)
-    for i in range(iterations):
-        go = _proceed(i, cancel, enough)
-        if go is None:
-            return None
-        if not go:
-            break
+    for _ in _iterations(iterations, cancel, enough):
         q = q_ext[:, :k].contiguous()
         logits[:, :k] = lp_keep
         msgs = torch.zeros_like(q)
