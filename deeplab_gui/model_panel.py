@@ -47,8 +47,15 @@ class WrappedLabel(QLabel):
         super().__init__(text, parent)
         self.setWordWrap(True)
 
-    def resizeEvent(self, event) -> None:  # noqa: N802  (Qt's name)
+    def setText(self, text: str) -> None:  # noqa: N802  (Qt's name)
+        super().setText(text)
+        self._claim()  # a new text needs another height at the same width
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
         super().resizeEvent(event)
+        self._claim()
+
+    def _claim(self) -> None:
         need = self.heightForWidth(self.width())
         if need > 0 and need != self.minimumHeight():
             self.setMinimumHeight(need)

@@ -95,6 +95,12 @@ def test_failed_download_shows_where_to_drop_the_file(qtbot, tmp_path, sessions,
     assert not panel.banner.isHidden() and s.model is None
     qtbot.waitUntil(lambda: panel.task is None, timeout=WAIT)
     assert panel.load_button.isEnabled()
+    # The long message (a URL and a path) gets the height it needs at the panel's width.
+    panel.resize(360, panel.sizeHint().height())
+    panel.show()
+    qtbot.waitExposed(panel)
+    err = panel.banner_error
+    qtbot.waitUntil(lambda: err.height() >= err.heightForWidth(err.width()) > 0, timeout=WAIT)
 
 
 def test_prelabel_all_keeps_ui_responsive(qtbot, tmp_path, sessions, tiny_ckpt):
