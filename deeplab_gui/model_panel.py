@@ -211,7 +211,8 @@ class ModelPanel(QWidget):
         ready = model is not None and not busy
         self.prelabel_button.setEnabled(ready and s.image is not None)
         self.prelabel_all_button.setEnabled(ready and s.store is not None)
-        self.finetune_button.setEnabled(model is not None and s.store is not None and not s.read_only)
+        # No model is fine too: the dialog then starts one (the banner's third way forward).
+        self.finetune_button.setEnabled(s.store is not None and not s.read_only)
         for w in (self.load_button, self.file_button, self.banner_download, self.banner_file, self.weights_combo):
             w.setEnabled(not busy)
         self._show_progress(busy)

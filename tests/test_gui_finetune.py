@@ -199,6 +199,24 @@ def test_training_error_is_reported(qtbot, tmp_path):
 
 
 # ------------------------------------------------------------------------------ panel and versions
+def test_with_no_model_the_run_starts_a_new_one(qtbot, session):
+    session.set_model(None, None)  # no weights on this machine: the banner's third way forward
+    panel = ModelPanel(session)
+    qtbot.addWidget(panel)
+    assert panel.finetune_button.isEnabled()
+    d = panel.open_finetune()
+    d.set_recipe(Recipe(**{**BASE.to_dict(), "iterations": 3}))
+    assert d._form.isRowVisible(d.new_arch) and d.new_arch.currentText() == ARCH
+    assert d.start_button.isEnabled()
+    d.ask = lambda text: True
+    assert _run(qtbot, d) == "done"
+    res = d.result
+    assert session.model is not None and session.model.meta.arch == ARCH
+    assert session.model.meta.num_classes == 3 and session.model.meta.extra["start"] == "scratch"
+    assert Versions.of(session.store).current.name == res.version.name
+    assert not d._form.isRowVisible(d.new_arch)  # a model now: the next run fine-tunes it
+
+
 def test_opening_a_folder_loads_its_current_version(qtbot, session, tmp_path):
     d = _dialog(qtbot, session)
     d.ask = lambda text: True

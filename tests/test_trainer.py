@@ -204,3 +204,33 @@ def test_finetune_trains_deeplab_v2_on_every_scale(tmp_path, monkeypatch):
         result = FineTune(store, model, Recipe(iterations=1, crop=48, batch_size=1, eval_every=0, device="cpu",
                                                heldout_fraction=0, eval_max_side=None)).run()
     assert result.status == "done" and calls == [4]  # full, 0.5, 0.75 and their max
+
+
+def test_untrained_batchnorm_is_trained_even_for_small_batches(tmp_path):
+    from engine.store import AnnotationStore
+    from trainer import FineTune
+    from trainer.params import bn_statistics_trained
+    from trainer.synthetic import make_folder
+
+    fresh = engine.build_model("deeplabv3_mobilenet_v2", num_classes=3)
+    assert not bn_statistics_trained(fresh)
+    fresh.train()
+    with torch.no_grad():
+        fresh(torch.randn(2, 3, 32, 32))
+    assert bn_statistics_trained(fresh)
+    make_folder(tmp_path / "f", 3, size=[(48, 56)], seed=5)
+    built = []
+
+    def build():  # a builder runs on the iterating thread, once
+        built.append(1)
+        return engine.build_model("deeplabv3_mobilenet_v2", num_classes=3)
+    events = []
+    with AnnotationStore.open(tmp_path / "f") as store:
+        run = FineTune(store, build, Recipe(iterations=2, crop=48, batch_size=2, eval_every=0, device="cpu",
+                                            heldout_fraction=0, eval_max_side=None))
+        result = run.run(events.append)
+    assert built == [1] and result.status == "done"
+    messages = [e.message for e in events if e.phase == "prepare"]
+    assert "building a new model" in messages and any("untrained" in (m or "") for m in messages)
+    assert bn_statistics_trained(result.model)  # BatchNorm learned running statistics from the crops
+

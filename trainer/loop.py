@@ -31,7 +31,7 @@ from .augment import to_input
 from .classes import ClassChange, adapt_classes
 from .dataset import SegDataset, labelled_samples, make_loader, split_heldout
 from .metrics import evaluate, miou
-from .params import freeze_bn_params, set_train_mode, split_params
+from .params import bn_statistics_trained, freeze_bn_params, set_train_mode, split_params
 from .recipe import IGNORE_INDEX, Recipe
 from .schedule import poly_lr, progress_fraction
 from .versions import Version, Versions
@@ -103,6 +103,9 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class FineTune:
     """One fine-tuning run of ``model`` on ``store``'s edited and reviewed masks.
 
+    ``model``: the starting model (never modified: the run trains a copy), or a function that builds
+    one, called on the thread that iterates the run (a folder's first model, built from scratch or
+    an ImageNet backbone without holding up the caller).
     ``store``: an open engine AnnotationStore (read-only is fine on DDP ranks other than 0).
     ``parent``: what the model was loaded from (a version name or a path), recorded in the version.
     ``confirm``: make the new version current even if held-out mIoU dropped (or was not measured).
@@ -110,11 +113,12 @@ class FineTune:
     ``cancel``: optional callable or threading.Event polled every step, besides :meth:`cancel`.
     """
 
-    def __init__(self, store, model: nn.Module, recipe: Recipe | None = None, *, parent: str | None = None,
+    def __init__(self, store, model: nn.Module | Callable[[], nn.Module], recipe: Recipe | None = None, *,
+                 parent: str | None = None,
                  confirm: bool = False, out: str | Path | None = None,
                  cancel: Callable[[], bool] | threading.Event | None = None) -> None:
         self.store, self.model, self.recipe = store, model, recipe or Recipe()
-        self.parent = parent if parent is not None else _parent_of(model)
+        self.parent = parent if parent is not None else (_parent_of(model) if isinstance(model, nn.Module) else None)
         self.confirm, self.out = confirm, Path(out) if out is not None else None
         self._cancel = threading.Event()
         self._external = cancel_check(cancel)
@@ -145,9 +149,17 @@ class FineTune:
             raise TrainError("no images with edited or reviewed masks to learn from")
         train, held = split_heldout(samples, r.heldout_fraction, r.seed)
         names = self.store.class_names
+        if not isinstance(self.model, nn.Module):  # a builder: the first model of this folder
+            yield Progress("prepare", message="building a new model")
+            self.model = self.model()
+            if self.parent is None:
+                self.parent = _parent_of(self.model)
         work, change = adapt_classes(self.model, names, self.store.class_colors)  # a copy
         work.to(device)
         frozen = r.bn_frozen()
+        if frozen and r.freeze_bn is None and not bn_statistics_trained(work):
+            frozen = False  # nothing learned to keep: frozen identity normalisation would diverge
+            yield Progress("prepare", message="BatchNorm statistics are untrained: training them")
         if frozen:
             freeze_bn_params(work)
         net = ddp.wrap_ddp(work, device)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-__all__ = ["is_backbone_param", "split_params", "set_train_mode", "freeze_bn_params"]
+__all__ = ["is_backbone_param", "split_params", "set_train_mode", "freeze_bn_params", "bn_statistics_trained"]
 
 
 def is_backbone_param(name: str) -> bool:
@@ -31,6 +31,16 @@ def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
 
 def _bn_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def bn_statistics_trained(model: nn.Module) -> bool:
+    """Whether any BatchNorm layer holds learned running statistics (not the initial mean 0, var 1).
+
+    A model built from scratch has none: freezing its BatchNorm would fix every layer to the identity
+    normalisation, under which activations grow layer by layer and training diverges."""
+    layers = [m for m in _bn_layers(model) if getattr(m, "running_mean", None) is not None]
+    return any(bool(m.running_mean.detach().abs().max() > 0) or bool((m.running_var.detach() - 1).abs().max() > 0)
+               for m in layers)
 
 
 def freeze_bn_params(model: nn.Module) -> int:
