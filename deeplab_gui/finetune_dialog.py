@@ -23,7 +23,7 @@ __all__ = ["CurvePlot", "FineTuneDialog", "count_labelled", "format_eta"]
 
 log = logging.getLogger("deeplab_gui")
 
-_BN_CHOICES = (("auto (frozen for small batches)", None), ("frozen", True), ("trained", False))
+_BN_CHOICES = (("auto (frozen for small batches once learned)", None), ("frozen", True), ("trained", False))
 
 
 def format_eta(seconds: float | None) -> str:
