@@ -143,7 +143,7 @@ class FineTuneDialog(QDialog):
             self.freeze_bn.addItem(text, value)
         form.addRow("BatchNorm", self.freeze_bn)
         # With no model loaded, the run starts a new one (the banner's third way forward).
-        from .model_tasks import NEW_MODEL_ARCHS
+        from trainer.start import NEW_MODEL_ARCHS
         self.new_arch = QComboBox()
         self.new_arch.addItems(NEW_MODEL_ARCHS)
         self.new_arch.setToolTip("no model is loaded: the run starts this architecture with the folder's "
@@ -231,7 +231,7 @@ class FineTuneDialog(QDialog):
 
         from trainer.loop import FineTune
 
-        from .model_tasks import new_model
+        from trainer.start import new_model
         s.save_current()  # the mask being drawn counts too
         recipe = self.recipe()
         # No model: the run builds the folder's first one on the worker thread.

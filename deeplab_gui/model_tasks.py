@@ -18,13 +18,7 @@ import engine
 from engine import catalog
 
 __all__ = ["LoadedModel", "BatchRelay", "device_description", "checkpoint_model_id", "display_name",
-           "load_catalog", "load_file", "predict_one", "predict_batch", "catalog_state", "folder_default",
-           "NEW_MODEL_ARCHS", "imagenet_start", "new_model"]
-
-# Architectures a folder's first model can be, lightest first: from scratch or from an ImageNet backbone
-# on a CPU, a MobileNetV2 model is the one that learns something in minutes.
-NEW_MODEL_ARCHS = ("deeplabv3plus_mobilenet_v2", "deeplabv3_mobilenet_v2", "deeplabv3plus_resnet50",
-                   "deeplabv3plus_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv1_vgg16")
+           "load_catalog", "load_file", "predict_one", "predict_batch", "catalog_state", "folder_default"]
 
 
 def device_description() -> str:
@@ -136,25 +130,3 @@ def folder_default(store, last: str | None, downloaded: dict[str, bool]) -> tupl
     if last and (downloaded.get(last) or (last not in catalog.CATALOG and Path(last).is_file())):
         return last, "last"
     return None
-
-
-def imagenet_start(arch: str) -> Path | None:
-    """The downloaded ImageNet weights a new ``arch`` model's backbone can start from, if any (checking
-    a file hashes it: worker thread)."""
-    for entry in catalog.list_weights("backbone"):
-        if arch in entry.backbone_for and catalog.is_downloaded(entry):
-            return catalog.weights_path(entry)
-    return None
-
-
-def new_model(arch: str, class_names: list[str], class_colors: list) -> torch.nn.Module:
-    """A folder's first model, for "label a few images, then fine-tune" when no weights are loaded:
-    ``arch`` with the folder's classes, its backbone from ImageNet weights when they are on this
-    machine, else from scratch (the trainer then trains BatchNorm too). Worker thread."""
-    model = engine.build_model(arch, num_classes=len(class_names), class_names=list(class_names),
-                               class_colors=list(class_colors))
-    start = imagenet_start(arch)
-    if start is not None:
-        engine.load_backbone_weights(model, start)
-    model.meta.extra["start"] = start.name if start is not None else "scratch"
-    return model

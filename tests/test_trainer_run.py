@@ -176,6 +176,26 @@ def test_cli_train_writes_a_version_and_reports_failures(base_model, folder_b, c
         cmd_train(minimal)
 
 
+def test_cli_train_new_starts_the_folders_first_model(folder_b, capsys):
+    from deeplab_gui.cli import CLIError
+    from deeplab_gui.cli_train import cmd_train
+    args = argparse.Namespace(folder=str(folder_b), weights=None, new=ARCH, iterations=2, crop=64, out=None,
+                              batch_size=2, device="cpu", eval_every=0, confirm=True)
+    assert cmd_train(args) == 0
+    err = capsys.readouterr().err
+    assert "building a new model" in err and "untrained" in err
+    with AnnotationStore.open(folder_b) as store:
+        current = Versions.of(store).current_path()
+    model = engine.load_model(current)
+    assert model.meta.arch == ARCH and model.meta.class_names == [c for c, _ in CLASSES]
+    args.weights = "x.safetensors"
+    with pytest.raises(CLIError, match="exclude each other"):
+        cmd_train(args)
+    args.weights, args.new = None, "deeplabv9"
+    with pytest.raises(CLIError, match="unknown architecture"):
+        cmd_train(args)
+
+
 def test_ddp_two_processes_on_gloo_loss_falls_one_checkpoint(base_model, folder_b):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

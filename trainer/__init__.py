@@ -20,6 +20,7 @@ _EXPORTS = {
     "params": ("freeze_bn_params", "is_backbone_param", "set_train_mode", "split_params"),
     "recipe": ("IGNORE_INDEX", "Recipe"),
     "schedule": ("poly_lr", "progress_fraction"),
+    "start": ("NEW_MODEL_ARCHS", "new_model"),
     "versions": ("Version", "VersionError", "Versions"),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

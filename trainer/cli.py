@@ -1,6 +1,7 @@
 """Command-line fine-tuning, shared by ``deeplab-gui train`` and ``python -m trainer`` / torchrun.
 
-Which model: ``--weights CKPT|CATALOG_ID``, else the folder's current version.  Progress goes to
+Which model: ``--weights CKPT|CATALOG_ID``, ``--new ARCH`` (a folder's first model), else the folder's
+current version.  Progress goes to
 stderr (rank 0 only); the exit status is 0 when a checkpoint was written, 1 on failure with one
 line saying why, 130 when interrupted (nothing written then).
 """
@@ -25,6 +26,8 @@ def add_train_arguments(p: argparse.ArgumentParser, *, positional: bool = True) 
         p.add_argument("--crop", type=int, metavar="S", help="training crop size in pixels (default 321)")
         p.add_argument("--out", metavar="CKPT", help="write the checkpoint here instead of as a new "
                                                      "version in the folder's store")
+    p.add_argument("--new", metavar="ARCH", help="start a new ARCH model instead (the folder's classes; "
+                   "backbone from cached ImageNet weights when present, else from scratch)")
     p.add_argument("--lr", type=float, metavar="LR", help="backbone learning rate (head ×10; default 0.001)")
     p.add_argument("--batch-size", type=int, metavar="N", help="crops per step and process (default 4)")
     p.add_argument("--accumulate", type=int, metavar="N", help="micro-batches per step (default 1)")
@@ -55,13 +58,21 @@ def _load_start_model(args, store):
     import engine
     from .versions import Versions
 
+    new = getattr(args, "new", None)
+    if new:
+        if args.weights:
+            raise ValueError("--new and --weights exclude each other: start a new model or from weights")
+        from .start import new_model
+        if new not in engine.list_models():
+            raise ValueError(f"--new {new}: unknown architecture; choose from {', '.join(engine.list_models())}")
+        return (lambda: new_model(new, store.class_names, store.class_colors)), f"new {new}"
     if args.weights:
         path = engine.resolve_weights(args.weights)
         return engine.load_model(path), str(path)
     current = Versions.of(store).current_path()
     if current is None:
-        raise ValueError("no model to start from: pass --weights CKPT (this folder has no fine-tuned "
-                         "version yet)")
+        raise ValueError("no model to start from: pass --weights CKPT, or --new ARCH to start a new model "
+                         "(this folder has no fine-tuned version yet)")
     return engine.load_model(current), current.name
 
 
