@@ -9,11 +9,9 @@ numerics are checked without the peers installed.
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
 import sys
-import zlib
 
 import pytest
 import torch
@@ -23,6 +21,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine.meta import IMAGENET, TORCHVISION_SEG  # noqa: E402
+from tests import weights_formula  # noqa: E402
+from tests.weights_formula import Formula  # noqa: E402
 from engine.models import build_model, list_models  # noqa: E402
 from engine.models.mobilenet import (  # noqa: E402
     MobileNetV2Backbone,
@@ -57,27 +57,12 @@ def _trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+# The constants the golden logits in tests/data were recorded with.
+FORMULA = Formula(10007, 7.0, 12.9898, 43758.5453, 0.25, (1.0, 0.2))
+
+
 def fixed_state(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
-    """Weights from a formula of each key's name: identical on every machine and torch version (no RNG),
-    noise-like (a sine hash, uniform in [-1, 1)), Kaiming-scaled so activations stay O(1)."""
-    out = {}
-    for key, shape in shapes.items():
-        n = math.prod(shape)
-        phase = (zlib.crc32(key.encode()) % 10007) / 7.0
-        h = torch.sin(torch.arange(n, dtype=torch.float64) * 12.9898 + phase) * 43758.5453
-        s = (2.0 * (h - torch.floor(h)) - 1.0).reshape(shape)
-        if key.endswith("num_batches_tracked"):
-            t = torch.zeros(shape, dtype=torch.float64)
-        elif key.endswith("running_var"):
-            t = 1.0 + 0.25 * (1.0 + s)
-        elif key.endswith("running_mean") or key.endswith("bias"):
-            t = 0.05 * s
-        elif len(shape) == 1:  # BatchNorm weight
-            t = 1.0 + 0.2 * s
-        else:
-            t = s * math.sqrt(6.0 / (n // shape[0]))  # uniform: variance 2 / fan_in
-        out[key] = t.to(torch.long if key.endswith("num_batches_tracked") else torch.float32)
-    return out
+    return weights_formula.fixed_state(shapes, FORMULA)
 
 
 def fixed_input() -> torch.Tensor:

@@ -13,7 +13,6 @@ import math
 import os
 import pathlib
 import sys
-import zlib
 
 import pytest
 import torch
@@ -24,6 +23,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine.meta import IMAGENET, TORCHVISION_SEG  # noqa: E402
+from tests import weights_formula  # noqa: E402
+from tests.weights_formula import Formula  # noqa: E402
 from engine.models import build_model, model_spec  # noqa: E402
 from engine.models.deeplabv3 import native_to_vainf_v3, vainf_v3_to_native  # noqa: E402
 from engine.models.heads import (  # noqa: E402
@@ -69,31 +70,12 @@ def _trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def fixed_state(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
-    """Deterministic weights from each key's name (no RNG: same on every machine and torch version).
+# The constants the golden logits in tests/data were recorded with.
+FORMULA = Formula(9973, 11.0, 78.233, 24634.6345, 0.3, (0.9, 0.1))
 
-    A sine hash gives noise in [-1, 1); conv weights get He scale (variance 2/fan_in); BN statistics
-    stay near identity so activations remain finite through 100 layers.
-    """
-    out = {}
-    for key, shape in shapes.items():
-        n = math.prod(shape)
-        phase = (zlib.crc32(key.encode()) % 9973) / 11.0
-        h = torch.sin(torch.arange(n, dtype=torch.float64) * 78.233 + phase) * 24634.6345
-        s = (2.0 * (h - torch.floor(h)) - 1.0).reshape(shape)
-        if key.endswith("num_batches_tracked"):
-            out[key] = torch.zeros(shape, dtype=torch.long)
-            continue
-        if key.endswith("running_var"):
-            t = 1.0 + 0.3 * (1.0 + s)
-        elif key.endswith("running_mean") or key.endswith("bias"):
-            t = 0.05 * s
-        elif len(shape) == 1:  # BatchNorm weight
-            t = 0.9 + 0.1 * s
-        else:
-            t = s * math.sqrt(6.0 / (n // shape[0]))
-        out[key] = t.float()
-    return out
+
+def fixed_state(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    return weights_formula.fixed_state(shapes, FORMULA)
 
 
 def fixed_input() -> torch.Tensor:
