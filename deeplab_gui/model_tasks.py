@@ -6,6 +6,7 @@ queued signal hands the shown image's prediction from the batch thread to the UI
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from engine import catalog
 
 __all__ = ["LoadedModel", "BatchRelay", "device_description", "checkpoint_model_id", "display_name",
            "load_catalog", "load_file", "predict_one", "predict_batch", "catalog_state", "folder_default"]
+
+log = logging.getLogger("deeplab_gui")
 
 
 def device_description() -> str:
@@ -122,8 +125,7 @@ def folder_default(store, last: str | None, downloaded: dict[str, bool]) -> tupl
         try:
             path = Versions.of(store).current_path()
         except (OSError, ValueError) as exc:  # an unreadable index: say so, fall back to the last weights
-            import logging
-            logging.getLogger("deeplab_gui").warning("cannot read the folder's model versions: %s", exc)
+            log.warning("cannot read the folder's model versions: %s", exc)
             path = None
         if path is not None and Path(path).is_file():
             return str(path), "folder"

@@ -150,23 +150,22 @@ class SessionSaves:
 
     def autosave(self) -> None:
         """Timer tick: queue the current mask if dirty and retry masks whose save failed."""
-        s = self.s
-        if s.store is None or s.read_only:
-            return
-        self.save_current(wait=False)
-        for image_id, doc in list(self.unsaved.items()):
-            if image_id != s.image_id:
-                self.save(image_id, doc)
+        if self.s.store is not None and not self.s.read_only:
+            self._queue_all()
 
     def save_all(self) -> None:
-        """Before the folder closes: write everything still in memory and wait for it."""
-        s = self.s
-        if s.document is not None and s.image_id is not None and s.document.dirty:
-            self.save(s.image_id, s.document)
-        for image_id, doc in list(self.unsaved.items()):
-            if not s.read_only:
-                self.save(image_id, doc)
+        """Before the folder closes: write everything still in memory and wait for it (read-only: the
+        current mask's changes are reported as kept in memory)."""
+        self._queue_all()
         self.writer.flush()
+
+    def _queue_all(self) -> None:
+        s = self.s
+        self.save_current(wait=False)
+        if not s.read_only:
+            for image_id, doc in list(self.unsaved.items()):
+                if image_id != s.image_id:  # the current one went with save_current
+                    self.save(image_id, doc)
 
     def mark_reviewed(self) -> bool:
         s = self.s

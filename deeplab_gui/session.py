@@ -226,8 +226,8 @@ class Session(QObject):
         self.crf_labels = None
         if loaded.size is None:
             self.document = None
-        elif self._memory_doc(loaded.image_id) is not None:
-            self.document = self._memory_doc(loaded.image_id)
+        elif (doc := self._memory_doc(loaded.image_id)) is not None:
+            self.document = doc
         else:
             # The document is full resolution from the start, even under a reduced preview: painting
             # needs the mask, not the pixels.
@@ -247,7 +247,9 @@ class Session(QObject):
             self.prefetch.around(loaded.image_id)
 
     def _memory_doc(self, image_id: str) -> Any:
-        doc = self._pending_doc
+        """The in-memory document noted when ``image_id`` was selected, else one that has since become
+        the only copy (a write failed meanwhile)."""
+        doc, self._pending_doc = self._pending_doc, None
         return doc if doc is not None else self.saves.in_memory(image_id)
 
     def _fetch_full(self, image_id: str) -> None:

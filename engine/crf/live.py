@@ -153,18 +153,22 @@ class LiveCRF:
             image_t = torch.from_numpy(img.astype(np.float32)).to(self.device)
             probs_t = torch.from_numpy(p).to(self.device)
             self._full = self._level(1.0, image_t, probs_t)
-            # Preview levels, finest first; all but the last carry a lattice budget.
+            # Preview levels, finest first; all but the last carry a lattice budget. Each is averaged
+            # down from the one before: only the finest reads the full-size arrays (168 MB of
+            # probabilities for 2 MP and 21 classes).
             self._previews: list[_Level] = []
             n = self.height * self.width
             pixels = preview_pixels
+            src_img, src_p = image_t.permute(2, 0, 1)[None], probs_t[None]
             while n > pixels and len(self._previews) < max(1, preview_levels):
                 s = math.sqrt(pixels / n)
                 h, w = max(1, round(self.height * s)), max(1, round(self.width * s))
                 if self._previews and h * w >= self._previews[-1].height * self._previews[-1].width:
                     break  # too small to get any coarser
-                small_img = F.interpolate(image_t.permute(2, 0, 1)[None], size=(h, w), mode="area")[0]
-                small_p = F.interpolate(probs_t[None], size=(h, w), mode="area")[0]
-                small_p = small_p / small_p.sum(0, keepdim=True)
+                src_img = F.interpolate(src_img, size=(h, w), mode="area")
+                src_p = F.interpolate(src_p, size=(h, w), mode="area")
+                src_p = src_p / src_p.sum(1, keepdim=True)
+                small_img, small_p = src_img[0], src_p[0]
                 # Spatial widths scale with the mean of the two axes' actual factors.
                 scale = 0.5 * (h / self.height + w / self.width)
                 self._previews.append(self._level(scale, small_img.permute(1, 2, 0).contiguous(), small_p,
