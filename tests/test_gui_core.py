@@ -171,7 +171,9 @@ def test_switching_images_does_not_wait_for_the_disk(qtbot, sessions, folder, mo
     assert s.image_id == "img1.png" and s.saves.writer.pending == 1
     assert s.store.status("img0.png") is Status.UNLABELED  # not on disk yet
     gate.set()
-    qtbot.waitUntil(lambda: s.store.status("img0.png") is Status.EDITED, timeout=WAIT)
+    # The store commits the status before it renames the mask into place: wait for the whole write.
+    qtbot.waitUntil(lambda: s.saves.writer.pending == 0, timeout=WAIT)
+    assert s.store.status("img0.png") is Status.EDITED
     assert (s.store.load_mask("img0.png") == 3).all()
 
 
@@ -299,7 +301,8 @@ def test_switch_autosaves_and_keyboard_navigation(qtbot, window):
     with qtbot.waitSignal(s.current_changed, timeout=WAIT):
         qtbot.keyClick(window.canvas, Qt.Key.Key_D)
     assert s.image_id == "img1.png"
-    qtbot.waitUntil(lambda: s.store.status("img0.png") is Status.EDITED, timeout=WAIT)  # written in the background
+    qtbot.waitUntil(lambda: s.saves.writer.pending == 0, timeout=WAIT)  # written in the background
+    assert s.store.status("img0.png") is Status.EDITED
     assert (s.store.load_mask("img0.png") == 2).all()
     with qtbot.waitSignal(s.current_changed, timeout=WAIT):
         qtbot.keyClick(window.canvas, Qt.Key.Key_A)
