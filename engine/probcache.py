@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .fileio import atomic_write_bytes
+from .storeformat import sidecar_path
 
 __all__ = ["CachedProbs", "ImageSignature", "ProbCache", "save_probs", "load_probs", "read_probs_file"]
 
@@ -141,7 +142,7 @@ class ProbCache:
         self.budget = budget
 
     def path(self, image_id: str) -> Path:
-        return self.folder / (image_id + ".npz")
+        return sidecar_path(self.folder, image_id, ".npz")
 
     def save(self, image_id: str, probs: np.ndarray, *, model_id: str, signature: ImageSignature) -> None:
         path = self.path(image_id)

@@ -26,11 +26,13 @@ from typing import Sequence
 import numpy as np
 
 from .fileio import atomic_write_bytes
+from .masks import VOID_INDEX
 from .probcache import CachedProbs, ImageSignature, ProbCache
 from .scan import ScanResult, natural_key, scan_folder
 from .storeformat import (PROTECTED, LabelClass, MaskError, Status, StoreError, StoreWriteError, check_classes,
-                          check_id as _check_id, classes_to_json, default_classes, load_classes_file,
-                          locate_store, open_db, open_db_readonly, remove_orphan_temps, user_store_root,
+                          check_id as _check_id, classes_from_json, classes_to_json, default_classes, load_classes_file,
+                          DB_EMPTY, DB_MISSING, locate_store, open_db, open_db_readonly, remove_orphan_temps, sidecar_id,
+                          user_store_root,
                           write_error as _write_error)
 from .storelock import InstanceLock, StoreLockedError
 from .storemasks import MaskMethods
@@ -66,6 +68,7 @@ class AnnotationStore(MaskMethods):
         self._sizes: dict[str, tuple[int, int, int, int]] = {}  # id -> (bytes, mtime_ns, h, w)
         self._probs = ProbCache(root / "probs", None, probs_budget)
         self.scan_result: ScanResult | None = None
+        self.masks_beyond_classes: dict[str, int] = {}  # id -> highest class index beyond the list
 
     # ------------------------------------------------------------------ opening and closing
     @classmethod
@@ -81,7 +84,7 @@ class AnnotationStore(MaskMethods):
         folder = Path(folder).expanduser().resolve()
         if not folder.is_dir():
             raise (NotADirectoryError if folder.exists() else FileNotFoundError)(f"{folder}: not a folder")
-        root, notice = locate_store(folder, read_only=read_only)
+        root, notice, read_only = locate_store(folder, read_only=read_only)
         store = cls(folder, root, read_only=read_only, notice=notice, recursive=bool(recursive),
                     probs_budget=probs_budget)
         try:
@@ -102,7 +105,7 @@ class AnnotationStore(MaskMethods):
             if self.root.parent != self.folder and not origin.exists():
                 atomic_write_bytes(origin, (str(self.folder) + "\n").encode())
             remove_orphan_temps(self.root)  # we hold the lock: any temp file is a dead writer's
-        self._db = self._connect()
+        self._db, lost = self._connect()
         self._probs = ProbCache(self.root / "probs", None if self.read_only else self._db, self.probs_budget)
         rows = self._db.execute("SELECT id, status, error FROM images").fetchall() if self._db else []
         for image_id, status, error in rows:
@@ -112,10 +115,13 @@ class AnnotationStore(MaskMethods):
                 self._status[image_id] = Status.EDITED  # unknown value: protect it rather than drop it
             if error:
                 self._errors[image_id] = error
+        if not self.read_only:
+            self._reconcile_masks(lost)
         self._classes, notice = load_classes_file(self.root / "classes.json", self._meta("classes"),
                                                   repair=not self.read_only)
         if notice:
-            self.notice = ((self.notice + "; ") if self.notice else "") + notice
+            self._add_notice(notice)
+        self._check_shrunk_classes()
         if not self.read_only and not (self.root / "classes.json").exists():
             self.set_classes(self._classes)  # so the file is there to read (and edit) from day one
         saved = self._meta("recursive")
@@ -124,14 +130,93 @@ class AnnotationStore(MaskMethods):
         elif not self.read_only and saved != ("1" if recursive else "0"):
             self._set_meta("recursive", "1" if recursive else "0")
 
-    def _connect(self) -> sqlite3.Connection | None:
+    def _connect(self) -> tuple[sqlite3.Connection | None, str | None]:
         path = self.root / "store.db"
         if self.read_only:
-            return open_db_readonly(path)
-        db, notice = open_db(path, self.root / "masks")
-        if notice:
-            self.notice = ((self.notice + "; ") if self.notice else "") + notice
-        return db
+            return open_db_readonly(path), None
+        return open_db(path)
+
+    def _add_notice(self, text: str) -> None:
+        self.notice = ((self.notice + "; ") if self.notice else "") + text
+
+    def _mask_ids_on_disk(self) -> list[str]:
+        base = self.root / "masks"
+        out = []
+        for dirpath, _dirs, files in os.walk(base):
+            for f in files:
+                if f.endswith(".png") and not f.startswith("."):
+                    image_id = sidecar_id(base, Path(dirpath) / f, ".png", self.folder)
+                    if image_id is not None:
+                        out.append(image_id)
+        return out
+
+    def _reconcile_masks(self, lost: str | None) -> None:
+        """Give every mask on disk a status the database lacks.
+
+        ``lost`` (the database had no statuses): every mask becomes ``edited``, since a prediction
+        can no longer be told from a person's drawing.  Otherwise a mask without a status can only
+        be a prediction whose status write was interrupted (a person's save commits the status
+        before the file), so it becomes ``prelabeled``.
+        """
+        on_disk = self._mask_ids_on_disk()
+        if lost is not None:
+            self._put_statuses(on_disk, Status.EDITED)
+            if on_disk or lost not in (DB_MISSING, DB_EMPTY):
+                self._add_notice(f"the status database {lost}; rebuilt from the masks on disk: "
+                                 f"{len(on_disk)} images with masks are marked edited")
+            return
+        self._put_statuses([i for i in on_disk if i not in self._status], Status.PRELABELED)
+
+    def _check_shrunk_classes(self) -> None:
+        """When ``classes.json`` lists fewer classes than the last list the store saved (edited by
+        hand), name the masks that hold indices beyond it.  Those masks are left exactly as they are;
+        saving one refuses until the classes are added back or the pixels relabelled."""
+        self.masks_beyond_classes = {}
+        backup = self._meta("classes")
+        try:
+            before = len(classes_from_json(backup)) if backup else 0
+        except (ValueError, KeyError, TypeError):
+            before = 0
+        n = len(self._classes)
+        if before <= n:
+            return
+        for image_id in self._mask_ids_on_disk():
+            try:
+                m = self.load_mask(image_id)
+            except StoreError:
+                continue
+            if m is None:
+                continue
+            counts = np.bincount(m.ravel(), minlength=256)
+            beyond = np.flatnonzero(counts[n:VOID_INDEX]) + n
+            if beyond.size:
+                self.masks_beyond_classes[image_id] = int(beyond.max())
+        if self.masks_beyond_classes:
+            items = sorted(self.masks_beyond_classes.items(), key=lambda kv: natural_key(kv[0]))
+            named = ", ".join(f"{i} (index {k})" for i, k in items[:3])
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            self._add_notice(f"classes.json lists {n} classes, fewer than the masks use: {named}{more} "
+                             f"keep those pixels as they are; add the classes back or relabel them")
+
+    def _put_statuses(self, ids: list[str], status: Status) -> None:
+        """One transaction for many statuses (a rebuild of 10,000 masks is one commit, not 10,000)."""
+        if not ids:
+            return
+        db = self._writable()
+        now = time.time()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT INTO images VALUES(?, ?, ?, NULL) ON CONFLICT(id) DO UPDATE SET "
+                           "status=excluded.status, updated=excluded.updated",
+                           [(i, status.value, now) for i in ids])
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            full = "full" in str(exc).lower()
+            raise _write_error(OSError(errno.ENOSPC if full else errno.EIO, str(exc)), "the rebuilt statuses") from exc
+        for i in ids:
+            self._status[i] = status
 
     def close(self) -> None:
         with self._mutex:

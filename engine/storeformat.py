@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, fitted_name, is_temp_name
 from .meta import VOC_CLASSES, voc_colormap
 from .scan import SIDECAR_NAME
 
@@ -26,7 +26,7 @@ __all__ = [
     "Status", "PROTECTED", "LabelClass", "default_classes", "check_classes", "classes_to_json",
     "classes_from_json", "StoreError", "StoreWriteError", "MaskError", "write_error", "check_id",
     "open_db", "open_db_readonly", "SCHEMA_VERSION", "locate_store", "user_store_root", "load_classes_file",
-    "remove_orphan_temps",
+    "remove_orphan_temps", "sidecar_path", "sidecar_id", "DB_MISSING", "DB_EMPTY",
 ]
 
 SCHEMA_VERSION = 1
@@ -66,13 +66,21 @@ class MaskError(StoreError, ValueError):
     """A mask that does not fit its image or the class list; nothing was written."""
 
 
+# errno -> (what went wrong, what the person can do about it)
+_WRITE_ERRORS = {
+    errno.ENOSPC: ("the disk is full", "free some space and save again"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free some space and save again"),
+    errno.EROFS: ("the disk is read-only", "save elsewhere or remount it writable"),
+    errno.EACCES: ("permission denied", "fix the folder's permissions and save again"),
+    errno.EPERM: ("permission denied", "fix the folder's permissions and save again"),
+    errno.ENAMETOOLONG: ("the file name is too long for the file system", "rename the image to a shorter name"),
+}
+
+
 def write_error(exc: OSError, what: str) -> StoreWriteError:
     """Turn an OSError from a write into a :class:`StoreWriteError` a user can act on."""
-    reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-              errno.EROFS: "the disk is read-only", errno.EACCES: "permission denied",
-              errno.EPERM: "permission denied"}.get(exc.errno, exc.strerror or str(exc))
-    err = StoreWriteError(f"could not save {what}: {reason}; the previous version on disk is kept, "
-                          f"free space or fix the problem and save again")
+    reason, advice = _WRITE_ERRORS.get(exc.errno, (exc.strerror or str(exc), "fix the problem and save again"))
+    err = StoreWriteError(f"could not save {what}: {reason}; the previous version on disk is kept, {advice}")
     err.errno = exc.errno
     return err
 
@@ -139,6 +147,40 @@ def load_classes_file(path: Path, backup: str | None, *, repair: bool) -> tuple[
 
 
 # ---------------------------------------------------------------------------- masks and temp files
+def sidecar_path(base: Path, image_id: str, suffix: str) -> Path:
+    """Where the store keeps a per-image file (``masks/<id>.png``, ``probs/<id>.npz``) under ``base``.
+
+    Sub-folders mirror the image folder's; the file name is the image's name plus ``suffix``,
+    shortened with a hash when that would not fit in one file name (see :func:`engine.fileio.fitted_name`).
+    """
+    parts = check_id(image_id).split("/")
+    return base.joinpath(*parts[:-1], fitted_name(parts[-1], suffix))
+
+
+def sidecar_id(base: Path, file: Path, suffix: str, folder: Path) -> str | None:
+    """The image id whose :func:`sidecar_path` is ``file`` (None when no image of ``folder`` maps to it).
+
+    Plain names are read back directly; a shortened name is matched against the images of the
+    corresponding folder (the hash cannot be reversed).
+    """
+    rel = file.relative_to(base)
+    name = rel.name
+    if not name.endswith(suffix):
+        return None
+    parent = rel.parent.as_posix()
+    prefix = "" if parent == "." else parent + "/"
+    plain = name[:-len(suffix)]
+    if not re.search(r"~[0-9a-f]{16}$", plain) or (folder / rel.parent / plain).exists():
+        return prefix + plain
+    try:
+        for entry in os.scandir(folder / rel.parent):
+            if fitted_name(entry.name, suffix) == name:
+                return prefix + entry.name
+    except OSError:
+        pass
+    return None
+
+
 def remove_orphan_temps(root: Path) -> int:
     """Delete temp files (``.<name>.<random>.tmp``) a writer left when it died mid-write; returns how many.
 
@@ -147,7 +189,7 @@ def remove_orphan_temps(root: Path) -> int:
     n = 0
     for dirpath, _dirs, files in os.walk(root):
         for f in files:
-            if f.startswith(".") and f.endswith(".tmp"):
+            if is_temp_name(f):
                 try:
                     os.unlink(os.path.join(dirpath, f))
                     n += 1
@@ -157,54 +199,81 @@ def remove_orphan_temps(root: Path) -> int:
 
 
 # ---------------------------------------------------------------------------- sqlite
-def _init_db(path: Path) -> sqlite3.Connection:
+def _has_schema(db: sqlite3.Connection) -> bool:
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not {"meta", "images"} <= tables:
+        return False
+    return db.execute("SELECT 1 FROM meta WHERE key='schema'").fetchone() is not None
+
+
+def _init_db(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """Open (creating if needed) the database; returns ``(connection, whether it had the schema)``."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
     try:
         db.execute("PRAGMA busy_timeout=10000")
+        had_schema = _has_schema(db)  # also raises DatabaseError for a file that is not a database
         # WAL: a commit appends to the log and a crash mid-commit rolls back cleanly.  Some network
         # file systems refuse WAL; the classic rollback journal is then just as safe, only slower.
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             db.execute("PRAGMA journal_mode=DELETE")
         db.execute("PRAGMA synchronous=FULL")
+        if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            raise sqlite3.DatabaseError("integrity check failed")
         db.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         db.execute("CREATE TABLE IF NOT EXISTS images(id TEXT PRIMARY KEY, status TEXT NOT NULL, "
                    "updated REAL NOT NULL, error TEXT)")
         db.execute("CREATE TABLE IF NOT EXISTS probs(id TEXT PRIMARY KEY, model_id TEXT NOT NULL, "
                    "bytes INTEGER NOT NULL, used REAL NOT NULL)")
         db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
-        if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-            raise sqlite3.DatabaseError("integrity check failed")
     except BaseException:
         db.close()
         raise
-    return db
+    return db, had_schema
 
 
-def open_db(path: Path, masks_dir: Path) -> tuple[sqlite3.Connection, str | None]:
-    """Open or create the status database; returns ``(connection, notice or None)``.
+def _set_aside(path: Path, tag: str) -> str:
+    """Rename the database and its -wal/-shm files to ``store.db.<tag>-<time>``; returns that name."""
+    aside = f"{path.name}.{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(path) + suffix)
+        if p.exists():
+            os.replace(p, path.with_name(aside + suffix))
+    return aside
 
-    A damaged database is renamed ``store.db.corrupt-<time>`` (kept for inspection) and rebuilt from
-    the masks on disk, every one marked ``edited``: without the database a prediction cannot be told
-    from a drawing, so all are protected from being overwritten.
+
+DB_MISSING, DB_EMPTY = "was missing", "was empty"  # what open_db says of a database that never held data
+
+
+def open_db(path: Path) -> tuple[sqlite3.Connection, str | None]:
+    """Open or create the status database; returns ``(connection, lost)``.
+
+    ``lost`` is None when the database held its schema (statuses can be trusted), else a phrase
+    saying why it holds no statuses: missing, empty, without its tables, or damaged (a damaged or
+    foreign file is kept as ``store.db.corrupt-<time>`` for inspection).  The caller then rebuilds the
+    statuses from the masks on disk, marking every one ``edited``: without the database a
+    prediction cannot be told from a drawing, so all are protected from being overwritten.
     """
     try:
-        return _init_db(path), None
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = None
+    try:
+        db, had_schema = _init_db(path)
     except sqlite3.DatabaseError as exc:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for suffix in ("", "-wal", "-shm"):
-            p = Path(str(path) + suffix)
-            if p.exists():
-                os.replace(p, Path(f"{path}.corrupt-{stamp}{suffix}"))
-        db = _init_db(path)
-        n = 0
-        for p in masks_dir.rglob("*.png"):
-            image_id = p.relative_to(masks_dir).as_posix()[:-4]
-            db.execute("INSERT OR REPLACE INTO images VALUES(?, ?, ?, NULL)",
-                       (image_id, Status.EDITED.value, time.time()))
-            n += 1
-        return db, (f"the status database was damaged ({exc}); it was kept as {path.name}.corrupt-{stamp} "
-                    f"and rebuilt: {n} images with masks are marked edited")
+        aside = _set_aside(path, "corrupt")
+        db, _ = _init_db(path)
+        return db, f"was damaged ({exc}); it was kept as {aside}"
+    if had_schema:
+        return db, None
+    if size is None:
+        return db, DB_MISSING
+    if size == 0:
+        return db, DB_EMPTY
+    db.close()
+    aside = _set_aside(path, "corrupt")
+    db, _ = _init_db(path)
+    return db, f"had no store tables; it was kept as {aside}"
 
 
 def open_db_readonly(path: Path) -> sqlite3.Connection | None:
@@ -246,19 +315,37 @@ def _probe_writable(folder: Path) -> bool:
         raise
 
 
-def locate_store(folder: Path, *, read_only: bool) -> tuple[Path, str | None]:
-    """``(store root, notice)`` for an absolute ``folder``.
+def _holds_store(root: Path) -> bool:
+    """Whether ``root`` holds a store with anything in it (a database or a mask)."""
+    if (root / "store.db").is_file():
+        return True
+    try:
+        return any(True for _ in (root / "masks").iterdir())
+    except OSError:
+        return False
+
+
+def locate_store(folder: Path, *, read_only: bool) -> tuple[Path, str | None, bool]:
+    """``(store root, notice, read_only)`` for an absolute ``folder``.
 
     Normally ``folder/.deeplab-gui``.  When the folder cannot be written, a per-folder directory
     under :func:`user_store_root` named ``<folder name>-<sha1 of the path, 12 hex>``, with a notice
-    saying so.  A read-only viewer uses whichever of the two exists.
+    saying so, unless the folder already holds a store of its own (a folder annotated elsewhere,
+    then mounted read-only): that store is opened read-only, never hidden behind an empty one.
+    A read-only viewer uses whichever of the two exists.
     """
     side = folder / SIDECAR_NAME
     name = re.sub(r"[^\w.-]+", "_", folder.name) or "root"
     fallback = user_store_root() / f"{name}-{hashlib.sha1(str(folder).encode()).hexdigest()[:12]}"
     if read_only:
         root = fallback if (not side.exists() and fallback.exists()) else side
-        return root, f"{folder} is open read-only; changes cannot be saved"
+        return root, f"{folder} is open read-only; changes cannot be saved", True
     if _probe_writable(folder):
-        return side, None
-    return fallback, f"{folder} is read-only; its annotations are kept in {fallback} instead"
+        return side, None, False
+    if _holds_store(side) and not _holds_store(fallback):
+        return side, (f"{folder} cannot be written; its existing annotations are shown read-only "
+                      f"(copy the folder somewhere writable to edit them)"), True
+    notice = f"{folder} is read-only; its annotations are kept in {fallback} instead"
+    if _holds_store(side):
+        notice += f" (the folder's own annotations in {side} are not shown)"
+    return fallback, notice, False

@@ -15,7 +15,8 @@ import numpy as np
 
 from .imageio import ImageReadError, image_size
 from .masks import VOID_INDEX, load_mask_png, save_mask_png
-from .storeformat import PROTECTED, MaskError, Status, StoreError, check_id as _check_id, write_error as _write_error
+from .storeformat import (PROTECTED, MaskError, Status, StoreError, check_id as _check_id, sidecar_path,
+                          write_error as _write_error)
 
 __all__ = ["MaskMethods"]
 
@@ -24,7 +25,7 @@ class MaskMethods:
     """Mask and prediction methods of the annotation store (see the module docstring)."""
 
     def mask_path(self, image_id: str) -> Path:
-        return self.root / "masks" / (_check_id(image_id) + ".png")
+        return sidecar_path(self.root / "masks", image_id, ".png")
 
     def has_mask(self, image_id: str) -> bool:
         return self.mask_path(image_id).exists()
@@ -112,8 +113,17 @@ class MaskMethods:
                 raise _write_error(exc, f"the mask of {image_id}") from exc
 
     def needs_prelabel(self, image_id: str, *, overwrite: bool = False) -> bool:
-        """Whether a pre-label run should predict this image (False for a person's mask)."""
-        return overwrite or self.status(image_id) not in PROTECTED
+        """Whether a pre-label run should predict this image (False for a person's mask).
+
+        A mask file the database has no status for is treated as a person's: a prediction never
+        replaces a mask on disk because the database forgot about it.
+        """
+        if overwrite:
+            return True
+        status = self.status(image_id)
+        if status is Status.UNLABELED:
+            return not self.mask_path(image_id).exists()
+        return status not in PROTECTED
 
     def save_prediction(self, image_id: str, mask: np.ndarray, *, probs: np.ndarray | None = None,
                         model_id: str = "", overwrite: bool = False) -> bool:
@@ -140,10 +150,17 @@ class MaskMethods:
         return True
 
     def delete_mask(self, image_id: str) -> None:
-        """Remove the mask and reset the status to unlabeled."""
+        """Remove the mask and reset the status to unlabeled.
+
+        The file goes first: a kill between the two steps leaves a status without a mask (harmless),
+        never an unlabeled image whose mask a prediction could then replace.
+        """
         with self._mutex:
-            self._put_status(_check_id(image_id), Status.UNLABELED)
+            self._writable()
             try:
                 self.mask_path(image_id).unlink()
             except FileNotFoundError:
                 pass
+            except OSError as exc:
+                raise _write_error(exc, f"the mask of {image_id}") from exc
+            self._put_status(_check_id(image_id), Status.UNLABELED)
