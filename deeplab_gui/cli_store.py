@@ -95,17 +95,31 @@ def prelabel_into_store(folder: Path, predictor: Any, refine: Callable[..., Any]
     return 0
 
 
+def _skipped_summary(skipped: list[str]) -> str:
+    """``", K skipped: <first reason>"``, after listing every reason when there is more than one."""
+    if len(skipped) > 1:
+        for reason in skipped:
+            print(f"warning: skipped: {reason}", file=sys.stderr)
+    return f", {len(skipped)} skipped: {skipped[0]}" if skipped else ""
+
+
 def cmd_export_voc(args: argparse.Namespace) -> int:
     from engine.storeformat import StoreError
     from engine.voc import export_voc
 
     if not Path(args.folder).is_dir():
         raise _cli_error(f"{args.folder}: not a folder", 2)
-    from tqdm import tqdm
-    bar = tqdm(file=sys.stderr, unit="img", desc="export-voc", dynamic_ncols=True)
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise _cli_error(f"--val-fraction must be at least 0 and below 1, got {args.val_fraction}", 2)
+    if args.void_border < 0:
+        raise _cli_error(f"--void-border must be 0 or more pixels, got {args.void_border}", 2)
+    bar = None
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
+        nonlocal bar
+        if bar is None:  # made on the first image, so a refusal prints its one line and nothing else
+            from tqdm import tqdm
+            bar = tqdm(total=total, file=sys.stderr, unit="img", desc="export-voc", dynamic_ncols=True)
         bar.update(done - bar.n)
     try:
         rep = export_voc(args.folder, args.out, include_prelabeled=args.include_prelabeled,
@@ -114,18 +128,22 @@ def cmd_export_voc(args: argparse.Namespace) -> int:
     except (StoreError, OSError, ValueError) as exc:
         raise _cli_error(" ".join(str(exc).split())) from None
     finally:
-        bar.close()
-    for image_id, reason in rep.skipped:
-        print(f"warning: {image_id}: skipped ({reason})", file=sys.stderr)
-    print(f"export-voc: {len(rep.exported)} image(s) to {rep.out} (train {len(rep.train)}, val "
-          f"{len(rep.val)}), {len(rep.skipped)} skipped", file=sys.stderr)
+        if bar is not None:
+            bar.close()
+    skipped = _skipped_summary([f"{image_id}: {reason}" for image_id, reason in rep.skipped])
+    if not rep.exported and rep.skipped:
+        raise _cli_error(f"nothing exported to {rep.out}{skipped}")
     if not rep.exported:
         raise _cli_error("nothing to export: no edited or reviewed masks"
                          + ("" if args.include_prelabeled else " (add --include-prelabeled for model masks)"))
+    print(f"export-voc: {len(rep.exported)} image(s) to {rep.out} (train {len(rep.train)}, val "
+          f"{len(rep.val)}){skipped}", file=sys.stderr)
     return 0
 
 
 def cmd_import_voc(args: argparse.Namespace) -> int:
+    """Import VOCROOT into FOLDER.  A dataset that cannot be read (class list, split files) is refused
+    with one line and FOLDER untouched; single bad images are skipped, listed, and the rest imported."""
     from engine.storeformat import StoreError
     from engine.storelock import StoreLockedError
     from engine.voc import import_voc
@@ -133,16 +151,13 @@ def cmd_import_voc(args: argparse.Namespace) -> int:
     if not Path(args.vocroot).is_dir():
         raise _cli_error(f"{args.vocroot}: not a folder", 2)
     try:
-        Path(args.folder).mkdir(parents=True, exist_ok=True)
         rep = import_voc(args.vocroot, args.folder, split=args.split, overwrite=args.overwrite)
     except StoreLockedError as exc:
         raise _cli_error(f"{exc} (close the other deeplab-gui window first)") from None
     except (StoreError, OSError, ValueError) as exc:
         raise _cli_error(" ".join(str(exc).split())) from None
-    for voc_id, reason in rep.skipped:
-        print(f"warning: {voc_id}: skipped ({reason})", file=sys.stderr)
-    print(f"import-voc: {len(rep.imported)} image(s) into {rep.folder}, {len(rep.skipped)} skipped",
-          file=sys.stderr)
+    skipped = _skipped_summary([reason for _voc_id, reason in rep.skipped])  # each reason names its file
     if not rep.imported and rep.skipped:
-        raise _cli_error("nothing could be imported")
+        raise _cli_error(f"nothing imported into {rep.folder}{skipped}")
+    print(f"import-voc: {len(rep.imported)} imported into {rep.folder}{skipped}", file=sys.stderr)
     return 0
