@@ -137,6 +137,10 @@ def _vid_problem(vid: str) -> str | None:
         return "starts with a dot (the image would be a hidden file)"
     if any(ord(ch) < 32 for ch in vid):
         return "contains control characters"
+    try:
+        vid.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is no valid text: the folder scan would not list it
+        return "is not valid text"
     return None
 
 
@@ -192,7 +196,7 @@ def _prepare(ds: VOCDataset, vid: str, target: _Target, default: Status, overwri
     try:
         check_indices(mask, len(ds.classes))
     except ValueError as exc:
-        raise _Skip(f"{mask_path}: {exc} of {ds.classes_from}") from None
+        raise _Skip(f"{mask_path}: {exc} (class list: {ds.classes_from})") from None
     try:
         data: bytes | None = src.read_bytes()
         if dst.exists() or dst.is_symlink():

@@ -55,6 +55,8 @@ def _checked_classes(source: Path, classes: list[LabelClass]) -> list[LabelClass
         raise VOCError(f"{source}: {len(classes)} classes, but at most {MAX_CLASSES} fit (index 255 is void)")
     seen: set[str] = set()
     for c in classes:
+        if any(ord(ch) < 32 for ch in c.name):  # class_names.txt holds one name per line
+            raise VOCError(f"{source}: the class name {c.name!r} contains a line break or control character")
         if c.name.strip() in seen:
             raise VOCError(f"{source}: the class name {c.name.strip()!r} appears twice")
         seen.add(c.name.strip())
@@ -105,6 +107,8 @@ def _images_from_json(path: Path, raw: object) -> dict[str, dict]:
             check_id(image_id)
         except StoreError as exc:
             raise VOCError(f"{where}: {exc}") from None
+        if any(part.startswith(".") for part in image_id.split("/")):
+            raise VOCError(f"{where}: {image_id!r} would be a hidden file, which the folder does not list")
         if os.path.splitext(image_id)[1].lower() not in IMAGE_EXTENSIONS:
             raise VOCError(f"{where}: {image_id!r} is no image file name (.jpg, .png, ...)")
         if image_id in owner:
@@ -150,7 +154,7 @@ def _read_classes(root: Path, info: dict) -> tuple[list[LabelClass], str]:
         cmap = voc_colormap(256)
         return _checked_classes(names_file, [LabelClass(n, cmap[i % 256]) for i, n in enumerate(names)]), \
             str(names_file)
-    return default_classes(), "the 21 PASCAL VOC classes (the dataset has no class list)"
+    return default_classes(), "the PASCAL VOC defaults, as the dataset has no class_names.txt"
 
 
 def _read_ids(root: Path, split: str | None) -> dict[str, Path]:
