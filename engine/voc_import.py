@@ -23,6 +23,7 @@ accepted, so an import that accepts nothing leaves the folder as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,14 +254,18 @@ def _make_parents(folder: Path) -> list[Path]:
     return missing  # deepest first
 
 
-def _undo(store: AnnotationStore, copied: Path | None, made: list[Path], old_classes) -> None:
-    for step in ([lambda: copied.unlink(missing_ok=True)] if copied is not None else []) + \
-            [lambda d=d: d.rmdir() for d in made] + \
-            ([lambda: store.set_classes(old_classes, allow_shrink=True)] if old_classes is not None else []):
-        try:
-            step()
-        except (OSError, StoreError):
-            pass  # best effort: the error that got us here is what gets reported
+def _undo(store: AnnotationStore, copied: Path | None, made: list[Path],
+          old_classes: list[LabelClass] | None) -> None:
+    """Take back one image's steps, as far as possible: the error that got here is what gets reported."""
+    if copied is not None:
+        with contextlib.suppress(OSError):
+            copied.unlink(missing_ok=True)
+    for folder in made:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    if old_classes is not None:
+        with contextlib.suppress(OSError, StoreError):
+            store.set_classes(old_classes, allow_shrink=True)
 
 
 # ---------------------------------------------------------------------------- import
