@@ -7,6 +7,10 @@
   recognising the layout and the architecture from the keys (see ``checkpoint_formats``).
 - Nothing is ever unpickled with code execution: ``torch.load(..., weights_only=True)`` only; a file
   that would need more is refused with :class:`CheckpointError`.
+- Before anything is inflated or loaded, the sizes a file declares are checked against a limit
+  derived from the largest registered model (``checkpoint_limits``): a small zip that would inflate
+  to gigabytes is refused at the cost of reading its directory.  Weights holding NaN or infinity are
+  refused too.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from .checkpoint_limits import CheckpointError, check_safetensors, check_torch_file, safetensors_header
 from .checkpoint_formats import (FORMATS, SkipRandomInit, detect_format, diff_keys, format_diff,
                                  match_architecture, strip_wrapper_prefixes)
 from .fileio import fsync_dir
@@ -44,11 +49,6 @@ NATIVE_FORMAT = "deeplab-gui"
 NATIVE_FORMAT_VERSION = 1
 # Keys a training script may wrap the weights in (VainF: model_state; common others).
 _WRAPPER_KEYS = ("model_state", "state_dict", "model_state_dict", "model", "net", "weights")
-
-
-class CheckpointError(ValueError):
-    """A file is not a usable checkpoint, or does not fit the requested model.  The message names
-    the file and what is wrong (missing / unexpected / mis-shaped keys, refused pickle, corruption)."""
 
 
 @dataclass
@@ -93,23 +93,31 @@ def _sniff(path: Path) -> str:
     raise CheckpointError(f"{path}: not a checkpoint (neither a .safetensors nor a PyTorch .pth file)")
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _read_safetensors(path: Path, limit: int | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
+    check_safetensors(path, limit)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # SafetensorError / OSError: truncated or corrupt header/data
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({_first_line(e)})") from None
     return tensors, metadata
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, limit: int | None) -> Any:
     try:
         # An open file, not the path: torch.load picks a reader by file extension, and a torch file
-        # misnamed .safetensors must still be read as what its bytes say it is.
+        # misnamed .safetensors must still be read as what its bytes say it is.  The same open file
+        # is checked and then loaded, so what was checked is what gets read.
         with open(path, "rb") as f:
+            check_torch_file(f, path, limit)
             return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
@@ -121,10 +129,11 @@ def _torch_load(path: Path) -> Any:
                 f"{path}: refused to load: the file holds Python objects beyond tensors and plain "
                 f"containers, and unpickling it could run code it contains. Only weights files are "
                 f"accepted" + (f" ({why})" if why else "") + ".") from None
-        raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({e})") from None
+        raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({_first_line(e)})") from None
+    except CheckpointError:
+        raise
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: corrupt or truncated PyTorch file ({first})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated PyTorch file ({_first_line(e)})") from None
 
 
 def _as_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
@@ -147,15 +156,27 @@ def _as_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str |
     raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
 
 
-def read_checkpoint(path: str | os.PathLike) -> RawCheckpoint:
+def _refuse_non_finite(path: Path, sd: Mapping[str, torch.Tensor]) -> None:
+    # A diverged training run saves NaN weights; they would only show up later as NaN probabilities.
+    bad = [k for k, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or infinity (first {bad[0]}); "
+                              f"the weights are damaged")
+
+
+def read_checkpoint(path: str | os.PathLike, *, max_bytes: int | None = None) -> RawCheckpoint:
     """Read a checkpoint file's tensors (and native metadata) without building a model.
 
-    Raises CheckpointError for missing, empty, truncated, corrupt, non-checkpoint and
-    code-carrying files.
+    ``max_bytes``: the most tensor data the file may declare; None means
+    :func:`engine.checkpoint_limits.default_limit` (sized for the largest registered model with
+    optimizer state).  A caller reading bigger models passes its own.  The check reads only the
+    file's declarations, so refusing a huge file costs no memory.
+    Raises CheckpointError for missing, empty, truncated, corrupt, non-checkpoint, oversized and
+    code-carrying files, and for weights holding NaN or infinity.
     """
     path = Path(path)
     if _sniff(path) == "safetensors":
-        tensors, metadata = _read_safetensors(path)
+        tensors, metadata = _read_safetensors(path, max_bytes)
         meta = None
         if metadata.get("format") == NATIVE_FORMAT:
             version = int(metadata.get("format_version", "0"))
@@ -165,29 +186,28 @@ def read_checkpoint(path: str | os.PathLike) -> RawCheckpoint:
             try:
                 meta = ModelMeta.from_json(metadata["meta"])
             except (KeyError, ValueError, TypeError) as e:
-                raise CheckpointError(f"{path}: damaged model metadata ({e})") from None
+                raise CheckpointError(f"{path}: damaged model metadata ({_first_line(e)})") from None
         if not tensors:
             raise CheckpointError(f"{path}: holds no tensors")
+        _refuse_non_finite(path, tensors)
         return RawCheckpoint(path, tensors, meta)
-    sd, wrapper, extras = _as_state_dict(_torch_load(path), path)
+    sd, wrapper, extras = _as_state_dict(_torch_load(path, max_bytes), path)
+    _refuse_non_finite(path, sd)
     return RawCheckpoint(path, sd, None, wrapper, extras)
 
 
 def read_meta(path: str | os.PathLike) -> ModelMeta | None:
     """The ModelMeta of a native checkpoint (reads only the header), None for other files."""
-    from safetensors import safe_open
-
     path = Path(path)
     if _sniff(path) != "safetensors":
         return None
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-    except Exception as e:
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
-    if metadata.get("format") != NATIVE_FORMAT:
+    metadata = safetensors_header(path)[0].get("__metadata__")
+    if not isinstance(metadata, dict) or metadata.get("format") != NATIVE_FORMAT:
         return None
-    return ModelMeta.from_json(metadata["meta"])
+    try:
+        return ModelMeta.from_json(metadata["meta"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: damaged model metadata ({_first_line(e)})") from None
 
 
 # --------------------------------------------------------------------------------------------
