@@ -27,9 +27,9 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from .checkpoint_limits import CheckpointError, check_safetensors, check_torch_file, safetensors_header
 from .checkpoint_formats import (FORMATS, SkipRandomInit, detect_format, diff_keys, format_diff,
                                  match_architecture, strip_wrapper_prefixes)
+from .checkpoint_limits import CheckpointError, check_safetensors, check_torch_file, safetensors_header
 from .fileio import fsync_dir
 from .meta import ModelMeta
 from .models import build_model, model_spec

@@ -156,10 +156,12 @@ try:
 except CheckpointError as e:
     message = str(e)
 grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-print(json.dumps({"message": message, "grown_mib": grown / 1024}))
+unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+print(json.dumps({"message": message, "grown_mib": grown * unit / 2**20}))
 """
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="peak memory is read with the POSIX resource module")
 def test_small_zip_declaring_gigabytes_is_refused_without_inflating(tmp_path):
     # 3.5 GiB declared and plausible for deflate (3.5 MiB of compressed bytes), 512 MiB of it real:
     # reading it costs 512 MiB of memory before anything could refuse it.
