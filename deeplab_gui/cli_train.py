@@ -21,9 +21,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune on FOLDER's edited/reviewed masks; progress on stderr, checkpoint path on stdout.
 
     Returns 0 when a new checkpoint was written, 130 when interrupted.  Failures raise CLIError
-    (one line, exit 1) as the other commands do.
+    (one line, exit 1; 2 for an option value out of range) as the other commands do.
     """
-    from trainer.cli import run_training
+    from trainer.cli import recipe_from_args, run_training
     from trainer.loop import TrainError
     from .cli import CLIError
 
@@ -33,7 +33,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name, default in (("device", "auto"), ("confirm", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
+    try:  # a value out of range (--iterations 0, say) is a usage error too, caught before any loading
+        recipe_from_args(args)
+    except ValueError as exc:
+        raise CLIError(str(exc), 2) from None
     try:
         return run_training(args)
-    except (ValueError, TrainError, OSError) as exc:
+    except (ValueError, TrainError, OSError, RuntimeError, LookupError) as exc:  # each says why in one line
         raise CLIError(str(exc)) from None

@@ -10,9 +10,15 @@ from .cli import add_train_arguments, run_training
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line (argparse adds a usage block), exit status 2 as usual
+        print(f"{self.prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer",
-                                description="Fine-tune on FOLDER's edited/reviewed masks (torchrun for DDP).")
+    p = _Parser(prog="python -m trainer",
+                description="Fine-tune on FOLDER's edited/reviewed masks (torchrun for DDP).")
     add_train_arguments(p)
     args = p.parse_args(argv)
     try:
@@ -25,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         rank = os.environ.get("RANK")
         where = f"trainer (rank {rank})" if rank else "trainer"
-        print(f"{where}: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        # The expected failures (bad input, a diverged run, a file system error) carry their own
+        # one-line reason; only a surprise keeps its Python name, for the bug report.
+        expected = isinstance(exc, (ValueError, OSError, RuntimeError, LookupError))
+        why = ' '.join(str(exc).split())
+        print(f"{where}: {why}" if expected else f"{where}: {type(exc).__name__}: {why}", file=sys.stderr)
         return 1
 
 

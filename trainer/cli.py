@@ -12,7 +12,35 @@ import sys
 import threading
 from pathlib import Path
 
+from .recipe import LIMITS, RecipeError, check_value
+
 __all__ = ["add_train_arguments", "run_training", "recipe_from_args"]
+
+
+def _checked(field: str):
+    """An argparse ``type`` for recipe field ``field``: parses the text and refuses what the recipe would,
+    so a bad value fails at once, naming the option, instead of after loading a model."""
+    kind = LIMITS[field][0]
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be {'a whole number' if kind is int else 'a number'}, not {text!r}") from None
+        try:
+            return check_value(field, value)
+        except RecipeError as exc:
+            raise argparse.ArgumentTypeError(exc.reason) from None
+    parse.__name__ = field
+    return parse
+
+
+# command-line option (argparse dest) -> Recipe field
+_FIELDS = {"iterations": "iterations", "crop": "crop", "lr": "lr", "batch_size": "batch_size",
+           "accumulate": "accumulate", "time_budget": "time_budget_s", "heldout_fraction": "heldout_fraction",
+           "eval_every": "eval_every", "seed": "seed"}
+_OPTIONS = {field: "--" + dest.replace("_", "-") for dest, field in _FIELDS.items()}
 
 
 def add_train_arguments(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
@@ -22,36 +50,44 @@ def add_train_arguments(p: argparse.ArgumentParser, *, positional: bool = True) 
         p.add_argument("folder", metavar="FOLDER", help="image folder with edited/reviewed masks")
         p.add_argument("--weights", metavar="CKPT|CATALOG_ID",
                        help="model to start from (default: the folder's current fine-tuned version)")
-        p.add_argument("--iterations", type=int, metavar="N", help="optimiser steps (default 300)")
-        p.add_argument("--crop", type=int, metavar="S", help="training crop size in pixels (default 321)")
+        p.add_argument("--iterations", type=_checked("iterations"), metavar="N",
+                       help="optimiser steps (default 300)")
+        p.add_argument("--crop", type=_checked("crop"), metavar="S",
+                       help="training crop size in pixels (default 321)")
         p.add_argument("--out", metavar="CKPT", help="write the checkpoint here instead of as a new "
                                                      "version in the folder's store")
     p.add_argument("--new", metavar="ARCH", help="start a new ARCH model instead (the folder's classes; "
                    "backbone from cached ImageNet weights when present, else from scratch)")
-    p.add_argument("--lr", type=float, metavar="LR", help="backbone learning rate (head ×10; default 0.001)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="crops per step and process (default 4)")
-    p.add_argument("--accumulate", type=int, metavar="N", help="micro-batches per step (default 1)")
-    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop training after this long")
-    p.add_argument("--heldout-fraction", type=float, metavar="F", help="share held out (default 0.2)")
-    p.add_argument("--eval-every", type=int, metavar="N", help="validate every N steps (default 50)")
+    p.add_argument("--lr", type=_checked("lr"), metavar="LR",
+                   help="backbone learning rate, in (0, 1] (head ×10; default 0.001)")
+    p.add_argument("--batch-size", type=_checked("batch_size"), metavar="N",
+                   help="crops per step and process (default 4)")
+    p.add_argument("--accumulate", type=_checked("accumulate"), metavar="N", help="micro-batches per step (default 1)")
+    p.add_argument("--time-budget", type=_checked("time_budget_s"), metavar="SECONDS",
+                   help="stop training after this long")
+    p.add_argument("--heldout-fraction", type=_checked("heldout_fraction"), metavar="F",
+                   help="share held out, in [0, 1) (default 0.2)")
+    p.add_argument("--eval-every", type=_checked("eval_every"), metavar="N", help="validate every N steps (default 50)")
     p.add_argument("--bn", choices=("auto", "frozen", "train"), default="auto",
                    help="BatchNorm: frozen below 8 crops per process (auto), always frozen, or trained")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, metavar="S")
+    p.add_argument("--seed", type=_checked("seed"), metavar="S")
     p.add_argument("--confirm", action="store_true",
                    help="make the new version current even if held-out mIoU dropped")
 
 
 def recipe_from_args(args: argparse.Namespace):
+    """The Recipe of ``args``; ValueError naming the option when a value is out of range (a parser
+    other than ours, such as deeplab-gui's for --iterations and --crop, may let one through)."""
     from .recipe import Recipe
 
-    fields = {"iterations": "iterations", "crop": "crop", "lr": "lr", "batch_size": "batch_size",
-              "accumulate": "accumulate", "time_budget": "time_budget_s", "heldout_fraction": "heldout_fraction",
-              "eval_every": "eval_every", "seed": "seed"}
-    kw = {dst: getattr(args, src) for src, dst in fields.items() if getattr(args, src, None) is not None}
+    kw = {dst: getattr(args, src) for src, dst in _FIELDS.items() if getattr(args, src, None) is not None}
     bn = getattr(args, "bn", None) or "auto"
-    return Recipe(device=getattr(args, "device", None) or "auto",
-                  freeze_bn=None if bn == "auto" else bn == "frozen", **kw)
+    try:
+        return Recipe(device=getattr(args, "device", None) or "auto",
+                      freeze_bn=None if bn == "auto" else bn == "frozen", **kw)
+    except RecipeError as exc:
+        raise ValueError(f"{_OPTIONS.get(exc.field, exc.field)} {exc.reason}") from None
 
 
 def _load_start_model(args, store):
@@ -80,7 +116,9 @@ def run_training(args: argparse.Namespace, *, cancel: threading.Event | None = N
     """Fine-tune per ``args``; raises ValueError/TrainError/OSError with a one-line reason on failure."""
     from engine.store import AnnotationStore
     from . import ddp
+    from .guards import check_out_path
     from .loop import FineTune
+    from .versions import Versions
 
     folder = Path(args.folder)
     if not folder.is_dir():
@@ -88,8 +126,16 @@ def run_training(args: argparse.Namespace, *, cancel: threading.Event | None = N
     recipe = recipe_from_args(args)
     info = ddp.init_from_env(recipe.device)
     try:
+        if info.is_main and args.out is not None:  # fail now, not after the whole run
+            try:
+                check_out_path(args.out)
+            except ValueError as exc:
+                raise ValueError(f"--out {exc}") from None
         # Only rank 0 writes, so only it takes the store's instance lock.
         with AnnotationStore.open(folder, read_only=not info.is_main) as store:
+            notice = Versions.of(store).notice if info.is_main else None
+            if notice:  # a damaged versions.json: rebuilt, but the person should know
+                print(f"note: {' '.join(notice.split())}", file=sys.stderr, flush=True)
             model, parent = _load_start_model(args, store)
             run = FineTune(store, model, recipe, parent=parent, confirm=args.confirm, out=args.out,
                            cancel=cancel)

@@ -30,6 +30,7 @@ from . import ddp
 from .augment import to_input
 from .classes import ClassChange, adapt_classes
 from .dataset import SegDataset, labelled_samples, make_loader, split_heldout
+from .guards import check_out_path, has_labelled_pixels, nonfinite_tensors
 from .metrics import evaluate, miou
 from .params import bn_statistics_trained, freeze_bn_params, set_train_mode, split_params
 from .recipe import IGNORE_INDEX, Recipe
@@ -143,11 +144,16 @@ class FineTune:
     def __iter__(self) -> Iterator[Progress]:
         r, info, t0 = self.recipe, ddp.dist_info(), time.monotonic()
         device = _device(r.device, info)
+        if self.out is not None and info.is_main:  # before the run, not after it
+            check_out_path(self.out)
         yield Progress("prepare", message="reading the labelled images")
         samples = labelled_samples(self.store)
         if not samples:
             raise TrainError("no images with edited or reviewed masks to learn from")
         train, held = split_heldout(samples, r.heldout_fraction, r.seed)
+        if not has_labelled_pixels(s.mask_path for s in train):
+            raise TrainError(f"{self.store.folder}: no labelled pixels to learn from: the masks of the "
+                             f"{len(train)} image(s) to train on are void (255) everywhere")
         names = self.store.class_names
         if not isinstance(self.model, nn.Module):  # a builder: the first model of this folder
             yield Progress("prepare", message="building a new model")
@@ -155,6 +161,9 @@ class FineTune:
             if self.parent is None:
                 self.parent = _parent_of(self.model)
         work, change = adapt_classes(self.model, names, self.store.class_colors)  # a copy
+        if nonfinite_tensors(work.state_dict()):
+            raise TrainError(f"the model to start from ({self.parent or 'unnamed'}) has NaN or infinite "
+                             "weights; start from another version or other weights")
         work.to(device)
         frozen = r.bn_frozen()
         if frozen and r.freeze_bn is None and not bn_statistics_trained(work):
@@ -279,6 +288,10 @@ class FineTune:
         if ddp.any_rank(self.cancelled()):  # last chance: after this the checkpoint is written
             yield self._finish_cancelled(result, t0, step)
             return
+        bad = nonfinite_tensors(work.state_dict())
+        if bad:  # never written, never made current: it would be every later run's starting point
+            raise TrainError(f"training diverged: {len(bad)} weight tensor(s) hold NaN or infinity "
+                             f"(first {bad[0]}); nothing was written; lower the learning rate")
         work.eval()
         result.status, result.model, result.steps, result.stop_reason = "done", work, step, stop_reason
         result.miou_after = after

@@ -10,20 +10,28 @@
 Each checkpoint also carries its own entry in its metadata (``meta.extra["version"]``), so the index
 can always be rebuilt: files the index does not know (a crash between writing the checkpoint and
 the index) are added from their metadata, entries whose file is gone are dropped.  Writes are atomic.
+
+A damaged index (not JSON, or JSON of the wrong shape) is rebuilt that way too; ``notice`` says so, and
+the next write keeps the damaged file as ``versions.json.damaged-<its time>`` instead of replacing it.
+A checkpoint whose weights hold NaN or infinity is never recorded or made current.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoints import CheckpointError, read_meta
-from engine.fileio import atomic_write_bytes
+import torch
 
-__all__ = ["Version", "Versions", "VERSIONS_FILE", "VersionError"]
+from engine.checkpoints import CheckpointError, read_meta
+from engine.fileio import atomic_write_bytes, fsync_dir
+
+__all__ = ["Version", "Versions", "VERSIONS_FILE", "VersionError", "nonfinite_weights"]
 
 VERSIONS_FILE = "versions.json"
 FORMAT = 1
@@ -57,12 +65,65 @@ class Version:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    @classmethod
+    def parse(cls, d: Any) -> "Version | None":
+        """A Version from an index entry or checkpoint metadata; None when ``d`` is not a dict, has no
+        plain file name, or a field of the wrong type (which would break sorting and display)."""
+        if not isinstance(d, dict):
+            return None
+        name = d.get("name")
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+            return None
+        for key, types in _FIELD_TYPES.items():
+            if key in d and not isinstance(d[key], types):
+                return None
+        return cls.from_dict(d)
+
     @property
     def improved(self) -> bool | None:
         """Held-out mIoU did not drop (None when it could not be measured)."""
         if self.miou_before is None or self.miou_after is None:
             return None
         return self.miou_after >= self.miou_before
+
+
+_NUM = (int, float)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "parent": (str, type(None)), "created": _NUM, "images": (list,), "heldout": (list,), "recipe": (dict,),
+    "miou_before": (*_NUM, type(None)), "miou_after": (*_NUM, type(None)), "steps": (int,), "arch": (str,),
+    "note": (str,)}
+
+
+def _parse_index(data: Any) -> tuple[list[Version], str | None, int]:
+    """(versions, current, entries skipped) of a parsed versions.json; ValueError for the wrong shape."""
+    if not isinstance(data, dict):
+        raise ValueError(f"not a JSON object but a {type(data).__name__}")
+    if data.get("format") != FORMAT:
+        raise ValueError(f"unknown format {data.get('format')!r}")
+    entries = data.get("versions", [])
+    if not isinstance(entries, list):
+        raise ValueError(f"'versions' is a {type(entries).__name__}, not a list")
+    current = data.get("current")
+    if current is not None and not isinstance(current, str):
+        raise ValueError(f"'current' is a {type(current).__name__}, not a file name")
+    parsed = [Version.parse(e) for e in entries]
+    versions = [v for v in parsed if v is not None]
+    return versions, current, len(parsed) - len(versions)
+
+
+def nonfinite_weights(path: Path) -> int:
+    """How many floating-point tensors of the safetensors file ``path`` hold NaN or infinity (read one
+    tensor at a time); CheckpointError when the file cannot be read."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        bad = 0
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                bad += bool(t.is_floating_point() and not bool(torch.isfinite(t).all()))
+        return bad
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({' '.join(str(exc).split())})") from None
 
 
 class Versions:
@@ -78,6 +139,7 @@ class Versions:
         self.notice: str | None = None
         self._current: str | None = None
         self._versions: list[Version] = []
+        self._damaged: tuple[Path, str] | None = None  # (where to keep the damaged index, why it is damaged)
         self.reload()
 
     @classmethod
@@ -87,27 +149,41 @@ class Versions:
 
     # ------------------------------------------------------------------ reading
     def reload(self) -> None:
-        data: dict[str, Any] = {}
+        """Re-read the index; a damaged one is rebuilt from the checkpoints and reported in ``notice``."""
+        versions: list[Version] = []
+        current: str | None = None
+        self._damaged = None
         if self.file.exists():
             try:
-                data = json.loads(self.file.read_text(encoding="utf-8"))
-                if data.get("format") != FORMAT:
-                    raise ValueError(f"unknown format {data.get('format')!r}")
-            except (OSError, ValueError) as exc:
-                self.notice = f"{self.file} was unreadable ({exc}); rebuilt from the checkpoints' metadata"
-                data = {}
-        versions = [Version.from_dict(v) for v in data.get("versions", [])]
+                versions, current, skipped = _parse_index(json.loads(self.file.read_text(encoding="utf-8")))
+                if skipped:
+                    self._mark_damaged(f"{skipped} unreadable entr{'y' if skipped == 1 else 'ies'}")
+            except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON, or the wrong shape
+                self._mark_damaged(" ".join(str(exc).split()))
+        by_name = {v.name: v for v in versions}  # a name listed twice: the later entry wins
         on_disk = {p.name for p in self.dir.glob("*.safetensors")} if self.dir.is_dir() else set()
-        versions = [v for v in versions if v.name in on_disk]
-        known = {v.name for v in versions}
-        for name in sorted(on_disk - known):
+        versions = [v for v in by_name.values() if v.name in on_disk]
+        for name in sorted(on_disk - set(by_name)):
             v = self._from_checkpoint(self.dir / name)
             if v is not None:
                 versions.append(v)
         versions.sort(key=lambda v: (v.created, v.name))
         self._versions = versions
-        current = data.get("current")
         self._current = current if current in {v.name for v in versions} else None
+
+    def _mark_damaged(self, why: str) -> None:
+        try:
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.file.stat().st_mtime))
+        except OSError:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.file.with_name(f"{VERSIONS_FILE}.damaged-{stamp}")
+        n = 2
+        while aside.exists():
+            aside = self.file.with_name(f"{VERSIONS_FILE}.damaged-{stamp}-{n}")
+            n += 1
+        self._damaged = (aside, why)
+        self.notice = (f"{self.file} is damaged ({why}); the versions were rebuilt from the checkpoints' "
+                       f"own metadata, and the damaged file will be kept as {aside.name} on the next change")
 
     @staticmethod
     def _from_checkpoint(path: Path) -> Version | None:
@@ -116,7 +192,7 @@ class Versions:
         except CheckpointError:
             return None
         entry = meta.extra.get("version") if meta is not None else None
-        return Version.from_dict({**entry, "name": path.name}) if isinstance(entry, dict) else None
+        return Version.parse({**entry, "name": path.name}) if isinstance(entry, dict) else None
 
     def list(self) -> list[Version]:
         """Every version, oldest first."""
@@ -142,10 +218,12 @@ class Versions:
 
     # ------------------------------------------------------------------ writing
     def add(self, version: Version, *, make_current: bool) -> None:
-        """Record a checkpoint already written as ``dir/version.name``; optionally make it current."""
+        """Record a checkpoint already written as ``dir/version.name``; optionally make it current.
+        ValueError when its weights hold NaN or infinity (nothing is recorded then)."""
         self.reload()
         if not (self.dir / version.name).is_file():
             raise VersionError(f"{self.dir / version.name} does not exist")
+        self._check_finite(version.name)
         self._versions = [v for v in self._versions if v.name != version.name] + [version]
         if make_current:
             self._current = version.name
@@ -156,10 +234,27 @@ class Versions:
         self.reload()
         if name is not None:
             self.get(name)
+            self._check_finite(name)
         self._current = name
         self._write()
 
+    def _check_finite(self, name: str) -> None:
+        path = self.dir / name
+        bad = nonfinite_weights(path)
+        if bad:
+            raise ValueError(f"{path}: {bad} weight tensor(s) hold NaN or infinity; not recorded as a version")
+
     def _write(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self._damaged is not None and self.file.exists():
+            aside, why = self._damaged
+            try:  # a second name for the damaged file, so versions.json itself is never missing
+                os.link(self.file, aside)
+            except OSError:  # no hard links here (some network and FAT file systems)
+                shutil.copyfile(self.file, aside)
+            fsync_dir(self.dir)
+            self._damaged = None
+            self.notice = (f"{self.file} was damaged ({why}); the versions were rebuilt from the checkpoints' "
+                           f"own metadata, and the damaged file is kept as {aside.name}")
         data = {"format": FORMAT, "current": self._current, "versions": [v.to_dict() for v in self._versions]}
         atomic_write_bytes(self.file, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
