@@ -219,7 +219,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> Pa
     ``metadata``: ``class_names``, ``class_colors`` (and any other ModelMeta field) replace the
     model's; anything else (``parent``, ``training`` summary, ``metrics`` ...) goes into
     ``meta.extra``.  All of it must be JSON-serialisable.  The model's own ``meta`` is not changed.
-    Returns the path written.  ``load_model(path)`` gives back bit-identical tensors.
+    Returns the path written.  ``load_model(path)`` gives back bit-identical tensors.  Weights holding
+    NaN or infinity are refused (ValueError) and nothing is written.
     """
     path = Path(path)
     meta = getattr(model, "meta", None)
@@ -246,6 +247,10 @@ def save_model(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> Pa
             t = t.clone()
         seen.add(ident)
         tensors[k] = t
+    # NaN/inf weights predict garbage, and a saved file gets loaded, made current and trained on again.
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"{path}: not written: {len(bad)} tensor(s) hold NaN or infinity (first {bad[0]})")
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
