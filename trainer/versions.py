@@ -13,7 +13,7 @@ the index) are added from their metadata, entries whose file is gone are dropped
 
 A damaged index (not JSON, or JSON of the wrong shape) is rebuilt that way too; ``notice`` says so, and
 the next write keeps the damaged file as ``versions.json.damaged-<its time>`` instead of replacing it.
-A checkpoint whose weights hold NaN or infinity is never recorded or made current.
+A checkpoint whose weights hold NaN or infinity is never recorded, so never made current.
 """
 from __future__ import annotations
 
@@ -233,8 +233,7 @@ class Versions:
         """Make any recorded version current again (None: back to the model the app started with)."""
         self.reload()
         if name is not None:
-            self.get(name)
-            self._check_finite(name)
+            self.get(name)  # recorded, so checked when it was added (and loading refuses NaN weights)
         self._current = name
         self._write()
 
