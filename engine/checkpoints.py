@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch.nn as nn
 from .checkpoint_formats import (FORMATS, SkipRandomInit, detect_format, diff_keys, format_diff,
                                  match_architecture, strip_wrapper_prefixes)
 from .checkpoint_limits import CheckpointError, check_safetensors, check_torch_file, safetensors_header
-from .fileio import fsync_dir
+from .fileio import atomic_output
 from .meta import ModelMeta
 from .models import build_model, model_spec
 
@@ -253,17 +252,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> Pa
         raise ValueError(f"{path}: not written: {len(bad)} tensor(s) hold NaN or infinity (first {bad[0]})")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         save_file(tensors, tmp, metadata=header)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
     return path
 
 

@@ -217,3 +217,12 @@ def test_a_shrunk_class_list_names_the_masks_beyond_it_and_keeps_them(folder):
         with pytest.raises(StoreError, match="class index 20"):
             st.save_mask("a.png", st.load_mask("a.png"))
     assert path.read_bytes() == before
+
+
+def test_checkpoints_get_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_model(build_model("deeplabv3_mobilenet_v2", num_classes=3), tmp_path / "m.safetensors")
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
