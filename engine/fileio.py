@@ -94,9 +94,13 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     fd, tmp = _create_temp(path)
-    os.close(fd)
+    try:
+        mode = os.fstat(fd).st_mode & 0o7777
+    finally:
+        os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, mode)  # some writers (safetensors) replace the file with one of their own, 0600
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
