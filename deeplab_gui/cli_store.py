@@ -41,16 +41,47 @@ def model_id(checkpoint: Path, arch: str) -> str:
     return f"{arch}:{h.hexdigest()[:16]}"
 
 
+def _predict_for_store(predictor: Any, path: Path, refine: Callable[..., Any] | None,
+                       params: Any) -> tuple[Any, Any]:
+    """(H×W uint8 labels, C×h×w float32 probabilities on the store's capped grid) of one image file.
+
+    With the CRF, it refines the grid: the image's own size when within the cap, else a reduced copy
+    with the spatial widths scaled alike; the labels are its result enlarged band by band.  So no step
+    holds C×H×W values of a huge image.
+    """
+    if refine is None:
+        pred = predictor.predict_with_probs(path)  # reads (and checks) the file, drops it early
+        return pred.labels, pred.probs
+    import math
+
+    import numpy as np
+    from engine.imageio import read_image
+    from engine.probgrid import labels_at, resize_image
+
+    rgb = read_image(path)
+    size = rgb.shape[:2]
+    predictor.check_image_size(*size, path=path)
+    probs = predictor.predict_with_probs(rgb).probs
+    grid = probs.shape[1:]
+    if grid != size:
+        rgb = resize_image(rgb, grid)
+        params = params.scaled(math.sqrt(grid[0] * grid[1] / (size[0] * size[1])))
+    refined = np.asarray(refine(rgb, probs, params), dtype=np.float32)
+    return labels_at(refined, size), refined
+
+
 def prelabel_into_store(folder: Path, predictor: Any, refine: Callable[..., Any] | None, *,
                         checkpoint: Path, recursive: bool, overwrite: bool) -> int:
     """Predict every image that has no person's mask; masks and probabilities go into the store.
 
-    Edited and reviewed masks are never replaced unless ``overwrite``.  Unreadable images are recorded
-    in the store with their reason and skipped.
+    Edited and reviewed masks are never replaced unless ``overwrite``.  Unreadable images and images
+    too small to segment are recorded in the store with their reason and skipped.  Memory stays at
+    :meth:`engine.predictor.Predictor.predict_with_probs`'s bound whatever the image size: the store
+    keeps probabilities on a capped grid, and the CRF (``refine``) runs on that grid.
     """
-    import numpy as np
     from tqdm import tqdm
-    from engine.imageio import ImageReadError, read_image
+    from engine.imageio import ImageReadError
+    from engine.predictor import ImageTooSmallError
 
     meta = predictor.meta
     with _open_store(folder, recursive=recursive or None) as store:
@@ -72,15 +103,12 @@ def prelabel_into_store(folder: Path, predictor: Any, refine: Callable[..., Any]
         with tqdm(total=len(todo), file=sys.stderr, unit="img", desc="prelabel", dynamic_ncols=True) as bar:
             for image_id in todo:
                 try:
-                    rgb = read_image(store.image_path(image_id))
-                    probs = predictor.predict(rgb)
-                    if refine is not None:
-                        probs = np.asarray(refine(rgb, probs, params), dtype=np.float32)
-                    labels = probs.argmax(0).astype(np.uint8)
+                    labels, probs = _predict_for_store(predictor, store.image_path(image_id), refine, params)
                     if store.save_prediction(image_id, labels, probs=probs, model_id=mid, overwrite=overwrite):
                         written += 1
                         store.record_error(image_id, None)
-                except ImageReadError as exc:
+                    del labels, probs  # the next image's peak must not include this one's arrays
+                except (ImageReadError, ImageTooSmallError) as exc:
                     store.record_error(image_id, exc.reason)
                     bar.write(f"warning: skipped {exc}", file=sys.stderr)
                     failed += 1

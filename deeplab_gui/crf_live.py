@@ -10,11 +10,10 @@ import dataclasses
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PySide6.QtCore import QObject, Signal
 
 from engine.crf import CRFParams, LiveCRF, LiveResult
+from engine.probgrid import resize_image, resize_probs
 
 __all__ = ["MAX_LIVE_PIXELS", "LiveAdapter", "ScaledLiveCRF", "build_live"]
 
@@ -62,23 +61,25 @@ class LiveAdapter(QObject):
 def build_live(image: np.ndarray, probs: np.ndarray) -> LiveCRF:
     """Worker-thread part of a restart: unaries and the preview level of a new LiveCRF.
 
-    Images above ``MAX_LIVE_PIXELS`` are refined on an area-averaged copy (spatial widths scaled with
-    it): a full-size lattice costs about 250 bytes per pixel, 3 GB and minutes for 12 megapixels. The
-    adapter scales the labels back to the picture's size.
+    Images above ``MAX_LIVE_PIXELS`` are refined on a reduced copy (spatial widths scaled with it): a
+    full-size lattice costs about 250 bytes per pixel, 3 GB and minutes for 12 megapixels. ``probs``
+    may be on a grid smaller than the image (a huge image's cache entry, see engine.probgrid); the CRF
+    then runs at that grid or below, so it never needs full-size probabilities. The adapter scales
+    the labels back to the picture's size.
     """
     h, w = image.shape[:2]
+    size = (h, w)
     if h * w > MAX_LIVE_PIXELS:
         s = math.sqrt(MAX_LIVE_PIXELS / (h * w))
         size = (max(1, round(h * s)), max(1, round(w * s)))
-        with torch.inference_mode():
-            img = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=size, mode="area")
-            p = F.interpolate(torch.from_numpy(np.ascontiguousarray(probs, np.float32))[None], size=size,
-                              mode="area")[0]
-            p = p / p.sum(0, keepdim=True)
-            image = img[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-            probs = p.numpy()
-        return ScaledLiveCRF(image, probs, s)
-    return LiveCRF(image, probs)
+    if probs.shape[1] * probs.shape[2] < size[0] * size[1]:
+        size = (int(probs.shape[1]), int(probs.shape[2]))
+    if size == (h, w):
+        return LiveCRF(image, probs)
+    # uint8 in, uint8 out: no float copy of a big picture; the probabilities only ever shrink here.
+    small = resize_image(image, size)
+    p = resize_probs(probs, size)
+    return ScaledLiveCRF(small, p, math.sqrt(size[0] * size[1] / (h * w)))
 
 
 class ScaledLiveCRF(LiveCRF):

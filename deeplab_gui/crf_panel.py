@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBo
                                QLabel, QPushButton, QSizePolicy, QSlider, QSpinBox, QVBoxLayout, QWidget)
 
 from engine.crf import DEEPLAB_V1, MAX_ITERATIONS, PRESETS, CRFParams, LiveCRF, LiveCRFWorker, LiveResult
+from engine.probgrid import grid_fits
 
 from .crf_live import MAX_LIVE_PIXELS, LiveAdapter, build_live
 
@@ -315,7 +316,7 @@ class CRFPanel(QWidget):
         if not self.enable_box.isChecked() or image is None or probs is None:
             self._update_state()
             return
-        if probs.shape[1:] != image.shape[:2]:
+        if not grid_fits(probs.shape[1:], image.shape[:2]):  # a huge image's may be on a smaller grid
             self.status_label.setText("cached probabilities do not match the image size; pre-label it again")
             self._update_state()
             return

@@ -73,40 +73,46 @@ def load_file(path: str, arch: str | None, *, progress) -> LoadedModel:
 
 
 def predict_one(predictor, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    probs = predictor.predict(image)
-    return probs.argmax(0).astype(np.uint8), probs
+    """(H×W uint8 labels, C×h×w float32 probabilities on the store's capped grid): what the store
+    keeps, so a huge image never has C×H×W probabilities in memory (see engine.probgrid)."""
+    pred = predictor.predict_with_probs(image)
+    return pred.labels, pred.probs
 
 
 class BatchRelay(QObject):
     """Hands the current image's prediction from the batch worker thread to the UI thread."""
 
-    current_done = Signal(str, object, object)  # image id, labels HxW uint8, probs CxHxW float32
+    current_done = Signal(str, object, object)  # image id, labels HxW uint8, probs Cxhxw float32 (capped grid)
 
 
 def predict_batch(predictor, store, ids: list[str], model_id: str, current: list, relay: BatchRelay, *,
                    progress, cancel) -> dict:
     """Pre-label ``ids``: predict, then save through the store (which refuses to overwrite a person's
     mask). The image shown in the app (``current[0]``, read live) is handed to the UI thread instead, so
-    the session applies it to the open document as one undo step."""
+    the session applies it to the open document as one undo step. Each image costs what
+    ``Predictor.predict_with_probs`` holds (labels plus capped-grid probabilities), plus the next image
+    being read ahead."""
     done = saved = failed = 0
     progress(0, len(ids))
     paths = [store.image_path(i) for i in ids]
     by_path = dict(zip(map(str, paths), ids))
-    for key, result in predictor.predict_many([str(p) for p in paths], cancel=cancel):
+    for key, result in predictor.predict_many([str(p) for p in paths], cancel=cancel, prediction=True):
         image_id = by_path[key]
         done += 1
         if isinstance(result, Exception):
             failed += 1
             store.record_error(image_id, str(result))
         else:
-            labels = result.argmax(0).astype(np.uint8)
+            labels, probs = result.labels, result.probs
             if image_id == current[0]:
-                relay.current_done.emit(image_id, labels, result)
+                relay.current_done.emit(image_id, labels, probs)
                 saved += 1
-            elif store.save_prediction(image_id, labels, probs=result, model_id=model_id):
+            elif store.save_prediction(image_id, labels, probs=probs, model_id=model_id):
                 saved += 1
             else:
-                store.save_probs(image_id, result, model_id=model_id)  # a person's mask: keep only probs
+                store.save_probs(image_id, probs, model_id=model_id)  # a person's mask: keep only probs
+            del labels, probs
+        del result  # none of this image's arrays is held while the next one is predicted
         progress(done, len(ids))
     return {"done": done, "saved": saved, "failed": failed, "total": len(ids)}
 

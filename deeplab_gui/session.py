@@ -327,18 +327,22 @@ class Session(QObject):
         self.model_changed.emit()
 
     def set_probs(self, image_id: str, probs: np.ndarray) -> TaskHandle:
-        """Cache ``probs`` (C×H×W float32) in the store and, for the current image, show them."""
+        """Cache ``probs`` (C×h×w float32: the image's size, or the capped grid of engine.probgrid for a
+        huge image) in the store and, for the current image, show them."""
         store, model_id = self.store, self.model_id or ""
+        size = self.image_size if image_id == self.image_id else None
 
         def work():
             if not store.read_only:
                 store.save_probs(image_id, probs, model_id=model_id)
-            return derived(probs)
+            return derived(probs, size) if size is not None else (None, None)
         return self.run_task(work, on_result=lambda d: self._show_probs(image_id, probs, d),
                              on_error=lambda t: self._say("error", t), task_name="cache probabilities")
 
     def _show_probs(self, image_id: str, probs: np.ndarray, derived: tuple) -> None:
-        if image_id == self.image_id and self.image_size is not None and probs.shape[1:] == self.image_size:
+        from engine.probgrid import grid_fits
+        if image_id == self.image_id and self.image_size is not None and derived[0] is not None \
+                and derived[0].shape == self.image_size and grid_fits(probs.shape[1:], self.image_size):
             self.probs, (self.raw_labels, self.uncertainty) = probs, derived
             self.probs_changed.emit()
 
@@ -349,7 +353,7 @@ class Session(QObject):
 
         def work():
             stored = store.save_prediction(image_id, labels, probs=probs, model_id=model_id)
-            return stored, derived(probs)
+            return stored, derived(probs, labels.shape)
 
         def done(value: tuple) -> None:
             stored, derived = value

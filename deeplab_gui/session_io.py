@@ -22,7 +22,7 @@ class Loaded:
     image_id: str
     image: np.ndarray | None          # H×W×3 uint8, None when unreadable
     mask: np.ndarray | None           # H×W uint8 from the store, None when there is none
-    probs: np.ndarray | None          # C×H×W float32 cached probabilities
+    probs: np.ndarray | None          # C×h×w float32 cached probabilities: H×W, or a huge image's capped grid
     raw: np.ndarray | None            # H×W uint8 argmax of probs
     unc: np.ndarray | None            # H×W float32 normalised entropy
     warning: str | None = None
@@ -52,12 +52,23 @@ def read_preview(path: Any, max_side: int) -> tuple[np.ndarray | None, Any, tupl
     return (image if image.shape[:2] == size else None), display_image(image), size
 
 
-def derived(probs: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(argmax labels H×W uint8, uncertainty H×W float32) of C×H×W probabilities; worker thread only."""
+def derived(probs: np.ndarray | None, size: tuple[int, int] | None = None,
+            ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(argmax labels H×W uint8, uncertainty H×W float32) of probabilities for an image of ``size``;
+    worker thread only.  Probabilities on a smaller grid (a huge image's cache entry, see
+    engine.probgrid) are enlarged band by band, so only the two H×W maps are ever full size."""
     if probs is None:
         return None, None
     from .uncertainty import uncertainty
-    return probs.argmax(0).astype(np.uint8), uncertainty(probs)
+    if size is None or tuple(probs.shape[1:]) == tuple(size):
+        return probs.argmax(0).astype(np.uint8), uncertainty(probs)
+    from engine.probgrid import argmax0_u8, upsample_bands
+    labels, unc = np.empty(size, np.uint8), np.empty(size, np.float32)
+    for y0, band in upsample_bands(probs, *size):
+        b = band.numpy()
+        argmax0_u8(b, labels[y0:y0 + b.shape[1]])
+        unc[y0:y0 + b.shape[1]] = uncertainty(b)
+    return labels, unc
 
 
 def load_image(store: Any, image_id: str, model_id: str | None, ready: tuple | None,
@@ -69,6 +80,7 @@ def load_image(store: Any, image_id: str, model_id: str | None, ready: tuple | N
     (``preview=True``, ``image`` None); mask and probabilities are always at full resolution.
     """
     from engine.imageio import ImageReadError
+    from engine.probgrid import grid_fits
     path = store.image_path(image_id)
     # The mask and probabilities are read while the pixels decode: both mostly run in C with the GIL
     # released (zlib, libjpeg), so on two cores the switch costs the longer of the two, not the sum.
@@ -94,9 +106,9 @@ def load_image(store: Any, image_id: str, model_id: str | None, ready: tuple | N
     size = (int(size[0]), int(size[1]))
     if mask is not None and mask.shape != size:
         warning, mask = f"the stored mask of {image_id} does not fit the image; starting empty", None
-    if probs is not None and probs.shape[1:] != size:
+    if probs is not None and not grid_fits(probs.shape[1:], size):
         probs = None
-    return Loaded(image_id, image, mask, probs, *derived(probs), warning, display, size, image is None)
+    return Loaded(image_id, image, mask, probs, *derived(probs, size), warning, display, size, image is None)
 
 
 _POOL: ThreadPoolExecutor | None = None

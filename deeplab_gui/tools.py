@@ -249,7 +249,10 @@ class SnapTool(BrushTool):
         y0, x0, y1, x1 = layer.bbox
         y0, x0, y1, x1 = max(y0 - m, 0), max(x0 - m, 0), min(y1 + m, h), min(x1 + m, w)
         image = s.image[y0:y1, x0:x1]
-        probs = s.probs[:, y0:y1, x0:x1] if s.probs is not None else None
+        probs = None
+        if s.probs is not None:  # a huge image's probabilities may be on a smaller grid: enlarge the box only
+            from engine.probgrid import crop_at
+            probs = crop_at(s.probs, (h, w), (y0, x0, y1, x1))
         scrib = layer.scribbles[y0:y1, x0:x1].copy()
         params = _crf_params(s)
         n = len(s.class_names)

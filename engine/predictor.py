@@ -10,12 +10,24 @@ Inference size
     longer side is then capped at ``max_side`` (default 1024).  The network runs at that size and the
     probabilities are bilinearly upsampled (align_corners=False) to the input size.
 
+Small images
+    The network never sees a side shorter than ``MIN_NETWORK_SIDE`` (16) pixels: a smaller inference
+    size is enlarged (aspect kept, even past ``max_side`` on the long side), since some backbones fail
+    on inputs of a few pixels.  So a 20×20 thumbnail or a 5×300 banner is predicted and its result
+    comes back at its own size.  Images with a side under ``MIN_IMAGE_SIDE`` (4) pixels (a 1×500 strip,
+    a 3×3 icon) cannot be segmented meaningfully and raise :class:`ImageTooSmallError` (a
+    ``ValueError``) naming the file, as do images longer than ``MAX_ASPECT_RATIO`` (4096) times their
+    width, whose enlarged network input would pass 1 Mi pixels.
+
 Memory (README-ready)
     Predicting an H×W image with C classes needs, beyond the input image itself:
 
     * the result: ``C×H×W×4`` bytes for :meth:`Predictor.predict` (float32 probabilities), or
       ``H×W`` bytes for :meth:`Predictor.predict_labels` (uint8 labels; full-size probabilities are
-      never materialised, so prefer it for big images and batch jobs);
+      never materialised, so prefer it for big images and batch jobs), or for
+      :meth:`Predictor.predict_with_probs` (what pre-labelling into the annotation store calls) the
+      labels plus probabilities on the cache's capped grid, ``C×g×4`` bytes with
+      ``g = min(H×W, probs cap)`` (the cap is 4 Mi pixels, see :mod:`engine.probgrid`);
     * the network's activations at the inference size, at most ``max_side²`` pixels (times the
       largest TTA scale squared); this is the model-dependent term that ``max_side`` bounds;
     * low-resolution probabilities: 3 × ``C×h×w×4`` bytes at the inference size h×w, and the
@@ -24,16 +36,20 @@ Memory (README-ready)
       ``tile_elements`` values (default 4 Mi), using at most 4 band buffers = 64 MiB by default.
 
     So a 12000×9000 photo with 21 classes at the default ``max_side`` needs 9.1 GB + ~0.3 GB +
-    activations for ``predict`` (the result dominates) but only ~0.4 GB + activations for
-    ``predict_labels``.  :meth:`Predictor.memory_bound` computes
-    the non-activation part for a given size.
+    activations for ``predict`` (the result dominates), ~0.4 GB + activations for ``predict_labels``,
+    and ~0.8 GB + activations for ``predict_with_probs``.  Storing that result adds the float16
+    copy of the grid and its compressed file (each at most ``C×g×2`` bytes) and the mask's PNG
+    encoding (about 2×H×W bytes).  :meth:`Predictor.memory_bound` computes the non-activation part for
+    a given size.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -43,16 +59,49 @@ import torch.nn.functional as F
 
 from .cancel import cancel_check
 from .imageio import read_image, to_rgb_uint8
+from .probgrid import DEFAULT_TILE_ELEMENTS, argmax0_u8, probs_grid, resize_probs, upsample_bands
 
-__all__ = ["Predictor", "PredictionError", "resolve_device", "DEFAULT_MAX_SIDE", "DEFAULT_TILE_ELEMENTS"]
+__all__ = ["Predictor", "Prediction", "PredictionError", "ImageTooSmallError", "resolve_device",
+           "DEFAULT_MAX_SIDE", "DEFAULT_TILE_ELEMENTS", "MIN_IMAGE_SIDE", "MIN_NETWORK_SIDE",
+           "MAX_ASPECT_RATIO"]
 
 DEFAULT_MAX_SIDE = 1024
-DEFAULT_TILE_ELEMENTS = 4 * 1024 * 1024
+# Below this many pixels on a side an image holds nothing to segment (1×500 strips, 3×3 icons).
+MIN_IMAGE_SIDE = 4
+# Smallest side the network is given: some backbones fail below 3 pixels, and at output stride 16
+# this is one feature cell.
+MIN_NETWORK_SIDE = 16
+# Longer side over shorter side beyond which an image is refused: such a strip holds nothing to
+# segment, and its network input (short side enlarged to MIN_NETWORK_SIDE) would pass 1 Mi pixels.
+MAX_ASPECT_RATIO = 4096
 _OOM_ERRORS: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
 
 
 class PredictionError(RuntimeError):
     """Prediction failed even after the out-of-memory fallbacks; the message is one line."""
+
+
+class ImageTooSmallError(ValueError):
+    """An image too small or too thin to segment; ``str(err)`` is one line, ``"<path>: <reason>"``
+    when the image came from a file."""
+
+    def __init__(self, reason: str, path: str | os.PathLike | None = None) -> None:
+        self.reason = reason
+        self.path = None if path is None else str(path)
+        super().__init__(reason if path is None else f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What pre-labelling keeps of one image: its labels at full size and its probabilities on the
+    annotation store's capped grid (:func:`engine.probgrid.probs_grid`)."""
+
+    labels: np.ndarray  # H×W uint8, equal to Predictor.predict_labels
+    probs: np.ndarray   # C×h×w float32 with h×w <= the cap; the image's own size when it is small enough
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.labels.shape[0]), int(self.labels.shape[1])
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -75,19 +124,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 def _is_oom(exc: BaseException) -> bool:
     # MPS and some CUDA paths raise a plain RuntimeError whose text says so.
     return isinstance(exc, _OOM_ERRORS) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
-
-
-class _Bilinear1D:
-    """Source indices and weights of a 1-D bilinear resize, align_corners=False, as F.interpolate."""
-
-    def __init__(self, n_in: int, n_out: int) -> None:
-        scale = n_in / n_out
-        src = (torch.arange(n_out, dtype=torch.float64) + 0.5) * scale - 0.5
-        src = src.clamp_(min=0.0)
-        i0 = src.floor().long().clamp_(max=n_in - 1)
-        self.i0 = i0
-        self.i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
-        self.w = (src - i0).to(torch.float32)
 
 
 class Predictor:
@@ -149,18 +185,40 @@ class Predictor:
             s = self.preprocessing.resize_short / min(height, width)
         if self.max_side is not None and max(height, width) * s > self.max_side:
             s = self.max_side / max(height, width)
+        if min(height, width) * s < MIN_NETWORK_SIDE:  # small or thin: enlarge (see module docstring)
+            s = MIN_NETWORK_SIDE / min(height, width)
+            h, w = math.ceil(height * s - 1e-9), math.ceil(width * s - 1e-9)
+            return max(MIN_NETWORK_SIDE, h), max(MIN_NETWORK_SIDE, w)
         return max(1, round(height * s)), max(1, round(width * s))
 
-    def memory_bound(self, height: int, width: int, *, labels: bool = False) -> int:
+    @staticmethod
+    def check_image_size(height: int, width: int, path: str | os.PathLike | None = None) -> None:
+        """Raise :class:`ImageTooSmallError` (naming ``path`` when given) for an image that cannot be
+        segmented: a side under ``MIN_IMAGE_SIDE`` pixels, or an aspect ratio above ``MAX_ASPECT_RATIO``
+        (its short side enlarged to ``MIN_NETWORK_SIDE``, the network input would pass 1 Mi pixels)."""
+        if min(height, width) < MIN_IMAGE_SIDE:
+            raise ImageTooSmallError(f"image is {width}x{height} pixels, too small to segment (each side "
+                                     f"needs at least {MIN_IMAGE_SIDE})", path)
+        if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+            raise ImageTooSmallError(f"image is {width}x{height} pixels, too thin to segment (aspect ratio "
+                                     f"above {MAX_ASPECT_RATIO}:1)", path)
+
+    def memory_bound(self, height: int, width: int, *, labels: bool = False,
+                     cache_pixels: int | None = None) -> int:
         """Bytes needed beyond the input image and the network's activations (see module docstring).
 
-        Includes the result (C×H×W float32, or H×W uint8 when ``labels``), three low-resolution
-        probability buffers, the resized input and the upsampling workspace.
+        Includes the result (C×H×W float32; H×W uint8 when ``labels``; with ``cache_pixels``, what
+        :meth:`predict_with_probs` returns for that cap: H×W uint8 plus C×min(H×W, cap) float32), three
+        low-resolution probability buffers, the resized input and the upsampling workspace.
         """
         c = self.num_classes
         h, w = self.inference_size(height, width)
         pixels = h * w * max(self.tta_scales) ** 2
-        result = height * width if labels else c * height * width * 4
+        if cache_pixels is not None:
+            gh, gw = probs_grid(height, width, cache_pixels)
+            result = height * width + c * gh * gw * 4
+        else:
+            result = height * width if labels else c * height * width * 4
         lowres = int(3 * c * pixels * 4)            # accumulator, current scale, flipped pass
         network_input = int(pixels * 3 * (1 + 3 * 4))  # resized uint8 + three float32 temporaries
         workspace = 4 * self.tile_elements * 4 + height * 24
@@ -190,34 +248,43 @@ class Predictor:
         Works band by band, so memory stays at H×W bytes plus the bounded workspace whatever the size.
         """
         rgb = self._as_rgb(image)
+        return self._labels(self._lowres_probs(rgb), *rgb.shape[:2])
+
+    def predict_with_probs(self, image: np.ndarray | str | os.PathLike, *,
+                           max_pixels: int | None = None) -> Prediction:
+        """Labels at full size plus probabilities on a grid of at most ``max_pixels`` pixels.
+
+        What pre-labelling into the annotation store keeps: ``labels`` equal :meth:`predict_labels`;
+        ``probs`` (C×h×w float32, summing to 1) are :meth:`predict`'s probabilities at
+        :func:`engine.probgrid.probs_grid` of the image's size (``max_pixels`` None: the store's cap),
+        i.e. exactly :meth:`predict` for an image within the cap.  Full-size probabilities never exist.
+        """
+        rgb = self._as_rgb(image)
         low = self._lowres_probs(rgb)
-        if low.shape[0] > 255:
-            raise ValueError(f"{low.shape[0]} classes do not fit a uint8 label map beside void (255)")
         height, width = rgb.shape[:2]
-        out = np.empty((height, width), dtype=np.uint8)
-        if low.shape[1:] == (height, width):
-            _argmax0_u8(low.numpy(), out)
-            return out
-        for y0, band in self._upsampled_bands(low, height, width):
-            _argmax0_u8(band.numpy(), out[y0:y0 + band.shape[1]])
-        return out
+        del rgb  # the caller's image may go while the grid is computed
+        labels = self._labels(low, height, width)
+        grid = probs_grid(height, width, max_pixels)
+        probs = low.numpy() if tuple(low.shape[1:]) == grid else resize_probs(low, grid, self.tile_elements)
+        return Prediction(labels, probs)
 
     def predict_many(self, images: Iterable[Any], *, progress: Callable[[int, int | None], Any] | None = None,
-                     cancel: Callable[[], bool] | Any = None, labels: bool = False,
-                     ) -> Iterator[tuple[Any, np.ndarray | Exception]]:
+                     cancel: Callable[[], bool] | Any = None, labels: bool = False, prediction: bool = False,
+                     ) -> Iterator[tuple[Any, Any]]:
         """Predict a sequence of images/paths, yielding ``(key, result_or_error)`` per item, in order.
 
         ``key`` is the path (as given) for path items, the index for arrays.  ``result`` is what
-        :meth:`predict` (or :meth:`predict_labels` when ``labels``) returns; a failing item yields its
-        exception instead (:class:`engine.imageio.ImageReadError`, :class:`PredictionError`, ...) and
-        the rest go on.  ``progress(done, total)`` is called after each item (total None when the
+        :meth:`predict` (:meth:`predict_labels` when ``labels``, :meth:`predict_with_probs` when
+        ``prediction``) returns; a failing item yields its exception instead
+        (:class:`engine.imageio.ImageReadError`, :class:`ImageTooSmallError`, :class:`PredictionError`,
+        ...) and the rest go on.  ``progress(done, total)`` is called after each item (total None when the
         iterable has no length).  ``cancel``: a callable returning True, or a ``threading.Event``;
         checked before each item, the generator simply stops.  The next file is read on a helper
         thread while the current one runs, so disk and GPU overlap.
         """
         total = len(images) if hasattr(images, "__len__") else None  # type: ignore[arg-type]
         is_cancelled = cancel_check(cancel)
-        run = self.predict_labels if labels else self.predict
+        run = self.predict_with_probs if prediction else self.predict_labels if labels else self.predict
 
         def load(item: Any) -> np.ndarray | Exception:
             try:
@@ -252,13 +319,28 @@ class Predictor:
                 if progress is not None:
                     progress(done, total)
                 yield key, result
+                del loaded, result  # not held while the next item is predicted
 
     # ------------------------------------------------------------------ internals
-    @staticmethod
-    def _as_rgb(image: Any) -> np.ndarray:
+    def _as_rgb(self, image: Any) -> np.ndarray:
         if isinstance(image, (str, os.PathLike)):
-            return read_image(image)
-        return to_rgb_uint8(image)
+            rgb = read_image(image)
+            self.check_image_size(*rgb.shape[:2], path=image)
+        else:
+            rgb = to_rgb_uint8(image)
+            self.check_image_size(*rgb.shape[:2])
+        return rgb
+
+    def _labels(self, low: torch.Tensor, height: int, width: int) -> np.ndarray:
+        if low.shape[0] > 255:
+            raise ValueError(f"{low.shape[0]} classes do not fit a uint8 label map beside void (255)")
+        out = np.empty((height, width), dtype=np.uint8)
+        if low.shape[1:] == (height, width):
+            argmax0_u8(low.numpy(), out)
+            return out
+        for y0, band in self._upsampled_bands(low, height, width):
+            argmax0_u8(band.numpy(), out[y0:y0 + band.shape[1]])
+        return out
 
     def _lowres_probs(self, rgb: np.ndarray) -> torch.Tensor:
         """C×h×w float32 CPU probabilities at the inference size, with the OOM fallbacks."""
@@ -272,7 +354,7 @@ class Predictor:
             # Keep only the text: the exception's traceback pins the failed attempt's GPU tensors.
             first = " ".join(str(exc).split())[:120]
         self._free_cache()
-        smaller = (max(1, size[0] // 2), max(1, size[1] // 2))
+        smaller = (max(MIN_IMAGE_SIDE, size[0] // 2), max(MIN_IMAGE_SIDE, size[1] // 2))
         warnings.warn(f"out of memory on {self.device} at {size[1]}x{size[0]}; retrying at "
                       f"{smaller[1]}x{smaller[0]}", RuntimeWarning, stacklevel=3)
         try:
@@ -312,7 +394,7 @@ class Predictor:
         acc: torch.Tensor | None = None
         n = 0
         for s in self.tta_scales:
-            ss = (max(1, round(h * s)), max(1, round(w * s)))
+            ss = (max(MIN_IMAGE_SIDE, round(h * s)), max(MIN_IMAGE_SIDE, round(w * s)))
             x = self._resize_u8(src, ss)
             probs = self._forward(x)
             if self.tta_flip:
@@ -355,40 +437,6 @@ class Predictor:
         return logits.float().softmax(1)
 
     def _upsampled_bands(self, low: torch.Tensor, height: int, width: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """Bilinear (align_corners=False) upsampling of C×h×w to C×height×width, in row bands.
-
-        Yields ``(first_row, C×b×width tensor)``.  Rows are interpolated with the source-index formula
-        of ``F.interpolate`` (so bands join seamlessly), columns by ``F.interpolate(mode="linear")``,
-        which is the same separable formula; only one band's buffers exist at a time.
-        """
-        c, h, w = low.shape
-        rows = _Bilinear1D(h, height)
-        band_rows = max(1, self.tile_elements // max(1, c * width))
-        with torch.inference_mode():
-            for y0 in range(0, height, band_rows):
-                y1 = min(height, y0 + band_rows)
-                top = low.index_select(1, rows.i0[y0:y1])
-                mid = torch.lerp(top, low.index_select(1, rows.i1[y0:y1]), rows.w[y0:y1].view(1, -1, 1))
-                del top
-                if w == width:
-                    yield y0, mid
-                else:
-                    band = F.interpolate(mid.reshape(1, c * (y1 - y0), w), size=width, mode="linear",
-                                         align_corners=False)
-                    del mid
-                    yield y0, band.view(c, y1 - y0, width)
-
-
-def _argmax0_u8(probs: np.ndarray, out: np.ndarray) -> None:
-    """``out[...] = probs.argmax(0)`` for C×b×W float32 into b×W uint8, ties to the lower index.
-
-    A running maximum over the (few) classes: several times faster than argmax over a leading axis,
-    which walks memory with a C×b×W stride.
-    """
-    best = probs[0].copy()
-    out[...] = 0
-    mask = np.empty(best.shape, dtype=bool)
-    for k in range(1, probs.shape[0]):
-        np.greater(probs[k], best, out=mask)
-        out[mask] = k
-        np.maximum(best, probs[k], out=best)
+        """Bilinear (align_corners=False) upsampling of C×h×w to C×height×width in row bands of about
+        ``tile_elements`` values: :func:`engine.probgrid.upsample_bands`."""
+        return upsample_bands(low, height, width, self.tile_elements)

@@ -1,23 +1,29 @@
 """Cached model probabilities: compressed, tagged with the model and image they came from.
 
 The CRF panel re-refines the same image many times while the user drags sliders; rerunning the
-network for each move would take seconds.  So the Predictor's C×H×W probabilities are cached per image.
+network for each move would take seconds.  So the Predictor's probabilities are cached per image, on
+the capped grid of :mod:`engine.probgrid`: the image's own size up to 4 Mi pixels, scaled down (aspect
+kept) beyond, so that neither the file nor anyone reading it ever holds C×H×W values of a huge image.
 
 File format (one ``.npz`` per image, written atomically, readable with ``np.load(allow_pickle=False)``):
 
-- ``probs``: C×H×W **float16** (half the bytes of float32; 3 significant digits is far more than a
+- ``probs``: C×h×w **float16** (half the bytes of float32; 3 significant digits is far more than a
   CRF unary needs, and unlike 8-bit quantisation it keeps small probabilities distinguishable, so
-  ``-log p`` stays finite and ordered).  Compressed with zlib (deflate) inside the zip.
+  ``-log p`` stays finite and ordered).  Compressed with zlib (deflate) inside the zip.  h×w is the
+  grid, the image's H×W or less; readers compare it with :func:`engine.probgrid.grid_fits`.
 - ``meta``: a 0-d unicode array holding JSON: ``format`` (1), ``model_id`` (any string the caller uses
   to name the weights, e.g. a checkpoint hash), ``image`` = ``{"bytes", "mtime_ns"}`` from ``stat`` of
-  the image when it was predicted, ``shape``.
+  the image when it was predicted, ``shape`` (of ``probs``).
+
+Both directions work one class at a time: writing converts a class to float16 and streams it into
+the zip (no float16 copy of the whole map, no in-memory zip), reading converts into the float32
+result (and shrinks an entry larger than the cap, e.g. from an older version, to the cap on the way).
 
 A cache entry is *stale*, and :func:`load_probs` returns None for it, when the image's size or mtime
 changed (the file was edited or replaced) or when it came from another model than the one asked for.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import sqlite3
@@ -28,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_write_bytes
+from .fileio import atomic_output
+from .probgrid import normalise_, probs_grid, resize_plane
 from .storeformat import sidecar_path
 
 __all__ = ["CachedProbs", "ImageSignature", "ProbCache", "save_probs", "load_probs", "read_probs_file"]
@@ -54,53 +61,91 @@ class ImageSignature:
 
 @dataclass(frozen=True)
 class CachedProbs:
-    probs: np.ndarray  # C×H×W float32, each pixel summing to ~1
+    probs: np.ndarray  # C×h×w float32 on the capped grid (the image's H×W when small), summing to ~1
     model_id: str
     signature: ImageSignature
 
 
 def save_probs(path: str | os.PathLike, probs: np.ndarray, *, model_id: str,
-               signature: ImageSignature, compress_level: int = 1) -> int:
-    """Write ``probs`` (C×H×W float, any float dtype) as float16 to ``path`` atomically; returns bytes.
+               signature: ImageSignature, compress_level: int = 1, max_pixels: int | None = None) -> int:
+    """Write ``probs`` (C×h×w float, any float dtype) as float16 to ``path`` atomically; returns bytes.
 
-    ``compress_level`` 1: float16 noise bits compress about as well at level 1 as at 9, at a
-    fraction of the time, and the write happens while the user waits for the CRF preview.
+    A map larger than ``max_pixels`` (default: :func:`engine.probgrid.probs_max_pixels`) is shrunk to
+    its capped grid first.  ``compress_level`` 1: float16 noise bits compress about as well at level 1
+    as at 9, at a fraction of the time, and the write happens while the user waits for the CRF preview.
     """
-    p = np.asarray(probs)
+    p = probs if isinstance(probs, np.ndarray) else np.asarray(probs)
     if p.ndim != 3 or 0 in p.shape:
         raise ValueError(f"probabilities must be a non-empty CxHxW array, got shape {p.shape}")
     if not np.issubdtype(p.dtype, np.floating):
         raise ValueError(f"probabilities must be floating point, got {p.dtype}")
-    meta = {"format": FORMAT, "model_id": str(model_id), "image": signature.to_dict(),
-            "shape": list(p.shape)}
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compress_level) as zf:
-        _write_npy(zf, "probs.npy", np.ascontiguousarray(p, dtype=np.float16))
-        _write_npy(zf, "meta.npy", np.array(json.dumps(meta)))
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    return len(data)
+    grid = probs_grid(p.shape[1], p.shape[2], max_pixels)
+    shape = (p.shape[0],) + grid
+    meta = {"format": FORMAT, "model_id": str(model_id), "image": signature.to_dict(), "shape": list(shape)}
+    with atomic_output(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compress_level) as zf:
+            with zf.open("probs.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array_header_1_0(
+                    fh, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f2")), "fortran_order": False,
+                         "shape": shape})
+                for k in range(shape[0]):
+                    plane = p[k] if grid == p.shape[1:] else resize_plane(p[k], grid)
+                    # Bytes, not a 2-D view: the zip writer counts len(data) as the byte length.
+                    fh.write(memoryview(np.ascontiguousarray(plane, dtype="<f2")).cast("B"))
+            with zf.open("meta.npy", "w") as fh:
+                np.lib.format.write_array(fh, np.array(json.dumps(meta)), allow_pickle=False)
+        size = os.path.getsize(tmp)
+    return size
 
 
-def _write_npy(zf: zipfile.ZipFile, name: str, arr: np.ndarray) -> None:
-    with zf.open(name, "w", force_zip64=True) as fh:
-        np.lib.format.write_array(fh, arr, allow_pickle=False)
+def _read_exact(fh, n: int) -> bytes:
+    data = fh.read(n)
+    if len(data) != n:
+        raise EOFError(f"probabilities end after {len(data)} of {n} bytes")
+    return data
 
 
-def read_probs_file(path: str | os.PathLike) -> CachedProbs:
-    """Read a cache file whatever its tags say; raises ``ValueError`` for a damaged one."""
+def _read_probs(zf: zipfile.ZipFile, max_pixels: int | None) -> np.ndarray:
+    """The ``probs`` member as C×h×w float32, one class at a time, shrunk to the cap when larger."""
+    with zf.open("probs.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        if len(shape) != 3 or 0 in shape or fortran or dtype.kind != "f":
+            raise ValueError(f"probabilities of shape {shape}, dtype {dtype}, fortran order {fortran}")
+        c, h, w = shape
+        grid = probs_grid(h, w, max_pixels)
+        out = np.empty((c,) + grid, dtype=np.float32)
+        for k in range(c):
+            plane = np.frombuffer(_read_exact(fh, h * w * dtype.itemsize), dtype=dtype).reshape(h, w)
+            out[k] = plane if grid == (h, w) else resize_plane(plane, grid)
+    return out if grid == (h, w) else normalise_(out)
+
+
+def read_probs_file(path: str | os.PathLike, *, max_pixels: int | None = None) -> CachedProbs:
+    """Read a cache file whatever its tags say; raises ``ValueError`` for a damaged one.
+
+    An entry larger than ``max_pixels`` (default :func:`engine.probgrid.probs_max_pixels`) comes back
+    shrunk to its capped grid, read one class at a time.
+    """
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"][()]))
-            probs = z["probs"]
+        with zipfile.ZipFile(path) as zf:
+            with zf.open("meta.npy") as fh:
+                meta = json.loads(str(np.lib.format.read_array(fh, allow_pickle=False)[()]))
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"{path}: unknown probability cache format {meta.get('format')!r}")
+            probs = _read_probs(zf, max_pixels)
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"{path}: damaged probability cache ({' '.join(str(exc).split())})") from None
-    if meta.get("format") != FORMAT or probs.ndim != 3:
-        raise ValueError(f"{path}: unknown probability cache format {meta.get('format')!r}")
+    except (OSError, ValueError, KeyError, AttributeError, zipfile.BadZipFile, EOFError) as exc:
+        text = " ".join(str(exc).split())
+        if text.startswith(f"{path}: unknown"):
+            raise ValueError(text) from None
+        raise ValueError(f"{path}: damaged probability cache ({text})") from None
     sig = meta.get("image", {})
-    return CachedProbs(probs.astype(np.float32), str(meta.get("model_id", "")),
+    return CachedProbs(probs, str(meta.get("model_id", "")),
                        ImageSignature(int(sig.get("bytes", -1)), int(sig.get("mtime_ns", -1))))
 
 

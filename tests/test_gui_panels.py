@@ -117,7 +117,7 @@ def test_prelabel_all_keeps_ui_responsive(qtbot, tmp_path, sessions, tiny_ckpt):
     timer.start()
     # Each prediction (worker thread) waits for the UI thread's timer to tick twice: if the UI thread
     # were blocked by the run, no tick would come and `waited` would record a failure.
-    real_predict = s.predictor.predict
+    real_predict = s.predictor.predict_with_probs  # what a pre-label run calls per image
     waited = []
 
     def gated_predict(image):
@@ -130,7 +130,7 @@ def test_prelabel_all_keeps_ui_responsive(qtbot, tmp_path, sessions, tiny_ckpt):
             ok.wait(0.01)
         waited.append(ok.is_set())
         return real_predict(image)
-    s.predictor.predict = gated_predict
+    s.predictor.predict_with_probs = gated_predict
     with qtbot.waitSignal(panel.prelabel_finished, timeout=WAIT) as done:
         assert panel.prelabel_unlabelled() is not None
         assert not panel.cancel_button.isHidden() and panel.progress.maximum() == 0
@@ -179,12 +179,12 @@ def test_prelabel_cancel_stops_the_batch(qtbot, tmp_path, sessions, tiny_ckpt):
     panel = ModelPanel(s)
     qtbot.addWidget(panel)
     _load(qtbot, panel, tiny_ckpt)
-    real_predict = s.predictor.predict
+    real_predict = s.predictor.predict_with_probs
 
     def predict_then_cancel(image):
         panel.task.cancel()  # as if Cancel were clicked during the first image
         return real_predict(image)
-    s.predictor.predict = predict_then_cancel
+    s.predictor.predict_with_probs = predict_then_cancel
     handle = panel.prelabel_unlabelled()
     qtbot.waitUntil(lambda: handle.done, timeout=WAIT)
     _idle(qtbot, s)
