@@ -37,12 +37,14 @@ def version_text(v: Any, current: bool) -> str:
         (" (current)" if current else "")
 
 
-def _list_versions(store) -> list[VersionEntry]:
+def _list_versions(store) -> tuple[list[VersionEntry], str | None]:
+    """The versions, newest first, and the index's notice (a damaged ``versions.json`` was rebuilt)."""
     from trainer.versions import Versions
     versions = Versions.of(store)
     cur = versions.current
-    return [VersionEntry(v.name, version_text(v, cur is not None and v.name == cur.name),
-                         cur is not None and v.name == cur.name) for v in reversed(versions.list())]
+    entries = [VersionEntry(v.name, version_text(v, cur is not None and v.name == cur.name),
+                            cur is not None and v.name == cur.name) for v in reversed(versions.list())]
+    return entries, versions.notice
 
 
 def _use_version(store, name: str):
@@ -70,6 +72,7 @@ class VersionsBox(QWidget):
         self.session = session
         self.entries: list[VersionEntry] = []
         self.task = None
+        self._said: str | None = None
         self.combo = QComboBox()
         self.combo.setToolTip("fine-tuned versions of the model for this folder, newest first")
         self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -104,7 +107,11 @@ class VersionsBox(QWidget):
                                      on_error=lambda t: log.warning("cannot list model versions: %s", t),
                                      task_name="list versions")
 
-    def _on_listed(self, entries: list[VersionEntry]) -> None:
+    def _on_listed(self, listed: tuple[list[VersionEntry], str | None]) -> None:
+        entries, notice = listed
+        if notice and notice != self._said:
+            self._said = notice  # once per damage, not on every refresh
+            self.session.message.emit("warning", notice)
         self._fill(entries)
         self.refreshed.emit()
 

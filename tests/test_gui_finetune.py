@@ -213,7 +213,9 @@ def test_with_no_model_the_run_starts_a_new_one(qtbot, session):
     res = d.result
     assert session.model is not None and session.model.meta.arch == ARCH
     assert session.model.meta.num_classes == 3 and session.model.meta.extra["start"] == "scratch"
-    assert Versions.of(session.store).current.name == res.version.name
+    # "Make it current" is written by a task queued when the run ended.
+    qtbot.waitUntil(lambda: (Versions.of(session.store).current or res.version).name == res.version.name
+                    and Versions.of(session.store).current is not None, timeout=WAIT)
     assert not d._form.isRowVisible(d.new_arch)  # a model now: the next run fine-tunes it
 
 
@@ -282,3 +284,16 @@ def test_main_window_menu_opens_the_panel_dialog(qtbot, session):
     d.close()
     session.set_model(None, None)
     assert win.open_finetune() is None and "load a model first" in win.messages[-1][1]
+
+
+def test_a_damaged_versions_index_is_reported_in_the_app(qtbot, session):
+    index = session.store.checkpoints_dir / "versions.json"
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text("[1, 2")
+    messages = []
+    session.message.connect(lambda level, text: messages.append((level, text)))
+    box = VersionsBox(session)
+    qtbot.addWidget(box)
+    with qtbot.waitSignal(box.refreshed, timeout=WAIT):
+        box.refresh()
+    assert any(level == "warning" and "versions.json" in text and "damaged" in text for level, text in messages)
