@@ -367,3 +367,10 @@ def test_sigkill_during_train_leaves_versions_and_current_model_complete(folder,
     assert _trainer_main(argv) == 0
     assert _state(ckdir)[0] not in listed
     assert not [p for p in ckdir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_batch_of_one_trains_batchnorm_except_after_global_pooling(folder, base, capsys):
+    # ASPP's image-pooling BatchNorm sees one value per channel with one image: torch refuses to train it.
+    rc, lines = _train([str(folder), "--weights", str(base), *TINY, "--bn", "train"], capsys)
+    assert rc == 0, lines
+    assert len(_checkpoints(folder)) == 1

@@ -220,7 +220,7 @@ class FineTune:
             frac = progress_fraction(step - 1, r.iterations, t_step - t_train, r.time_budget_s)
             for g in opt.param_groups:
                 g["lr"] = poly_lr(g["base_lr"], frac, r.poly_power)
-            set_train_mode(work, frozen_bn=frozen)
+            set_train_mode(work, frozen_bn=frozen, batch_size=r.batch_size)
             total_loss = 0.0
             for _ in range(r.accumulate):
                 images, masks = next(batches)

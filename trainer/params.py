@@ -52,13 +52,29 @@ def freeze_bn_params(model: nn.Module) -> int:
     return len(layers)
 
 
-def set_train_mode(model: nn.Module, *, frozen_bn: bool) -> None:
+def _pooled_bn_layers(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers that follow a global average pool in the same block (ASPP's image pooling)."""
+    out = []
+    for block in model.modules():
+        children = list(block.children())
+        for i, m in enumerate(children):
+            if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+                out += [c for c in children[i + 1:] if isinstance(c, nn.modules.batchnorm._BatchNorm)]
+    return out
+
+
+def set_train_mode(model: nn.Module, *, frozen_bn: bool, batch_size: int = 2) -> None:
     """``model.train()``, but with BatchNorm kept in eval mode (running statistics) when frozen.
 
     With a few images per batch the batch statistics are noise and would overwrite the good
     running statistics of the pretrained model; DeepLab v2/v3 froze BN for exactly this reason.
+    With one image per batch, BatchNorm after a global pool sees one value per channel, which has no
+    batch statistics at all: those layers keep their running statistics even when the rest train.
     """
     model.train()
     if frozen_bn:
         for m in _bn_layers(model):
+            m.eval()
+    elif batch_size < 2:
+        for m in _pooled_bn_layers(model):
             m.eval()
