@@ -181,6 +181,20 @@ def test_readers_of_the_cache_work_from_the_capped_grid(tmp_path, capped):
     assert np.load(path)["probs"].shape == (4, *grid)
 
 
+def test_the_app_shows_capped_probabilities_at_the_image_size(qtbot, tmp_path, sessions, capped):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(_photo(H, W)).save(folder / "big.png")
+    s = sessions(folder)
+    qtbot.waitUntil(lambda: s.image is not None, timeout=20_000)
+    probs = np.random.default_rng(0).random((21, *probs_grid(H, W, CAP))).astype(np.float32)
+    probs /= probs.sum(0)
+    with qtbot.waitSignal(s.probs_changed, timeout=20_000):
+        s.set_probs("big.png", probs)
+    assert s.probs is probs and s.raw_labels.shape == (H, W) and s.uncertainty.shape == (H, W)
+    assert s.store.load_probs("big.png", s.model_id or "").probs.shape == probs.shape
+
+
 # ------------------------------------------------------------------------------ images too small
 @pytest.mark.parametrize("shape", [(1, 1), (1, 500), (3, 3), (500, 2)])
 def test_the_predictor_refuses_degenerate_images_in_one_line(model, tmp_path, shape):
