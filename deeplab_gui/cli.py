@@ -260,18 +260,19 @@ def _run_prelabel(predictor: Any, targets: dict[Path, Path | None], refine: Any)
 
 
 def _crf_results(predictor: Any, paths: list[Path], refine: Any) -> Iterator[tuple[Path, Any]]:
-    """(path, labels or error) like ``predict_many(labels=True)``, with the CRF between."""
-    import numpy as np
+    """(path, labels or error) like ``predict_many(labels=True)``, with the CRF between.
+
+    The CRF runs on the store's capped probability grid, labels enlarged band by band, so memory is
+    bounded as for pre-labelling into the store, whatever the image's size.
+    """
     from engine.crf import CRFParams
-    from engine.imageio import read_image
+    from .cli_store import _predict_for_store
 
     params = CRFParams()
     for path in paths:
         try:
-            rgb = read_image(path)
-            probs = predictor.predict(rgb)
-            refined = refine(rgb, probs, params)
-            yield path, np.asarray(refined).argmax(0).astype(np.uint8)
+            labels, _ = _predict_for_store(predictor, path, refine, params)
+            yield path, labels
         except Exception as exc:  # reported per image; the folder goes on
             yield path, exc
 

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .fileio import atomic_write_bytes
+from .imageio import DEFAULT_MAX_PIXELS, ImageReadError, _open
 from .meta import voc_colormap
 
 __all__ = ["VOID_INDEX", "VOID_COLOR", "mask_palette", "save_mask_png", "load_mask_png"]
@@ -84,7 +85,8 @@ def load_mask_png(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        # Masks are as large as their images: the images' pixel limit, not Pillow's bomb check.
+        with _open(path, DEFAULT_MAX_PIXELS) as im:
             mode = im.mode
             if mode not in ("P", "L"):
                 raise ValueError(
@@ -96,6 +98,8 @@ def load_mask_png(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"{path}: no such mask file") from None
     except ValueError:
         raise
+    except ImageReadError as exc:
+        raise ValueError(f"{path}: unreadable mask PNG ({exc.reason})") from None
     except OSError as exc:
         raise ValueError(f"{path}: unreadable mask PNG ({' '.join(str(exc).split())})") from None
     return np.ascontiguousarray(arr)

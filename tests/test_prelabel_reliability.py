@@ -119,6 +119,22 @@ def test_prelabel_with_the_crf_refines_on_the_capped_grid(tmp_path, ckpt, capped
     assert (mask == resize_probs(cached.probs, (H, W)).argmax(0)).mean() > 0.99
 
 
+def test_prelabel_out_with_the_crf_refines_on_the_capped_grid(tmp_path, ckpt, capped, monkeypatch):
+    import engine.crf
+    folder, out = tmp_path / "imgs", tmp_path / "out"
+    folder.mkdir()
+    Image.fromarray(_photo(H, W)).save(folder / "big.png")
+    shapes = []
+    real = engine.crf.refine
+    monkeypatch.setattr(engine.crf, "refine", lambda img, probs, params, **kw: shapes.append(probs.shape)
+                        or real(img, probs, params, **kw))
+    assert main(["prelabel", str(folder), "--weights", str(ckpt), "--device", "cpu", "--crf",
+                 "--out", str(out)]) == 0
+    assert shapes == [(21, *probs_grid(H, W, CAP))]
+    with Image.open(out / "big.png") as im:
+        assert im.size == (W, H)
+
+
 def test_the_app_pre_label_path_hands_on_capped_probabilities(tmp_path, model, capped):
     from deeplab_gui.model_tasks import BatchRelay, predict_batch, predict_one
 

@@ -226,3 +226,12 @@ def test_checkpoints_get_the_umask_permissions(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(old)
+
+
+def test_masks_larger_than_pillows_bomb_limit_load(tmp_path, monkeypatch):
+    from engine.masks import load_mask_png, save_mask_png
+    m = np.zeros((100, 120), np.uint8)
+    m[10:20] = 3
+    save_mask_png(tmp_path / "m.png", m)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # as a 15000x15000 mask is to Pillow's default
+    np.testing.assert_array_equal(load_mask_png(tmp_path / "m.png"), m)
