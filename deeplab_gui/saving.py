@@ -8,6 +8,9 @@ document is marked saved only if nobody painted on it since its copy was taken. 
 (Ctrl+S, export, fine-tune, mark reviewed, closing the folder) wait for every queued write and report
 the outcome, as before. A failed write keeps the document in memory, also across image switches, and
 the next autosave retries it.
+
+What is not on disk (a read-only folder's edits, failed writes, writes still queued) is one query,
+:meth:`SessionSaves.not_on_disk`, so that closing the window or the folder can ask before losing it.
 """
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal
 
-__all__ = ["MaskWriter", "SessionSaves"]
+__all__ = ["READ_ONLY_WHY", "MaskWriter", "SessionSaves"]
+
+READ_ONLY_WHY = "the folder is open read-only (another deeplab-gui has it open)"
 
 
 class MaskWriter(QObject):
@@ -78,15 +83,20 @@ class SessionSaves:
     def __init__(self, session: Any) -> None:
         self.s = session
         self.writer = MaskWriter(session)
-        self.unsaved: dict[str, Any] = {}     # id -> MaskDocument whose save failed (kept in memory)
+        # id -> MaskDocument kept in memory: its save failed, or the folder is read-only
+        self.unsaved: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}      # id -> why its last write failed (until one succeeds)
         self._queued: dict[str, tuple[Any, int]] = {}  # id -> (document, version) of its newest write
         self._said_read_only = False
+        self._read_only_why = READ_ONLY_WHY
 
     def reset(self) -> None:
         """A new folder: forget the previous one's documents (close_folder saved them first)."""
         self.unsaved.clear()
+        self.errors.clear()
         self._queued.clear()
         self._said_read_only = False
+        self._read_only_why = READ_ONLY_WHY
 
     def in_memory(self, image_id: str) -> Any:
         """The document to show for ``image_id`` instead of its mask on disk: one whose save failed,
@@ -95,6 +105,83 @@ class SessionSaves:
         if doc is None and image_id in self._queued:
             doc = self._queued[image_id][0]
         return doc
+
+    def document(self, image_id: str) -> Any:
+        """The in-memory document of ``image_id`` (the current one included), else None."""
+        doc = self.in_memory(image_id)
+        if doc is None and image_id == self.s.image_id:
+            doc = self.s.document
+        return doc
+
+    def not_on_disk(self) -> list[tuple[str, str]]:
+        """``(image id, why)`` for every image whose latest edits exist only in memory, in folder order:
+        edits in a read-only folder, documents whose last write failed (why: its error), writes still
+        queued, and the current document's edits not yet handed to the writer."""
+        s = self.s
+        if s.store is None:
+            return []
+        idle = self._read_only_why if s.read_only else "not saved yet"
+        why: dict[str, str] = {}
+        for image_id, doc in self.unsaved.items():
+            if image_id in self.errors or doc.dirty:
+                why[image_id] = self.errors.get(image_id, idle)
+        if s.image_id is not None and s.document is not None and s.document.dirty:
+            why.setdefault(s.image_id, self.errors.get(s.image_id, idle))
+        for image_id in self._queued:
+            why[image_id] = "still being written"
+        order = {image_id: i for i, image_id in enumerate(s.ids)}
+        return sorted(why.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
+
+    def retry(self) -> bool:
+        """Try again to put every unsaved document on disk, waiting for it; True when nothing is left
+        only in memory. A read-only folder is opened for writing just for this, which works once the
+        other instance has let go of it."""
+        s = self.s
+        if s.store is None:
+            return True
+        if s.read_only:
+            self.writer.flush()
+            self._write_through_own_store()
+        else:
+            self.save_all()
+        return not self.not_on_disk()
+
+    def _write_through_own_store(self) -> None:
+        from engine.store import AnnotationStore, StoreError, StoreLockedError
+        s = self.s
+        docs = {i: self.document(i) for i, _ in self.not_on_disk()}
+        try:
+            store = AnnotationStore.open(s.store.folder, scan=False)
+        except (StoreLockedError, StoreError, OSError) as exc:
+            self._read_only_why = f"the folder is still open read-only: {' '.join(str(exc).split())}"
+            return
+        try:
+            for image_id, doc in docs.items():
+                if doc is None:
+                    continue
+                try:
+                    store.save_mask(image_id, doc.mask.copy())
+                except (StoreError, OSError, ValueError) as exc:
+                    self.unsaved[image_id] = doc
+                    self.errors[image_id] = " ".join(str(exc).split())
+                    continue
+                doc.mark_saved()  # synchronous: nothing was painted since the copy
+                self.unsaved.pop(image_id, None)
+                self.errors.pop(image_id, None)
+        finally:
+            store.close()
+        s.saved.emit(not self.unsaved)
+
+    def discard(self) -> None:
+        """The person chose to lose what is not on disk: forget it, so that letting go of the folder
+        writes nothing more (writes already queued still land)."""
+        self.writer.flush()
+        for image_id, _why in self.not_on_disk():
+            doc = self.document(image_id)
+            if doc is not None:
+                doc.mark_saved()
+        self.unsaved.clear()
+        self.errors.clear()
 
     def save_current(self, wait: bool = True) -> bool:
         """Save the current mask if it changed. ``wait=False`` (autosaves) only queues the write;
@@ -138,6 +225,7 @@ class SessionSaves:
         if error is not None:
             if store is s.store:
                 self.unsaved[image_id] = doc
+                self.errors[image_id] = " ".join(str(error).split()) or "the write failed"
             s._say("error", f"{error} (your changes are kept in memory)")
             s.saved.emit(False)
             return
@@ -145,6 +233,8 @@ class SessionSaves:
             doc.mark_saved()
         if self.unsaved.get(image_id) is doc and not doc.dirty:
             del self.unsaved[image_id]
+        if store is s.store:
+            self.errors.pop(image_id, None)
         s.saved.emit(True)
         s.statuses_changed.emit()
 

@@ -80,6 +80,8 @@ class Session(QObject):
         self._pending: str | None = None
         self._pending_doc: Any = None  # the in-memory document of the image being loaded, if any
         self.saves = SessionSaves(self)
+        # Asked before another folder replaces edits not on disk; False keeps this folder open.
+        self.confirm_replace: Callable[[], bool] | None = None
         self.prefetch = Prefetcher(self)  # decoded neighbours of the current image, so A/D show them at once
         self._timer = QTimer(self)
         self._timer.setInterval(AUTOSAVE_MS)
@@ -146,6 +148,9 @@ class Session(QObject):
 
     def _folder_ready(self, value: tuple) -> None:
         store, note = value
+        if self.unsaved() and self.confirm_replace is not None and not self.confirm_replace():
+            store.close()
+            return
         self.close_store()
         self.store, self.folder = store, store.folder
         self._ids = store.ids()
@@ -303,10 +308,13 @@ class Session(QObject):
         self._step(-1)
 
     # ------------------------------------------------------------------ saving (see saving.py)
+    def unsaved(self) -> list[tuple[str, str]]:
+        """``(image id, why)`` for every image whose latest edits are not on disk, in folder order."""
+        return self.saves.not_on_disk()
+
     def save_current(self, wait: bool = True) -> bool:
-        """Save the current mask if it changed; with ``wait`` (default) wait for the disk and return
-        False (with a ``message`` saying why) on failure. A failed save keeps the document in memory
-        (also across image switches) and the next autosave retries it."""
+        """Save the current mask if it changed; with ``wait``, wait for the disk and return False (with
+        a ``message`` saying why) on failure, keeping the document in memory (see saving.py)."""
         return self.saves.save_current(wait)
 
     def autosave(self) -> None:
