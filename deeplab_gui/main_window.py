@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from . import unsaved_dialog
 from .canvas import Canvas
 from .class_panel import ClassPanel
 from .image_list import ImageListPanel
@@ -131,6 +132,8 @@ class MainWindow(QMainWindow):
         self.panels: dict[str, QWidget] = {}
         self.messages: list[tuple[str, str]] = []   # (level, text), newest last: for tests and the log
         self._box: QMessageBox | None = None
+        self._settling = False  # the unsaved-changes question is open
+        s.confirm_replace = lambda: self.confirm_unsaved("opening another folder")
         self._dock("Images", self.image_list, Qt.DockWidgetArea.LeftDockWidgetArea)
         self._dock("Classes", self.class_panel, Qt.DockWidgetArea.RightDockWidgetArea)
         self._dock("Tool options", self.tool_options, Qt.DockWidgetArea.RightDockWidgetArea)
@@ -333,7 +336,21 @@ class MainWindow(QMainWindow):
                 except Exception as exc:  # noqa: BLE001  (quitting must go on whatever a panel does)
                     log.warning("%s panel did not stop cleanly: %s", name, exc)
 
+    def confirm_unsaved(self, action: str) -> bool:
+        """True when ``action`` may let go of the folder: nothing unsaved would be lost, or the person
+        answered the question about it (see unsaved_dialog.py)."""
+        if self._settling:
+            return False
+        self._settling = True
+        try:
+            return unsaved_dialog.settle(self, action)
+        finally:
+            self._settling = False
+
     def closeEvent(self, event: QCloseEvent) -> None:
+        if not self.confirm_unsaved("closing the window"):
+            event.ignore()
+            return
         self.session.settings.set_window_state(self.saveGeometry(), self.saveState())
         self.shutdown_panels()
         self.session.shutdown()
