@@ -132,6 +132,12 @@ class SessionSaves:
         order = {image_id: i for i, image_id in enumerate(s.ids)}
         return sorted(why.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
 
+    def may_let_go(self) -> bool:
+        """Whether another folder may replace this one: nothing is only in memory, or the session's
+        ``confirm_replace`` (the window's question) says so."""
+        confirm = self.s.confirm_replace
+        return confirm is None or not self.not_on_disk() or bool(confirm())
+
     def retry(self) -> bool:
         """Try again to put every unsaved document on disk, waiting for it; True when nothing is left
         only in memory. A read-only folder is opened for writing just for this, which works once the

@@ -80,8 +80,7 @@ class Session(QObject):
         self._pending: str | None = None
         self._pending_doc: Any = None  # the in-memory document of the image being loaded, if any
         self.saves = SessionSaves(self)
-        # Asked before another folder replaces edits not on disk; False keeps this folder open.
-        self.confirm_replace: Callable[[], bool] | None = None
+        self.confirm_replace: Callable[[], bool] | None = None  # False: keep unsaved edits, not a new folder
         self.prefetch = Prefetcher(self)  # decoded neighbours of the current image, so A/D show them at once
         self._timer = QTimer(self)
         self._timer.setInterval(AUTOSAVE_MS)
@@ -148,9 +147,8 @@ class Session(QObject):
 
     def _folder_ready(self, value: tuple) -> None:
         store, note = value
-        if self.unsaved() and self.confirm_replace is not None and not self.confirm_replace():
-            store.close()
-            return
+        if not self.saves.may_let_go():
+            return store.close()  # the person kept this folder's unsaved edits
         self.close_store()
         self.store, self.folder = store, store.folder
         self._ids = store.ids()

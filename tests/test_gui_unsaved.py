@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -282,6 +283,25 @@ def test_nothing_unsaved_closes_at_once(windows, answers, folder):
     _paint(win.session, 4)  # a writable folder: closing writes it, no question
     assert win.close() is True and _closed(win)
     assert answers.asked == [] and (_stored(folder, "img0.png") == 4).all()
+
+
+def test_writes_still_queued_count_as_unsaved_and_closing_waits_for_them(qtbot, windows, answers, folder,
+                                                                         monkeypatch):
+    win = windows(folder)
+    s = win.session
+    gate, real = threading.Event(), s.store.save_mask
+
+    def slow(*a, **k):
+        assert gate.wait(30)
+        return real(*a, **k)
+    monkeypatch.setattr(s.store, "save_mask", slow)
+    _paint(s, 5)
+    assert s.unsaved() == [("img0.png", "not saved yet")]
+    s.autosave()
+    assert s.unsaved() == [("img0.png", "still being written")]
+    threading.Timer(0.3, gate.set).start()  # the disk catches up while closing waits
+    assert win.close() is True and _closed(win) and answers.asked == []
+    assert (_stored(folder, "img0.png") == 5).all()
 
 
 def test_a_read_only_window_without_edits_closes_at_once(sessions, windows, answers, folder):
