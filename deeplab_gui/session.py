@@ -133,7 +133,14 @@ class Session(QObject):
 
     # ------------------------------------------------------------------ folder
     def open_folder(self, path: str | os.PathLike) -> TaskHandle:
-        """Open ``path``'s store and scan it in a worker; ``folder_opened`` then the first image."""
+        """Open ``path``'s store and scan it in a worker; ``folder_opened`` then the first image.
+
+        The folder already open (writable) is only rescanned: opening it again from this process would
+        find its own lock taken and fall back to read-only."""
+        if self.store is not None and not self.read_only and Path(path).expanduser().resolve() == self.folder:
+            return self.run_task(self.store.scan, on_result=self._rescanned, task_name="rescan folder",
+                                 on_error=lambda t: self._say("error", f"cannot rescan {path}: {t}"))
+
         def work(folder: str):
             from engine.store import AnnotationStore, StoreLockedError
             try:
@@ -171,6 +178,14 @@ class Session(QObject):
             self.select(self._ids[0])
         else:
             self._say("info", f"{store.folder} holds no images")
+
+    def _rescanned(self, _result) -> None:
+        ids = self.store.ids() if self.store is not None else []
+        if ids != self._ids:
+            self._ids = ids
+            self.folder_opened.emit()
+            self.statuses_changed.emit()
+        self._say("info", f"{self.folder} is already open; its image list is up to date")
 
     def close_store(self) -> None:
         """Save, then let go of the current folder (also what quitting calls)."""

@@ -38,3 +38,18 @@ def sessions(qtbot, tmp_path):
     yield make
     for s in made:
         s.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _no_unanswered_unsaved_question(monkeypatch):
+    """A window closed with unsaved edits asks a question; a test that did not expect one must fail, not hang."""
+    import sys
+    unsaved_dialog = sys.modules.get("deeplab_gui.unsaved_dialog")
+    if unsaved_dialog is None:  # no window in this test process: nothing can ask (and Qt stays unloaded)
+        yield
+        return
+
+    def unexpected(*args, **kwargs):
+        raise AssertionError("the unsaved-work question was asked but this test does not answer it")
+    monkeypatch.setattr(unsaved_dialog, "ask", unexpected)
+    yield

@@ -376,3 +376,12 @@ def test_export_writes_palette_pngs_and_reports_one_line(tmp_path):
     with pytest.raises(ExportError) as err:
         export_masks(tmp_path / "file" / "out", {"x.png": mask}, ["bg", "cat"], [(0, 0, 0), (1, 1, 1)])
     assert "\n" not in str(err.value) and str(tmp_path / "file" / "out") in str(err.value)
+
+
+def test_opening_the_folder_already_open_rescans_it_and_stays_writable(qtbot, sessions, folder):
+    s = sessions(folder)
+    store = s.store
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(folder / "new.png")
+    with qtbot.waitSignal(s.folder_opened, timeout=WAIT):
+        s.open_folder(folder)
+    assert s.store is store and not s.read_only and "new.png" in s.ids
