@@ -37,7 +37,7 @@ from deeplab_gui.settings import Settings  # noqa: E402
 from deeplab_gui.tools import BrushTool  # noqa: E402
 from engine.crf import DEEPLAB_V1  # noqa: E402
 from engine.crf.synthetic import make_scene  # noqa: E402
-from engine.storeformat import Status  # noqa: E402
+from engine.store.format import Status  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gui.json"
 
@@ -231,7 +231,7 @@ def bench_open(app, tmp: Path, count: int) -> dict:
         out[label] = {"list_usable_ms": (t1 - t0) * 1000, "first_image_shown_ms": (t2 - t0) * 1000}
         panel.close()
         s.shutdown()
-    from engine.store import AnnotationStore
+    from engine.store.store import AnnotationStore
     t0 = time.perf_counter()
     AnnotationStore.open(folder).close()
     out["store_open_and_scan_ms"] = (time.perf_counter() - t0) * 1000

@@ -70,7 +70,7 @@ def _run(args: list[str]) -> tuple[int, float, str]:
 
 def _measure(tmp_path: Path, w: int, h: int, c: int, ckpt: Path, predictor) -> list[dict]:
     from engine.probgrid import probs_grid, probs_max_pixels
-    from engine.store import AnnotationStore
+    from engine.store.store import AnnotationStore
 
     folder = tmp_path / f"images-{w}x{h}"
     folder.mkdir()

@@ -13,9 +13,10 @@ import numpy as np
 
 from .raster import BBox, EMPTY_BBOX, bbox_union, capsule_pieces
 
-__all__ = ["VOID", "Listener", "BrushCanvas", "ScribbleLayer", "check_label", "check_point"]
+from engine.labels import VOID
 
-VOID = 255
+__all__ = ["Listener", "BrushCanvas", "ScribbleLayer", "check_label", "check_point"]
+
 Listener = Callable[[BBox], None]
 
 

@@ -31,9 +31,10 @@ from PySide6.QtWidgets import (
 
 from .tools import Tool
 
+from engine.labels import VOID
+
 __all__ = ["Canvas", "OverlayItem", "display_image", "heat_table", "label_table", "outline_labels"]
 
-VOID = 255
 
 
 def display_image(image: np.ndarray) -> QImage:

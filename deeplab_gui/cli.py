@@ -216,7 +216,7 @@ def _make_predictor(model: Any, args: argparse.Namespace) -> Any:
 
 def _run_prelabel(predictor: Any, targets: dict[Path, Path | None], refine: Any) -> int:
     from tqdm import tqdm
-    from engine.masks import save_mask_png
+    from engine.labels import save_mask_png
 
     colors = list(predictor.meta.class_colors)
     todo = [p for p, out in targets.items() if out is not None]
@@ -315,8 +315,8 @@ def _resolve_weights(spec: str) -> Path:
     looks_like_file = os.sep in spec or "/" in spec or path.suffix.lower() in (".pth", ".pt", ".safetensors", ".ckpt")
     if looks_like_file:
         raise CLIError(f"{spec}: no such checkpoint file", EXIT_USAGE)
-    from engine.catalog import resolve_weights
-    from engine.download import TqdmProgress
+    from engine.weights.catalog import resolve_weights
+    from engine.weights.download import TqdmProgress
 
     bar = TqdmProgress(f"downloading {spec}")
     try:
@@ -329,7 +329,7 @@ def _resolve_weights(spec: str) -> Path:
 
 def _load_model(spec: str, arch: str | None) -> Any:
     path = _resolve_weights(spec)
-    from engine.checkpoints import load_model
+    from engine.checkpoints.io import load_model
     try:
         return load_model(path, arch=arch)
     except (ValueError, KeyError, OSError) as exc:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["prelabel_into_store", "cmd_export_voc", "cmd_import_voc", "model_id"]
+__all__ = ["prelabel_into_store", "cmd_export_voc", "cmd_import_voc"]
 
 
 def _cli_error(message: str, code: int = 1) -> Exception:
@@ -17,9 +16,9 @@ def _cli_error(message: str, code: int = 1) -> Exception:
 
 
 def _open_store(folder: str | Path, **kw: Any) -> Any:
-    from engine.storelock import StoreLockedError
-    from engine.store import AnnotationStore
-    from engine.storeformat import StoreError
+    from engine.store.lock import StoreLockedError
+    from engine.store.store import AnnotationStore
+    from engine.store.format import StoreError
 
     try:
         store = AnnotationStore.open(folder, **kw)
@@ -30,15 +29,6 @@ def _open_store(folder: str | Path, **kw: Any) -> Any:
     if store.notice:
         print(f"note: {store.notice}", file=sys.stderr)
     return store
-
-
-def model_id(checkpoint: Path, arch: str) -> str:
-    """Identifies the model a cached probability map came from: architecture + file content hash."""
-    h = hashlib.sha256()
-    with open(checkpoint, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return f"{arch}:{h.hexdigest()[:16]}"
 
 
 def _predict_for_store(predictor: Any, path: Path, refine: Callable[..., Any] | None,
@@ -94,7 +84,8 @@ def prelabel_into_store(folder: Path, predictor: Any, refine: Callable[..., Any]
         ids = store.ids()
         todo = [i for i in ids if store.needs_prelabel(i, overwrite=overwrite)]
         protected = len(ids) - len(todo)
-        mid = model_id(checkpoint, meta.arch)
+        from engine import checkpoint_id
+        mid = checkpoint_id(checkpoint)  # the app keys its cache the same way
         params = None
         if refine is not None:
             from engine.crf import CRFParams
@@ -132,8 +123,8 @@ def _skipped_summary(skipped: list[str]) -> str:
 
 
 def cmd_export_voc(args: argparse.Namespace) -> int:
-    from engine.storeformat import StoreError
-    from engine.voc import export_voc
+    from engine.store.format import StoreError
+    from engine.formats.voc import export_voc
 
     if not Path(args.folder).is_dir():
         raise _cli_error(f"{args.folder}: not a folder", 2)
@@ -172,9 +163,9 @@ def cmd_export_voc(args: argparse.Namespace) -> int:
 def cmd_import_voc(args: argparse.Namespace) -> int:
     """Import VOCROOT into FOLDER.  A dataset that cannot be read (class list, split files) is refused
     with one line and FOLDER untouched; single bad images are skipped, listed, and the rest imported."""
-    from engine.storeformat import StoreError
-    from engine.storelock import StoreLockedError
-    from engine.voc import import_voc
+    from engine.store.format import StoreError
+    from engine.store.lock import StoreLockedError
+    from engine.formats.voc import import_voc
 
     if not Path(args.vocroot).is_dir():
         raise _cli_error(f"{args.vocroot}: not a folder", 2)

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .brush import VOID, BrushCanvas, Listener, ScribbleLayer, check_label, check_point
+from engine.labels import VOID
+
+from .brush import BrushCanvas, Listener, ScribbleLayer, check_label, check_point
 from .raster import BBox, bbox_of, flood_region, polygon_mask
 
 __all__ = ["VOID", "BBox", "Listener", "Patch", "MaskDocument", "ScribbleLayer", "BrushCanvas"]

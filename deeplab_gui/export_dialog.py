@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QDoubleSpin
                                QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout,
                                QWidget)
 
-from engine.voc import ExportReport, export_voc
+from engine.formats.voc import ExportReport, export_voc
 
 __all__ = ["ExportDialog", "ExportOptions"]
 

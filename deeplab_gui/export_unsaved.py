@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from engine.fileio import atomic_write_bytes
-from engine.masks import save_mask_png
+from engine.labels import save_mask_png
 
 __all__ = ["CLASSES_FILE", "ExportError", "export_masks", "mask_file_names"]
 

@@ -40,7 +40,7 @@ def format_eta(seconds: float | None) -> str:
 
 def count_labelled(statuses: dict[str, Any], heldout_fraction: float) -> tuple[int, int]:
     """(images a run learns from, of which held out): edited/reviewed statuses, the trainer's split rule."""
-    from engine.storeformat import Status
+    from engine.store.format import Status
     from trainer.dataset import Sample, split_heldout
     ids = [i for i, st in statuses.items() if st in (Status.EDITED, Status.REVIEWED)]
     # split_heldout only counts and ranks ids; the paths are never opened here.
@@ -62,18 +62,18 @@ def _train(run, relay: _EventRelay, *, cancel: Callable[[], bool]) -> tuple[Any,
     dialog's Cancel does.  The result is always returned, so a run that finished just as Cancel was
     pressed is still reported (its version was already written).
     """
-    from .model_tasks import checkpoint_model_id
+    import engine
     for ev in run:
         relay.event.emit(ev)
         if cancel():
             run.cancel()
     res = run.result
-    model_id = checkpoint_model_id(res.checkpoint) if res is not None and res.checkpoint else None
+    model_id = engine.checkpoint_id(res.checkpoint) if res is not None and res.checkpoint else None
     return res, model_id
 
 
 def _make_current(store, name: str) -> None:
-    from trainer.versions import Versions
+    from engine.store.versions import Versions
     Versions.of(store).set_current(name)
 
 
@@ -312,7 +312,7 @@ class FineTuneDialog(QDialog):
 
     def _swap(self, res, model_id: str | None) -> None:
         """Use the trained model at once (no restart); offer to re-pre-label the untouched images."""
-        self.session.set_model(res.model, model_id or f"version:{res.version.name}")
+        self.session.set_model(res.model, model_id or f"version:{res.version.name}", name=res.version.name)
         self.session.message.emit("info", f"now using {res.version.name}")
         n = self.untouched()
         if self.prelabel is not None and n:
@@ -321,7 +321,7 @@ class FineTuneDialog(QDialog):
 
     def untouched(self) -> int:
         """Images whose mask no person edited or reviewed (unlabelled or pre-labelled)."""
-        from engine.storeformat import PROTECTED
+        from engine.store.format import PROTECTED
         return sum(st not in PROTECTED for st in self.session.statuses().values())
 
     def reprelabel(self):

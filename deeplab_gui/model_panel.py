@@ -18,13 +18,13 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QFrame, QHBo
                                QPushButton, QSizePolicy, QVBoxLayout, QWidget)
 
 import engine
-from engine import catalog
-from engine.storeformat import Status
+from engine.weights import catalog
+from engine.store.format import Status
 
-from .model_tasks import (BatchRelay, LoadedModel, catalog_state, checkpoint_model_id, device_description,
+from .model_tasks import (BatchRelay, LoadedModel, catalog_state, device_description,
                           display_name, folder_default, load_catalog, load_file, predict_batch, predict_one)
 
-__all__ = ["ModelPanel", "device_description", "checkpoint_model_id", "LoadedModel", "NO_WEIGHTS_TEXT"]
+__all__ = ["ModelPanel", "device_description", "LoadedModel", "NO_WEIGHTS_TEXT"]
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class ModelPanel(QWidget):
         busy = self.task is not None
         if model is not None:
             meta = model.meta
-            self.model_label.setText(f"{display_name(s.model_id) or meta.arch}\n({meta.arch})")
+            self.model_label.setText(f"{s.model_name or meta.arch}\n({meta.arch})")
             self.model_label.setToolTip(s.model_id or "")
             self.classes_label.setText(str(meta.num_classes))
             i = self.arch_combo.findText(meta.arch)
@@ -270,7 +270,7 @@ class ModelPanel(QWidget):
                 return
             if why == "folder":
                 try:
-                    if s.model_id == checkpoint_model_id(spec):
+                    if s.model_id == engine.checkpoint_id(spec):
                         return  # already in use
                 except OSError:
                     return
@@ -304,11 +304,11 @@ class ModelPanel(QWidget):
         return self._start(fn, *args, on_result=self._on_loaded, on_error=self._on_load_error)
 
     def _on_loaded(self, loaded: LoadedModel) -> None:
-        self.session.set_model(loaded.model, loaded.model_id)
+        self.session.set_model(loaded.model, loaded.model_id, name=display_name(loaded.spec))
         settings = getattr(self.session, "settings", None)
         if settings is not None and hasattr(settings, "set_last_weights"):
             settings.set_last_weights(loaded.spec)
-        name = display_name(loaded.model_id)
+        name = display_name(loaded.spec)
         folder = self._folder_version == loaded.spec
         self._folder_version = None
         self.status_label.setText(f"loaded this folder's fine-tuned model {name}" if folder else f"loaded {name}")

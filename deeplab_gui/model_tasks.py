@@ -16,9 +16,9 @@ import torch
 from PySide6.QtCore import QObject, Signal
 
 import engine
-from engine import catalog
+from engine.weights import catalog
 
-__all__ = ["LoadedModel", "BatchRelay", "device_description", "checkpoint_model_id", "display_name",
+__all__ = ["LoadedModel", "BatchRelay", "device_description", "display_name",
            "load_catalog", "load_file", "predict_one", "predict_batch", "catalog_state", "folder_default"]
 
 log = logging.getLogger("deeplab_gui")
@@ -32,13 +32,6 @@ def device_description() -> str:
     return "CPU"
 
 
-def checkpoint_model_id(path: str | os.PathLike) -> str:
-    """A cheap identity for a checkpoint file (name, size, mtime): the probability cache's model key,
-    so a retrained file under the same name does not serve stale probabilities."""
-    st = os.stat(path)
-    return f"file:{Path(path).name}:{st.st_size}:{st.st_mtime_ns}"
-
-
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
@@ -46,11 +39,11 @@ class LoadedModel:
     spec: str  # what to remember in settings: a catalog id or a file path
 
 
-def display_name(model_id: str | None) -> str:
-    """"file:tiny.safetensors:123:456" -> "tiny.safetensors"; catalog ids unchanged."""
-    if model_id and model_id.startswith("file:"):
-        return model_id.split(":")[1]
-    return model_id or ""
+def display_name(spec: str | None) -> str:
+    """What to call loaded weights: a file's name ("/x/tiny.safetensors" -> "tiny.safetensors"); a catalog id as is."""
+    if not spec:
+        return ""
+    return spec if spec in catalog.CATALOG else Path(spec).name
 
 
 def load_catalog(entry_id: str, *, progress, cancel) -> LoadedModel:
@@ -58,7 +51,8 @@ def load_catalog(entry_id: str, *, progress, cancel) -> LoadedModel:
         # Qt progress is int32: report kilobytes so a 250 MB file fits.
         progress(done >> 10, (total or 0) >> 10)
     model = catalog.load_catalog_model(entry_id, progress=bytes_progress, cancel=cancel)
-    return LoadedModel(model, entry_id, entry_id)
+    # The file's identity, as the command line computes it, so both share cached probabilities.
+    return LoadedModel(model, engine.checkpoint_id(catalog.weights_path(entry_id)), entry_id)
 
 
 def load_file(path: str, arch: str | None, *, progress) -> LoadedModel:
@@ -69,7 +63,7 @@ def load_file(path: str, arch: str | None, *, progress) -> LoadedModel:
         if not arch:
             raise
         model = engine.load_model(path, arch=arch)  # keys ambiguous: the combo's architecture decides
-    return LoadedModel(model, checkpoint_model_id(path), str(path))
+    return LoadedModel(model, engine.checkpoint_id(path), str(path))
 
 
 def predict_one(predictor, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,13 +121,14 @@ def folder_default(store, last: str | None, downloaded: dict[str, bool]) -> tupl
     on these very labels), else ``(spec, "last")`` for the weights used last time when they are on this
     machine (never a download), else None. Reads the folder's versions.json: worker thread."""
     if store is not None:
-        from trainer.versions import Versions
+        from engine.store.versions import Versions
         try:
             path = Versions.of(store).current_path()
         except (OSError, ValueError) as exc:  # an unreadable index: say so, fall back to the last weights
             log.warning("cannot read the folder's model versions: %s", exc)
             path = None
         if path is not None and Path(path).is_file():
+            engine.checkpoint_id(path)  # hashed here, so the UI thread's comparison is answered from memory
             return str(path), "folder"
     if last and (downloaded.get(last) or (last not in catalog.CATALOG and Path(last).is_file())):
         return last, "last"

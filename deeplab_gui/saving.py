@@ -153,7 +153,7 @@ class SessionSaves:
         return not self.not_on_disk()
 
     def _write_through_own_store(self) -> None:
-        from engine.store import AnnotationStore, StoreError, StoreLockedError
+        from engine.store.store import AnnotationStore, StoreError, StoreLockedError
         s = self.s
         docs = {i: self.document(i) for i, _ in self.not_on_disk()}
         try:
@@ -267,7 +267,7 @@ class SessionSaves:
         s = self.s
         if s.document is None or s.image_id is None or s.read_only:
             return False
-        from engine.storeformat import Status
+        from engine.store.format import Status
         self.save(s.image_id, s.document, status=Status.REVIEWED)
         self.writer.flush()
         return s.image_id not in self.unsaved

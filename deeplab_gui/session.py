@@ -21,7 +21,9 @@ from .session_io import Loaded, derived, load_image, most_uncertain, read_for_di
 from .settings import Settings
 from .workers import TaskHandle, Worker
 
-__all__ = ["AUTOSAVE_MS", "PREVIEW_SIDE", "VIEW_MODES", "VOID", "Session"]
+from engine.labels import VOID
+
+__all__ = ["AUTOSAVE_MS", "PREVIEW_SIDE", "VIEW_MODES", "Session"]
 
 log = logging.getLogger("deeplab_gui")
 
@@ -30,7 +32,6 @@ AUTOSAVE_MS = 30_000
 # Longer side (px) of the reduced JPEG decode shown while the full one runs: a 4000×3000 photo decodes
 # at 1/4 (1000×750, ~40 ms instead of ~170 ms), about what a fitted view shows of it anyway.
 PREVIEW_SIDE = 960
-VOID = 255
 
 
 class Session(QObject):
@@ -69,6 +70,7 @@ class Session(QObject):
         self.crf_labels: np.ndarray | None = None
         self.model: Any = None
         self.model_id: str | None = None
+        self.model_name: str | None = None
         self.predictor: Any = None
         self.view_mode = "mask"
         self.opacity = 0.5
@@ -142,7 +144,7 @@ class Session(QObject):
                                  on_error=lambda t: self._say("error", f"cannot rescan {path}: {t}"))
 
         def work(folder: str):
-            from engine.store import AnnotationStore, StoreLockedError
+            from engine.store.store import AnnotationStore, StoreLockedError
             try:
                 return AnnotationStore.open(folder), None
             except StoreLockedError as exc:
@@ -339,11 +341,13 @@ class Session(QObject):
         return self.saves.mark_reviewed()
 
     # ------------------------------------------------------------------ model and predictions
-    def set_model(self, model: Any, model_id: str | None, device: Any = None) -> None:
-        """Use ``model`` (None to unload); builds the Predictor.  Cached probabilities of another
-        model stop being shown."""
+    def set_model(self, model: Any, model_id: str | None, device: Any = None, *, name: str | None = None) -> None:
+        """Use ``model`` (None to unload); builds the Predictor.  ``model_id``: its weights' identity
+        (``engine.checkpoint_id``), the key of cached probabilities; ``name``: what to call it.
+        Cached probabilities of another model stop being shown."""
         from engine.predictor import Predictor
         self.model, self.model_id = model, (model_id if model is not None else None)
+        self.model_name = (name or model_id) if model is not None else None
         self.predictor = Predictor(model, device) if model is not None else None
         self.model_changed.emit()
 

@@ -125,7 +125,7 @@ def _io_pool() -> ThreadPoolExecutor:
 
 def _read_annotations(store: Any, image_id: str, model_id: str | None) -> tuple:
     """(stored mask or None, cached probabilities or None, warning or None) of ``image_id``."""
-    from engine.storeformat import StoreError
+    from engine.store.format import StoreError
     warning, mask = None, None
     try:
         mask = store.load_mask(image_id)
@@ -139,7 +139,7 @@ def most_uncertain(store: Any, model_id: str | None, current: str | None, *,
                    cancel: Callable[[], bool]) -> str | None:
     """The unreviewed image (not ``current``) whose cached probabilities have the highest mean
     normalised entropy; None when none has any."""
-    from engine.storeformat import Status
+    from engine.store.format import Status
 
     from .uncertainty import mean_uncertainty
     best, best_u = None, -1.0

@@ -17,6 +17,8 @@ from PySide6.QtWidgets import QGraphicsPathItem, QGraphicsPolygonItem
 if TYPE_CHECKING:
     from .canvas import Canvas
 
+from engine.labels import VOID
+
 __all__ = [
     "TOOL_KEYS",
     "BrushTool",
@@ -30,7 +32,6 @@ __all__ = [
     "snap_margin",
 ]
 
-VOID = 255
 TOOL_KEYS = {"brush": "B", "eraser": "E", "polygon": "P", "fill": "F", "picker": "I", "snap": "S"}
 
 

@@ -39,7 +39,7 @@ def version_text(v: Any, current: bool) -> str:
 
 def _list_versions(store) -> tuple[list[VersionEntry], str | None]:
     """The versions, newest first, and the index's notice (a damaged ``versions.json`` was rebuilt)."""
-    from trainer.versions import Versions
+    from engine.store.versions import Versions
     versions = Versions.of(store)
     cur = versions.current
     entries = [VersionEntry(v.name, version_text(v, cur is not None and v.name == cur.name),
@@ -50,14 +50,13 @@ def _list_versions(store) -> tuple[list[VersionEntry], str | None]:
 def _use_version(store, name: str):
     """Load version ``name`` and make it current; returns (model, model_id).  Worker thread."""
     import engine
-    from trainer.versions import Versions
+    from engine.store.versions import Versions
 
-    from .model_tasks import checkpoint_model_id
     versions = Versions.of(store)
     path = versions.path(name)
     model = engine.load_model(path)
     versions.set_current(name)
-    return model, checkpoint_model_id(path)
+    return model, engine.checkpoint_id(path)
 
 
 class VersionsBox(QWidget):
@@ -124,7 +123,7 @@ class VersionsBox(QWidget):
 
         def done(value: tuple) -> None:
             model, model_id = value
-            self.session.set_model(model, model_id)
+            self.session.set_model(model, model_id, name=name)
             self.version_loaded.emit(name)
 
         self.task = self.session.run_task(_use_version, store, name, on_result=done,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["atomic_write_bytes", "atomic_output", "fsync_dir", "temp_path", "fitted_name", "NAME_MAX",
-           "TEMP_SUFFIX", "is_temp_name"]
+           "TEMP_SUFFIX", "is_temp_name", "sha256_of"]
 
 NAME_MAX = 255          # bytes per file name on ext4, XFS, btrfs, APFS, NTFS (as UTF-16 units) ...
 TEMP_SUFFIX = ".tmp"    # temp names are ".<name or its prefix>.<8 hex>.tmp"
@@ -118,6 +118,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_output(path) as tmp:
         with os.fdopen(os.open(tmp, os.O_WRONLY | getattr(os, "O_BINARY", 0)), "wb") as fh:
             fh.write(data)
+
+
+def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            h.update(block)
+    return h.hexdigest()
 
 
 def fsync_dir(folder: Path) -> None:

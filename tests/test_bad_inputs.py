@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import engine.masks as masks_mod
+import engine.labels as masks_mod
 from engine.imageio import ImageReadError, read_image
-from engine.store import AnnotationStore, MaskError, Status, StoreError, StoreWriteError
-from engine.voc import export_voc, import_voc
+from engine.store.store import AnnotationStore, MaskError, Status, StoreError, StoreWriteError
+from engine.formats.voc import export_voc, import_voc
 
 
 @pytest.fixture

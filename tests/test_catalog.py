@@ -12,10 +12,10 @@ import urllib.request
 import pytest
 import torch
 
-from engine import catalog
-from engine.catalog import (CATALOG, WeightsEntry, default_cache_dir, download, get_weights, is_downloaded,
+from engine.weights import catalog
+from engine.weights.catalog import (CATALOG, WeightsEntry, default_cache_dir, download, get_weights, is_downloaded,
                             list_weights, load_catalog_model, resolve_weights, weights_path)
-from engine.download import (DownloadCancelled, TqdmProgress, WeightsError, WeightsHashMismatch,
+from engine.weights.download import (DownloadCancelled, TqdmProgress, WeightsError, WeightsHashMismatch,
                              WeightsUnavailable)
 from engine.meta import IMAGENET, TORCHVISION_SEG, VOC_CLASSES
 from engine.models import build_model, list_models

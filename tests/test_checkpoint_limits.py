@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.checkpoint_limits import (HEADER_LIMIT, LIMIT_MARGIN, VGG16_IMAGENET_BYTES, CheckpointError,
+from engine.checkpoints.limits import (HEADER_LIMIT, LIMIT_MARGIN, VGG16_IMAGENET_BYTES, CheckpointError,
                                       default_limit, largest_model)
-from engine.checkpoints import load_model, read_checkpoint, save_model
+from engine.checkpoints.io import load_model, read_checkpoint, save_model
 from engine.models import build_model, list_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_deflated_records_are_what_torch_reads_and_are_checked(tmp_path):
 
 _RSS_PROBE = """
 import json, resource, sys
-from engine.checkpoints import CheckpointError, read_checkpoint
+from engine.checkpoints.io import CheckpointError, read_checkpoint
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     read_checkpoint(sys.argv[1])
@@ -212,7 +212,7 @@ def test_zip_records_whose_sizes_cannot_be_true(tmp_path):
 
 def test_zip_directory_listing_too_many_records(tmp_path, monkeypatch):
     torch.save({"w": torch.zeros(3)}, tmp_path / "ok.pth")
-    monkeypatch.setattr("engine.checkpoint_limits.MAX_ZIP_ENTRIES", 3)
+    monkeypatch.setattr("engine.checkpoints.limits.MAX_ZIP_ENTRIES", 3)
     assert "zip directory lists 7 records" in _refusal(tmp_path / "ok.pth")
 
 

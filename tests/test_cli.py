@@ -176,7 +176,7 @@ def test_prelabel_crf_uses_engine_crf_or_says_unavailable(images, tmp_path, fake
 
 def test_prelabel_with_real_native_checkpoint(images, tmp_path, capsys):
     from engine import build_model
-    from engine.checkpoints import save_model
+    from engine.checkpoints.io import save_model
 
     ckpt = tmp_path / "m.safetensors"
     save_model(build_model("deeplabv3_mobilenet_v2", num_classes=4), ckpt)

@@ -7,8 +7,8 @@ from PIL import Image
 
 from deeplab_gui.cli import main
 from engine import build_model, save_model
-from engine.store import AnnotationStore
-from engine.storeformat import Status
+from engine.store.store import AnnotationStore
+from engine.store.format import Status
 
 
 @pytest.fixture
@@ -84,3 +84,20 @@ def test_export_then_import_voc_from_the_command_line(folder, tmp_path, capsys):
 def test_export_with_nothing_to_export_says_why(folder, tmp_path, capsys):
     assert main(["export-voc", str(folder), str(tmp_path / "voc")]) == 1
     assert "no edited or reviewed masks" in capsys.readouterr().err
+
+
+def test_the_app_finds_what_prelabel_cached_for_the_same_weights(folder, ckpt, tmp_path, monkeypatch):
+    from deeplab_gui.model_tasks import load_file
+    from deeplab_gui.session_io import load_image
+
+    assert main(["prelabel", str(folder), "--weights", str(ckpt), "--device", "cpu", "--max-side", "32"]) == 0
+    copy = tmp_path / "same weights, other name.safetensors"  # the identity is the content, not the name
+    copy.write_bytes(ckpt.read_bytes())
+    for path in (ckpt, copy):
+        loaded = load_file(str(path), None, progress=lambda *a: None)
+        with AnnotationStore.open(folder) as st:
+            for image_id in ("a.png", "b.png", "c.jpg"):
+                assert st.load_probs(image_id, loaded.model_id) is not None, (path.name, image_id)
+                # ...and the app's image loading shows them: no network run is needed
+                shown = load_image(st, image_id, loaded.model_id, None, cancel=lambda: False)
+                assert shown.probs is not None and shown.probs.shape[0] == 21

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.crf import CONVCRF, DEEPLAB_V1, UNMARKED, refine_with_scribbles
+from engine.crf import CONVCRF, DEEPLAB_V1, refine_with_scribbles
+from engine.labels import VOID
 
 
 def _two_regions(h=64, w=96, seed=0):
@@ -19,7 +20,7 @@ def _two_regions(h=64, w=96, seed=0):
 
 
 def _strokes(h, w):
-    s = np.full((h, w), UNMARKED, np.uint8)
+    s = np.full((h, w), VOID, np.uint8)
     s[10:54, 8] = 0  # a vertical stroke well inside the left region
     s[30, 4:20] = 0
     s[12:50, 85] = 1  # and one inside the right region
@@ -42,7 +43,7 @@ def test_strokes_alone_recover_the_boundary(params):
     labels = out.argmax(0)
     assert _boundary_error(labels, boundary).max() <= 3
     assert (labels == mask).mean() > 0.97
-    marked = strokes != UNMARKED
+    marked = strokes != VOID
     np.testing.assert_array_equal(labels[marked], strokes[marked])
 
 
@@ -63,7 +64,7 @@ def test_strokes_correct_a_wrong_network_guess():
 def test_backends_agree_on_scribbles():
     pytest.importorskip("pydensecrf")
     image, mask, _ = _two_regions(h=40, w=60, seed=2)
-    strokes = np.full(mask.shape, UNMARKED, np.uint8)
+    strokes = np.full(mask.shape, VOID, np.uint8)
     strokes[20, 5:15], strokes[20, 45:55] = 0, 1
     a = refine_with_scribbles(image, None, strokes, DEEPLAB_V1, backend="torch")
     b = refine_with_scribbles(image, None, strokes, DEEPLAB_V1, backend="pydensecrf")
@@ -72,7 +73,7 @@ def test_backends_agree_on_scribbles():
 
 def test_scribble_errors():
     image, mask, _ = _two_regions(h=16, w=16)
-    blank = np.full(mask.shape, UNMARKED, np.uint8)
+    blank = np.full(mask.shape, VOID, np.uint8)
     with pytest.raises(ValueError, match="nothing to propagate"):
         refine_with_scribbles(image, None, blank)
     bad = blank.copy()

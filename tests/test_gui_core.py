@@ -20,7 +20,7 @@ from PySide6.QtWidgets import QApplication
 from deeplab_gui.main_window import MainWindow
 from deeplab_gui.session import Session
 from deeplab_gui.settings import Settings
-from engine.storeformat import Status, StoreWriteError
+from engine.store.format import Status, StoreWriteError
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,14 +13,13 @@ from PIL import Image
 pytest.importorskip("pytestqt")
 
 import engine  # noqa: E402
-from engine.storeformat import Status  # noqa: E402
+from engine.store.format import Status  # noqa: E402
 from PySide6.QtCore import QTimer  # noqa: E402
 from trainer import Recipe, Versions  # noqa: E402
 from trainer.synthetic import CLASSES, make_folder  # noqa: E402
 
 from deeplab_gui.finetune_dialog import CurvePlot, FineTuneDialog, count_labelled, format_eta  # noqa: E402
 from deeplab_gui.model_panel import ModelPanel  # noqa: E402
-from deeplab_gui.model_tasks import checkpoint_model_id  # noqa: E402
 from deeplab_gui.session import Session  # noqa: E402
 from deeplab_gui.settings import Settings  # noqa: E402
 from deeplab_gui.versions_panel import VersionsBox  # noqa: E402
@@ -137,7 +136,7 @@ def test_success_swaps_the_model_while_the_ui_keeps_ticking(qtbot, session):
     assert "step 4 / 4" in d.step_label.text() and "images/s" in d.step_label.text()
     # Swapped in without a restart, under a new model id; the version is recorded and current.
     assert session.model is res.model and session.model is not old
-    assert session.model_id.startswith("file:") and res.version.name in session.model_id
+    assert session.model_id == engine.checkpoint_id(res.checkpoint) and session.model_name == res.version.name
     qtbot.waitUntil(lambda: Versions.of(session.store).current is not None, timeout=WAIT)
     versions = Versions.of(session.store)
     assert [v.name for v in versions.list()] == [res.version.name]
@@ -233,7 +232,7 @@ def test_opening_a_folder_loads_its_current_version(qtbot, session, tmp_path):
         with qtbot.waitSignal(s2.current_changed, timeout=WAIT):
             s2.open_folder(folder)
         qtbot.waitUntil(lambda: s2.model is not None and panel.task is None, timeout=WAIT)
-        assert s2.model_id == checkpoint_model_id(current)
+        assert s2.model_id == engine.checkpoint_id(current)
         assert panel.status_label.text() == f"loaded this folder's fine-tuned model {current.name}"
     finally:
         s2.shutdown()
@@ -260,7 +259,7 @@ def test_model_panel_button_and_versions_combo(qtbot, session):
     # Make the first version current again: loaded from its checkpoint, swapped in, recorded.
     with qtbot.waitSignal(box.version_loaded, timeout=WAIT):
         assert box.use(first) is not None
-    assert session.model is not first_model and first in session.model_id
+    assert session.model is not first_model and session.model_name == first
     assert Versions.of(session.store).current.name == first
     qtbot.waitUntil(lambda: box.entries and box.entries[1].current, timeout=WAIT)
     # The re-pre-label offer goes through the panel's pre-label-all path, pre-labelled images included.

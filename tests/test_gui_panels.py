@@ -12,7 +12,7 @@ pytest.importorskip("pytestqt")
 import engine  # noqa: E402
 from engine.crf import DEEPLAB_V1  # noqa: E402
 from engine.crf.synthetic import make_scene  # noqa: E402
-from engine.storeformat import Status  # noqa: E402
+from engine.store.format import Status  # noqa: E402
 
 from deeplab_gui.crf_panel import PARAM_SPECS, CRFPanel  # noqa: E402
 from deeplab_gui.export_dialog import ExportDialog, ExportOptions  # noqa: E402
@@ -65,7 +65,8 @@ def test_banner_when_no_weights_then_checkpoint_loads(qtbot, tmp_path, sessions,
     assert panel.device_label.text() == "CPU"
     assert not panel.prelabel_button.isEnabled()
     _load(qtbot, panel, tiny_ckpt)
-    assert s.model is not None and s.model_id.startswith("file:tiny.safetensors")
+    assert s.model is not None and s.model_name == "tiny.safetensors"
+    assert s.model_id == engine.checkpoint_id(tiny_ckpt)
     assert panel.banner.isHidden()
     assert panel.classes_label.text() == "21"
     assert s.settings.last_weights() == str(tiny_ckpt)
@@ -79,7 +80,7 @@ def test_banner_when_no_weights_then_checkpoint_loads(qtbot, tmp_path, sessions,
 
 
 def test_failed_download_shows_where_to_drop_the_file(qtbot, tmp_path, sessions, monkeypatch):
-    from engine import catalog
+    from engine.weights import catalog
 
     def offline(entry, **kw):
         raise engine.WeightsUnavailable(f"no network; save {entry.url} as {catalog.weights_path(entry)}")

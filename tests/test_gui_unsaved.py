@@ -22,8 +22,8 @@ from deeplab_gui.main_window import MainWindow
 from deeplab_gui.session import Session
 from deeplab_gui.settings import Settings
 from deeplab_gui.unsaved_dialog import CANCEL, DISCARD, RETRY, SAVE_ELSEWHERE, UnsavedDialog
-from engine.store import AnnotationStore
-from engine.storeformat import write_error
+from engine.store.store import AnnotationStore
+from engine.store.format import write_error
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
 W, H = 40, 30

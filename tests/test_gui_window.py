@@ -26,7 +26,7 @@ from deeplab_gui.main_window import MainWindow  # noqa: E402
 from deeplab_gui.session import Session  # noqa: E402
 from deeplab_gui.settings import Settings  # noqa: E402
 from engine.crf import DEEPLAB_V1  # noqa: E402
-from engine.storeformat import Status  # noqa: E402
+from engine.store.format import Status  # noqa: E402
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
 W, H = 320, 240
@@ -79,7 +79,7 @@ def test_big_jpeg_shows_a_reduced_decode_first_then_full_resolution(qtbot, tmp_p
     canvas = Canvas(s)
     qtbot.addWidget(canvas)
     try:
-        from engine.store import AnnotationStore
+        from engine.store.store import AnnotationStore
         store = AnnotationStore.open(jpegs)
         stored = np.full((H, W), 255, np.uint8)
         stored[50:150, 60:200] = 7

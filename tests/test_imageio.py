@@ -186,7 +186,7 @@ def test_to_rgb_uint8_rejects_bad_shapes(shape):
 
 
 # ---------------------------------------------------------------------------- engine.masks
-from engine.masks import VOID_COLOR, load_mask_png, save_mask_png  # noqa: E402
+from engine.labels import VOID_COLOR, load_mask_png, save_mask_png  # noqa: E402
 from engine.meta import voc_colormap  # noqa: E402
 
 

@@ -21,10 +21,10 @@ from PIL import Image
 from deeplab_gui.cli import main
 from engine import build_model, save_model
 from engine.predictor import ImageTooSmallError, Predictor
-from engine.probcache import ImageSignature, read_probs_file, save_probs
+from engine.store.probcache import ImageSignature, read_probs_file, save_probs
 from engine.probgrid import PROBS_MAX_PIXELS_ENV, crop_at, probs_grid, resize_probs
-from engine.store import AnnotationStore
-from engine.storeformat import Status
+from engine.store.store import AnnotationStore
+from engine.store.format import Status
 
 ROOT = Path(__file__).resolve().parents[1]
 CAP = 500  # pixels of cached probabilities in these tests
@@ -82,7 +82,7 @@ def test_prelabel_into_the_store_keeps_probabilities_on_the_capped_grid(tmp_path
     warm.mkdir()
     Image.fromarray(_photo(40, 40)).save(warm / "w.png")
     prelabel_into_store(warm, predictor, None, checkpoint=ckpt, recursive=False, overwrite=False)
-    monkeypatch.setattr("deeplab_gui.cli_store.model_id", lambda checkpoint, arch: "m")
+    monkeypatch.setattr("engine.checkpoint_id", lambda checkpoint: "m")
     monkeypatch.setattr(AnnotationStore, "save_probs", spy)
     tracemalloc.start()
     try:

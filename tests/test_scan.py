@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.scan import natural_key, scan_folder
+from engine.store.scan import natural_key, scan_folder
 
 
 def _touch(path: Path, data: bytes = b"not decoded by the scan") -> Path:

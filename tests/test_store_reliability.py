@@ -12,9 +12,9 @@ from PIL import Image
 
 from deeplab_gui.cli import main
 from engine import build_model, save_model
-from engine import storeformat
+from engine.store import format as storeformat
 from engine.fileio import NAME_MAX, atomic_write_bytes, fitted_name, temp_path
-from engine.store import AnnotationStore, Status, StoreError
+from engine.store.store import AnnotationStore, Status, StoreError
 
 
 @pytest.fixture
@@ -229,7 +229,7 @@ def test_checkpoints_get_the_umask_permissions(tmp_path):
 
 
 def test_masks_larger_than_pillows_bomb_limit_load(tmp_path, monkeypatch):
-    from engine.masks import load_mask_png, save_mask_png
+    from engine.labels import load_mask_png, save_mask_png
     m = np.zeros((100, 120), np.uint8)
     m[10:20] = 3
     save_mask_png(tmp_path / "m.png", m)

@@ -17,10 +17,10 @@ import torch
 
 import engine
 from deeplab_gui.cli import main as gui_main
-from engine.store import AnnotationStore
+from engine.store.store import AnnotationStore
 from trainer import FineTune, Recipe, TrainError, Version, Versions
 from trainer.synthetic import CLASSES, make_folder
-from trainer.versions import nonfinite_weights
+from engine.store.versions import nonfinite_weights
 
 ARCH = "deeplabv3_mobilenet_v2"  # the lightest model
 TINY = ["--iterations", "1", "--crop", "32", "--batch-size", "1", "--device", "cpu", "--eval-every", "0",

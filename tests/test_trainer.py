@@ -189,7 +189,7 @@ def test_msc_loss_sums_one_cross_entropy_per_scale_output():
 
 
 def test_finetune_trains_deeplab_v2_on_every_scale(tmp_path, monkeypatch):
-    from engine.store import AnnotationStore
+    from engine.store.store import AnnotationStore
     from trainer import FineTune
     from trainer import loop as loop_mod
     from trainer.synthetic import make_folder
@@ -207,7 +207,7 @@ def test_finetune_trains_deeplab_v2_on_every_scale(tmp_path, monkeypatch):
 
 
 def test_untrained_batchnorm_is_trained_even_for_small_batches(tmp_path):
-    from engine.store import AnnotationStore
+    from engine.store.store import AnnotationStore
     from trainer import FineTune
     from trainer.params import bn_statistics_trained
     from trainer.synthetic import make_folder

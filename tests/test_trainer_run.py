@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import engine
-from engine.store import AnnotationStore
+from engine.store.store import AnnotationStore
 from trainer import FineTune, Recipe, Versions
 from trainer.augment import to_input
 from trainer.dataset import labelled_samples, load_pair

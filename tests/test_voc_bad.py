@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from deeplab_gui.cli import main
-from engine.masks import save_mask_png
+from engine.labels import save_mask_png
 from engine.meta import voc_colormap
-from engine.store import AnnotationStore, LabelClass, default_classes
-from engine.storeformat import Status, StoreWriteError
+from engine.store.store import AnnotationStore, LabelClass, default_classes
+from engine.store.format import Status, StoreWriteError
 
 EXCEPTION_NAMES = re.compile(r"\b\w*(Error|Exception|Traceback)\b")
 H, W = 12, 16
@@ -350,7 +350,7 @@ def test_export_bad_options_and_masks(tmp_path, exportable, capsys):
 
 
 def test_export_write_failure_stops_with_one_line(tmp_path, exportable, capsys, monkeypatch):
-    import engine.voc as voc_mod
+    import engine.formats.voc as voc_mod
 
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))

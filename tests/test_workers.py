@@ -144,7 +144,7 @@ def test_cancel_before_start_finishes_quietly(qtbot):
 
 
 def test_one_line_error_messages():
-    from engine.storeformat import StoreWriteError
+    from engine.store.format import StoreWriteError
     assert one_line_error(StoreWriteError("could not save\n the mask")) == "could not save the mask"
     assert one_line_error(RuntimeError()) == "RuntimeError"
     assert isinstance(TaskHandle(), TaskHandle)

@@ -18,10 +18,10 @@ _EXPORTS = {
     "loop": ("FineTune", "FineTuneResult", "Progress", "TrainError", "seg_loss"),
     "metrics": ("confusion_matrix", "evaluate", "miou", "per_class_iou"),
     "params": ("freeze_bn_params", "is_backbone_param", "set_train_mode", "split_params"),
-    "recipe": ("IGNORE_INDEX", "Recipe"),
+    "recipe": ("Recipe", "RecipeError"),
     "schedule": ("poly_lr", "progress_fraction"),
     "start": ("NEW_MODEL_ARCHS", "new_model"),
-    "versions": ("Version", "VersionError", "Versions"),
+    "engine.store.versions": ("Version", "VersionError", "Versions"),  # versions live with the store
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 
@@ -32,7 +32,7 @@ def __getattr__(name: str) -> Any:
     mod = _WHERE.get(name)
     if mod is None:
         raise AttributeError(f"module 'trainer' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    value = getattr(importlib.import_module(mod if "." in mod else f".{mod}", __name__), name)
     globals()[name] = value
     return value
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from engine.meta import Preprocessing
 
-from .recipe import IGNORE_INDEX
+from engine.labels import VOID
 
 __all__ = ["random_scale", "pad_and_crop", "augment_pair", "to_input", "resize_image"]
 
@@ -50,7 +50,7 @@ def pad_and_crop(image: np.ndarray, mask: np.ndarray, crop: int, rng: np.random.
         img = np.empty((h + ph, w + pw, 3), np.uint8)
         img[:] = np.asarray(fill, np.uint8)
         img[:h, :w] = image
-        m = np.full((h + ph, w + pw), IGNORE_INDEX, np.uint8)
+        m = np.full((h + ph, w + pw), VOID, np.uint8)
         m[:h, :w] = mask
         image, mask, h, w = img, m, h + ph, w + pw
     y = int(rng.integers(0, h - crop + 1))

@@ -92,7 +92,7 @@ def recipe_from_args(args: argparse.Namespace):
 
 def _load_start_model(args, store):
     import engine
-    from .versions import Versions
+    from engine.store.versions import Versions
 
     new = getattr(args, "new", None)
     if new:
@@ -114,11 +114,11 @@ def _load_start_model(args, store):
 
 def run_training(args: argparse.Namespace, *, cancel: threading.Event | None = None) -> int:
     """Fine-tune per ``args``; raises ValueError/TrainError/OSError with a one-line reason on failure."""
-    from engine.store import AnnotationStore
+    from engine.store.store import AnnotationStore
     from . import ddp
     from .guards import check_out_path
     from .loop import FineTune
-    from .versions import Versions
+    from engine.store.versions import Versions
 
     folder = Path(args.folder)
     if not folder.is_dir():

@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from engine.imageio import read_image
-from engine.masks import load_mask_png
-from engine.storeformat import Status
+from engine.labels import load_mask_png
+from engine.store.format import Status
 
 from .augment import augment_pair
 

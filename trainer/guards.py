@@ -17,9 +17,9 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from engine.masks import load_mask_png
+from engine.labels import load_mask_png
 
-from .recipe import IGNORE_INDEX
+from engine.labels import VOID
 
 __all__ = ["check_out_path", "has_labelled_pixels", "nonfinite_tensors"]
 
@@ -50,7 +50,7 @@ def has_labelled_pixels(mask_paths: Iterable[str | os.PathLike]) -> bool:
     """Whether any of these mask PNGs has a pixel that is not void (255).  Stops at the first one, so a
     usual folder costs one decode."""
     for path in mask_paths:
-        if bool(np.any(load_mask_png(path) != IGNORE_INDEX)):
+        if bool(np.any(load_mask_png(path) != VOID)):
             return True
     return False
 

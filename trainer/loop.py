@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.cancel import cancel_check
-from engine.checkpoints import save_model
+from engine.checkpoints.io import save_model
 from engine.predictor import resolve_device
 
 from . import ddp
@@ -33,9 +33,11 @@ from .dataset import SegDataset, labelled_samples, make_loader, split_heldout
 from .guards import check_out_path, has_labelled_pixels, nonfinite_tensors
 from .metrics import evaluate, miou
 from .params import bn_statistics_trained, freeze_bn_params, set_train_mode, split_params
-from .recipe import IGNORE_INDEX, Recipe
+from engine.labels import VOID
+
+from .recipe import Recipe
 from .schedule import poly_lr, progress_fraction
-from .versions import Version, Versions
+from engine.store.versions import Version, Versions
 
 __all__ = ["FineTune", "FineTuneResult", "Progress", "TrainError", "msc_loss", "seg_loss"]
 
@@ -96,9 +98,9 @@ def msc_loss(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
 def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over labelled pixels (255 ignored); 0 (with a graph) for an all-void batch,
     where the mean over no pixels would be NaN and poison the weights."""
-    if not bool((target != IGNORE_INDEX).any()):
+    if not bool((target != VOID).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits.float(), target, ignore_index=VOID)
 
 
 class FineTune:

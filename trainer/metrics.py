@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .augment import resize_image, to_input
 from .dataset import Sample, load_pair
-from .recipe import IGNORE_INDEX
+from engine.labels import VOID
 
 __all__ = ["confusion_matrix", "miou", "per_class_iou", "evaluate"]
 
@@ -27,7 +27,7 @@ def confusion_matrix(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.
     """
     p = torch.as_tensor(pred).reshape(-1).long()
     t = torch.as_tensor(target).reshape(-1).long()
-    keep = (t != IGNORE_INDEX) & (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
+    keep = (t != VOID) & (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
     idx = t[keep] * num_classes + p[keep]
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 

@@ -13,9 +13,10 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Recipe", "RecipeError", "IGNORE_INDEX", "SMALL_BATCH", "LIMITS", "check_value"]
+from engine.labels import VOID  # void / unlabelled pixels: no loss, no metric
 
-IGNORE_INDEX = 255  # void / unlabelled pixels: no loss, no metric
+__all__ = ["Recipe", "RecipeError", "SMALL_BATCH", "LIMITS", "check_value"]
+
 SMALL_BATCH = 8  # BN statistics from fewer images per process are noise (DeepLab v3 §4.1 used 16)
 
 # Every number of the recipe: (kind, low, high, low allowed, high allowed).  One table, so the command

@@ -22,7 +22,7 @@ NEW_MODEL_ARCHS = ("deeplabv3plus_mobilenet_v2", "deeplabv3_mobilenet_v2", "deep
 def imagenet_start(arch: str) -> Path | None:
     """The downloaded ImageNet weights a new ``arch`` model's backbone can start from, if any (checking a
     file hashes it, about a second: not on a UI thread)."""
-    from engine import catalog
+    from engine.weights import catalog
     for entry in catalog.list_weights("backbone"):
         if arch in entry.backbone_for and catalog.is_downloaded(entry):
             return catalog.weights_path(entry)

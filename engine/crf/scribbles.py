@@ -6,9 +6,10 @@ import numpy as np
 from .backends import refine
 from .params import DEEPLAB_V1, PROB_EPS, CRFParams, check_image, check_probs
 
-__all__ = ["UNMARKED", "CLAMP_PROB", "refine_with_scribbles"]
+from ..labels import VOID
 
-UNMARKED = 255
+__all__ = ["CLAMP_PROB", "refine_with_scribbles"]
+
 # A marked pixel's other classes get the smallest probability the backends distinguish (PROB_EPS):
 # unary -log(1e-8) ≈ 18.4 exceeds the largest message the presets can send (about w1 + w2 per class), so
 # marked pixels keep their class in every iteration. This clamps through the unary, which both backends
@@ -24,7 +25,7 @@ def refine_with_scribbles(image: np.ndarray, probs: np.ndarray | None, scribbles
     Args:
         image: H×W×3 uint8 RGB.
         probs: C×H×W network probabilities, or None to use the strokes alone (uniform elsewhere).
-        scribbles: H×W uint8 class index per marked pixel, ``UNMARKED`` (255) elsewhere.
+        scribbles: H×W uint8 class index per marked pixel, ``VOID`` (255) elsewhere.
         params: CRF settings; long-range propagation wants the appearance kernel (w1, θα) on.
         num_classes: C when ``probs`` is None (default: highest scribbled class + 1).
     Returns:
@@ -38,7 +39,7 @@ def refine_with_scribbles(image: np.ndarray, probs: np.ndarray | None, scribbles
         raise ValueError(f"scribbles must be an H×W array matching the image {img.shape[:2]}, got {shape}")
     if scribbles.dtype != np.uint8:
         raise ValueError(f"scribbles must be uint8 (255 = unmarked), got {scribbles.dtype}")
-    marked = scribbles != UNMARKED
+    marked = scribbles != VOID
     if probs is None:
         if not marked.any():
             raise ValueError("no scribbles and no probabilities: nothing to propagate")

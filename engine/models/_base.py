@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SegModel", "IntermediateLayerGetter", "state_dict_from"]
+__all__ = ["SegModel", "IntermediateLayerGetter", "state_dict_from", "set_file_reader"]
 
 
 class IntermediateLayerGetter(nn.ModuleDict):
@@ -78,16 +78,28 @@ class SegModel(nn.Module):
         return out, aux
 
 
+# Reading a weights file is the checkpoints room's job, and it needs this registry to recognise formats;
+# so instead of importing it, models are handed its reader when ``engine`` is imported.
+_file_reader: Callable[[str | os.PathLike], Mapping[str, torch.Tensor]] | None = None
+
+
+def set_file_reader(reader: Callable[[str | os.PathLike], Mapping[str, torch.Tensor]]) -> None:
+    """Install the function that turns a checkpoint path into a state dict (``engine.checkpoints`` does)."""
+    global _file_reader
+    _file_reader = reader
+
+
 def state_dict_from(weights) -> dict[str, torch.Tensor]:
     """A state dict from a mapping or a checkpoint path.
 
-    Paths are read by :func:`engine.checkpoints.read_checkpoint`: safetensors or ``torch.load`` with
-    ``weights_only=True``, never unpickling code, with the same clear errors as ``load_model``.
+    Paths are read by the installed reader (``engine.checkpoints.read_checkpoint``: safetensors or
+    ``torch.load`` with ``weights_only=True``, never unpickling code, with the same clear errors as
+    ``load_model``).
     """
     if isinstance(weights, (str, os.PathLike)):
-        from ..checkpoints import read_checkpoint  # lazy: checkpoints imports the model registry
-
-        return dict(read_checkpoint(weights).state_dict)
+        if _file_reader is None:
+            raise RuntimeError("no checkpoint reader installed: import engine first")
+        return dict(_file_reader(weights))
     if not isinstance(weights, Mapping):
         raise TypeError(f"backbone weights must be a state dict or a file path, not {type(weights).__name__}")
     return dict(weights)

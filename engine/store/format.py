@@ -12,14 +12,13 @@ import os
 import re
 import sqlite3
 import time
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Sequence
 
 
-from .fileio import atomic_write_bytes, fitted_name, is_temp_name
-from .meta import VOC_CLASSES, voc_colormap
+from ..fileio import atomic_write_bytes, fitted_name, is_temp_name
+from ..labels import LabelClass, default_classes
 from .scan import SIDECAR_NAME
 
 __all__ = [
@@ -41,17 +40,6 @@ class Status(str, Enum):
 
 # Masks in these states are a person's work: predictions never replace them unless asked to.
 PROTECTED = frozenset({Status.EDITED, Status.REVIEWED})
-
-
-@dataclass(frozen=True)
-class LabelClass:
-    name: str
-    color: tuple[int, int, int]
-
-
-def default_classes() -> list[LabelClass]:
-    """PASCAL VOC's 21 classes with the standard VOC colour map."""
-    return [LabelClass(n, c) for n, c in zip(VOC_CLASSES, voc_colormap(len(VOC_CLASSES)))]
 
 
 class StoreError(Exception):

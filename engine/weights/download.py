@@ -17,8 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from .cancel import cancel_check
-from .fileio import fsync_dir
+from ..cancel import cancel_check
+from ..fileio import fsync_dir, sha256_of
 
 __all__ = [
     "WeightsError",
@@ -50,15 +50,6 @@ class WeightsHashMismatch(WeightsError):
 
 class DownloadCancelled(WeightsError):
     """``cancel`` was set during the transfer; nothing was left behind."""
-
-
-def sha256_of(path: str | os.PathLike, chunk_size: int = _CHUNK) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_size):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download_file(url: str, dest: str | os.PathLike, *, sha256_prefix: str | None = None,

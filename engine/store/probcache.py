@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_output
-from .probgrid import normalise_, probs_grid, resize_plane
-from .storeformat import sidecar_path
+from ..fileio import atomic_output
+from ..probgrid import normalise_, probs_grid, resize_plane
+from .format import sidecar_path
 
 __all__ = ["CachedProbs", "ImageSignature", "ProbCache", "save_probs", "load_probs", "read_probs_file"]
 

@@ -1,4 +1,4 @@
-"""Label masks on disk: palette (P-mode) PNGs holding class indices, as PASCAL VOC stores them.
+"""Labels: the void index, class lists, and masks on disk (palette PNGs of class indices, as VOC stores them).
 
 A mask is an H×W uint8 array of class indices, 255 = void/unlabeled.  The PNG stores the indices
 themselves; the palette only makes them viewable.  Index 255 keeps VOC's void colour (224, 224, 192),
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -17,12 +18,23 @@ from PIL import Image
 
 from .fileio import atomic_write_bytes
 from .imageio import DEFAULT_MAX_PIXELS, ImageReadError, _open
-from .meta import voc_colormap
+from .meta import VOC_CLASSES, voc_colormap
 
-__all__ = ["VOID_INDEX", "VOID_COLOR", "mask_palette", "save_mask_png", "load_mask_png"]
+__all__ = ["VOID", "VOID_COLOR", "LabelClass", "default_classes", "mask_palette", "save_mask_png", "load_mask_png"]
 
-VOID_INDEX = 255
+VOID = 255  # void / unlabelled: no class, no loss, no metric; every mask, scribble and target uses it
 VOID_COLOR = (224, 224, 192)
+
+
+@dataclass(frozen=True)
+class LabelClass:
+    name: str
+    color: tuple[int, int, int]
+
+
+def default_classes() -> list[LabelClass]:
+    """PASCAL VOC's 21 classes with the standard VOC colour map."""
+    return [LabelClass(n, c) for n, c in zip(VOC_CLASSES, voc_colormap(len(VOC_CLASSES)))]
 
 
 def mask_palette(colors: Sequence[Sequence[int]] | None = None) -> list[int]:
@@ -41,7 +53,7 @@ def mask_palette(colors: Sequence[Sequence[int]] | None = None) -> list[int]:
             if len(rgb) != 3 or any(not 0 <= v <= 255 for v in rgb):
                 raise ValueError(f"colour {i} must be three values in 0..255, got {c!r}")
             table[i] = rgb
-    table[VOID_INDEX] = VOID_COLOR
+    table[VOID] = VOID_COLOR
     return [v for rgb in table for v in rgb]
 
 

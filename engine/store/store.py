@@ -25,17 +25,17 @@ from typing import Sequence
 
 import numpy as np
 
-from .fileio import atomic_write_bytes
-from .masks import VOID_INDEX
+from ..fileio import atomic_write_bytes
+from ..labels import VOID
 from .probcache import CachedProbs, ImageSignature, ProbCache
 from .scan import ScanResult, natural_key, scan_folder
-from .storeformat import (PROTECTED, LabelClass, MaskError, Status, StoreError, StoreWriteError, check_classes,
+from .format import (PROTECTED, LabelClass, MaskError, Status, StoreError, StoreWriteError, check_classes,
                           check_id as _check_id, classes_from_json, classes_to_json, default_classes, load_classes_file,
                           DB_EMPTY, DB_MISSING, locate_store, open_db, open_db_readonly, remove_orphan_temps, sidecar_id,
                           user_store_root,
                           write_error as _write_error)
-from .storelock import InstanceLock, StoreLockedError
-from .storemasks import MaskMethods
+from .lock import InstanceLock, StoreLockedError
+from .masks import MaskMethods
 
 __all__ = [
     "AnnotationStore", "Status", "LabelClass", "StoreError", "StoreWriteError", "MaskError",
@@ -188,7 +188,7 @@ class AnnotationStore(MaskMethods):
             if m is None:
                 continue
             counts = np.bincount(m.ravel(), minlength=256)
-            beyond = np.flatnonzero(counts[n:VOID_INDEX]) + n
+            beyond = np.flatnonzero(counts[n:VOID]) + n
             if beyond.size:
                 self.masks_beyond_classes[image_id] = int(beyond.max())
         if self.masks_beyond_classes:

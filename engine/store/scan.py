@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .imageio import IMAGE_EXTENSIONS
+from ..imageio import IMAGE_EXTENSIONS
 
 __all__ = ["ImageEntry", "ScanResult", "scan_folder", "natural_key", "SIDECAR_NAME"]
 

@@ -14,8 +14,8 @@ from typing import Callable, Mapping
 import torch
 import torch.nn as nn
 
-from .checkpoint_formats import strip_wrapper_prefixes
-from .checkpoints import CheckpointError, read_checkpoint
+from ..checkpoints.formats import strip_wrapper_prefixes
+from ..checkpoints.io import CheckpointError, read_checkpoint
 
 __all__ = ["BackboneLoadReport", "load_backbone_weights", "detect_imagenet_network"]
 
@@ -57,13 +57,13 @@ def _resnet_to_backbone(sd: Mapping[str, torch.Tensor]) -> StateDict:
 def _family_mapper(name: str) -> Callable[[Mapping[str, torch.Tensor]], StateDict]:
     # Imported lazily: each model family owns the renaming of its own ImageNet network.
     if name == "vgg16":
-        from .models.deeplabv1 import vgg16_imagenet_to_backbone
+        from ..models.deeplabv1 import vgg16_imagenet_to_backbone
         return vgg16_imagenet_to_backbone
     if name == "mobilenet_v2":
-        from .models.mobilenet import features_from_imagenet_mobilenet_v2
+        from ..models.mobilenet import features_from_imagenet_mobilenet_v2
         return features_from_imagenet_mobilenet_v2
     if name == "mobilenet_v3_large":
-        from .models.mobilenet import features_from_imagenet_mobilenet_v3_large
+        from ..models.mobilenet import features_from_imagenet_mobilenet_v3_large
         return features_from_imagenet_mobilenet_v3_large
     return _resnet_to_backbone
 

@@ -25,8 +25,8 @@ from typing import Callable, Iterable
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .meta import CAFFE_BGR, IMAGENET, TORCHVISION_SEG, Preprocessing
-from .models import build_model, list_models, model_spec
+from ..meta import CAFFE_BGR, IMAGENET, TORCHVISION_SEG, Preprocessing
+from ..models import build_model, list_models, model_spec
 
 __all__ = [
     "PeerFormat",
@@ -107,7 +107,7 @@ def _vainf_v3(sd: StateDict) -> StateDict:
     torchvision's (``classifier.N``); the indices inside are the same.  v3+ heads are left alone."""
     if any(k.startswith("classifier.project.") for k in sd):
         return sd
-    from .models.deeplabv3 import vainf_v3_to_native  # the model family owns its key mapping
+    from ..models.deeplabv3 import vainf_v3_to_native  # the model family owns its key mapping
 
     try:
         return dict(vainf_v3_to_native(sd))

@@ -13,10 +13,10 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from .masks import VOID_COLOR, VOID_INDEX
-from .meta import voc_colormap
-from .scan import natural_key
-from .storeformat import LabelClass, StoreError
+from ..labels import VOID, VOID_COLOR
+from ..meta import voc_colormap
+from ..store.scan import natural_key
+from ..store.format import LabelClass, StoreError
 
 __all__ = ["VOCError", "VOC_NUM_STANDARD", "voc_ids", "split_ids", "add_void_border", "export_colors",
            "rgb_mask_to_indices", "check_indices", "copyable_jpeg", "os_reason", "one_line"]
@@ -85,13 +85,13 @@ def add_void_border(mask: np.ndarray, width: int) -> np.ndarray:
     if width <= 0:
         return m.copy()
     lab = m.astype(np.int16)
-    void = m == VOID_INDEX
+    void = m == VOID
     hi = np.where(void, -1, lab)    # void never raises a neighbour's maximum ...
     lo = np.where(void, 256, lab)   # ... nor lowers its minimum
     hi = _window(_window(hi, width, 0, np.maximum), width, 1, np.maximum)
     lo = _window(_window(lo, width, 0, np.minimum), width, 1, np.minimum)
     out = m.copy()
-    out[~void & ((hi > lab) | (lo < lab))] = VOID_INDEX
+    out[~void & ((hi > lab) | (lo < lab))] = VOID
     return out
 
 
@@ -123,7 +123,7 @@ def rgb_mask_to_indices(rgb: np.ndarray, colors: Sequence[Sequence[int]]) -> np.
     packed = (a[:, :, 0] << 16) | (a[:, :, 1] << 8) | a[:, :, 2]
     table = {(int(r) << 16) | (int(g) << 8) | int(b): i for i, (r, g, b) in enumerate(colors)}
     for void in (VOID_COLOR, (255, 255, 255)):
-        table.setdefault((void[0] << 16) | (void[1] << 8) | void[2], VOID_INDEX)
+        table.setdefault((void[0] << 16) | (void[1] << 8) | void[2], VOID)
     uniq, inverse = np.unique(packed, return_inverse=True)
     lut = np.empty(len(uniq), dtype=np.uint8)
     for k, v in enumerate(uniq.tolist()):
@@ -137,7 +137,7 @@ def rgb_mask_to_indices(rgb: np.ndarray, colors: Sequence[Sequence[int]]) -> np.
 
 def check_indices(mask: np.ndarray, n: int) -> None:
     """Raise ``ValueError`` when ``mask`` uses a class index ``>= n`` other than void (255)."""
-    bad = np.unique(mask[(mask >= n) & (mask != VOID_INDEX)])
+    bad = np.unique(mask[(mask >= n) & (mask != VOID)])
     if bad.size:
         raise ValueError(f"class index {int(bad[0])} is beyond the {n}-class list")
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from .download import (DownloadCancelled, ProgressFn, WeightsError, WeightsHashMismatch, WeightsUnavailable,
                        download_file, sha256_of)
-from .meta import CAFFE_BGR, IMAGENET, TORCHVISION_SEG, VOC_CLASSES, Preprocessing
+from ..meta import CAFFE_BGR, IMAGENET, TORCHVISION_SEG, VOC_CLASSES, Preprocessing
 
 __all__ = [
     "WeightsEntry",
@@ -236,7 +236,7 @@ def load_catalog_model(spec: str | WeightsEntry, *, device: str = "cpu", output_
                        cache_dir: str | os.PathLike | None = None):
     """Download if needed and load a segmentation entry; ``meta.extra`` records the entry id,
     URL and reported metrics."""
-    from .checkpoints import load_model
+    from ..checkpoints.io import load_model
 
     entry = _entry(spec)
     if entry.kind != "segmentation":

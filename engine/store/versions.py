@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from engine.checkpoints import CheckpointError, read_meta
+from engine.checkpoints.io import CheckpointError, read_meta
 from engine.fileio import atomic_write_bytes, fsync_dir
 
 __all__ = ["Version", "Versions", "VERSIONS_FILE", "VersionError", "nonfinite_weights"]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .imageio import ImageReadError, image_size
-from .masks import VOID_INDEX, load_mask_png, save_mask_png
-from .storeformat import (PROTECTED, MaskError, Status, StoreError, check_id as _check_id, sidecar_path,
+from ..imageio import ImageReadError, image_size
+from ..labels import VOID, load_mask_png, save_mask_png
+from .format import (PROTECTED, MaskError, Status, StoreError, check_id as _check_id, sidecar_path,
                           write_error as _write_error)
 
 __all__ = ["MaskMethods"]
@@ -60,8 +60,8 @@ class MaskMethods:
                             f"{size[1]}x{size[0]}; nothing was saved")
         n = len(self._classes)
         # Two counting passes (a few ms at 12 Mpx) instead of building a boolean mask of offenders.
-        if n < VOID_INDEX and np.count_nonzero(m >= n) > np.count_nonzero(m == VOID_INDEX):
-            bad = np.unique(m[(m >= n) & (m != VOID_INDEX)])
+        if n < VOID and np.count_nonzero(m >= n) > np.count_nonzero(m == VOID):
+            bad = np.unique(m[(m >= n) & (m != VOID)])
             if bad.size:
                 raise MaskError(f"mask for {image_id} uses class index {int(bad[0])} but the class list "
                                 f"has {n} classes (0..{n - 1}, 255 void); nothing was saved")

@@ -26,12 +26,12 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from .checkpoint_formats import (FORMATS, SkipRandomInit, detect_format, diff_keys, format_diff,
+from .formats import (FORMATS, SkipRandomInit, detect_format, diff_keys, format_diff,
                                  match_architecture, strip_wrapper_prefixes)
-from .checkpoint_limits import CheckpointError, check_safetensors, check_torch_file, safetensors_header
-from .fileio import atomic_output
-from .meta import ModelMeta
-from .models import build_model, model_spec
+from .limits import CheckpointError, check_safetensors, check_torch_file, safetensors_header
+from ..fileio import atomic_output
+from ..meta import ModelMeta
+from ..models import build_model, model_spec
 
 __all__ = [
     "CheckpointError",

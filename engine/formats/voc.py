@@ -37,12 +37,12 @@ from typing import Callable
 
 from PIL import Image
 
-from .fileio import atomic_write_bytes, temp_path
-from .imageio import read_image
-from .masks import save_mask_png
-from .scan import natural_key
-from .store import AnnotationStore, Status
-from .vocformat import (VOC_NUM_STANDARD, VOCError, add_void_border, check_indices, copyable_jpeg,
+from ..fileio import atomic_write_bytes, temp_path
+from ..imageio import read_image
+from ..labels import save_mask_png
+from ..store.scan import natural_key
+from ..store.store import AnnotationStore, Status
+from .voc_common import (VOC_NUM_STANDARD, VOCError, add_void_border, check_indices, copyable_jpeg,
                         export_colors, one_line, os_reason, rgb_mask_to_indices, split_ids, voc_ids)
 from .voc_import import ImportReport, import_voc
 

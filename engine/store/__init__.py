@@ -1,0 +1,22 @@
+"""The annotation store of an image folder: statuses, masks, class list, probability cache, model versions.
+
+:class:`AnnotationStore` is the way in; the modules behind it are its on-disk format (``format``),
+its mask methods (``masks``), the single-instance lock (``lock``), the folder scan (``scan``), the
+probability cache (``probcache``) and the fine-tuned model versions (``versions``).  The README's
+"Annotation store" section documents the layout and the guarantees.
+"""
+from __future__ import annotations
+
+from .format import (PROTECTED, LabelClass, MaskError, Status, StoreError, StoreWriteError, default_classes,
+                     user_store_root)
+from .lock import StoreLockedError
+from .probcache import CachedProbs, ImageSignature
+from .scan import SIDECAR_NAME, ScanResult, natural_key, scan_folder
+from .store import AnnotationStore
+from .versions import Version, VersionError, Versions
+
+__all__ = [
+    "AnnotationStore", "Status", "PROTECTED", "LabelClass", "default_classes", "StoreError", "StoreWriteError",
+    "MaskError", "StoreLockedError", "user_store_root", "CachedProbs", "ImageSignature", "SIDECAR_NAME",
+    "ScanResult", "natural_key", "scan_folder", "Version", "VersionError", "Versions",
+]
