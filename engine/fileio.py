@@ -17,11 +17,12 @@ import contextlib
 import hashlib
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Iterator
 
 __all__ = ["atomic_write_bytes", "atomic_output", "fsync_dir", "temp_path", "fitted_name", "NAME_MAX",
-           "TEMP_SUFFIX", "is_temp_name", "sha256_of"]
+           "TEMP_SUFFIX", "is_temp_name", "sha256_of", "set_aside"]
 
 NAME_MAX = 255          # bytes per file name on ext4, XFS, btrfs, APFS, NTFS (as UTF-16 units) ...
 TEMP_SUFFIX = ".tmp"    # temp names are ".<name or its prefix>.<8 hex>.tmp"
@@ -39,14 +40,14 @@ def _fit_bytes(text: str, limit: int) -> str:
 def fitted_name(name: str, suffix: str = "") -> str:
     """``name + suffix`` when it fits in one file name, else a shortened prefix, ``~``, a hash, ``suffix``.
 
-    Deterministic (the same name always maps to the same file), and leaves room for the temp name of
-    an atomic write next to it.  ``name`` is one path component.
+    Deterministic (the same name always maps to the same file); every name that fits is kept as it
+    is, so files written before shortening existed are found again.  ``name`` is one path component.
     """
     full = name + suffix
-    if len(os.fsencode(full)) <= NAME_MAX - 16:
+    if len(os.fsencode(full)) <= NAME_MAX:
         return full
     digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:_HASH_LEN]
-    room = NAME_MAX - 16 - len(os.fsencode(suffix)) - 1 - _HASH_LEN
+    room = NAME_MAX - len(os.fsencode(suffix)) - 1 - _HASH_LEN
     return f"{_fit_bytes(name, room)}~{digest}{suffix}"
 
 
@@ -63,26 +64,33 @@ def temp_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{head}{tail}")
 
 
-def _create_temp(path: Path) -> tuple[int, Path]:
-    """Create and open (write-only, exclusive) a temp file next to ``path``, with the final file's mode."""
+def _existing_mode(path: Path) -> int | None:
     try:
-        mode = os.stat(path).st_mode & 0o7777
+        return os.stat(path).st_mode & 0o7777
     except OSError:
-        mode = None
+        return None
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """Create and open (write-only, exclusive) a temp file next to ``path``.
+
+    Created ``0o666`` through the umask, as a file created directly would be; the final mode is set
+    only after writing (a read-only original would otherwise make the temp file unwritable).
+    """
     for _ in range(100):
         tmp = temp_path(path)
         try:
-            # 0o666 through the umask: what a file created directly would get.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
         except FileExistsError:
             continue
-        if mode is not None:
-            try:
-                os.fchmod(fd, mode)
-            except (OSError, AttributeError):
-                pass
-        return fd, tmp
     raise FileExistsError(f"{path.parent}: could not create a temporary file")
+
+
+def _discard(tmp: Path) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager
@@ -95,29 +103,62 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     fd, tmp = _create_temp(path)
     try:
-        mode = os.fstat(fd).st_mode & 0o7777
+        mode = _existing_mode(path)
+        if mode is None:
+            mode = os.fstat(fd).st_mode & 0o7777
     finally:
         os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, mode)  # some writers (safetensors) replace the file with one of their own, 0600
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_BINARY", 0))  # fsync needs no write access
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)  # also undoes writers that replace the file with one of their own (safetensors: 0600)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _discard(tmp)
         raise
     fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, then ``os.replace``."""
-    with atomic_output(path) as tmp:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | getattr(os, "O_BINARY", 0)), "wb") as fh:
+    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, then ``os.replace``.
+
+    A replaced file keeps its mode; a new one gets ``0o666`` minus the umask.
+    """
+    path = Path(path)
+    fd, tmp = _create_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        mode = _existing_mode(path)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def set_aside(path: str | os.PathLike, tag: str, companions: tuple[str, ...] = ()) -> str:
+    """Rename a damaged file to ``<name>.<tag>-<time>`` (``-2``, ``-3``... within the same second), kept
+    for inspection; files named ``<name><companion>`` move alongside.  Returns the new name."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, n = f"{path.name}.{tag}-{stamp}", 1
+    while any(path.with_name(aside + c).exists() for c in ("", *companions)):
+        n += 1
+        aside = f"{path.name}.{tag}-{stamp}-{n}"
+    for c in ("", *companions):
+        p = Path(str(path) + c)
+        if p.exists():
+            os.replace(p, path.with_name(aside + c))
+    return aside
 
 
 def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

@@ -11,13 +11,12 @@ import json
 import os
 import re
 import sqlite3
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Sequence
 
 
-from ..fileio import atomic_write_bytes, fitted_name, is_temp_name
+from ..fileio import atomic_write_bytes, fitted_name, is_temp_name, set_aside
 from ..labels import LabelClass, default_classes
 from .scan import SIDECAR_NAME
 
@@ -25,7 +24,7 @@ __all__ = [
     "Status", "PROTECTED", "LabelClass", "default_classes", "check_classes", "classes_to_json",
     "classes_from_json", "StoreError", "StoreWriteError", "MaskError", "write_error", "check_id",
     "open_db", "open_db_readonly", "SCHEMA_VERSION", "locate_store", "user_store_root", "load_classes_file",
-    "remove_orphan_temps", "sidecar_path", "sidecar_id", "DB_MISSING", "DB_EMPTY",
+    "remove_orphan_temps", "sidecar_path", "sidecar_ids", "DB_MISSING", "DB_EMPTY",
 ]
 
 SCHEMA_VERSION = 1
@@ -127,7 +126,7 @@ def load_classes_file(path: Path, backup: str | None, *, repair: bool) -> tuple[
         return fallback, None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         if repair:
-            os.replace(path, path.with_name(f"classes.json.damaged-{time.strftime('%Y%m%d-%H%M%S')}"))
+            set_aside(path, "damaged")
             if backup:
                 atomic_write_bytes(path, backup.encode("utf-8"))
         return fallback, (f"classes.json was unreadable ({exc}); " +
@@ -145,28 +144,33 @@ def sidecar_path(base: Path, image_id: str, suffix: str) -> Path:
     return base.joinpath(*parts[:-1], fitted_name(parts[-1], suffix))
 
 
-def sidecar_id(base: Path, file: Path, suffix: str, folder: Path) -> str | None:
-    """The image id whose :func:`sidecar_path` is ``file`` (None when no image of ``folder`` maps to it).
+def sidecar_ids(base: Path, suffix: str, folder: Path) -> list[str]:
+    """The image ids of every per-image file under ``base`` (the inverse of :func:`sidecar_path`).
 
     Plain names are read back directly; a shortened name is matched against the images of the
-    corresponding folder (the hash cannot be reversed).
+    corresponding folder (the hash cannot be reversed), listing each such folder once.
     """
-    rel = file.relative_to(base)
-    name = rel.name
-    if not name.endswith(suffix):
-        return None
-    parent = rel.parent.as_posix()
-    prefix = "" if parent == "." else parent + "/"
-    plain = name[:-len(suffix)]
-    if not re.search(r"~[0-9a-f]{16}$", plain) or (folder / rel.parent / plain).exists():
-        return prefix + plain
-    try:
-        for entry in os.scandir(folder / rel.parent):
-            if fitted_name(entry.name, suffix) == name:
-                return prefix + entry.name
-    except OSError:
-        pass
-    return None
+    out = []
+    for dirpath, _dirs, files in os.walk(base):
+        rel = Path(dirpath).relative_to(base)
+        prefix = "" if rel == Path(".") else rel.as_posix() + "/"
+        shortened: dict[str, str] | None = None
+        for f in files:
+            if f.startswith(".") or not f.endswith(suffix):
+                continue
+            plain = f[:-len(suffix)]
+            if not re.search(r"~[0-9a-f]{16}$", plain):
+                out.append(prefix + plain)
+                continue
+            if shortened is None:
+                try:
+                    shortened = {fitted_name(e.name, suffix): e.name for e in os.scandir(folder / rel)}
+                except OSError:
+                    shortened = {}
+            name = shortened.get(f, plain if (folder / rel / plain).exists() else None)
+            if name is not None:
+                out.append(prefix + name)
+    return out
 
 
 def remove_orphan_temps(root: Path) -> int:
@@ -220,16 +224,6 @@ def _init_db(path: Path) -> tuple[sqlite3.Connection, bool]:
     return db, had_schema
 
 
-def _set_aside(path: Path, tag: str) -> str:
-    """Rename the database and its -wal/-shm files to ``store.db.<tag>-<time>``; returns that name."""
-    aside = f"{path.name}.{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for suffix in ("", "-wal", "-shm"):
-        p = Path(str(path) + suffix)
-        if p.exists():
-            os.replace(p, path.with_name(aside + suffix))
-    return aside
-
-
 DB_MISSING, DB_EMPTY = "was missing", "was empty"  # what open_db says of a database that never held data
 
 
@@ -249,7 +243,7 @@ def open_db(path: Path) -> tuple[sqlite3.Connection, str | None]:
     try:
         db, had_schema = _init_db(path)
     except sqlite3.DatabaseError as exc:
-        aside = _set_aside(path, "corrupt")
+        aside = set_aside(path, "corrupt", ("-wal", "-shm"))
         db, _ = _init_db(path)
         return db, f"was damaged ({exc}); it was kept as {aside}"
     if had_schema:
@@ -259,7 +253,7 @@ def open_db(path: Path) -> tuple[sqlite3.Connection, str | None]:
     if size == 0:
         return db, DB_EMPTY
     db.close()
-    aside = _set_aside(path, "corrupt")
+    aside = set_aside(path, "corrupt", ("-wal", "-shm"))
     db, _ = _init_db(path)
     return db, f"had no store tables; it was kept as {aside}"
 

@@ -137,14 +137,23 @@ class MaskMethods:
             self._writable()
             if not self.needs_prelabel(image_id, overwrite=overwrite):
                 return False
+            old = self.status(image_id)
             path = self.mask_path(image_id)
+            # Status first, as for a person's save: a kill between the two steps leaves "prelabeled" on
+            # the old (or no) mask, which the next run redoes; a mask without a status would read as a
+            # person's and be protected from every later prediction.
+            if old is not Status.PRELABELED:
+                self._put_status(image_id, Status.PRELABELED)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_mask_png(path, m, self.class_colors, compress_level=1)
             except OSError as exc:
+                if old is not Status.PRELABELED:
+                    try:
+                        self._put_status(image_id, old)
+                    except StoreError:
+                        pass
                 raise _write_error(exc, f"the prediction for {image_id}") from exc
-            if self.status(image_id) is not Status.PRELABELED:
-                self._put_status(image_id, Status.PRELABELED)
         if probs is not None:
             self.save_probs(image_id, probs, model_id=model_id)
         return True

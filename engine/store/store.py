@@ -15,6 +15,7 @@ guarantees are documented in the README's "Annotation store" section).  Rules it
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import sqlite3
@@ -30,8 +31,8 @@ from ..labels import VOID
 from .probcache import CachedProbs, ImageSignature, ProbCache
 from .scan import ScanResult, natural_key, scan_folder
 from .format import (PROTECTED, LabelClass, MaskError, Status, StoreError, StoreWriteError, check_classes,
-                          check_id as _check_id, classes_from_json, classes_to_json, default_classes, load_classes_file,
-                          DB_EMPTY, DB_MISSING, locate_store, open_db, open_db_readonly, remove_orphan_temps, sidecar_id,
+                          check_id as _check_id, classes_to_json, default_classes, load_classes_file,
+                          DB_EMPTY, DB_MISSING, locate_store, open_db, open_db_readonly, remove_orphan_temps, sidecar_ids,
                           user_store_root,
                           write_error as _write_error)
 from .lock import InstanceLock, StoreLockedError
@@ -140,63 +141,62 @@ class AnnotationStore(MaskMethods):
         self.notice = ((self.notice + "; ") if self.notice else "") + text
 
     def _mask_ids_on_disk(self) -> list[str]:
-        base = self.root / "masks"
-        out = []
-        for dirpath, _dirs, files in os.walk(base):
-            for f in files:
-                if f.endswith(".png") and not f.startswith("."):
-                    image_id = sidecar_id(base, Path(dirpath) / f, ".png", self.folder)
-                    if image_id is not None:
-                        out.append(image_id)
-        return out
+        return sidecar_ids(self.root / "masks", ".png", self.folder)
 
     def _reconcile_masks(self, lost: str | None) -> None:
-        """Give every mask on disk a status the database lacks.
-
-        ``lost`` (the database had no statuses): every mask becomes ``edited``, since a prediction
-        can no longer be told from a person's drawing.  Otherwise a mask without a status can only
-        be a prediction whose status write was interrupted (a person's save commits the status
-        before the file), so it becomes ``prelabeled``.
-        """
-        on_disk = self._mask_ids_on_disk()
-        if lost is not None:
-            self._put_statuses(on_disk, Status.EDITED)
-            if on_disk or lost not in (DB_MISSING, DB_EMPTY):
-                self._add_notice(f"the status database {lost}; rebuilt from the masks on disk: "
-                                 f"{len(on_disk)} images with masks are marked edited")
+        """After the database lost its statuses, mark every mask on disk ``edited``: a prediction can no
+        longer be told from a person's drawing, so all are protected.  A healthy database is trusted
+        (both kinds of save commit the status before the file); a mask it has no row for stays
+        protected anyway (``needs_prelabel``)."""
+        if lost is None:
             return
-        self._put_statuses([i for i in on_disk if i not in self._status], Status.PRELABELED)
+        on_disk = self._mask_ids_on_disk()
+        self._put_statuses(on_disk, Status.EDITED)
+        if on_disk or lost not in (DB_MISSING, DB_EMPTY):
+            self._add_notice(f"the status database {lost}; rebuilt from the masks on disk: "
+                             f"{len(on_disk)} images with masks are marked edited")
+
+    def _classes_signature(self) -> str:
+        try:
+            st = (self.root / "classes.json").stat()
+            return f"{st.st_size}:{st.st_mtime_ns}:{len(self._classes)}"
+        except OSError:
+            return f"none:{len(self._classes)}"
 
     def _check_shrunk_classes(self) -> None:
-        """When ``classes.json`` lists fewer classes than the last list the store saved (edited by
-        hand), name the masks that hold indices beyond it.  Those masks are left exactly as they are;
-        saving one refuses until the classes are added back or the pixels relabelled."""
-        self.masks_beyond_classes = {}
-        backup = self._meta("classes")
-        try:
-            before = len(classes_from_json(backup)) if backup else 0
-        except (ValueError, KeyError, TypeError):
-            before = 0
+        """Name the masks holding class indices beyond the class list (``classes.json`` shortened by
+        hand).  Those masks are left exactly as they are; saving one refuses until the classes are
+        added back or the pixels relabelled.  Every mask is decoded only when ``classes.json`` changed
+        outside the store since the last check; the answer is kept in the database."""
         n = len(self._classes)
-        if before <= n:
-            return
-        for image_id in self._mask_ids_on_disk():
-            try:
-                m = self.load_mask(image_id)
-            except StoreError:
-                continue
-            if m is None:
-                continue
-            counts = np.bincount(m.ravel(), minlength=256)
-            beyond = np.flatnonzero(counts[n:VOID]) + n
-            if beyond.size:
-                self.masks_beyond_classes[image_id] = int(beyond.max())
+        sig = self._classes_signature()
+        cached = self._meta("classes_beyond")
+        if self._meta("classes_checked") == sig and cached is not None:
+            self.masks_beyond_classes = {k: int(v) for k, v in json.loads(cached).items()}
+        else:
+            self.masks_beyond_classes = {}
+            for image_id in (self._mask_ids_on_disk() if n < VOID else []):
+                try:
+                    m = self.load_mask(image_id)
+                except StoreError:
+                    continue
+                if m is None:
+                    continue
+                beyond = np.flatnonzero(np.bincount(m.ravel(), minlength=256)[n:VOID])
+                if beyond.size:
+                    self.masks_beyond_classes[image_id] = int(beyond.max()) + n
+            if not self.read_only:
+                self._remember_classes_check(sig)
         if self.masks_beyond_classes:
             items = sorted(self.masks_beyond_classes.items(), key=lambda kv: natural_key(kv[0]))
             named = ", ".join(f"{i} (index {k})" for i, k in items[:3])
             more = f" and {len(items) - 3} more" if len(items) > 3 else ""
             self._add_notice(f"classes.json lists {n} classes, fewer than the masks use: {named}{more} "
                              f"keep those pixels as they are; add the classes back or relabel them")
+
+    def _remember_classes_check(self, sig: str) -> None:
+        self._set_meta("classes_beyond", json.dumps(self.masks_beyond_classes))
+        self._set_meta("classes_checked", sig)
 
     def _put_statuses(self, ids: list[str], status: Status) -> None:
         """One transaction for many statuses (a rebuild of 10,000 masks is one commit, not 10,000)."""
@@ -309,6 +309,9 @@ class AnnotationStore(MaskMethods):
                 raise _write_error(exc, "the class list") from exc
             self._set_meta("classes", text)  # backup, used if classes.json gets damaged
             self._classes = new
+            if not allow_shrink:  # a list that did not shrink puts no mask newly beyond it
+                self.masks_beyond_classes = {k: v for k, v in self.masks_beyond_classes.items() if v >= len(new)}
+                self._remember_classes_check(self._classes_signature())
 
     # ------------------------------------------------------------------ status
     def status(self, image_id: str) -> Status:
