@@ -332,7 +332,7 @@ class ModelPanel(QWidget):
             return None
         image_id = s.image_id
         self.status_label.setText(f"pre-labelling {image_id}…")
-        return self._start(predict_one, s.predictor, s.image,
+        return self._start(predict_one, s.predictor, s.image, image_id,
                            on_result=lambda r, i=image_id: self._on_current_result(i, *r))
 
     def _on_current_result(self, image_id: str, labels: np.ndarray, probs: np.ndarray) -> None:

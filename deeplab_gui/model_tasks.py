@@ -66,10 +66,17 @@ def load_file(path: str, arch: str | None, *, progress) -> LoadedModel:
     return LoadedModel(model, engine.checkpoint_id(path), str(path))
 
 
-def predict_one(predictor, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def predict_one(predictor, image: np.ndarray, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(H×W uint8 labels, C×h×w float32 probabilities on the store's capped grid): what the store
-    keeps, so a huge image never has C×H×W probabilities in memory (see engine.probgrid)."""
-    pred = predictor.predict_with_probs(image)
+    keeps, so a huge image never has C×H×W probabilities in memory (see engine.probgrid).
+    ``name``: the image's id, named in the error when the image is too small to segment."""
+    from engine.predictor import ImageTooSmallError
+    try:
+        pred = predictor.predict_with_probs(image)
+    except ImageTooSmallError as exc:
+        if name is None or exc.path is not None:
+            raise
+        raise ImageTooSmallError(exc.reason, name) from None
     return pred.labels, pred.probs
 
 

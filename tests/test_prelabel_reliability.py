@@ -339,3 +339,9 @@ def test_sigkill_during_prelabel_leaves_a_consistent_store(tmp_path, ckpt):
     for image_id in _KILL_IDS:
         if image_id not in drawn:
             assert statuses[image_id] is Status.PRELABELED, (image_id, statuses[image_id])
+
+
+def test_the_app_names_the_image_too_small_to_segment(model):
+    from deeplab_gui.model_tasks import predict_one
+    with pytest.raises(ImageTooSmallError, match=r"^strip\.png: .*too small"):
+        predict_one(Predictor(model, device="cpu"), np.zeros((1, 500, 3), np.uint8), "strip.png")
