@@ -1,9 +1,10 @@
 """Background work for the app: plain-Python callables and generators run off the UI thread.
 
 The engine reports progress through plain callbacks (``progress(done, total)``) and polls ``cancel()``;
-this module adapts that to Qt (napari's ``thread_worker`` idea, DESIGN §1): a :class:`Worker` runs the
-callable on its own ``QThreadPool`` and a :class:`TaskHandle` delivers ``progress``, ``result``,
-``error`` and ``finished`` on the UI thread.  An exception never reaches Qt's event loop: it becomes a
+this module adapts that to Qt (napari's ``thread_worker`` idea): a :class:`Worker` runs the callable on
+its own ``QThreadPool`` and a :class:`TaskHandle` delivers ``progress``, ``yielded`` (any other value a
+generator yields, or a callable hands to its ``emit=`` keyword), ``result``, ``error`` and ``finished``
+on the UI thread.  This is the app's one task runner: every long job goes through it.  An exception never reaches Qt's event loop: it becomes a
 one-line ``error`` and is logged with its traceback (the log file is set up by :mod:`.settings`).
 """
 from __future__ import annotations
@@ -43,18 +44,20 @@ def one_line_error(exc: BaseException) -> str:
 class TaskHandle(QObject):
     """One running task.  Public signals arrive on the UI thread (the thread that created the handle).
 
-    ``progress(done, total)``, ``result(object)``, ``error(str)`` and always exactly one ``finished()``
-    last (also after a cancel).  ``cancel()`` asks the task to stop; the callable sees it through its
+    ``progress(done, total)``, ``yielded(object)`` (in order, before ``result``), ``result(object)``,
+    ``error(str)`` and always exactly one ``finished()`` last (also after a cancel).  ``cancel()`` asks the task to stop; the callable sees it through its
     ``cancel()`` keyword, a generator is stopped at its next ``yield``.
     """
 
     progress = Signal(int, int)
+    yielded = Signal(object)
     result = Signal(object)
     error = Signal(str)
     finished = Signal()
 
     # Emitted from the pool thread; the handle lives on the UI thread so Qt queues them there.
     _sig_progress = Signal(int, int)
+    _sig_yielded = Signal(object)
     _sig_result = Signal(object)
     _sig_error = Signal(str)
     _sig_finished = Signal()
@@ -66,6 +69,7 @@ class TaskHandle(QObject):
         self._done = False
         self._last_progress = 0.0
         self._sig_progress.connect(self._on_progress)
+        self._sig_yielded.connect(self._on_yielded)
         self._sig_result.connect(self._on_result)
         self._sig_error.connect(self._on_error)
         self._sig_finished.connect(self._on_finished)
@@ -91,10 +95,18 @@ class TaskHandle(QObject):
             self._last_progress = now
             self._sig_progress.emit(int(done), int(total))
 
+    def _emit(self, value: object) -> None:
+        """Hand ``value`` to the UI thread (``yielded``); thread-safe, nothing is dropped or merged."""
+        self._sig_yielded.emit(value)
+
     # ---------------------------------------------------------------- UI-thread side
     @Slot(int, int)
     def _on_progress(self, done: int, total: int) -> None:
         self.progress.emit(done, total)
+
+    @Slot(object)
+    def _on_yielded(self, value: object) -> None:
+        self.yielded.emit(value)
 
     @Slot(object)
     def _on_result(self, value: object) -> None:
@@ -135,7 +147,8 @@ class _Runnable(QRunnable):
             h._sig_finished.emit()
 
     def _drain(self, gen: types.GeneratorType) -> Any:
-        """Run a generator: a yielded ``(done, total)`` pair is progress; its ``return`` is the result."""
+        """Run a generator: a yielded ``(done, total)`` pair is progress, any other value goes to
+        ``yielded``; its ``return`` is the result."""
         try:
             while True:
                 item = next(gen)
@@ -144,6 +157,8 @@ class _Runnable(QRunnable):
                     raise TaskCancelled
                 if isinstance(item, tuple) and len(item) == 2 and all(isinstance(v, int) for v in item):
                     self.handle._report(*item)
+                else:
+                    self.handle._emit(item)
         except StopIteration as stop:
             return stop.value
 
@@ -180,11 +195,13 @@ class Worker(QObject):
     def run_task(self, fn: Callable, *args: Any, on_result: Callable[[Any], Any] | None = None,
                  on_error: Callable[[str], Any] | None = None,
                  on_progress: Callable[[int, int], Any] | None = None,
+                 on_yielded: Callable[[Any], Any] | None = None,
                  parent: QObject | None = None, task_name: str = "", **kw: Any) -> TaskHandle:
         """Start ``fn(*args, **kw)`` in the pool and return its handle at once.
 
-        ``fn`` gets ``progress=`` and ``cancel=`` keyword callables when its signature names them.
-        A generator function may instead yield ``(done, total)`` and ``return`` its result.
+        ``fn`` gets ``progress=``, ``cancel=`` and ``emit=`` keyword callables when its signature names
+        them.  A generator function may instead yield ``(done, total)`` for progress and any other value
+        for ``on_yielded``, and ``return`` its result.
         Callbacks run on the UI thread; an exception in one is logged and reported as ``error``.
         """
         handle = TaskHandle(task_name or getattr(fn, "__name__", ""), parent)
@@ -192,8 +209,12 @@ class Worker(QObject):
             kw.setdefault("progress", handle._report)
         if _accepts(fn, "cancel"):
             kw.setdefault("cancel", handle._cancel.is_set)
+        if _accepts(fn, "emit"):
+            kw.setdefault("emit", handle._emit)
         if on_progress is not None:
             handle.progress.connect(on_progress)
+        if on_yielded is not None:
+            handle.yielded.connect(self._guard(handle, on_yielded))
         if on_result is not None:
             handle.result.connect(self._guard(handle, on_result))
         if on_error is not None:

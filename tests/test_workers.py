@@ -148,3 +148,28 @@ def test_one_line_error_messages():
     assert one_line_error(StoreWriteError("could not save\n the mask")) == "could not save the mask"
     assert one_line_error(RuntimeError()) == "RuntimeError"
     assert isinstance(TaskHandle(), TaskHandle)
+
+
+def test_yielded_values_arrive_in_order_on_the_ui_thread_before_the_result(qtbot, worker):
+    ui = threading.get_ident()
+    got, threads = [], []
+
+    def gen():
+        yield (0, 3)              # progress
+        yield {"event": 1}        # anything else is a value for the UI
+        yield "two"
+        return "done"
+
+    def emitting(*, emit):
+        emit("a")
+        emit(("x", 1, 2))         # a tuple that is not (done, total) is a value too
+        return 7
+
+    for fn, expect in ((gen, [{"event": 1}, "two", "done"]), (emitting, ["a", ("x", 1, 2), 7])):
+        got.clear()
+        h = worker.run_task(fn, on_yielded=lambda v: (got.append(v), threads.append(threading.get_ident())),
+                            on_result=got.append)
+        with qtbot.waitSignal(h.finished, timeout=5000):
+            pass
+        assert got == expect
+    assert set(threads) == {ui}
