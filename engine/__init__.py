@@ -8,7 +8,9 @@ This module is the public face the app and the trainer import; the rooms behind 
 from __future__ import annotations
 
 from .cancel import cancel_check
-from .checkpoints import CheckpointError, checkpoint_id, load_model, read_checkpoint, read_meta, save_model
+from .checkpoints import (CheckpointError, checkpoint_id, load_model, nonfinite_tensors, read_checkpoint, read_meta,
+                          save_model)
+from .errors import one_line
 from .fileio import atomic_write_bytes
 from .formats import ExportReport, ImportReport, VOCError, export_voc, import_voc
 from .imageio import ImageReadError, image_size, list_images, read_image, to_rgb_uint8
@@ -25,6 +27,7 @@ from .weights import (CATALOG, BackboneLoadReport, DownloadCancelled, WeightsEnt
 __all__ = [
     "build_model", "list_models", "ModelMeta", "Preprocessing",
     "load_model", "save_model", "read_meta", "read_checkpoint", "checkpoint_id", "CheckpointError",
+    "nonfinite_tensors", "one_line",
     "load_backbone_weights", "BackboneLoadReport",
     "CATALOG", "WeightsEntry", "list_weights", "get_weights", "download", "resolve_weights",
     "weights_path", "load_catalog_model", "WeightsError", "WeightsUnavailable", "WeightsHashMismatch",

@@ -19,8 +19,8 @@ import engine
 from deeplab_gui.cli import main as gui_main
 from engine.store.store import AnnotationStore
 from trainer import FineTune, Recipe, TrainError, Version, Versions
+from trainer.guards import check_out_path
 from trainer.synthetic import CLASSES, make_folder
-from engine.store.versions import nonfinite_weights
 
 ARCH = "deeplabv3_mobilenet_v2"  # the lightest model
 TINY = ["--iterations", "1", "--crop", "32", "--batch-size", "1", "--device", "cpu", "--eval-every", "0",
@@ -161,19 +161,31 @@ def _nan_checkpoint(path: Path, version: Version) -> None:
     save_file(tensors, str(path), metadata=header)
 
 
-def test_versions_never_record_a_nonfinite_checkpoint(tmp_path):
+def test_nonfinite_tensors_names_the_float_tensors_holding_nan_or_infinity():
+    nan, inf = float("nan"), float("inf")
+    tensors = {"a": torch.tensor([1.0, nan]), "b": torch.tensor([1, 2]), "c": torch.tensor([[-inf]]),
+               "d": torch.zeros(3, dtype=torch.float16), "e": torch.tensor([inf], dtype=torch.bfloat16),
+               "f": torch.empty(0), "g": 3.5}
+    assert engine.nonfinite_tensors(tensors) == ["a", "c", "e"]
+    assert engine.nonfinite_tensors(_tiny_model().state_dict()) == []
+
+
+def test_a_nonfinite_checkpoint_copied_in_is_listed_but_never_loaded(tmp_path):
+    # Runs record only what save_model wrote, and it refuses NaN weights (above).  A damaged file put in
+    # the folder by hand is listed from its metadata like any other, without its weights being read;
+    # the reader refuses it whenever anything loads it, so it can be neither used nor trained on.
     good, bad = Version(name="good.safetensors", created=1.0), Version(name="bad.safetensors", created=2.0)
     engine.save_model(_tiny_model(), tmp_path / good.name, version=good.to_dict())
     _nan_checkpoint(tmp_path / bad.name, bad)
-    assert nonfinite_weights(tmp_path / bad.name) == 1 and nonfinite_weights(tmp_path / good.name) == 0
     vs = Versions(tmp_path)
+    assert [v.name for v in vs.list()] == [good.name, bad.name]
     vs.add(good, make_current=True)
-    index = (tmp_path / "versions.json").read_bytes()
-    for make_current in (True, False):
-        with pytest.raises(ValueError, match="NaN or infinity"):
-            vs.add(bad, make_current=make_current)
-    assert (tmp_path / "versions.json").read_bytes() == index  # nothing recorded
-    assert json.loads(index)["current"] == good.name
+    vs.add(bad, make_current=True)
+    assert Versions(tmp_path).current.name == bad.name
+    for load in (engine.read_checkpoint, engine.load_model):
+        with pytest.raises(engine.CheckpointError, match=f"{bad.name}: 1 tensor.*NaN or infinity"):
+            load(vs.current_path())
+    assert engine.load_model(vs.path(good.name)).meta.arch == ARCH
 
 
 def test_a_nonfinite_starting_model_is_refused_before_training(folder, base, capsys):
@@ -288,6 +300,21 @@ def test_an_unwritable_out_path_fails_before_training(folder, base, tmp_path, wh
             next(iter(run))
 
 
+def test_an_out_name_as_long_as_a_file_name_may_be_trains_and_one_longer_is_refused(folder, base, tmp_path, capsys):
+    # A probe named after the file (".NAME.random.tmp") would exceed the file system's 255 bytes and
+    # report the folder unwritable; the checkpoint itself is written under a temp name that fits.
+    out = tmp_path / ("m" * 238 + ".safetensors")
+    assert len(out.name.encode()) == 250
+    assert check_out_path(out) == out and list(tmp_path.iterdir()) == [folder]  # no probe left behind
+    rc, lines = _train([str(folder), "--weights", str(base), *TINY, "--out", str(out)], capsys)
+    assert rc == 0, lines
+    assert engine.read_checkpoint(out).native_meta.arch == ARCH
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([folder.name, out.name])
+    too_long = tmp_path / ("é" * 122 + ".safetensors")  # 256 bytes in UTF-8, 134 characters
+    rc, lines = _train([str(folder), "--weights", str(base), *TINY, "--out", str(too_long)], capsys)
+    assert rc == 1 and len(lines) == 1 and "--out" in lines[0] and "256 bytes" in lines[0], lines
+
+
 # ---------------------------------------------------------------------------------- SIGKILL
 def _kill_child(argv: list[str], wfd: int) -> None:
     """Run ``python -m trainer ARGV`` in this forked process, its stdout and stderr into the pipe."""
@@ -310,7 +337,8 @@ def _state(ckdir: Path) -> tuple[str | None, set[str]]:
     data = json.loads((ckdir / "versions.json").read_text())
     assert {e["name"] for e in data["versions"]} <= {p.name for p in ckdir.glob("*.safetensors")}
     for path in ckdir.glob("*.safetensors"):  # nothing half-written under a final name
-        assert path.name in listed and nonfinite_weights(path) == 0
+        assert path.name in listed
+        engine.read_checkpoint(path)  # refuses a torn file, and one holding NaN or infinity
     current = data["current"]
     assert current is not None and (ckdir / current).is_file()
     return current, listed

@@ -1,33 +1,35 @@
 """Checks that stop a run before it trains on nothing, or before it writes what must not be written.
 
 * :func:`check_out_path`: an explicit output file must be writable before the run starts, not after
-  minutes of training (a folder, a missing folder or a read-only one).
+  minutes of training (a folder, a missing folder, a read-only one, a name too long for a file).
 * :func:`has_labelled_pixels`: masks that are void everywhere give a zero loss and a model that learned
   nothing, saved as a new version all the same.
-* :func:`nonfinite_tensors`: a checkpoint with NaN or infinite weights predicts garbage, and as the
-  current version it would be every later run's starting point.
+
+Weights holding NaN or infinity are found by :func:`engine.checkpoints.nonfinite_tensors`, the check
+the checkpoint reader and writer apply too.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import numpy as np
-import torch
 
-from engine.labels import load_mask_png
+from engine.fileio import NAME_MAX, temp_path
+from engine.labels import VOID, load_mask_png
 
-from engine.labels import VOID
-
-__all__ = ["check_out_path", "has_labelled_pixels", "nonfinite_tensors"]
+__all__ = ["check_out_path", "has_labelled_pixels"]
 
 
 def check_out_path(path: str | os.PathLike) -> Path:
     """``path`` as a Path when a checkpoint can be written there; ValueError (starting with the path)
-    when it is a folder, sits in a folder that does not exist, or that folder cannot be written."""
+    when it is a folder, its name is too long for a file name, it sits in a folder that does not
+    exist, or that folder cannot be written."""
     p = Path(path)
+    size = len(os.fsencode(p.name))
+    if size > NAME_MAX:
+        raise ValueError(f"{p}: the file name is {size} bytes long, more than the {NAME_MAX} a file name may have")
     if p.is_dir():
         raise ValueError(f"{p}: is a folder; name the checkpoint file to write, e.g. {p / 'model.safetensors'}")
     if p.exists() and not p.is_file():
@@ -37,9 +39,11 @@ def check_out_path(path: str | os.PathLike) -> Path:
         raise ValueError(f"{p}: the folder {parent} does not exist")
     if not parent.is_dir():
         raise ValueError(f"{p}: {parent} is not a folder")
-    try:  # the one reliable test of "can write here" (permissions, read-only mounts, ACLs)
-        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
-        os.close(fd)
+    # Creating a file is the one reliable test of "can write here" (permissions, read-only mounts, ACLs),
+    # under the kind of temp name save_model writes first, which fits whatever the checkpoint's name.
+    probe = temp_path(p)
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
     except OSError as exc:
         raise ValueError(f"{p}: cannot write in {parent} ({exc.strerror or exc})") from None
@@ -53,9 +57,3 @@ def has_labelled_pixels(mask_paths: Iterable[str | os.PathLike]) -> bool:
         if bool(np.any(load_mask_png(path) != VOID)):
             return True
     return False
-
-
-def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors holding NaN or infinity (e.g. a state dict)."""
-    return [k for k, t in tensors.items()
-            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]

@@ -23,14 +23,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.cancel import cancel_check
-from engine.checkpoints.io import save_model
+from engine.checkpoints.io import nonfinite_tensors, save_model
 from engine.predictor import resolve_device
 
 from . import ddp
 from .augment import to_input
 from .classes import ClassChange, adapt_classes
 from .dataset import SegDataset, labelled_samples, make_loader, split_heldout
-from .guards import check_out_path, has_labelled_pixels, nonfinite_tensors
+from .guards import check_out_path, has_labelled_pixels
 from .metrics import evaluate, miou
 from .params import bn_statistics_trained, freeze_bn_params, set_train_mode, split_params
 from engine.labels import VOID

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from .formats import (FORMATS, SkipRandomInit, detect_format, diff_keys, format_diff,
                                  match_architecture, strip_wrapper_prefixes)
-from .limits import CheckpointError, check_safetensors, check_torch_file, safetensors_header
+from .limits import CheckpointError, check_safetensors, check_torch_file, error_detail, safetensors_header
 from ..fileio import atomic_output
 from ..meta import ModelMeta
 from ..models import build_model, model_spec
@@ -42,6 +42,7 @@ __all__ = [
     "save_model",
     "load_model",
     "read_meta",
+    "nonfinite_tensors",
 ]
 
 NATIVE_FORMAT = "deeplab-gui"
@@ -92,11 +93,6 @@ def _sniff(path: Path) -> str:
     raise CheckpointError(f"{path}: not a checkpoint (neither a .safetensors nor a PyTorch .pth file)")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _read_safetensors(path: Path, limit: int | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
@@ -106,7 +102,7 @@ def _read_safetensors(path: Path, limit: int | None) -> tuple[dict[str, torch.Te
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # SafetensorError / OSError: truncated or corrupt header/data
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({error_detail(e)})") from None
     return tensors, metadata
 
 
@@ -128,11 +124,11 @@ def _torch_load(path: Path, limit: int | None) -> Any:
                 f"{path}: refused to load: the file holds Python objects beyond tensors and plain "
                 f"containers, and unpickling it could run code it contains. Only weights files are "
                 f"accepted" + (f" ({why})" if why else "") + ".") from None
-        raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({error_detail(e)})") from None
     except CheckpointError:
         raise
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated PyTorch file ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated PyTorch file ({error_detail(e)})") from None
 
 
 def _as_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
@@ -155,9 +151,19 @@ def _as_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str |
     raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
 
 
+def nonfinite_tensors(tensors: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``tensors`` (a state dict) holding NaN or infinity.
+
+    NaN or infinite weights predict garbage, and a checkpoint gets loaded, made current and trained on
+    again: this is the one check that the reader, the writer and the trainer all apply.
+    """
+    return [k for k, t in tensors.items()
+            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def _refuse_non_finite(path: Path, sd: Mapping[str, torch.Tensor]) -> None:
     # A diverged training run saves NaN weights; they would only show up later as NaN probabilities.
-    bad = [k for k, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = nonfinite_tensors(sd)
     if bad:
         raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or infinity (first {bad[0]}); "
                               f"the weights are damaged")
@@ -185,7 +191,7 @@ def read_checkpoint(path: str | os.PathLike, *, max_bytes: int | None = None) ->
             try:
                 meta = ModelMeta.from_json(metadata["meta"])
             except (KeyError, ValueError, TypeError) as e:
-                raise CheckpointError(f"{path}: damaged model metadata ({_first_line(e)})") from None
+                raise CheckpointError(f"{path}: damaged model metadata ({error_detail(e)})") from None
         if not tensors:
             raise CheckpointError(f"{path}: holds no tensors")
         _refuse_non_finite(path, tensors)
@@ -206,7 +212,7 @@ def read_meta(path: str | os.PathLike) -> ModelMeta | None:
     try:
         return ModelMeta.from_json(metadata["meta"])
     except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: damaged model metadata ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: damaged model metadata ({error_detail(e)})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,8 +252,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> Pa
             t = t.clone()
         seen.add(ident)
         tensors[k] = t
-    # NaN/inf weights predict garbage, and a saved file gets loaded, made current and trained on again.
-    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = nonfinite_tensors(tensors)
     if bad:
         raise ValueError(f"{path}: not written: {len(bad)} tensor(s) hold NaN or infinity (first {bad[0]})")
 

@@ -38,8 +38,12 @@ from typing import Any, BinaryIO
 
 import torch
 
+from ..errors import one_line
+
 __all__ = [
     "CheckpointError",
+    "error_detail",
+    "DETAIL_LIMIT",
     "MAX_CLASSES",
     "LIMIT_MARGIN",
     "LIMIT_SLACK",
@@ -62,6 +66,7 @@ VGG16_IMAGENET_BYTES = 138_357_544 * 4  # torchvision's vgg16-397923af.pth, read
 PICKLE_LIMIT = 4 << 20     # data.pkl and the other non-tensor zip records, together
 HEADER_LIMIT = 16 << 20    # a safetensors JSON header (tensor table plus our metadata)
 MAX_ZIP_ENTRIES = 65_536   # a ResNet-101 with optimizer state has about 1,100
+DETAIL_LIMIT = 200         # characters of a library's error message quoted in a CheckpointError
 _CENTRAL_DIR_LIMIT = 32 << 20
 _DEFLATE_MAX_RATIO = 1032  # one 258-byte match per 2 bits: no deflate stream inflates further
 
@@ -70,6 +75,12 @@ class CheckpointError(ValueError):
     """A file is not a usable checkpoint, or does not fit the requested model.  The message names
     the file and what is wrong (missing / unexpected / mis-shaped keys, refused pickle, corruption,
     declared sizes over the limit), on one line."""
+
+
+def error_detail(exc: BaseException) -> str:
+    """A library's own error message, to quote inside a CheckpointError: one line, and bounded, since
+    torch's run to paragraphs."""
+    return one_line(exc, limit=DETAIL_LIMIT) or "no details"
 
 
 def format_bytes(n: int) -> str:
@@ -199,7 +210,7 @@ def _check_zip(f: BinaryIO, path: Path, size: int, limit: int | None) -> None:
         zf = zipfile.ZipFile(f)
         infos = zf.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
-        raise _corrupt(path, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        raise _corrupt(path, error_detail(e)) from None
     if not infos:
         raise _corrupt(path, "empty zip archive")
     # torch looks records up under the folder the first entry is in
@@ -275,7 +286,7 @@ def _check_legacy(f: BinaryIO, path: Path, size: int, limit: int | None) -> None
                                   f"a weights file needs; refused") from None
         raise _corrupt(path, "ends inside its pickle") from None
     except Exception as e:  # noqa: BLE001 -- anything torch's unpickler or the meta rebuild raises
-        raise _corrupt(path, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        raise _corrupt(path, error_detail(e)) from None
     if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(declared):
         raise _corrupt(path, "its storage list does not match the tensors' storages")
     needed = head.tell() + sum(8 + n for n in declared.values())

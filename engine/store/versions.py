@@ -13,7 +13,10 @@ the index) are added from their metadata, entries whose file is gone are dropped
 
 A damaged index (not JSON, or JSON of the wrong shape) is rebuilt that way too; ``notice`` says so, and
 the next write keeps the damaged file as ``versions.json.damaged-<its time>`` instead of replacing it.
-A checkpoint whose weights hold NaN or infinity is never recorded, so never made current.
+Weights holding NaN or infinity never become a usable version: ``save_model`` refuses to write them, so
+no run records them, and the checkpoint reader refuses them, so a damaged file copied in by hand (and
+listed from its metadata) can be neither loaded nor trained on.  Recording a version does not read the
+weights again.
 """
 from __future__ import annotations
 
@@ -26,12 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from engine.checkpoints.io import CheckpointError, read_meta
+from engine.errors import one_line
 from engine.fileio import atomic_write_bytes, fsync_dir
 
-__all__ = ["Version", "Versions", "VERSIONS_FILE", "VersionError", "nonfinite_weights"]
+__all__ = ["Version", "Versions", "VERSIONS_FILE", "VersionError"]
 
 VERSIONS_FILE = "versions.json"
 FORMAT = 1
@@ -111,21 +113,6 @@ def _parse_index(data: Any) -> tuple[list[Version], str | None, int]:
     return versions, current, len(parsed) - len(versions)
 
 
-def nonfinite_weights(path: Path) -> int:
-    """How many floating-point tensors of the safetensors file ``path`` hold NaN or infinity (read one
-    tensor at a time); CheckpointError when the file cannot be read."""
-    from safetensors import SafetensorError, safe_open
-    try:
-        bad = 0
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                t = f.get_tensor(key)
-                bad += bool(t.is_floating_point() and not bool(torch.isfinite(t).all()))
-        return bad
-    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({' '.join(str(exc).split())})") from None
-
-
 class Versions:
     """The version index of one checkpoints folder (``store.checkpoints_dir``).
 
@@ -159,7 +146,7 @@ class Versions:
                 if skipped:
                     self._mark_damaged(f"{skipped} unreadable entr{'y' if skipped == 1 else 'ies'}")
             except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON, or the wrong shape
-                self._mark_damaged(" ".join(str(exc).split()))
+                self._mark_damaged(one_line(exc))
         by_name = {v.name: v for v in versions}  # a name listed twice: the later entry wins
         on_disk = {p.name for p in self.dir.glob("*.safetensors")} if self.dir.is_dir() else set()
         versions = [v for v in by_name.values() if v.name in on_disk]
@@ -218,12 +205,11 @@ class Versions:
 
     # ------------------------------------------------------------------ writing
     def add(self, version: Version, *, make_current: bool) -> None:
-        """Record a checkpoint already written as ``dir/version.name``; optionally make it current.
-        ValueError when its weights hold NaN or infinity (nothing is recorded then)."""
+        """Record a checkpoint already written as ``dir/version.name`` (by ``save_model``, which refuses
+        NaN or infinite weights, so they are not read again here); optionally make it current."""
         self.reload()
         if not (self.dir / version.name).is_file():
             raise VersionError(f"{self.dir / version.name} does not exist")
-        self._check_finite(version.name)
         self._versions = [v for v in self._versions if v.name != version.name] + [version]
         if make_current:
             self._current = version.name
@@ -233,15 +219,9 @@ class Versions:
         """Make any recorded version current again (None: back to the model the app started with)."""
         self.reload()
         if name is not None:
-            self.get(name)  # recorded, so checked when it was added (and loading refuses NaN weights)
+            self.get(name)  # must be recorded; loading it refuses NaN or infinite weights
         self._current = name
         self._write()
-
-    def _check_finite(self, name: str) -> None:
-        path = self.dir / name
-        bad = nonfinite_weights(path)
-        if bad:
-            raise ValueError(f"{path}: {bad} weight tensor(s) hold NaN or infinity; not recorded as a version")
 
     def _write(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
