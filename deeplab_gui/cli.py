@@ -150,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException | str) -> str:
-    return " ".join(str(exc).split())
+    from engine.errors import one_line  # here, not at the top: importing the engine loads torch
+    return one_line(exc)
 
 
 def _error_line(text: str) -> None:
@@ -196,7 +197,7 @@ def _cmd_prelabel(args: argparse.Namespace) -> int:
     images = [p for p in list_images(folder, recursive=args.recursive) if not _is_inside(p, out_dir)]
     if not images:
         raise CLIError(f"{folder}: no images found", EXIT_FAILURE)
-    targets = _output_paths(images, folder, out_dir, args.recursive)
+    targets = _output_paths(images, folder, out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -214,22 +215,19 @@ def _make_predictor(model: Any, args: argparse.Namespace) -> Any:
         raise CLIError(_one_line(exc), EXIT_USAGE) from None
 
 
-def _run_prelabel(predictor: Any, targets: dict[Path, Path | None], refine: Any) -> int:
+def _run_prelabel(predictor: Any, targets: dict[Path, Path], refine: Any) -> int:
     from tqdm import tqdm
     from engine.labels import save_mask_png
 
     colors = list(predictor.meta.class_colors)
-    todo = [p for p, out in targets.items() if out is not None]
-    skipped = len(targets) - len(todo)
+    todo = list(targets)
+    skipped = 0
     written = 0
     bar = tqdm(total=len(todo), file=sys.stderr, unit="img", desc="prelabel", dynamic_ncols=True)
 
     def say(line: str) -> None:
         bar.write(_one_line(line), file=sys.stderr)
 
-    for src, out in targets.items():
-        if out is None:
-            say(f"warning: {src}: another image already writes {src.stem}.png; skipped")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         # Predictor warnings (out-of-memory fallbacks) become one tidy line above the progress bar.
@@ -242,7 +240,6 @@ def _run_prelabel(predictor: Any, targets: dict[Path, Path | None], refine: Any)
                     skipped += 1
                 else:
                     out = targets[Path(path)]
-                    assert out is not None
                     try:
                         out.parent.mkdir(parents=True, exist_ok=True)
                         save_mask_png(out, result, colors=colors[:255])
@@ -294,18 +291,14 @@ def _is_inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def _output_paths(images: list[Path], folder: Path, out_dir: Path, recursive: bool) -> dict[Path, Path | None]:
-    """Image -> DIR/<stem>.png (sub-folders mirrored when recursive); None for a name already taken
-    (``a.jpg`` and ``a.png`` side by side), so no mask silently overwrites another."""
-    taken: set[Path] = set()
-    mapping: dict[Path, Path | None] = {}
-    for img in images:
-        rel = img.relative_to(folder).with_suffix(".png") if recursive else Path(img.stem + ".png")
-        out = out_dir / rel
-        key = Path(os.path.normcase(str(out)))
-        mapping[img] = None if key in taken else out
-        taken.add(key)
-    return mapping
+def _output_paths(images: list[Path], folder: Path, out_dir: Path) -> dict[Path, Path]:
+    """Image -> DIR/<stem>.png, sub-folders mirrored, named as the app's "Save elsewhere…" names them
+    (:func:`~deeplab_gui.mask_names.mask_file_names`): ``a.jpg`` and ``a.png`` side by side get
+    ``a.png`` and ``a.png.png``, so no mask overwrites another and no image is left out."""
+    from .mask_names import mask_file_names
+    rels = {img: img.relative_to(folder).as_posix() for img in images}
+    names = mask_file_names(rels.values())
+    return {img: out_dir / names[rel] for img, rel in rels.items()}
 
 
 def _resolve_weights(spec: str) -> Path:

@@ -1,10 +1,11 @@
 """The question asked before edits that are not on disk would be lost, and what each answer does.
 
-Edits stay only in memory when the folder is open read-only (another instance holds it) or when the
-store cannot write (a full disk). Closing the window, quitting or opening another folder then asks,
-with four answers: save the masks elsewhere, retry the store, discard them, or cancel. When everything
-is on disk nothing is asked. :func:`ask` and :func:`ask_folder` are module-level so tests can answer
-them; :func:`settle` is the whole flow.
+Edits stay only in memory when the folder is open read-only (another instance holds it, or it is on
+a read-only mount) or when the store cannot write (a full disk). Closing the window, quitting or
+opening another folder then asks, with four answers: save the masks elsewhere, retry the store,
+discard them, or cancel. When everything is on disk nothing is asked. Saving elsewhere keeps out of
+the image folder and its store and never replaces a file (export_unsaved.py). :func:`ask` and
+:func:`ask_folder` are module-level so tests can answer them; :func:`settle` is the whole flow.
 """
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
 from .export_unsaved import ExportError, export_masks
 
 __all__ = ["CANCEL", "CHOICES", "DISCARD", "RETRY", "SAVE_ELSEWHERE", "UnsavedDialog", "ask",
-           "ask_folder", "describe", "settle"]
+           "ask_folder", "describe", "settle", "ELSEWHERE_RULE"]
 
 SAVE_ELSEWHERE, RETRY, DISCARD, CANCEL = "save elsewhere", "retry", "discard", "cancel"
 CHOICES = (SAVE_ELSEWHERE, RETRY, DISCARD, CANCEL)
 SHOW_NAMES = 5    # names listed in the question; the details list all of them
 SHOW_REASONS = 3
+# What Save elsewhere… promises, in the question and in the folder picker's title.
+ELSEWHERE_RULE = ("a folder outside the image folder, and never replaces a file already there (an empty or new "
+                  "folder is best)")
 
 
 def _names(ids: Sequence[str]) -> str:
@@ -50,7 +54,7 @@ class UnsavedDialog(QMessageBox):
     def __init__(self, unsaved: Sequence[tuple[str, str]], action: str, parent: QWidget | None = None) -> None:
         question, why = describe(unsaved, action)
         super().__init__(QMessageBox.Icon.Warning, "Unsaved changes", question, parent=parent)
-        self.setInformativeText(why)
+        self.setInformativeText(f"{why}\n\nSave elsewhere… writes the masks into {ELSEWHERE_RULE}.")
         self.setDetailedText("\n".join(f"{image_id}: {reason}" for image_id, reason in unsaved))
         role = QMessageBox.ButtonRole
         self.choice_buttons = {
@@ -59,7 +63,8 @@ class UnsavedDialog(QMessageBox):
             DISCARD: self.addButton("Discard", role.DestructiveRole),
             CANCEL: self.addButton("Cancel", role.RejectRole),
         }
-        self.choice_buttons[SAVE_ELSEWHERE].setToolTip("Write these masks as PNG files into a folder you pick")
+        self.choice_buttons[SAVE_ELSEWHERE].setToolTip("Write these masks as PNG files into a folder you pick, "
+                                                         "outside the image folder; no file there is replaced")
         self.choice_buttons[RETRY].setToolTip("Try to save them in this folder's store again")
         self.choice_buttons[DISCARD].setToolTip("Lose these changes")
         self.setDefaultButton(self.choice_buttons[SAVE_ELSEWHERE])
@@ -82,7 +87,8 @@ def ask(parent: QWidget | None, unsaved: Sequence[tuple[str, str]], action: str)
 
 def ask_folder(parent: QWidget | None, start: str) -> str:
     """The folder to save the masks in ("" when the person cancels)."""
-    return QFileDialog.getExistingDirectory(parent, "Save the unsaved masks in", start)
+    return QFileDialog.getExistingDirectory(
+        parent, "Save the unsaved masks in (outside the image folder; no file there is replaced)", start)
 
 
 def settle(window: Any, action: str) -> bool:
@@ -118,7 +124,8 @@ def settle(window: Any, action: str) -> bool:
             if doc is not None:
                 masks[image_id] = doc.mask.copy()
         try:
-            export_masks(folder, masks, s.class_names, s.class_colors)
+            export_masks(folder, masks, s.class_names, s.class_colors,
+                         keep_out=[(s.store.folder, "the image folder"), (s.store.root, "its annotation store")])
         except ExportError as exc:
             window.show_message("error", f"{exc}; the changes are still only in memory")
             return False

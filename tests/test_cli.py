@@ -139,9 +139,10 @@ def test_prelabel_recursive_mirrors_subfolders_and_avoids_stem_clashes(images, t
     assert main(["prelabel", str(images), "--weights", "w", "--out", str(out), "--recursive"]) == 0
     assert (out / "sub" / "c.png").exists()
     with Image.open(out / "a.png") as im:
-        assert im.size == (4, 4)  # a.jpg sorts first and owns a.png; a.png is skipped, not overwritten
-    err = capsys.readouterr().err
-    assert "imgs/a.png: another image already writes a.png" in err.replace("\\", "/")
+        assert im.size == (4, 4)  # a.jpg sorts first and owns a.png
+    with Image.open(out / "a.png.png") as im:
+        assert im.size == (30, 20)  # a.png keeps its whole name, as the app's "Save elsewhere…" names it
+    assert "wrote 4 mask(s), skipped 1" in capsys.readouterr().err  # only broken.png is left out
 
 
 def test_prelabel_nothing_readable_is_a_failure(tmp_path, fake_model, capsys):

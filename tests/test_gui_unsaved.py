@@ -17,7 +17,7 @@ from PIL import Image
 pytest.importorskip("pytestqt")
 
 from deeplab_gui import unsaved_dialog
-from deeplab_gui.export_unsaved import CLASSES_FILE, ExportError, export_masks, mask_file_names
+from deeplab_gui.export_unsaved import CLASSES_FILE, ExportError, ExportRefused, export_masks, mask_file_names
 from deeplab_gui.main_window import MainWindow
 from deeplab_gui.session import Session
 from deeplab_gui.settings import Settings
@@ -56,9 +56,11 @@ class Answers:
         self.queue: list[str] = []
         self.asked: list[tuple[list[tuple[str, str]], str]] = []
         self.folder = ""
+        self.on_ask = lambda: None  # what the person does before answering (e.g. frees disk space)
 
     def ask(self, parent, unsaved, action) -> str:
         self.asked.append((list(unsaved), action))
+        self.on_ask()
         return self.queue.pop(0) if self.queue else CANCEL
 
     def ids(self, i: int = -1) -> list[str]:
@@ -231,6 +233,46 @@ def test_save_elsewhere_with_no_folder_picked_stays_open(read_only, answers):
     assert win.close() is False and win.isVisible() and len(win.session.unsaved()) == 2
 
 
+def _files(root):
+    """Every file's name under ``root``, with its bytes outside the store (whose database may change)."""
+    return {p.relative_to(root).as_posix(): None if ".deeplab-gui" in p.parts else p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["the image folder", "a folder inside it", "the store"])
+def test_save_elsewhere_refuses_the_image_folder_and_writes_nothing(read_only, answers, folder, where):
+    win, _holder = read_only
+    s = win.session
+    target = {"the image folder": folder, "a folder inside it": folder / "rescued",
+              "the store": s.store.root / "rescued"}[where]
+    before = _files(folder)
+    answers.queue, answers.folder = [SAVE_ELSEWHERE], str(target)
+    assert win.close() is False and win.isVisible()
+    level, text = win.messages[-1]
+    assert level == "error" and "\n" not in text and "image folder" in text and "nothing was written" in text
+    assert _files(folder) == before
+    assert target == folder or not target.exists()
+    with Image.open(folder / "img0.png") as im:
+        assert im.mode == "RGB"  # the photo, not a mask
+    assert not (folder / CLASSES_FILE).exists()
+    assert [i for i, _ in s.unsaved()] == ["img0.png", "img1.png"]
+
+
+def test_save_elsewhere_never_replaces_a_file_already_there(read_only, answers, tmp_path):
+    win, _holder = read_only
+    photos = _images(tmp_path / "photos", 1)  # img0.png: a photo of the same size as the mask
+    (photos / "notes.txt").write_text("mine")
+    before = _files(photos)
+    answers.queue, answers.folder = [SAVE_ELSEWHERE], str(photos)
+    assert win.close() is False and win.isVisible()
+    level, text = win.messages[-1]
+    assert level == "error" and str(photos / "img0.png") in text and "already exists" in text
+    assert _files(photos) == before  # neither img0.png replaced nor img1.png / class_names.txt added
+    assert len(win.session.unsaved()) == 2
+    answers.queue, answers.folder = [SAVE_ELSEWHERE], str(tmp_path / "new")
+    assert win.close() is True and (np.asarray(Image.open(tmp_path / "new" / "img1.png")) == 3).all()
+
+
 def test_read_only_discard_closes(read_only, answers, folder):
     win, _holder = read_only
     answers.queue = [DISCARD]
@@ -361,6 +403,11 @@ def test_the_dialog_names_the_images_and_why_and_offers_four_answers(qtbot):
 def test_export_names_never_collide():
     assert mask_file_names(["a.jpg", "a.png", "sub/b.tif"]) == {
         "a.jpg": "a.png", "a.png": "a.png.png", "sub/b.tif": "sub/b.png"}
+    # the whole-name fallback can itself be taken; and a case-insensitive volume has one A.png
+    names = mask_file_names(["a.jpg", "a.png.png", "a.png", "A.tif"])
+    assert names == {"a.jpg": "a.png", "a.png.png": "a.png.png", "a.png": "a.png.png.png", "A.tif": "A.tif.png"}
+    long = mask_file_names(["x" * 250 + ".jpg", "x" * 250 + ".png"])  # the fallback grows past 255 bytes
+    assert len(set(long.values())) == 2 and all(len(n.encode()) <= 255 for n in long.values())
 
 
 def test_export_writes_palette_pngs_and_reports_one_line(tmp_path):
@@ -376,6 +423,28 @@ def test_export_writes_palette_pngs_and_reports_one_line(tmp_path):
     with pytest.raises(ExportError) as err:
         export_masks(tmp_path / "file" / "out", {"x.png": mask}, ["bg", "cat"], [(0, 0, 0), (1, 1, 1)])
     assert "\n" not in str(err.value) and str(tmp_path / "file" / "out") in str(err.value)
+
+
+def test_export_keeps_out_of_the_store_and_replaces_no_file(tmp_path):
+    mask = np.ones((4, 5), np.uint8)
+    images, store = _images(tmp_path / "images", 1), tmp_path / "userdata" / "stores" / "images-1"
+    keep_out = [(images, "the image folder"), (store, "its annotation store")]
+    with pytest.raises(ExportRefused, match="annotation store") as err:
+        export_masks(store / "masks", {"img0.png": mask}, ["bg", "a"], [(0, 0, 0), (1, 1, 1)], keep_out=keep_out)
+    assert not store.exists() and "\n" not in str(err.value)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / CLASSES_FILE).write_text("bg\nsomething else\n")
+    with pytest.raises(ExportRefused, match=CLASSES_FILE):
+        export_masks(out, {"img0.png": mask}, ["bg", "a"], [(0, 0, 0), (1, 1, 1)], keep_out=keep_out)
+    assert sorted(p.name for p in out.iterdir()) == [CLASSES_FILE]
+    (out / CLASSES_FILE).write_text("bg\na\n")  # the same names: kept as they are, masks beside them
+    assert export_masks(out, {"img0.png": mask}, ["bg", "a"], [(0, 0, 0), (1, 1, 1)]) == [out / "img0.png"]
+    (out / "sub").write_text("a file where a sub-folder would go")
+    with pytest.raises(ExportRefused, match="sub"):
+        export_masks(out, {"a.png": mask, "sub/b.png": mask}, ["bg", "a"], [(0, 0, 0), (1, 1, 1)])
+    assert not (out / "a.png").exists()  # refused before the first write
 
 
 def test_opening_the_folder_already_open_rescans_it_and_stays_writable(qtbot, sessions, folder):
