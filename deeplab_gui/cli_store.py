@@ -84,7 +84,7 @@ def prelabel_into_store(folder: Path, predictor: Any, refine: Callable[..., Any]
         ids = store.ids()
         todo = [i for i in ids if store.needs_prelabel(i, overwrite=overwrite)]
         protected = len(ids) - len(todo)
-        from engine import checkpoint_id
+        from engine import checkpoint_id, one_line
         mid = checkpoint_id(checkpoint)  # the app keys its cache the same way
         params = None
         if refine is not None:
@@ -104,7 +104,7 @@ def prelabel_into_store(folder: Path, predictor: Any, refine: Callable[..., Any]
                     bar.write(f"warning: skipped {exc}", file=sys.stderr)
                     failed += 1
                 except Exception as exc:  # one bad image must not stop a folder of thousands
-                    bar.write(f"warning: {image_id}: {' '.join(str(exc).split())}", file=sys.stderr)
+                    bar.write(f"warning: {image_id}: {one_line(exc)}", file=sys.stderr)
                     failed += 1
                 bar.update(1)
     print(f"prelabel: {written} pre-labeled, {protected} kept (edited/reviewed"
@@ -123,6 +123,7 @@ def _skipped_summary(skipped: list[str]) -> str:
 
 
 def cmd_export_voc(args: argparse.Namespace) -> int:
+    from engine.errors import one_line
     from engine.store.format import StoreError
     from engine.formats.voc import export_voc
 
@@ -145,7 +146,7 @@ def cmd_export_voc(args: argparse.Namespace) -> int:
                          void_border=args.void_border, val_fraction=args.val_fraction, seed=args.seed,
                          progress=progress)
     except (StoreError, OSError, ValueError) as exc:
-        raise _cli_error(" ".join(str(exc).split())) from None
+        raise _cli_error(one_line(exc)) from None
     finally:
         if bar is not None:
             bar.close()
@@ -163,6 +164,7 @@ def cmd_export_voc(args: argparse.Namespace) -> int:
 def cmd_import_voc(args: argparse.Namespace) -> int:
     """Import VOCROOT into FOLDER.  A dataset that cannot be read (class list, split files) is refused
     with one line and FOLDER untouched; single bad images are skipped, listed, and the rest imported."""
+    from engine.errors import one_line
     from engine.store.format import StoreError
     from engine.store.lock import StoreLockedError
     from engine.formats.voc import import_voc
@@ -174,7 +176,7 @@ def cmd_import_voc(args: argparse.Namespace) -> int:
     except StoreLockedError as exc:
         raise _cli_error(f"{exc} (close the other deeplab-gui window first)") from None
     except (StoreError, OSError, ValueError) as exc:
-        raise _cli_error(" ".join(str(exc).split())) from None
+        raise _cli_error(one_line(exc)) from None
     skipped = _skipped_summary([reason for _voc_id, reason in rep.skipped])  # each reason names its file
     if not rep.imported and rep.skipped:
         raise _cli_error(f"nothing imported into {rep.folder}{skipped}")

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import one_line
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
@@ -57,7 +59,7 @@ class ImageReadError(Exception):
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = str(path)
-        self.reason = " ".join(str(reason).split())  # one line, whatever Pillow said
+        self.reason = one_line(reason)  # whatever Pillow said
         super().__init__(f"{self.path}: {self.reason}")
 
 

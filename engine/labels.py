@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from .errors import one_line
 from .fileio import atomic_write_bytes
 from .imageio import DEFAULT_MAX_PIXELS, ImageReadError, _open
 from .meta import VOC_CLASSES, voc_colormap
@@ -113,5 +114,5 @@ def load_mask_png(path: str | os.PathLike) -> np.ndarray:
     except ImageReadError as exc:
         raise ValueError(f"{path}: unreadable mask PNG ({exc.reason})") from None
     except OSError as exc:
-        raise ValueError(f"{path}: unreadable mask PNG ({' '.join(str(exc).split())})") from None
+        raise ValueError(f"{path}: unreadable mask PNG ({one_line(exc)})") from None
     return np.ascontiguousarray(arr)

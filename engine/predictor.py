@@ -58,6 +58,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cancel import cancel_check
+from .errors import one_line
 from .imageio import read_image, to_rgb_uint8
 from .probgrid import DEFAULT_TILE_ELEMENTS, argmax0_u8, probs_grid, resize_probs, upsample_bands
 
@@ -352,7 +353,7 @@ class Predictor:
             if not _is_oom(exc):
                 raise
             # Keep only the text: the exception's traceback pins the failed attempt's GPU tensors.
-            first = " ".join(str(exc).split())[:120]
+            first = one_line(exc, limit=120)
         self._free_cache()
         smaller = (max(MIN_IMAGE_SIDE, size[0] // 2), max(MIN_IMAGE_SIDE, size[1] // 2))
         warnings.warn(f"out of memory on {self.device} at {size[1]}x{size[0]}; retrying at "

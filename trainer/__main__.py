@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 
+from engine.errors import one_line
+
 from .cli import add_train_arguments, run_training
 
 __all__ = ["main"]
@@ -12,7 +14,7 @@ __all__ = ["main"]
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line (argparse adds a usage block), exit status 2 as usual
-        print(f"{self.prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        print(f"{self.prog}: error: {one_line(message)}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         # The expected failures (bad input, a diverged run, a file system error) carry their own
         # one-line reason; only a surprise keeps its Python name, for the bug report.
         expected = isinstance(exc, (ValueError, OSError, RuntimeError, LookupError))
-        why = ' '.join(str(exc).split())
+        why = one_line(exc)
         print(f"{where}: {why}" if expected else f"{where}: {type(exc).__name__}: {why}", file=sys.stderr)
         return 1
 

@@ -114,6 +114,7 @@ def _load_start_model(args, store):
 
 def run_training(args: argparse.Namespace, *, cancel: threading.Event | None = None) -> int:
     """Fine-tune per ``args``; raises ValueError/TrainError/OSError with a one-line reason on failure."""
+    from engine.errors import one_line
     from engine.store.store import AnnotationStore
     from . import ddp
     from .guards import check_out_path
@@ -135,7 +136,7 @@ def run_training(args: argparse.Namespace, *, cancel: threading.Event | None = N
         with AnnotationStore.open(folder, read_only=not info.is_main) as store:
             notice = Versions.of(store).notice if info.is_main else None
             if notice:  # a damaged versions.json: rebuilt, but the person should know
-                print(f"note: {' '.join(notice.split())}", file=sys.stderr, flush=True)
+                print(f"note: {one_line(notice)}", file=sys.stderr, flush=True)
             model, parent = _load_start_model(args, store)
             run = FineTune(store, model, recipe, parent=parent, confirm=args.confirm, out=args.out,
                            cancel=cancel)

@@ -37,13 +37,14 @@ from typing import Callable
 
 from PIL import Image
 
+from ..errors import one_line
 from ..fileio import atomic_write_bytes, temp_path
 from ..imageio import read_image
 from ..labels import save_mask_png
 from ..store.scan import natural_key
 from ..store.store import AnnotationStore, Status
 from .voc_common import (VOC_NUM_STANDARD, VOCError, add_void_border, check_indices, copyable_jpeg,
-                        export_colors, one_line, os_reason, rgb_mask_to_indices, split_ids, voc_ids)
+                        export_colors, os_reason, rgb_mask_to_indices, split_ids, voc_ids)
 from .voc_import import ImportReport, import_voc
 
 __all__ = ["ExportReport", "ImportReport", "VOCError", "export_voc", "import_voc", "add_void_border",

@@ -13,23 +13,20 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from ..errors import one_line
 from ..labels import VOID, VOID_COLOR
 from ..meta import voc_colormap
 from ..store.scan import natural_key
 from ..store.format import LabelClass, StoreError
 
 __all__ = ["VOCError", "VOC_NUM_STANDARD", "voc_ids", "split_ids", "add_void_border", "export_colors",
-           "rgb_mask_to_indices", "check_indices", "copyable_jpeg", "os_reason", "one_line"]
+           "rgb_mask_to_indices", "check_indices", "copyable_jpeg", "os_reason"]
 
 VOC_NUM_STANDARD = 21
 
 
 class VOCError(StoreError):
     """An export or import that cannot go on; ``str(err)`` is one line naming the file and the problem."""
-
-
-def one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def os_reason(exc: BaseException) -> str:

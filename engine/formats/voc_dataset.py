@@ -10,11 +10,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import one_line
 from ..imageio import IMAGE_EXTENSIONS
 from ..meta import voc_colormap
 from ..store.scan import natural_key
 from ..store.format import LabelClass, Status, StoreError, check_classes, check_id, default_classes
-from .voc_common import VOCError, one_line, os_reason
+from .voc_common import VOCError, os_reason
 
 __all__ = ["VOCDataset", "read_voc_dataset", "MAX_CLASSES"]
 

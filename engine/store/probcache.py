@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import one_line
 from ..fileio import atomic_output
 from ..probgrid import normalise_, probs_grid, resize_plane
 from .format import sidecar_path
@@ -140,7 +141,7 @@ def read_probs_file(path: str | os.PathLike, *, max_pixels: int | None = None) -
     except FileNotFoundError:
         raise
     except (OSError, ValueError, KeyError, AttributeError, zipfile.BadZipFile, EOFError) as exc:
-        text = " ".join(str(exc).split())
+        text = one_line(exc)
         if text.startswith(f"{path}: unknown"):
             raise ValueError(text) from None
         raise ValueError(f"{path}: damaged probability cache ({text})") from None
