@@ -21,9 +21,22 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal
 
-__all__ = ["READ_ONLY_WHY", "MaskWriter", "SessionSaves"]
+__all__ = ["READ_ONLY_WHY", "MaskWriter", "SessionSaves", "read_only_why"]
 
 READ_ONLY_WHY = "the folder is open read-only (another deeplab-gui has it open)"
+
+
+def read_only_why(store: Any, locked: bool) -> str:
+    """Why edits in ``store`` (read-only) stay in memory: another instance holds its lock (``locked``),
+    or the store itself chose read-only (a read-only mount), which its ``notice`` explains."""
+    if locked:
+        return READ_ONLY_WHY
+    notice = " ".join((getattr(store, "notice", None) or "").split())
+    return f"the folder is open read-only: {notice}" if notice else "the folder is open read-only"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 class MaskWriter(QObject):
@@ -90,13 +103,14 @@ class SessionSaves:
         self._said_read_only = False
         self._read_only_why = READ_ONLY_WHY
 
-    def reset(self) -> None:
-        """A new folder: forget the previous one's documents (close_folder saved them first)."""
+    def reset(self, read_only_why: str = READ_ONLY_WHY) -> None:
+        """A new folder: forget the previous one's documents (close_folder saved them first).
+        ``read_only_why``: what edits kept in memory are said to wait for, should the folder be read-only."""
         self.unsaved.clear()
         self.errors.clear()
         self._queued.clear()
         self._said_read_only = False
-        self._read_only_why = READ_ONLY_WHY
+        self._read_only_why = read_only_why
 
     def in_memory(self, image_id: str) -> Any:
         """The document to show for ``image_id`` instead of its mask on disk: one whose save failed,
@@ -140,43 +154,59 @@ class SessionSaves:
 
     def retry(self) -> bool:
         """Try again to put every unsaved document on disk, waiting for it; True when nothing is left
-        only in memory. A read-only folder is opened for writing just for this, which works once the
-        other instance has let go of it."""
+        only in memory. A read-only folder's edits go through a writable store of the same folder that
+        this session is opening (:attr:`Session.incoming_store`: it holds the folder's lock), else
+        through one opened just for this, which works once the other instance has let go of it."""
         s = self.s
         if s.store is None:
             return True
-        if s.read_only:
-            self.writer.flush()
-            self._write_through_own_store()
-        else:
+        if not s.read_only:
             self.save_all()
+            return not self.not_on_disk()
+        self.writer.flush()
+        incoming = s.incoming_store
+        if incoming is not None and not incoming.read_only and incoming.folder == s.store.folder:
+            return self.write_through(incoming)
+        self._write_through_own_store()
         return not self.not_on_disk()
 
     def _write_through_own_store(self) -> None:
         from engine.store.store import AnnotationStore, StoreError, StoreLockedError
         s = self.s
-        docs = {i: self.document(i) for i, _ in self.not_on_disk()}
         try:
             store = AnnotationStore.open(s.store.folder, scan=False)
         except (StoreLockedError, StoreError, OSError) as exc:
-            self._read_only_why = f"the folder is still open read-only: {' '.join(str(exc).split())}"
+            self._read_only_why = f"the folder is still open read-only: {_one_line(exc)}"
             return
         try:
-            for image_id, doc in docs.items():
-                if doc is None:
-                    continue
-                try:
-                    store.save_mask(image_id, doc.mask.copy())
-                except (StoreError, OSError, ValueError) as exc:
-                    self.unsaved[image_id] = doc
-                    self.errors[image_id] = " ".join(str(exc).split())
-                    continue
-                doc.mark_saved()  # synchronous: nothing was painted since the copy
-                self.unsaved.pop(image_id, None)
-                self.errors.pop(image_id, None)
+            if store.read_only:  # the folder itself cannot be written (a read-only mount)
+                self._read_only_why = read_only_why(store, locked=False)
+                return
+            self.write_through(store)
         finally:
             store.close()
-        s.saved.emit(not self.unsaved)
+
+    def write_through(self, store: Any) -> bool:
+        """Write every document that is only in memory through ``store``, a writable store of this
+        session's folder that is not (yet) the session's own, and wait for it; True when nothing is
+        left only in memory. A document that fails stays in memory with its error as the reason."""
+        from engine.store.store import StoreError
+        self.writer.flush()
+        for image_id, _why in self.not_on_disk():
+            doc = self.document(image_id)
+            if doc is None:
+                continue
+            try:
+                store.save_mask(image_id, doc.mask.copy())
+            except (StoreError, OSError, ValueError) as exc:
+                self.unsaved[image_id] = doc
+                self.errors[image_id] = _one_line(exc) or "the write failed"
+                continue
+            doc.mark_saved()  # synchronous: nothing was painted since the copy
+            self.unsaved.pop(image_id, None)
+            self.errors.pop(image_id, None)
+        self.s.saved.emit(not self.unsaved)
+        return not self.not_on_disk()
 
     def discard(self) -> None:
         """The person chose to lose what is not on disk: forget it, so that letting go of the folder
@@ -231,7 +261,7 @@ class SessionSaves:
         if error is not None:
             if store is s.store:
                 self.unsaved[image_id] = doc
-                self.errors[image_id] = " ".join(str(error).split()) or "the write failed"
+                self.errors[image_id] = _one_line(error) or "the write failed"
             s._say("error", f"{error} (your changes are kept in memory)")
             s.saved.emit(False)
             return

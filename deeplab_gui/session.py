@@ -16,7 +16,7 @@ import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from .prefetch import Prefetcher
-from .saving import SessionSaves
+from .saving import SessionSaves, read_only_why
 from .session_io import Loaded, derived, load_image, most_uncertain, read_for_display
 from .settings import Settings
 from .workers import TaskHandle, Worker
@@ -83,6 +83,9 @@ class Session(QObject):
         self._pending_doc: Any = None  # the in-memory document of the image being loaded, if any
         self.saves = SessionSaves(self)
         self.confirm_replace: Callable[[], bool] | None = None  # False: keep unsaved edits, not a new folder
+        # The store being opened while confirm_replace asks about the current one: when it is this same
+        # folder, writable, it holds the folder's lock, so Retry must write through it, not open another.
+        self.incoming_store: Any = None
         self.prefetch = Prefetcher(self)  # decoded neighbours of the current image, so A/D show them at once
         self._timer = QTimer(self)
         self._timer.setInterval(AUTOSAVE_MS)
@@ -155,13 +158,23 @@ class Session(QObject):
                              task_name="open folder")
 
     def _folder_ready(self, value: tuple) -> None:
-        store, note = value
-        if not self.saves.may_let_go():
+        store, note = value  # note: why it fell back to read-only (another instance holds the lock)
+        if self.read_only and not store.read_only and store.folder == self.folder and self.unsaved():
+            # This folder again, now writable (the other instance let go): what was kept in memory
+            # goes through the new store, which holds the lock; asking first would only be in the way.
+            if self.saves.write_through(store):
+                self._say("info", f"saved the changes kept in memory while {store.folder} was read-only")
+        self.incoming_store = store
+        try:
+            keep = not self.saves.may_let_go()
+        finally:
+            self.incoming_store = None
+        if keep:
             return store.close()  # the person kept this folder's unsaved edits
         self.close_store()
         self.store, self.folder = store, store.folder
         self._ids = store.ids()
-        self.saves.reset()
+        self.saves.reset(read_only_why(store, locked=note is not None))
         self.prefetch.clear()
         self.settings.add_recent_folder(store.folder)
         for text in (note, store.notice):

@@ -22,6 +22,7 @@ from deeplab_gui.main_window import MainWindow
 from deeplab_gui.session import Session
 from deeplab_gui.settings import Settings
 from deeplab_gui.unsaved_dialog import CANCEL, DISCARD, RETRY, SAVE_ELSEWHERE, UnsavedDialog
+from engine.store import format as storeformat
 from engine.store.store import AnnotationStore
 from engine.store.format import write_error
 
@@ -445,6 +446,58 @@ def test_export_keeps_out_of_the_store_and_replaces_no_file(tmp_path):
     with pytest.raises(ExportRefused, match="sub"):
         export_masks(out, {"a.png": mask, "sub/b.png": mask}, ["bg", "a"], [(0, 0, 0), (1, 1, 1)])
     assert not (out / "a.png").exists()  # refused before the first write
+
+
+# ---------------------------------------------------------------------------- the same folder again
+def test_reopening_the_folder_after_the_other_instance_lets_go_saves_without_asking(qtbot, read_only, answers,
+                                                                                  folder):
+    win, holder = read_only
+    s = win.session
+    holder.shutdown()
+    s.open_folder(folder)
+    qtbot.waitUntil(lambda: bool(answers.asked) or (s.store is not None and not s.store.read_only), timeout=WAIT)
+    assert answers.asked == [] and s.unsaved() == []
+    assert (_stored(folder, "img0.png") == 2).all() and (_stored(folder, "img1.png") == 3).all()
+    assert any("saved the changes kept in memory" in text for _, text in win.messages)
+
+
+def test_reopening_when_that_write_fails_asks_and_retry_writes_through_the_new_store(qtbot, read_only, answers,
+                                                                                    folder, monkeypatch):
+    win, holder = read_only
+    s = win.session
+    holder.shutdown()
+    real, disk = AnnotationStore.save_mask, {"full": True}
+
+    def save_mask(store, image_id, mask, **kw):
+        if disk["full"]:
+            raise write_error(OSError(errno.ENOSPC, "No space left on device"), f"the mask of {image_id}")
+        return real(store, image_id, mask, **kw)
+    monkeypatch.setattr(AnnotationStore, "save_mask", save_mask)
+    answers.queue, answers.on_ask = [RETRY], lambda: disk.update(full=False)
+    s.open_folder(folder)
+    qtbot.waitUntil(lambda: bool(answers.asked) and s.store is not None and not s.store.read_only, timeout=WAIT)
+    assert len(answers.asked) == 1 and all("disk is full" in why for why in answers.reasons())
+    assert s.unsaved() == []
+    assert (_stored(folder, "img0.png") == 2).all() and (_stored(folder, "img1.png") == 3).all()
+
+
+# ---------------------------------------------------------------------------- a read-only mount
+def test_a_read_only_mount_is_the_reason_given_not_another_instance(qtbot, windows, answers, folder, tmp_path,
+                                                                    monkeypatch):
+    AnnotationStore.open(folder, scan=False).close()  # annotated elsewhere, then mounted read-only
+    monkeypatch.setenv("DEEPLAB_GUI_DATA_DIR", str(tmp_path / "userdata"))
+    monkeypatch.setattr(storeformat, "_probe_writable", lambda f: False)
+    win = windows(folder)
+    s = win.session
+    assert s.read_only
+    _paint(s, 2)
+    assert [i for i, _ in s.unsaved()] == ["img0.png"]
+    assert "cannot be written" in s.unsaved()[0][1] and "another deeplab-gui" not in s.unsaved()[0][1]
+    answers.queue = [RETRY]
+    assert win.close() is False
+    assert "cannot be written" in answers.reasons()[0]
+    why = s.unsaved()[0][1]  # retrying finds the same reason, not "still open read-only" by someone else
+    assert "cannot be written" in why and "another deeplab-gui" not in why
 
 
 def test_opening_the_folder_already_open_rescans_it_and_stays_writable(qtbot, sessions, folder):
