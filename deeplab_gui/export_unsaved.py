@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.errors import one_line
 from engine.fileio import atomic_write_bytes
 from engine.labels import save_mask_png
 
@@ -39,7 +40,7 @@ class ExportRefused(ExportError):
 
 
 def _reason(exc: OSError) -> str:
-    return " ".join((exc.strerror or str(exc)).split())
+    return one_line(exc.strerror or exc)
 
 
 def _key(path: Path) -> Path:

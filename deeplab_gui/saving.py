@@ -21,6 +21,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal
 
+from engine.errors import one_line
+
 __all__ = ["READ_ONLY_WHY", "MaskWriter", "SessionSaves", "read_only_why"]
 
 READ_ONLY_WHY = "the folder is open read-only (another deeplab-gui has it open)"
@@ -31,12 +33,8 @@ def read_only_why(store: Any, locked: bool) -> str:
     or the store itself chose read-only (a read-only mount), which its ``notice`` explains."""
     if locked:
         return READ_ONLY_WHY
-    notice = " ".join((getattr(store, "notice", None) or "").split())
+    notice = one_line(getattr(store, "notice", None) or "")
     return f"the folder is open read-only: {notice}" if notice else "the folder is open read-only"
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 class MaskWriter(QObject):
@@ -176,7 +174,7 @@ class SessionSaves:
         try:
             store = AnnotationStore.open(s.store.folder, scan=False)
         except (StoreLockedError, StoreError, OSError) as exc:
-            self._read_only_why = f"the folder is still open read-only: {_one_line(exc)}"
+            self._read_only_why = f"the folder is still open read-only: {one_line(exc)}"
             return
         try:
             if store.read_only:  # the folder itself cannot be written (a read-only mount)
@@ -200,7 +198,7 @@ class SessionSaves:
                 store.save_mask(image_id, doc.mask.copy())
             except (StoreError, OSError, ValueError) as exc:
                 self.unsaved[image_id] = doc
-                self.errors[image_id] = _one_line(exc) or "the write failed"
+                self.errors[image_id] = one_line(exc) or "the write failed"
                 continue
             doc.mark_saved()  # synchronous: nothing was painted since the copy
             self.unsaved.pop(image_id, None)
@@ -261,7 +259,7 @@ class SessionSaves:
         if error is not None:
             if store is s.store:
                 self.unsaved[image_id] = doc
-                self.errors[image_id] = _one_line(error) or "the write failed"
+                self.errors[image_id] = one_line(error) or "the write failed"
             s._say("error", f"{error} (your changes are kept in memory)")
             s.saved.emit(False)
             return
