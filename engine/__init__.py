@@ -4,39 +4,47 @@ No Qt here: everything is usable from a script or a headless server.  Data in an
 images HxWx3 uint8, probabilities CxHxW float32, masks HxW uint8 with 255 (:data:`VOID`) = void.
 This module is the public face the app and the trainer import; the rooms behind it are
 ``models/``, ``crf/``, ``checkpoints/``, ``weights/``, ``store/`` and ``formats/``.
+
+Names are imported on first use (PEP 562): ``from engine import VOID`` or ``engine.read_image`` costs
+only what those need, so the command line's ``--help`` does not wait for torch.
 """
 from __future__ import annotations
 
-from .cancel import cancel_check
-from .checkpoints import (CheckpointError, checkpoint_id, load_model, nonfinite_tensors, read_checkpoint, read_meta,
-                          save_model)
-from .errors import one_line
-from .fileio import atomic_write_bytes
-from .formats import ExportReport, ImportReport, VOCError, export_voc, import_voc
-from .imageio import ImageReadError, image_size, list_images, read_image, to_rgb_uint8
-from .labels import VOID, LabelClass, default_classes, load_mask_png, mask_palette, save_mask_png
-from .meta import ModelMeta, Preprocessing
-from .models import build_model, list_models
-from .predictor import PredictionError, Predictor
-from .store import (PROTECTED, AnnotationStore, CachedProbs, ImageSignature, MaskError, Status, StoreError,
-                    StoreLockedError, StoreWriteError, Version, VersionError, Versions)
-from .weights import (CATALOG, BackboneLoadReport, DownloadCancelled, WeightsEntry, WeightsError, WeightsHashMismatch,
-                      WeightsUnavailable, download, get_weights, list_weights, load_backbone_weights,
-                      load_catalog_model, resolve_weights, weights_path)
+import importlib
+from typing import Any
 
-__all__ = [
-    "build_model", "list_models", "ModelMeta", "Preprocessing",
-    "load_model", "save_model", "read_meta", "read_checkpoint", "checkpoint_id", "CheckpointError",
-    "nonfinite_tensors", "one_line",
-    "load_backbone_weights", "BackboneLoadReport",
-    "CATALOG", "WeightsEntry", "list_weights", "get_weights", "download", "resolve_weights",
-    "weights_path", "load_catalog_model", "WeightsError", "WeightsUnavailable", "WeightsHashMismatch",
-    "DownloadCancelled",
-    "Predictor", "PredictionError",
-    "read_image", "image_size", "ImageReadError", "to_rgb_uint8", "list_images",
-    "VOID", "LabelClass", "default_classes", "save_mask_png", "load_mask_png", "mask_palette",
-    "AnnotationStore", "Status", "PROTECTED", "StoreError", "StoreWriteError", "MaskError", "StoreLockedError",
-    "CachedProbs", "ImageSignature", "Versions", "Version", "VersionError",
-    "export_voc", "import_voc", "ExportReport", "ImportReport", "VOCError",
-    "atomic_write_bytes", "cancel_check",
-]
+_EXPORTS = {
+    "building": ("build_model",),
+    "cancel": ("cancel_check",),
+    "checkpoints": ("CheckpointError", "checkpoint_id", "load_model", "nonfinite_tensors", "read_checkpoint",
+                    "read_meta", "save_model"),
+    "errors": ("one_line",),
+    "fileio": ("atomic_write_bytes",),
+    "formats": ("ExportReport", "ImportReport", "VOCError", "export_voc", "import_voc"),
+    "imageio": ("ImageReadError", "image_size", "list_images", "read_image", "to_rgb_uint8"),
+    "labels": ("VOID", "LabelClass", "default_classes", "load_mask_png", "mask_palette", "save_mask_png"),
+    "meta": ("ModelMeta", "Preprocessing"),
+    "models": ("list_models",),
+    "predictor": ("PredictionError", "Predictor"),
+    "store": ("PROTECTED", "AnnotationStore", "CachedProbs", "ImageSignature", "MaskError", "Status", "StoreError",
+              "StoreLockedError", "StoreWriteError", "Version", "VersionError", "Versions"),
+    "weights": ("CATALOG", "BackboneLoadReport", "DownloadCancelled", "WeightsEntry", "WeightsError",
+                "WeightsHashMismatch", "WeightsUnavailable", "download", "get_weights", "list_weights",
+                "load_backbone_weights", "load_catalog_model", "resolve_weights", "weights_path"),
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

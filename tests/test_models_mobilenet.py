@@ -20,6 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import engine  # noqa: E402
 from engine.meta import IMAGENET, TORCHVISION_SEG  # noqa: E402
 from tests import weights_formula  # noqa: E402
 from tests.weights_formula import Formula  # noqa: E402
@@ -205,7 +206,7 @@ def test_pretrained_backbone_from_file_and_mismatch(tmp_path):
     sd = _imagenet_state("keys_imagenet_mobilenet_v3_large")
     path = tmp_path / "mbv3.pth"
     torch.save(sd, path)
-    model = build_model("deeplabv3_mobilenet_v3_large", pretrained_backbone=str(path))
+    model = engine.build_model("deeplabv3_mobilenet_v3_large", pretrained_backbone=str(path))
     assert torch.equal(model.state_dict()["backbone.16.0.weight"], sd["features.16.0.weight"])
     assert set(features_from_imagenet_mobilenet_v3_large(sd)) == {
         k for k in model.state_dict() if k.startswith("backbone.")}

@@ -10,9 +10,5 @@ from .identity import checkpoint_id
 from .io import (NATIVE_FORMAT, NATIVE_FORMAT_VERSION, CheckpointError, RawCheckpoint, load_model,
                  nonfinite_tensors, read_checkpoint, read_meta, save_model)
 
-from ..models._base import set_file_reader
-
-set_file_reader(lambda path: read_checkpoint(path).state_dict)
-
 __all__ = ["CheckpointError", "RawCheckpoint", "NATIVE_FORMAT", "NATIVE_FORMAT_VERSION", "read_checkpoint",
            "save_model", "load_model", "read_meta", "checkpoint_id", "nonfinite_tensors"]

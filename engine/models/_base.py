@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SegModel", "IntermediateLayerGetter", "state_dict_from", "set_file_reader"]
+__all__ = ["SegModel", "IntermediateLayerGetter", "state_dict_from"]
 
 
 class IntermediateLayerGetter(nn.ModuleDict):
@@ -78,28 +78,11 @@ class SegModel(nn.Module):
         return out, aux
 
 
-# Reading a weights file is the checkpoints room's job, and it needs this registry to recognise formats;
-# so instead of importing it, models are handed its reader when ``engine`` is imported.
-_file_reader: Callable[[str | os.PathLike], Mapping[str, torch.Tensor]] | None = None
-
-
-def set_file_reader(reader: Callable[[str | os.PathLike], Mapping[str, torch.Tensor]]) -> None:
-    """Install the function that turns a checkpoint path into a state dict (``engine.checkpoints`` does)."""
-    global _file_reader
-    _file_reader = reader
-
-
 def state_dict_from(weights) -> dict[str, torch.Tensor]:
-    """A state dict from a mapping or a checkpoint path.
-
-    Paths are read by the installed reader (``engine.checkpoints.read_checkpoint``: safetensors or
-    ``torch.load`` with ``weights_only=True``, never unpickling code, with the same clear errors as
-    ``load_model``).
-    """
+    """A state dict from a mapping.  Models never read files: ``engine.build_model`` reads a checkpoint
+    path (safely, through ``engine.checkpoints``) before it reaches a builder."""
     if isinstance(weights, (str, os.PathLike)):
-        if _file_reader is None:
-            raise RuntimeError("no checkpoint reader installed: import engine first")
-        return dict(_file_reader(weights))
+        raise TypeError(f"{weights}: pass backbone weights as a state dict; engine.build_model reads files")
     if not isinstance(weights, Mapping):
         raise TypeError(f"backbone weights must be a state dict or a file path, not {type(weights).__name__}")
     return dict(weights)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from os import PathLike
 
 import torch
 import torch.nn as nn
@@ -139,8 +138,8 @@ def vgg16_imagenet_to_backbone(state_dict: Mapping[str, torch.Tensor]) -> dict[s
     return {"backbone." + k.removeprefix("features."): sd[k] for k in expected}
 
 
-def load_vgg16_imagenet(model: nn.Module, source: str | PathLike | Mapping[str, torch.Tensor]) -> nn.Module:
-    """Load ImageNet VGG16 conv weights (a path to ``vgg16-*.pth`` or its state dict) into a
+def load_vgg16_imagenet(model: nn.Module, source: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load ImageNet VGG16 conv weights (the state dict of ``vgg16-*.pth``) into a
     ``deeplabv1_vgg16`` model's backbone, in place; the head is untouched.  Returns the model."""
     mapped = vgg16_imagenet_to_backbone(state_dict_from(source))
     missing, unexpected = model.load_state_dict(mapped, strict=False)
@@ -165,7 +164,7 @@ def _expected_vgg16_shapes() -> dict[str, tuple[int, ...]]:
 @register("deeplabv1_vgg16", output_strides=(8,), default_stride=8, preprocessing=IMAGENET,
           description="DeepLab v1 LargeFOV: VGG16, atrous fc6 (rate 12, 1024 ch), output stride 8")
 def deeplabv1_vgg16(num_classes: int = 21, output_stride: int | None = 8, *,
-                    pretrained_backbone: str | PathLike | Mapping[str, torch.Tensor] | None = None) -> SegModel:
+                    pretrained_backbone: Mapping[str, torch.Tensor] | None = None) -> SegModel:
     """Random-weight DeepLab v1 LargeFOV (20,505,429 trainable parameters with 21 classes).
 
     ``pretrained_backbone``: torchvision's ImageNet ``vgg16-397923af.pth`` (path or state dict) to
