@@ -29,12 +29,12 @@ from PIL import Image  # noqa: E402
 from PySide6.QtCore import QEventLoop, QPointF, Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from deeplab_gui.canvas import Canvas  # noqa: E402
-from deeplab_gui.crf_panel import PARAM_SPECS, CRFPanel  # noqa: E402
-from deeplab_gui.image_list import ImageListPanel  # noqa: E402
-from deeplab_gui.session import Session  # noqa: E402
-from deeplab_gui.settings import Settings  # noqa: E402
-from deeplab_gui.tools import BrushTool  # noqa: E402
+from deeplab_gui.widgets.canvas.canvas import Canvas  # noqa: E402
+from deeplab_gui.widgets.panels.crf_panel import PARAM_SPECS, CRFPanel  # noqa: E402
+from deeplab_gui.widgets.panels.image_list import ImageListPanel  # noqa: E402
+from deeplab_gui.state.session import Session  # noqa: E402
+from deeplab_gui.state.settings import Settings  # noqa: E402
+from deeplab_gui.widgets.canvas.tools import BrushTool  # noqa: E402
 from engine.crf import DEEPLAB_V1  # noqa: E402
 from engine.crf.synthetic import make_scene  # noqa: E402
 from engine.store.format import Status  # noqa: E402
@@ -182,7 +182,7 @@ def bench_switch(app, tmp: Path, repeats: int) -> dict:
     from PySide6.QtGui import QImage, QPixmap
     from engine.imageio import read_image
     from engine.imageio import read_image_preview
-    from deeplab_gui.session import PREVIEW_SIDE
+    from deeplab_gui.state.session import PREVIEW_SIDE
     parts: dict[str, list[float]] = {"read_jpeg_ms": [], "read_jpeg_preview_ms": [], "load_mask_png_ms": [],
                                      "pixmap_from_image_ms": []}
     for _ in range(3):

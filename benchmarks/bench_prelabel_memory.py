@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 # Runs the CLI in this (child) process, then prints the process's peak resident memory in bytes.
 _CHILD = """
 import sys
-from deeplab_gui.cli import main
+from deeplab_gui.cli.parser import main
 code = main(sys.argv[1:])
 with open("/proc/self/status") as f:
     hwm = int(f.read().split("VmHWM:")[1].split()[0]) * 1024

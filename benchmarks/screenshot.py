@@ -52,7 +52,7 @@ def main() -> int:
     from PySide6.QtWidgets import QApplication
 
     import engine
-    from deeplab_gui.main_window import MainWindow
+    from deeplab_gui.widgets.main_window import MainWindow
 
     torch.manual_seed(args.seed)
     ckpt = tmp / f"untrained_{args.arch}.safetensors"

@@ -24,8 +24,8 @@ def _seed():
 def sessions(qtbot, tmp_path):
     """``sessions(folder)``: a deeplab_gui Session with its own settings file, the folder open and its
     first image current; every one made is shut down after the test."""
-    from deeplab_gui.session import Session
-    from deeplab_gui.settings import Settings
+    from deeplab_gui.state.session import Session
+    from deeplab_gui.state.settings import Settings
 
     made = []
 
@@ -44,7 +44,7 @@ def sessions(qtbot, tmp_path):
 def _no_unanswered_unsaved_question(monkeypatch):
     """A window closed with unsaved edits asks a question; a test that did not expect one must fail, not hang."""
     import sys
-    unsaved_dialog = sys.modules.get("deeplab_gui.unsaved_dialog")
+    unsaved_dialog = sys.modules.get("deeplab_gui.widgets.dialogs.unsaved_dialog")
     if unsaved_dialog is None:  # no window in this test process: nothing can ask (and Qt stays unloaded)
         yield
         return

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from deeplab_gui import cli
-from deeplab_gui.cli import main
+from deeplab_gui.cli import parser as cli
+from deeplab_gui.cli.parser import main
 from engine.meta import ModelMeta
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab_gui.cli import main
+from deeplab_gui.cli.parser import main
 from engine import build_model, save_model
 from engine.store.store import AnnotationStore
 from engine.store.format import Status
@@ -87,8 +87,8 @@ def test_export_with_nothing_to_export_says_why(folder, tmp_path, capsys):
 
 
 def test_the_app_finds_what_prelabel_cached_for_the_same_weights(folder, ckpt, tmp_path, monkeypatch):
-    from deeplab_gui.model_tasks import load_file
-    from deeplab_gui.session_io import load_image
+    from deeplab_gui.state.models import load_file
+    from deeplab_gui.state.session_io import load_image
 
     assert main(["prelabel", str(folder), "--weights", str(ckpt), "--device", "cpu", "--max-side", "32"]) == 0
     copy = tmp_path / "same weights, other name.safetensors"  # the identity is the content, not the name

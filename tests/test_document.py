@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from deeplab_gui.document import MaskDocument, Patch, ScribbleLayer
-from deeplab_gui.raster import TIE_SLACK, capsule_pieces, flood_region, polygon_mask
-from deeplab_gui.uncertainty import mean_uncertainty, uncertainty
+from deeplab_gui.editing.document import MaskDocument, Patch, ScribbleLayer
+from deeplab_gui.editing.raster import TIE_SLACK, capsule_pieces, flood_region, polygon_mask
+from deeplab_gui.editing.uncertainty import mean_uncertainty, uncertainty
 
 
 def _changed_box(a: np.ndarray, b: np.ndarray):
@@ -540,7 +540,7 @@ def test_uncertainty_limits_and_mean(monkeypatch):
     assert mean_uncertainty(p) == pytest.approx(0.5, abs=1e-6)
     assert (uncertainty(np.ones((1, 2, 2), np.float32)) == 0).all()
     # Row-chunked computation gives the same answer as one pass.
-    monkeypatch.setattr(sys.modules["deeplab_gui.uncertainty"], "_ROW_CELLS", 5)
+    monkeypatch.setattr(sys.modules["deeplab_gui.editing.uncertainty"], "_ROW_CELLS", 5)
     np.testing.assert_allclose(uncertainty(p), u, atol=1e-7)
     with pytest.raises(ValueError):
         uncertainty(np.zeros((3, 3), np.float32))
@@ -550,6 +550,7 @@ def test_uncertainty_limits_and_mean(monkeypatch):
 
 def test_document_modules_load_no_qt():
     import subprocess
-    code = ("import sys, deeplab_gui.document, deeplab_gui.brush, deeplab_gui.raster, deeplab_gui.uncertainty; "
+    code = ("import sys, deeplab_gui.editing.document, deeplab_gui.editing.brush, deeplab_gui.editing.raster, "
+            "deeplab_gui.editing.uncertainty, deeplab_gui.editing.export_unsaved, deeplab_gui.editing.mask_names; "
             "sys.exit(any(m.split('.')[0] in ('PySide6', 'shiboken6', 'qtawesome') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

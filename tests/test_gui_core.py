@@ -17,9 +17,9 @@ from PySide6.QtCore import QEvent, QPointF, Qt
 from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QApplication
 
-from deeplab_gui.main_window import MainWindow
-from deeplab_gui.session import Session
-from deeplab_gui.settings import Settings
+from deeplab_gui.widgets.main_window import MainWindow
+from deeplab_gui.state.session import Session
+from deeplab_gui.state.settings import Settings
 from engine.store.format import Status, StoreWriteError
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
@@ -394,7 +394,7 @@ def test_cli_runs_the_app_and_exits_by_itself(folder, tmp_path):
 def test_neighbours_are_prefetched_and_shown_from_memory(qtbot, sessions, folder, monkeypatch):
     s = sessions(folder)
     qtbot.waitUntil(lambda: "img1.png" in s.prefetch.ready and not s.prefetch.running, timeout=WAIT)
-    import deeplab_gui.session_io as sio
+    import deeplab_gui.state.session_io as sio
 
     def no_disk(path):
         raise AssertionError(f"{path} should come from the prefetch cache")

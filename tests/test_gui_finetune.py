@@ -18,11 +18,11 @@ from PySide6.QtCore import QTimer  # noqa: E402
 from trainer import Recipe, Versions  # noqa: E402
 from trainer.synthetic import CLASSES, make_folder  # noqa: E402
 
-from deeplab_gui.finetune_dialog import CurvePlot, FineTuneDialog, count_labelled, format_eta  # noqa: E402
-from deeplab_gui.model_panel import ModelPanel  # noqa: E402
-from deeplab_gui.session import Session  # noqa: E402
-from deeplab_gui.settings import Settings  # noqa: E402
-from deeplab_gui.versions_panel import VersionsBox  # noqa: E402
+from deeplab_gui.widgets.dialogs.finetune_dialog import CurvePlot, FineTuneDialog, count_labelled, format_eta  # noqa: E402
+from deeplab_gui.widgets.panels.model_panel import ModelPanel  # noqa: E402
+from deeplab_gui.state.session import Session  # noqa: E402
+from deeplab_gui.state.settings import Settings  # noqa: E402
+from deeplab_gui.widgets.panels.versions_panel import VersionsBox  # noqa: E402
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
 ARCH = "deeplabv3plus_mobilenet_v2"
@@ -272,7 +272,7 @@ def test_model_panel_button_and_versions_combo(qtbot, session):
 
 
 def test_main_window_menu_opens_the_panel_dialog(qtbot, session):
-    from deeplab_gui.main_window import MainWindow
+    from deeplab_gui.widgets.main_window import MainWindow
     win = MainWindow(session)
     qtbot.addWidget(win)
     assert win.finetune_action.text().startswith("&Fine-tune")

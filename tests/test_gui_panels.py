@@ -14,9 +14,9 @@ from engine.crf import DEEPLAB_V1  # noqa: E402
 from engine.crf.synthetic import make_scene  # noqa: E402
 from engine.store.format import Status  # noqa: E402
 
-from deeplab_gui.crf_panel import PARAM_SPECS, CRFPanel  # noqa: E402
-from deeplab_gui.export_dialog import ExportDialog, ExportOptions  # noqa: E402
-from deeplab_gui.model_panel import ModelPanel  # noqa: E402
+from deeplab_gui.widgets.panels.crf_panel import PARAM_SPECS, CRFPanel  # noqa: E402
+from deeplab_gui.widgets.dialogs.export_dialog import ExportDialog, ExportOptions  # noqa: E402
+from deeplab_gui.widgets.panels.model_panel import ModelPanel  # noqa: E402
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
 
@@ -309,7 +309,7 @@ def test_export_refuses_into_the_store(qtbot, tmp_path, sessions):
 
 def test_preview_labels_scale_to_the_image_by_nearest_neighbour(qtbot):
     from engine.crf import LiveResult
-    from deeplab_gui.crf_live import LiveAdapter
+    from deeplab_gui.state.crf import LiveAdapter
 
     probs = np.zeros((3, 2, 3), np.float32)
     small = np.array([[0, 1, 2], [2, 2, 0]])
@@ -329,7 +329,7 @@ def test_preview_labels_scale_to_the_image_by_nearest_neighbour(qtbot):
 
 
 def test_big_images_refine_on_a_reduced_copy(qtbot, crf_setup, monkeypatch):
-    import deeplab_gui.crf_live as crf_live
+    import deeplab_gui.state.crf as crf_live
 
     s, panel, scene = crf_setup
     monkeypatch.setattr(crf_live, "MAX_LIVE_PIXELS", 600)  # the 60x40 scene counts as "big" now

@@ -18,13 +18,13 @@ from PySide6.QtGui import QIcon  # noqa: E402
 from PySide6.QtWidgets import QApplication, QDockWidget  # noqa: E402
 
 import engine  # noqa: E402
-from deeplab_gui import session as session_mod  # noqa: E402
-from deeplab_gui.canvas import Canvas  # noqa: E402
-from deeplab_gui.crf_panel import PARAM_SPECS  # noqa: E402
-from deeplab_gui.image_list import status_icon  # noqa: E402
-from deeplab_gui.main_window import MainWindow  # noqa: E402
-from deeplab_gui.session import Session  # noqa: E402
-from deeplab_gui.settings import Settings  # noqa: E402
+from deeplab_gui.state import session as session_mod  # noqa: E402
+from deeplab_gui.widgets.canvas.canvas import Canvas  # noqa: E402
+from deeplab_gui.widgets.panels.crf_panel import PARAM_SPECS  # noqa: E402
+from deeplab_gui.widgets.panels.image_list import status_icon  # noqa: E402
+from deeplab_gui.widgets.main_window import MainWindow  # noqa: E402
+from deeplab_gui.state.session import Session  # noqa: E402
+from deeplab_gui.state.settings import Settings  # noqa: E402
 from engine.crf import DEEPLAB_V1  # noqa: E402
 from engine.store.format import Status  # noqa: E402
 

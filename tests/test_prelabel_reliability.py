@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab_gui.cli import main
+from deeplab_gui.cli.parser import main
 from engine import build_model, save_model
 from engine.predictor import ImageTooSmallError, Predictor
 from engine.store.probcache import ImageSignature, read_probs_file, save_probs
@@ -62,7 +62,7 @@ def capped(monkeypatch):
 
 # ------------------------------------------------------------------------------------- bounded memory
 def test_prelabel_into_the_store_keeps_probabilities_on_the_capped_grid(tmp_path, model, ckpt, capped, monkeypatch):
-    from deeplab_gui.cli_store import prelabel_into_store
+    from deeplab_gui.cli.store import prelabel_into_store
 
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -136,7 +136,7 @@ def test_prelabel_out_with_the_crf_refines_on_the_capped_grid(tmp_path, ckpt, ca
 
 
 def test_the_app_pre_label_path_hands_on_capped_probabilities(tmp_path, model, capped):
-    from deeplab_gui.model_tasks import BatchRelay, predict_batch, predict_one
+    from deeplab_gui.state.models import BatchRelay, predict_batch, predict_one
 
     predictor = Predictor(model, device="cpu")
     rgb = _photo(H, W)
@@ -162,8 +162,8 @@ def test_the_app_pre_label_path_hands_on_capped_probabilities(tmp_path, model, c
 
 
 def test_readers_of_the_cache_work_from_the_capped_grid(tmp_path, capped):
-    from deeplab_gui.crf_live import ScaledLiveCRF, build_live
-    from deeplab_gui.session_io import derived, load_image
+    from deeplab_gui.state.crf import ScaledLiveCRF, build_live
+    from deeplab_gui.state.session_io import derived, load_image
 
     rng = np.random.default_rng(3)
     grid = probs_grid(H, W, CAP)
@@ -342,6 +342,6 @@ def test_sigkill_during_prelabel_leaves_a_consistent_store(tmp_path, ckpt):
 
 
 def test_the_app_names_the_image_too_small_to_segment(model):
-    from deeplab_gui.model_tasks import predict_one
+    from deeplab_gui.state.models import predict_one
     with pytest.raises(ImageTooSmallError, match=r"^strip\.png: .*too small"):
         predict_one(Predictor(model, device="cpu"), np.zeros((1, 500, 3), np.uint8), "strip.png")

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from deeplab_gui import cli, selftest
-from deeplab_gui.selftest import SelfTestConfig, ensure_headless_qt, run_self_test
+from deeplab_gui.cli import parser as cli
+from deeplab_gui.cli import selftest
+from deeplab_gui.cli.selftest import SelfTestConfig, ensure_headless_qt, run_self_test
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("qt", "model", "predict", "crf", "store", "voc")

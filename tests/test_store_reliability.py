@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab_gui.cli import main
+from deeplab_gui.cli.parser import main
 from engine import build_model, save_model
 from engine.store import format as storeformat
 from engine.fileio import NAME_MAX, atomic_write_bytes, fitted_name, temp_path

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import engine
-from deeplab_gui.cli import main as gui_main
+from deeplab_gui.cli.parser import main as gui_main
 from engine.store.store import AnnotationStore
 from trainer import FineTune, Recipe, TrainError, Version, Versions
 from trainer.guards import check_out_path

@@ -153,8 +153,8 @@ def test_store_class_list_change_is_applied_before_training(base_model, folder_b
 
 
 def test_cli_train_writes_a_version_and_reports_failures(base_model, folder_b, capsys):
-    from deeplab_gui.cli_train import cmd_train
-    from deeplab_gui.cli import CLIError
+    from deeplab_gui.cli.train import cmd_train
+    from deeplab_gui.cli.parser import CLIError
     args = argparse.Namespace(folder=str(folder_b), weights=str(base_model), iterations=2, crop=64, out=None,
                               lr=0.01, batch_size=2, accumulate=None, time_budget=None, heldout_fraction=None,
                               eval_every=None, seed=None, device="cpu", confirm=True)
@@ -177,8 +177,8 @@ def test_cli_train_writes_a_version_and_reports_failures(base_model, folder_b, c
 
 
 def test_cli_train_new_starts_the_folders_first_model(folder_b, capsys):
-    from deeplab_gui.cli import CLIError
-    from deeplab_gui.cli_train import cmd_train
+    from deeplab_gui.cli.parser import CLIError
+    from deeplab_gui.cli.train import cmd_train
     args = argparse.Namespace(folder=str(folder_b), weights=None, new=ARCH, iterations=2, crop=64, out=None,
                               batch_size=2, device="cpu", eval_every=0, confirm=True)
     assert cmd_train(args) == 0

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab_gui.cli import main
+from deeplab_gui.cli.parser import main
 from engine.labels import save_mask_png
 from engine.meta import voc_colormap
 from engine.store.store import AnnotationStore, LabelClass, default_classes

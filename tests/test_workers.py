@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("PySide6")
 from PySide6.QtCore import QTimer
 
-from deeplab_gui.workers import TaskHandle, Worker, one_line_error
+from deeplab_gui.state.tasks import TaskHandle, Worker, one_line_error
 
 
 @pytest.fixture

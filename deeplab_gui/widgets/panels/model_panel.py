@@ -21,7 +21,7 @@ import engine
 from engine.weights import catalog
 from engine.store.format import Status
 
-from .model_tasks import (BatchRelay, LoadedModel, catalog_state, device_description,
+from ...state.models import (BatchRelay, LoadedModel, catalog_state, device_description,
                           display_name, folder_default, load_catalog, load_file, predict_batch, predict_one)
 
 __all__ = ["ModelPanel", "device_description", "LoadedModel", "NO_WEIGHTS_TEXT"]
@@ -377,7 +377,7 @@ class ModelPanel(QWidget):
 
     def open_finetune(self):
         """Show the "Fine-tune on my labels" dialog (non-modal, one per panel); returns it."""
-        from .finetune_dialog import FineTuneDialog
+        from ..dialogs.finetune_dialog import FineTuneDialog
         if self.finetune_dialog is None:
             self.finetune_dialog = FineTuneDialog(
                 self.session, self.window(), prelabel=lambda: self.prelabel_unlabelled(include_prelabelled=True))

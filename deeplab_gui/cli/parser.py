@@ -20,7 +20,7 @@ __all__ = ["main", "build_parser", "CLIError", "COMMANDS"]
 PROG = "deeplab-gui"
 COMMANDS = ("gui", "prelabel", "train", "export-voc", "import-voc")
 EXIT_FAILURE = 1
-EXIT_USAGE = 2  # also "not available in this version", as argparse uses 2 for "cannot do that"
+EXIT_USAGE = 2  # a usage error, as argparse exits
 
 
 class CLIError(Exception):
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--iterations", type=int, metavar="N")
     t.add_argument("--crop", type=int, metavar="S")
     t.add_argument("--out", metavar="CKPT", help="write the result here instead of a new version in the store")
-    from . import cli_train
+    from . import train as cli_train
     cli_train.add_arguments(t)
     t.set_defaults(func=lambda a: cli_train.cmd_train(a))
 
@@ -162,17 +162,12 @@ def _error_line(text: str) -> None:
 def _cmd_gui(args: argparse.Namespace) -> int:
     if args.folder is not None and not Path(args.folder).is_dir():
         raise CLIError(f"{args.folder}: not a folder", EXIT_USAGE)
-    import importlib.util
-    # The app module (and with it Qt) is only imported on this path; until it exists, say so.
-    if importlib.util.find_spec(f"{__package__}.app") is None:
-        raise CLIError("the desktop app is not available in this version yet; "
-                       "use 'deeplab-gui prelabel' meanwhile", EXIT_USAGE)
-    app = importlib.import_module(f"{__package__}.app")
+    from .. import app  # the app (and with it Qt) is only imported on this path
     return int(app.main(args.folder))
 
 
 def _store_cmd(name: str, args: argparse.Namespace) -> int:
-    from . import cli_store
+    from . import store as cli_store
     return int(getattr(cli_store, name)(args))
 
 
@@ -186,7 +181,7 @@ def _cmd_prelabel(args: argparse.Namespace) -> int:
         raise CLIError(f"--max-side must be at least 16, not {args.max_side}", EXIT_USAGE)
     refine = _load_crf() if args.crf else None
     if args.out is None:
-        from .cli_store import prelabel_into_store
+        from .store import prelabel_into_store
         checkpoint = _resolve_weights(args.weights)
         predictor = _make_predictor(_load_model(str(checkpoint), args.arch), args)
         return prelabel_into_store(folder, predictor, refine, checkpoint=checkpoint,
@@ -263,7 +258,7 @@ def _crf_results(predictor: Any, paths: list[Path], refine: Any) -> Iterator[tup
     bounded as for pre-labelling into the store, whatever the image's size.
     """
     from engine.crf import CRFParams
-    from .cli_store import _predict_for_store
+    from .store import _predict_for_store
 
     params = CRFParams()
     for path in paths:
@@ -295,7 +290,7 @@ def _output_paths(images: list[Path], folder: Path, out_dir: Path) -> dict[Path,
     """Image -> DIR/<stem>.png, sub-folders mirrored, named as the app's "Save elsewhere…" names them
     (:func:`~deeplab_gui.mask_names.mask_file_names`): ``a.jpg`` and ``a.png`` side by side get
     ``a.png`` and ``a.png.png``, so no mask overwrites another and no image is left out."""
-    from .mask_names import mask_file_names
+    from ..editing.mask_names import mask_file_names
     rels = {img: img.relative_to(folder).as_posix() for img in images}
     names = mask_file_names(rels.values())
     return {img: out_dir / names[rel] for img, rel in rels.items()}

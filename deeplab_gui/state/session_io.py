@@ -37,7 +37,7 @@ def read_for_display(path: Any) -> tuple[np.ndarray, Any]:
     """Decode an image and convert it for the screen (both slow at 12 Mpx: worker thread only)."""
     from engine.imageio import read_image
 
-    from .canvas import display_image
+    from ..widgets.canvas.canvas import display_image
     image = read_image(path)
     return image, display_image(image)
 
@@ -47,7 +47,7 @@ def read_preview(path: Any, max_side: int) -> tuple[np.ndarray | None, Any, tupl
     so the picture reaches the screen in a fraction of the full decode's time; worker thread only."""
     from engine.imageio import read_image_preview
 
-    from .canvas import display_image
+    from ..widgets.canvas.canvas import display_image
     image, size = read_image_preview(path, max_side)
     return (image if image.shape[:2] == size else None), display_image(image), size
 
@@ -59,7 +59,7 @@ def derived(probs: np.ndarray | None, size: tuple[int, int] | None = None,
     engine.probgrid) are enlarged band by band, so only the two H×W maps are ever full size."""
     if probs is None:
         return None, None
-    from .uncertainty import uncertainty
+    from ..editing.uncertainty import uncertainty
     if size is None or tuple(probs.shape[1:]) == tuple(size):
         return probs.argmax(0).astype(np.uint8), uncertainty(probs)
     from engine.probgrid import argmax0_u8, upsample_bands
@@ -141,7 +141,7 @@ def most_uncertain(store: Any, model_id: str | None, current: str | None, *,
     normalised entropy; None when none has any."""
     from engine.store.format import Status
 
-    from .uncertainty import mean_uncertainty
+    from ..editing.uncertainty import mean_uncertainty
     best, best_u = None, -1.0
     for image_id in store.ids():
         if cancel():

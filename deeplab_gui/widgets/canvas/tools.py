@@ -216,7 +216,7 @@ class SnapTool(BrushTool):
         self.task = None
 
     def press(self, pos: QPointF, modifiers: Any) -> None:
-        from .document import ScribbleLayer
+        from ...editing.document import ScribbleLayer
         s = self.session
         if self.layer is None or self.layer.shape != s.document.shape:
             self.layer = ScribbleLayer(s.document.shape)

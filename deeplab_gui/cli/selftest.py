@@ -53,7 +53,7 @@ def ensure_headless_qt() -> None:
 
 
 def _demo_image(name: str) -> Path:
-    from .app import demo_folder
+    from ..app import demo_folder
     path = demo_folder() / name
     if not path.is_file():
         raise FileNotFoundError(f"bundled demo image missing: {path}")

@@ -15,7 +15,7 @@ from typing import Any
 
 from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
 
-from .export_unsaved import ExportError, export_masks
+from ...editing.export_unsaved import ExportError, export_masks
 
 __all__ = ["CANCEL", "CHOICES", "DISCARD", "RETRY", "SAVE_ELSEWHERE", "UnsavedDialog", "ask",
            "ask_folder", "describe", "settle", "ELSEWHERE_RULE"]

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBo
 from engine.crf import DEEPLAB_V1, MAX_ITERATIONS, PRESETS, CRFParams, LiveCRF, LiveCRFWorker, LiveResult
 from engine.probgrid import grid_fits
 
-from .crf_live import MAX_LIVE_PIXELS, LiveAdapter, build_live
+from ...state.crf import MAX_LIVE_PIXELS, LiveAdapter, build_live
 
 __all__ = ["CRFPanel", "ParamSpec", "PARAM_SPECS", "ParamControl", "PRESET_LABELS", "CUSTOM", "MAX_LIVE_PIXELS"]
 

@@ -28,12 +28,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from . import unsaved_dialog
-from .canvas import Canvas
-from .class_panel import ClassPanel
-from .image_list import ImageListPanel
-from .session import VIEW_MODES, Session
-from .tools import TOOL_KEYS, make_tools
+from .dialogs import unsaved_dialog
+from .canvas.canvas import Canvas
+from .panels.class_panel import ClassPanel
+from .panels.image_list import ImageListPanel
+from ..state.session import VIEW_MODES, Session
+from .canvas.tools import TOOL_KEYS, make_tools
 
 __all__ = ["MainWindow"]
 
@@ -177,8 +177,8 @@ class MainWindow(QMainWindow):
     def _load_panels(self) -> None:
         """Model and CRF panels as docks on the right."""
         # Plain imports (not importlib): PyInstaller follows them into the bundle.
-        from .crf_panel import CRFPanel
-        from .model_panel import ModelPanel
+        from .panels.crf_panel import CRFPanel
+        from .panels.model_panel import ModelPanel
 
         for name, cls in (("Model", ModelPanel), ("CRF", CRFPanel)):
             panel = cls(self.session)
@@ -253,7 +253,7 @@ class MainWindow(QMainWindow):
             self.session.open_folder(folder)
 
     def open_export(self) -> None:
-        from .export_dialog import ExportDialog
+        from .dialogs.export_dialog import ExportDialog
 
         if self.session.store is None:
             self.show_message("info", "open a folder first")

@@ -19,7 +19,7 @@ from .prefetch import Prefetcher
 from .saving import SessionSaves, read_only_why
 from .session_io import Loaded, derived, load_image, most_uncertain, read_for_display
 from .settings import Settings
-from .workers import TaskHandle, Worker
+from .tasks import TaskHandle, Worker
 
 from engine.labels import VOID
 
@@ -249,7 +249,7 @@ class Session(QObject):
     def _install(self, loaded: Loaded | None) -> None:
         if loaded is None or loaded.image_id != self._pending or self.store is None:
             return  # a newer selection superseded this one
-        from .document import MaskDocument
+        from ..editing.document import MaskDocument
         self.saves.save_current(wait=False)  # edits made while the new image was loading
         if self.document is not None:
             self.document.remove_listener(self._on_doc_change)

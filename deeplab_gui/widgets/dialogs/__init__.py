@@ -1,0 +1,1 @@
+"""Dialogs: export, fine-tune (with its curve plot), unsaved work."""

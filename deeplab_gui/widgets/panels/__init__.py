@@ -1,0 +1,1 @@
+"""Dock panels: image list, classes, model (with versions), CRF."""
