@@ -50,7 +50,7 @@ LAYERS = {
     "deeplab_gui.state": 2,
     "deeplab_gui.widgets": 3,
     "deeplab_gui.app": 3.5,  # starts the window; the command line's default subcommand
-    "deeplab_gui.cli.parser": 4,
+    "deeplab_gui.cli": 4,
     "deeplab_gui": 5,  # __main__.py and the package itself
 }
 # Rooms that sit side by side on one level and must not use each other.

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PySide6.QtGui import QImage
 
-__all__ = ["Loaded", "derived", "load_image", "most_uncertain", "read_for_display", "read_preview"]
+__all__ = ["Loaded", "derived", "display_image", "load_image", "most_uncertain", "read_for_display", "read_preview"]
 
 
 @dataclass
@@ -33,11 +34,22 @@ class Loaded:
     preview: bool = False
 
 
+def display_image(image: np.ndarray) -> QImage:
+    """H×W×3 uint8 RGB -> a QImage in the screen's 32-bit format, owning its pixels.
+
+    QImage is safe off the UI thread, so loaders call this in a worker: at 12 Mpx the RGB888 ->
+    RGB32 conversion costs ~0.1 s that would otherwise stall the switch to the image.
+    """
+    h, w = image.shape[:2]
+    img = np.ascontiguousarray(image)
+    qimg = QImage(img.data, w, h, 3 * w, QImage.Format.Format_RGB888)
+    return qimg.convertToFormat(QImage.Format.Format_RGB32)  # a deep copy, in the native format
+
+
 def read_for_display(path: Any) -> tuple[np.ndarray, Any]:
     """Decode an image and convert it for the screen (both slow at 12 Mpx: worker thread only)."""
     from engine.imageio import read_image
 
-    from ..widgets.canvas.canvas import display_image
     image = read_image(path)
     return image, display_image(image)
 
@@ -47,7 +59,6 @@ def read_preview(path: Any, max_side: int) -> tuple[np.ndarray | None, Any, tupl
     so the picture reaches the screen in a fraction of the full decode's time; worker thread only."""
     from engine.imageio import read_image_preview
 
-    from ..widgets.canvas.canvas import display_image
     image, size = read_image_preview(path, max_side)
     return (image if image.shape[:2] == size else None), display_image(image), size
 

@@ -29,24 +29,13 @@ from PySide6.QtWidgets import (
     QStyleOptionGraphicsItem,
 )
 
+from ...state.session_io import display_image
 from .tools import Tool
 
 from engine.labels import VOID
 
-__all__ = ["Canvas", "OverlayItem", "display_image", "heat_table", "label_table", "outline_labels"]
+__all__ = ["Canvas", "OverlayItem", "heat_table", "label_table", "outline_labels"]
 
-
-
-def display_image(image: np.ndarray) -> QImage:
-    """H×W×3 uint8 RGB -> a QImage in the screen's 32-bit format, owning its pixels.
-
-    QImage is safe off the UI thread, so loaders call this in a worker: at 12 Mpx the RGB888 ->
-    RGB32 conversion costs ~0.1 s that would otherwise stall the switch to the image.
-    """
-    h, w = image.shape[:2]
-    img = np.ascontiguousarray(image)
-    qimg = QImage(img.data, w, h, 3 * w, QImage.Format.Format_RGB888)
-    return qimg.convertToFormat(QImage.Format.Format_RGB32)  # a deep copy, in the native format
 
 
 def label_table(colors: list[tuple[int, int, int]], opacity: float) -> list[int]:
