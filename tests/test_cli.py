@@ -194,3 +194,22 @@ def test_python_m_subprocess_failure_is_one_line():
     assert r.returncode == 2
     assert _one_line(r.stderr).startswith("deeplab-gui export-voc:")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_an_unexpected_failure_is_one_line_without_an_exception_name(monkeypatch, capsys, tmp_path):
+    from deeplab_gui.cli import parser
+
+    def boom(args):
+        raise KeyError("internal")
+    monkeypatch.setattr(parser, "_cmd_gui", boom)
+    monkeypatch.setattr(parser, "build_parser", lambda real=parser.build_parser: _with_gui(real(), boom))
+    assert main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "KeyError" not in err[0] and "unexpected failure" in err[0] and "internal" in err[0]
+
+
+def _with_gui(p, fn):
+    p.set_defaults(func=fn)
+    for action in p._subparsers._group_actions[0].choices.values():
+        action.set_defaults(func=fn)
+    return p

@@ -5,6 +5,7 @@ Only the GUI subcommand imports Qt; ``deeplab-gui --help`` and the batch command
 """
 from __future__ import annotations
 
-from .parser import CLIError, main
+from .errors import CLIError
+from .parser import main
 
 __all__ = ["main", "CLIError"]

@@ -1,4 +1,4 @@
-"""The ``deeplab-gui`` command: one entry point, one subcommand per job (DESIGN §2).
+"""The ``deeplab-gui`` command: one entry point, one subcommand per job.
 
 ``deeplab-gui [FOLDER]`` opens the app; ``prelabel``, ``train``, ``export-voc`` and ``import-voc`` run
 without a display.  Only the GUI path imports Qt, and heavy modules (torch, the engine) are imported
@@ -15,21 +15,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from .errors import EXIT_FAILURE, EXIT_USAGE, CLIError
+
 __all__ = ["main", "build_parser", "CLIError", "COMMANDS"]
 
 PROG = "deeplab-gui"
 COMMANDS = ("gui", "prelabel", "train", "export-voc", "import-voc")
-EXIT_FAILURE = 1
-EXIT_USAGE = 2  # a usage error, as argparse exits
-
-
-class CLIError(Exception):
-    """A failure to report as one line on stderr, with ``code`` as the exit status."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.code = code
-
 
 class _Parser(argparse.ArgumentParser):
     # argparse prints usage plus the error and exits; we want exactly one line and to return a code.
@@ -145,7 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # last resort: still one line, never a traceback (unless debugging)
         if os.environ.get("DEEPLAB_GUI_DEBUG"):
             traceback.print_exc()
-        _error_line(f"{PROG} {args.command}: {type(exc).__name__}: {_one_line(exc)}")
+        # A bug of ours, not the person's input: say so in words; the traceback is one variable away.
+        _error_line(f"{PROG} {args.command}: unexpected failure ({_one_line(exc) or 'no details'}); "
+                    f"run again with DEEPLAB_GUI_DEBUG=1 to see where")
         return EXIT_FAILURE
 
 

@@ -11,7 +11,7 @@ __all__ = ["prelabel_into_store", "cmd_export_voc", "cmd_import_voc"]
 
 
 def _cli_error(message: str, code: int = 1) -> Exception:
-    from .parser import CLIError
+    from .errors import CLIError
     return CLIError(message, code)
 
 

@@ -25,7 +25,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """
     from trainer.cli import recipe_from_args, run_training
     from trainer.loop import TrainError
-    from .parser import CLIError
+    from .errors import CLIError
 
     from pathlib import Path
     if not Path(args.folder).is_dir():
