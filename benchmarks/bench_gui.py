@@ -1,9 +1,9 @@
-"""Benchmark the desktop app's interactive paths (issue 5), offscreen, on the real widgets.
+"""Benchmark the desktop app's interactive paths, offscreen, on the real widgets.
 
     .venv/bin/python benchmarks/bench_gui.py            # prints a table, writes benchmarks/results/gui.json
     .venv/bin/python benchmarks/bench_gui.py --quick    # fewer repeats
 
-Goals (issue 5): brush stroke segment on 4000×3000, p95 ≤ 8 ms (document + overlay update of the bbox);
+Goals: brush stroke segment on 4000×3000, p95 ≤ 8 ms (document + overlay update of the bbox);
 switching to a 12-megapixel JPEG, excluding inference, ≤ 150 ms (read + mask + overlay + pixmap);
 opening a folder of 10,000 images until the list is usable ≤ 1 s; CRF slider move to preview on screen
 for 500×375, p95 ≤ 100 ms. Times are wall clock on a shared 2-core machine: the load average is recorded.

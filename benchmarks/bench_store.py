@@ -1,6 +1,6 @@
 """Store benchmarks: folder scan, mask save/load at 4000x3000, VOC export throughput.
 
-Goals (issue 4): scan of 10,000 files under 1 s; save and load of a 4000x3000 mask under 50 ms each.
+Goals: scan of 10,000 files under 1 s; save and load of a 4000x3000 mask under 50 ms each.
 Prints a table and writes ``benchmarks/results/bench_store.json``.  Everything happens in a temporary
 folder on the same disk as the system temp dir (set TMPDIR to measure another disk).
 

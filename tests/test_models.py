@@ -13,7 +13,7 @@ EXPECTED_ARCHS = {
     "deeplabv3plus_resnet101", "deeplabv3plus_mobilenet_v2", "deeplabv3plus_xception65",
 }
 
-# Trainable parameters with 21 classes, from DESIGN §3 (torchvision / VainF / kazuto1011 figures).
+# Trainable parameters with 21 classes, as the peers report them (torchvision / VainF / kazuto1011).
 EXACT_PARAMS = [
     ("deeplabv2_resnet101", {}, 44_048_532),
     ("deeplabv3_resnet50", {"aux": True}, 42_004_074),

@@ -1,6 +1,6 @@
 """The fine-tuning recipe: every knob of a run in one dataclass (stored in each checkpoint).
 
-Defaults follow the DeepLab papers and their peers (DESIGN §6): SGD momentum 0.9, poly 0.9
+Defaults follow the DeepLab papers and their peers: SGD momentum 0.9, poly 0.9
 schedule, head learning rate ×10 the backbone's, weight decay 1e-4, random scale 0.5-2.0, crop
 (padded with the ignore label), horizontal flip, BatchNorm frozen for small batches.  The GUI
 exposes only ``iterations``, ``time_budget_s``, ``lr`` and ``crop``; the rest is for scripts.

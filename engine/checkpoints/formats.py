@@ -1,6 +1,6 @@
 """Recognising peer checkpoint layouts and matching them to a registered architecture.
 
-A peer checkpoint is a flat ``{key: tensor}`` state dict in one of these layouts (DESIGN §3):
+A peer checkpoint is a flat ``{key: tensor}`` state dict in one of these layouts:
 
 - ``torchvision``: ``backbone.conv1.weight``, ``classifier.0.convs.0.0.weight``, ``aux_classifier.*``,
   MobileNetV3 ``backbone.0.0.weight``.

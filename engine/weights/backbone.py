@@ -1,6 +1,6 @@
 """ImageNet classification weights into a segmentation model's backbone.
 
-Training from scratch needs an ImageNet start (DESIGN §3, catalog kind "backbone"): torchvision's
+Training from scratch needs an ImageNet start (catalog kind "backbone"): torchvision's
 ``resnet50/101-*.pth``, ``vgg16-*.pth``, ``mobilenet_v2-*.pth`` (and ``mobilenet_v3_large``).  The
 source network is recognised from its keys, renamed with the model family's own mapping, and
 loaded into ``model.backbone``; the head keeps its initialisation.

@@ -1,4 +1,4 @@
-"""Known public weights (DESIGN §3) and where they live on this machine.
+"""Known public weights and where they live on this machine.
 
 Each :class:`WeightsEntry` describes one public file the way torchvision's ``Weights`` do: URL,
 file name (whose ``-<hex>`` suffix is the start of its SHA-256), classes, preprocessing and the
