@@ -48,7 +48,6 @@ import contextlib
 import math
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -57,9 +56,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cancel import cancel_check
 from .errors import one_line
 from .imageio import read_image, to_rgb_uint8
+from .predict_many import predict_many as _predict_many
 from .probgrid import DEFAULT_TILE_ELEMENTS, argmax0_u8, probs_grid, resize_probs, upsample_bands
 
 __all__ = ["Predictor", "Prediction", "PredictionError", "ImageTooSmallError", "resolve_device",
@@ -283,44 +282,7 @@ class Predictor:
         checked before each item, the generator simply stops.  The next file is read on a helper
         thread while the current one runs, so disk and GPU overlap.
         """
-        total = len(images) if hasattr(images, "__len__") else None  # type: ignore[arg-type]
-        is_cancelled = cancel_check(cancel)
-        run = self.predict_with_probs if prediction else self.predict_labels if labels else self.predict
-
-        def load(item: Any) -> np.ndarray | Exception:
-            try:
-                return self._as_rgb(item)
-            except Exception as exc:  # reported per item, in order, by the consumer below
-                return exc
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="predictor-read") as pool:
-            it = iter(enumerate(images))
-            pending = None
-            first = next(it, None)
-            if first is not None:
-                pending = (first, pool.submit(load, first[1]))
-            done = 0
-            while pending is not None:
-                (index, item), future = pending
-                if is_cancelled():
-                    future.cancel()
-                    return
-                nxt = next(it, None)
-                pending = (nxt, pool.submit(load, nxt[1])) if nxt is not None else None
-                key = item if isinstance(item, (str, os.PathLike)) else index
-                loaded = future.result()
-                if isinstance(loaded, Exception):
-                    result: np.ndarray | Exception = loaded
-                else:
-                    try:
-                        result = run(loaded)
-                    except Exception as exc:  # one bad item must not end a folder run
-                        result = exc
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-                yield key, result
-                del loaded, result  # not held while the next item is predicted
+        return _predict_many(self, images, progress=progress, cancel=cancel, labels=labels, prediction=prediction)
 
     # ------------------------------------------------------------------ internals
     def _as_rgb(self, image: Any) -> np.ndarray:
