@@ -13,8 +13,6 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from engine.labels import VOID  # void / unlabelled pixels: no loss, no metric
-
 __all__ = ["Recipe", "RecipeError", "SMALL_BATCH", "LIMITS", "check_value"]
 
 SMALL_BATCH = 8  # BN statistics from fewer images per process are noise (DeepLab v3 §4.1 used 16)
