@@ -39,7 +39,11 @@ def read_only_why(store: Any, locked: bool) -> str:
 
 class MaskWriter(QObject):
     """Runs write jobs on one thread, in order; their completions run on the thread that owns this
-    object (the UI thread), either through a queued signal or inside :meth:`flush`, exactly once."""
+    object (the UI thread), either through a queued signal or inside :meth:`flush`, exactly once.
+
+    Its own single thread rather than the task runner's pool: writes of one mask must land in the
+    order they were made (an older autosave must never overtake a newer one), and closing must be able
+    to wait for every queued write from the UI thread (:meth:`flush`)."""
 
     _ready = Signal()
 

@@ -5,14 +5,14 @@ returns is handed to the session on the UI thread.
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PySide6.QtGui import QImage
+
+from .tasks import alongside
 
 __all__ = ["Loaded", "derived", "display_image", "load_image", "most_uncertain", "read_for_display", "read_preview"]
 
@@ -95,7 +95,7 @@ def load_image(store: Any, image_id: str, model_id: str | None, ready: tuple | N
     path = store.image_path(image_id)
     # The mask and probabilities are read while the pixels decode: both mostly run in C with the GIL
     # released (zlib, libjpeg), so on two cores the switch costs the longer of the two, not the sum.
-    annotations = _io_pool().submit(_read_annotations, store, image_id, model_id)
+    annotations = alongside(_read_annotations, store, image_id, model_id)
     try:
         if ready is not None:
             image, display = ready
@@ -120,18 +120,6 @@ def load_image(store: Any, image_id: str, model_id: str | None, ready: tuple | N
     if probs is not None and not grid_fits(probs.shape[1:], size):
         probs = None
     return Loaded(image_id, image, mask, probs, *derived(probs, size), warning, display, size, image is None)
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _io_pool() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deeplab-gui-io")
-        return _POOL
 
 
 def _read_annotations(store: Any, image_id: str, model_id: str | None) -> tuple:

@@ -15,11 +15,12 @@ import threading
 import time
 import types
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
-__all__ = ["TaskCancelled", "TaskHandle", "Worker", "one_line_error"]
+__all__ = ["TaskCancelled", "TaskHandle", "Worker", "one_line_error", "alongside"]
 
 log = logging.getLogger("deeplab_gui")
 
@@ -247,3 +248,21 @@ class Worker(QObject):
     def wait(self, timeout_ms: int = 5000) -> bool:
         """Block until the pool is idle (used on quit, after :meth:`cancel_all`)."""
         return self.pool.waitForDone(timeout_ms)
+
+
+_ALONGSIDE: ThreadPoolExecutor | None = None
+_ALONGSIDE_LOCK = threading.Lock()
+
+
+def alongside(fn: Callable[..., Any], *args: Any) -> Future:
+    """Run ``fn(*args)`` next to the calling task, for a task that overlaps two blocking reads (an
+    image's decode with its mask and probabilities); called from a task, never from the UI thread.
+
+    Both reads spend most of their time in C with the GIL released (libjpeg, zlib), so on two cores
+    the task costs the longer of the two, not their sum.  Two threads, shared by every task.
+    """
+    global _ALONGSIDE
+    with _ALONGSIDE_LOCK:
+        if _ALONGSIDE is None:
+            _ALONGSIDE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deeplab-gui-alongside")
+    return _ALONGSIDE.submit(fn, *args)
