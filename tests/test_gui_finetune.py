@@ -122,7 +122,7 @@ def test_success_swaps_the_model_while_the_ui_keeps_ticking(qtbot, session):
     timer.setInterval(5)
     timer.timeout.connect(lambda: ticks.__setitem__(0, ticks[0] + 1))
     timer.start()
-    d._relay.event.connect(lambda ev: during.append((ev.phase, ticks[0])))
+    d.training.event.connect(lambda ev: during.append((ev.phase, ticks[0])))
     assert _run(qtbot, d) == "done"
     timer.stop()
     res = d.result
@@ -157,7 +157,7 @@ def test_cancel_leaves_model_and_versions_alone(qtbot, session):
         seen.append(ev.phase)
         if ev.phase == "train" and ev.step == 2:
             d.cancel_button.click()
-    d._relay.event.connect(on_event)
+    d.training.event.connect(on_event)
     assert _run(qtbot, d) == "cancelled"
     assert seen[-1] == "cancelled" and "done" not in seen
     assert session.model is old and session.model_id == old_id
@@ -281,8 +281,12 @@ def test_main_window_menu_opens_the_panel_dialog(qtbot, session):
     assert isinstance(d, FineTuneDialog) and d.isVisible()
     assert d.start_button.isEnabled() and "4 to train on" in d.data_label.text()
     d.close()
+    # With no model the menu opens the same dialog as the panel's button, offering a new model.
     session.set_model(None, None)
-    assert win.open_finetune() is None and "load a model first" in win.messages[-1][1]
+    assert win.open_finetune() is d and d.isVisible() and d._form.isRowVisible(d.new_arch)
+    d.close()
+    session.close_store()
+    assert win.open_finetune() is None and "open a folder" in win.messages[-1][1]
 
 
 def test_a_damaged_versions_index_is_reported_in_the_app(qtbot, session):

@@ -136,7 +136,7 @@ def test_prelabel_out_with_the_crf_refines_on_the_capped_grid(tmp_path, ckpt, ca
 
 
 def test_the_app_pre_label_path_hands_on_capped_probabilities(tmp_path, model, capped):
-    from deeplab_gui.state.models import BatchRelay, predict_batch, predict_one
+    from deeplab_gui.state.models import predict_batch, predict_one
 
     predictor = Predictor(model, device="cpu")
     rgb = _photo(H, W)
@@ -151,10 +151,9 @@ def test_the_app_pre_label_path_hands_on_capped_probabilities(tmp_path, model, c
         Image.fromarray(rgb).save(folder / name)
     with AnnotationStore.open(folder) as st:
         shown = []
-        relay = BatchRelay()
-        relay.current_done.connect(lambda i, lab, p: shown.append((i, lab.shape, p.shape)))
-        out = predict_batch(predictor, st, ["a.png", "b.png"], "m", ["a.png"], relay,
-                            progress=lambda d, t: None, cancel=lambda: False)
+        out = predict_batch(predictor, st, ["a.png", "b.png"], "m", ["a.png"],
+                            progress=lambda d, t: None, cancel=lambda: False,
+                            emit=lambda v: shown.append((v[0], v[1].shape, v[2].shape)))
         assert out["saved"] == 2 and out["failed"] == 0
         assert shown == [("a.png", (H, W), (21, *grid))]  # the shown image goes to the UI thread
         assert st.status("b.png") is Status.PRELABELED and st.load_mask("b.png").shape == (H, W)

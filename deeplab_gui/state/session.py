@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from .crf import CRFState
+from .models import ModelsState
 from .prefetch import Prefetcher
 from .saving import SessionSaves, read_only_why
 from .session_io import Loaded, derived, load_image, most_uncertain, read_for_display
@@ -87,6 +89,8 @@ class Session(QObject):
         # folder, writable, it holds the folder's lock, so Retry must write through it, not open another.
         self.incoming_store: Any = None
         self.prefetch = Prefetcher(self)  # decoded neighbours of the current image, so A/D show them at once
+        self.crf = CRFState(self)  # CRF parameters (saved per folder) and the live refinement of the image
+        self.models = ModelsState(self)  # weights, loading, pre-labelling, versions, fine-tuning
         self._timer = QTimer(self)
         self._timer.setInterval(AUTOSAVE_MS)
         self._timer.timeout.connect(self.autosave)

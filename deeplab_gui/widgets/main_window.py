@@ -261,15 +261,11 @@ class MainWindow(QMainWindow):
         ExportDialog(self.session, self).open()
 
     def open_finetune(self):
-        """The model panel's fine-tune dialog (None, with a message, when it cannot be used yet)."""
-        panel = self.panels.get("Model")
-        if panel is None or not hasattr(panel, "open_finetune"):
-            self.show_message("warning", "fine-tuning is not available in this version")
+        """The model panel's fine-tune dialog, asked for as its button does (with no model the run starts
+        a new one); None, with a message saying why, when it cannot be used yet."""
+        if not self.session.models.request_finetune():
             return None
-        if self.session.store is None or self.session.model is None:
-            self.show_message("info", "open a folder and load a model first")
-            return None
-        return panel.open_finetune()
+        return getattr(self.panels.get("Model"), "finetune_dialog", None)
 
     def undo(self) -> None:
         if self.session.document is not None:

@@ -1,10 +1,8 @@
 """The "Fine-tune on my labels" dialog: a few recipe knobs, a live loss/mIoU plot, cancel, and the swap.
 
-The run is :class:`trainer.FineTune`, a generator of progress events; it is iterated on the session's
-worker pool and each event is handed to the UI thread through a queued signal, so the window keeps
-painting while it trains.  The caller's model is never modified (the trainer works on a copy): cancel
-leaves ``session.model`` and the store's versions exactly as they were.  On success the new model is
-swapped in with a new ``model_id`` (the probability cache's key) without restarting.
+The run itself, its result and what follows it (the swap, making a version current, the re-pre-label
+offer) belong to a :class:`~deeplab_gui.state.training.TrainingState`; the dialog turns its knobs into
+a recipe and shows what the state reports.
 """
 from __future__ import annotations
 
@@ -13,10 +11,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, Signal, Slot
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDoubleSpinBox, QFormLayout, QHBoxLayout,
                                QLabel, QMessageBox, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from ...state.training import TrainingState, count_labelled
 from .curve_plot import CurvePlot
 
 __all__ = ["CurvePlot", "FineTuneDialog", "count_labelled", "format_eta"]
@@ -38,75 +37,59 @@ def format_eta(seconds: float | None) -> str:
     return f"{s} s"
 
 
-def count_labelled(statuses: dict[str, Any], heldout_fraction: float) -> tuple[int, int]:
-    """(images a run learns from, of which held out): edited/reviewed statuses, the trainer's split rule."""
-    from engine.store.format import Status
-    from trainer.dataset import Sample, split_heldout
-    ids = [i for i, st in statuses.items() if st in (Status.EDITED, Status.REVIEWED)]
-    # split_heldout only counts and ranks ids; the paths are never opened here.
-    _train, held = split_heldout([Sample(i, None, None) for i in ids], heldout_fraction)  # type: ignore[arg-type]
-    return len(ids), len(held)
-
-
-# ---------------------------------------------------------------------- worker side
-class _EventRelay(QObject):
-    """Carries progress events from the training thread to the UI thread (queued connection)."""
-
-    event = Signal(object)
-
-
-def _train(run, relay: _EventRelay, *, cancel: Callable[[], bool]) -> tuple[Any, str | None]:
-    """Iterate ``run`` (a trainer.FineTune) on a worker thread; returns (result, new model id).
-
-    ``cancel`` is the task handle's flag (set when the app quits): it stops the run the same way the
-    dialog's Cancel does.  The result is always returned, so a run that finished just as Cancel was
-    pressed is still reported (its version was already written).
-    """
-    import engine
-    for ev in run:
-        relay.event.emit(ev)
-        if cancel():
-            run.cancel()
-    res = run.result
-    model_id = engine.checkpoint_id(res.checkpoint) if res is not None and res.checkpoint else None
-    return res, model_id
-
-
-def _make_current(store, name: str) -> None:
-    from engine.store.versions import Versions
-    Versions.of(store).set_current(name)
-
-
 # ---------------------------------------------------------------------- the dialog
 class FineTuneDialog(QDialog):
     """Non-modal dialog; ``start()``, ``cancel()`` and ``reprelabel()`` are what its buttons call.
 
-    ``base_recipe``: a :class:`trainer.Recipe` the knobs override (scripts and tests set batch size,
-    device, validation size here).  ``prelabel``: callable that re-pre-labels the images nobody edited
-    (the model panel's pre-label-all path); None hides that offer.  ``ask(text) -> bool`` asks the
-    person whether to make a version current anyway (tests replace it).  ``run_finished(str)`` carries
-    "done", "cancelled" or "error"; ``result`` then holds the trainer's result (None after an error).
+    ``training``: the :class:`TrainingState` it shows (the model panel passes the session's,
+    ``session.models.training``); without one the dialog makes its own, with ``prelabel`` as the
+    re-pre-label offer (None hides that offer).  ``base_recipe``: a :class:`trainer.Recipe` the knobs
+    override (scripts and tests set batch size, device, validation size here).  ``ask(text) -> bool``
+    asks the person whether to make a version current anyway (tests replace it).  ``run_finished(str)``
+    carries "done", "cancelled" or "error"; ``result`` then holds the trainer's result (None after an
+    error).
     """
 
     run_finished = Signal(str)
 
     def __init__(self, session, parent: QWidget | None = None, *, base_recipe=None,
-                 prelabel: Callable[[], Any] | None = None) -> None:
+                 prelabel: Callable[[], Any] | None = None, training: TrainingState | None = None) -> None:
         super().__init__(parent)
         from trainer.recipe import Recipe
         self.session = session
+        self.training = training if training is not None else TrainingState(session, prelabel=prelabel, parent=self)
         self.base_recipe = base_recipe or Recipe()
-        self.prelabel = prelabel
         self.ask: Callable[[str], bool] = self._ask_box
-        self.run = None
-        self.task = None
-        self.result = None
-        self.events = 0
-        self._relay = _EventRelay()
-        self._relay.event.connect(self._on_event, Qt.ConnectionType.QueuedConnection)
+        self.training.ask = lambda text: self.ask(text)
         self.setWindowTitle("Fine-tune on my labels")
         self._build_ui()
+        t = self.training
+        t.started.connect(self._on_started)
+        t.event.connect(self._on_event)
+        t.status_changed.connect(self.status_label.setText)
+        t.running_changed.connect(self._on_running)
+        t.offer_changed.connect(self._show_offer)
+        t.run_finished.connect(self.run_finished.emit)
+        self.status_label.setText(t.status)
+        self._show_offer(t.offer)
         self.set_recipe(self.base_recipe)
+
+    # The run's state, read from the training state (scripts and tests look here).
+    @property
+    def task(self):
+        return self.training.task
+
+    @property
+    def run(self):
+        return self.training.run
+
+    @property
+    def result(self):
+        return self.training.result
+
+    @property
+    def events(self) -> int:
+        return self.training.events
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
@@ -202,7 +185,7 @@ class FineTuneDialog(QDialog):
     def refresh_counts(self) -> tuple[int, int]:
         """Show (and return) how many images the run learns from and how many it holds out."""
         s = self.session
-        n, held = count_labelled(s.statuses(), self.base_recipe.heldout_fraction) if s.store is not None else (0, 0)
+        n, held = self.training.counts(self.base_recipe.heldout_fraction)
         if n == 0:
             text = "no edited or reviewed images yet: correct a few masks first"
         elif held == 0:
@@ -224,41 +207,22 @@ class FineTuneDialog(QDialog):
     # ------------------------------------------------------------------ running
     def start(self):
         """Start a run on the session's worker; returns its TaskHandle (None when it cannot start)."""
-        s = self.session
-        if self.task is not None or s.store is None:
-            return None
-        from functools import partial
-
-        from trainer.loop import FineTune
-
-        from trainer.start import new_model
-        s.save_current()  # the mask being drawn counts too
-        recipe = self.recipe()
-        # No model: the run builds the folder's first one on the worker thread.
-        model = s.model if s.model is not None else partial(
-            new_model, self.new_arch.currentText(), s.store.class_names, s.store.class_colors)
-        # parent=None: the trainer names the lineage from the model's own metadata (file, catalog id, version).
-        self.run = FineTune(s.store, model, recipe, confirm=False)
-        self.result, self.events = None, 0
-        self.plot.clear(recipe.iterations)
-        self.reprelabel_button.hide()
-        self.status_label.setText("starting…")
-        self.step_label.setText("–")
-        self._set_running(True)
-        self.task = s.run_task(_train, self.run, self._relay, on_result=self._on_result,
-                               on_error=self._on_error, task_name="fine-tune")
-        self.task.finished.connect(self._on_task_finished)
-        return self.task
+        return self.training.start(self.recipe(), new_arch=self.new_arch.currentText())
 
     def cancel(self) -> None:
         """Stop the run at its next step; nothing is written and the current model stays."""
-        if self.run is not None and self.task is not None:
-            self.run.cancel()
-            self.status_label.setText("cancelling…")
+        self.training.cancel()
 
-    @Slot(object)
+    def _on_started(self, iterations: int) -> None:
+        self.plot.clear(iterations)
+        self.step_label.setText("–")
+
+    def _on_running(self, on: bool) -> None:
+        self._set_running(on)
+        if not on:
+            self.refresh_counts()
+
     def _on_event(self, ev) -> None:
-        self.events += 1
         self.plot.add_event(ev)
         if ev.phase == "train":
             parts = [f"step {ev.step} / {ev.total}"]
@@ -273,63 +237,18 @@ class FineTuneDialog(QDialog):
         elif ev.message:
             self.status_label.setText(ev.message)
 
-    def _on_error(self, text: str) -> None:
-        self.status_label.setText(text)
-        self.run_finished.emit("error")
-
-    def _on_task_finished(self) -> None:
-        self.task = None
-        self._set_running(False)
-        self.refresh_counts()
-
-    def _on_result(self, value: tuple) -> None:
-        res, model_id = value
-        self.result = res
-        if res is None or res.status != "done":
-            self.status_label.setText("Cancelled: the current model and its versions are unchanged.")
-            self.run_finished.emit("cancelled")
-            return
-
-        def f(v):
-            return "not measured" if v is None else f"{v:.3f}"
-        text = f"Held-out mIoU {f(res.miou_before)} → {f(res.miou_after)} after {res.steps} steps ({res.stop_reason})."
-        if res.promoted:
-            self._swap(res, model_id)
-            self.status_label.setText(f"{text} {res.version.name} is now the current model.")
-        else:
-            dropped = res.version is not None and res.version.improved is False
-            why = "Held-out mIoU dropped." if dropped else "There were no held-out images to measure it."
-            if res.version is not None and self.ask(f"{text}\n{why} Make {res.version.name} the current model anyway?"):
-                self.session.run_task(_make_current, self.session.store, res.version.name,
-                                      on_error=lambda t: self.session.message.emit("error", t),
-                                      task_name="make version current")
-                self._swap(res, model_id)
-                self.status_label.setText(f"{text} {res.version.name} is now the current model.")
-            else:
-                name = res.version.name if res.version is not None else "the new version"
-                self.status_label.setText(f"{text} Kept the current model; {name} stays in the versions list.")
-        self.run_finished.emit("done")
-
-    def _swap(self, res, model_id: str | None) -> None:
-        """Use the trained model at once (no restart); offer to re-pre-label the untouched images."""
-        self.session.set_model(res.model, model_id or f"version:{res.version.name}", name=res.version.name)
-        self.session.message.emit("info", f"now using {res.version.name}")
-        n = self.untouched()
-        if self.prelabel is not None and n:
+    def _show_offer(self, n: int) -> None:
+        if n:
             self.reprelabel_button.setText(f"Re-pre-label {n} image(s) nobody edited")
-            self.reprelabel_button.show()
+        self.reprelabel_button.setVisible(bool(n))
 
     def untouched(self) -> int:
         """Images whose mask no person edited or reviewed (unlabelled or pre-labelled)."""
-        from engine.store.format import PROTECTED
-        return sum(st not in PROTECTED for st in self.session.statuses().values())
+        return self.training.untouched()
 
     def reprelabel(self):
-        """Start the model panel's pre-label-all path with the new model (returns what it returns)."""
-        if self.prelabel is None:
-            return None
-        self.reprelabel_button.hide()
-        return self.prelabel()
+        """Take the re-pre-label offer: the pre-label-all path with the new model (returns what it returns)."""
+        return self.training.reprelabel()
 
     def _ask_box(self, text: str) -> bool:
         answer = QMessageBox.question(self, "Fine-tune on my labels", text,
