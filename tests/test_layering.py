@@ -146,8 +146,4 @@ def test_no_import_cycles():
     for v in list(edges):
         if v not in index:
             visit(v)
-    assert [c for c in cycles if c not in KNOWN_CYCLES] == []
-
-
-# Cycles still being broken (each entry must go, never be added to).
-KNOWN_CYCLES = [["deeplab_gui.widgets.canvas.canvas", "deeplab_gui.widgets.canvas.tools"]]
+    assert not cycles, cycles

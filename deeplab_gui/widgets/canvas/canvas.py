@@ -1,13 +1,19 @@
 """The image view: the picture, the label overlay, zoom and pan; mouse events go to the active tool.
 
+The canvas is the tools' :class:`~.toolview.ToolView` (their previews are one path item over the
+overlay) and hands them the session as a :class:`~.session_target.SessionTarget`, so the tools know
+neither the canvas nor the session.
+
 The overlay is one ``QImage.Format_Indexed8`` the size of the image whose colour table carries the
 class colours with alpha = opacity (index 255 fully transparent).  Document listeners report the
 changed box and only that box is copied into the overlay and repainted, so a brush stroke costs in
-proportion to the brush, not the image (issue 5 bench: one segment ≤ 8 ms on 4000×3000).
+proportion to the brush, not the image (benchmarks/bench_gui.py: one segment ≤ 8 ms on 4000×3000).
 Scene coordinates are image pixel coordinates (the items sit at the origin, unscaled), the
-convention of :mod:`deeplab_gui.raster`.
+convention of :mod:`deeplab_gui.editing.raster`.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
@@ -16,6 +22,8 @@ from PySide6.QtGui import (
     QImage,
     QKeyEvent,
     QPainter,
+    QPainterPath,
+    QPen,
     QPixmap,
     QTransform,
     QWheelEvent,
@@ -23,16 +31,19 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import (
     QGraphicsItem,
+    QGraphicsPathItem,
     QGraphicsPixmapItem,
     QGraphicsScene,
     QGraphicsView,
     QStyleOptionGraphicsItem,
 )
 
-from ...state.session_io import display_image
-from .tools import Tool
-
 from engine.labels import VOID
+
+from ...state.session_io import display_image
+from .session_target import SessionTarget
+from .tools import Tool
+from .toolview import RGBA
 
 __all__ = ["Canvas", "OverlayItem", "heat_table", "label_table", "outline_labels"]
 
@@ -121,6 +132,8 @@ class Canvas(QGraphicsView):
         self.scene().addItem(self.image_item)
         self.scene().addItem(self.overlay)
         self.tool: Tool | None = None
+        self.target = SessionTarget(session)
+        self._preview: QGraphicsPathItem | None = None
         self._pan_from: QPointF | None = None
         self._space = False
         self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
@@ -144,8 +157,36 @@ class Canvas(QGraphicsView):
             self.tool.deactivate()
         self.tool = tool
         if tool is not None:
-            tool.activate(self)
+            tool.activate(self, self.target)
             self.viewport().setCursor(tool.cursor)
+
+    # ---------------------------------------------------------------- tool previews (ToolView)
+    def show_path(self, points: Sequence[tuple[float, float]], *, closed: bool = False,
+                  width: float = 0.0, color: RGBA = (255, 255, 0, 255)) -> None:
+        if self._preview is None:
+            self._preview = QGraphicsPathItem()
+            self._preview.setZValue(3)  # above the overlay
+            self.scene().addItem(self._preview)
+        path = QPainterPath()
+        if points:
+            path.moveTo(*points[0])
+            for x, y in points[1:]:
+                path.lineTo(x, y)
+            if closed:
+                path.closeSubpath()
+        if width > 0:
+            pen = QPen(QColor(*color), width, Qt.PenStyle.SolidLine, Qt.PenCapStyle.RoundCap,
+                       Qt.PenJoinStyle.RoundJoin)
+        else:
+            pen = QPen(QColor(*color))
+            pen.setCosmetic(True)  # one screen pixel wide at any zoom
+        self._preview.setPen(pen)
+        self._preview.setPath(path)
+
+    def clear_preview(self) -> None:
+        if self._preview is not None and self._preview.scene() is not None:
+            self._preview.scene().removeItem(self._preview)
+        self._preview = None
 
     # ---------------------------------------------------------------- content
     def _on_current(self, _image_id: str) -> None:

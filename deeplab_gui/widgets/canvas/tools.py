@@ -1,23 +1,24 @@
-"""Editing tools: each turns canvas mouse events (image coordinates) into mask-document calls.
+"""Editing tools: each turns mouse events (image coordinates) into calls on the mask document.
 
-Tools hold no pixels; the document owns them and its listeners repaint the canvas.  The UI thread only
-does cheap numpy on bounding boxes; the CRF-snap brush runs ``refine_with_scribbles`` in a worker on a
-crop around the strokes and applies the result as one undo step.
+A tool is handed what it edits and where it may draw when it becomes active (``activate(view,
+target)``, see :mod:`.toolview`): the target gives the current document and class, the view shows
+previews. Tools hold no pixels; the document owns them and its listeners repaint whatever shows it.
+The UI thread only does cheap numpy on bounding boxes; the CRF-snap brush runs
+``refine_with_scribbles`` through the target's task runner on a crop around the strokes and applies
+the result as one undo step.
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QPointF, Qt
-from PySide6.QtGui import QColor, QPainterPath, QPen, QPolygonF
-from PySide6.QtWidgets import QGraphicsPathItem, QGraphicsPolygonItem
-
-if TYPE_CHECKING:
-    from .canvas import Canvas
 
 from engine.labels import VOID
+
+from ...editing.brush import ScribbleLayer
+from .toolview import EditTarget, SnapTarget, ToolView
 
 __all__ = [
     "TOOL_KEYS",
@@ -36,25 +37,27 @@ TOOL_KEYS = {"brush": "B", "eraser": "E", "polygon": "P", "fill": "F", "picker":
 
 
 class Tool:
-    """Base: ``press``/``move``/``release``/``double_click`` get image coordinates (QPointF)."""
+    """Base: ``press``/``move``/``release``/``double_click`` get image coordinates (QPointF).
+
+    Events reach a tool only while it is active, and only while the target has a document.
+    """
 
     name = "tool"
     cursor: Any = Qt.CursorShape.CrossCursor
     sized = False          # whether [ and ] change this tool's size
 
     def __init__(self) -> None:
-        self.canvas: Canvas | None = None
+        self.view: ToolView | None = None
+        self.target: EditTarget | None = None
         self.size = 8.0    # brush radius in image pixels
 
-    @property
-    def session(self):
-        return self.canvas.session if self.canvas is not None else None
-
-    def activate(self, canvas: Canvas) -> None:
-        self.canvas = canvas
+    def activate(self, view: ToolView, target: EditTarget) -> None:
+        self.view, self.target = view, target
 
     def deactivate(self) -> None:
         self.reset()
+        # Work that finishes later (a CRF snap) must not clear the preview of the tool after this one.
+        self.view = None
 
     def reset(self) -> None:
         """Drop any half-done work (image switched, tool changed)."""
@@ -76,28 +79,28 @@ class BrushTool(Tool):
     sized = True
 
     def _begin(self, doc, modifiers: Any) -> None:
-        doc.begin_stroke(self.session.current_label, self.size)
+        doc.begin_stroke(self.target.current_label, self.size)
 
     def press(self, pos: QPointF, modifiers: Any) -> None:
-        doc = self.session.document
+        doc = self.target.document
         self._begin(doc, modifiers)
         doc.stroke_to(pos.x(), pos.y())
 
     def move(self, pos: QPointF, pressed: bool) -> None:
-        doc = self.session.document
+        doc = self.target.document
         if pressed and doc.in_stroke:
             doc.stroke_to(pos.x(), pos.y())
 
     def release(self, pos: QPointF) -> None:
-        doc = self.session.document
+        doc = self.target.document
         if doc.in_stroke:
             doc.stroke_to(pos.x(), pos.y())
             doc.end_stroke()
 
     def reset(self) -> None:
-        s = self.session
-        if s is not None and s.document is not None:
-            s.document.end_stroke()
+        t = self.target
+        if t is not None and t.document is not None:
+            t.document.end_stroke()
 
 
 class EraserTool(BrushTool):
@@ -117,7 +120,7 @@ class FillTool(Tool):
     cursor = Qt.CursorShape.PointingHandCursor
 
     def press(self, pos: QPointF, modifiers: Any) -> None:
-        self.session.document.fill(pos.x(), pos.y(), self.session.current_label)
+        self.target.document.fill(pos.x(), pos.y(), self.target.current_label)
 
 
 class PickerTool(Tool):
@@ -128,22 +131,22 @@ class PickerTool(Tool):
 
     def press(self, pos: QPointF, modifiers: Any) -> None:
         try:
-            label = self.session.document.pick(pos.x(), pos.y())
+            label = self.target.document.pick(pos.x(), pos.y())
         except ValueError:
             return  # outside the image
         if label != VOID:
-            self.session.current_label = label
+            self.target.current_label = label
 
 
 class PolygonTool(Tool):
     """Click vertices; double-click or Enter fills the polygon, Escape or Backspace undoes points."""
 
     name = "polygon"
+    rubber_band: tuple[int, int, int, int] = (255, 255, 0, 255)
 
     def __init__(self) -> None:
         super().__init__()
         self.points: list[tuple[float, float]] = []
-        self._item: QGraphicsPolygonItem | None = None
 
     def press(self, pos: QPointF, modifiers: Any) -> None:
         self.points.append((pos.x(), pos.y()))
@@ -173,27 +176,20 @@ class PolygonTool(Tool):
         # A double-click also delivered a press at the same spot: drop repeated vertices.
         pts = [p for i, p in enumerate(self.points) if i == 0 or p != self.points[i - 1]]
         self.reset()
-        if len(pts) >= 3 and self.session.document is not None:
-            self.session.document.polygon(pts, self.session.current_label)
+        doc = self.target.document if self.target is not None else None
+        if len(pts) >= 3 and doc is not None:
+            doc.polygon(pts, self.target.current_label)
 
     def reset(self) -> None:
         self.points = []
-        if self._item is not None and self._item.scene() is not None:
-            self._item.scene().removeItem(self._item)
-        self._item = None
+        if self.view is not None:
+            self.view.clear_preview()
 
     def _draw(self, cursor: QPointF | None) -> None:
-        if self.canvas is None:
+        if self.view is None:
             return
-        if self._item is None:
-            self._item = QGraphicsPolygonItem()
-            pen = QPen(QColor(255, 255, 0))
-            pen.setCosmetic(True)  # one screen pixel wide at any zoom
-            self._item.setPen(pen)
-            self._item.setZValue(3)
-            self.canvas.scene().addItem(self._item)
-        pts = [QPointF(x, y) for x, y in self.points] + ([cursor] if cursor is not None else [])
-        self._item.setPolygon(QPolygonF(pts))
+        pts = self.points + ([(cursor.x(), cursor.y())] if cursor is not None else [])
+        self.view.show_path(pts, closed=True, color=self.rubber_band)
 
 
 def snap_margin(radius: float) -> int:
@@ -204,31 +200,33 @@ def snap_margin(radius: float) -> int:
 
 class SnapTool(BrushTool):
     """CRF-snap brush: paint hints in a scribble layer; on release the dense CRF spreads them along
-    image edges (in a worker, on a crop around the strokes) and the result becomes one undo step."""
+    image edges (in a worker, on a crop around the strokes) and the result becomes one undo step.
+
+    Needs a :class:`~.toolview.SnapTarget`: it supplies the image, probabilities, CRF parameters
+    and the task runner."""
 
     name = "snap"
+    target: SnapTarget | None
 
     def __init__(self) -> None:
         super().__init__()
-        self.layer = None
-        self._path_item: QGraphicsPathItem | None = None
-        self._path = QPainterPath()
+        self.layer: ScribbleLayer | None = None
+        self._path: list[tuple[float, float]] = []
         self.task = None
 
     def press(self, pos: QPointF, modifiers: Any) -> None:
-        from ...editing.document import ScribbleLayer
-        s = self.session
-        if self.layer is None or self.layer.shape != s.document.shape:
-            self.layer = ScribbleLayer(s.document.shape)
-        self.layer.begin_stroke(s.current_label, self.size)
+        t = self.target
+        if self.layer is None or self.layer.shape != t.document.shape:
+            self.layer = ScribbleLayer(t.document.shape)
+        self.layer.begin_stroke(t.current_label, self.size)
         self.layer.stroke_to(pos.x(), pos.y())
-        self._path = QPainterPath(pos)
+        self._path = [(pos.x(), pos.y())]
         self._show_path()
 
     def move(self, pos: QPointF, pressed: bool) -> None:
         if pressed and self.layer is not None and self.layer.in_stroke:
             self.layer.stroke_to(pos.x(), pos.y())
-            self._path.lineTo(pos)
+            self._path.append((pos.x(), pos.y()))
             self._show_path()
 
     def release(self, pos: QPointF) -> None:
@@ -240,24 +238,24 @@ class SnapTool(BrushTool):
 
     def run(self):
         """Start the refinement of the current scribbles; returns the task handle (None if nothing)."""
-        s = self.session
+        t = self.target
         layer, self.layer = self.layer, None
-        if layer is None or not layer.any() or s.image is None or s.document is None:
+        doc = t.document if t is not None else None
+        src = t.snap_input() if layer is not None and layer.any() and doc is not None else None
+        if src is None:
             self.reset()
             return None
         h, w = layer.shape
         m = snap_margin(self.size)
         y0, x0, y1, x1 = layer.bbox
         y0, x0, y1, x1 = max(y0 - m, 0), max(x0 - m, 0), min(y1 + m, h), min(x1 + m, w)
-        image = s.image[y0:y1, x0:x1]
+        image = src.image[y0:y1, x0:x1]
         probs = None
-        if s.probs is not None:  # a huge image's probabilities may be on a smaller grid: enlarge the box only
+        if src.probs is not None:  # a huge image's probabilities may be on a smaller grid: enlarge the box only
             from engine.probgrid import crop_at
-            probs = crop_at(s.probs, (h, w), (y0, x0, y1, x1))
+            probs = crop_at(src.probs, (h, w), (y0, x0, y1, x1))
         scrib = layer.scribbles[y0:y1, x0:x1].copy()
-        params = _crf_params(s)
-        n = len(s.class_names)
-        doc, image_id = s.document, s.image_id
+        params, n = src.params, src.num_classes
 
         def work():
             from engine.crf import refine_with_scribbles
@@ -267,8 +265,9 @@ class SnapTool(BrushTool):
 
         def done(labels: np.ndarray) -> None:
             self.reset()
-            if s.document is not doc or s.image_id != image_id:
-                return  # the image changed meanwhile
+            # Documents are one per image: another document on the target means another image is shown.
+            if t.document is not doc:
+                return
             # Full-size arrays, but only a copy and a fill: the document diffs and stores the crop.
             full = np.zeros(doc.shape, dtype=bool)
             full[y0:y1, x0:x1] = True
@@ -276,44 +275,26 @@ class SnapTool(BrushTool):
             target[y0:y1, x0:x1] = labels
             doc.apply_labels(target, where=full, description="CRF snap")
 
-        self.task = s.run_task(work, on_result=done, on_error=lambda t: (self.reset(), s.message.emit(
-            "error", f"CRF snap failed: {t}")), task_name="CRF snap")
+        def failed(text: str) -> None:
+            self.reset()
+            t.report_error(f"CRF snap failed: {text}")
+
+        self.task = t.run_task(work, on_result=done, on_error=failed, task_name="CRF snap")
         return self.task
 
     def _show_path(self) -> None:
-        if self.canvas is None:
+        if self.view is None:
             return
-        if self._path_item is None:
-            self._path_item = QGraphicsPathItem()
-            self._path_item.setZValue(3)
-            self.canvas.scene().addItem(self._path_item)
-        color = QColor(255, 255, 255, 160)
-        colors = self.session.class_colors
-        if 0 <= self.session.current_label < len(colors):
-            color = QColor(*colors[self.session.current_label], 200)
-        pen = QPen(color, 2 * self.size, Qt.PenStyle.SolidLine, Qt.PenCapStyle.RoundCap,
-                   Qt.PenJoinStyle.RoundJoin)
-        self._path_item.setPen(pen)
-        self._path_item.setPath(self._path)
+        color = (255, 255, 255, 160)
+        colors, label = self.target.class_colors, self.target.current_label
+        if 0 <= label < len(colors):
+            color = (*colors[label], 200)
+        self.view.show_path(self._path, width=2 * self.size, color=color)
 
     def reset(self) -> None:
-        if self._path_item is not None and self._path_item.scene() is not None:
-            self._path_item.scene().removeItem(self._path_item)
-        self._path_item = None
-        self._path = QPainterPath()
-
-
-def _crf_params(session) -> Any:
-    """The folder's CRF parameters from the settings (what the CRF panel saved), else DeepLab v1's."""
-    import dataclasses
-
-    from engine.crf import DEEPLAB_V1, CRFParams
-    try:
-        stored = session.settings.crf_params(str(session.folder)) if session.folder else {}
-        fields = {k: v for k, v in stored.items() if k in CRFParams.__dataclass_fields__}
-        return dataclasses.replace(DEEPLAB_V1, **fields) if fields else DEEPLAB_V1
-    except (TypeError, ValueError, AttributeError):
-        return DEEPLAB_V1
+        self._path = []
+        if self.view is not None:
+            self.view.clear_preview()
 
 
 def make_tools() -> dict[str, Tool]:

@@ -1,0 +1,75 @@
+"""What an editing tool and the view it works on offer each other, so a tool needs neither the canvas
+nor the session.
+
+A tool edits an :class:`EditTarget` (the current image's mask document and the current class) and
+draws its transient previews (the polygon's rubber band, the CRF-snap stroke) through a
+:class:`ToolView`.  The canvas is one ToolView; a test can pass any object with these methods.
+Coordinates are image pixels (x column, y row), the document's convention.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ...editing.document import MaskDocument
+
+__all__ = ["RGBA", "EditTarget", "SnapInput", "SnapTarget", "ToolView"]
+
+RGBA = tuple[int, int, int, int]
+
+
+class ToolView(Protocol):
+    """Previews drawn over the image for the active tool; one at a time, replaced by each call."""
+
+    def show_path(self, points: Sequence[tuple[float, float]], *, closed: bool = False,
+                  width: float = 0.0, color: RGBA = (255, 255, 0, 255)) -> None:
+        """Show a line through ``points`` (image pixels), joined back to the first when ``closed``.
+
+        ``width`` 0 draws one screen pixel at any zoom (an outline); a positive width is in image
+        pixels with round ends and joins, so a stroke preview covers what the brush covers.
+        """
+
+    def clear_preview(self) -> None:
+        """Remove the preview, if any."""
+
+
+class EditTarget(Protocol):
+    """What the painting tools edit: read afresh on every event, since both change as people work."""
+
+    @property
+    def document(self) -> MaskDocument | None:
+        """The current image's mask document; None while no image is shown."""
+
+    current_label: int  # the class painted; the picker sets it
+
+    @property
+    def class_colors(self) -> list[tuple[int, int, int]]:
+        """RGB per class index, for previews in the class's colour."""
+
+
+@dataclass(frozen=True)
+class SnapInput:
+    """What the CRF-snap brush refines with, taken when a stroke ends."""
+
+    image: np.ndarray              # H×W×3 uint8, full resolution
+    probs: np.ndarray | None       # C×h×w float32 network probabilities (h×w may be a coarser grid)
+    params: Any                    # engine.crf.CRFParams
+    num_classes: int               # classes the strokes may name when there are no probabilities
+
+
+class SnapTarget(EditTarget, Protocol):
+    """An EditTarget that can also feed and run the CRF-snap brush's refinement."""
+
+    def snap_input(self) -> SnapInput | None:
+        """The image, probabilities and CRF settings now; None until the full-resolution pixels are in."""
+
+    def run_task(self, fn: Callable[[], Any], *, on_result: Callable[[Any], Any],
+                 on_error: Callable[[str], Any], task_name: str) -> Any:
+        """Run ``fn`` off the UI thread; its result or error message comes back on the UI thread."""
+
+    def report_error(self, text: str) -> None:
+        """Tell the person that something failed (one line)."""
