@@ -307,29 +307,23 @@ def test_export_refuses_into_the_store(qtbot, tmp_path, sessions):
     assert "store" in failed.args[0]
 
 
-def test_preview_labels_scale_to_the_image_by_nearest_neighbour(qtbot):
+def test_preview_labels_scale_to_the_image_by_nearest_neighbour():
     from engine.crf import LiveResult
-    from deeplab_gui.state.crf import LiveAdapter
+    from deeplab_gui.state.crf_lanes import LabelScaler
 
     probs = np.zeros((3, 2, 3), np.float32)
     small = np.array([[0, 1, 2], [2, 2, 0]])
     for c in range(3):
         probs[c][small == c] = 1.0
     res = LiveResult(1, "preview", DEEPLAB_V1, probs, 0.5, (4, 6), 0.0, (0, 1, 2))
-    adapter = LiveAdapter(generation=7)
-    with qtbot.waitSignal(adapter.result, timeout=WAIT) as got:
-        adapter.on_result(res)
-    generation, result, labels = got.args
-    assert generation == 7 and result is res
-    np.testing.assert_array_equal(labels, np.repeat(np.repeat(small, 2, 0), 2, 1).astype(np.uint8))
+    scaler = LabelScaler()
+    np.testing.assert_array_equal(scaler(res), np.repeat(np.repeat(small, 2, 0), 2, 1).astype(np.uint8))
     full = LiveResult(2, "full", DEEPLAB_V1, probs, 1.0, (2, 3), 0.0, (0, 1, 2))
-    with qtbot.waitSignal(adapter.result, timeout=WAIT) as got:
-        adapter.on_result(full)
-    np.testing.assert_array_equal(got.args[2], small)
+    np.testing.assert_array_equal(scaler(full), small)
 
 
 def test_big_images_refine_on_a_reduced_copy(qtbot, crf_setup, monkeypatch):
-    import deeplab_gui.state.crf as crf_live
+    import deeplab_gui.state.crf_lanes as crf_live
 
     s, panel, scene = crf_setup
     monkeypatch.setattr(crf_live, "MAX_LIVE_PIXELS", 600)  # the 60x40 scene counts as "big" now

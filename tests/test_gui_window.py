@@ -215,7 +215,7 @@ def test_closing_the_window_stops_the_live_crf(qtbot, window, monkeypatch):
     monkeypatch.setattr(crf_panel, "shutdown", lambda: (calls.append(1), real())[1])
     window.close()
     assert calls == [1]
-    assert crf_panel._worker is None and window.session.worker.active == 0
+    assert not window.session.crf.running and window.session.worker.active == 0
 
 
 def _settle() -> None:

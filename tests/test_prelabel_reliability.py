@@ -161,7 +161,7 @@ def test_the_app_pre_label_path_hands_on_capped_probabilities(tmp_path, model, c
 
 
 def test_readers_of_the_cache_work_from_the_capped_grid(tmp_path, capped):
-    from deeplab_gui.state.crf import ScaledLiveCRF, build_live
+    from deeplab_gui.state.crf_lanes import ScaledLiveCRF, build_live
     from deeplab_gui.state.session_io import derived, load_image
 
     rng = np.random.default_rng(3)

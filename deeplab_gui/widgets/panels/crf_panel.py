@@ -1,36 +1,39 @@
-"""CRF panel: the six dense-CRF parameters as slider + number pairs, presets, live refinement.
+"""CRF panel: the six dense-CRF parameters as slider + number pairs, presets, the live-CRF switch.
 
-Every change goes to an ``engine.crf.LiveCRFWorker`` serving the current image and its cached network
-probabilities (latest request wins; a reduced-size preview first, then full size). The worker calls back
-on its own thread; ``LiveAdapter`` re-emits each result as a Qt signal with a queued connection so the
-session is only touched on the UI thread. Building a ``LiveCRF`` (unaries, preview pyramid) costs tens of
-milliseconds to seconds on big images, so that too happens in a worker (``session.run_task``).
+A thin view of ``session.crf`` (:class:`deeplab_gui.state.crf.CRFState`): a slider or preset sets
+``session.crf.params``, which owns the parameters, their per-folder saving and the live refinement
+(preview first, then full size, latest request wins); the panel shows what the state's signals say.
 """
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import numpy as np
-from PySide6.QtCore import Qt, QTimer, Signal, Slot
-from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout,
-                               QLabel, QPushButton, QSizePolicy, QSlider, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
-from engine.crf import DEEPLAB_V1, MAX_ITERATIONS, PRESETS, CRFParams, LiveCRF, LiveCRFWorker, LiveResult
-from engine.probgrid import grid_fits
+from engine.crf import MAX_ITERATIONS, PRESETS, CRFParams, LiveResult
 
-from ...state.crf import MAX_LIVE_PIXELS, LiveAdapter, build_live
-
-__all__ = ["CRFPanel", "ParamSpec", "PARAM_SPECS", "ParamControl", "PRESET_LABELS", "CUSTOM", "MAX_LIVE_PIXELS"]
-
-log = logging.getLogger(__name__)
+__all__ = ["CUSTOM", "PARAM_SPECS", "PRESET_LABELS", "CRFPanel", "ParamControl", "ParamSpec"]
 
 CUSTOM = "custom"
 PRESET_LABELS = {"deeplab_v1": "DeepLab v1 LargeFOV", "deeplab_v2": "DeepLab v2 ResNet",
                  "convcrf": "ConvCRF / pydensecrf example"}
 _SLIDER_STEPS = 1000
-SAVE_DELAY_MS = 500  # settings write after the last slider step
 
 
 @dataclass(frozen=True)
@@ -143,29 +146,23 @@ class CRFPanel(QWidget):
     def __init__(self, session, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session = session
+        self.crf = session.crf
         self.controls: dict[str, ParamControl] = {}
-        self.last_result: LiveResult | None = None
-        self._generation = 0
-        self._worker: LiveCRFWorker | None = None
-        self._adapter: LiveAdapter | None = None
-        self._building = None  # TaskHandle of the LiveCRF being built
-        self._source: tuple | None = None  # (image, probs) arrays the live session was built for
-        self._params = DEEPLAB_V1
-        # Parameters are written to the settings once a drag pauses, not on each of its steps.
-        self._unsaved: tuple[str, dict] | None = None
-        self._save_timer = QTimer(self)
-        self._save_timer.setSingleShot(True)
-        self._save_timer.setInterval(SAVE_DELAY_MS)
-        self._save_timer.timeout.connect(self.flush_settings)
         self._build_ui()
-        self._load_folder_params()
-        s = session
-        s.current_changed.connect(self._restart)
-        s.probs_changed.connect(self._restart)
-        s.image_ready.connect(self._restart)  # a JPEG's full-resolution pixels follow its preview
-        s.folder_opened.connect(self._on_folder)
-        s.view_changed.connect(self._sync_view_buttons)
+        self._show_params(self.crf.params)
+        crf = self.crf
+        crf.params_changed.connect(self._show_params)
+        crf.enabled_changed.connect(self._show_enabled)
+        crf.status_changed.connect(self._show_status)
+        crf.preview_ready.connect(self._on_result)
+        crf.full_ready.connect(self._on_result)
+        session.current_changed.connect(self._update_state)
+        session.probs_changed.connect(self._update_state)
+        session.view_changed.connect(self._sync_view_buttons)
         self._sync_view_buttons()
+        self.status_label.setText(crf.status)
+        # The box starts checked: showing the panel turns the live refinement on.
+        crf.enabled = self.enable_box.isChecked()
         self._update_state()
 
     # ------------------------------------------------------------------ UI
@@ -175,7 +172,7 @@ class CRFPanel(QWidget):
         self.enable_box = QCheckBox("Live CRF")
         self.enable_box.setChecked(True)
         self.enable_box.setToolTip("refine the network's probabilities with a dense CRF as you move the sliders")
-        self.enable_box.toggled.connect(self._on_enabled)
+        self.enable_box.toggled.connect(lambda on: setattr(self.crf, "enabled", on))
         self.preset_combo = QComboBox()
         for key in PRESETS:
             self.preset_combo.addItem(PRESET_LABELS.get(key, key), key)
@@ -214,21 +211,27 @@ class CRFPanel(QWidget):
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
-        self.set_params(self._params)
 
     # ------------------------------------------------------------------ parameters
+    @property
+    def last_result(self) -> LiveResult | None:
+        return self.crf.last_result
+
     def params(self) -> CRFParams:
-        return self._params
+        return self.crf.params
 
     def set_params(self, params: CRFParams, *, submit: bool = True) -> None:
-        """Show ``params`` in the controls and the preset combo; refine with them when ``submit``."""
-        self._params = params
+        """Use ``params`` (shown in the controls and saved for the folder); refine with them when ``submit``."""
+        self.crf.set_params(params, refine=submit)
+
+    def _show_params(self, params: CRFParams) -> None:
         for field, control in self.controls.items():
-            control.set_value(getattr(params, field))
+            # A control that shows the value already is left alone: re-placing a slider being
+            # dragged would snap it to the value's rounding.
+            if control.value() != getattr(params, field):
+                control.set_value(getattr(params, field))
         key = next((k for k, p in PRESETS.items() if p == params), CUSTOM)
         self.preset_combo.setCurrentIndex(self.preset_combo.findData(key))
-        if submit:
-            self._submit()
 
     def _on_control(self, _value: float) -> None:
         values = {f: c.value() for f, c in self.controls.items()}
@@ -238,171 +241,51 @@ class CRFPanel(QWidget):
         except ValueError as exc:  # out-of-range typing; the boxes' ranges make this rare
             self.status_label.setText(str(exc))
             return
-        self._params = params
-        key = next((k for k, p in PRESETS.items() if p == params), CUSTOM)
-        # The request goes out first: everything below is UI bookkeeping the worker need not wait for.
-        self._submit()
-        self.preset_combo.setCurrentIndex(self.preset_combo.findData(key))
+        self.crf.params = params  # the request goes out first; the rest is bookkeeping
         # Moving a CRF slider means "show me the CRF": switch the view so the effect is visible.
-        if self.enable_box.isChecked() and self.session.view_mode != "crf":
+        if self.crf.enabled and self.session.view_mode != "crf":
             self.session.set_view_mode("crf")
-        self._save_folder_params()
 
     def _on_preset(self, index: int) -> None:
         key = self.preset_combo.itemData(index)
         if key in PRESETS:
-            self.set_params(PRESETS[key])
-            self._save_folder_params()
+            self.crf.params = PRESETS[key]
 
-    # Per-folder CRF settings live in the app's settings (APP-CORE's settings.py) as a plain dict.
-    def _settings_key(self) -> str | None:
-        folder = getattr(self.session, "folder", None)
-        return str(folder) if folder else None
-
-    def _load_folder_params(self) -> None:
-        key, settings = self._settings_key(), getattr(self.session, "settings", None)
-        if key is None or settings is None or not hasattr(settings, "crf_params"):
-            return
-        try:
-            stored = settings.crf_params(key)
-            if stored:
-                self.set_params(CRFParams(**stored), submit=False)
-        except (TypeError, ValueError) as exc:  # a hand-edited or old settings file: keep the defaults
-            log.warning("ignoring stored CRF parameters for %s: %s", key, exc)
-
-    def _save_folder_params(self) -> None:
-        """Remember the parameters for this folder (written by :meth:`flush_settings` shortly after)."""
-        key = self._settings_key()
-        if key is not None:
-            self._unsaved = (key, asdict(self._params))
-            self._save_timer.start()
-
-    def flush_settings(self) -> None:
-        """Write parameters not yet saved (the timer, a folder change and shutdown call this)."""
-        self._save_timer.stop()
-        pending, self._unsaved = self._unsaved, None
-        settings = getattr(self.session, "settings", None)
-        if pending is not None and settings is not None and hasattr(settings, "set_crf_params"):
-            settings.set_crf_params(*pending)
-
-    def _on_folder(self) -> None:
-        self.flush_settings()  # under the folder they were chosen for (the key was taken then)
-        self._load_folder_params()
-
-    # ------------------------------------------------------------------ live session
-    def _stop_worker(self) -> None:
-        self._generation += 1
-        if self._building is not None:
-            self._building.cancel()
-            self._building = None
-        if self._worker is not None:
-            # Do not join: a full-size iteration may be running; the daemon thread ends at its next
-            # cancellation check and its late results carry an old generation, so they are dropped.
-            self._worker.close(timeout=0)
-            self._worker = None
-        self._adapter = None
-
-    def _restart(self, *_args) -> None:
-        """The image or its probabilities changed: a new LiveCRF session (built off the UI thread)."""
-        image, probs = self.session.image, self.session.probs
-        src = self._source
-        same = src is not None and src[0] is image and src[1] is probs
-        if same and (self._worker is not None or self._building is not None):
-            return  # current_changed and probs_changed both fire on an image switch: build once
-        self._source = (image, probs)
-        self._stop_worker()
-        self.last_result = None
-        self.session.set_crf_labels(None)
-        if not self.enable_box.isChecked() or image is None or probs is None:
-            self._update_state()
-            return
-        if not grid_fits(probs.shape[1:], image.shape[:2]):  # a huge image's may be on a smaller grid
-            self.status_label.setText("cached probabilities do not match the image size; pre-label it again")
-            self._update_state()
-            return
-        generation = self._generation
-        self.status_label.setText("preparing CRF…")
-        self._building = self.session.run_task(
-            build_live, image, probs,
-            on_result=lambda live, g=generation: self._on_built(g, live),
-            on_error=lambda msg, g=generation: self._on_build_error(g, msg))
-
-    def _on_built(self, generation: int, live: LiveCRF) -> None:
-        if generation != self._generation:
-            return
-        self._building = None
-        image = self.session.image
-        self._adapter = LiveAdapter(generation, image.shape[:2] if image is not None else None)
-        self._adapter.result.connect(self._on_result, Qt.ConnectionType.QueuedConnection)
-        self._worker = LiveCRFWorker(live, self._adapter.on_result)
+    # ------------------------------------------------------------------ state -> view
+    def _show_enabled(self, on: bool) -> None:
+        self.enable_box.blockSignals(True)
+        self.enable_box.setChecked(on)
+        self.enable_box.blockSignals(False)
         self._update_state()
-        self._submit()
 
-    def _on_build_error(self, generation: int, message: str) -> None:
-        if generation == self._generation:
-            self._building = None
-            self.status_label.setText(f"CRF unavailable: {message}")
+    def _show_status(self, text: str) -> None:
+        self.status_label.setText(text)
+        self._update_state()
 
-    def _submit(self) -> None:
-        if self._worker is not None and self.enable_box.isChecked():
-            self._worker.request(self._params)
-
-    @Slot(int, object, object)
-    def _on_result(self, generation: int, result: LiveResult, labels: np.ndarray) -> None:
-        if generation != self._generation:
-            return  # an image (or probabilities) we have left
-        last = self.last_result
-        if last is not None and (result.request_id, result.stage == "full") < (last.request_id, last.stage == "full"):
-            return  # older than what is shown; newer previews still show during a continuous drag
-        self.last_result = result
-        self.session.set_crf_labels(labels)
-        what = "preview" if result.stage == "preview" else "full size"
-        self.status_label.setText(f"CRF {what}: {result.elapsed * 1000:.0f} ms")
+    def _on_result(self, result: LiveResult) -> None:
         self._update_state()
         self.crf_updated.emit(result.stage)
 
-    def _on_enabled(self, on: bool) -> None:
-        if on:
-            self._source = None
-            self._restart()
-        else:
-            self._stop_worker()
-            self.last_result = None
-            self.session.set_crf_labels(None)
-            if self.session.view_mode == "crf":
-                self.session.set_view_mode("mask")
-            self.status_label.setText("CRF off")
-            self._update_state()
-
-    # ------------------------------------------------------------------ view and apply
     def _sync_view_buttons(self, *_args) -> None:
         mode = getattr(self.session, "view_mode", "mask")
         for m, b in self.view_buttons.items():
             b.setChecked(m == mode)
 
-    def _update_state(self) -> None:
+    def _update_state(self, *_args) -> None:
         has_probs = self.session.probs is not None
         self.apply_button.setEnabled(self.session.crf_labels is not None and self.session.document is not None)
         self.view_buttons["raw"].setEnabled(has_probs)
-        self.view_buttons["crf"].setEnabled(has_probs and self.enable_box.isChecked())
-        if not has_probs and self.enable_box.isChecked():
-            self.status_label.setText("no model probabilities for this image yet: pre-label it first")
+        self.view_buttons["crf"].setEnabled(has_probs and self.crf.enabled)
 
+    # ------------------------------------------------------------------ apply and shutdown
     def apply_to_mask(self) -> bool:
         """Commit the CRF labels shown to the document as one undo step; False if there is nothing."""
-        labels, doc = self.session.crf_labels, self.session.document
-        if labels is None or doc is None or labels.shape != doc.shape:
-            return False
-        doc.apply_labels(labels, description="Apply CRF")
-        self.session.message.emit("info", "CRF labels applied to the mask")
-        return True
+        return self.crf.apply_to_mask()
 
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt naming)
-        self.flush_settings()
-        self._stop_worker()
+    def closeEvent(self, event) -> None:
+        self.crf.shutdown()
         super().closeEvent(event)
 
     def shutdown(self) -> None:
-        """Save pending parameters and stop the live worker (the main window calls this on close)."""
-        self.flush_settings()
-        self._stop_worker()
+        """Save pending parameters and stop the live refinement (the main window calls this on close)."""
+        self.crf.shutdown()
