@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from engine.errors import one_line
+from engine import one_line
 
 from .cli import add_train_arguments, run_training
 

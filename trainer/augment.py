@@ -10,9 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.meta import Preprocessing
-
-from engine.labels import VOID
+from engine import VOID, Preprocessing
 
 __all__ = ["random_scale", "pad_and_crop", "augment_pair", "to_input", "resize_image"]
 

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from engine.models import build_model
+from engine import build_model
 
 __all__ = ["ClassChange", "class_tensor_keys", "adapt_classes"]
 
@@ -101,7 +101,7 @@ def adapt_classes(model: nn.Module, class_names: Sequence[str],
 
 def _colors_for(names: list[str], meta) -> list[tuple[int, int, int]]:
     # Keep a kept class's colour; new classes get the VOC colour of their index.
-    from engine.meta import default_colors
+    from engine import default_colors
     old = dict(zip(meta.class_names, meta.class_colors))
     defaults = default_colors(len(names))
     return [tuple(old.get(n, defaults[j])) for j, n in enumerate(names)]

@@ -92,7 +92,7 @@ def recipe_from_args(args: argparse.Namespace):
 
 def _load_start_model(args, store):
     import engine
-    from engine.store.versions import Versions
+    from engine import Versions
 
     new = getattr(args, "new", None)
     if new:
@@ -114,12 +114,11 @@ def _load_start_model(args, store):
 
 def run_training(args: argparse.Namespace, *, cancel: threading.Event | None = None) -> int:
     """Fine-tune per ``args``; raises ValueError/TrainError/OSError with a one-line reason on failure."""
-    from engine.errors import one_line
-    from engine.store.store import AnnotationStore
+    from engine import AnnotationStore, Versions, one_line
+
     from . import ddp
     from .guards import check_out_path
     from .loop import FineTune
-    from engine.store.versions import Versions
 
     folder = Path(args.folder)
     if not folder.is_dir():

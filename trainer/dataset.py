@@ -19,9 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from engine.imageio import read_image
-from engine.labels import load_mask_png
-from engine.store.format import Status
+from engine import Status, load_mask_png, read_image
 
 from .augment import augment_pair
 

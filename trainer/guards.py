@@ -16,8 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
-from engine.fileio import NAME_MAX, temp_path
-from engine.labels import VOID, load_mask_png
+from engine import NAME_MAX, VOID, load_mask_png, temp_path
 
 __all__ = ["check_out_path", "has_labelled_pixels"]
 

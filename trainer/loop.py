@@ -22,9 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.cancel import cancel_check
-from engine.checkpoints.io import nonfinite_tensors, save_model
-from engine.predictor import resolve_device
+from engine import VOID, Version, Versions, cancel_check, nonfinite_tensors, resolve_device, save_model
 
 from . import ddp
 from .augment import to_input
@@ -33,11 +31,8 @@ from .dataset import SegDataset, labelled_samples, make_loader, split_heldout
 from .guards import check_out_path, has_labelled_pixels
 from .metrics import evaluate, miou
 from .params import bn_statistics_trained, freeze_bn_params, set_train_mode, split_params
-from engine.labels import VOID
-
 from .recipe import Recipe
 from .schedule import poly_lr, progress_fraction
-from engine.store.versions import Version, Versions
 
 __all__ = ["FineTune", "FineTuneResult", "Progress", "TrainError", "msc_loss", "seg_loss"]
 

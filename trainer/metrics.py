@@ -12,9 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine import VOID
+
 from .augment import resize_image, to_input
 from .dataset import Sample, load_pair
-from engine.labels import VOID
 
 __all__ = ["confusion_matrix", "miou", "per_class_iou", "evaluate"]
 

@@ -47,7 +47,7 @@ def make_folder(folder: str | Path, n: int, *, size: tuple[int, int] | list[tupl
 
     ``size``: (height, width), or a list cycled through (mixed sizes).  Returns the image ids.
     """
-    from engine.store.store import AnnotationStore
+    from engine import AnnotationStore
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

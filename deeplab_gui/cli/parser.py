@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException | str) -> str:
-    from engine.errors import one_line  # here, not at the top: importing the engine loads torch
+    from engine import one_line  # here, not at the top: importing the engine loads torch
     return one_line(exc)
 
 
@@ -180,7 +180,7 @@ def _cmd_prelabel(args: argparse.Namespace) -> int:
         return prelabel_into_store(folder, predictor, refine, checkpoint=checkpoint,
                                    recursive=args.recursive, overwrite=args.overwrite)
 
-    from engine.imageio import list_images
+    from engine import list_images
     out_dir = Path(args.out)
     images = [p for p in list_images(folder, recursive=args.recursive) if not _is_inside(p, out_dir)]
     if not images:
@@ -196,7 +196,7 @@ def _cmd_prelabel(args: argparse.Namespace) -> int:
 
 
 def _make_predictor(model: Any, args: argparse.Namespace) -> Any:
-    from engine.predictor import DEFAULT_MAX_SIDE, Predictor
+    from engine import DEFAULT_MAX_SIDE, Predictor
     try:
         return Predictor(model, device=args.device, max_side=args.max_side or DEFAULT_MAX_SIDE)
     except (ValueError, RuntimeError) as exc:
@@ -205,7 +205,8 @@ def _make_predictor(model: Any, args: argparse.Namespace) -> Any:
 
 def _run_prelabel(predictor: Any, targets: dict[Path, Path], refine: Any) -> int:
     from tqdm import tqdm
-    from engine.labels import save_mask_png
+
+    from engine import save_mask_png
 
     colors = list(predictor.meta.class_colors)
     todo = list(targets)
@@ -251,6 +252,7 @@ def _crf_results(predictor: Any, paths: list[Path], refine: Any) -> Iterator[tup
     bounded as for pre-labelling into the store, whatever the image's size.
     """
     from engine.crf import CRFParams
+
     from .store import _predict_for_store
 
     params = CRFParams()
@@ -296,8 +298,7 @@ def _resolve_weights(spec: str) -> Path:
     looks_like_file = os.sep in spec or "/" in spec or path.suffix.lower() in (".pth", ".pt", ".safetensors", ".ckpt")
     if looks_like_file:
         raise CLIError(f"{spec}: no such checkpoint file", EXIT_USAGE)
-    from engine.weights.catalog import resolve_weights
-    from engine.weights.download import TqdmProgress
+    from engine import TqdmProgress, resolve_weights
 
     bar = TqdmProgress(f"downloading {spec}")
     try:
@@ -310,7 +311,7 @@ def _resolve_weights(spec: str) -> Path:
 
 def _load_model(spec: str, arch: str | None) -> Any:
     path = _resolve_weights(spec)
-    from engine.checkpoints.io import load_model
+    from engine import load_model
     try:
         return load_model(path, arch=arch)
     except (ValueError, KeyError, OSError) as exc:

@@ -226,8 +226,7 @@ def _store(cfg: SelfTestConfig, tmp: Path, s: dict) -> str:
     import numpy as np
     from PIL import Image
 
-    from engine.store.store import AnnotationStore
-    from engine.store.format import Status
+    from engine import AnnotationStore, Status
 
     folder = tmp / "images"
     folder.mkdir()
@@ -250,7 +249,7 @@ def _voc(tmp: Path, s: dict) -> str:
     import numpy as np
     from PIL import Image
 
-    from engine.formats.voc import export_voc
+    from engine import export_voc
 
     out = tmp / "voc"
     report = export_voc(s["store"], out, val_fraction=0.0)

@@ -16,9 +16,7 @@ def _cli_error(message: str, code: int = 1) -> Exception:
 
 
 def _open_store(folder: str | Path, **kw: Any) -> Any:
-    from engine.store.lock import StoreLockedError
-    from engine.store.store import AnnotationStore
-    from engine.store.format import StoreError
+    from engine import AnnotationStore, StoreError, StoreLockedError
 
     try:
         store = AnnotationStore.open(folder, **kw)
@@ -45,8 +43,8 @@ def _predict_for_store(predictor: Any, path: Path, refine: Callable[..., Any] | 
     import math
 
     import numpy as np
-    from engine.imageio import read_image
-    from engine.probgrid import labels_at, resize_image
+
+    from engine import labels_at, read_image, resize_image
 
     rgb = read_image(path)
     size = rgb.shape[:2]
@@ -70,8 +68,8 @@ def prelabel_into_store(folder: Path, predictor: Any, refine: Callable[..., Any]
     keeps probabilities on a capped grid, and the CRF (``refine``) runs on that grid.
     """
     from tqdm import tqdm
-    from engine.imageio import ImageReadError
-    from engine.predictor import ImageTooSmallError
+
+    from engine import ImageReadError, ImageTooSmallError
 
     meta = predictor.meta
     with _open_store(folder, recursive=recursive or None) as store:
@@ -123,9 +121,7 @@ def _skipped_summary(skipped: list[str]) -> str:
 
 
 def cmd_export_voc(args: argparse.Namespace) -> int:
-    from engine.errors import one_line
-    from engine.store.format import StoreError
-    from engine.formats.voc import export_voc
+    from engine import StoreError, export_voc, one_line
 
     if not Path(args.folder).is_dir():
         raise _cli_error(f"{args.folder}: not a folder", 2)
@@ -164,10 +160,7 @@ def cmd_export_voc(args: argparse.Namespace) -> int:
 def cmd_import_voc(args: argparse.Namespace) -> int:
     """Import VOCROOT into FOLDER.  A dataset that cannot be read (class list, split files) is refused
     with one line and FOLDER untouched; single bad images are skipped, listed, and the rest imported."""
-    from engine.errors import one_line
-    from engine.store.format import StoreError
-    from engine.store.lock import StoreLockedError
-    from engine.formats.voc import import_voc
+    from engine import StoreError, StoreLockedError, import_voc, one_line
 
     if not Path(args.vocroot).is_dir():
         raise _cli_error(f"{args.vocroot}: not a folder", 2)

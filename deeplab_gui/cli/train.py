@@ -23,11 +23,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     Returns 0 when a new checkpoint was written, 130 when interrupted.  Failures raise CLIError
     (one line, exit 1; 2 for an option value out of range) as the other commands do.
     """
+    from pathlib import Path
+
     from trainer.cli import recipe_from_args, run_training
     from trainer.loop import TrainError
-    from .errors import CLIError
 
-    from pathlib import Path
+    from .errors import CLIError
     if not Path(args.folder).is_dir():
         raise CLIError(f"{args.folder}: not a folder", 2)  # a usage error, like the other commands
     for name, default in (("device", "auto"), ("confirm", False)):

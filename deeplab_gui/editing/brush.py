@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .raster import BBox, EMPTY_BBOX, bbox_union, capsule_pieces
+from engine import VOID
 
-from engine.labels import VOID
+from .raster import EMPTY_BBOX, BBox, bbox_union, capsule_pieces
 
 __all__ = ["Listener", "BrushCanvas", "ScribbleLayer", "check_label", "check_point"]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.labels import VOID
+from engine import VOID
 
 from .brush import BrushCanvas, Listener, ScribbleLayer, check_label, check_point
 from .raster import BBox, bbox_of, flood_region, polygon_mask

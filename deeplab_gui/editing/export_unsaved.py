@@ -20,9 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import one_line
-from engine.fileio import atomic_write_bytes
-from engine.labels import save_mask_png
+from engine import atomic_write_bytes, one_line, save_mask_png
 
 from .mask_names import mask_file_names
 

@@ -19,7 +19,7 @@ __all__ = ["mask_file_names"]
 def mask_file_names(image_ids: Iterable[str]) -> dict[str, str]:
     """Image id (a relative POSIX path, ``sub/a.jpg``) -> relative mask name (``sub/a.png``), unique
     over all of ``image_ids``; earlier ids get the plain ``<stem>.png``."""
-    from engine.fileio import fitted_name  # both callers have the engine loaded already
+    from engine import fitted_name  # both callers have the engine loaded already
 
     names: dict[str, str] = {}
     taken: set[str] = set()

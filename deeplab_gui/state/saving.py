@@ -21,7 +21,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal
 
-from engine.errors import one_line
+from engine import one_line
 
 __all__ = ["READ_ONLY_WHY", "MaskWriter", "SessionSaves", "read_only_why"]
 
@@ -173,7 +173,7 @@ class SessionSaves:
         return not self.not_on_disk()
 
     def _write_through_own_store(self) -> None:
-        from engine.store.store import AnnotationStore, StoreError, StoreLockedError
+        from engine import AnnotationStore, StoreError, StoreLockedError
         s = self.s
         try:
             store = AnnotationStore.open(s.store.folder, scan=False)
@@ -192,7 +192,7 @@ class SessionSaves:
         """Write every document that is only in memory through ``store``, a writable store of this
         session's folder that is not (yet) the session's own, and wait for it; True when nothing is
         left only in memory. A document that fails stays in memory with its error as the reason."""
-        from engine.store.store import StoreError
+        from engine import StoreError
         self.writer.flush()
         for image_id, _why in self.not_on_disk():
             doc = self.document(image_id)
@@ -299,7 +299,7 @@ class SessionSaves:
         s = self.s
         if s.document is None or s.image_id is None or s.read_only:
             return False
-        from engine.store.format import Status
+        from engine import Status
         self.save(s.image_id, s.document, status=Status.REVIEWED)
         self.writer.flush()
         return s.image_id not in self.unsaved

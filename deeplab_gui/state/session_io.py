@@ -48,7 +48,7 @@ def display_image(image: np.ndarray) -> QImage:
 
 def read_for_display(path: Any) -> tuple[np.ndarray, Any]:
     """Decode an image and convert it for the screen (both slow at 12 Mpx: worker thread only)."""
-    from engine.imageio import read_image
+    from engine import read_image
 
     image = read_image(path)
     return image, display_image(image)
@@ -57,7 +57,7 @@ def read_for_display(path: Any) -> tuple[np.ndarray, Any]:
 def read_preview(path: Any, max_side: int) -> tuple[np.ndarray | None, Any, tuple[int, int]]:
     """(full image or None, QImage to show, full (H, W)): a reduced JPEG decode when there is one,
     so the picture reaches the screen in a fraction of the full decode's time; worker thread only."""
-    from engine.imageio import read_image_preview
+    from engine import read_image_preview
 
     image, size = read_image_preview(path, max_side)
     return (image if image.shape[:2] == size else None), display_image(image), size
@@ -73,7 +73,7 @@ def derived(probs: np.ndarray | None, size: tuple[int, int] | None = None,
     from ..editing.uncertainty import uncertainty
     if size is None or tuple(probs.shape[1:]) == tuple(size):
         return probs.argmax(0).astype(np.uint8), uncertainty(probs)
-    from engine.probgrid import argmax0_u8, upsample_bands
+    from engine import argmax0_u8, upsample_bands
     labels, unc = np.empty(size, np.uint8), np.empty(size, np.float32)
     for y0, band in upsample_bands(probs, *size):
         b = band.numpy()
@@ -90,8 +90,7 @@ def load_image(store: Any, image_id: str, model_id: str | None, ready: tuple | N
     With ``preview_side``, a JPEG larger than that comes back as a reduced ``display`` only
     (``preview=True``, ``image`` None); mask and probabilities are always at full resolution.
     """
-    from engine.imageio import ImageReadError
-    from engine.probgrid import grid_fits
+    from engine import ImageReadError, grid_fits
     path = store.image_path(image_id)
     # The mask and probabilities are read while the pixels decode: both mostly run in C with the GIL
     # released (zlib, libjpeg), so on two cores the switch costs the longer of the two, not the sum.
@@ -124,7 +123,7 @@ def load_image(store: Any, image_id: str, model_id: str | None, ready: tuple | N
 
 def _read_annotations(store: Any, image_id: str, model_id: str | None) -> tuple:
     """(stored mask or None, cached probabilities or None, warning or None) of ``image_id``."""
-    from engine.store.format import StoreError
+    from engine import StoreError
     warning, mask = None, None
     try:
         mask = store.load_mask(image_id)
@@ -138,7 +137,7 @@ def most_uncertain(store: Any, model_id: str | None, current: str | None, *,
                    cancel: Callable[[], bool]) -> str | None:
     """The unreviewed image (not ``current``) whose cached probabilities have the highest mean
     normalised entropy; None when none has any."""
-    from engine.store.format import Status
+    from engine import Status
 
     from ..editing.uncertainty import mean_uncertainty
     best, best_u = None, -1.0

@@ -7,8 +7,17 @@ inflated, and ``identity`` names a file by its content.
 from __future__ import annotations
 
 from .identity import checkpoint_id
-from .io import (NATIVE_FORMAT, NATIVE_FORMAT_VERSION, CheckpointError, RawCheckpoint, load_model,
-                 nonfinite_tensors, read_checkpoint, read_meta, save_model)
+from .io import (
+                 NATIVE_FORMAT,
+                 NATIVE_FORMAT_VERSION,
+                 CheckpointError,
+                 RawCheckpoint,
+                 load_model,
+                 nonfinite_tensors,
+                 read_checkpoint,
+                 read_meta,
+                 save_model,
+)
 
 __all__ = ["CheckpointError", "RawCheckpoint", "NATIVE_FORMAT", "NATIVE_FORMAT_VERSION", "read_checkpoint",
            "save_model", "load_model", "read_meta", "checkpoint_id", "nonfinite_tensors"]

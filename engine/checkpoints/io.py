@@ -26,12 +26,19 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from .formats import (FORMATS, SkipRandomInit, detect_format, diff_keys, format_diff,
-                                 match_architecture, strip_wrapper_prefixes)
-from .limits import CheckpointError, check_safetensors, check_torch_file, error_detail, safetensors_header
 from ..fileio import atomic_output
 from ..meta import ModelMeta
 from ..models import build_model, model_spec
+from .formats import (
+    FORMATS,
+    SkipRandomInit,
+    detect_format,
+    diff_keys,
+    format_diff,
+    match_architecture,
+    strip_wrapper_prefixes,
+)
+from .limits import CheckpointError, check_safetensors, check_torch_file, error_detail, safetensors_header
 
 __all__ = [
     "CheckpointError",

@@ -100,8 +100,8 @@ def largest_model() -> tuple[str, int]:
     """``(registry name, fp32 bytes)`` of the biggest state dict any registered architecture has,
     with :data:`MAX_CLASSES` classes and an aux head where it takes one.  Built on the meta device
     once per process (under a second for the whole registry)."""
-    from .formats import expected_shapes  # shapes-only builds, shared cache
     from ..models import list_models
+    from .formats import expected_shapes  # shapes-only builds, shared cache
 
     best = ("", 0)
     for name in list_models():

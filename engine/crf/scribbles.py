@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..labels import VOID
 from .backends import refine
 from .params import DEEPLAB_V1, PROB_EPS, CRFParams, check_image, check_probs
-
-from ..labels import VOID
 
 __all__ = ["CLAMP_PROB", "refine_with_scribbles"]
 

@@ -43,8 +43,18 @@ from ..imageio import read_image
 from ..labels import save_mask_png
 from ..store.scan import natural_key
 from ..store.store import AnnotationStore, Status
-from .voc_common import (VOC_NUM_STANDARD, VOCError, add_void_border, check_indices, copyable_jpeg,
-                        export_colors, os_reason, rgb_mask_to_indices, split_ids, voc_ids)
+from .voc_common import (
+    VOC_NUM_STANDARD,
+    VOCError,
+    add_void_border,
+    check_indices,
+    copyable_jpeg,
+    export_colors,
+    os_reason,
+    rgb_mask_to_indices,
+    split_ids,
+    voc_ids,
+)
 from .voc_import import ImportReport, import_voc
 
 __all__ = ["ExportReport", "ImportReport", "VOCError", "export_voc", "import_voc", "add_void_border",

@@ -16,8 +16,8 @@ from PIL import Image
 from ..errors import one_line
 from ..labels import VOID, VOID_COLOR
 from ..meta import voc_colormap
-from ..store.scan import natural_key
 from ..store.format import LabelClass, StoreError
+from ..store.scan import natural_key
 
 __all__ = ["VOCError", "VOC_NUM_STANDARD", "voc_ids", "split_ids", "add_void_border", "export_colors",
            "rgb_mask_to_indices", "check_indices", "copyable_jpeg", "os_reason"]

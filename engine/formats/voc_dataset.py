@@ -13,8 +13,8 @@ from pathlib import Path
 from ..errors import one_line
 from ..imageio import IMAGE_EXTENSIONS
 from ..meta import voc_colormap
-from ..store.scan import natural_key
 from ..store.format import LabelClass, Status, StoreError, check_classes, check_id, default_classes
+from ..store.scan import natural_key
 from .voc_common import VOCError, os_reason
 
 __all__ = ["VOCDataset", "read_voc_dataset", "MAX_CLASSES"]

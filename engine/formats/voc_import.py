@@ -35,10 +35,10 @@ from PIL import Image
 from ..errors import one_line
 from ..fileio import atomic_write_bytes
 from ..imageio import read_image
-from ..store.store import AnnotationStore
 from ..store.format import PROTECTED, LabelClass, MaskError, Status, StoreError
-from .voc_dataset import VOCDataset, read_voc_dataset
+from ..store.store import AnnotationStore
 from .voc_common import VOCError, check_indices, os_reason, rgb_mask_to_indices
+from .voc_dataset import VOCDataset, read_voc_dataset
 
 __all__ = ["ImportReport", "import_voc"]
 

@@ -4,9 +4,8 @@ Importing this package registers every family's builders.
 """
 from __future__ import annotations
 
-from .registry import ModelSpec, build_model, list_models, model_spec, register
-
 # Each family module registers its builders on import.
 from . import deeplabv1, deeplabv2, deeplabv3, mobilenet, xception  # noqa: F401,E402
+from .registry import ModelSpec, build_model, list_models, model_spec, register
 
 __all__ = ["build_model", "list_models", "model_spec", "register", "ModelSpec"]

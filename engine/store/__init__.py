@@ -7,8 +7,16 @@ probability cache (``probcache``) and the fine-tuned model versions (``versions`
 """
 from __future__ import annotations
 
-from .format import (PROTECTED, LabelClass, MaskError, Status, StoreError, StoreWriteError, default_classes,
-                     user_store_root)
+from .format import (
+                     PROTECTED,
+                     LabelClass,
+                     MaskError,
+                     Status,
+                     StoreError,
+                     StoreWriteError,
+                     default_classes,
+                     user_store_root,
+)
 from .lock import StoreLockedError
 from .probcache import CachedProbs, ImageSignature
 from .scan import SIDECAR_NAME, ScanResult, natural_key, scan_folder

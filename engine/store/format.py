@@ -15,7 +15,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Sequence
 
-
 from ..fileio import atomic_write_bytes, fitted_name, is_temp_name, set_aside
 from ..labels import LabelClass, default_classes
 from .scan import SIDECAR_NAME

@@ -15,8 +15,9 @@ import numpy as np
 
 from ..imageio import ImageReadError, image_size
 from ..labels import VOID, load_mask_png, save_mask_png
-from .format import (PROTECTED, MaskError, Status, StoreError, check_id as _check_id, sidecar_path,
-                          write_error as _write_error)
+from .format import PROTECTED, MaskError, Status, StoreError, sidecar_path
+from .format import check_id as _check_id
+from .format import write_error as _write_error
 
 __all__ = ["MaskMethods"]
 

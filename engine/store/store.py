@@ -26,14 +26,30 @@ from typing import Sequence
 import numpy as np
 
 from ..fileio import atomic_write_bytes
-from .probcache import CachedProbs, ImageSignature, ProbCache
-from .scan import ScanResult, natural_key, scan_folder
-from .format import (PROTECTED, LabelClass, MaskError, Status, StoreError, StoreWriteError, check_classes,
-                     check_id as _check_id, classes_to_json, default_classes, load_classes_file, locate_store,
-                     open_db, open_db_readonly, remove_orphan_temps, user_store_root, write_error as _write_error)
+from .format import (
+    PROTECTED,
+    LabelClass,
+    MaskError,
+    Status,
+    StoreError,
+    StoreWriteError,
+    check_classes,
+    classes_to_json,
+    default_classes,
+    load_classes_file,
+    locate_store,
+    open_db,
+    open_db_readonly,
+    remove_orphan_temps,
+    user_store_root,
+)
+from .format import check_id as _check_id
+from .format import write_error as _write_error
 from .lock import InstanceLock, StoreLockedError
 from .masks import MaskMethods
+from .probcache import CachedProbs, ImageSignature, ProbCache
 from .repair import RepairMethods
+from .scan import ScanResult, natural_key, scan_folder
 
 __all__ = [
     "AnnotationStore", "Status", "LabelClass", "StoreError", "StoreWriteError", "MaskError",

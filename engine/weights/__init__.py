@@ -7,10 +7,27 @@ backbone for training from a good start.
 from __future__ import annotations
 
 from .backbone import BackboneLoadReport, detect_imagenet_network, load_backbone_weights
-from .catalog import (CACHE_ENV, CATALOG, WeightsEntry, default_cache_dir, download, get_weights, is_downloaded,
-                      list_weights, load_catalog_model, resolve_weights, weights_path)
-from .download import (DownloadCancelled, TqdmProgress, WeightsError, WeightsHashMismatch, WeightsUnavailable,
-                       download_file)
+from .catalog import (
+                      CACHE_ENV,
+                      CATALOG,
+                      WeightsEntry,
+                      default_cache_dir,
+                      download,
+                      get_weights,
+                      is_downloaded,
+                      list_weights,
+                      load_catalog_model,
+                      resolve_weights,
+                      weights_path,
+)
+from .download import (
+                      DownloadCancelled,
+                      TqdmProgress,
+                      WeightsError,
+                      WeightsHashMismatch,
+                      WeightsUnavailable,
+                      download_file,
+)
 
 __all__ = [
     "CATALOG", "CACHE_ENV", "WeightsEntry", "list_weights", "get_weights", "default_cache_dir", "weights_path",

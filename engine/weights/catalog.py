@@ -15,9 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .download import (DownloadCancelled, ProgressFn, WeightsError, WeightsHashMismatch, WeightsUnavailable,
-                       download_file, sha256_of)
 from ..meta import CAFFE_BGR, IMAGENET, TORCHVISION_SEG, VOC_CLASSES, Preprocessing
+from .download import (
+    DownloadCancelled,
+    ProgressFn,
+    WeightsError,
+    WeightsHashMismatch,
+    WeightsUnavailable,
+    download_file,
+    sha256_of,
+)
 
 __all__ = [
     "WeightsEntry",
