@@ -37,7 +37,8 @@ class SessionTarget:
         s = self._session
         if s.image is None:  # a reduced preview is on screen: the CRF needs the real pixels
             return None
-        return SnapInput(s.image, s.probs, _crf_params(s), len(s.class_names))
+        # The parameters in use this moment (session.crf owns them), not what was last saved.
+        return SnapInput(s.image, s.probs, s.crf.params, len(s.class_names))
 
     def run_task(self, fn: Callable[[], Any], *, on_result: Callable[[Any], Any],
                  on_error: Callable[[str], Any], task_name: str) -> Any:
@@ -46,15 +47,3 @@ class SessionTarget:
     def report_error(self, text: str) -> None:
         self._session.message.emit("error", text)
 
-
-def _crf_params(session) -> Any:
-    """The folder's CRF parameters from the settings (what the CRF panel saved), else DeepLab v1's."""
-    import dataclasses
-
-    from engine.crf import DEEPLAB_V1, CRFParams
-    try:
-        stored = session.settings.crf_params(str(session.folder)) if session.folder else {}
-        fields = {k: v for k, v in stored.items() if k in CRFParams.__dataclass_fields__}
-        return dataclasses.replace(DEEPLAB_V1, **fields) if fields else DEEPLAB_V1
-    except (TypeError, ValueError, AttributeError):
-        return DEEPLAB_V1
