@@ -152,3 +152,48 @@ def test_live_results_arrive_through_the_task_runner(qtbot, tmp_path, sessions):
     assert s.document.undo_depth == depth + 1
     s.crf.enabled = False
     assert s.crf_labels is None and not s.crf.running and s.crf.status == "CRF off"
+
+
+def test_results_for_an_image_left_behind_never_show(qtbot, tmp_path, sessions, monkeypatch):
+    from engine.crf import LiveCRF
+
+    folder, scene = _scene_folder(tmp_path, "a", height=150, width=200)  # with a preview stage
+    Image.fromarray(scene.image).save(folder / "b.png")
+    s = sessions(folder)
+    s.crf.enabled = True
+    entered, gate = threading.Event(), threading.Event()
+    real_run = LiveCRF.run
+
+    def held(self, params, **kwargs):  # the first refinement waits until the image has changed
+        entered.set()
+        gate.wait(WAIT / 1000)
+        yield from real_run(self, params, **kwargs)
+    monkeypatch.setattr(LiveCRF, "run", held)
+    shown = []
+    s.crf.preview_ready.connect(shown.append)
+    s.crf.full_ready.connect(shown.append)
+    s.set_probs(s.image_id, scene.probs)
+    qtbot.waitUntil(entered.is_set, timeout=WAIT)
+    with qtbot.waitSignal(s.current_changed, timeout=WAIT):
+        s.select("b.png")
+    gate.set()
+    qtbot.waitUntil(lambda: s.worker.active == 0, timeout=WAIT)
+    assert shown == [] and s.crf_labels is None and not s.crf.running
+    assert s.crf.status.startswith("no model probabilities")  # b.png was never pre-labelled
+
+
+def test_the_panel_shows_what_the_state_holds(qtbot, tmp_path, sessions):
+    from deeplab_gui.widgets.panels.crf_panel import CRFPanel
+
+    folder, _ = _scene_folder(tmp_path)
+    s = sessions(folder)
+    panel = CRFPanel(s)
+    qtbot.addWidget(panel)
+    assert s.crf.enabled  # the panel's Live CRF box starts checked
+    s.crf.params = DEEPLAB_V2
+    assert panel.controls["gaussian_xy"].box.value() == 1.0 and panel.preset_combo.currentData() == "deeplab_v2"
+    s.crf.enabled = False
+    assert not panel.enable_box.isChecked() and panel.status_label.text() == "CRF off"
+    panel.enable_box.setChecked(True)
+    assert s.crf.enabled
+    panel.shutdown()
