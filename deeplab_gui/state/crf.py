@@ -219,11 +219,10 @@ class CRFState(QObject):
             self._building = None
             self._set_status(f"CRF unavailable: {message}")
 
-    def _start_lane(self, lane: str, token: int) -> None:
-        """Run one lane task of the current lanes on the session's task runner (UI thread)."""
-        lanes = self._lanes
-        if lanes is None:
-            return
+    def _start_lane(self, lanes: LiveLanes, lane: str, token: int) -> None:
+        """Run one lane task of ``lanes`` on the session's task runner (UI thread)."""
+        if lanes is not self._lanes:
+            return  # lanes of an image we have left take no more work
         handle = self.session.run_task(lanes.lane_task, lane, token, task_name=f"live CRF {lane}",
                                        on_yielded=lambda item, lanes=lanes: self._on_item(lanes, item))
         handle.finished.connect(lambda lanes=lanes, lane=lane, token=token: lanes.finished(lane, token))

@@ -89,14 +89,14 @@ class LabelScaler:
 class LiveLanes:
     """A preview lane and a full lane over one ``LiveCRF``.
 
-    ``start(lane, token)`` is called (on the thread that calls :meth:`request`, :meth:`hand_on` or
-    :meth:`finished`: the UI thread) whenever an idle lane gets work; it must run
-    ``lane_task(lane, token, cancel=...)`` as a task and call :meth:`finished` when that task ends. A
-    lane task serves its mailbox until it is empty and then returns.
+    ``start(lanes, lane, token)`` is called (on the thread that calls :meth:`request`, :meth:`hand_on`
+    or :meth:`finished`: the UI thread) whenever an idle lane gets work; it must run
+    ``lanes.lane_task(lane, token, cancel=...)`` as a task and call ``lanes.finished(lane, token)`` when
+    that task ends. A lane task serves its mailbox until it is empty and then returns.
     """
 
     def __init__(self, live: LiveCRF, image_size: tuple[int, int] | None,
-                 start: Callable[[str, int], None]) -> None:
+                 start: Callable[[LiveLanes, str, int], None]) -> None:
         self.live = live
         self.scaler = LabelScaler(image_size)
         self._start = start
@@ -154,7 +154,7 @@ class LiveLanes:
                 return
             self._tokens += 1
             token = self._running[lane] = self._tokens
-        self._start(lane, token)
+        self._start(self, lane, token)
 
     def lane_task(self, lane: str, token: int, *, cancel: Callable[[], bool]) -> Iterator[object]:
         """The body of one lane task (a generator for the task runner; runs on a pool thread)."""

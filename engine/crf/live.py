@@ -5,8 +5,9 @@ person drags the CRF sliders is computed once: the unaries and pruning ratios pe
 lattice per (resolution, kernel, widths) in a small LRU cache, so moving a weight or the iteration count
 costs only the mean-field iterations and moving one width rebuilds one lattice. Each request is answered
 first at a reduced size (widths scaled with the image) and then at full size; a newer request, or the
-caller's ``cancel`` check, stops older work between steps. ``LiveCRFWorker`` runs a session on a plain
-background thread (the GUI wraps it in its Qt adapter).
+caller's ``cancel`` check, stops older work between steps. ``LiveCRFWorker`` serves a session on two
+plain background threads for callers without an event loop; the app runs the same two stages
+(``run(preview=..., full=...)``) as tasks of its own task runner.
 
 The preview has a cost ceiling, because a slider can move into widths where the lattice stops sharing
 vertices between pixels (a few pixels of θα, or a θβ of one or two colour units: every pixel's simplex is
@@ -342,7 +343,7 @@ class LiveCRFWorker:
     Two lanes because a full-size stage cannot always stop at once (building a new lattice after a
     width changed takes a while): on one thread, the next slider move's preview would wait behind it.
     Only the latest request is worked on; superseded ones are dropped between steps.  ``on_result`` runs
-    on a worker thread (a GUI adapter re-emits it as a signal); for one request the preview always comes
+    on a worker thread; for one request the preview always comes
     before the full result.  ``close()`` stops and joins the threads.
     """
 
