@@ -1,7 +1,7 @@
 """The app's state with no widgets: folder, store, current image and its mask document, model, views.
 
 Widgets read attributes and call methods here; they learn about changes only through the signals, so
-several panels stay in step without knowing each other (napari's layer/model split, DESIGN §7).  All
+several panels stay in step without knowing each other (napari's layer/model split).  All
 slow work (folder scan, image decoding, probability-cache IO, entropy) goes through :meth:`run_task`.
 """
 from __future__ import annotations
@@ -17,13 +17,14 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from .crf import CRFState
 from .models import ModelsState
+from .predictions import PredictionMethods
 from .prefetch import Prefetcher
 from .saving import SessionSaves, read_only_why
-from .session_io import Loaded, derived, load_image, most_uncertain, read_for_display
+from .session_io import Loaded, load_image, read_for_display
 from .settings import Settings
 from .tasks import TaskHandle, Worker
 
-from engine.labels import VOID
+from engine import VOID
 
 __all__ = ["AUTOSAVE_MS", "PREVIEW_SIDE", "VIEW_MODES", "Session"]
 
@@ -36,7 +37,7 @@ AUTOSAVE_MS = 30_000
 PREVIEW_SIDE = 960
 
 
-class Session(QObject):
+class Session(QObject, PredictionMethods):
     """Everything the app knows; see the module docstring.  Create on the UI thread."""
 
     folder_opened = Signal()
@@ -222,6 +223,7 @@ class Session(QObject):
 
     def shutdown(self, timeout_ms: int = 5000) -> None:
         self._timer.stop()
+        self.crf.shutdown()  # writes parameters still waiting for their debounce, stops the lanes
         self.close_store()
         self.saves.writer.close()
         self.worker.cancel_all()
@@ -357,60 +359,6 @@ class Session(QObject):
         """Save the current mask with the status "reviewed"."""
         return self.saves.mark_reviewed()
 
-    # ------------------------------------------------------------------ model and predictions
-    def set_model(self, model: Any, model_id: str | None, device: Any = None, *, name: str | None = None) -> None:
-        """Use ``model`` (None to unload); builds the Predictor.  ``model_id``: its weights' identity
-        (``engine.checkpoint_id``), the key of cached probabilities; ``name``: what to call it.
-        Cached probabilities of another model stop being shown."""
-        from engine.predictor import Predictor
-        self.model, self.model_id = model, (model_id if model is not None else None)
-        self.model_name = (name or model_id) if model is not None else None
-        self.predictor = Predictor(model, device) if model is not None else None
-        self.model_changed.emit()
-
-    def set_probs(self, image_id: str, probs: np.ndarray) -> TaskHandle:
-        """Cache ``probs`` (C×h×w float32: the image's size, or the capped grid of engine.probgrid for a
-        huge image) in the store and, for the current image, show them."""
-        store, model_id = self.store, self.model_id or ""
-        size = self.image_size if image_id == self.image_id else None
-
-        def work():
-            if not store.read_only:
-                store.save_probs(image_id, probs, model_id=model_id)
-            return derived(probs, size) if size is not None else (None, None)
-        return self.run_task(work, on_result=lambda d: self._show_probs(image_id, probs, d),
-                             on_error=lambda t: self._say("error", t), task_name="cache probabilities")
-
-    def _show_probs(self, image_id: str, probs: np.ndarray, derived: tuple) -> None:
-        from engine.probgrid import grid_fits
-        if image_id == self.image_id and self.image_size is not None and derived[0] is not None \
-                and derived[0].shape == self.image_size and grid_fits(probs.shape[1:], self.image_size):
-            self.probs, (self.raw_labels, self.uncertainty) = probs, derived
-            self.probs_changed.emit()
-
-    def apply_prediction(self, image_id: str, labels: np.ndarray, probs: np.ndarray | None = None) -> TaskHandle:
-        """Store a model's labels (never over an edited/reviewed mask) and, when ``image_id`` is shown
-        with an untouched unlabelled or pre-labelled mask, put them in the document as one undo step."""
-        store, model_id = self.store, self.model_id or ""
-
-        def work():
-            stored = store.save_prediction(image_id, labels, probs=probs, model_id=model_id)
-            return stored, derived(probs, labels.shape)
-
-        def done(value: tuple) -> None:
-            stored, derived = value
-            self.statuses_changed.emit()
-            if probs is not None:
-                self._show_probs(image_id, probs, derived)
-            doc = self.document
-            if stored and image_id == self.image_id and doc is not None and not doc.dirty \
-                    and doc.shape == labels.shape:
-                doc.apply_labels(labels, description="pre-label")
-                doc.mark_saved()  # the store holds exactly this mask, as a prediction
-
-        return self.run_task(work, on_result=done, on_error=lambda t: self._say("error", t),
-                             task_name="store prediction")
-
     # ------------------------------------------------------------------ view
     def set_crf_labels(self, labels: np.ndarray | None) -> None:
         self.crf_labels = labels
@@ -452,18 +400,3 @@ class Session(QObject):
             return False
         self.classes_changed.emit()
         return True
-
-    # ------------------------------------------------------------------ review queue
-    def next_most_uncertain(self) -> TaskHandle | None:
-        """Select the not-yet-reviewed image whose cached probabilities have the highest mean entropy."""
-        if self.store is None:
-            return None
-        store, model_id, current = self.store, self.model_id, self.image_id
-
-        def done(image_id: str | None) -> None:
-            if image_id is None:
-                self._say("info", "no other unreviewed image has cached predictions; pre-label first")
-            else:
-                self.select(image_id)
-        return self.run_task(most_uncertain, store, model_id, current, on_result=done,
-                             on_error=lambda t: self._say("error", t), task_name="rank by uncertainty")
