@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 
@@ -173,3 +174,20 @@ def test_yielded_values_arrive_in_order_on_the_ui_thread_before_the_result(qtbot
             pass
         assert got == expect
     assert set(threads) == {ui}
+
+
+def test_quiet_tasks_run_and_cancel_but_do_not_count_as_busy(qtbot, worker):
+    busy = []
+    worker.busy_changed.connect(busy.append)
+    release = threading.Event()
+
+    def waits(*, cancel):
+        while not release.is_set() and not cancel():
+            time.sleep(0.005)
+        return "stopped" if cancel() else "done"
+    h = worker.run_task(waits, quiet=True)
+    assert worker.active == 1 and busy == []
+    worker.cancel_all()
+    with qtbot.waitSignal(h.finished, timeout=5000):
+        pass
+    assert busy == [] and worker.active == 0

@@ -223,7 +223,7 @@ class CRFState(QObject):
         """Run one lane task of ``lanes`` on the session's task runner (UI thread)."""
         if lanes is not self._lanes:
             return  # lanes of an image we have left take no more work
-        handle = self.session.run_task(lanes.lane_task, lane, token, task_name=f"live CRF {lane}",
+        handle = self.session.run_task(lanes.lane_task, lane, token, task_name=f"live CRF {lane}", quiet=True,
                                        on_yielded=lambda item, lanes=lanes: self._on_item(lanes, item))
         handle.finished.connect(lambda lanes=lanes, lane=lane, token=token: lanes.finished(lane, token))
         lanes.tasks[lane] = handle

@@ -57,7 +57,9 @@ class Session(QObject, PredictionMethods):
     def __init__(self, settings: Settings | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.settings = settings or Settings()
-        self.worker = Worker(self)
+        # Six threads: an image load and its prefetch, a pre-label run, a fine-tune and the live CRF's
+        # two lanes can all be in flight without one waiting for another.
+        self.worker = Worker(self, max_threads=6)
         self.worker.busy_changed.connect(lambda n: self.busy.emit(f"{n} task(s) running" if n else ""))
         self.store: Any = None
         self.folder: Path | None = None

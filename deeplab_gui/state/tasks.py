@@ -176,7 +176,9 @@ def _accepts(fn: Callable, name: str) -> bool:
 class Worker(QObject):
     """Runs tasks on a private thread pool; create it on the UI thread.
 
-    ``busy_changed(int)`` tells how many tasks are in flight (for a status-bar spinner).
+    ``busy_changed(int)`` tells how many tasks are in flight (for a status-bar spinner); tasks
+    started with ``quiet=True`` (the live CRF's lanes, which come and go with every slider move) run the
+    same way but are not counted.
     """
 
     busy_changed = Signal(int)
@@ -187,17 +189,20 @@ class Worker(QObject):
         # A long pre-label run must not starve image loading: several threads, each mostly waiting
         # on torch (which has its own intra-op threads) or on disk.
         self.pool.setMaxThreadCount(max_threads)
-        self._active: set[TaskHandle] = set()
+        self._active: set[TaskHandle] = set()  # counted for busy_changed
+        self._all: set[TaskHandle] = set()     # every task in flight, quiet ones too (cancel_all)
 
     @property
     def active(self) -> int:
-        return len(self._active)
+        """Tasks in flight, quiet ones included."""
+        return len(self._all)
 
     def run_task(self, fn: Callable, *args: Any, on_result: Callable[[Any], Any] | None = None,
                  on_error: Callable[[str], Any] | None = None,
                  on_progress: Callable[[int, int], Any] | None = None,
                  on_yielded: Callable[[Any], Any] | None = None,
-                 parent: QObject | None = None, task_name: str = "", **kw: Any) -> TaskHandle:
+                 parent: QObject | None = None, task_name: str = "", quiet: bool = False,
+                 **kw: Any) -> TaskHandle:
         """Start ``fn(*args, **kw)`` in the pool and return its handle at once.
 
         ``fn`` gets ``progress=``, ``cancel=`` and ``emit=`` keyword callables when its signature names
@@ -220,9 +225,12 @@ class Worker(QObject):
             handle.result.connect(self._guard(handle, on_result))
         if on_error is not None:
             handle.error.connect(on_error)
-        self._active.add(handle)
-        handle.finished.connect(lambda h=handle: self._retire(h))
-        self.busy_changed.emit(len(self._active))
+        if not quiet:
+            self._active.add(handle)
+            handle.finished.connect(lambda h=handle: self._retire(h))
+            self.busy_changed.emit(len(self._active))
+        self._all.add(handle)
+        handle.finished.connect(lambda h=handle: self._all.discard(h))
         self.pool.start(_Runnable(handle, fn, args, kw))
         return handle
 
@@ -242,7 +250,7 @@ class Worker(QObject):
         self.busy_changed.emit(len(self._active))
 
     def cancel_all(self) -> None:
-        for h in list(self._active):
+        for h in list(self._all):
             h.cancel()
 
     def wait(self, timeout_ms: int = 5000) -> bool:
