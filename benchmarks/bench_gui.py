@@ -29,15 +29,15 @@ from PIL import Image  # noqa: E402
 from PySide6.QtCore import QEventLoop, QPointF, Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from deeplab_gui.widgets.canvas.canvas import Canvas  # noqa: E402
-from deeplab_gui.widgets.panels.crf_panel import PARAM_SPECS, CRFPanel  # noqa: E402
-from deeplab_gui.widgets.panels.image_list import ImageListPanel  # noqa: E402
 from deeplab_gui.state.session import Session  # noqa: E402
 from deeplab_gui.state.settings import Settings  # noqa: E402
+from deeplab_gui.widgets.canvas.canvas import Canvas  # noqa: E402
 from deeplab_gui.widgets.canvas.tools import BrushTool  # noqa: E402
+from deeplab_gui.widgets.panels.crf_panel import PARAM_SPECS, CRFPanel  # noqa: E402
+from deeplab_gui.widgets.panels.image_list import ImageListPanel  # noqa: E402
+from engine import Status  # noqa: E402
 from engine.crf import DEEPLAB_V1  # noqa: E402
 from engine.crf.synthetic import make_scene  # noqa: E402
-from engine.store.format import Status  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gui.json"
 
@@ -180,9 +180,9 @@ def bench_switch(app, tmp: Path, repeats: int) -> dict:
         s.prefetch.ready.clear()
     # Where the time goes: the same steps one by one on this thread (median of 3).
     from PySide6.QtGui import QImage, QPixmap
-    from engine.imageio import read_image
-    from engine.imageio import read_image_preview
+
     from deeplab_gui.state.session import PREVIEW_SIDE
+    from engine import read_image, read_image_preview
     parts: dict[str, list[float]] = {"read_jpeg_ms": [], "read_jpeg_preview_ms": [], "load_mask_png_ms": [],
                                      "pixmap_from_image_ms": []}
     for _ in range(3):
@@ -231,7 +231,7 @@ def bench_open(app, tmp: Path, count: int) -> dict:
         out[label] = {"list_usable_ms": (t1 - t0) * 1000, "first_image_shown_ms": (t2 - t0) * 1000}
         panel.close()
         s.shutdown()
-    from engine.store.store import AnnotationStore
+    from engine import AnnotationStore
     t0 = time.perf_counter()
     AnnotationStore.open(folder).close()
     out["store_open_and_scan_ms"] = (time.perf_counter() - t0) * 1000

@@ -69,8 +69,8 @@ def _run(args: list[str]) -> tuple[int, float, str]:
 
 
 def _measure(tmp_path: Path, w: int, h: int, c: int, ckpt: Path, predictor) -> list[dict]:
+    from engine import AnnotationStore
     from engine.probgrid import probs_grid, probs_max_pixels
-    from engine.store.store import AnnotationStore
 
     folder = tmp_path / f"images-{w}x{h}"
     folder.mkdir()
@@ -110,8 +110,8 @@ def main(argv=None) -> int:
     sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
 
     import torch
-    from engine import build_model, save_model
-    from engine.predictor import Predictor
+
+    from engine import Predictor, build_model, save_model
     from engine.probgrid import probs_max_pixels
 
     c = args.classes

@@ -23,9 +23,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine import (
+    AnnotationStore,  # noqa: E402
+    export_voc,  # noqa: E402
+)
 from engine.store.scan import scan_folder  # noqa: E402
-from engine.store.store import AnnotationStore  # noqa: E402
-from engine.formats.voc import export_voc  # noqa: E402
 
 
 def _timed(fn, repeat: int) -> list[float]:

@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import engine  # noqa: E402
-from engine.store.store import AnnotationStore  # noqa: E402
+from engine import AnnotationStore  # noqa: E402
 from trainer import FineTune, Recipe, seg_loss, split_params  # noqa: E402
 from trainer.params import freeze_bn_params, set_train_mode  # noqa: E402
 from trainer.synthetic import CLASSES, make_folder  # noqa: E402

@@ -42,8 +42,8 @@ def main(folder: str | None = None) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from .widgets.main_window import MainWindow
     from .state.settings import setup_logging
+    from .widgets.main_window import MainWindow
 
     log_path = setup_logging()
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "deeplab-gui"])

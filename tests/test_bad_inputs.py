@@ -11,9 +11,17 @@ import pytest
 from PIL import Image
 
 import engine.labels as masks_mod
-from engine.imageio import ImageReadError, read_image
-from engine.store.store import AnnotationStore, MaskError, Status, StoreError, StoreWriteError
-from engine.formats.voc import export_voc, import_voc
+from engine import (
+    AnnotationStore,
+    ImageReadError,
+    MaskError,
+    Status,
+    StoreError,
+    StoreWriteError,
+    export_voc,
+    import_voc,
+    read_image,
+)
 
 
 @pytest.fixture

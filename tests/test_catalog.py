@@ -12,13 +12,28 @@ import urllib.request
 import pytest
 import torch
 
-from engine.weights import catalog
-from engine.weights.catalog import (CATALOG, WeightsEntry, default_cache_dir, download, get_weights, is_downloaded,
-                            list_weights, load_catalog_model, resolve_weights, weights_path)
-from engine.weights.download import (DownloadCancelled, TqdmProgress, WeightsError, WeightsHashMismatch,
-                             WeightsUnavailable)
+from engine import build_model, list_models
 from engine.meta import IMAGENET, TORCHVISION_SEG, VOC_CLASSES
-from engine.models import build_model, list_models
+from engine.weights import catalog
+from engine.weights.catalog import (
+    CATALOG,
+    WeightsEntry,
+    default_cache_dir,
+    download,
+    get_weights,
+    is_downloaded,
+    list_weights,
+    load_catalog_model,
+    resolve_weights,
+    weights_path,
+)
+from engine.weights.download import (
+    DownloadCancelled,
+    TqdmProgress,
+    WeightsError,
+    WeightsHashMismatch,
+    WeightsUnavailable,
+)
 
 PAYLOAD = os.urandom(3 * (1 << 20) + 123)  # several 1 MiB chunks
 PREFIX = hashlib.sha256(PAYLOAD).hexdigest()[:8]

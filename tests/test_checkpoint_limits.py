@@ -20,10 +20,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.checkpoints.limits import (HEADER_LIMIT, LIMIT_MARGIN, VGG16_IMAGENET_BYTES, CheckpointError,
-                                      default_limit, largest_model)
-from engine.checkpoints.io import load_model, read_checkpoint, save_model
-from engine.models import build_model, list_models
+from engine import build_model, list_models, load_model, read_checkpoint, save_model
+from engine.checkpoints.limits import (
+    HEADER_LIMIT,
+    LIMIT_MARGIN,
+    VGG16_IMAGENET_BYTES,
+    CheckpointError,
+    default_limit,
+    largest_model,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB, GiB = 1 << 20, 1 << 30
@@ -148,7 +153,7 @@ def test_deflated_records_are_what_torch_reads_and_are_checked(tmp_path):
 
 _RSS_PROBE = """
 import json, resource, sys
-from engine.checkpoints.io import CheckpointError, read_checkpoint
+from engine import CheckpointError, read_checkpoint
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     read_checkpoint(sys.argv[1])

@@ -8,10 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.weights.backbone import load_backbone_weights
-from engine.checkpoints.io import CheckpointError, load_model, read_checkpoint, read_meta, save_model
+from engine import (
+    CheckpointError,
+    build_model,
+    list_models,
+    load_backbone_weights,
+    load_model,
+    read_checkpoint,
+    read_meta,
+    save_model,
+)
 from engine.meta import CAFFE_BGR, IMAGENET, TORCHVISION_SEG, VOC_CLASSES
-from engine.models import build_model, list_models
 from engine.models.deeplabv3 import native_to_vainf_v3
 
 DATA = Path(__file__).parent / "data"

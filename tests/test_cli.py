@@ -14,7 +14,7 @@ from PIL import Image
 
 from deeplab_gui.cli import parser as cli
 from deeplab_gui.cli.parser import main
-from engine.meta import ModelMeta
+from engine import ModelMeta
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,8 +176,7 @@ def test_prelabel_crf_uses_engine_crf_or_says_unavailable(images, tmp_path, fake
 
 
 def test_prelabel_with_real_native_checkpoint(images, tmp_path, capsys):
-    from engine import build_model
-    from engine.checkpoints.io import save_model
+    from engine import build_model, save_model
 
     ckpt = tmp_path / "m.safetensors"
     save_model(build_model("deeplabv3_mobilenet_v2", num_classes=4), ckpt)

@@ -6,9 +6,7 @@ import pytest
 from PIL import Image
 
 from deeplab_gui.cli.parser import main
-from engine import build_model, save_model
-from engine.store.store import AnnotationStore
-from engine.store.format import Status
+from engine import AnnotationStore, Status, build_model, save_model
 
 
 @pytest.fixture

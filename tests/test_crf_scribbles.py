@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engine import VOID
 from engine.crf import CONVCRF, DEEPLAB_V1, refine_with_scribbles
-from engine.labels import VOID
 
 
 def _two_regions(h=64, w=96, seed=0):

@@ -1,7 +1,7 @@
 """engine.errors.one_line: the one way an exception or a text becomes a one-line message."""
 from __future__ import annotations
 
-from engine.errors import one_line
+from engine import one_line
 
 
 def test_one_line_joins_every_line_and_run_of_whitespace():

@@ -17,10 +17,10 @@ from PySide6.QtCore import QEvent, QPointF, Qt
 from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QApplication
 
-from deeplab_gui.widgets.main_window import MainWindow
 from deeplab_gui.state.session import Session
 from deeplab_gui.state.settings import Settings
-from engine.store.format import Status, StoreWriteError
+from deeplab_gui.widgets.main_window import MainWindow
+from engine import Status, StoreWriteError
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,17 +12,17 @@ from PIL import Image
 
 pytest.importorskip("pytestqt")
 
-import engine  # noqa: E402
-from engine.store.format import Status  # noqa: E402
 from PySide6.QtCore import QTimer  # noqa: E402
-from trainer import Recipe, Versions  # noqa: E402
-from trainer.synthetic import CLASSES, make_folder  # noqa: E402
 
-from deeplab_gui.widgets.dialogs.finetune_dialog import CurvePlot, FineTuneDialog, count_labelled, format_eta  # noqa: E402
-from deeplab_gui.widgets.panels.model_panel import ModelPanel  # noqa: E402
+import engine  # noqa: E402
 from deeplab_gui.state.session import Session  # noqa: E402
 from deeplab_gui.state.settings import Settings  # noqa: E402
+from deeplab_gui.widgets.dialogs.finetune_dialog import CurvePlot, FineTuneDialog, count_labelled, format_eta  # noqa: E402
+from deeplab_gui.widgets.panels.model_panel import ModelPanel  # noqa: E402
 from deeplab_gui.widgets.panels.versions_panel import VersionsBox  # noqa: E402
+from engine import Status  # noqa: E402
+from trainer import Recipe, Versions  # noqa: E402
+from trainer.synthetic import CLASSES, make_folder  # noqa: E402
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
 ARCH = "deeplabv3plus_mobilenet_v2"

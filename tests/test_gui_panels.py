@@ -10,13 +10,12 @@ from PIL import Image
 pytest.importorskip("pytestqt")
 
 import engine  # noqa: E402
+from deeplab_gui.widgets.dialogs.export_dialog import ExportDialog, ExportOptions  # noqa: E402
+from deeplab_gui.widgets.panels.crf_panel import PARAM_SPECS, CRFPanel  # noqa: E402
+from deeplab_gui.widgets.panels.model_panel import ModelPanel  # noqa: E402
+from engine import Status  # noqa: E402
 from engine.crf import DEEPLAB_V1  # noqa: E402
 from engine.crf.synthetic import make_scene  # noqa: E402
-from engine.store.format import Status  # noqa: E402
-
-from deeplab_gui.widgets.panels.crf_panel import PARAM_SPECS, CRFPanel  # noqa: E402
-from deeplab_gui.widgets.dialogs.export_dialog import ExportDialog, ExportOptions  # noqa: E402
-from deeplab_gui.widgets.panels.model_panel import ModelPanel  # noqa: E402
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
 
@@ -308,8 +307,8 @@ def test_export_refuses_into_the_store(qtbot, tmp_path, sessions):
 
 
 def test_preview_labels_scale_to_the_image_by_nearest_neighbour():
-    from engine.crf import LiveResult
     from deeplab_gui.state.crf_lanes import LabelScaler
+    from engine.crf import LiveResult
 
     probs = np.zeros((3, 2, 3), np.float32)
     small = np.array([[0, 1, 2], [2, 2, 0]])

@@ -16,14 +16,14 @@ from PIL import Image
 
 pytest.importorskip("pytestqt")
 
-from deeplab_gui.widgets.dialogs import unsaved_dialog
 from deeplab_gui.editing.export_unsaved import CLASSES_FILE, ExportError, ExportRefused, export_masks, mask_file_names
-from deeplab_gui.widgets.main_window import MainWindow
 from deeplab_gui.state.session import Session
 from deeplab_gui.state.settings import Settings
+from deeplab_gui.widgets.dialogs import unsaved_dialog
 from deeplab_gui.widgets.dialogs.unsaved_dialog import CANCEL, DISCARD, RETRY, SAVE_ELSEWHERE, UnsavedDialog
+from deeplab_gui.widgets.main_window import MainWindow
+from engine import AnnotationStore
 from engine.store import format as storeformat
-from engine.store.store import AnnotationStore
 from engine.store.format import write_error
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work

@@ -19,14 +19,14 @@ from PySide6.QtWidgets import QApplication, QDockWidget  # noqa: E402
 
 import engine  # noqa: E402
 from deeplab_gui.state import session as session_mod  # noqa: E402
-from deeplab_gui.widgets.canvas.canvas import Canvas  # noqa: E402
-from deeplab_gui.widgets.panels.crf_panel import PARAM_SPECS  # noqa: E402
-from deeplab_gui.widgets.panels.image_list import status_icon  # noqa: E402
-from deeplab_gui.widgets.main_window import MainWindow  # noqa: E402
 from deeplab_gui.state.session import Session  # noqa: E402
 from deeplab_gui.state.settings import Settings  # noqa: E402
+from deeplab_gui.widgets.canvas.canvas import Canvas  # noqa: E402
+from deeplab_gui.widgets.main_window import MainWindow  # noqa: E402
+from deeplab_gui.widgets.panels.crf_panel import PARAM_SPECS  # noqa: E402
+from deeplab_gui.widgets.panels.image_list import status_icon  # noqa: E402
+from engine import Status  # noqa: E402
 from engine.crf import DEEPLAB_V1  # noqa: E402
-from engine.store.format import Status  # noqa: E402
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
 W, H = 320, 240
@@ -79,7 +79,7 @@ def test_big_jpeg_shows_a_reduced_decode_first_then_full_resolution(qtbot, tmp_p
     canvas = Canvas(s)
     qtbot.addWidget(canvas)
     try:
-        from engine.store.store import AnnotationStore
+        from engine import AnnotationStore
         store = AnnotationStore.open(jpegs)
         stored = np.full((H, W), 255, np.uint8)
         stored[50:150, 60:200] = 7

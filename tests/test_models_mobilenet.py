@@ -21,15 +21,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import engine  # noqa: E402
+from engine import build_model, list_models  # noqa: E402
 from engine.meta import IMAGENET, TORCHVISION_SEG  # noqa: E402
-from tests import weights_formula  # noqa: E402
-from tests.weights_formula import Formula  # noqa: E402
-from engine.models import build_model, list_models  # noqa: E402
 from engine.models.mobilenet import (  # noqa: E402
     MobileNetV2Backbone,
     features_from_imagenet_mobilenet_v2,
     features_from_imagenet_mobilenet_v3_large,
 )
+from tests import weights_formula  # noqa: E402
+from tests.weights_formula import Formula  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 # Odd sizes exercise the padding rules and the final resize; large enough (7×9 at OS 16) that ASPP

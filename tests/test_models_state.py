@@ -9,7 +9,7 @@ from PIL import Image
 pytest.importorskip("pytestqt")
 
 import engine  # noqa: E402
-from engine.store.format import Status  # noqa: E402
+from engine import Status  # noqa: E402
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
 
@@ -133,8 +133,7 @@ def test_cancel_stops_a_prelabel_run(qtbot, tmp_path, sessions, tiny_ckpt):
 def test_opening_a_folder_loads_its_current_version(qtbot, tmp_path, tiny_ckpt):
     from deeplab_gui.state.session import Session
     from deeplab_gui.state.settings import Settings
-    from engine.store.store import AnnotationStore
-    from engine.store.versions import Version, Versions
+    from engine import AnnotationStore, Version, Versions
 
     folder = _folder(tmp_path, n=1)
     with AnnotationStore.open(folder) as store:

@@ -23,14 +23,19 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine.meta import IMAGENET, TORCHVISION_SEG  # noqa: E402
-from tests import weights_formula  # noqa: E402
-from tests.weights_formula import Formula  # noqa: E402
 from engine.models import build_model, model_spec  # noqa: E402
 from engine.models.deeplabv3 import native_to_vainf_v3, vainf_v3_to_native  # noqa: E402
 from engine.models.heads import (  # noqa: E402
-    ASPP, AtrousSeparableConvolution, DeepLabHead, DeepLabHeadV3Plus, VainFDeepLabHead,
-    convert_to_separable_conv)
+    ASPP,
+    AtrousSeparableConvolution,
+    DeepLabHead,
+    DeepLabHeadV3Plus,
+    VainFDeepLabHead,
+    convert_to_separable_conv,
+)
 from engine.models.resnet import atrous_config, resnet  # noqa: E402
+from tests import weights_formula  # noqa: E402
+from tests.weights_formula import Formula  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 H, W = 35, 41  # odd: exercises the ceil halving and the final resize

@@ -14,9 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from engine.imageio import ImageReadError
+from engine import ImageReadError, PredictionError, Predictor, resolve_device
 from engine.meta import CAFFE_BGR, IMAGENET, ModelMeta, Preprocessing
-from engine.predictor import PredictionError, Predictor, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,8 +224,8 @@ def test_real_registered_model_smoke():
 _HUGE_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
     torch.set_num_threads(1)
-    from engine.meta import ModelMeta
-    from engine.predictor import Predictor
+    from engine import ModelMeta
+    from engine import Predictor
 
     class Cheap(nn.Module):
         def __init__(self):

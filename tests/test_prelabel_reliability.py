@@ -19,12 +19,9 @@ import pytest
 from PIL import Image
 
 from deeplab_gui.cli.parser import main
-from engine import build_model, save_model
-from engine.predictor import ImageTooSmallError, Predictor
-from engine.store.probcache import ImageSignature, read_probs_file, save_probs
+from engine import AnnotationStore, ImageTooSmallError, Predictor, Status, build_model, save_model
 from engine.probgrid import PROBS_MAX_PIXELS_ENV, crop_at, probs_grid, resize_probs
-from engine.store.store import AnnotationStore
-from engine.store.format import Status
+from engine.store.probcache import ImageSignature, read_probs_file, save_probs
 
 ROOT = Path(__file__).resolve().parents[1]
 CAP = 500  # pixels of cached probabilities in these tests

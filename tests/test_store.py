@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine import mask_palette
 from engine.store import format as storeformat
-from engine.labels import mask_palette
-from engine.store.store import (AnnotationStore, LabelClass, Status, StoreError, StoreLockedError,
-                          default_classes)
+from engine.store.store import AnnotationStore, LabelClass, Status, StoreError, StoreLockedError, default_classes
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.store.store import AnnotationStore, Status
+from engine import AnnotationStore, Status
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32" or not hasattr(os, "fork"),
                                 reason="needs fork and SIGKILL")

@@ -12,10 +12,18 @@ import pytest
 from PIL import Image
 
 from deeplab_gui.cli.parser import main
-from engine import build_model, save_model
+from engine import (
+    NAME_MAX,
+    AnnotationStore,
+    Status,
+    StoreError,
+    atomic_write_bytes,
+    build_model,
+    fitted_name,
+    save_model,
+    temp_path,
+)
 from engine.store import format as storeformat
-from engine.fileio import NAME_MAX, atomic_write_bytes, fitted_name, temp_path
-from engine.store.store import AnnotationStore, Status, StoreError
 
 
 @pytest.fixture
@@ -246,7 +254,7 @@ def test_checkpoints_get_the_umask_permissions(tmp_path):
 
 
 def test_masks_larger_than_pillows_bomb_limit_load(tmp_path, monkeypatch):
-    from engine.labels import load_mask_png, save_mask_png
+    from engine import load_mask_png, save_mask_png
     m = np.zeros((100, 120), np.uint8)
     m[10:20] = 3
     save_mask_png(tmp_path / "m.png", m)

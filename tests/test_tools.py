@@ -17,8 +17,8 @@ from deeplab_gui.widgets.canvas.tools import (
     make_tools,
 )
 from deeplab_gui.widgets.canvas.toolview import SnapInput
+from engine import VOID
 from engine.crf import DEEPLAB_V1
-from engine.labels import VOID
 
 H, W = 30, 40
 NO_MOD = Qt.KeyboardModifier.NoModifier

@@ -17,7 +17,7 @@ import torch
 
 import engine
 from deeplab_gui.cli.parser import main as gui_main
-from engine.store.store import AnnotationStore
+from engine import AnnotationStore
 from trainer import FineTune, Recipe, TrainError, Version, Versions
 from trainer.guards import check_out_path
 from trainer.synthetic import CLASSES, make_folder

@@ -8,9 +8,21 @@ import pytest
 import torch
 
 import engine
-from trainer import (Recipe, Version, VersionError, Versions, adapt_classes, class_tensor_keys,
-                     confusion_matrix, is_backbone_param, miou, poly_lr, progress_fraction, split_heldout,
-                     split_params)
+from trainer import (
+    Recipe,
+    Version,
+    VersionError,
+    Versions,
+    adapt_classes,
+    class_tensor_keys,
+    confusion_matrix,
+    is_backbone_param,
+    miou,
+    poly_lr,
+    progress_fraction,
+    split_heldout,
+    split_params,
+)
 from trainer.augment import augment_pair, to_input
 from trainer.dataset import InfiniteSampler, Sample
 from trainer.params import freeze_bn_params, set_train_mode
@@ -189,7 +201,7 @@ def test_msc_loss_sums_one_cross_entropy_per_scale_output():
 
 
 def test_finetune_trains_deeplab_v2_on_every_scale(tmp_path, monkeypatch):
-    from engine.store.store import AnnotationStore
+    from engine import AnnotationStore
     from trainer import FineTune
     from trainer import loop as loop_mod
     from trainer.synthetic import make_folder
@@ -207,7 +219,7 @@ def test_finetune_trains_deeplab_v2_on_every_scale(tmp_path, monkeypatch):
 
 
 def test_untrained_batchnorm_is_trained_even_for_small_batches(tmp_path):
-    from engine.store.store import AnnotationStore
+    from engine import AnnotationStore
     from trainer import FineTune
     from trainer.params import bn_statistics_trained
     from trainer.synthetic import make_folder

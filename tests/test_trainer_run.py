@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import engine
-from engine.store.store import AnnotationStore
+from engine import AnnotationStore
 from trainer import FineTune, Recipe, Versions
 from trainer.augment import to_input
 from trainer.dataset import labelled_samples, load_pair
@@ -153,8 +153,8 @@ def test_store_class_list_change_is_applied_before_training(base_model, folder_b
 
 
 def test_cli_train_writes_a_version_and_reports_failures(base_model, folder_b, capsys):
-    from deeplab_gui.cli.train import cmd_train
     from deeplab_gui.cli.parser import CLIError
+    from deeplab_gui.cli.train import cmd_train
     args = argparse.Namespace(folder=str(folder_b), weights=str(base_model), iterations=2, crop=64, out=None,
                               lr=0.01, batch_size=2, accumulate=None, time_budget=None, heldout_fraction=None,
                               eval_every=None, seed=None, device="cpu", confirm=True)

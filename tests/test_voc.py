@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.labels import save_mask_png
-from engine.meta import voc_colormap
-from engine.store.store import AnnotationStore, LabelClass, Status, default_classes
+from engine import AnnotationStore, LabelClass, Status, default_classes, save_mask_png
 from engine.formats.voc import add_void_border, export_voc, import_voc, rgb_mask_to_indices, split_ids, voc_ids
+from engine.meta import voc_colormap
 
 
 class VOCLoader:

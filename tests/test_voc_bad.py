@@ -17,10 +17,8 @@ import pytest
 from PIL import Image
 
 from deeplab_gui.cli.parser import main
-from engine.labels import save_mask_png
+from engine import AnnotationStore, LabelClass, Status, StoreWriteError, default_classes, save_mask_png
 from engine.meta import voc_colormap
-from engine.store.store import AnnotationStore, LabelClass, default_classes
-from engine.store.format import Status, StoreWriteError
 
 EXCEPTION_NAMES = re.compile(r"\b\w*(Error|Exception|Traceback)\b")
 H, W = 12, 16

@@ -145,7 +145,7 @@ def test_cancel_before_start_finishes_quietly(qtbot):
 
 
 def test_one_line_error_messages():
-    from engine.store.format import StoreWriteError
+    from engine import StoreWriteError
     assert one_line_error(StoreWriteError("could not save\n the mask")) == "could not save the mask"
     assert one_line_error(RuntimeError()) == "RuntimeError"
     assert isinstance(TaskHandle(), TaskHandle)

@@ -194,7 +194,7 @@ class CRFState(QObject):
             if probs is None:
                 self._set_status("no model probabilities for this image yet: pre-label it first")
             return
-        from engine.probgrid import grid_fits
+        from engine import grid_fits
         if not grid_fits(probs.shape[1:], image.shape[:2]):  # a huge image's may be on a smaller grid
             self._set_status("cached probabilities do not match the image size; pre-label it again")
             return

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine import one_line, resize_image, resize_probs
 from engine.crf import CRFParams, LiveCRF, LiveResult
-from engine.errors import one_line
-from engine.probgrid import resize_image, resize_probs
 
 __all__ = ["LANES", "MAX_LIVE_PIXELS", "Failure", "Frame", "Handoff", "LabelScaler", "LiveLanes", "ScaledLiveCRF",
            "build_live"]

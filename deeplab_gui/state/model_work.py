@@ -79,7 +79,7 @@ def predict_one(predictor, image: np.ndarray, name: str | None = None) -> tuple[
     """(H×W uint8 labels, C×h×w float32 probabilities on the store's capped grid): what the store
     keeps, so a huge image never has C×H×W probabilities in memory (see engine.probgrid).
     ``name``: the image's id, named in the error when the image is too small to segment."""
-    from engine.predictor import ImageTooSmallError
+    from engine import ImageTooSmallError
     try:
         pred = predictor.predict_with_probs(image)
     except ImageTooSmallError as exc:
@@ -132,7 +132,7 @@ def folder_default(store, last: str | None, downloaded: dict[str, bool]) -> tupl
     on these very labels), else ``(spec, "last")`` for the weights used last time when they are on this
     machine (never a download), else None. Reads the folder's versions.json: worker thread."""
     if store is not None:
-        from engine.store.versions import Versions
+        from engine import Versions
         try:
             path = Versions.of(store).current_path()
         except (OSError, ValueError) as exc:  # an unreadable index: say so, fall back to the last weights
@@ -166,7 +166,7 @@ def version_text(v: Any, current: bool) -> str:
 
 def list_versions(store) -> tuple[list[VersionEntry], str | None]:
     """The versions, newest first, and the index's notice (a damaged ``versions.json`` was rebuilt)."""
-    from engine.store.versions import Versions
+    from engine import Versions
     versions = Versions.of(store)
     cur = versions.current
     entries = [VersionEntry(v.name, version_text(v, cur is not None and v.name == cur.name),
@@ -176,7 +176,7 @@ def list_versions(store) -> tuple[list[VersionEntry], str | None]:
 
 def use_version(store, name: str) -> tuple[Any, str]:
     """Load version ``name`` and make it current; returns (model, model_id)."""
-    from engine.store.versions import Versions
+    from engine import Versions
     versions = Versions.of(store)
     path = versions.path(name)
     model = engine.load_model(path)

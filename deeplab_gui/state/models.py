@@ -20,9 +20,22 @@ from PySide6.QtCore import QObject, Signal
 
 import engine
 
-from .model_work import (LoadedModel, VersionEntry, catalog_state, device_description, display_name,
-                         folder_default, is_catalog_id, list_versions, load_catalog, load_file, predict_batch,
-                         predict_one, use_version, version_text)
+from .model_work import (
+    LoadedModel,
+    VersionEntry,
+    catalog_state,
+    device_description,
+    display_name,
+    folder_default,
+    is_catalog_id,
+    list_versions,
+    load_catalog,
+    load_file,
+    predict_batch,
+    predict_one,
+    use_version,
+    version_text,
+)
 from .tasks import TaskHandle
 from .training import TrainingState
 
@@ -189,7 +202,7 @@ class ModelsState(QObject):
         self.prelabel_finished.emit({"done": 1, "saved": 1, "failed": 0, "total": 1})
 
     def _apply(self, image_id: str, labels: np.ndarray, probs: np.ndarray) -> None:
-        from engine.store.format import Status
+        from engine import Status
         s = self.session
         status = s.store.status(image_id) if s.store is not None else None
         if status in (Status.EDITED, Status.REVIEWED):
@@ -201,7 +214,7 @@ class ModelsState(QObject):
         """Predict every unlabelled image of the folder (worker, progress, cancel); with
         ``include_prelabelled`` also those a model labelled but nobody touched (after fine-tuning).
         The image on screen comes back to the UI thread and is applied like :meth:`prelabel_current`."""
-        from engine.store.format import Status
+        from engine import Status
         s = self.session
         if self.task is not None or s.predictor is None or s.store is None:
             return None

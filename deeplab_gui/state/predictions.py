@@ -25,7 +25,7 @@ class PredictionMethods:
         """Use ``model`` (None to unload); builds the Predictor.  ``model_id``: its weights' identity
         (``engine.checkpoint_id``), the key of cached probabilities; ``name``: what to call it.
         Cached probabilities of another model stop being shown."""
-        from engine.predictor import Predictor
+        from engine import Predictor
         self.model, self.model_id = model, (model_id if model is not None else None)
         self.model_name = (name or model_id) if model is not None else None
         self.predictor = Predictor(model, device) if model is not None else None
@@ -45,7 +45,7 @@ class PredictionMethods:
                              on_error=lambda t: self._say("error", t), task_name="cache probabilities")
 
     def _show_probs(self, image_id: str, probs: np.ndarray, derived: tuple) -> None:
-        from engine.probgrid import grid_fits
+        from engine import grid_fits
         if image_id == self.image_id and self.image_size is not None and derived[0] is not None \
                 and derived[0].shape == self.image_size and grid_fits(probs.shape[1:], self.image_size):
             self.probs, (self.raw_labels, self.uncertainty) = probs, derived

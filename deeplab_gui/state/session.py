@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from engine import VOID
+
 from .crf import CRFState
 from .models import ModelsState
 from .predictions import PredictionMethods
@@ -23,8 +25,6 @@ from .saving import SessionSaves, read_only_why
 from .session_io import Loaded, load_image, read_for_display
 from .settings import Settings
 from .tasks import TaskHandle, Worker
-
-from engine import VOID
 
 __all__ = ["AUTOSAVE_MS", "PREVIEW_SIDE", "VIEW_MODES", "Session"]
 
@@ -154,7 +154,7 @@ class Session(QObject, PredictionMethods):
                                  on_error=lambda t: self._say("error", f"cannot rescan {path}: {t}"))
 
         def work(folder: str):
-            from engine.store.store import AnnotationStore, StoreLockedError
+            from engine import AnnotationStore, StoreLockedError
             try:
                 return AnnotationStore.open(folder), None
             except StoreLockedError as exc:

@@ -24,7 +24,7 @@ log = logging.getLogger("deeplab_gui")
 
 def count_labelled(statuses: dict[str, Any], heldout_fraction: float) -> tuple[int, int]:
     """(images a run learns from, of which held out): edited/reviewed statuses, the trainer's split rule."""
-    from engine.store.format import Status
+    from engine import Status
     from trainer.dataset import Sample, split_heldout
     ids = [i for i, st in statuses.items() if st in (Status.EDITED, Status.REVIEWED)]
     # split_heldout only counts and ranks ids; the paths are never opened here.
@@ -51,7 +51,7 @@ def train(run, *, emit: Callable[[Any], None], cancel: Callable[[], bool]) -> tu
 
 
 def make_current(store, name: str) -> None:
-    from engine.store.versions import Versions
+    from engine import Versions
     Versions.of(store).set_current(name)
 
 
@@ -103,7 +103,7 @@ class TrainingState(QObject):
 
     def untouched(self) -> int:
         """Images whose mask no person edited or reviewed (unlabelled or pre-labelled)."""
-        from engine.store.format import PROTECTED
+        from engine import PROTECTED
         return sum(st not in PROTECTED for st in self.session.statuses().values())
 
     # ------------------------------------------------------------------ running

@@ -28,12 +28,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .dialogs import unsaved_dialog
+from ..state.session import VIEW_MODES, Session
 from .canvas.canvas import Canvas
+from .canvas.tools import TOOL_KEYS, make_tools
+from .dialogs import unsaved_dialog
 from .panels.class_panel import ClassPanel
 from .panels.image_list import ImageListPanel
-from ..state.session import VIEW_MODES, Session
-from .canvas.tools import TOOL_KEYS, make_tools
 
 __all__ = ["MainWindow"]
 

@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
     QStyleOptionGraphicsItem,
 )
 
-from engine.labels import VOID
+from engine import VOID
 
 from ...state.session_io import display_image
 from .session_target import SessionTarget

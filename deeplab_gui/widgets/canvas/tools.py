@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QPointF, Qt
 
-from engine.labels import VOID
+from engine import VOID
 
 from ...editing.brush import ScribbleLayer
 from .toolview import EditTarget, SnapTarget, ToolView
@@ -252,7 +252,7 @@ class SnapTool(BrushTool):
         image = src.image[y0:y1, x0:x1]
         probs = None
         if src.probs is not None:  # a huge image's probabilities may be on a smaller grid: enlarge the box only
-            from engine.probgrid import crop_at
+            from engine import crop_at
             probs = crop_at(src.probs, (h, w), (y0, x0, y1, x1))
         scrib = layer.scribbles[y0:y1, x0:x1].copy()
         params, n = src.params, src.num_classes
