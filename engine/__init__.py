@@ -10,8 +10,7 @@ only what those need, so the command line's ``--help`` does not wait for torch.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .lazy import lazy_exports
 
 _EXPORTS = {
     "building": ("build_model",),
@@ -33,19 +32,4 @@ _EXPORTS = {
                 "WeightsHashMismatch", "WeightsUnavailable", "download", "get_weights", "list_weights",
                 "TqdmProgress", "load_backbone_weights", "load_catalog_model", "resolve_weights", "weights_path"),
 }
-_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    mod = _WHERE.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

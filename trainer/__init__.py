@@ -9,8 +9,7 @@ definitions for ``deeplab-gui train --help``) do not pay for importing torch.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from engine.lazy import lazy_exports
 
 _EXPORTS = {
     "classes": ("ClassChange", "adapt_classes", "class_tensor_keys"),
@@ -23,19 +22,4 @@ _EXPORTS = {
     "start": ("NEW_MODEL_ARCHS", "new_model"),
     "engine.store.versions": ("Version", "VersionError", "Versions"),  # versions live with the store
 }
-_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    mod = _WHERE.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'trainer' has no attribute {name!r}")
-    value = getattr(importlib.import_module(mod if "." in mod else f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
