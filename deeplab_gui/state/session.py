@@ -7,7 +7,6 @@ slow work (folder scan, image decoding, probability-cache IO, entropy) goes thro
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,10 @@ from engine import VOID
 
 from .crf import CRFState
 from .models import ModelsState
+from .folder import FolderMethods
 from .predictions import PredictionMethods
 from .prefetch import Prefetcher
-from .saving import SessionSaves, read_only_why
+from .saving import SessionSaves
 from .session_io import Loaded, load_image, read_for_display
 from .settings import Settings
 from .tasks import TaskHandle, Worker
@@ -37,7 +37,7 @@ AUTOSAVE_MS = 30_000
 PREVIEW_SIDE = 960
 
 
-class Session(QObject, PredictionMethods):
+class Session(QObject, FolderMethods, PredictionMethods):
     """Everything the app knows; see the module docstring.  Create on the UI thread."""
 
     folder_opened = Signal()
@@ -142,86 +142,6 @@ class Session(QObject, PredictionMethods):
     def _say(self, level: str, text: str) -> None:
         getattr(log, "error" if level == "error" else level if level == "warning" else "info")(text)
         self.message.emit(level, text)
-
-    # ------------------------------------------------------------------ folder
-    def open_folder(self, path: str | os.PathLike) -> TaskHandle:
-        """Open ``path``'s store and scan it in a worker; ``folder_opened`` then the first image.
-
-        The folder already open (writable) is only rescanned: opening it again from this process would
-        find its own lock taken and fall back to read-only."""
-        if self.store is not None and not self.read_only and Path(path).expanduser().resolve() == self.folder:
-            return self.run_task(self.store.scan, on_result=self._rescanned, task_name="rescan folder",
-                                 on_error=lambda t: self._say("error", f"cannot rescan {path}: {t}"))
-
-        def work(folder: str):
-            from engine import AnnotationStore, StoreLockedError
-            try:
-                return AnnotationStore.open(folder), None
-            except StoreLockedError as exc:
-                return AnnotationStore.open(folder, read_only=True), f"{exc}; opened read-only"
-
-        return self.run_task(work, str(path), on_result=self._folder_ready,
-                             on_error=lambda t: self._say("error", f"cannot open {path}: {t}"),
-                             task_name="open folder")
-
-    def _folder_ready(self, value: tuple) -> None:
-        store, note = value  # note: why it fell back to read-only (another instance holds the lock)
-        if self.read_only and not store.read_only and store.folder == self.folder and self.unsaved():
-            # This folder again, now writable (the other instance let go): what was kept in memory
-            # goes through the new store, which holds the lock; asking first would only be in the way.
-            if self.saves.write_through(store):
-                self._say("info", f"saved the changes kept in memory while {store.folder} was read-only")
-        self.incoming_store = store
-        try:
-            keep = not self.saves.may_let_go()
-        finally:
-            self.incoming_store = None
-        if keep:
-            return store.close()  # the person kept this folder's unsaved edits
-        self.close_store()
-        self.store, self.folder = store, store.folder
-        self._ids = store.ids()
-        self.saves.reset(read_only_why(store, locked=note is not None))
-        self.prefetch.clear()
-        self.settings.add_recent_folder(store.folder)
-        for text in (note, store.notice):
-            if text:
-                self._say("warning", text)
-        skipped = store.scan_result.skipped if store.scan_result is not None else []
-        if skipped:
-            names = ", ".join(f"{p} ({why})" for p, why in skipped[:3])
-            self._say("warning", f"{len(skipped)} file(s) skipped: {names}" + (" ..." if len(skipped) > 3 else ""))
-        if self._label >= len(store.class_names) and self._label != VOID:
-            self._label = min(1, len(store.class_names) - 1)
-        self.folder_opened.emit()
-        self.classes_changed.emit()
-        self.statuses_changed.emit()
-        if self._ids:
-            self.select(self._ids[0])
-        else:
-            self._say("info", f"{store.folder} holds no images")
-
-    def _rescanned(self, _result) -> None:
-        ids = self.store.ids() if self.store is not None else []
-        if ids != self._ids:
-            self._ids = ids
-            self.folder_opened.emit()
-            self.statuses_changed.emit()
-        self._say("info", f"{self.folder} is already open; its image list is up to date")
-
-    def close_store(self) -> None:
-        """Save, then let go of the current folder (also what quitting calls)."""
-        if self.store is None:
-            return
-        self.saves.save_all()
-        for task in (self._load, self._full):
-            if task is not None:
-                task.cancel()
-        self.store.close()
-        self.store, self.folder, self.image_id, self.image, self.document = None, None, None, None, None
-        self.display = self.image_size = None
-        self.prefetch.clear()
-        self.probs = self.raw_labels = self.uncertainty = self.crf_labels = None
 
     def shutdown(self, timeout_ms: int = 5000) -> None:
         self._timer.stop()
