@@ -32,7 +32,8 @@ from ..state.session import VIEW_MODES, Session
 from .canvas.canvas import Canvas
 from .canvas.tools import TOOL_KEYS, make_tools
 from .dialogs import unsaved_dialog
-from .panels.class_panel import ClassPanel
+from .dialogs.class_picker import open_class_picker
+from .panels.class_panel import ClassPanel, CursorReadout
 from .panels.image_list import ImageListPanel
 
 __all__ = ["MainWindow"]
@@ -148,6 +149,9 @@ class MainWindow(QMainWindow):
         self.canvas.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f}%"))
         self.zoom_label = QLabel()
         self.statusBar().addPermanentWidget(self.zoom_label)
+        self.cursor_readout = CursorReadout(s)  # "under cursor: 15 person"
+        self.canvas.hovered.connect(self.cursor_readout.show_pixel)
+        self.statusBar().addPermanentWidget(self.cursor_readout)
         self.resize(1280, 800)
         geo, state = s.settings.window_state()
         if geo is not None:
@@ -236,6 +240,7 @@ class MainWindow(QMainWindow):
         t.addSeparator()
         self._action(t, "Smaller brush", lambda: self.change_size(1 / 1.25), "[")
         self._action(t, "Larger brush", lambda: self.change_size(1.25), "]")
+        self._action(t, "Choose &class by name or number...", lambda: open_class_picker(s, self), "/")
         for k in range(10):  # 1-9 classes 1-9, 0 background
             self._action(None, f"Class {k}", lambda _=False, k=k: setattr(s, "current_label", k), str(k))
         for dock in self.findChildren(QDockWidget):

@@ -13,6 +13,7 @@ convention of :mod:`deeplab_gui.editing.raster`.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -121,6 +122,7 @@ class Canvas(QGraphicsView):
     """Shows ``session``'s current image and overlay; forwards mouse and keys to ``tool``."""
 
     zoom_changed = Signal(float)
+    hovered = Signal(int, int)  # image pixel (x, y) under the mouse; (-1, -1) off the image
 
     def __init__(self, session, parent=None) -> None:
         super().__init__(parent)
@@ -136,6 +138,7 @@ class Canvas(QGraphicsView):
         self._preview: QGraphicsPathItem | None = None
         self._pan_from: QPointF | None = None
         self._space = False
+        self._hover = (-1, -1)
         self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
         self.setResizeAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
         # Only the damaged rectangles are redrawn (the default already, stated because it matters).
@@ -316,7 +319,20 @@ class Canvas(QGraphicsView):
             self.tool.press(self.image_pos(event), event.modifiers())
         event.accept()
 
+    def _report_hover(self, x: int, y: int) -> None:
+        rect = self.scene().sceneRect()  # the image's pixels
+        xy = (x, y) if 0 <= x < rect.width() and 0 <= y < rect.height() else (-1, -1)
+        if xy != self._hover:  # once per pixel crossed, not per mouse event
+            self._hover = xy
+            self.hovered.emit(*xy)
+
+    def leaveEvent(self, event) -> None:
+        self._report_hover(-1, -1)
+        super().leaveEvent(event)
+
     def mouseMoveEvent(self, event) -> None:
+        pos = self.image_pos(event)
+        self._report_hover(math.floor(pos.x()), math.floor(pos.y()))
         if self._pan_from is not None and self._panning(event):
             delta = event.position() - self._pan_from
             self._pan_from = event.position()

@@ -1,17 +1,24 @@
-"""The class list: colour swatches, the current class, add / rename / recolour.
+"""The class list: colour swatches, the current class, add / rename / recolour; the class read-out.
 
-Number keys 1–9 (0 for background) pick classes through the main window's shortcuts; this panel only
-shows and edits the list.  Changes go through ``session.set_classes`` (the store writes
-``classes.json`` atomically), and every view repaints on ``classes_changed``.
+Every row shows its class index ("15: person"), the number a person types in the class picker; keys
+1–9 and 0 pick the first ten classes through the main window's shortcuts.  This panel only shows and
+edits the list.  Changes go through ``session.set_classes`` (the store writes ``classes.json``
+atomically), and every view repaints on ``classes_changed``.
+
+:class:`CursorReadout` is the status bar's "under cursor: 15 person": the class of the mask pixel
+under the mouse, read as one scalar per move.
 """
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QIcon, QPixmap
+
+from engine import VOID
 from PySide6.QtWidgets import (
     QColorDialog,
     QHBoxLayout,
     QInputDialog,
+    QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -19,13 +26,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-__all__ = ["ClassPanel", "swatch"]
+__all__ = ["ClassPanel", "CursorReadout", "class_row_text", "swatch"]
 
 
 def swatch(color: tuple[int, int, int], size: int = 14) -> QIcon:
     pix = QPixmap(size, size)
     pix.fill(QColor(*color))
     return QIcon(pix)
+
+
+def class_row_text(index: int, name: str) -> str:
+    """How a class is listed everywhere: its index, then its name ("15: person")."""
+    return f"{index}: {name}"
 
 
 class ClassPanel(QWidget):
@@ -58,8 +70,7 @@ class ClassPanel(QWidget):
         self.list.blockSignals(True)
         self.list.clear()
         for i, (name, color) in enumerate(zip(self.session.class_names, self.session.class_colors)):
-            key = f"{i}: " if i <= 9 else ""
-            item = QListWidgetItem(swatch(color), f"{key}{name}")
+            item = QListWidgetItem(swatch(color), class_row_text(i, name))
             item.setData(Qt.ItemDataRole.UserRole, i)
             self.list.addItem(item)
         self.list.blockSignals(False)
@@ -121,3 +132,49 @@ class ClassPanel(QWidget):
                                       f"Colour of {self.session.class_names[row]}")
         if color.isValid():
             self.recolor_class(row, (color.red(), color.green(), color.blue()))
+
+
+class CursorReadout(QLabel):
+    """Status-bar text naming the class of the current mask's pixel under the mouse.
+
+    :meth:`show_pixel` takes image pixel coordinates ((-1, -1): the mouse is off the image).  It reads
+    one element of the document's mask view, so following the mouse allocates nothing image-sized.
+    The text follows edits and renames under a still mouse, and clears when the image changes.
+    """
+
+    PREFIX = "under cursor: "
+
+    def __init__(self, session, parent=None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self._xy: tuple[int, int] | None = None
+        # Room for a typical entry, so the status bar does not jump as the mouse crosses classes.
+        self.setMinimumWidth(self.fontMetrics().horizontalAdvance(self.PREFIX + "20: pottedplant"))
+        session.mask_changed.connect(lambda *_: self._refresh())
+        session.classes_changed.connect(self._refresh)
+        session.current_changed.connect(lambda *_: self.show_pixel(-1, -1))
+
+    def show_pixel(self, x: int, y: int) -> None:
+        self._xy = (int(x), int(y)) if x >= 0 and y >= 0 else None
+        self._refresh()
+
+    def describe(self) -> str:
+        """The read-out for the remembered pixel; empty off the image or without a mask."""
+        doc = self.session.document
+        if self._xy is None or doc is None:
+            return ""
+        x, y = self._xy
+        mask = doc.mask
+        if not (0 <= y < mask.shape[0] and 0 <= x < mask.shape[1]):
+            return ""
+        label = int(mask[y, x])
+        if label == VOID:
+            return self.PREFIX + "void"
+        names = self.session.class_names
+        name = names[label] if label < len(names) else "(no such class)"
+        return f"{self.PREFIX}{label} {name}"
+
+    def _refresh(self) -> None:
+        text = self.describe()
+        if text != self.text():
+            self.setText(text)
