@@ -33,6 +33,7 @@ from .canvas.canvas import Canvas
 from .canvas.tools import TOOL_KEYS, make_tools
 from .dialogs import unsaved_dialog
 from .dialogs.class_picker import open_class_picker
+from .input_guard import install_input_guard
 from .panels.class_panel import ClassPanel, CursorReadout
 from .panels.image_list import ImageListPanel
 
@@ -140,6 +141,7 @@ class MainWindow(QMainWindow):
         self._dock("Tool options", self.tool_options, Qt.DockWidgetArea.RightDockWidgetArea)
         self._load_panels()
         self._build_menus()
+        install_input_guard(self, home=self.canvas)  # panels: no wheel edits, keys back to the canvas
         self.tool_options.size.valueChanged.connect(self._on_size)
         self.set_tool("brush")
         s.message.connect(self.show_message)
