@@ -5,7 +5,7 @@ target)``, see :mod:`.toolview`): the target gives the current document and clas
 previews. Tools hold no pixels; the document owns them and its listeners repaint whatever shows it.
 The UI thread only does cheap numpy on bounding boxes; the CRF-snap brush runs
 ``refine_with_scribbles`` through the target's task runner on a crop around the strokes and applies
-the result as one undo step.
+the region the strokes reach (see :mod:`deeplab_gui.editing.snap`) as one undo step.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from PySide6.QtCore import QPointF, Qt
 from engine import VOID
 
 from ...editing.brush import ScribbleLayer
+from ...editing.snap import apply_snap
 from .toolview import EditTarget, SnapTarget, ToolView
 
 __all__ = [
@@ -193,14 +194,15 @@ class PolygonTool(Tool):
 
 
 def snap_margin(radius: float) -> int:
-    """Pixels around the strokes the CRF-snap result may change: far enough to follow an edge the
-    strokes hint at, near enough that the rest of the mask stays as the person left it."""
+    """Pixels around the strokes the CRF-snap refines: far enough to follow an edge the strokes hint
+    at; within it, only the region connected to the strokes changes."""
     return int(max(32, math.ceil(6 * radius)))
 
 
 class SnapTool(BrushTool):
     """CRF-snap brush: paint hints in a scribble layer; on release the dense CRF spreads them along
-    image edges (in a worker, on a crop around the strokes) and the result becomes one undo step.
+    image edges (in a worker, on a crop around the strokes) and the region it grows from the strokes
+    becomes one undo step; the rest of the crop and a person's earlier labels stay as they are.
 
     Needs a :class:`~.toolview.SnapTarget`: it supplies the image, probabilities, CRF parameters
     and the task runner."""
@@ -268,12 +270,8 @@ class SnapTool(BrushTool):
             # Documents are one per image: another document on the target means another image is shown.
             if t.document is not doc:
                 return
-            # Full-size arrays, but only a copy and a fill: the document diffs and stores the crop.
-            full = np.zeros(doc.shape, dtype=bool)
-            full[y0:y1, x0:x1] = True
-            target = np.array(doc.mask)
-            target[y0:y1, x0:x1] = labels
-            doc.apply_labels(target, where=full, description="CRF snap")
+            # Only the region the stroke reaches along edges changes, never a person's labels.
+            apply_snap(doc, (y0, x0, y1, x1), labels, scrib)
 
         def failed(text: str) -> None:
             self.reset()

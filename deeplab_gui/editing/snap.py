@@ -1,0 +1,118 @@
+"""Which pixels a CRF-snap stroke may change, and applying that as one undo step. No Qt.
+
+The dense CRF labels a whole crop around the strokes, but most of that crop is not what the person
+pointed at: a snap changes only the region its stroke reaches along image edges, i.e. the pixels
+the CRF gave the stroke's class that are 4-connected to the stroke through pixels of that class,
+plus the stroke's own pixels. Everything else in the crop keeps its label, so there are no
+rectangular seams and no far-away pixels relabelled to whatever the CRF guessed there.
+
+A pixel a person set is never changed unless the stroke itself covers it, and the region does not
+grow through it (a hand-drawn boundary stops the snap) unless it already has the stroke's class.
+The document keeps no per-pixel record of who set a pixel, so "person-set" is read from the
+document's undo history (:func:`person_set`): pixels the kept steps gave a class by hand. Steps
+dropped from a full history, and edits from before the image was opened, do not count.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine import VOID
+
+from .raster import BBox, flood_region
+
+__all__ = ["MODEL_EDITS", "SNAP_DESCRIPTION", "apply_snap", "grow_from", "person_set", "snap_region"]
+
+SNAP_DESCRIPTION = "CRF snap"
+# Undo steps whose pixels came from the model, not a person: they make the pixels they changed
+# model guesses again. Every other step that gives a pixel a class (paint, fill, polygon, applied
+# CRF, an earlier snap) marks it person-set; erasing to void un-marks it.
+MODEL_EDITS = frozenset({"pre-label"})
+
+
+def _intersect(a: BBox, b: BBox) -> BBox | None:
+    y0, x0 = max(a[0], b[0]), max(a[1], b[1])
+    y1, x1 = min(a[2], b[2]), min(a[3], b[3])
+    return (y0, x0, y1, x1) if y0 < y1 and x0 < x1 else None
+
+
+def person_set(doc, box: BBox) -> np.ndarray:
+    """Bool array over ``box`` of the document: True where a kept undo step set the pixel by hand.
+
+    Replays the applied steps oldest first, so a later pre-label or erase over a painted pixel
+    un-marks it. Only steps overlapping ``box`` are decoded.
+    """
+    by0, bx0, by1, bx1 = box
+    out = np.zeros((by1 - by0, bx1 - bx0), dtype=bool)
+    # The patches are the document's own history (same package); a read-only walk.
+    for patch in getattr(doc, "_undo", ()):
+        inter = _intersect(patch.bbox, box)
+        if inter is None:
+            continue
+        y0, x0, y1, x1 = inter
+        py0, px0 = patch.bbox[0], patch.bbox[1]
+        sl = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
+        old, new = patch.pixels("old")[sl], patch.pixels("new")[sl]
+        changed = old != new
+        dest = out[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
+        if patch.description in MODEL_EDITS:
+            dest[changed] = False
+        else:
+            dest[changed] = new[changed] != VOID
+    return out
+
+
+def grow_from(passable: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Bool mask of the ``passable`` pixels 4-connected to a seed (seeds must be passable)."""
+    grid = passable.astype(np.uint8)
+    region = np.zeros(passable.shape, dtype=bool)
+    left = seeds & passable
+    while True:
+        ys, xs = np.nonzero(left)
+        if not len(ys):
+            return region
+        (y0, x0, y1, x1), inside = flood_region(grid, int(xs[0]), int(ys[0]))
+        region[y0:y1, x0:x1] |= inside
+        left &= ~region
+
+
+def snap_region(labels: np.ndarray, scribbles: np.ndarray, current: np.ndarray,
+                protected: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels a snap changes, over one crop.
+
+    Args:
+        labels: h×w refined class per pixel (the CRF's argmax).
+        scribbles: h×w uint8 stroke class per marked pixel, ``VOID`` elsewhere.
+        current: h×w uint8 labels the document has now.
+        protected: h×w bool, pixels a person set (kept unless a stroke covers them); None = none.
+    Returns:
+        ``(new, where)``: h×w uint8 labels and the h×w bool mask of pixels to take them from.
+    """
+    marked = scribbles != VOID
+    free = ~protected if protected is not None else np.ones(labels.shape, dtype=bool)
+    new = np.array(current, dtype=np.uint8, copy=True)
+    where = np.zeros(labels.shape, dtype=bool)
+    for c in np.unique(scribbles[marked]).tolist():
+        stroke = scribbles == c
+        # Grow through the CRF's pixels of this class, but not through a person's labels of another.
+        passable = ((labels == c) & ~marked & (free | (current == c))) | stroke
+        region = grow_from(passable, stroke) & (free | stroke)
+        new[region] = c
+        where |= region
+    return new, where
+
+
+def apply_snap(doc, box: BBox, labels: np.ndarray, scribbles: np.ndarray,
+               description: str = SNAP_DESCRIPTION) -> BBox | None:
+    """Apply a snap's CRF ``labels`` and ``scribbles`` (both over ``box`` of ``doc``) as one undo step.
+
+    Returns the changed box, or None when nothing changed.
+    """
+    y0, x0, y1, x1 = box
+    current = doc.mask[y0:y1, x0:x1]
+    new, where = snap_region(labels, scribbles, current, person_set(doc, box))
+    # Full-size arrays, but only a copy and a fill: the document diffs and stores the changed box.
+    full_where = np.zeros(doc.shape, dtype=bool)
+    full_where[y0:y1, x0:x1] = where
+    target = np.array(doc.mask)
+    target[y0:y1, x0:x1] = new
+    return doc.apply_labels(target, where=full_where, description=description)

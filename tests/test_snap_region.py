@@ -1,0 +1,181 @@
+"""The CRF-snap brush changes only the region its stroke reaches: the pixels the CRF gave the stroke's
+class that connect to the stroke, never the rest of its crop, and never a person's earlier labels
+unless the stroke covers them. Driven through the tool with a plain target (no window)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPointF, Qt
+
+import engine.crf
+from deeplab_gui.editing.document import MaskDocument
+from deeplab_gui.editing.snap import grow_from, person_set, snap_region
+from deeplab_gui.widgets.canvas.tools import SnapTool
+from deeplab_gui.widgets.canvas.toolview import SnapInput
+from engine import VOID
+from engine.crf import DEEPLAB_V1
+
+H, W = 40, 50   # small enough that the snap's crop is the whole image
+NO_MOD = Qt.KeyboardModifier.NoModifier
+MODEL = 3       # the pre-label's class everywhere: no undo step, so no person set it
+
+
+class Target:
+    """What the snap tool edits; its task runs at once."""
+
+    def __init__(self, doc: MaskDocument, label: int, image: np.ndarray, probs=None,
+                 params=DEEPLAB_V1) -> None:
+        self.document, self.current_label, self.image = doc, label, image
+        self.probs, self.params = probs, params
+        self.class_colors = [(0, 0, 0), (200, 0, 0), (0, 200, 0), (0, 0, 200)]
+        self.errors: list[str] = []
+
+    def snap_input(self):
+        return SnapInput(self.image, self.probs, self.params, 4)
+
+    def run_task(self, fn, *, on_result, on_error, task_name):
+        on_result(fn())
+        return task_name
+
+    def report_error(self, text: str) -> None:
+        self.errors.append(text)
+
+
+class View:
+    def show_path(self, *args, **kwargs) -> None:
+        pass
+
+    def clear_preview(self) -> None:
+        pass
+
+
+def _crf_labels() -> np.ndarray:
+    """What the stubbed CRF answers: class 1 in a box holding the stroke and in a far, separate blob;
+    class 2 in another patch; background (0) elsewhere."""
+    lab = np.zeros((H, W), np.uint8)
+    lab[5:16, 10:31] = 1     # the object the stroke is on
+    lab[30:36, 38:48] = 1    # same class, not connected to the stroke
+    lab[20:28, 2:20] = 2     # another class
+    return lab
+
+
+@pytest.fixture
+def stub_crf(monkeypatch):
+    """Replace the CRF by a fixed answer (one-hot of :func:`_crf_labels`), so the region is exact."""
+    def fake(image, probs, scribbles, params=DEEPLAB_V1, *, num_classes=None, **kw):
+        assert scribbles.shape == (H, W)  # the crop is the whole image
+        lab = _crf_labels()
+        marked = scribbles != VOID
+        lab[marked] = scribbles[marked]
+        return np.eye(4, dtype=np.float32)[lab].transpose(2, 0, 1)
+    monkeypatch.setattr(engine.crf, "refine_with_scribbles", fake)
+
+
+def _snap(doc, label, points, image=None, size=2.0, **crf) -> Target:
+    target = Target(doc, label, image if image is not None else np.zeros((H, W, 3), np.uint8), **crf)
+    tool = SnapTool()
+    tool.activate(View(), target)
+    tool.size = size
+    tool.press(QPointF(*points[0]), NO_MOD)
+    for p in points[1:]:
+        tool.move(QPointF(*p), True)
+    tool.release(QPointF(*points[-1]))
+    assert target.errors == []
+    return target
+
+
+def _paint(doc, label, points, size=1.0) -> None:
+    doc.begin_stroke(label, size)
+    for x, y in points:
+        doc.stroke_to(x, y)
+    doc.end_stroke()
+
+
+def test_snap_changes_only_the_region_of_its_class_connected_to_the_stroke(stub_crf):
+    doc = MaskDocument(np.full((H, W), MODEL, np.uint8))
+    _snap(doc, 1, [(15.5, 10.5), (18.5, 10.5)])
+    expected = np.full((H, W), MODEL, np.uint8)
+    expected[5:16, 10:31] = 1
+    # The far blob of class 1, the class-2 patch and the CRF's background stay as they were.
+    assert (doc.mask == expected).all()
+    assert doc.undo_depth == 1 and doc.undo_description == "CRF snap"
+    doc.undo()
+    assert (doc.mask == MODEL).all()
+
+
+def test_snap_keeps_a_persons_labels_and_does_not_grow_past_them(stub_crf):
+    doc = MaskDocument(np.full((H, W), MODEL, np.uint8))
+    _paint(doc, 2, [(25.5, 0.5), (25.5, 39.5)])        # a hand-drawn line across the object
+    line = doc.mask == 2
+    assert line[:, 25].all() and not line[:, 22].any() and not line[:, 28].any()
+    painted = doc.mask.copy()
+    _snap(doc, 1, [(14.5, 10.5), (16.5, 10.5)])
+    assert (doc.mask[line] == 2).all()                 # the person's pixels are kept
+    assert (doc.mask[5:16, 10:23] == 1).all()          # the object up to the line snaps
+    assert (doc.mask[5:16, 28:31] == MODEL).all()      # beyond the line the snap does not reach
+    changed = doc.mask != painted
+    assert changed.sum() == (doc.mask[5:16, 10:31] == 1).sum()
+    assert doc.undo_depth == 2
+    doc.undo()                                         # one step takes the whole snap back
+    assert (doc.mask == painted).all()
+
+
+def test_a_stroke_over_a_persons_labels_changes_the_pixels_it_covers(stub_crf):
+    doc = MaskDocument(np.full((H, W), MODEL, np.uint8))
+    _paint(doc, 2, [(25.5, 0.5), (25.5, 39.5)])
+    _snap(doc, 1, [(15.5, 10.5), (29.5, 10.5)], size=1.0)   # drawn across the line
+    assert doc.mask[10, 25] == 1                             # covered by the stroke: relabelled
+    assert doc.mask[5, 25] == 2 and doc.mask[14, 25] == 2    # the rest of the line is kept
+    assert (doc.mask[5:16, 28:31] == 1).all()                # reached through the stroke
+
+
+def test_person_set_follows_the_kept_history():
+    doc = MaskDocument(np.full((H, W), MODEL, np.uint8))
+    _paint(doc, 1, [(5.5, 5.5)])
+    _paint(doc, 2, [(20.5, 5.5)])
+    doc.fill(40, 30, 0)                        # a fill over the whole model region: person-set too
+    prelabel = doc.mask.copy()
+    prelabel[5, 20] = MODEL                    # the model re-labels one painted pixel
+    doc.apply_labels(prelabel, description="pre-label")
+    _paint(doc, VOID, [(5.5, 5.5)])            # erased back to void
+    got = person_set(doc, (0, 0, H, W))
+    assert not got[5, 5] and not got[5, 20] and got[30, 40]
+    doc.undo()
+    doc.undo()
+    assert person_set(doc, (0, 0, H, W))[5, 20]   # undone steps no longer count
+    assert person_set(doc, (3, 18, 8, 23)).shape == (5, 5)
+
+
+def test_snap_region_on_its_own():
+    labels = np.array([[1, 1, 0, 1],
+                       [0, 1, 0, 1],
+                       [2, 1, 1, 0]], np.uint8)
+    scrib = np.full(labels.shape, VOID, np.uint8)
+    scrib[0, 0] = 1
+    current = np.full(labels.shape, 5, np.uint8)
+    new, where = snap_region(labels, scrib, current)
+    assert where.tolist() == [[True, True, False, False],
+                              [False, True, False, False],
+                              [False, True, True, False]]
+    assert (new[where] == 1).all() and (new[~where] == 5).all()
+    protected = np.zeros(labels.shape, bool)
+    protected[1, 1] = True                     # a person's pixel on the only path: the snap stops
+    new, where = snap_region(labels, scrib, current, protected)
+    assert where.sum() == 2 and where[0, 0] and where[0, 1]
+    assert grow_from(labels == 1, scrib == 1).sum() == 5
+
+
+def test_real_crf_snap_leaves_a_look_alike_far_object_alone():
+    image = np.full((H, W, 3), 20, np.uint8)
+    image[4:14, 4:14] = 230     # the object stroked
+    image[26:36, 36:46] = 230   # a look-alike far away, which the CRF also gives the stroke's class
+    bright = image[..., 0] > 100
+    probs = np.empty((4, H, W), np.float32)   # sure of the dark background, unsure on bright pixels
+    probs[:] = np.array([0.7, 0.1, 0.1, 0.1], np.float32)[:, None, None]
+    probs[:, bright] = np.array([0.36, 0.34, 0.15, 0.15], np.float32)[:, None]
+    params = DEEPLAB_V1.replace(bilateral_weight=10.0, bilateral_xy=80.0)   # long-range appearance
+    doc = MaskDocument(np.zeros((H, W), np.uint8))
+    _snap(doc, 1, [(8.5, 8.5), (9.5, 9.5)], image=image, size=3.0, probs=probs, params=params)
+    assert (doc.mask[4:14, 4:14] == 1).all()            # the stroked object snaps to its edges
+    assert (doc.mask[26:36, 36:46] == 0).all()          # the look-alike is not relabelled
+    assert (doc.mask[~bright] == 0).all()
