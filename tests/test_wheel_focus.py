@@ -166,3 +166,14 @@ def test_choosing_a_combo_entry_or_releasing_a_slider_returns_focus_to_the_canva
     assert window.canvas.hasFocus()
     _key(qtbot, Qt.Key.Key_F)
     assert window.canvas.tool.name == "fill"
+
+
+def test_clicking_a_number_box_arrow_steps_it_and_returns_focus_to_the_canvas(qtbot, window):
+    box = _crf_box(window)
+    window.canvas.setFocus()
+    before = box.value()
+    qtbot.mouseClick(box, Qt.MouseButton.LeftButton, pos=QPoint(box.width() - 4, 3))  # the up arrow
+    assert box.value() > before
+    assert window.canvas.hasFocus()
+    _key(qtbot, Qt.Key.Key_E)
+    assert window.canvas.tool.name == "eraser"
