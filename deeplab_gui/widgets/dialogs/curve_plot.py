@@ -11,10 +11,12 @@ __all__ = ["CurvePlot"]
 
 _LOSS_COLOUR = QColor(40, 90, 200)
 _MIOU_COLOUR = QColor(220, 110, 20)
+_LOSS_PAD = 0.08  # share of the loss's range left free above and below the curve
+_INSET = 5.0      # pixels between the frame and the nearest point (an mIoU dot's radius and a bit)
 
 
 class CurvePlot(QWidget):
-    """Training loss (left axis, 0..max) and held-out mIoU (right axis, 0..1) against the step.
+    """Training loss (left axis, scaled to the data) and held-out mIoU (right axis, 0..1) against the step.
 
     Plain QPainter: two short polylines do not justify a plotting dependency.  ``loss`` and ``miou``
     are lists of (step, value) the tests read.
@@ -51,29 +53,47 @@ class CurvePlot(QWidget):
                 self.miou.append(point)
         self.update()
 
+    def plot_area(self) -> QRectF:
+        """The frame the curves are drawn in (widget coordinates); nothing is drawn outside it."""
+        fm = self.fontMetrics()
+        margin_l, margin_r = fm.horizontalAdvance("0.000") + 8, fm.horizontalAdvance("1.00") + 8
+        return QRectF(margin_l, fm.height() + 6, self.width() - margin_l - margin_r,
+                      self.height() - 2 * fm.height() - 12)
+
+    def loss_range(self) -> tuple[float, float]:
+        """(bottom, top) of the loss axis: the data's range widened by a margin on each side, so the
+        highest and lowest points sit inside the frame, not on its edges (never below 0)."""
+        values = [v for _, v in self.loss]
+        if not values:
+            return 0.0, 1.0
+        lo, hi = min(values), max(values)
+        pad = (hi - lo) * _LOSS_PAD or abs(hi) * _LOSS_PAD or 1.0
+        return max(lo - pad, 0.0), hi + pad
+
     def paintEvent(self, _event) -> None:  # noqa: N802 (Qt naming)
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         p.fillRect(self.rect(), QColor(255, 255, 255))
         fm = p.fontMetrics()
-        margin_l, margin_r = fm.horizontalAdvance("0.000") + 8, fm.horizontalAdvance("1.00") + 8
-        area = QRectF(margin_l, fm.height() + 6, self.width() - margin_l - margin_r,
-                      self.height() - 2 * fm.height() - 12)
+        area = self.plot_area()
         if area.width() < 10 or area.height() < 10:
             return
         p.setPen(QPen(QColor(160, 160, 160)))
         p.drawRect(area)
-        top_loss = max((v for _, v in self.loss), default=1.0) or 1.0
+        lo_loss, top_loss = self.loss_range()
+        # Points map into the frame less an inset, so a line's width or an mIoU dot at 0 or 1 stays
+        # off the frame's edges; the clip below catches anything else.
+        inner = area.adjusted(_INSET, _INSET, -_INSET, -_INSET)
 
-        def pt(step: int, value: float, top: float) -> QPointF:
-            x = area.left() + area.width() * step / self.total
-            y = area.bottom() - area.height() * min(max(value / top, 0.0), 1.0)
+        def pt(step: int, value: float, lo: float, top: float) -> QPointF:
+            x = inner.left() + inner.width() * min(max(step / self.total, 0.0), 1.0)
+            y = inner.bottom() - inner.height() * min(max((value - lo) / (top - lo), 0.0), 1.0)
             return QPointF(x, y)
 
         # Axis labels: loss on the left, mIoU on the right, step underneath.
         p.setPen(_LOSS_COLOUR)
         p.drawText(QPointF(2, area.top() + fm.ascent()), f"{top_loss:.3f}")
-        p.drawText(QPointF(2, area.bottom()), "0")
+        p.drawText(QPointF(2, area.bottom()), f"{lo_loss:.3f}" if lo_loss else "0")
         p.setPen(_MIOU_COLOUR)
         p.drawText(QPointF(area.right() + 4, area.top() + fm.ascent()), "1.00")
         p.drawText(QPointF(area.right() + 4, area.bottom()), "0")
@@ -86,12 +106,13 @@ class CurvePlot(QWidget):
         p.setPen(_MIOU_COLOUR)
         p.drawText(QPointF(area.left() + fm.horizontalAdvance("loss") + 12, fm.ascent() + 2), "held-out mIoU")
 
+        p.setClipRect(area.adjusted(1, 1, -1, -1))  # inside the frame's line
         if len(self.loss) > 1:
             p.setPen(QPen(_LOSS_COLOUR, 1.5))
-            p.drawPolyline(QPolygonF([pt(s, v, top_loss) for s, v in self.loss]))
+            p.drawPolyline(QPolygonF([pt(s, v, lo_loss, top_loss) for s, v in self.loss]))
         if self.miou:
             p.setPen(QPen(_MIOU_COLOUR, 2.0))
-            points = [pt(s, v, 1.0) for s, v in self.miou]
+            points = [pt(s, v, 0.0, 1.0) for s, v in self.miou]
             if len(points) > 1:
                 p.drawPolyline(QPolygonF(points))
             p.setBrush(_MIOU_COLOUR)

@@ -197,13 +197,22 @@ class FineTuneDialog(QDialog):
     def refresh_counts(self) -> tuple[int, int]:
         """Show (and return) how many images the run learns from and how many it holds out."""
         s = self.session
-        n, held = self.training.counts(self.base_recipe.heldout_fraction)
+        fraction = self.base_recipe.heldout_fraction
+        n, held = self.training.counts(fraction)
         if n == 0:
             text = "no edited or reviewed images yet: correct a few masks first"
         elif held == 0:
-            text = f"{n} edited/reviewed image(s), all used for training (mIoU needs 3 or more)"
+            why = ("the recipe holds none out" if fraction <= 0 else
+                   "holding some out to measure needs 3 or more")
+            if s.model is None:
+                after = "with no model loaded, the new one is used when it finishes unless you decline"
+            else:
+                after = "so it cannot be compared with the current model: at the end you choose whether to use it"
+            text = (f"{n} edited/reviewed image(s), all used for training ({why}). Measured: the training "
+                    f"loss. Not measured: held-out mIoU; {after}.")
         else:
-            text = f"{n} edited/reviewed images: {n - held} to train on, {held} held out to measure mIoU"
+            text = (f"{n} edited/reviewed images: {n - held} to train on, {held} held out to measure mIoU "
+                    "before and after training")
         self.data_label.setText(text)
         self._form.setRowVisible(self.new_arch, s.model is None)
         self.start_button.setEnabled(n > 0 and self.task is None and s.store is not None)
@@ -246,12 +255,15 @@ class FineTuneDialog(QDialog):
             if ev.images_per_s:
                 parts.append(f"{ev.images_per_s:.1f} images/s")
             self.step_label.setText("  ·  ".join(parts))
-        elif ev.message:
-            self.status_label.setText(ev.message)
 
     def _show_offer(self, n: int) -> None:
         if n:
-            self.reprelabel_button.setText(f"Re-pre-label {n} image(s) nobody edited")
+            # Name both kinds: only the pre-labelled ones are re-pre-labelled; unlabelled ones get their first.
+            unlabelled, prelabelled = self.training.offer_parts
+            kinds = [f"{unlabelled} unlabelled" if unlabelled else "",
+                     f"{prelabelled} pre-labelled by a model before" if prelabelled else ""]
+            self.reprelabel_button.setText(f"Pre-label {n} image(s) nobody edited with the new model "
+                                           f"({', '.join(k for k in kinds if k)})")
         self.reprelabel_button.setVisible(bool(n))
 
     def untouched(self) -> int:
@@ -263,9 +275,9 @@ class FineTuneDialog(QDialog):
         return self.training.reprelabel()
 
     def _ask_box(self, text: str) -> bool:
-        answer = QMessageBox.question(self, "Fine-tune on my labels", text,
-                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                                      QMessageBox.StandardButton.No)
+        yes, no = QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.No
+        answer = QMessageBox.question(self, "Fine-tune on my labels", text, yes | no,
+                                      yes if self.training.keep_default else no)
         return answer == QMessageBox.StandardButton.Yes
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt naming)
