@@ -2,6 +2,8 @@
 fine-tuning that the Model menu and the model panel's button share."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -115,14 +117,19 @@ def test_cancel_stops_a_prelabel_run(qtbot, tmp_path, sessions, tiny_ckpt):
     s = sessions(_folder(tmp_path, n=4))
     _load(qtbot, s, tiny_ckpt)
     real_predict = s.predictor.predict_with_probs
+    started, go = threading.Event(), threading.Event()
 
-    def predict_then_cancel(image):
-        s.models.cancel()  # as if Cancel were clicked during the first image
+    def predict_held(image):  # the first image waits until Cancel was clicked (on the UI thread)
+        started.set()
+        go.wait(WAIT / 1000)
         return real_predict(image)
-    s.predictor.predict_with_probs = predict_then_cancel
+    s.predictor.predict_with_probs = predict_held
     finished = []
     s.models.prelabel_finished.connect(finished.append)
     handle = s.models.prelabel_all()
+    qtbot.waitUntil(started.is_set, timeout=WAIT)
+    s.models.cancel()
+    go.set()
     qtbot.waitUntil(lambda: handle.done, timeout=WAIT)
     _idle(qtbot, s)
     assert handle.cancelled and not s.models.busy and s.models.status == "cancelled"
