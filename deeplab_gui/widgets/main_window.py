@@ -33,9 +33,11 @@ from .canvas.canvas import Canvas
 from .canvas.tools import TOOL_KEYS, make_tools
 from .dialogs import unsaved_dialog
 from .dialogs.class_picker import open_class_picker
+from .dialogs.help import add_help_menu
 from .input_guard import install_input_guard
 from .panels.class_panel import ClassPanel, CursorReadout
 from .panels.image_list import ImageListPanel
+from .save_feedback import save_and_report
 
 __all__ = ["MainWindow"]
 
@@ -209,7 +211,7 @@ class MainWindow(QMainWindow):
         self._action(f, "&Open folder...", self.ask_open_folder, QKeySequence.StandardKey.Open)
         self.recent_menu = f.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
-        self._action(f, "&Save", s.save_current, "Ctrl+S")
+        self._action(f, "&Save", lambda: save_and_report(self), "Ctrl+S")  # says what it did
         self.export_action = self._action(f, "&Export VOC...", self.open_export)
         f.addSeparator()
         self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
@@ -247,6 +249,7 @@ class MainWindow(QMainWindow):
             self._action(None, f"Class {k}", lambda _=False, k=k: setattr(s, "current_label", k), str(k))
         for dock in self.findChildren(QDockWidget):
             v.addAction(dock.toggleViewAction())
+        add_help_menu(self)
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()

@@ -14,6 +14,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QIcon, QPixmap
 
 from engine import VOID
+from engine.meta import voc_colormap
 from PySide6.QtWidgets import (
     QColorDialog,
     QHBoxLayout,
@@ -90,7 +91,17 @@ class ClassPanel(QWidget):
     def _classes(self) -> list[tuple[str, tuple[int, int, int]]]:
         return list(zip(self.session.class_names, self.session.class_colors))
 
-    def add_class(self, name: str, color: tuple[int, int, int]) -> bool:
+    def next_color(self) -> tuple[int, int, int]:
+        """The first VOC colour-map entry no class uses yet: a new class stands out from the others
+        (a colour dialog's own default, white, would not)."""
+        used = {tuple(c) for c in self.session.class_colors}
+        for color in voc_colormap(256):
+            if color not in used:
+                return color
+        return (255, 255, 255)
+
+    def add_class(self, name: str, color: tuple[int, int, int] | None = None) -> bool:
+        color = self.next_color() if color is None else color
         return self.session.set_classes(self._classes() + [(name, tuple(color))])
 
     def rename_class(self, index: int, name: str) -> bool:
@@ -111,7 +122,7 @@ class ClassPanel(QWidget):
     def _ask_add(self) -> None:
         name, ok = QInputDialog.getText(self, "Add class", "Name of the new class:")
         if ok and name.strip():
-            color = QColorDialog.getColor(parent=self, title=f"Colour of {name.strip()}")
+            color = QColorDialog.getColor(QColor(*self.next_color()), self, f"Colour of {name.strip()}")
             if color.isValid():
                 self.add_class(name.strip(), (color.red(), color.green(), color.blue()))
 

@@ -12,7 +12,7 @@ from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelInde
 from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import QComboBox, QLabel, QListView, QVBoxLayout, QWidget
 
-__all__ = ["STATUS_ORDER", "ImageListModel", "ImageListPanel", "status_icon"]
+__all__ = ["STATUS_ORDER", "ImageListModel", "ImageListPanel", "counts_text", "status_icon"]
 
 log = logging.getLogger("deeplab_gui")
 
@@ -48,6 +48,14 @@ def status_icon(status: str) -> QIcon:
             icon = QIcon(pix)
         _icon_cache[status] = icon
     return icon
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """The line under the list, naming each count: "5 pre-labelled · 0 edited · 0 reviewed of 5".
+    (One "labelled" total would read 0 while every image carries a model's pre-label.)"""
+    total = sum(counts.values())
+    return (f"{counts.get('prelabeled', 0)} pre-labelled · {counts.get('edited', 0)} edited · "
+            f"{counts.get('reviewed', 0)} reviewed of {total}")
 
 
 def _value(status: Any) -> str:
@@ -168,8 +176,7 @@ class ImageListPanel(QWidget):
             self.filter_box.addItem(status_icon(st), f"{_LABELS[st]} ({counts.get(st, 0)})", st)
         self.filter_box.setCurrentIndex(max(current, 0))
         self.filter_box.blockSignals(False)
-        done = counts.get("edited", 0) + counts.get("reviewed", 0)
-        self.counts_label.setText(f"{done} of {sum(counts.values())} labelled · {counts.get('reviewed', 0)} reviewed")
+        self.counts_label.setText(counts_text(counts))
 
     def set_filter(self, status: str | None) -> None:
         i = self.filter_box.findData(status)
