@@ -39,6 +39,12 @@ class FakeView:
     def clear_preview(self) -> None:
         self.path = None
 
+    def show_outline(self, center, radius) -> None:
+        self.outline = (tuple(center), radius)
+
+    def clear_outline(self) -> None:
+        self.outline = None
+
 
 class FakeTarget:
     """What a tool edits, plus the CRF-snap input; ``run_task`` runs now, or later when ``deferred``."""

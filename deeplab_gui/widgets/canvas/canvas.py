@@ -20,6 +20,7 @@ import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import (
     QColor,
+    QCursor,
     QImage,
     QKeyEvent,
     QPainter,
@@ -42,12 +43,12 @@ from PySide6.QtWidgets import (
 from engine import VOID
 
 from ...state.session_io import display_image
+from .outline import BrushOutline
 from .session_target import SessionTarget
 from .tools import Tool
 from .toolview import RGBA
 
 __all__ = ["Canvas", "OverlayItem", "heat_table", "label_table", "outline_labels"]
-
 
 
 def label_table(colors: list[tuple[int, int, int]], opacity: float) -> list[int]:
@@ -136,6 +137,9 @@ class Canvas(QGraphicsView):
         self.tool: Tool | None = None
         self.target = SessionTarget(session)
         self._preview: QGraphicsPathItem | None = None
+        self.outline_item = BrushOutline()
+        self.outline_item.setVisible(False)
+        self.scene().addItem(self.outline_item)
         self._pan_from: QPointF | None = None
         self._space = False
         self._hover = (-1, -1)
@@ -162,6 +166,9 @@ class Canvas(QGraphicsView):
         if tool is not None:
             tool.activate(self, self.target)
             self.viewport().setCursor(tool.cursor)
+            if self.underMouse() and self.session.document is not None:
+                # Chosen by key with the pointer on the image: show its outline before the mouse moves.
+                tool.move(self.mapToScene(self.viewport().mapFromGlobal(QCursor.pos())), False)
 
     # ---------------------------------------------------------------- tool previews (ToolView)
     def show_path(self, points: Sequence[tuple[float, float]], *, closed: bool = False,
@@ -190,6 +197,18 @@ class Canvas(QGraphicsView):
         if self._preview is not None and self._preview.scene() is not None:
             self._preview.scene().removeItem(self._preview)
         self._preview = None
+
+    def show_outline(self, center: tuple[float, float], radius: float) -> None:
+        cx, cy = center
+        r = max(float(radius), 0.0)
+        item = self.outline_item
+        item.setRect(QRectF(cx - r, cy - r, 2 * r, 2 * r))
+        if not item.isVisible():
+            item.setVisible(True)
+
+    def clear_outline(self) -> None:
+        if self.outline_item.isVisible():
+            self.outline_item.setVisible(False)
 
     # ---------------------------------------------------------------- content
     def _on_current(self, _image_id: str) -> None:
@@ -328,6 +347,8 @@ class Canvas(QGraphicsView):
 
     def leaveEvent(self, event) -> None:
         self._report_hover(-1, -1)
+        if self.tool is not None:
+            self.tool.leave()
         super().leaveEvent(event)
 
     def mouseMoveEvent(self, event) -> None:

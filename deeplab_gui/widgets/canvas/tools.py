@@ -68,6 +68,9 @@ class Tool:
     def release(self, pos: QPointF) -> None: ...
     def double_click(self, pos: QPointF) -> None: ...
 
+    def leave(self) -> None:
+        """The pointer left the view: hide whatever follows it."""
+
     def key(self, key: int) -> bool:
         """Handle a key (Enter, Escape); True when used."""
         return False
@@ -78,6 +81,35 @@ class BrushTool(Tool):
 
     name = "brush"
     sized = True
+    _at: tuple[float, float] | None = None   # the pointer (image pixels) while it is over the view
+    _size = 8.0
+
+    @property
+    def size(self) -> float:
+        """Brush radius in image pixels; a change redraws the outline at once (``[``, ``]``)."""
+        return self._size
+
+    @size.setter
+    def size(self, value: float) -> None:
+        self._size = float(value)
+        self._draw_outline()
+
+    def _track(self, pos: QPointF) -> None:
+        self._at = (pos.x(), pos.y())
+        self._draw_outline()
+
+    def _draw_outline(self) -> None:
+        if self.view is not None and self._at is not None:
+            self.view.show_outline(self._at, self._size)
+
+    def leave(self) -> None:
+        self._at = None
+        if self.view is not None:
+            self.view.clear_outline()
+
+    def deactivate(self) -> None:
+        self.leave()
+        super().deactivate()
 
     def _begin(self, doc, modifiers: Any) -> None:
         doc.begin_stroke(self.target.current_label, self.size)
@@ -88,6 +120,7 @@ class BrushTool(Tool):
         doc.stroke_to(pos.x(), pos.y())
 
     def move(self, pos: QPointF, pressed: bool) -> None:
+        self._track(pos)
         doc = self.target.document
         if pressed and doc.in_stroke:
             doc.stroke_to(pos.x(), pos.y())
@@ -226,6 +259,7 @@ class SnapTool(BrushTool):
         self._show_path()
 
     def move(self, pos: QPointF, pressed: bool) -> None:
+        self._track(pos)
         if pressed and self.layer is not None and self.layer.in_stroke:
             self.layer.stroke_to(pos.x(), pos.y())
             self._path.append((pos.x(), pos.y()))

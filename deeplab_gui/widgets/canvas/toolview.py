@@ -23,7 +23,8 @@ RGBA = tuple[int, int, int, int]
 
 
 class ToolView(Protocol):
-    """Previews drawn over the image for the active tool; one at a time, replaced by each call."""
+    """Previews drawn over the image for the active tool: one path at a time, replaced by each call,
+    and the brush outline."""
 
     def show_path(self, points: Sequence[tuple[float, float]], *, closed: bool = False,
                   width: float = 0.0, color: RGBA = (255, 255, 0, 255)) -> None:
@@ -35,6 +36,14 @@ class ToolView(Protocol):
 
     def clear_preview(self) -> None:
         """Remove the preview, if any."""
+
+    def show_outline(self, center: tuple[float, float], radius: float) -> None:
+        """Show the brush's reach: a circle of ``radius`` image pixels around ``center``, drawn one
+        screen pixel wide, so it grows and shrinks with the zoom as the painted disc does.  It is
+        separate from the preview: a stroke preview and the outline can show together."""
+
+    def clear_outline(self) -> None:
+        """Hide the outline, if shown."""
 
 
 class EditTarget(Protocol):

@@ -1,0 +1,96 @@
+"""The tool bar: an icon per editing tool, undo and redo, and the brush-size steps.
+
+The tool buttons are the Tools menu's own actions (one exclusive, checkable group), so the checked
+button is the active tool however it was chosen: by its key, the menu, or a click here.  Tooltips
+name each tool's key, so the bar also teaches the shortcuts.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from PySide6.QtCore import QSize
+from PySide6.QtGui import QAction, QIcon
+from PySide6.QtWidgets import QMainWindow, QToolBar
+
+from .canvas.tools import TOOL_KEYS
+
+__all__ = ["ToolBarSpec", "add_tool_bar", "tool_icon"]
+
+log = logging.getLogger("deeplab_gui")
+
+
+@dataclass(frozen=True)
+class ToolBarSpec:
+    """What the bar shows for each tool and command: a qtawesome glyph and a short name."""
+
+    tools: tuple[tuple[str, str, str], ...] = (          # (tool, glyph, name)
+        ("brush", "fa5s.paint-brush", "Brush"),
+        ("eraser", "fa5s.eraser", "Eraser (Shift: to background)"),
+        ("polygon", "fa5s.draw-polygon", "Polygon"),
+        ("fill", "fa5s.fill-drip", "Flood fill"),
+        ("picker", "fa5s.eye-dropper", "Label picker"),
+        ("snap", "fa5s.magic", "CRF-snap brush"),
+    )
+    undo: str = "fa5s.undo"
+    redo: str = "fa5s.redo"
+    smaller: str = "mdi6.circle-small"
+    larger: str = "mdi6.circle-medium"
+    icon_px: int = 20
+
+
+def tool_icon(glyph: str) -> QIcon:
+    """The qtawesome icon ``glyph``; an empty icon (the button shows its text) if it cannot be drawn."""
+    try:
+        import qtawesome
+
+        return qtawesome.icon(glyph)
+    except Exception as exc:  # noqa: BLE001  (missing font, old qtawesome: a text button still works)
+        log.warning("qtawesome icon %s unavailable (%s); the tool bar shows text", glyph, exc)
+        return QIcon()
+
+
+def _button(bar: QToolBar, action: QAction, glyph: str, tip: str) -> QAction:
+    action.setIcon(tool_icon(glyph))
+    action.setToolTip(tip)
+    bar.addAction(action)
+    return action
+
+
+def add_tool_bar(window: QMainWindow, spec: ToolBarSpec = ToolBarSpec()) -> QToolBar:
+    """Build the bar from ``window``'s tool actions (``tool_actions``, ``tools``) and commands
+    (``undo``, ``redo``, ``change_size``), add it at the top and return it."""
+    bar = QToolBar("Tools", window)
+    bar.setObjectName("Tools_bar")  # saveState() needs object names
+    bar.setIconSize(QSize(spec.icon_px, spec.icon_px))
+    for name, glyph, title in spec.tools:
+        _button(bar, window.tool_actions[name], glyph, f"{title} ({TOOL_KEYS[name]})")
+    bar.addSeparator()
+    # The Edit menu's actions carry Ctrl+Z / Ctrl+Y; the bar's own have no shortcut, so a key never
+    # matches two actions (Qt would then run neither).
+    for attr, slot, glyph, tip in (("undo_action", window.undo, spec.undo, "Undo (Ctrl+Z)"),
+                                   ("redo_action", window.redo, spec.redo, "Redo (Ctrl+Shift+Z)")):
+        act = getattr(window, attr, None)
+        if not isinstance(act, QAction):
+            act = QAction(tip.split(" (")[0], bar)
+            act.triggered.connect(slot)
+        _button(bar, act, glyph, tip)
+    bar.addSeparator()
+    sizes = []
+    for text, factor, glyph, key in (("Smaller brush", 1 / 1.25, spec.smaller, "["),
+                                     ("Larger brush", 1.25, spec.larger, "]")):
+        act = QAction(text, bar)
+        act.triggered.connect(lambda _=False, f=factor: window.change_size(f))
+        sizes.append(_button(bar, act, glyph, f"{text} ({key})"))
+
+    def sync_sizes() -> None:  # the size steps only mean something for the brushes
+        # The checked action, not the canvas's tool: a key checks it before the tool is switched.
+        on = [n for n, a in window.tool_actions.items() if a.isChecked()]
+        for act in sizes:
+            act.setEnabled(bool(on) and window.tools[on[0]].sized)
+
+    for act in window.tool_actions.values():
+        act.toggled.connect(lambda _on: sync_sizes())
+    sync_sizes()
+    window.addToolBar(bar)
+    return bar
