@@ -37,6 +37,7 @@ from .dialogs.help import add_help_menu
 from .input_guard import install_input_guard
 from .panels.class_panel import ClassPanel, CursorReadout
 from .panels.image_list import ImageListPanel
+from .toolbar import add_tool_bar
 from .save_feedback import save_and_report
 
 __all__ = ["MainWindow"]
@@ -143,6 +144,7 @@ class MainWindow(QMainWindow):
         self._dock("Tool options", self.tool_options, Qt.DockWidgetArea.RightDockWidgetArea)
         self._load_panels()
         self._build_menus()
+        self.tool_bar = add_tool_bar(self)  # tool icons: the Tools menu's actions, so they stay in step
         install_input_guard(self, home=self.canvas)  # panels: no wheel edits, keys back to the canvas
         self.tool_options.size.valueChanged.connect(self._on_size)
         self.set_tool("brush")
