@@ -74,7 +74,7 @@ class FolderMethods:
         self.classes_changed.emit()
         self.statuses_changed.emit()
         if self._ids:
-            self.select(self._ids[0])
+            self.select(self.settings.last_image(store.folder, self._ids))  # where the person stopped
         else:
             self._say("info", f"{store.folder} holds no images")
 

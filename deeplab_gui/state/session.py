@@ -19,8 +19,10 @@ from engine import VOID
 from .crf import CRFState
 from .models import ModelsState
 from .folder import FolderMethods
+from .history import HistoryState
 from .predictions import PredictionMethods
 from .prefetch import Prefetcher
+from .review import ReviewState
 from .saving import SessionSaves
 from .session_io import Loaded, load_image, read_for_display
 from .settings import Settings
@@ -94,6 +96,8 @@ class Session(QObject, FolderMethods, PredictionMethods):
         self.prefetch = Prefetcher(self)  # decoded neighbours of the current image, so A/D show them at once
         self.crf = CRFState(self)  # CRF parameters (saved per folder) and the live refinement of the image
         self.models = ModelsState(self)  # weights, loading, pre-labelling, versions, fine-tuning
+        self.history = HistoryState(self)  # undo steps kept per image across switches; Undo/Redo
+        self.review = ReviewState(self)  # accept and next; the image each folder reopens on
         self._timer = QTimer(self)
         self._timer.setInterval(AUTOSAVE_MS)
         self._timer.timeout.connect(self.autosave)
@@ -177,7 +181,6 @@ class Session(QObject, FolderMethods, PredictionMethods):
     def _install(self, loaded: Loaded | None) -> None:
         if loaded is None or loaded.image_id != self._pending or self.store is None:
             return  # a newer selection superseded this one
-        from ..editing.document import MaskDocument
         self.saves.save_current(wait=False)  # edits made while the new image was loading
         if self.document is not None:
             self.document.remove_listener(self._on_doc_change)
@@ -193,7 +196,7 @@ class Session(QObject, FolderMethods, PredictionMethods):
             # The document is full resolution from the start, even under a reduced preview: painting
             # needs the mask, not the pixels.
             mask = loaded.mask if loaded.mask is not None else np.full(loaded.size, VOID, np.uint8)
-            self.document = MaskDocument(mask)
+            self.document = self.history.document(loaded.image_id, mask)  # with its earlier undo steps
         if self.document is not None:
             self.document.add_listener(self._on_doc_change)
         if loaded.warning:

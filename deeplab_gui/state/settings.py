@@ -1,7 +1,8 @@
 """Persistent settings (QSettings) and the log file (in the user log dir).
 
 What is remembered between runs: recent folders, window geometry and dock state, tool sizes, the CRF
-parameters of each folder (a plain dict the CRF panel reads and writes) and the last model weights.
+parameters of each folder (a plain dict the CRF panel reads and writes), the image each folder last had
+open and the last model weights.
 ``DEEPLAB_GUI_SETTINGS`` (an .ini path) and ``DEEPLAB_GUI_LOG_DIR`` redirect both, which tests use so
 they never touch a person's real settings.
 """
@@ -16,9 +17,10 @@ from typing import Any
 
 from PySide6.QtCore import QByteArray, QSettings
 
-__all__ = ["MAX_RECENT", "Settings", "log_dir", "setup_logging"]
+__all__ = ["MAX_LAST_IMAGES", "MAX_RECENT", "Settings", "log_dir", "setup_logging"]
 
 MAX_RECENT = 10
+MAX_LAST_IMAGES = 100  # folders whose last open image is remembered (the most recent ones)
 _LOG_NAME = "deeplab-gui.log"
 
 
@@ -122,6 +124,26 @@ class Settings:
         all_ = all_ if isinstance(all_, dict) else {}
         all_[str(folder)] = dict(params)
         self.set("crf_params", all_)
+
+    # ---------------------------------------------------------------- per-folder last image
+    def last_image(self, folder: str | os.PathLike, ids: list[str] | None = None) -> str | None:
+        """The image ``folder`` last had open; with ``ids``, one of them: the remembered one while the
+        folder still holds it, else the first (None for an empty list)."""
+        all_ = self.get("last_image", {})
+        v = all_.get(str(folder)) if isinstance(all_, dict) else None
+        v = v if isinstance(v, str) else None
+        if ids is None:
+            return v
+        return v if v in ids else (ids[0] if ids else None)
+
+    def set_last_image(self, folder: str | os.PathLike, image_id: str) -> None:
+        all_ = self.get("last_image", {})
+        all_ = all_ if isinstance(all_, dict) else {}
+        if all_.get(str(folder)) == image_id:
+            return
+        all_.pop(str(folder), None)
+        all_[str(folder)] = str(image_id)  # most recent last: the oldest folders are forgotten first
+        self.set("last_image", dict(list(all_.items())[-MAX_LAST_IMAGES:]))
 
     # ---------------------------------------------------------------- model
     def last_weights(self) -> str | None:

@@ -218,8 +218,13 @@ class MainWindow(QMainWindow):
         f.addSeparator()
         self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         e = mb.addMenu("&Edit")
-        self._action(e, "&Undo", self.undo, "Ctrl+Z")
-        self._action(e, "&Redo", self.redo, ["Ctrl+Shift+Z", "Ctrl+Y"])
+        self.undo_action = self._action(e, "&Undo", self.undo, "Ctrl+Z")
+        self.redo_action = self._action(e, "&Redo", self.redo, ["Ctrl+Shift+Z", "Ctrl+Y"])
+        # Greyed out while there is nothing to undo or redo (the session says when that changes).
+        s.history.availability.connect(lambda u, r: [a.setEnabled(on) for a, on in ((self.undo_action, u),
+                                                                                 (self.redo_action, r))])
+        self.undo_action.setEnabled(s.history.can_undo)
+        self.redo_action.setEnabled(s.history.can_redo)
         v = mb.addMenu("&View")
         self._action(v, "&Fit", self.canvas.fit, "Ctrl+0")
         self._action(v, "&Actual size (1:1)", self.canvas.actual_size, "Ctrl+1")
@@ -233,7 +238,10 @@ class MainWindow(QMainWindow):
         self._action(im, "&Previous", s.prev_image, "A")
         self._action(im, "&Next", s.next_image, "D")
         self._action(im, "Mark &reviewed", s.mark_reviewed, "Ctrl+R")
-        self._action(im, "Next most &uncertain", s.next_most_uncertain, "U")
+        self.accept_action = self._action(im, "&Accept and next", s.review.accept_and_next, ["Ctrl+Return", "Ctrl+Enter"])
+        m = self.image_list.model  # accept and next follows the list's order, its filter applied
+        s.review.visible = lambda: [m.image_id(r) for r in range(m.rowCount())]
+        self._action(im, "Next most &uncertain", s.review.next_most_uncertain, "U")
         mm = mb.addMenu("&Model")
         self.finetune_action = self._action(mm, "&Fine-tune on my labels...", self.open_finetune)
         t = mb.addMenu("&Tools")
@@ -280,12 +288,10 @@ class MainWindow(QMainWindow):
         return getattr(self.panels.get("Model"), "finetune_dialog", None)
 
     def undo(self) -> None:
-        if self.session.document is not None:
-            self.session.document.undo()
+        self.session.history.undo()  # names the step in the status bar
 
     def redo(self) -> None:
-        if self.session.document is not None:
-            self.session.document.redo()
+        self.session.history.redo()
 
     def set_tool(self, name: str) -> None:
         tool = self.tools[name]
