@@ -37,8 +37,8 @@ from .dialogs.help import add_help_menu
 from .input_guard import install_input_guard
 from .panels.class_panel import ClassPanel, CursorReadout
 from .panels.image_list import ImageListPanel
-from .toolbar import add_tool_bar
 from .save_feedback import save_and_report
+from .toolbar import add_tool_bar
 
 __all__ = ["MainWindow"]
 
