@@ -48,6 +48,12 @@ class View:
     def clear_preview(self) -> None:
         pass
 
+    def show_outline(self, *args, **kwargs) -> None:
+        pass
+
+    def clear_outline(self) -> None:
+        pass
+
 
 def _crf_labels() -> np.ndarray:
     """What the stubbed CRF answers: class 1 in a box holding the stroke and in a far, separate blob;
