@@ -53,3 +53,29 @@ def _no_unanswered_unsaved_question(monkeypatch):
         raise AssertionError("the unsaved-work question was asked but this test does not answer it")
     monkeypatch.setattr(unsaved_dialog, "ask", unexpected)
     yield
+
+
+@pytest.fixture
+def open_window(qtbot, tmp_path):
+    """``open_window(folder)``: the real main window (its own settings file) shown and active, the folder
+    open, its first image current and the canvas focused; every session made is shut down after the test."""
+    from deeplab_gui.state.session import Session
+    from deeplab_gui.state.settings import Settings
+    from deeplab_gui.widgets.main_window import MainWindow
+
+    made = []
+
+    def make(folder):
+        win = MainWindow(Session(Settings(os.environ.get("DEEPLAB_GUI_SETTINGS") or tmp_path / "settings.ini")))
+        qtbot.addWidget(win)
+        made.append(win)
+        win.show()
+        qtbot.waitExposed(win)
+        win.activateWindow()
+        with qtbot.waitSignal(win.session.current_changed, timeout=20_000):
+            win.session.open_folder(folder)
+        win.canvas.setFocus()
+        return win
+    yield make
+    for win in made:
+        win.session.shutdown()

@@ -1,7 +1,6 @@
 """Accept and next, reopening a folder where the person stopped, and undo that survives image switches."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -11,9 +10,6 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import Qt
 
-from deeplab_gui.state.session import Session
-from deeplab_gui.state.settings import Settings
-from deeplab_gui.widgets.main_window import MainWindow
 from engine import Status
 
 WAIT = 20_000
@@ -36,17 +32,8 @@ def folder(tmp_path):
 
 
 @pytest.fixture
-def window(qtbot, folder):
-    win = MainWindow(Session(Settings(os.environ["DEEPLAB_GUI_SETTINGS"])))
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitExposed(win)
-    win.activateWindow()
-    with qtbot.waitSignal(win.session.current_changed, timeout=WAIT):
-        win.session.open_folder(folder)
-    win.canvas.setFocus()
-    yield win
-    win.session.shutdown()
+def window(open_window, folder):
+    return open_window(folder)
 
 
 def _select(qtbot, s, image_id):

@@ -2,7 +2,6 @@
 bar's read-out of the class under the mouse.  Offscreen with pytest-qt against a real Session."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -14,9 +13,6 @@ from PySide6.QtCore import QEvent, QPointF, Qt  # noqa: E402
 from PySide6.QtGui import QMouseEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from deeplab_gui.state.session import Session  # noqa: E402
-from deeplab_gui.state.settings import Settings  # noqa: E402
-from deeplab_gui.widgets.main_window import MainWindow  # noqa: E402
 from deeplab_gui.widgets.panels.class_panel import ClassPanel  # noqa: E402
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
@@ -39,17 +35,8 @@ def folder(tmp_path):
 
 
 @pytest.fixture
-def window(qtbot, folder):
-    win = MainWindow(Session(Settings(os.environ["DEEPLAB_GUI_SETTINGS"])))
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitExposed(win)
-    win.activateWindow()
-    with qtbot.waitSignal(win.session.current_changed, timeout=WAIT):
-        win.session.open_folder(folder)
-    win.canvas.setFocus()
-    yield win
-    win.session.shutdown()
+def window(open_window, folder):
+    return open_window(folder)
 
 
 def _pickers(win):

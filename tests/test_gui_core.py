@@ -19,7 +19,6 @@ from PySide6.QtWidgets import QApplication
 
 from deeplab_gui.state.session import Session
 from deeplab_gui.state.settings import Settings
-from deeplab_gui.widgets.main_window import MainWindow
 from engine import Status, StoreWriteError
 
 WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when things work
@@ -47,17 +46,8 @@ def folder(tmp_path):
 
 
 @pytest.fixture
-def window(qtbot, folder):
-    win = MainWindow(Session(Settings(os.environ["DEEPLAB_GUI_SETTINGS"])))
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitExposed(win)
-    win.activateWindow()
-    with qtbot.waitSignal(win.session.current_changed, timeout=WAIT):
-        win.session.open_folder(folder)
-    win.canvas.setFocus()
-    yield win
-    win.session.shutdown()
+def window(open_window, folder):
+    return open_window(folder)
 
 
 def _select(qtbot, s: Session, image_id: str) -> None:

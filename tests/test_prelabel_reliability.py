@@ -321,7 +321,10 @@ def test_sigkill_during_prelabel_leaves_a_consistent_store(tmp_path, ckpt):
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline and not any(
                 p.stat().st_mtime_ns >= start for p in masks.glob("*.png") if p.name[:-4] not in drawn):
-            time.sleep(0.005)
+            try:
+                proc.wait(0.005)  # returns at once if the run ended; else look for its first mask again
+            except subprocess.TimeoutExpired:
+                pass
         time.sleep(rng.uniform(0.0, 0.6))
         killed_mid_run += proc.poll() is None
         proc.send_signal(signal.SIGKILL)

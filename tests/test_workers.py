@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import pytest
 
@@ -182,8 +181,8 @@ def test_quiet_tasks_run_and_cancel_but_do_not_count_as_busy(qtbot, worker):
     release = threading.Event()
 
     def waits(*, cancel):
-        while not release.is_set() and not cancel():
-            time.sleep(0.005)
+        while not release.wait(0.005) and not cancel():
+            pass
         return "stopped" if cancel() else "done"
     h = worker.run_task(waits, quiet=True)
     assert worker.active == 1 and busy == []
