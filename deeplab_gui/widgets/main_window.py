@@ -12,19 +12,13 @@ from pathlib import Path
 from PySide6.QtCore import QEvent, QSize, Qt
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
-    QCheckBox,
-    QComboBox,
     QDockWidget,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
     QFrame,
     QLabel,
     QMainWindow,
     QMessageBox,
     QScrollArea,
-    QSizePolicy,
-    QSlider,
     QWidget,
 )
 
@@ -37,63 +31,15 @@ from .dialogs.help import add_help_menu
 from .input_guard import install_input_guard
 from .panels.class_panel import ClassPanel, CursorReadout
 from .panels.image_list import ImageListPanel
+from .panels.tool_options import VIEW_TITLES, ToolOptions
 from .save_feedback import save_and_report
 from .toolbar import add_tool_bar
 
 __all__ = ["MainWindow"]
 
 log = logging.getLogger("deeplab_gui")
-_VIEW_TITLES = {"mask": "Mask", "raw": "Raw prediction", "crf": "CRF", "uncertainty": "Uncertainty"}
 _TOOL_TITLES = {"brush": "Brush", "eraser": "Eraser (Shift: to background)", "polygon": "Polygon",
                 "fill": "Flood fill", "picker": "Label picker", "snap": "CRF-snap brush"}
-
-
-class ToolOptions(QWidget):
-    """Brush size, overlay opacity, outline toggle and view mode."""
-
-    def __init__(self, session: Session, parent=None) -> None:
-        super().__init__(parent)
-        self.session = session
-        self.size = QDoubleSpinBox()
-        self.size.setRange(0.5, 500.0)
-        self.size.setDecimals(1)
-        self.opacity = QSlider(Qt.Orientation.Horizontal)
-        self.opacity.setRange(0, 100)
-        self.opacity.setValue(round(session.opacity * 100))
-        self.outline = QCheckBox("Outline only")
-        self.view = QComboBox()
-        for m in VIEW_MODES:
-            self.view.addItem(_VIEW_TITLES[m], m)
-        form = QFormLayout(self)
-        form.addRow("Brush radius", self.size)
-        form.addRow("Opacity", self.opacity)
-        form.addRow("", self.outline)
-        form.addRow("View", self.view)
-        # A short form: spare height in the right dock column belongs to the class list, not to a
-        # blank area under these four rows.
-        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
-        self.opacity.valueChanged.connect(lambda v: session.set_opacity(v / 100.0))
-        self.outline.toggled.connect(session.set_outline)
-        self.view.currentIndexChanged.connect(lambda _i: session.set_view_mode(self.view.currentData()))
-        session.view_changed.connect(self._sync)
-
-    def event(self, e: QEvent) -> bool:  # noqa: N802 (Qt naming)
-        done = super().event(e)
-        if e.type() in (QEvent.Type.LayoutRequest, QEvent.Type.Show):
-            # Cap the height at the form's own: a cap taken once at construction would be off after
-            # the style polishes the widgets, and without one the dock keeps the height a
-            # neighbouring panel gave up (the model panel's banner hiding): a blank band.
-            h = self.layout().sizeHint().height()
-            if self.maximumHeight() != h:
-                self.setMaximumHeight(h)
-        return done
-
-    def _sync(self) -> None:
-        i = self.view.findData(self.session.view_mode)
-        if i != self.view.currentIndex():
-            self.view.blockSignals(True)
-            self.view.setCurrentIndex(i)
-            self.view.blockSignals(False)
 
 
 class _VerticalScroll(QScrollArea):
@@ -141,10 +87,10 @@ class MainWindow(QMainWindow):
         s.confirm_replace = lambda: self.confirm_unsaved("opening another folder")
         self._dock("Images", self.image_list, Qt.DockWidgetArea.LeftDockWidgetArea)
         self._dock("Classes", self.class_panel, Qt.DockWidgetArea.RightDockWidgetArea)
-        self._dock("Tool options", self.tool_options, Qt.DockWidgetArea.RightDockWidgetArea)
         self._load_panels()
         self._build_menus()
         self.tool_bar = add_tool_bar(self)  # tool icons: the Tools menu's actions, so they stay in step
+        self.view_menu.addAction(self.tool_bar.toggleViewAction())  # a hidden bar can come back
         install_input_guard(self, home=self.canvas)  # panels: no wheel edits, keys back to the canvas
         self.tool_options.size.valueChanged.connect(self._on_size)
         self.set_tool("brush")
@@ -225,7 +171,7 @@ class MainWindow(QMainWindow):
                                                                                  (self.redo_action, r))])
         self.undo_action.setEnabled(s.history.can_undo)
         self.redo_action.setEnabled(s.history.can_redo)
-        v = mb.addMenu("&View")
+        v = self.view_menu = mb.addMenu("&View")
         self._action(v, "&Fit", self.canvas.fit, "Ctrl+0")
         self._action(v, "&Actual size (1:1)", self.canvas.actual_size, "Ctrl+1")
         self._action(v, "Zoom &in", lambda: self.canvas.set_zoom(self.canvas.zoom * 1.25), "Ctrl++")
@@ -233,7 +179,7 @@ class MainWindow(QMainWindow):
         self.outline_action = self._action(v, "&Outline only", s.set_outline, "O", checkable=True)
         v.addSeparator()
         for i, m in enumerate(VIEW_MODES):
-            self._action(v, _VIEW_TITLES[m], lambda _=False, m=m: s.set_view_mode(m), f"Alt+{i + 1}")
+            self._action(v, VIEW_TITLES[m], lambda _=False, m=m: s.set_view_mode(m), f"Alt+{i + 1}")
         im = mb.addMenu("&Image")
         self._action(im, "&Previous", s.prev_image, "A")
         self._action(im, "&Next", s.next_image, "D")

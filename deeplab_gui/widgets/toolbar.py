@@ -1,4 +1,4 @@
-"""The tool bar: an icon per editing tool, undo and redo, and the brush-size steps.
+"""The tool bar: an icon per editing tool, undo and redo, the brush-size steps and the tool options.
 
 The tool buttons are the Tools menu's own actions (one exclusive, checkable group), so the checked
 button is the active tool however it was chosen: by its key, the menu, or a click here.  Tooltips
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from PySide6.QtCore import QSize
 from PySide6.QtGui import QAction, QIcon
-from PySide6.QtWidgets import QMainWindow, QToolBar
+from PySide6.QtWidgets import QMainWindow, QToolBar, QWidget
 
 from .canvas.tools import TOOL_KEYS
 
@@ -92,5 +92,9 @@ def add_tool_bar(window: QMainWindow, spec: ToolBarSpec = ToolBarSpec()) -> QToo
     for act in window.tool_actions.values():
         act.toggled.connect(lambda _on: sync_sizes())
     sync_sizes()
+    options = getattr(window, "tool_options", None)
+    if isinstance(options, QWidget):  # radius, opacity, outline, view: one row here, not a dock
+        bar.addSeparator()
+        bar.addWidget(options)
     window.addToolBar(bar)
     return bar

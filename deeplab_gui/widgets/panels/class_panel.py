@@ -10,11 +10,8 @@ under the mouse, read as one scalar per move.
 """
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QColor, QIcon, QPixmap
-
-from engine import VOID
-from engine.meta import voc_colormap
 from PySide6.QtWidgets import (
     QColorDialog,
     QHBoxLayout,
@@ -26,6 +23,9 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from engine import VOID
+from engine.meta import voc_colormap
 
 __all__ = ["ClassPanel", "CursorReadout", "class_row_text", "swatch"]
 
@@ -58,6 +58,10 @@ class ClassPanel(QWidget):
         lay.setContentsMargins(2, 2, 2, 2)
         lay.addWidget(self.list, 1)
         lay.addLayout(buttons)
+        # Ask for a short list: the model and CRF panels below need their height on a 1280×800
+        # screen more than the list needs its default 192 pixels; spare height still comes here.
+        self.list.setMinimumHeight(60)
+        self.list.sizeHint = lambda: QSize(256, 90)  # what Qt asks the list
         self.add_button.clicked.connect(self._ask_add)
         self.rename_button.clicked.connect(self._ask_rename)
         self.color_button.clicked.connect(self._ask_color)

@@ -28,6 +28,8 @@ from PySide6.QtWidgets import (
 
 from engine.crf import MAX_ITERATIONS, PRESETS, CRFParams, LiveResult
 
+from .labels import WrappedLabel
+
 __all__ = ["CUSTOM", "PARAM_SPECS", "PRESET_LABELS", "CRFPanel", "ParamControl", "ParamSpec"]
 
 CUSTOM = "custom"
@@ -183,6 +185,7 @@ class CRFPanel(QWidget):
         layout.addLayout(top)
 
         form = QFormLayout()
+        form.setVerticalSpacing(2)  # six slider rows: tight, so the buttons below stay on screen
         for spec in PARAM_SPECS:
             control = ParamControl(spec)
             control.value_changed.connect(self._on_control)
@@ -201,14 +204,16 @@ class CRFPanel(QWidget):
             self.view_group.addButton(b)
             self.view_buttons[mode] = b
             views.addWidget(b)
-        layout.addLayout(views)
-
+        # Show and Apply share a row: the panel's last buttons must fit a 1280×800 screen.
         self.apply_button = QPushButton("Apply to mask")
         self.apply_button.setToolTip("replace the mask with the CRF labels (one undo step)")
         self.apply_button.clicked.connect(self.apply_to_mask)
-        layout.addWidget(self.apply_button)
-        self.status_label = QLabel()
-        self.status_label.setWordWrap(True)
+        views.addSpacing(8)
+        views.addWidget(self.apply_button, 1)
+        layout.addLayout(views)
+        # Wraps and claims its height (a long message was cut off at the panel's bottom edge);
+        # never widens the dock; the tooltip has the whole text.
+        self.status_label = WrappedLabel(fixed_width=True)
         layout.addWidget(self.status_label)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
 

@@ -27,11 +27,14 @@ from PySide6.QtWidgets import (
 import engine
 from engine.weights import catalog
 
+from ...state.model_work import is_catalog_id
 from ...state.models import LoadedModel, device_description
+from .labels import ElidedLabel, WrappedLabel
 
-__all__ = ["ModelPanel", "device_description", "LoadedModel", "NO_WEIGHTS_TEXT"]
+__all__ = ["FILE_PREFIX", "NO_WEIGHTS_TEXT", "LoadedModel", "ModelPanel", "WrappedLabel", "device_description"]
 
 log = logging.getLogger(__name__)
+FILE_PREFIX = "file: "  # the weights combo's entry for a loaded checkpoint file
 
 NO_WEIGHTS_TEXT = (
     "<b>No model weights on this machine yet.</b> Three ways forward:"
@@ -41,29 +44,6 @@ NO_WEIGHTS_TEXT = (
     "<code>.safetensors</code>, detected from its contents.</li>"
     "<li><b>Label a few images</b> with the brush and polygon, then <b>Fine-tune on my labels</b>.</li>"
     "</ol>")
-
-
-class WrappedLabel(QLabel):
-    """A word-wrapped label that claims the height its text needs at its current width. Dock layouts
-    ignore heightForWidth, so a plain wrapped label got the height of its one-line size hint and the
-    banner's text was cut off in narrow windows."""
-
-    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
-        super().__init__(text, parent)
-        self.setWordWrap(True)
-
-    def setText(self, text: str) -> None:  # noqa: N802  (Qt's name)
-        super().setText(text)
-        self._claim()  # a new text needs another height at the same width
-
-    def resizeEvent(self, event) -> None:  # noqa: N802
-        super().resizeEvent(event)
-        self._claim()
-
-    def _claim(self) -> None:
-        need = self.heightForWidth(self.width())
-        if need > 0 and need != self.minimumHeight():
-            self.setMinimumHeight(need)
 
 
 # ---------------------------------------------------------------------- widget
@@ -89,10 +69,12 @@ class ModelPanel(QWidget):
         m.load_progress.connect(self._on_progress)
         m.prelabel_progress.connect(self._on_progress)
         m.load_failed.connect(self._on_load_failed)
+        m.loaded.connect(self._show_loaded_weights)  # the file's path is known by now
         m.loaded.connect(self.model_loaded.emit)
         m.prelabel_finished.connect(self.prelabel_finished.emit)
         m.finetune_requested.connect(self._show_finetune)
         session.model_changed.connect(self._update_state)
+        session.model_changed.connect(self._show_loaded_weights)
         session.current_changed.connect(self._update_state)
         session.probs_changed.connect(self._update_state)
         session.folder_opened.connect(self._update_state)
@@ -115,7 +97,7 @@ class ModelPanel(QWidget):
         b = QVBoxLayout(self.banner)
         self.banner_text = WrappedLabel(NO_WEIGHTS_TEXT)
         self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.banner_error = WrappedLabel()
+        self.banner_error = WrappedLabel(fixed_width=True)  # paths: cut, never a wider dock
         self.banner_error.setStyleSheet("color: #a00000;")
         self.banner_error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.banner_error.hide()
@@ -138,6 +120,9 @@ class ModelPanel(QWidget):
         self.arch_combo.setToolTip("used when a checkpoint's keys do not say which architecture it is")
         form.addRow("Architecture", self.arch_combo)
         self.weights_combo = QComboBox()
+        # Long entries (a checkpoint's file name) are cut, not a reason to widen the dock.
+        self.weights_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.weights_combo.setMinimumContentsLength(16)
         for e in catalog.list_weights("segmentation"):
             self.weights_combo.addItem(e.id, e.id)
         self.weights_combo.currentIndexChanged.connect(self._on_weights_selected)
@@ -150,13 +135,17 @@ class ModelPanel(QWidget):
         buttons.addWidget(self.load_button)
         buttons.addWidget(self.file_button)
         form.addRow("", buttons)
-        self.device_label = QLabel(device_description())
-        form.addRow("Device", self.device_label)
-        self.model_label = QLabel("none")
-        self.model_label.setWordWrap(True)
+        self.model_label = ElidedLabel("none")  # one line: a long file name must not widen the dock
         form.addRow("Model", self.model_label)
+        # Device and class count share a line: the height goes to the buttons below.
+        facts = QHBoxLayout()
+        self.device_label = QLabel(device_description())
         self.classes_label = QLabel("–")
-        form.addRow("Classes", self.classes_label)
+        facts.addWidget(self.device_label)
+        facts.addStretch(1)
+        facts.addWidget(QLabel("Classes"))
+        facts.addWidget(self.classes_label)
+        form.addRow("Device", facts)
         from .versions_panel import VersionsBox
         self.versions = VersionsBox(self.session)
         form.addRow("Version", self.versions)
@@ -166,8 +155,10 @@ class ModelPanel(QWidget):
         self.prelabel_button.clicked.connect(self.prelabel_current)
         self.prelabel_all_button = QPushButton("Pre-label all unlabelled")
         self.prelabel_all_button.clicked.connect(self.prelabel_unlabelled)
-        layout.addWidget(self.prelabel_button)
-        layout.addWidget(self.prelabel_all_button)
+        pre = QHBoxLayout()
+        pre.addWidget(self.prelabel_button)
+        pre.addWidget(self.prelabel_all_button)
+        layout.addLayout(pre)
         self.finetune_button = QPushButton("Fine-tune on my labels…")
         self.finetune_button.setToolTip("train the model on the masks you edited or reviewed")
         # The same request as the Model menu's entry: one rule for when fine-tuning can open.
@@ -181,8 +172,7 @@ class ModelPanel(QWidget):
         prow.addWidget(self.progress, 1)
         prow.addWidget(self.cancel_button)
         layout.addLayout(prow)
-        self.status_label = QLabel()
-        self.status_label.setWordWrap(True)
+        self.status_label = WrappedLabel(fixed_width=True)
         layout.addWidget(self.status_label)
         # Take only the height the controls need, so docks below (classes, CRF) get the rest.
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
@@ -194,7 +184,7 @@ class ModelPanel(QWidget):
 
     def _on_weights_selected(self, _index: int = 0) -> None:
         entry_id = self.weights_combo.currentData()
-        if entry_id:
+        if is_catalog_id(entry_id):
             arch = catalog.get_weights(entry_id).arch
             i = self.arch_combo.findText(arch)
             if i >= 0:
@@ -209,8 +199,8 @@ class ModelPanel(QWidget):
         busy = m.busy
         if model is not None:
             meta = model.meta
-            self.model_label.setText(f"{s.model_name or meta.arch}\n({meta.arch})")
-            self.model_label.setToolTip(s.model_id or "")
+            self.model_label.setText(f"{s.model_name or meta.arch} ({meta.arch})")
+            self.model_label.setToolTip("\n".join(filter(None, (self.model_label.text(), s.model_id))))
             self.classes_label.setText(str(meta.num_classes))
             i = self.arch_combo.findText(meta.arch)
             if i >= 0:
@@ -232,9 +222,36 @@ class ModelPanel(QWidget):
             w.setEnabled(not busy)
         self._show_progress(busy)
 
+    def _show_loaded_weights(self, *_args) -> None:
+        """Select what is loaded in the weights combo: its catalog entry, or a "file: <name>" entry, so
+        the combo never names catalog weights while a checkpoint file is in use."""
+        combo, name = self.weights_combo, self.session.model_name or ""
+        if self.session.model is None or not name:
+            return
+        file_row = next((i for i in range(combo.count()) if not is_catalog_id(combo.itemData(i))), -1)
+        if is_catalog_id(name):
+            row = combo.findData(name)
+        else:
+            last = self.session.settings.last_weights() or ""
+            path = last if last and os.path.basename(last) == name else None
+            if file_row < 0:
+                combo.addItem("", None)
+                file_row = combo.count() - 1
+            combo.setItemText(file_row, FILE_PREFIX + name)
+            combo.setItemData(file_row, path)
+            combo.setItemData(file_row, path or name, Qt.ItemDataRole.ToolTipRole)
+            row = file_row
+        if row >= 0 and row != combo.currentIndex():
+            combo.blockSignals(True)  # showing what is loaded, not a choice: no architecture change
+            combo.setCurrentIndex(row)
+            combo.blockSignals(False)
+            self.load_button.setText("Load")
+
     def _show_catalog_state(self, state: dict) -> None:
         for i in range(self.weights_combo.count()):
             eid = self.weights_combo.itemData(i)
+            if not is_catalog_id(eid):
+                continue  # the loaded file's entry keeps its name
             mark = "downloaded" if state.get(eid) else "not downloaded"
             self.weights_combo.setItemText(i, f"{eid} ({mark})")
         self._on_weights_selected()
