@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from engine import Status, load_mask_png, read_image
+from engine import VOID, Status, load_mask_png, read_image
+from engine.store.provenance import read_confirmed_png
 
 from .augment import augment_pair
 
@@ -31,11 +32,17 @@ TRAIN_STATUSES = (Status.EDITED, Status.REVIEWED)
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image: its store id and the files to read (paths, so workers can pickle it)."""
+    """One labelled image: its store id and the files to read (paths, so workers can pickle it).
+
+    ``confirmed_path``: for an edited mask, the store's map of the pixels a person set; the others
+    (a pre-label's untouched pixels) are void for the loss.  None for a reviewed mask (all of it
+    counts).  A missing file means a mask saved before the map existed: all of it counts.
+    """
 
     id: str
     image_path: Path
     mask_path: Path
+    confirmed_path: Path | None = None
 
 
 def labelled_samples(store) -> list[Sample]:
@@ -45,7 +52,8 @@ def labelled_samples(store) -> list[Sample]:
     out = []
     for image_id, status in store.statuses().items():
         if status in TRAIN_STATUSES and store.has_mask(image_id):
-            out.append(Sample(image_id, store.image_path(image_id), store.mask_path(image_id)))
+            conf = store.confirmed_path(image_id) if status is Status.EDITED else None
+            out.append(Sample(image_id, store.image_path(image_id), store.mask_path(image_id), conf))
     return out
 
 
@@ -67,12 +75,17 @@ def split_heldout(samples: Sequence[Sample], fraction: float = 0.2, seed: int = 
 
 
 def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-    """(H×W×3 uint8 RGB image, H×W uint8 mask with 255 void); ValueError when their sizes differ."""
+    """(H×W×3 uint8 RGB image, H×W uint8 mask with 255 void, also where no person set the pixel);
+    ValueError when their sizes differ."""
     image = read_image(sample.image_path)
     mask = load_mask_png(sample.mask_path)
     if image.shape[:2] != mask.shape:
         raise ValueError(f"{sample.id}: mask is {mask.shape[1]}×{mask.shape[0]} but the image is "
                          f"{image.shape[1]}×{image.shape[0]}")
+    if sample.confirmed_path is not None:
+        confirmed = read_confirmed_png(sample.confirmed_path, mask.shape)
+        if confirmed is not None:
+            mask[~confirmed] = VOID  # the model's own guesses are not a person's label
     return image, mask
 
 

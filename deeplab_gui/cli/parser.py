@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("folder", metavar="FOLDER")
     e.add_argument("out", metavar="OUT")
     e.add_argument("--include-prelabeled", action="store_true", help="also export masks nobody corrected")
+    e.add_argument("--as-is", action="store_true", help="export edited masks whole (default: pixels nobody set are void)")
     e.add_argument("--void-border", type=int, default=0, metavar="N",
                    help="mark N pixels along class boundaries as void (255), as VOC does (default 0)")
     e.add_argument("--val-fraction", type=float, default=0.2, metavar="F", help="share of images in val.txt")

@@ -140,7 +140,7 @@ def cmd_export_voc(args: argparse.Namespace) -> int:
     try:
         rep = export_voc(args.folder, args.out, include_prelabeled=args.include_prelabeled,
                          void_border=args.void_border, val_fraction=args.val_fraction, seed=args.seed,
-                         progress=progress)
+                         progress=progress, confirmed_only=not getattr(args, "as_is", False))
     except (StoreError, OSError, ValueError) as exc:
         raise _cli_error(one_line(exc)) from None
     finally:

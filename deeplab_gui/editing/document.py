@@ -7,7 +7,13 @@ without a QApplication.
 History is a stack of *patches*: the tight box of the changed pixels with their old and new values,
 so an undo step costs memory in proportion to what it touched, not to the image. Large patches are
 zlib-compressed (label masks compress tens of times), which keeps a full-image "apply CRF" step to a
-few hundred KiB. Coordinates and boxes follow :mod:`deeplab_gui.raster`: ``x`` column, ``y`` row,
+few hundred KiB.
+
+Beside the labels the document keeps ``confirmed``, an H×W bool of the pixels a person set: every
+edit (stroke, fill, polygon, applied CRF, snap) confirms the pixels it changed, while a "pre-label"
+step leaves the pixels it changed unconfirmed (they are the model's). The patches carry the
+confirmed bits of their box too, so undo and redo restore them with the labels. The store keeps the
+map with the mask, so that export and fine-tuning can leave out the model's untouched pixels. Coordinates and boxes follow :mod:`deeplab_gui.raster`: ``x`` column, ``y`` row,
 boxes half-open ``(y0, x0, y1, x1)``.
 """
 from __future__ import annotations
@@ -25,8 +31,10 @@ from engine import VOID
 from .brush import BrushCanvas, Listener, ScribbleLayer, check_label, check_point
 from .raster import BBox, bbox_of, flood_region, polygon_mask
 
-__all__ = ["VOID", "BBox", "Listener", "Patch", "MaskDocument", "ScribbleLayer", "BrushCanvas"]
+__all__ = ["VOID", "PRELABEL", "BBox", "Listener", "Patch", "MaskDocument", "ScribbleLayer", "BrushCanvas"]
 
+# apply_labels steps with this description write the model's labels: their pixels are not a person's.
+PRELABEL = "pre-label"
 # Patches whose raw old+new pixels exceed this are compressed; below it zlib's overhead is not worth it.
 _COMPRESS_ABOVE = 8192
 _tokens = itertools.count(1)
@@ -46,6 +54,10 @@ class Patch:
 
     ``old``/``new`` are stored raw (``bytes`` of a C-order uint8 block) or zlib-compressed;
     ``nbytes`` is what the patch costs in memory. ``token`` names the document state after the edit.
+    ``confirms``: what the step made the confirmed bit of each pixel it changed (True for a person's
+    edit, False for a pre-label; None: the step leaves the confirmed map alone). ``conf_old`` holds
+    those pixels' bits before the step: a bool when they were all the same (the usual case, so a
+    step costs no more memory than its labels), else the box's bits packed.
     """
     bbox: BBox
     old: bytes
@@ -53,18 +65,46 @@ class Patch:
     compressed: bool
     description: str = ""
     token: int = field(default_factory=lambda: next(_tokens))
+    confirms: bool | None = None
+    conf_old: bytes | bool = False
 
     @classmethod
-    def make(cls, bbox: BBox, old: np.ndarray, new: np.ndarray, description: str = "") -> "Patch":
+    def make(cls, bbox: BBox, old: np.ndarray, new: np.ndarray, description: str = "",
+             confirms: bool | None = None, conf_old: np.ndarray | None = None) -> "Patch":
         o, n = np.ascontiguousarray(old), np.ascontiguousarray(new)
         squeeze = o.nbytes + n.nbytes > _COMPRESS_ABOVE
+        changed = o != n if conf_old is not None else None
         # zlib reads the arrays' buffers directly: no intermediate bytes copy of a large block.
         o, n = (zlib.compress(o, 1), zlib.compress(n, 1)) if squeeze else (o.tobytes(), n.tobytes())
-        return cls(bbox, o, n, squeeze, description)
+        co: bytes | bool = False
+        if changed is not None:
+            bits = conf_old[changed]
+            if bits.all() or not bits.any():
+                co = bool(bits.all()) if bits.size else False
+            else:
+                co = np.packbits(conf_old, axis=None).tobytes()
+                co = zlib.compress(co, 1) if squeeze else co
+        return cls(bbox, o, n, squeeze, description, confirms=confirms, conf_old=co)
 
     @property
     def nbytes(self) -> int:
+        # The labels only: the packed confirmed bits, when a step holds any, are one bit per pixel
+        # against the labels' sixteen (old and new), so the history budget stays within a sixteenth.
         return len(self.old) + len(self.new)
+
+    def restore_confirmed(self, conf: np.ndarray, which: str) -> None:
+        """Set the changed pixels' bits in ``conf`` (this box's block) to their ``old``/``new`` state."""
+        if self.confirms is None:
+            return
+        changed = self.pixels("old") != self.pixels("new")
+        if which == "new":
+            conf[changed] = self.confirms
+        elif isinstance(self.conf_old, bool):
+            conf[changed] = self.conf_old
+        else:
+            data = zlib.decompress(self.conf_old) if self.compressed else self.conf_old
+            bits = np.unpackbits(np.frombuffer(data, np.uint8), count=conf.size).astype(bool)
+            conf[changed] = bits.reshape(conf.shape)[changed]
 
     def pixels(self, which: str) -> np.ndarray:
         """The ``old`` or ``new`` block as an (y1-y0)×(x1-x0) uint8 array."""
@@ -83,9 +123,18 @@ class MaskDocument(BrushCanvas):
     a new edit after an undo drops the redo branch.
     """
 
-    def __init__(self, mask: np.ndarray, *, max_history_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, mask: np.ndarray, *, confirmed: np.ndarray | None = None,
+                 max_history_bytes: int = 256 * 2**20) -> None:
         data = np.array(_check_mask(mask), dtype=np.uint8, order="C", copy=True)
         super().__init__(data)
+        if confirmed is None:
+            self._confirmed = np.zeros(data.shape, bool)
+        else:
+            if not isinstance(confirmed, np.ndarray) or confirmed.shape != data.shape:
+                raise ValueError(f"confirmed must be an H×W bool array of shape {data.shape}")
+            self._confirmed = np.array(confirmed, dtype=bool, order="C", copy=True)
+        self._confirmed_view = self._confirmed.view()
+        self._confirmed_view.flags.writeable = False
         if max_history_bytes < 0:
             raise ValueError("max_history_bytes must be >= 0")
         self.max_history_bytes = int(max_history_bytes)
@@ -100,6 +149,11 @@ class MaskDocument(BrushCanvas):
     def mask(self) -> np.ndarray:
         """Read-only H×W uint8 view of the current labels (shared with the document: no copy)."""
         return self._view
+
+    @property
+    def confirmed(self) -> np.ndarray:
+        """Read-only H×W bool view: the pixels a person set (see the module docstring)."""
+        return self._confirmed_view
 
     @property
     def _token(self) -> int:
@@ -161,14 +215,19 @@ class MaskDocument(BrushCanvas):
             self._base_token = old.token
 
     def _commit(self, bbox: BBox, old: np.ndarray, new: np.ndarray, description: str) -> BBox | None:
-        """Record old→new of ``bbox`` (already written) trimmed to the pixels that really changed."""
+        """Record old→new of ``bbox`` (already written) trimmed to the pixels that really changed,
+        and mark those pixels confirmed (unconfirmed for a pre-label step)."""
         y0, x0 = bbox[0], bbox[1]
-        tight = bbox_of(old != new, (y0, x0))
+        changed = old != new
+        tight = bbox_of(changed, (y0, x0))
         if tight is None:
             return None
         ty0, tx0, ty1, tx1 = tight
         sl = (slice(ty0 - y0, ty1 - y0), slice(tx0 - x0, tx1 - x0))
-        self._push(Patch.make(tight, old[sl], new[sl], description))
+        conf = self._confirmed[ty0:ty1, tx0:tx1]
+        patch = Patch.make(tight, old[sl], new[sl], description, description != PRELABEL, conf)
+        conf[changed[sl]] = patch.confirms
+        self._push(patch)
         return tight
 
     def _write(self, bbox: BBox, inside: np.ndarray, value: int, description: str) -> BBox | None:
@@ -193,6 +252,7 @@ class MaskDocument(BrushCanvas):
     def _apply(self, patch: Patch, which: str) -> BBox:
         y0, x0, y1, x1 = patch.bbox
         self._data[y0:y1, x0:x1] = patch.pixels(which)
+        patch.restore_confirmed(self._confirmed[y0:y1, x0:x1], which)
         self._changed(patch.bbox)
         return patch.bbox
 
@@ -285,6 +345,6 @@ class MaskDocument(BrushCanvas):
         region = self._data[y0:y1, x0:x1]
         old = region.copy()
         np.copyto(region, new_mask[y0:y1, x0:x1], where=diff[y0:y1, x0:x1])
-        self._push(Patch.make(bbox, old, region, description or "Apply labels"))
+        self._commit(bbox, old, region, description or "Apply labels")
         self._changed(bbox)
         return bbox

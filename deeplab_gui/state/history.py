@@ -63,16 +63,17 @@ class HistoryState(QObject):
             self._docs.clear()
             self._store = self.s.store
 
-    def document(self, image_id: str, mask: np.ndarray) -> Any:
+    def document(self, image_id: str, mask: np.ndarray, confirmed: np.ndarray | None = None) -> Any:
         """The document to edit ``image_id`` whose mask on disk is ``mask``: the one kept from an
-        earlier visit, with its undo steps, when it still shows exactly that mask; else a new one."""
+        earlier visit, with its undo steps, when it still shows exactly that mask; else a new one,
+        whose pixels a person set are ``confirmed`` (None: none of them)."""
         from ..editing.document import MaskDocument
         self._same_store()
         doc = self._docs.get(image_id)
         if doc is not None and not doc.in_stroke and doc.shape == mask.shape and np.array_equal(doc.mask, mask):
             return doc
         self._docs.pop(image_id, None)
-        return MaskDocument(mask)
+        return MaskDocument(mask, confirmed=confirmed)
 
     def kept(self, image_id: str) -> Any:
         """The document kept for ``image_id`` (None when none is)."""

@@ -92,6 +92,11 @@ class MaskWriter(QObject):
         self._pool.shutdown(wait=True)
 
 
+def _confirmed(doc: Any) -> Any:
+    """A copy of the document's map of the pixels a person set, taken with its mask's copy."""
+    return doc.confirmed.copy()
+
+
 class SessionSaves:
     """The saving half of :class:`~deeplab_gui.session.Session` (which delegates to it)."""
 
@@ -199,7 +204,7 @@ class SessionSaves:
             if doc is None:
                 continue
             try:
-                store.save_mask(image_id, doc.mask.copy())
+                store.save_mask(image_id, doc.mask.copy(), confirmed=_confirmed(doc))
             except (StoreError, OSError, ValueError) as exc:
                 self.unsaved[image_id] = doc
                 self.errors[image_id] = one_line(exc) or "the write failed"
@@ -250,7 +255,7 @@ class SessionSaves:
             return True  # exactly this is already on its way
         mask, store = doc.mask.copy(), s.store
         self._queued[image_id] = (doc, version)
-        kw = {} if status is None else {"status": status}
+        kw = {"confirmed": _confirmed(doc)} if status is None else {"status": status}
         self.writer.submit(lambda: store.save_mask(image_id, mask, **kw),
                            lambda error: self._written(store, image_id, doc, version, error))
         return True

@@ -196,7 +196,7 @@ class Session(QObject, FolderMethods, PredictionMethods):
             # The document is full resolution from the start, even under a reduced preview: painting
             # needs the mask, not the pixels.
             mask = loaded.mask if loaded.mask is not None else np.full(loaded.size, VOID, np.uint8)
-            self.document = self.history.document(loaded.image_id, mask)  # with its earlier undo steps
+            self.document = self.history.document(loaded.image_id, mask, loaded.confirmed)  # with its earlier undo steps
         if self.document is not None:
             self.document.add_listener(self._on_doc_change)
         if loaded.warning:

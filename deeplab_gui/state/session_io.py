@@ -32,6 +32,8 @@ class Loaded:
     # True when ``image`` is None but ``display`` holds a reduced decode (a JPEG seen at 1/2..1/8
     # scale): the session then decodes the full pixels in a second task.
     preview: bool = False
+    # H×W bool: the stored mask's pixels a person set (None without a mask; see engine.store.provenance)
+    confirmed: np.ndarray | None = None
 
 
 def display_image(image: np.ndarray) -> QImage:
@@ -110,27 +112,33 @@ def load_image(store: Any, image_id: str, model_id: str | None, ready: tuple | N
         return Loaded(image_id, None, None, None, None, None, f"cannot read {image_id}: {exc}")
     if store.error(image_id):
         store.record_error(image_id, None)
-    mask, probs, warning = annotations.result()
+    mask, confirmed, probs, warning = annotations.result()
     if cancel():
         return None
     size = (int(size[0]), int(size[1]))
     if mask is not None and mask.shape != size:
         warning, mask = f"the stored mask of {image_id} does not fit the image; starting empty", None
+    if mask is None or confirmed is None or confirmed.shape != mask.shape:
+        confirmed = None
     if probs is not None and not grid_fits(probs.shape[1:], size):
         probs = None
-    return Loaded(image_id, image, mask, probs, *derived(probs, size), warning, display, size, image is None)
+    return Loaded(image_id, image, mask, probs, *derived(probs, size), warning, display, size, image is None,
+                  confirmed)
 
 
 def _read_annotations(store: Any, image_id: str, model_id: str | None) -> tuple:
-    """(stored mask or None, cached probabilities or None, warning or None) of ``image_id``."""
+    """(stored mask or None, its confirmed pixels or None, cached probabilities or None, warning or
+    None) of ``image_id``."""
     from engine import StoreError
-    warning, mask = None, None
+    warning, mask, confirmed = None, None, None
     try:
         mask = store.load_mask(image_id)
     except StoreError as exc:
         warning = str(exc)
+    if mask is not None:
+        confirmed = store.load_confirmed(image_id)
     cached = store.load_probs(image_id, model_id)
-    return mask, (cached.probs if cached is not None else None), warning
+    return mask, confirmed, (cached.probs if cached is not None else None), warning
 
 
 def most_uncertain(store: Any, model_id: str | None, current: str | None, *,

@@ -40,7 +40,7 @@ from PIL import Image
 from ..errors import one_line
 from ..fileio import atomic_write_bytes, temp_path
 from ..imageio import read_image
-from ..labels import save_mask_png
+from ..labels import VOID, save_mask_png
 from ..store.scan import natural_key
 from ..store.store import AnnotationStore, Status
 from .voc_common import (
@@ -83,14 +83,17 @@ class _WriteFailed(Exception):
 def export_voc(source: AnnotationStore | str | os.PathLike, out: str | os.PathLike, *,
                include_prelabeled: bool = False, void_border: int = 0, val_fraction: float = 0.2,
                seed: int = 0, workers: int | None = None, progress: Progress | None = None,
-               cancel: Callable[[], bool] | None = None) -> ExportReport:
+               cancel: Callable[[], bool] | None = None, confirmed_only: bool = True) -> ExportReport:
     """Export edited and reviewed images (plus pre-labeled ones if ``include_prelabeled``) to ``out``.
 
     ``source``: an open store, or a folder (opened read-only, so this works while the app has it
     open).  Images whose mask is missing, unreadable, of the wrong size or uses a class index beyond
     the class list are skipped with a reason; the rest are exported.  ``progress(done, total)`` is
     called after each image; ``cancel()`` returning True stops early (split files then list only
-    what was written).  Raises ``ValueError`` for bad options and :class:`VOCError` (a
+    what was written).  ``confirmed_only``: in an edited mask, the pixels no person set (a pre-label's
+    untouched ones) are written as void (255), so that training on the export does not learn the
+    model's own guesses; False writes edited masks as they are.  Reviewed masks are always whole.
+    Raises ``ValueError`` for bad options and :class:`VOCError` (a
     ``StoreError``) when ``out`` lies inside the image folder or its store, when the image folder lies
     where export writes, or when ``out`` cannot be written; nothing is written for the first two.
     """
@@ -104,7 +107,7 @@ def export_voc(source: AnnotationStore | str | os.PathLike, out: str | os.PathLi
         _check_out(store, out)
         _prepare_out(out)
         return _export(store, out, include_prelabeled, void_border, val_fraction, seed, workers, progress,
-                       cancel)
+                       cancel, confirmed_only)
     finally:
         if store is not source:
             store.close()
@@ -143,7 +146,8 @@ def _prepare_out(out: Path) -> None:
         raise VOCError(f"cannot export into {out}: cannot write in {probe.parent} ({os_reason(exc)})") from None
 
 
-def _export(store, out, include_prelabeled, void_border, val_fraction, seed, workers, progress, cancel):
+def _export(store, out, include_prelabeled, void_border, val_fraction, seed, workers, progress, cancel,
+            confirmed_only=True):
     wanted = {Status.EDITED, Status.REVIEWED} | ({Status.PRELABELED} if include_prelabeled else set())
     # Every labelled image the store knows, not only those of the last scan (a sub-folder image stays
     # exportable when recursion is off); images deleted since are skipped with a reason.
@@ -180,6 +184,10 @@ def _export(store, out, include_prelabeled, void_border, val_fraction, seed, wor
             if mask.shape != (h, w):
                 return image_id, f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}"
             check_indices(mask, len(classes))
+            if confirmed_only and store.status(image_id) is Status.EDITED:
+                confirmed = store.load_confirmed(image_id)
+                if confirmed is not None and confirmed.shape == mask.shape:
+                    mask[~confirmed] = VOID
             if void_border > 0:
                 mask = add_void_border(mask, void_border)
         except Exception as exc:  # any decoder failure of one file must not end an export of thousands
@@ -226,6 +234,7 @@ def _export(store, out, include_prelabeled, void_border, val_fraction, seed, wor
     back = {v: k for k, v in names.items()}
     info = {"format": 1, "classes": [{"name": c.name, "color": list(c.color)} for c in classes],
             "void_border": void_border, "seed": seed, "val_fraction": val_fraction,
+            "confirmed_only": bool(confirmed_only),
             "images": {v: {"id": back[v], "status": store.status(back[v]).value} for v in report.exported}}
     files = [(seg / f"{name}.txt", "".join(f"{i}\n" for i in lst).encode("utf-8"))
              for name, lst in (("train", report.train), ("val", report.val), ("trainval", report.exported))]

@@ -18,6 +18,7 @@ from ..labels import VOID, load_mask_png, save_mask_png
 from .format import PROTECTED, MaskError, Status, StoreError, sidecar_path
 from .format import check_id as _check_id
 from .format import write_error as _write_error
+from .provenance import mask_png_size, read_confirmed_png, write_confirmed_png
 
 __all__ = ["MaskMethods"]
 
@@ -84,34 +85,105 @@ class MaskMethods:
         self._sizes[image_id] = (st.st_size, st.st_mtime_ns, h, w)
         return (h, w)
 
-    def save_mask(self, image_id: str, mask: np.ndarray, *, status: Status | str | None = None) -> None:
+    def confirmed_path(self, image_id: str) -> Path:
+        return sidecar_path(self.root / "confirmed", image_id, ".png")
+
+    def load_confirmed(self, image_id: str) -> np.ndarray | None:
+        """H×W bool: the pixels of the stored mask a person set (see :mod:`engine.store.provenance`);
+        None when there is no mask."""
+        size = mask_png_size(self.mask_path(image_id))
+        if size is None:
+            return None
+        status = self.status(image_id)
+        if status is Status.REVIEWED:
+            return np.ones(size, bool)
+        if status is Status.PRELABELED:
+            return np.zeros(size, bool)
+        # edited, or a mask on disk the database has no status for (treated as a person's)
+        stored = read_confirmed_png(self.confirmed_path(image_id), size)
+        return np.ones(size, bool) if stored is None else stored
+
+    def _write_confirmed(self, image_id: str, confirmed: np.ndarray) -> None:
+        try:
+            write_confirmed_png(self.confirmed_path(image_id), confirmed)
+        except OSError as exc:
+            raise _write_error(exc, f"the confirmed pixels of {image_id}") from exc
+
+    def _drop_confirmed(self, image_id: str) -> None:
+        try:
+            self.confirmed_path(image_id).unlink()
+        except OSError:
+            pass  # a stale file is ignored anyway while the status is not edited
+
+    def save_mask(self, image_id: str, mask: np.ndarray, *, status: Status | str | None = None,
+                  confirmed: np.ndarray | None = None) -> None:
         """Save a person's mask (cheap enough to call on every autosave tick).
 
-        ``status``: None means ``edited`` (``reviewed`` stays ``reviewed``).  Raises
-        :class:`MaskError` for a mask that does not fit, :class:`StoreWriteError` when the disk
-        refuses; in both cases the previous mask on disk is untouched.
+        ``status``: None means ``edited`` (``reviewed`` stays ``reviewed``).  ``confirmed``: H×W bool,
+        the pixels a person set; None keeps what the store had (for a mask that was not the person's
+        yet, that means every pixel, as before the map existed).  Raises :class:`MaskError` for a
+        mask that does not fit, :class:`StoreWriteError` when the disk refuses; in both cases the
+        previous mask on disk is untouched.
+
+        Order of the writes: at every moment the confirmed file on disk claims no pixel that the mask
+        on disk does not hold from a person.  So before the status and the mask change, the file
+        becomes the intersection of the old and new maps (written only when that differs from what
+        is on disk), and only after the mask is in place does it become the new map.  A kill in
+        between leaves too few pixels confirmed, never a model pixel passed off as a person's.
         """
         m = self.validate_mask(image_id, mask)
+        conf = None
+        if confirmed is not None:
+            conf = np.asarray(confirmed)
+            if conf.shape != m.shape or conf.dtype != np.bool_:
+                raise MaskError(f"the confirmed map of {image_id} must be an H×W bool array of shape "
+                                f"{m.shape}; nothing was saved")
         with self._mutex:
             self._writable()
             old = self.status(image_id)
             new = Status(status) if status is not None else (
                 Status.REVIEWED if old is Status.REVIEWED else Status.EDITED)
             path = self.mask_path(image_id)
-            # Status first: a kill between the two steps leaves "edited" on an older mask, which is
-            # harmless; the other order could leave a person's mask marked as a prediction.
-            if new is not old:  # autosaves of an edited mask cost no database commit
-                self._put_status(image_id, new)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_mask_png(path, m, self.class_colors, compress_level=1)
-            except OSError as exc:
-                if new is not old:
-                    try:
-                        self._put_status(image_id, old)
-                    except StoreError:
-                        pass
-                raise _write_error(exc, f"the mask of {image_id}") from exc
+            cpath = self.confirmed_path(image_id)
+            after = None
+            if conf is not None:
+                size = mask_png_size(path)
+                if old in PROTECTED or (old is Status.UNLABELED and size is not None):
+                    before = read_confirmed_png(cpath, size)
+                    if before is None:
+                        before = np.ones(m.shape, bool) if size == m.shape else np.zeros(m.shape, bool)
+                    elif before.shape != m.shape:
+                        before = np.zeros(m.shape, bool)
+                    on_disk = cpath.exists()
+                else:
+                    before, on_disk = np.zeros(m.shape, bool), False
+                both = before & conf
+                if not on_disk or not np.array_equal(both, before):
+                    self._write_confirmed(image_id, both)
+                after = None if np.array_equal(both, conf) else conf
+            elif old not in PROTECTED:
+                # No provenance given for a mask becoming a person's: a stale map (from before a
+                # prediction replaced the mask) must not be read as this mask's.
+                self._drop_confirmed(image_id)
+            self._put_mask(image_id, path, m, old, new)
+            if after is not None:
+                self._write_confirmed(image_id, after)
+
+    def _put_mask(self, image_id: str, path: Path, m: np.ndarray, old: Status, new: Status) -> None:
+        # Status first: a kill between the two steps leaves "edited" on an older mask, which is
+        # harmless; the other order could leave a person's mask marked as a prediction.
+        if new is not old:  # autosaves of an edited mask cost no database commit
+            self._put_status(image_id, new)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_mask_png(path, m, self.class_colors, compress_level=1)
+        except OSError as exc:
+            if new is not old:
+                try:
+                    self._put_status(image_id, old)
+                except StoreError:
+                    pass
+            raise _write_error(exc, f"the mask of {image_id}") from exc
 
     def needs_prelabel(self, image_id: str, *, overwrite: bool = False) -> bool:
         """Whether a pre-label run should predict this image (False for a person's mask).
@@ -155,6 +227,8 @@ class MaskMethods:
                     except StoreError:
                         pass
                 raise _write_error(exc, f"the prediction for {image_id}") from exc
+            if old is not Status.PRELABELED:
+                self._drop_confirmed(image_id)  # the person's map described the mask just replaced
         if probs is not None:
             self.save_probs(image_id, probs, model_id=model_id)
         return True
@@ -174,3 +248,4 @@ class MaskMethods:
             except OSError as exc:
                 raise _write_error(exc, f"the mask of {image_id}") from exc
             self._put_status(_check_id(image_id), Status.UNLABELED)
+            self._drop_confirmed(image_id)
