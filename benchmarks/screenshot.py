@@ -1,7 +1,11 @@
 """Take docs/screenshot.png: the real main window on the demo folder, pre-labelled, CRF panel visible.
 
     apt-get install -y xvfb
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshot.py [--out docs/screenshot.png]
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python benchmarks/screenshot.py [--out docs/screenshot.png]
+    ... benchmarks/screenshot.py --size 1280x800 --out docs/screenshot_1280x800.png
+    ... benchmarks/screenshot.py --picker per --out docs/class_picker.png   (the "/" class picker, filtered)
+
+The brush is the active tool and the pointer rests on the image, so its outline shows.
 
 The demo folder is copied to a temporary folder first (the app writes its annotation store beside the
 images), and settings, logs and the weights cache point there too, so the run leaves the repository and
@@ -40,6 +44,7 @@ def main() -> int:
     # this architecture and seed give a few classes that follow the picture, which shows the overlay.
     ap.add_argument("--arch", default="deeplabv3plus_mobilenet_v2")
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--picker", metavar="TEXT", help="open the class picker with TEXT typed in its filter")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="deeplab_gui_shot_"))
     os.environ["DEEPLAB_GUI_SETTINGS"] = str(tmp / "settings.ini")
@@ -49,6 +54,7 @@ def main() -> int:
     shutil.copytree(ROOT / "resources" / "demo", demo, ignore=shutil.ignore_patterns("*.md"))
 
     import torch
+    from PySide6.QtCore import QPoint
     from PySide6.QtWidgets import QApplication
 
     import engine
@@ -80,8 +86,26 @@ def main() -> int:
     window.canvas.fit()
     for _ in range(20):
         app.processEvents()
+    # The brush outline follows the pointer: rest it on the image, a little right of centre.
+    from PySide6.QtTest import QTest
+    window.set_tool("brush")
+    window.tool_options.size.setValue(24.0)  # big enough to see at the fitted zoom
+    view = window.canvas.viewport()
+    QTest.mouseMove(view, view.rect().center() + QPoint(view.width() // 6, view.height() // 8))
+    shot = window.grab
+    if args.picker:
+        from deeplab_gui.widgets.dialogs.class_picker import open_class_picker
+        picker = open_class_picker(s, window)
+        QTest.keyClicks(picker.filter, args.picker)
+        # The picker is a window of its own: grab the screen where the main window is.
+        screen = app.primaryScreen()
+        geo = window.frameGeometry()
+        shot = lambda: screen.grabWindow(0, geo.x(), geo.y(), geo.width(), geo.height())  # noqa: E731
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.01)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if not window.grab().save(str(args.out)):
+    if not shot().save(str(args.out)):
         print(f"could not write {args.out}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({window.width()}x{window.height()}); statuses: "

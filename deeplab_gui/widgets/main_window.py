@@ -53,6 +53,8 @@ class _VerticalScroll(QScrollArea):
         # The panel's layout changed (the no-weights banner appeared, say): the dock must ask again.
         if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
             self.updateGeometry()
+            # No taller than the panel: height it cannot use goes to the class list, not a blank band.
+            self.setMaximumHeight(self.sizeHint().height() + 2 * self.frameWidth())
         return super().eventFilter(obj, event)
 
     def _with_bar(self, size: QSize) -> QSize:

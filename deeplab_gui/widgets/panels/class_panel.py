@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -61,6 +62,7 @@ class ClassPanel(QWidget):
         # Ask for a short list: the model and CRF panels below need their height on a 1280×800
         # screen more than the list needs its default 192 pixels; spare height still comes here.
         self.list.setMinimumHeight(60)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
         self.list.sizeHint = lambda: QSize(256, 90)  # what Qt asks the list
         self.add_button.clicked.connect(self._ask_add)
         self.rename_button.clicked.connect(self._ask_rename)
