@@ -185,3 +185,15 @@ def test_real_crf_snap_leaves_a_look_alike_far_object_alone():
     assert (doc.mask[4:14, 4:14] == 1).all()            # the stroked object snaps to its edges
     assert (doc.mask[26:36, 36:46] == 0).all()          # the look-alike is not relabelled
     assert (doc.mask[~bright] == 0).all()
+
+
+def test_person_set_comes_from_the_stored_provenance_of_a_reopened_image():
+    mask = np.zeros((H, W), np.uint8)
+    mask[2:6, 3:9] = 1
+    conf = np.zeros((H, W), bool)
+    conf[2:6, 3:9] = True      # set by a person in an earlier session: no undo history holds it now
+    conf[10, 10] = True        # erased to void by a person: nothing to protect
+    mask[10, 10] = VOID
+    doc = MaskDocument(mask, confirmed=conf)
+    got = person_set(doc, (0, 0, H, W))
+    assert got[2:6, 3:9].all() and got.sum() == 24

@@ -8,9 +8,8 @@ rectangular seams and no far-away pixels relabelled to whatever the CRF guessed 
 
 A pixel a person set is never changed unless the stroke itself covers it, and the region does not
 grow through it (a hand-drawn boundary stops the snap) unless it already has the stroke's class.
-The document keeps no per-pixel record of who set a pixel, so "person-set" is read from the
-document's undo history (:func:`person_set`): pixels the kept steps gave a class by hand. Steps
-dropped from a full history, and edits from before the image was opened, do not count.
+"Person-set" is the document's provenance (:func:`person_set`), which the store keeps with the mask,
+so it holds across sessions.
 """
 from __future__ import annotations
 
@@ -20,13 +19,9 @@ from engine import VOID
 
 from .raster import BBox, flood_region
 
-__all__ = ["MODEL_EDITS", "SNAP_DESCRIPTION", "apply_snap", "grow_from", "person_set", "snap_region"]
+__all__ = ["SNAP_DESCRIPTION", "apply_snap", "grow_from", "person_set", "snap_region"]
 
 SNAP_DESCRIPTION = "CRF snap"
-# Undo steps whose pixels came from the model, not a person: they make the pixels they changed
-# model guesses again. Every other step that gives a pixel a class (paint, fill, polygon, applied
-# CRF, an earlier snap) marks it person-set; erasing to void un-marks it.
-MODEL_EDITS = frozenset({"pre-label"})
 
 
 def _intersect(a: BBox, b: BBox) -> BBox | None:
@@ -36,29 +31,13 @@ def _intersect(a: BBox, b: BBox) -> BBox | None:
 
 
 def person_set(doc, box: BBox) -> np.ndarray:
-    """Bool array over ``box`` of the document: True where a kept undo step set the pixel by hand.
+    """Bool array over ``box`` of the document: True where a person set the pixel to a class.
 
-    Replays the applied steps oldest first, so a later pre-label or erase over a painted pixel
-    un-marks it. Only steps overlapping ``box`` are decoded.
+    The document's provenance (``doc.confirmed``, kept with the mask in the store) says which pixels a
+    person set; a pixel a person erased to void is theirs too, but holds no class to protect.
     """
     by0, bx0, by1, bx1 = box
-    out = np.zeros((by1 - by0, bx1 - bx0), dtype=bool)
-    # The patches are the document's own history (same package); a read-only walk.
-    for patch in getattr(doc, "_undo", ()):
-        inter = _intersect(patch.bbox, box)
-        if inter is None:
-            continue
-        y0, x0, y1, x1 = inter
-        py0, px0 = patch.bbox[0], patch.bbox[1]
-        sl = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
-        old, new = patch.pixels("old")[sl], patch.pixels("new")[sl]
-        changed = old != new
-        dest = out[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
-        if patch.description in MODEL_EDITS:
-            dest[changed] = False
-        else:
-            dest[changed] = new[changed] != VOID
-    return out
+    return doc.confirmed[by0:by1, bx0:bx1] & (doc.mask[by0:by1, bx0:bx1] != VOID)
 
 
 def grow_from(passable: np.ndarray, seeds: np.ndarray) -> np.ndarray:
