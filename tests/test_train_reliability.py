@@ -373,7 +373,8 @@ def test_sigkill_during_train_leaves_versions_and_current_model_complete(folder,
             if not chunk:
                 break
             data += chunk
-        select.select([], [], [], rng.uniform(0.0, 0.3 if marker.startswith("writing") else 0.05))
+        # Writing a tiny model's version takes tens of milliseconds: kill within them.
+        select.select([], [], [], rng.uniform(0.0, 0.06 if marker.startswith("writing") else 0.05))
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         while chunk := os.read(r, 65536):
