@@ -113,7 +113,8 @@ def test_eraser_writes_void_or_background(erase_to):
 
 
 def test_stroke_that_changes_nothing_leaves_no_history():
-    d = MaskDocument(np.full((20, 20), 2, np.uint8))
+    # Already a person's labels: the same label painted over them changes neither labels nor bits.
+    d = MaskDocument(np.full((20, 20), 2, np.uint8), confirmed=np.ones((20, 20), bool))
     d.begin_stroke(2, 5.0)
     d.stroke_to(5, 5)
     d.stroke_to(15, 15)

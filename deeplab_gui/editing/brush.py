@@ -102,7 +102,8 @@ class BrushCanvas:
         if not (math.isfinite(r) and r > 0):
             raise ValueError(f"radius must be a positive number, got {radius!r}")
         self.end_stroke()
-        self._stroke = {"value": value, "radius": r, "last": None, "bbox": None, "saved": []}
+        self._stroke = {"value": value, "radius": r, "last": None, "bbox": None, "saved": [],
+                        "foot": [] if self._track_footprint else None}
 
     def stroke_to(self, x: float, y: float) -> BBox:
         """Paint the brush from the previous point to (x, y) (the first call paints a dot).
@@ -122,6 +123,8 @@ class BrushCanvas:
             y0, x0, y1, x1 = box
             region = self._data[y0:y1, x0:x1]
             painted = bbox_union(painted, box)
+            if st["foot"] is not None:
+                st["foot"].append((box, inside))   # covered pixels, relabelled or not
             if not (inside & (region != value)).any():
                 continue
             st["saved"].append((box, region.copy()))   # old pixels, restored in reverse at the end
@@ -135,8 +138,8 @@ class BrushCanvas:
     def end_stroke(self) -> None:
         """Finish the current stroke (no-op when none is open)."""
         st, self._stroke = self._stroke, None
-        if st is not None and st["bbox"] is not None:
-            self._stroke_done(st["bbox"], st["saved"])
+        if st is not None and (st["bbox"] is not None or st["foot"]):
+            self._stroke_done(st["bbox"], st["saved"], st["foot"])
 
     def cancel_stroke(self) -> BBox | None:
         """Abandon the current stroke (e.g. Escape while dragging): its pixels go back to what they
@@ -151,8 +154,13 @@ class BrushCanvas:
         self._changed(st["bbox"])
         return st["bbox"]
 
-    def _stroke_done(self, bbox: BBox, saved: list[tuple[BBox, np.ndarray]]) -> None:
-        """Hook: a stroke changed pixels within ``bbox``; ``saved`` holds the pre-stroke blocks."""
+    # Subclasses that set this get every painted piece's (box, inside) in ``_stroke_done``'s ``foot``.
+    _track_footprint = False
+
+    def _stroke_done(self, bbox: BBox | None, saved: list[tuple[BBox, np.ndarray]],
+                     foot: list[tuple[BBox, np.ndarray]] | None = None) -> None:
+        """Hook: a stroke changed pixels within ``bbox`` (None: none); ``saved`` holds the
+        pre-stroke blocks, ``foot`` the painted pieces when tracked."""
 
 
 class ScribbleLayer(BrushCanvas):
@@ -186,7 +194,7 @@ class ScribbleLayer(BrushCanvas):
             self._bbox = bbox_union(self._bbox, box)
         return box
 
-    def _stroke_done(self, bbox: BBox, saved) -> None:
+    def _stroke_done(self, bbox, saved, foot=None) -> None:
         pass   # nothing to keep: scribbles are throw-away hints
 
     def any(self) -> bool:

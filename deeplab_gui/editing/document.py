@@ -10,7 +10,9 @@ zlib-compressed (label masks compress tens of times), which keeps a full-image "
 few hundred KiB.
 
 Beside the labels the document keeps ``confirmed``, an H×W bool of the pixels a person set: every
-edit (stroke, fill, polygon, applied CRF, snap) confirms the pixels it changed, while a "pre-label"
+edit (stroke, fill, polygon, applied CRF, snap) confirms the pixels it changed, and a stroke or
+polygon every pixel it covered, relabelled or not (painting a class over the model's same class is a
+person agreeing with it), while a "pre-label"
 step leaves the pixels it changed unconfirmed (they are the model's). The patches carry the
 confirmed bits of their box too, so undo and redo restore them with the labels. The store keeps the
 map with the mask, so that export and fine-tuning can leave out the model's untouched pixels. Coordinates and boxes follow :mod:`deeplab_gui.raster`: ``x`` column, ``y`` row,
@@ -29,7 +31,7 @@ import numpy as np
 from engine import VOID
 
 from .brush import BrushCanvas, Listener, ScribbleLayer, check_label, check_point
-from .raster import BBox, bbox_of, flood_region, polygon_mask
+from .raster import BBox, bbox_of, bbox_union, flood_region, polygon_mask
 
 __all__ = ["VOID", "PRELABEL", "BBox", "Listener", "Patch", "MaskDocument", "ScribbleLayer", "BrushCanvas"]
 
@@ -67,13 +69,22 @@ class Patch:
     token: int = field(default_factory=lambda: next(_tokens))
     confirms: bool | None = None
     conf_old: bytes | bool = False
+    # The edit's footprint within ``bbox``, packed bits (None: only the changed pixels). A stroke
+    # confirms every pixel it covered, relabelled or not, so undo must give those their bits back too.
+    foot: bytes | None = None
 
     @classmethod
     def make(cls, bbox: BBox, old: np.ndarray, new: np.ndarray, description: str = "",
-             confirms: bool | None = None, conf_old: np.ndarray | None = None) -> "Patch":
+             confirms: bool | None = None, conf_old: np.ndarray | None = None,
+             foot: np.ndarray | None = None) -> "Patch":
         o, n = np.ascontiguousarray(old), np.ascontiguousarray(new)
         squeeze = o.nbytes + n.nbytes > _COMPRESS_ABOVE
         changed = o != n if conf_old is not None else None
+        fb = None
+        if foot is not None and changed is not None:
+            changed = changed | foot
+            fb = np.packbits(foot, axis=None).tobytes()
+            fb = zlib.compress(fb, 1) if squeeze else fb
         # zlib reads the arrays' buffers directly: no intermediate bytes copy of a large block.
         o, n = (zlib.compress(o, 1), zlib.compress(n, 1)) if squeeze else (o.tobytes(), n.tobytes())
         co: bytes | bool = False
@@ -84,7 +95,7 @@ class Patch:
             else:
                 co = np.packbits(conf_old, axis=None).tobytes()
                 co = zlib.compress(co, 1) if squeeze else co
-        return cls(bbox, o, n, squeeze, description, confirms=confirms, conf_old=co)
+        return cls(bbox, o, n, squeeze, description, confirms=confirms, conf_old=co, foot=fb)
 
     @property
     def nbytes(self) -> int:
@@ -92,19 +103,23 @@ class Patch:
         # against the labels' sixteen (old and new), so the history budget stays within a sixteenth.
         return len(self.old) + len(self.new)
 
+    def _bits(self, data: bytes, shape: tuple[int, int]) -> np.ndarray:
+        data = zlib.decompress(data) if self.compressed else data
+        return np.unpackbits(np.frombuffer(data, np.uint8), count=shape[0] * shape[1]).astype(bool).reshape(shape)
+
     def restore_confirmed(self, conf: np.ndarray, which: str) -> None:
         """Set the changed pixels' bits in ``conf`` (this box's block) to their ``old``/``new`` state."""
         if self.confirms is None:
             return
         changed = self.pixels("old") != self.pixels("new")
+        if self.foot is not None:
+            changed |= self._bits(self.foot, conf.shape)
         if which == "new":
             conf[changed] = self.confirms
         elif isinstance(self.conf_old, bool):
             conf[changed] = self.conf_old
         else:
-            data = zlib.decompress(self.conf_old) if self.compressed else self.conf_old
-            bits = np.unpackbits(np.frombuffer(data, np.uint8), count=conf.size).astype(bool)
-            conf[changed] = bits.reshape(conf.shape)[changed]
+            conf[changed] = self._bits(self.conf_old, conf.shape)[changed]
 
     def pixels(self, which: str) -> np.ndarray:
         """The ``old`` or ``new`` block as an (y1-y0)×(x1-x0) uint8 array."""
@@ -214,19 +229,28 @@ class MaskDocument(BrushCanvas):
             self._bytes -= old.nbytes
             self._base_token = old.token
 
-    def _commit(self, bbox: BBox, old: np.ndarray, new: np.ndarray, description: str) -> BBox | None:
+    def _commit(self, bbox: BBox, old: np.ndarray, new: np.ndarray, description: str,
+                foot: np.ndarray | None = None) -> BBox | None:
         """Record old→new of ``bbox`` (already written) trimmed to the pixels that really changed,
-        and mark those pixels confirmed (unconfirmed for a pre-label step)."""
-        y0, x0 = bbox[0], bbox[1]
+        and mark those pixels confirmed (unconfirmed for a pre-label step). ``foot`` (bool over
+        ``bbox``): every pixel the edit covered, confirmed even where its label stayed."""
+        y0, x0, y1, x1 = bbox
         changed = old != new
-        tight = bbox_of(changed, (y0, x0))
+        if foot is not None:
+            foot = foot & ~self._confirmed[y0:y1, x0:x1]   # already a person's: nothing to record
+            if not foot.any():
+                foot = None
+        tight = bbox_of(changed if foot is None else changed | foot, (y0, x0))
         if tight is None:
             return None
         ty0, tx0, ty1, tx1 = tight
         sl = (slice(ty0 - y0, ty1 - y0), slice(tx0 - x0, tx1 - x0))
         conf = self._confirmed[ty0:ty1, tx0:tx1]
-        patch = Patch.make(tight, old[sl], new[sl], description, description != PRELABEL, conf)
+        fs = None if foot is None else np.ascontiguousarray(foot[sl])
+        patch = Patch.make(tight, old[sl], new[sl], description, description != PRELABEL, conf, fs)
         conf[changed[sl]] = patch.confirms
+        if fs is not None:
+            conf[fs] = True
         self._push(patch)
         return tight
 
@@ -236,18 +260,34 @@ class MaskDocument(BrushCanvas):
         region = self._data[y0:y1, x0:x1]
         old = region.copy()
         region[inside] = value
-        tight = self._commit(bbox, old, region, description)
+        tight = self._commit(bbox, old, region, description, inside)
         if tight is not None:
             self._changed(tight)
         return tight
 
-    def _stroke_done(self, bbox: BBox, saved: list[tuple[BBox, np.ndarray]]) -> None:
+    _track_footprint = True
+
+    def _stroke_done(self, bbox: BBox | None, saved: list[tuple[BBox, np.ndarray]],
+                     foot: list[tuple[BBox, np.ndarray]] | None = None) -> None:
+        for box, _ in foot or ():
+            bbox = bbox_union(bbox, box)
+        if bbox is None:
+            return
         y0, x0, y1, x1 = bbox
         new = self._data[y0:y1, x0:x1].copy()
         old = new.copy()
         for (sy0, sx0, sy1, sx1), block in reversed(saved):
             old[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = block
-        self._commit(bbox, old, new, "Paint")
+        covered, unseen = None, False
+        if foot:
+            covered = np.zeros(new.shape, bool)
+            for (sy0, sx0, sy1, sx1), inside in foot:
+                covered[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] |= inside
+            # Relabelled pixels were repainted live; ones confirmed without a new label were not.
+            unseen = bool((covered & (old == new) & ~self._confirmed[y0:y1, x0:x1]).any())
+        tight = self._commit(bbox, old, new, "Paint", covered)
+        if tight is not None and unseen:
+            self._changed(tight)
 
     def _apply(self, patch: Patch, which: str) -> BBox:
         y0, x0, y1, x1 = patch.bbox

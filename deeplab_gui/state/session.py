@@ -82,6 +82,7 @@ class Session(QObject, FolderMethods, PredictionMethods):
         self.view_mode = "mask"
         self.opacity = 0.5
         self.outline = False
+        self.show_unconfirmed = False   # dim the labels no person has set (the model's guesses)
         self._label = 1
         self._ids: list[str] = []
         self._load: TaskHandle | None = None
@@ -303,6 +304,10 @@ class Session(QObject, FolderMethods, PredictionMethods):
 
     def set_outline(self, on: bool) -> None:
         self.outline = bool(on)
+        self.view_changed.emit()
+
+    def set_show_unconfirmed(self, on: bool) -> None:
+        self.show_unconfirmed = bool(on)
         self.view_changed.emit()
 
     def overlay_labels(self) -> np.ndarray | None:

@@ -179,6 +179,8 @@ class MainWindow(QMainWindow):
         self._action(v, "Zoom &in", lambda: self.canvas.set_zoom(self.canvas.zoom * 1.25), "Ctrl++")
         self._action(v, "Zoom &out", lambda: self.canvas.set_zoom(self.canvas.zoom / 1.25), "Ctrl+-")
         self.outline_action = self._action(v, "&Outline only", s.set_outline, "O", checkable=True)
+        self.unconfirmed_action = self._action(v, "&Dim unconfirmed pixels", s.set_show_unconfirmed,
+                                               checkable=True)
         v.addSeparator()
         for i, m in enumerate(VIEW_MODES):
             self._action(v, VIEW_TITLES[m], lambda _=False, m=m: s.set_view_mode(m), f"Alt+{i + 1}")

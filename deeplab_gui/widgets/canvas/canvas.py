@@ -48,16 +48,36 @@ from .session_target import SessionTarget
 from .tools import Tool
 from .toolview import RGBA
 
-__all__ = ["Canvas", "OverlayItem", "heat_table", "label_table", "outline_labels"]
+__all__ = ["Canvas", "OverlayItem", "DIM_OFFSET", "dims_unconfirmed", "heat_table", "label_table",
+           "outline_labels"]
 
 
-def label_table(colors: list[tuple[int, int, int]], opacity: float) -> list[int]:
-    """256-entry ARGB colour table: class colours at ``opacity``, everything else (255) transparent."""
+# Unconfirmed pixels of class c are drawn with index c + DIM_OFFSET, whose entry has this share of
+# the opacity: one Indexed8 image still holds both, so a stroke repaints its box and nothing more.
+DIM_OFFSET = 128
+DIM_ALPHA = 0.3
+
+
+def label_table(colors: list[tuple[int, int, int]], opacity: float, *, dim: bool = False) -> list[int]:
+    """256-entry ARGB colour table: class colours at ``opacity``, everything else (255) transparent.
+
+    ``dim`` (only with fewer than 128 classes): entries 128.. repeat the colours at a fraction of
+    the opacity, for the pixels no person has confirmed."""
     a = round(255 * min(max(opacity, 0.0), 1.0))
     table = [qRgba(0, 0, 0, 0)] * 256
     for i, (r, g, b) in enumerate(colors[:255]):
         table[i] = qRgba(int(r), int(g), int(b), a)
+    if dim and len(colors) <= DIM_OFFSET:
+        for i, (r, g, b) in enumerate(colors):
+            table[i + DIM_OFFSET] = qRgba(int(r), int(g), int(b), round(a * DIM_ALPHA))
     return table
+
+
+def dims_unconfirmed(session) -> bool:
+    """True when the overlay shows the document's labels with unconfirmed pixels dimmed."""
+    s = session
+    return bool(getattr(s, "show_unconfirmed", False)) and s.document is not None and \
+        len(s.class_colors) <= DIM_OFFSET and s.overlay_labels() is s.document.mask
 
 
 def heat_table(opacity: float) -> list[int]:
@@ -266,7 +286,8 @@ class Canvas(QGraphicsView):
             return
         s = self.session
         heat = s.view_mode == "uncertainty" and s.uncertainty is not None
-        self.overlay.qimage.setColorTable(heat_table(s.opacity) if heat else label_table(s.class_colors, s.opacity))
+        self.overlay.qimage.setColorTable(heat_table(s.opacity) if heat else
+                                          label_table(s.class_colors, s.opacity, dim=dims_unconfirmed(s)))
         h, w = self.overlay.qimage.height(), self.overlay.qimage.width()
         self.update_region((0, 0, h, w))
 
@@ -295,6 +316,11 @@ class Canvas(QGraphicsView):
                 buf[y0:y1, x0:x1] = out[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
             else:
                 buf[y0:y1, x0:x1] = labels[y0:y1, x0:x1]
+            if labels is not None and labels.shape == (h, w) and dims_unconfirmed(s):
+                block = buf[y0:y1, x0:x1]
+                dim = ~s.document.confirmed[y0:y1, x0:x1]
+                dim &= block < DIM_OFFSET          # void (255) stays transparent
+                block[dim] += DIM_OFFSET
         self.overlay.update(QRectF(x0, y0, x1 - x0, y1 - y0))
 
     # ---------------------------------------------------------------- zoom
