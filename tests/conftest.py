@@ -14,6 +14,13 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Every test keeps the app's settings file and log folder in its own temporary folder."""
+    monkeypatch.setenv("DEEPLAB_GUI_LOG_DIR", str(tmp_path / "log"))
+    monkeypatch.setenv("DEEPLAB_GUI_SETTINGS", str(tmp_path / "settings.ini"))
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)

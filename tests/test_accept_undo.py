@@ -16,12 +16,6 @@ WAIT = 20_000
 W, H = 24, 16
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("DEEPLAB_GUI_LOG_DIR", str(tmp_path / "log"))
-    monkeypatch.setenv("DEEPLAB_GUI_SETTINGS", str(tmp_path / "settings.ini"))
-
-
 @pytest.fixture
 def folder(tmp_path):
     d = tmp_path / "images"

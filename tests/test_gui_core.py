@@ -26,12 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 W, H = 40, 30
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("DEEPLAB_GUI_LOG_DIR", str(tmp_path / "log"))
-    monkeypatch.setenv("DEEPLAB_GUI_SETTINGS", str(tmp_path / "settings.ini"))
-
-
 @pytest.fixture
 def folder(tmp_path):
     """Three 40×30 PNGs (left half dark, right half bright) and one corrupt file."""

@@ -30,12 +30,6 @@ WAIT = 20_000  # ms; generous for a loaded 2-core machine, never reached when th
 W, H = 40, 30
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("DEEPLAB_GUI_LOG_DIR", str(tmp_path / "log"))
-    monkeypatch.setenv("DEEPLAB_GUI_SETTINGS", str(tmp_path / "settings.ini"))
-
-
 def _images(d, n=3):
     d.mkdir()
     for i in range(n):

@@ -22,12 +22,6 @@ WAIT = 20_000  # ms; generous for a loaded 2-core machine
 H, W = 30, 40
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("DEEPLAB_GUI_LOG_DIR", str(tmp_path / "log"))
-    monkeypatch.setenv("DEEPLAB_GUI_SETTINGS", str(tmp_path / "settings.ini"))
-
-
 @pytest.fixture
 def window(qtbot, tmp_path):
     d = tmp_path / "images"
