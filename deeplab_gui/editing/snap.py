@@ -13,15 +13,68 @@ so it holds across sessions.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from engine import VOID
 
 from .raster import BBox, flood_region
 
-__all__ = ["SNAP_DESCRIPTION", "apply_snap", "grow_from", "person_set", "snap_region"]
+__all__ = ["SNAP_DESCRIPTION", "SnapJob", "apply_snap", "grow_from", "person_set", "prepare_snap",
+           "snap_margin", "snap_region"]
 
 SNAP_DESCRIPTION = "CRF snap"
+
+
+def snap_margin(radius: float) -> int:
+    """Pixels around the strokes the CRF-snap refines: far enough to follow an edge the strokes hint
+    at; within it, only the region connected to the strokes changes."""
+    return int(max(32, math.ceil(6 * radius)))
+
+
+@dataclass(frozen=True)
+class SnapJob:
+    """One CRF snap, cut out of the image: everything :meth:`labels` needs, so it can run in a worker
+    while the document stays with its owner. ``box``: the crop (y0, x0, y1, x1) in image pixels."""
+    box: BBox
+    image: np.ndarray        # h×w×3 uint8, the crop
+    probs: np.ndarray | None  # C×h×w float32 over the crop, or None (strokes alone)
+    scribbles: np.ndarray    # h×w uint8 stroke class per marked pixel, VOID elsewhere
+    params: Any              # engine.CRFParams
+    num_classes: int
+
+    def labels(self) -> np.ndarray:
+        """The dense CRF's labels over the crop with the strokes as hard evidence (the slow part)."""
+        from engine.crf import refine_with_scribbles
+        out = refine_with_scribbles(self.image, self.probs, self.scribbles, self.params,
+                                    num_classes=None if self.probs is not None else self.num_classes)
+        return out.argmax(0).astype(np.uint8)
+
+    def apply(self, doc, labels: np.ndarray) -> BBox | None:
+        """Apply :meth:`labels`' result to ``doc`` as one undo step (see :func:`apply_snap`)."""
+        return apply_snap(doc, self.box, labels, self.scribbles)
+
+
+def prepare_snap(scribbles: np.ndarray, bbox: BBox, image: np.ndarray, probs: Any, params: Any,
+                 num_classes: int, radius: float) -> SnapJob:
+    """The crop a snap of strokes ``scribbles`` (H×W, within ``bbox``) drawn at ``radius`` refines.
+
+    ``probs``: the image's C×h×w probabilities, at full size or on a smaller grid (a huge image's are),
+    or None. Cheap: slicing, and for a reduced grid the bilinear values of the crop alone.
+    """
+    h, w = scribbles.shape
+    m = snap_margin(radius)
+    y0, x0, y1, x1 = bbox
+    y0, x0, y1, x1 = max(y0 - m, 0), max(x0 - m, 0), min(y1 + m, h), min(x1 + m, w)
+    crop = None
+    if probs is not None:  # a huge image's probabilities may be on a smaller grid: enlarge the box only
+        from engine import crop_at
+        crop = crop_at(probs, (h, w), (y0, x0, y1, x1))
+    return SnapJob((y0, x0, y1, x1), np.ascontiguousarray(image[y0:y1, x0:x1]), crop,
+                   scribbles[y0:y1, x0:x1].copy(), params, int(num_classes))
 
 
 def _intersect(a: BBox, b: BBox) -> BBox | None:

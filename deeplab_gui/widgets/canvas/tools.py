@@ -9,7 +9,6 @@ the region the strokes reach (see :mod:`deeplab_gui.editing.snap`) as one undo s
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from PySide6.QtCore import QPointF, Qt
 from engine import VOID
 
 from ...editing.brush import ScribbleLayer
-from ...editing.snap import apply_snap
+from ...editing.snap import prepare_snap, snap_margin
 from .toolview import EditTarget, SnapTarget, ToolView
 
 __all__ = [
@@ -226,12 +225,6 @@ class PolygonTool(Tool):
         self.view.show_path(pts, closed=True, color=self.rubber_band)
 
 
-def snap_margin(radius: float) -> int:
-    """Pixels around the strokes the CRF-snap refines: far enough to follow an edge the strokes hint
-    at; within it, only the region connected to the strokes changes."""
-    return int(max(32, math.ceil(6 * radius)))
-
-
 class SnapTool(BrushTool):
     """CRF-snap brush: paint hints in a scribble layer; on release the dense CRF spreads them along
     image edges (in a worker, on a crop around the strokes) and the region it grows from the strokes
@@ -281,23 +274,8 @@ class SnapTool(BrushTool):
         if src is None:
             self.reset()
             return None
-        h, w = layer.shape
-        m = snap_margin(self.size)
-        y0, x0, y1, x1 = layer.bbox
-        y0, x0, y1, x1 = max(y0 - m, 0), max(x0 - m, 0), min(y1 + m, h), min(x1 + m, w)
-        image = src.image[y0:y1, x0:x1]
-        probs = None
-        if src.probs is not None:  # a huge image's probabilities may be on a smaller grid: enlarge the box only
-            from engine import crop_at
-            probs = crop_at(src.probs, (h, w), (y0, x0, y1, x1))
-        scrib = layer.scribbles[y0:y1, x0:x1].copy()
-        params, n = src.params, src.num_classes
-
-        def work():
-            from engine.crf import refine_with_scribbles
-            out = refine_with_scribbles(np.ascontiguousarray(image), probs, scrib, params,
-                                        num_classes=None if probs is not None else n)
-            return out.argmax(0).astype(np.uint8)
+        job = prepare_snap(layer.scribbles, layer.bbox, src.image, src.probs, src.params,
+                           src.num_classes, self.size)
 
         def done(labels: np.ndarray) -> None:
             self.reset()
@@ -305,13 +283,13 @@ class SnapTool(BrushTool):
             if t.document is not doc:
                 return
             # Only the region the stroke reaches along edges changes, never a person's labels.
-            apply_snap(doc, (y0, x0, y1, x1), labels, scrib)
+            job.apply(doc, labels)
 
         def failed(text: str) -> None:
             self.reset()
             t.report_error(f"CRF snap failed: {text}")
 
-        self.task = t.run_task(work, on_result=done, on_error=failed, task_name="CRF snap")
+        self.task = t.run_task(job.labels, on_result=done, on_error=failed, task_name="CRF snap")
         return self.task
 
     def _show_path(self) -> None:
