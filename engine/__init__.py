@@ -26,7 +26,7 @@ _EXPORTS = {
     "models": ("list_models",),
     "predictor": ("DEFAULT_MAX_SIDE", "ImageTooSmallError", "PredictionError", "Predictor", "resolve_device"),
     "probgrid": ("argmax0_u8", "crop_at", "grid_fits", "labels_at", "resize_image", "resize_probs", "upsample_bands"),
-    "store": ("PROTECTED", "AnnotationStore", "CachedProbs", "ImageSignature", "MaskError", "Status", "StoreError",
+    "store": ("PROTECTED", "AnnotationStore", "CachedProbs", "Effort", "ImageSignature", "MaskError", "Status", "StoreError",
               "StoreLockedError", "StoreWriteError", "Version", "VersionError", "Versions"),
     "weights": ("CATALOG", "BackboneLoadReport", "DownloadCancelled", "WeightsEntry", "WeightsError",
                 "WeightsHashMismatch", "WeightsUnavailable", "download", "get_weights", "list_weights",

@@ -103,7 +103,7 @@ class BrushCanvas:
             raise ValueError(f"radius must be a positive number, got {radius!r}")
         self.end_stroke()
         self._stroke = {"value": value, "radius": r, "last": None, "bbox": None, "saved": [],
-                        "foot": [] if self._track_footprint else None}
+                        "foot": [] if self._track_footprint else None, "erase": erase_to is not None}
 
     def stroke_to(self, x: float, y: float) -> BBox:
         """Paint the brush from the previous point to (x, y) (the first call paints a dot).
@@ -139,7 +139,7 @@ class BrushCanvas:
         """Finish the current stroke (no-op when none is open)."""
         st, self._stroke = self._stroke, None
         if st is not None and (st["bbox"] is not None or st["foot"]):
-            self._stroke_done(st["bbox"], st["saved"], st["foot"])
+            self._stroke_done(st["bbox"], st["saved"], st["foot"], erase=st["erase"])
 
     def cancel_stroke(self) -> BBox | None:
         """Abandon the current stroke (e.g. Escape while dragging): its pixels go back to what they
@@ -158,9 +158,9 @@ class BrushCanvas:
     _track_footprint = False
 
     def _stroke_done(self, bbox: BBox | None, saved: list[tuple[BBox, np.ndarray]],
-                     foot: list[tuple[BBox, np.ndarray]] | None = None) -> None:
+                     foot: list[tuple[BBox, np.ndarray]] | None = None, erase: bool = False) -> None:
         """Hook: a stroke changed pixels within ``bbox`` (None: none); ``saved`` holds the
-        pre-stroke blocks, ``foot`` the painted pieces when tracked."""
+        pre-stroke blocks, ``foot`` the painted pieces when tracked; ``erase``: it was an eraser's."""
 
 
 class ScribbleLayer(BrushCanvas):
@@ -194,7 +194,7 @@ class ScribbleLayer(BrushCanvas):
             self._bbox = bbox_union(self._bbox, box)
         return box
 
-    def _stroke_done(self, bbox, saved, foot=None) -> None:
+    def _stroke_done(self, bbox, saved, foot=None, erase=False) -> None:
         pass   # nothing to keep: scribbles are throw-away hints
 
     def any(self) -> bool:

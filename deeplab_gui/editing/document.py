@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,10 +33,13 @@ from engine import VOID
 from .brush import BrushCanvas, Listener, ScribbleLayer, check_label, check_point
 from .raster import BBox, bbox_of, bbox_union, flood_region, polygon_mask
 
-__all__ = ["VOID", "PRELABEL", "BBox", "Listener", "Patch", "MaskDocument", "ScribbleLayer", "BrushCanvas"]
+__all__ = ["VOID", "PRELABEL", "BBox", "Listener", "StepListener", "Patch", "MaskDocument", "ScribbleLayer",
+           "BrushCanvas"]
 
 # apply_labels steps with this description write the model's labels: their pixels are not a person's.
 PRELABEL = "pre-label"
+# ``fn(kind, description)`` after a step is made ("do"), undone ("undo") or redone ("redo").
+StepListener = Callable[[str, str], None]
 # Patches whose raw old+new pixels exceed this are compressed; below it zlib's overhead is not worth it.
 _COMPRESS_ABOVE = 8192
 _tokens = itertools.count(1)
@@ -158,6 +161,7 @@ class MaskDocument(BrushCanvas):
         self._bytes = 0
         self._base_token = 0      # state token below the oldest kept step (changes when one is dropped)
         self._saved_token = 0
+        self._step_listeners: list[StepListener] = []
 
     # --- observation ------------------------------------------------------------------------------
     @property
@@ -169,6 +173,20 @@ class MaskDocument(BrushCanvas):
     def confirmed(self) -> np.ndarray:
         """Read-only H×W bool view: the pixels a person set (see the module docstring)."""
         return self._confirmed_view
+
+    def add_step_listener(self, fn: StepListener) -> None:
+        """Call ``fn(kind, description)`` after each history step: ``kind`` is "do" for a new step
+        (a whole stroke, a fill, ...), "undo" or "redo"; ``description`` names the step."""
+        if fn not in self._step_listeners:
+            self._step_listeners.append(fn)
+
+    def remove_step_listener(self, fn: StepListener) -> None:
+        if fn in self._step_listeners:
+            self._step_listeners.remove(fn)
+
+    def _stepped(self, kind: str, description: str) -> None:
+        for fn in list(self._step_listeners):
+            fn(kind, description)
 
     @property
     def _token(self) -> int:
@@ -228,6 +246,7 @@ class MaskDocument(BrushCanvas):
             old = self._undo.pop(0)
             self._bytes -= old.nbytes
             self._base_token = old.token
+        self._stepped("do", patch.description)
 
     def _commit(self, bbox: BBox, old: np.ndarray, new: np.ndarray, description: str,
                 foot: np.ndarray | None = None) -> BBox | None:
@@ -268,7 +287,7 @@ class MaskDocument(BrushCanvas):
     _track_footprint = True
 
     def _stroke_done(self, bbox: BBox | None, saved: list[tuple[BBox, np.ndarray]],
-                     foot: list[tuple[BBox, np.ndarray]] | None = None) -> None:
+                     foot: list[tuple[BBox, np.ndarray]] | None = None, erase: bool = False) -> None:
         for box, _ in foot or ():
             bbox = bbox_union(bbox, box)
         if bbox is None:
@@ -285,7 +304,7 @@ class MaskDocument(BrushCanvas):
                 covered[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] |= inside
             # Relabelled pixels were repainted live; ones confirmed without a new label were not.
             unseen = bool((covered & (old == new) & ~self._confirmed[y0:y1, x0:x1]).any())
-        tight = self._commit(bbox, old, new, "Paint", covered)
+        tight = self._commit(bbox, old, new, "Erase" if erase else "Paint", covered)
         if tight is not None and unseen:
             self._changed(tight)
 
@@ -303,7 +322,9 @@ class MaskDocument(BrushCanvas):
             return None
         patch = self._undo.pop()
         self._redo.append(patch)
-        return self._apply(patch, "old")
+        box = self._apply(patch, "old")
+        self._stepped("undo", patch.description)
+        return box
 
     def redo(self) -> BBox | None:
         """Re-apply the newest undone step; returns its box or None."""
@@ -312,7 +333,9 @@ class MaskDocument(BrushCanvas):
             return None
         patch = self._redo.pop()
         self._undo.append(patch)
-        return self._apply(patch, "new")
+        box = self._apply(patch, "new")
+        self._stepped("redo", patch.description)
+        return box
 
     def clear_history(self) -> None:
         """Forget every undo/redo step (the labels stay as they are)."""

@@ -26,8 +26,8 @@ __all__ = ["HISTORY_BUDGET", "HistoryState", "step_name"]
 HISTORY_BUDGET = 256 * 2**20  # bytes of masks and undo steps kept across all images
 
 # What the person did, in their words, for the document's step descriptions.
-_NAMES = {"Paint": "brush stroke", "Fill": "flood fill", "Polygon": "polygon", "Apply labels": "label change",
-          "Apply CRF": "apply CRF", "pre-label": "pre-label"}
+_NAMES = {"Paint": "brush stroke", "Erase": "eraser stroke", "Fill": "flood fill", "Polygon": "polygon",
+          "Apply labels": "label change", "Apply CRF": "apply CRF", "pre-label": "pre-label"}
 
 
 def step_name(description: str) -> str:

@@ -1,5 +1,7 @@
 """Accept and next: mark the current image reviewed, save it and move on the way the person is moving.
 
+Marking an image reviewed, alone or with the move, is accepting it: the effort meter records when.
+
 "The way the person is moving" is the image list's order with its filter applied (what the window
 hands over as :attr:`ReviewState.visible`), or, when the last move was "next most uncertain", the
 uncertainty queue.  The image each folder had open is remembered in the settings, so that a folder
@@ -45,6 +47,15 @@ class ReviewState(QObject):
         start = ids.index(cur) + 1 if cur in ids else 0
         return next((i for i in ids[start:] if i in shown and i != cur), None)
 
+    def mark_reviewed(self) -> bool:
+        """Save the current mask as reviewed and record it as accepted (the effort meter's "done")."""
+        s = self.s
+        image_id = s.image_id
+        if not s.mark_reviewed():
+            return False
+        s.effort.note_accepted(image_id)
+        return True
+
     def accept_and_next(self) -> bool:
         """Mark the current image reviewed, save it, then show the next image; False (saying why)
         when it could not be marked."""
@@ -58,7 +69,7 @@ class ReviewState(QObject):
             return False
         # Chosen before marking: the new status may take the current image out of a filtered list.
         target = None if self.by_uncertainty else self.next_in_list()
-        if not s.mark_reviewed():
+        if not self.mark_reviewed():
             return False  # the failed write has said why
         if self.by_uncertainty:
             self.next_most_uncertain()

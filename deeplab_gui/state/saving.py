@@ -231,6 +231,9 @@ class SessionSaves:
         ``wait=True`` also waits for all queued writes and returns whether the mask is on disk (False
         with a ``message`` saying why)."""
         s = self.s
+        effort = getattr(s, "effort", None)
+        if effort is not None:
+            effort.flush()  # the meter's counts go with every save, autosave and image switch
         if s.document is None or s.image_id is None or s.store is None:
             return True
         if s.document.dirty:
@@ -291,6 +294,8 @@ class SessionSaves:
         current mask's changes are reported as kept in memory)."""
         self._queue_all()
         self.writer.flush()
+        if getattr(self.s, "effort", None) is not None:
+            self.s.effort.wait()  # the effort meter's records, handed over with the current mask
 
     def _queue_all(self) -> None:
         s = self.s

@@ -17,6 +17,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from engine import VOID
 
 from .crf import CRFState
+from .effort import EffortState
 from .models import ModelsState
 from .folder import FolderMethods
 from .history import HistoryState
@@ -99,6 +100,7 @@ class Session(QObject, FolderMethods, PredictionMethods):
         self.models = ModelsState(self)  # weights, loading, pre-labelling, versions, fine-tuning
         self.history = HistoryState(self)  # undo steps kept per image across switches; Undo/Redo
         self.review = ReviewState(self)  # accept and next; the image each folder reopens on
+        self.effort = EffortState(self)  # active seconds and actions per image, kept in the store
         self._timer = QTimer(self)
         self._timer.setInterval(AUTOSAVE_MS)
         self._timer.timeout.connect(self.autosave)
@@ -153,6 +155,7 @@ class Session(QObject, FolderMethods, PredictionMethods):
         self.crf.shutdown()  # writes parameters still waiting for their debounce, stops the lanes
         self.close_store()
         self.saves.writer.close()
+        self.effort.close()
         self.worker.cancel_all()
         self.worker.wait(timeout_ms)
 

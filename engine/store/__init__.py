@@ -2,11 +2,13 @@
 
 :class:`AnnotationStore` is the way in; the modules behind it are its on-disk format (``format``),
 its mask methods (``masks``), the single-instance lock (``lock``), the folder scan (``scan``), the
-probability cache (``probcache``) and the fine-tuned model versions (``versions``).  The README's
-"Annotation store" section documents the layout and the guarantees.
+probability cache (``probcache``), the fine-tuned model versions (``versions``) and the work each image
+took a person (``effort``).  The README's "Annotation store" section documents the layout and the
+guarantees.
 """
 from __future__ import annotations
 
+from .effort import Effort, Segment, done_efforts, efforts_csv, segments, version_marks
 from .format import (
                      PROTECTED,
                      LabelClass,
@@ -26,5 +28,6 @@ from .versions import Version, VersionError, Versions
 __all__ = [
     "AnnotationStore", "Status", "PROTECTED", "LabelClass", "default_classes", "StoreError", "StoreWriteError",
     "MaskError", "StoreLockedError", "user_store_root", "CachedProbs", "ImageSignature", "SIDECAR_NAME",
-    "ScanResult", "natural_key", "scan_folder", "Version", "VersionError", "Versions",
+    "ScanResult", "natural_key", "scan_folder", "Version", "VersionError", "Versions", "Effort", "Segment",
+    "done_efforts", "efforts_csv", "segments", "version_marks",
 ]

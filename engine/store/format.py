@@ -23,10 +23,17 @@ __all__ = [
     "Status", "PROTECTED", "LabelClass", "default_classes", "check_classes", "classes_to_json",
     "classes_from_json", "StoreError", "StoreWriteError", "MaskError", "write_error", "check_id",
     "open_db", "open_db_readonly", "SCHEMA_VERSION", "locate_store", "user_store_root", "load_classes_file",
-    "remove_orphan_temps", "sidecar_path", "sidecar_ids", "DB_MISSING", "DB_EMPTY",
+    "remove_orphan_temps", "sidecar_path", "sidecar_ids", "DB_MISSING", "DB_EMPTY", "EFFORT_TABLE",
 ]
 
 SCHEMA_VERSION = 1
+# Per-image work a person put in (see engine.store.effort).  Created by every writable open, so a
+# database written before the table existed gains it without touching anything else; older versions
+# of the app simply ignore it.  ``actions``: JSON {tool: count}; ``accepted``/``edited``/``first``/
+# ``updated``: wall-clock seconds (``accepted`` NULL while the image was never accepted).
+EFFORT_TABLE = ("CREATE TABLE IF NOT EXISTS effort(id TEXT PRIMARY KEY, seconds REAL NOT NULL, "
+                "actions TEXT NOT NULL, accepted REAL, version TEXT, edited REAL, first REAL NOT NULL, "
+                "updated REAL NOT NULL)")
 
 
 class Status(str, Enum):
@@ -216,6 +223,7 @@ def _init_db(path: Path) -> tuple[sqlite3.Connection, bool]:
                    "updated REAL NOT NULL, error TEXT)")
         db.execute("CREATE TABLE IF NOT EXISTS probs(id TEXT PRIMARY KEY, model_id TEXT NOT NULL, "
                    "bytes INTEGER NOT NULL, used REAL NOT NULL)")
+        db.execute(EFFORT_TABLE)
         db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
     except BaseException:
         db.close()

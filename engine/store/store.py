@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from ..fileio import atomic_write_bytes
+from .effort import EffortMethods
 from .format import (
     PROTECTED,
     LabelClass,
@@ -59,7 +60,7 @@ __all__ = [
 DEFAULT_PROBS_BUDGET = 4 << 30  # bytes of cached probabilities kept before the least recently used go
 
 
-class AnnotationStore(MaskMethods, RepairMethods):
+class AnnotationStore(MaskMethods, RepairMethods, EffortMethods):
     """The annotations of one image folder.  Open with :meth:`open`; close (or ``with``) when done.
 
     Thread-safe: the GUI's autosave, a background pre-labelling worker and the UI may call it at once.
