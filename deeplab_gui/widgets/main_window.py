@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..state.session import VIEW_MODES, Session
+from .activity import EffortLabel, install_activity_filter
 from .canvas.canvas import Canvas
 from .canvas.tools import TOOL_KEYS, make_tools
 from .dialogs import unsaved_dialog
@@ -94,6 +95,7 @@ class MainWindow(QMainWindow):
         self.tool_bar = add_tool_bar(self)  # tool icons: the Tools menu's actions, so they stay in step
         self.view_menu.addAction(self.tool_bar.toggleViewAction())  # a hidden bar can come back
         install_input_guard(self, home=self.canvas)  # panels: no wheel edits, keys back to the canvas
+        install_activity_filter(self, s.effort)  # input in this window keeps the effort meter's clock going
         self.tool_options.size.valueChanged.connect(self._on_size)
         self.set_tool("brush")
         s.message.connect(self.show_message)
@@ -106,6 +108,8 @@ class MainWindow(QMainWindow):
         self.cursor_readout = CursorReadout(s)  # "under cursor: 15 person"
         self.canvas.hovered.connect(self.cursor_readout.show_pixel)
         self.statusBar().addPermanentWidget(self.cursor_readout)
+        self.effort_label = EffortLabel(s.effort)  # "⏱ 1:42 · 17 actions" on the current image
+        self.statusBar().addPermanentWidget(self.effort_label)
         self.resize(1280, 800)
         geo, state = s.settings.window_state()
         if geo is not None:
@@ -184,10 +188,12 @@ class MainWindow(QMainWindow):
         v.addSeparator()
         for i, m in enumerate(VIEW_MODES):
             self._action(v, VIEW_TITLES[m], lambda _=False, m=m: s.set_view_mode(m), f"Alt+{i + 1}")
+        v.addSeparator()
+        self.progress_action = self._action(v, "&Progress…", self.open_progress)
         im = mb.addMenu("&Image")
         self._action(im, "&Previous", s.prev_image, "A")
         self._action(im, "&Next", s.next_image, "D")
-        self._action(im, "Mark &reviewed", s.mark_reviewed, "Ctrl+R")
+        self._action(im, "Mark &reviewed", s.review.mark_reviewed, "Ctrl+R")  # accepted, as the meter counts
         self.accept_action = self._action(im, "&Accept and next", s.review.accept_and_next, ["Ctrl+Return", "Ctrl+Enter"])
         m = self.image_list.model  # accept and next follows the list's order, its filter applied
         s.review.visible = lambda: [m.image_id(r) for r in range(m.rowCount())]
@@ -229,6 +235,18 @@ class MainWindow(QMainWindow):
             self.show_message("info", "open a folder first")
             return
         ExportDialog(self.session, self).open()
+
+    def open_progress(self):
+        """The progress window (time and actions per image, before and after each fine-tune); None,
+        saying why, without a folder."""
+        from .dialogs.progress import ProgressDialog
+
+        if self.session.store is None:
+            self.show_message("info", "open a folder first")
+            return None
+        dialog = ProgressDialog(self.session, self)
+        dialog.open()
+        return dialog
 
     def open_finetune(self):
         """The model panel's fine-tune dialog, asked for as its button does (with no model the run starts

@@ -1,9 +1,10 @@
-"""The fine-tune dialog's plot: training loss and held-out mIoU against the step, in plain QPainter."""
+"""Two series against one axis, in plain QPainter: the fine-tune dialog's loss and held-out mIoU against
+the step, and the progress window's seconds and actions per image against the images done."""
 from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QPointF, QRectF, QSize
+from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QPainter, QPen, QPolygonF
 from PySide6.QtWidgets import QWidget
 
@@ -11,31 +12,61 @@ __all__ = ["CurvePlot"]
 
 _LOSS_COLOUR = QColor(40, 90, 200)
 _MIOU_COLOUR = QColor(220, 110, 20)
-_LOSS_PAD = 0.08  # share of the loss's range left free above and below the curve
-_INSET = 5.0      # pixels between the frame and the nearest point (an mIoU dot's radius and a bit)
+_MARK_COLOUR = QColor(60, 150, 60)
+_LOSS_PAD = 0.08  # share of the left series' range left free above and below the curve
+_INSET = 5.0      # pixels between the frame and the nearest point (a dot's radius and a bit)
+_MAX_DOTS = 300   # more points than this are drawn as a line only: dots would merge into a smear
 
 
 class CurvePlot(QWidget):
-    """Training loss (left axis, scaled to the data) and held-out mIoU (right axis, 0..1) against the step.
+    """A left series (left axis, scaled to the data) and a right series (right axis, ``right_range``,
+    or scaled to the data when None) against x from ``start`` to ``total``, with optional vertical
+    ``markers`` (x, name).
 
-    Plain QPainter: two short polylines do not justify a plotting dependency.  ``loss`` and ``miou``
-    are lists of (step, value) the tests read.
+    Plain QPainter: two short polylines do not justify a plotting dependency.  The defaults are the
+    fine-tune dialog's: training loss and held-out mIoU (0..1) against the step; ``loss`` and
+    ``miou`` are its two series as lists of (step, value), which the tests read.
     """
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, *, left_name: str = "loss",
+                 right_name: str = "held-out mIoU", x_name: str = "step",
+                 right_range: tuple[float, float] | None = (0.0, 1.0), left_format: str = "{:.3f}",
+                 right_format: str = "{:.2f}", start: int = 0, left_dots: bool = False) -> None:
         super().__init__(parent)
-        self.loss: list[tuple[int, float]] = []
-        self.miou: list[tuple[int, float]] = []
+        self.left: list[tuple[float, float]] = []
+        self.right: list[tuple[float, float]] = []
+        self.markers: list[tuple[float, str]] = []
         self.total = 1
+        self.start = start
+        self.left_name, self.right_name, self.x_name = left_name, right_name, x_name
+        self.fixed_right = right_range
+        self.left_format, self.right_format = left_format, right_format
+        self.left_dots = left_dots
         self.setMinimumSize(320, 160)
+
+    @property
+    def loss(self) -> list[tuple[float, float]]:
+        return self.left
+
+    @property
+    def miou(self) -> list[tuple[float, float]]:
+        return self.right
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt naming)
         return QSize(420, 200)
 
     def clear(self, total: int = 1) -> None:
-        self.loss.clear()
-        self.miou.clear()
+        self.left.clear()
+        self.right.clear()
+        self.markers.clear()
         self.total = max(int(total), 1)
+        self.update()
+
+    def set_series(self, left: list[tuple[float, float]], right: list[tuple[float, float]], total: int,
+                   markers: list[tuple[float, str]] = ()) -> None:
+        """Replace everything shown at once."""
+        self.left[:], self.right[:], self.markers[:] = left, right, list(markers)
+        self.total = max(int(total), self.start + 1)
         self.update()
 
     def add_event(self, ev: Any) -> None:
@@ -43,32 +74,48 @@ class CurvePlot(QWidget):
         if ev.total:
             self.total = max(self.total, int(ev.total))
         if ev.phase == "train" and ev.loss is not None:
-            self.loss.append((int(ev.step), float(ev.loss)))
+            self.left.append((int(ev.step), float(ev.loss)))
         # Train events repeat the latest held-out mIoU; the one measured before training first shows
         # up there (step 0).  Later measurements come with "validate", the final one with "save" and
         # "done": one point per measurement.
         if ev.miou is not None:
             point = (0, float(ev.miou)) if ev.phase == "train" else (int(ev.step), float(ev.miou))
-            if (ev.phase == "train" and not self.miou) or (ev.phase != "train" and point not in self.miou[-1:]):
-                self.miou.append(point)
+            if (ev.phase == "train" and not self.right) or (ev.phase != "train" and point not in self.right[-1:]):
+                self.right.append(point)
         self.update()
 
     def plot_area(self) -> QRectF:
         """The frame the curves are drawn in (widget coordinates); nothing is drawn outside it."""
         fm = self.fontMetrics()
-        margin_l, margin_r = fm.horizontalAdvance("0.000") + 8, fm.horizontalAdvance("1.00") + 8
+        lo, top = self.loss_range()
+        rlo, rtop = self.right_range()
+        margin_l = max(fm.horizontalAdvance(self.left_format.format(v)) for v in (lo, top, 0.125)) + 8
+        margin_r = max(fm.horizontalAdvance(self.right_format.format(v)) for v in (rlo, rtop)) + 8
         return QRectF(margin_l, fm.height() + 6, self.width() - margin_l - margin_r,
                       self.height() - 2 * fm.height() - 12)
 
     def loss_range(self) -> tuple[float, float]:
-        """(bottom, top) of the loss axis: the data's range widened by a margin on each side, so the
+        """(bottom, top) of the left axis: the data's range widened by a margin on each side, so the
         highest and lowest points sit inside the frame, not on its edges (never below 0)."""
-        values = [v for _, v in self.loss]
+        values = [v for _, v in self.left]
         if not values:
             return 0.0, 1.0
         lo, hi = min(values), max(values)
         pad = (hi - lo) * _LOSS_PAD or abs(hi) * _LOSS_PAD or 1.0
         return max(lo - pad, 0.0), hi + pad
+
+    def right_range(self) -> tuple[float, float]:
+        """(bottom, top) of the right axis: fixed, or from 0 to a little over the data's highest value."""
+        if self.fixed_right is not None:
+            return self.fixed_right
+        hi = max((v for _, v in self.right), default=0.0)
+        return 0.0, hi * (1 + _LOSS_PAD) if hi > 0 else 1.0
+
+    def x_at(self, x: float) -> float:
+        """The widget x coordinate of data x (what the tests check markers and points against)."""
+        inner = self.plot_area().adjusted(_INSET, _INSET, -_INSET, -_INSET)
+        span = max(self.total - self.start, 1)
+        return inner.left() + inner.width() * min(max((x - self.start) / span, 0.0), 1.0)
 
     def paintEvent(self, _event) -> None:  # noqa: N802 (Qt naming)
         p = QPainter(self)
@@ -80,42 +127,52 @@ class CurvePlot(QWidget):
             return
         p.setPen(QPen(QColor(160, 160, 160)))
         p.drawRect(area)
-        lo_loss, top_loss = self.loss_range()
-        # Points map into the frame less an inset, so a line's width or an mIoU dot at 0 or 1 stays
-        # off the frame's edges; the clip below catches anything else.
+        lo_left, top_left = self.loss_range()
+        lo_right, top_right = self.right_range()
+        # Points map into the frame less an inset, so a line's width or a dot at either end of its
+        # axis stays off the frame's edges; the clip below catches anything else.
         inner = area.adjusted(_INSET, _INSET, -_INSET, -_INSET)
 
-        def pt(step: int, value: float, lo: float, top: float) -> QPointF:
-            x = inner.left() + inner.width() * min(max(step / self.total, 0.0), 1.0)
+        def pt(x: float, value: float, lo: float, top: float) -> QPointF:
             y = inner.bottom() - inner.height() * min(max((value - lo) / (top - lo), 0.0), 1.0)
-            return QPointF(x, y)
+            return QPointF(self.x_at(x), y)
 
-        # Axis labels: loss on the left, mIoU on the right, step underneath.
+        # Axis labels: the left series on the left, the right one on the right, x underneath.
         p.setPen(_LOSS_COLOUR)
-        p.drawText(QPointF(2, area.top() + fm.ascent()), f"{top_loss:.3f}")
-        p.drawText(QPointF(2, area.bottom()), f"{lo_loss:.3f}" if lo_loss else "0")
+        p.drawText(QPointF(2, area.top() + fm.ascent()), self.left_format.format(top_left))
+        p.drawText(QPointF(2, area.bottom()), self.left_format.format(lo_left) if lo_left else "0")
         p.setPen(_MIOU_COLOUR)
-        p.drawText(QPointF(area.right() + 4, area.top() + fm.ascent()), "1.00")
-        p.drawText(QPointF(area.right() + 4, area.bottom()), "0")
+        p.drawText(QPointF(area.right() + 4, area.top() + fm.ascent()), self.right_format.format(top_right))
+        p.drawText(QPointF(area.right() + 4, area.bottom()), self.right_format.format(lo_right) if lo_right else "0")
         p.setPen(QColor(90, 90, 90))
-        p.drawText(QPointF(area.left(), self.height() - 4), "step 0")
+        p.drawText(QPointF(area.left(), self.height() - 4), f"{self.x_name} {self.start}")
         last = f"{self.total}"
         p.drawText(QPointF(area.right() - fm.horizontalAdvance(last), self.height() - 4), last)
         p.setPen(_LOSS_COLOUR)
-        p.drawText(QPointF(area.left(), fm.ascent() + 2), "loss")
+        p.drawText(QPointF(area.left(), fm.ascent() + 2), self.left_name)
         p.setPen(_MIOU_COLOUR)
-        p.drawText(QPointF(area.left() + fm.horizontalAdvance("loss") + 12, fm.ascent() + 2), "held-out mIoU")
+        p.drawText(QPointF(area.left() + fm.horizontalAdvance(self.left_name) + 12, fm.ascent() + 2), self.right_name)
 
         p.setClipRect(area.adjusted(1, 1, -1, -1))  # inside the frame's line
-        if len(self.loss) > 1:
-            p.setPen(QPen(_LOSS_COLOUR, 1.5))
-            p.drawPolyline(QPolygonF([pt(s, v, lo_loss, top_loss) for s, v in self.loss]))
-        if self.miou:
-            p.setPen(QPen(_MIOU_COLOUR, 2.0))
-            points = [pt(s, v, 0.0, 1.0) for s, v in self.miou]
-            if len(points) > 1:
-                p.drawPolyline(QPolygonF(points))
-            p.setBrush(_MIOU_COLOUR)
+        for x, name in self.markers:
+            mx = self.x_at(x)
+            p.setPen(QPen(_MARK_COLOUR, 1.0, Qt.PenStyle.DashLine))
+            p.drawLine(QPointF(mx, area.top()), QPointF(mx, area.bottom()))
+            p.setPen(_MARK_COLOUR)
+            p.drawText(QPointF(mx + 3, area.top() + fm.ascent() + 2), name)
+        self._series(p, [pt(x, v, lo_left, top_left) for x, v in self.left], _LOSS_COLOUR, 1.5, self.left_dots)
+        self._series(p, [pt(x, v, lo_right, top_right) for x, v in self.right], _MIOU_COLOUR, 2.0, True)
+        p.end()
+
+    @staticmethod
+    def _series(p: QPainter, points: list[QPointF], colour: QColor, width: float, dots: bool) -> None:
+        if not points:
+            return
+        p.setPen(QPen(colour, width))
+        if len(points) > 1:
+            p.drawPolyline(QPolygonF(points))
+        if dots and len(points) <= _MAX_DOTS:
+            p.setBrush(colour)
             for q in points:
                 p.drawEllipse(q, 3.0, 3.0)
-        p.end()
+            p.setBrush(Qt.BrushStyle.NoBrush)
