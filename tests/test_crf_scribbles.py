@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from engine import VOID
-from engine.crf import CONVCRF, DEEPLAB_V1, refine_with_scribbles
+from engine.crf import CONVCRF, DEEPLAB_V1, CRFParams, refine_with_scribbles
 
 
 def _two_regions(h=64, w=96, seed=0):
@@ -84,3 +84,24 @@ def test_scribble_errors():
         refine_with_scribbles(image, None, blank[:-1])
     with pytest.raises(ValueError):
         refine_with_scribbles(image, None, blank.astype(np.int32))
+
+
+def test_stroke_prior_grows_a_stroke_over_what_looks_like_it_and_stops_at_the_edge():
+    from engine.crf import stroke_prior
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:80, 0:100]
+    disc = (yy - 40) ** 2 + (xx - 45) ** 2 <= 20 ** 2
+    image = np.where(disc[..., None], (200, 60, 50), (70, 90, 80)) + rng.normal(0, 8, (80, 100, 3))
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    scribbles = np.full((80, 100), VOID, np.uint8)
+    scribbles[38:42, 35:55] = 1                     # a short stroke inside the disc
+    current = np.zeros((80, 100), np.uint8)         # everything labelled background now
+    prior = stroke_prior(image, scribbles, current, 3)
+    assert prior.shape == (3, 80, 100) and np.allclose(prior.sum(0), 1, atol=1e-5)
+    labels = refine_with_scribbles(image, prior, scribbles, CRFParams()).argmax(0)
+    assert ((labels == 1) == disc).mean() > 0.99    # the disc, and nothing but the disc
+    # Outside the disc the current label keeps most of the rest: background, not the third class.
+    assert (prior[0][~disc] > prior[2][~disc]).all()
+    # A uniform prior (what a stroke had without a model before) lets the stroke win everything.
+    flood = refine_with_scribbles(image, None, scribbles, CRFParams(), num_classes=3).argmax(0)
+    assert (flood == 1).mean() > 0.9

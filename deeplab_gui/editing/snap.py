@@ -45,12 +45,18 @@ class SnapJob:
     scribbles: np.ndarray    # h×w uint8 stroke class per marked pixel, VOID elsewhere
     params: Any              # engine.CRFParams
     num_classes: int
+    current: np.ndarray | None = None   # h×w labels the document has now (used without probs)
 
     def labels(self) -> np.ndarray:
-        """The dense CRF's labels over the crop with the strokes as hard evidence (the slow part)."""
-        from engine.crf import refine_with_scribbles
-        out = refine_with_scribbles(self.image, self.probs, self.scribbles, self.params,
-                                    num_classes=None if self.probs is not None else self.num_classes)
+        """The dense CRF's labels over the crop with the strokes as hard evidence (the slow part).
+
+        Without a model's probabilities the strokes' colours are the prior (engine.crf.stroke_prior):
+        the stroke's class spreads over what looks like it, the rest keeps its current labels."""
+        from engine.crf import refine_with_scribbles, stroke_prior
+        probs = self.probs
+        if probs is None:
+            probs = stroke_prior(self.image, self.scribbles, self.current, self.num_classes)
+        out = refine_with_scribbles(self.image, probs, self.scribbles, self.params)
         return out.argmax(0).astype(np.uint8)
 
     def apply(self, doc, labels: np.ndarray) -> BBox | None:
@@ -59,11 +65,12 @@ class SnapJob:
 
 
 def prepare_snap(scribbles: np.ndarray, bbox: BBox, image: np.ndarray, probs: Any, params: Any,
-                 num_classes: int, radius: float) -> SnapJob:
+                 num_classes: int, radius: float, current: np.ndarray | None = None) -> SnapJob:
     """The crop a snap of strokes ``scribbles`` (H×W, within ``bbox``) drawn at ``radius`` refines.
 
     ``probs``: the image's C×h×w probabilities, at full size or on a smaller grid (a huge image's are),
-    or None. Cheap: slicing, and for a reduced grid the bilinear values of the crop alone.
+    or None. ``current``: the document's H×W labels (the prior's fallback without probs).
+    Cheap: slicing, and for a reduced grid the bilinear values of the crop alone.
     """
     h, w = scribbles.shape
     m = snap_margin(radius)
@@ -73,8 +80,9 @@ def prepare_snap(scribbles: np.ndarray, bbox: BBox, image: np.ndarray, probs: An
     if probs is not None:  # a huge image's probabilities may be on a smaller grid: enlarge the box only
         from engine import crop_at
         crop = crop_at(probs, (h, w), (y0, x0, y1, x1))
+    cur = None if current is None or crop is not None else np.array(current[y0:y1, x0:x1])
     return SnapJob((y0, x0, y1, x1), np.ascontiguousarray(image[y0:y1, x0:x1]), crop,
-                   scribbles[y0:y1, x0:x1].copy(), params, int(num_classes))
+                   scribbles[y0:y1, x0:x1].copy(), params, int(num_classes), cur)
 
 
 def _intersect(a: BBox, b: BBox) -> BBox | None:

@@ -11,12 +11,12 @@ from .backends import BACKENDS, available_backends, refine, resolve_backend
 from .lattice import PermutohedralLattice
 from .live import LiveCRF, LiveCRFWorker, LiveResult
 from .params import CONVCRF, DEEPLAB_V1, DEEPLAB_V2, MAX_ITERATIONS, PRESETS, CRFParams
-from .scribbles import refine_with_scribbles
+from .scribbles import refine_with_scribbles, stroke_prior
 
 __all__ = [
     "CRFParams", "PRESETS", "DEEPLAB_V1", "DEEPLAB_V2", "CONVCRF", "MAX_ITERATIONS",
     "refine", "BACKENDS", "available_backends", "resolve_backend",
     "LiveCRF", "LiveCRFWorker", "LiveResult",
-    "refine_with_scribbles",
+    "refine_with_scribbles", "stroke_prior",
     "PermutohedralLattice",
 ]

@@ -7,7 +7,7 @@ from ..labels import VOID
 from .backends import refine
 from .params import DEEPLAB_V1, PROB_EPS, CRFParams, check_image, check_probs
 
-__all__ = ["CLAMP_PROB", "refine_with_scribbles"]
+__all__ = ["CLAMP_PROB", "refine_with_scribbles", "stroke_prior"]
 
 # A marked pixel's other classes get the smallest probability the backends distinguish (PROB_EPS):
 # unary -log(1e-8) ≈ 18.4 exceeds the largest message the presets can send (about w1 + w2 per class), so
@@ -57,3 +57,57 @@ def refine_with_scribbles(image: np.ndarray, probs: np.ndarray | None, scribbles
     p[:, ys, xs] = CLAMP_PROB
     p[cls, ys, xs] = 1.0 - CLAMP_PROB * (c - 1)
     return refine(img, p, params, backend=backend, device=device)
+
+
+# stroke_prior: colours within about this many of the strokes' standard deviations count as "like the
+# stroke"; the deviation has a floor so a flat-coloured stroke still accepts sensor noise.
+_LIKE_SIGMAS = 2.0
+_SIGMA_FLOOR = 6.0
+
+
+def stroke_prior(image: np.ndarray, scribbles: np.ndarray, current: np.ndarray | None,
+                 num_classes: int) -> np.ndarray:
+    """Probabilities to refine strokes with when no model gave any: a colour model of the strokes.
+
+    Without a model, a uniform prior lets a stroke's class win every pixel (nothing competes), and a
+    prior that trusts the current labels lets it win none. Instead each stroked class gets a Gaussian
+    colour model from the pixels under its strokes (mean and per-channel deviation). A pixel's
+    probability of the stroke class it looks most like follows that likeness (from 5 % to 95 %); the
+    rest goes to the other classes, mostly to the pixel's current label (evenly where it has none
+    or where that label is the stroke's class). The CRF then grows the strokes over pixels that look
+    like them and stops at edges.
+
+    Args:
+        image: h×w×3 uint8 RGB. scribbles: h×w uint8 (``VOID`` unmarked). current: h×w uint8 labels
+        now (``VOID`` = none), or None. num_classes: C.
+    Returns: C×h×w float32, summing to 1 per pixel.
+    """
+    img = check_image(image).astype(np.float32)
+    h, w = img.shape[:2]
+    c = int(num_classes)
+    like = np.zeros((h, w), np.float32)
+    best = np.zeros((h, w), np.int64)
+    marked = scribbles != VOID
+    for k in np.unique(scribbles[marked]).tolist():
+        if k >= c:
+            raise ValueError(f"scribble class {k} is out of range for {c} classes")
+        colours = img[scribbles == k]
+        mu = colours.mean(0)
+        sd = np.maximum(colours.std(0), _SIGMA_FLOOR) * _LIKE_SIGMAS
+        z2 = (((img - mu) / sd) ** 2).sum(-1)
+        s = np.exp(-0.5 * z2)
+        better = s > like
+        like[better], best[better] = s[better], k
+    # The other classes share what the stroke class leaves: the current label most of it.
+    rest = np.full((c, h, w), 1.0, dtype=np.float32)
+    if current is not None:
+        cur = np.asarray(current).astype(np.int64)
+        ys, xs = np.nonzero(cur < c)
+        rest[cur[ys, xs], ys, xs] += 9.0 * max(c - 1, 1)
+    if c > 1:
+        np.put_along_axis(rest, best[None], 0.0, 0)
+    rest /= rest.sum(0, keepdims=True)
+    mine = 0.05 + 0.9 * like
+    out = rest * (1.0 - mine)[None]
+    np.put_along_axis(out, best[None], np.take_along_axis(out, best[None], 0) + mine[None], 0)
+    return out / out.sum(0, keepdims=True)

@@ -275,7 +275,7 @@ class SnapTool(BrushTool):
             self.reset()
             return None
         job = prepare_snap(layer.scribbles, layer.bbox, src.image, src.probs, src.params,
-                           src.num_classes, self.size)
+                           src.num_classes, self.size, doc.mask)
 
         def done(labels: np.ndarray) -> None:
             self.reset()

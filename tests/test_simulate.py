@@ -1,0 +1,127 @@
+"""The simulated annotator: reaches its target with each tool set through the document's own edits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deeplab_gui.editing import klm
+from deeplab_gui.editing.simulate import Annotator, SimConfig, error_count, image_miou
+from engine import VOID
+from trainer.synthetic import corrupt_mask, make_scene
+
+SIZE = (96, 128)
+
+
+def _scene(seed: int, start: str):
+    rng = np.random.default_rng(seed)
+    image, truth = make_scene(rng, *SIZE)
+    if start == "empty":
+        first = np.full(truth.shape, VOID, np.uint8)
+    else:
+        first = corrupt_mask(truth, rng, boundary=2)
+    return image, truth, first
+
+
+def _committed_errors(start_error: int, actions) -> list[int]:
+    """Error after each step that stayed (a snap undone at once is not a step that stayed)."""
+    out, prev = [start_error], None
+    for a in actions:
+        if a.tool == "undo":
+            out.pop()           # the snap before it was taken back
+        else:
+            out.append(a.error_after)
+        prev = a
+    assert prev is None or prev.tool != "undo"
+    return out
+
+
+@pytest.mark.parametrize("tools", ["manual", "snap"])
+@pytest.mark.parametrize("start", ["empty", "noisy"])
+def test_reaches_the_target_and_every_step_lowers_the_error(tools, start):
+    for seed in (0, 1):
+        image, truth, first = _scene(seed, start)
+        sim = Annotator(image, truth, first, SimConfig(tools=tools, targets=(0.85, 0.9), max_actions=60),
+                        num_classes=3)
+        result = sim.run()
+        assert result.final_miou >= 0.9, (seed, result.final_miou, [a.tool for a in result.actions])
+        assert result.noc[0.85] is not None and result.noc[0.9] is not None
+        assert 0 < result.noc[0.85] <= result.noc[0.9] <= result.clicks
+        assert result.final_miou == pytest.approx(image_miou(sim.doc.mask, truth))
+        errors = _committed_errors(error_count(first, truth), result.actions)
+        assert all(b < a for a, b in zip(errors, errors[1:])), errors
+        assert result.seconds > 0 and all(a.seconds > 0 for a in result.actions)
+
+
+def test_each_action_is_one_edit_of_the_app_s_document():
+    image, truth, first = _scene(3, "noisy")
+    sim = Annotator(image, truth, first, SimConfig(tools="snap", max_actions=60), num_classes=3)
+    result = sim.run()
+    kept = [a for a in result.actions if a.tool != "undo"]
+    undone = sum(a.tool == "undo" for a in result.actions)
+    # Every action is an undo step of the document; each undo took one back (it is on the redo stack,
+    # or dropped by the next edit).
+    assert sim.doc.undo_depth == len(kept) - undone
+    names = {"fill": "Fill", "polygon": "Polygon", "brush": "Paint", "snap": "CRF snap"}
+    steps = []
+    while sim.doc.can_undo:
+        steps.append(sim.doc.undo_description)
+        sim.doc.undo()
+    stayed = []
+    for a in result.actions:
+        if a.tool == "undo":
+            stayed.pop()
+        else:
+            stayed.append(names[a.tool])
+    assert steps[::-1] == stayed
+    assert np.array_equal(sim.doc.mask, first)   # undoing everything gives the start back
+
+
+def test_a_perfect_start_needs_no_action():
+    image, truth, _ = _scene(4, "empty")
+    result = Annotator(image, truth, truth.copy(), SimConfig(tools="manual"), num_classes=3).run()
+    assert result.actions == [] and result.clicks == 0 and result.seconds == 0
+    assert result.noc == {0.85: 0, 0.9: 0} and result.final_miou == 1.0
+
+
+def test_the_budget_stops_the_annotator_and_the_target_counts_as_missed():
+    image, truth, first = _scene(5, "empty")
+    result = Annotator(image, truth, first, SimConfig(tools="manual", max_actions=1), num_classes=3).run()
+    assert len(result.actions) == 1 and result.noc[0.9] is None and result.final_miou < 0.9
+
+
+def test_void_truth_is_ignored_and_miou_counts_spurious_classes():
+    truth = np.array([[0, 0, 1, VOID]], np.uint8)
+    assert image_miou(np.array([[0, 0, 1, 2]], np.uint8), truth) == 1.0
+    # A class only the mask has counts with IoU 0: (1 + 1/2 + 0) / 3.
+    assert image_miou(np.array([[0, 2, 1, 1]], np.uint8), truth) == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert error_count(np.array([[0, 2, 1, 1]], np.uint8), truth) == 1
+
+
+def test_polygon_vertices_are_clicks_and_a_fill_is_one():
+    truth = np.zeros((60, 80), np.uint8)
+    truth[10:40, 20:60] = 1                        # a box: 4 vertices
+    image = np.where(truth[..., None] == 1, 200, 50).astype(np.uint8).repeat(3, 2)
+    start = np.zeros_like(truth)
+    result = Annotator(image, truth, start, SimConfig(tools="manual"), num_classes=2).run()
+    assert [a.tool for a in result.actions] == ["polygon"] and result.actions[0].clicks == 4
+    assert result.final_miou == 1.0
+    # The same box already outlined with the wrong class: one fill click.
+    start[10:40, 20:60] = 2
+    result = Annotator(image, truth, start, SimConfig(tools="manual"), num_classes=3).run()
+    assert [(a.tool, a.clicks) for a in result.actions] == [("fill", 1)]
+
+
+def test_keystroke_level_model_charges_what_it_says():
+    assert klm.action_seconds(clicks=1) == pytest.approx(klm.M + klm.P + klm.K)
+    drag = klm.action_seconds(clicks=1, drag_px=klm.PX_PER_CM * 10, segments=2)
+    assert drag == pytest.approx(klm.M + klm.P + klm.K + 2 * klm.D_SEGMENT + 10 * klm.D_PER_CM)
+    assert klm.action_seconds(keys=1) == pytest.approx(klm.M + klm.K)
+    with pytest.raises(ValueError):
+        klm.action_seconds(clicks=-1)
+
+
+def test_unknown_tool_set_and_bad_targets_are_refused():
+    with pytest.raises(ValueError, match="tool set"):
+        SimConfig(tools="magic")
+    with pytest.raises(ValueError, match="targets"):
+        SimConfig(targets=(1.5,))
