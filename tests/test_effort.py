@@ -242,3 +242,28 @@ def test_a_read_only_folder_shows_the_meter_but_records_nothing(qtbot, sessions,
         assert holder.efforts() == [] and "error" not in said
     finally:
         holder.close()
+
+
+def test_counts_reach_the_store_every_few_seconds_of_work(qtbot, clocked, folder):
+    s, clock = clocked(folder)
+    s.effort.note_input()
+    clock.t += 12  # the meter's once-a-second tick finds 12 s unrecorded: a crash would lose no more
+    qtbot.waitUntil(lambda: s.store.effort("img0.png").seconds == pytest.approx(12), timeout=WAIT)
+
+
+def test_a_failed_record_is_logged_and_the_mask_is_still_saved(qtbot, clocked, folder, monkeypatch, caplog):
+    from engine import StoreWriteError
+    s, clock = clocked(folder)
+
+    def broken(*a, **k):
+        raise StoreWriteError("could not save the effort record of img0.png: the disk is full")
+    monkeypatch.setattr(s.store, "add_effort", broken)
+    said = []
+    s.message.connect(lambda level, text: said.append(level))
+    _stroke(s.document)
+    s.effort.note_input()
+    clock.t += 3
+    assert s.save_current()
+    s.effort.wait()
+    assert (s.store.load_mask("img0.png") == 2).any() and not s.dirty
+    assert "error" not in said and "could not record the work on img0.png" in caplog.text

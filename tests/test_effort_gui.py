@@ -13,9 +13,9 @@ from PySide6.QtCore import QEvent, QPointF, Qt
 from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QApplication
 
+from deeplab_gui.state.effort import EffortReport
 from engine import AnnotationStore
 from engine.store import Effort
-from deeplab_gui.state.effort import EffortReport
 
 WAIT = 20_000
 W, H = 24, 16

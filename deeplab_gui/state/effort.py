@@ -32,12 +32,13 @@ from engine import one_line
 
 from .saving import MaskWriter
 
-__all__ = ["IDLE_AFTER_S", "FLUSH_EVERY_S", "EffortState", "EffortReport", "tool_of", "format_effort"]
+__all__ = ["IDLE_AFTER_S", "FLUSH_EVERY_S", "EffortState", "EffortReport", "tool_of", "format_clock",
+           "format_effort"]
 
 log = logging.getLogger("deeplab_gui")
 
 IDLE_AFTER_S = 30.0   # an input keeps the clock running this long
-FLUSH_EVERY_S = 10.0  # while working, counts reach the store at least this often
+FLUSH_EVERY_S = 10.0  # while working, counts reach the store at least every this many active seconds
 _TICK_MS = 1000       # how often the shown time moves on while the clock runs
 
 # History step descriptions (editing/document.py, snap.py, crf.py) -> the tool a person used.
@@ -55,11 +56,15 @@ def tool_of(description: str) -> str | None:
     return re.sub(r"[^\w-]+", "_", description.strip().lower()).strip("_") or "edit"
 
 
-def format_effort(seconds: float, actions: int) -> str:
-    """The status bar's words: ``⏱ 1:42 · 17 actions`` (hours shown once there are any)."""
+def format_clock(seconds: float) -> str:
+    """``1:42`` (minutes and seconds, whole seconds dropped), ``1:02:03`` from an hour on."""
     s = int(seconds)
-    clock = f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-    return f"⏱ {clock} · {actions} action{'' if actions == 1 else 's'}"
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def format_effort(seconds: float, actions: int) -> str:
+    """The status bar's words: ``⏱ 1:42 · 17 actions``."""
+    return f"⏱ {format_clock(seconds)} · {actions} action{'' if actions == 1 else 's'}"
 
 
 @dataclass
@@ -102,7 +107,6 @@ class EffortState(QObject):
         self._seconds = 0.0                  # credited, not yet handed to the store
         self._actions: Counter[str] = Counter()
         self._accepted = False
-        self._last_flush = 0.0
         # Per image, what the store held when the folder opened (read off the UI thread) and what was
         # handed to it since: what the meter adds this visit's counts to.
         self._recorded: dict[str, tuple[float, Counter[str]]] = {}
@@ -193,7 +197,7 @@ class EffortState(QObject):
     def _tick(self) -> None:
         now = self.clock()
         self._credit(now)
-        if now - self._last_flush >= FLUSH_EVERY_S:
+        if self._seconds >= FLUSH_EVERY_S:  # the actions made meanwhile go with it
             self.flush()
         if self._last is None or now - self._last >= IDLE_AFTER_S:
             self._timer.stop()
@@ -237,7 +241,6 @@ class EffortState(QObject):
         nothing was counted).  The clock keeps running: only the time up to now is handed over."""
         now = self.clock()
         self._credit(now)
-        self._last_flush = now
         if self._image_id is None or not (self._seconds or self._actions or self._accepted):
             return
         image_id, store = self._image_id, self._store

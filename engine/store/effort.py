@@ -58,7 +58,7 @@ class Effort:
         return self.accepted_at if self.accepted_at is not None else self.edited_at
 
     @classmethod
-    def from_row(cls, row: Sequence) -> "Effort":
+    def from_row(cls, row: Sequence) -> Effort:
         image_id, seconds, actions, accepted, version, edited = row[:6]
         return cls(str(image_id), float(seconds or 0.0), _parse_actions(actions),
                    None if accepted is None else float(accepted), version,

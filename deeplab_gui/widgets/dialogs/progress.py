@@ -28,18 +28,13 @@ from PySide6.QtWidgets import (
 from engine import atomic_write_bytes, one_line
 from engine.store import done_efforts, efforts_csv, segments, version_marks
 
-from ...state.effort import EffortReport
+from ...state.effort import EffortReport, format_clock
 from .curve_plot import CurvePlot
 
-__all__ = ["ProgressDialog", "STARTING_MODEL", "format_seconds", "format_change"]
+__all__ = ["ProgressDialog", "STARTING_MODEL", "format_change"]
 
 STARTING_MODEL = "starting model"  # images done before any fine-tuned version was current
 _COLUMNS = ("Model", "Images", "Time / image", "Actions / image", "Time vs before", "Actions vs before")
-
-
-def format_seconds(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def format_change(before: float, after: float) -> str:
@@ -99,7 +94,7 @@ class ProgressDialog(QDialog):
         for row, seg in enumerate(segs):
             prev = segs[row - 1] if row else None
             cells = (seg.version or STARTING_MODEL, f"{seg.start + 1}–{seg.stop}" if seg.count > 1 else f"{seg.stop}",
-                     format_seconds(seg.mean_seconds), f"{seg.mean_actions:.1f}",
+                     format_clock(seg.mean_seconds), f"{seg.mean_actions:.1f}",
                      format_change(prev.mean_seconds, seg.mean_seconds) if prev else "–",
                      format_change(prev.mean_actions, seg.mean_actions) if prev else "–")
             for col, text in enumerate(cells):
@@ -116,7 +111,7 @@ class ProgressDialog(QDialog):
         actions = sum(e.total_actions for e in done) / len(done)
         accepted = sum(1 for e in done if e.accepted)
         return (f"{len(done)} image(s) done ({accepted} accepted), in the order they were done: on average "
-                f"{format_seconds(seconds)} of active time and {actions:.1f} actions per image.")
+                f"{format_clock(seconds)} of active time and {actions:.1f} actions per image.")
 
     def cell(self, row: int, col: int) -> str:
         item = self.table.item(row, col)
