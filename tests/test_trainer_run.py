@@ -15,9 +15,7 @@ import torch
 import engine
 from engine import AnnotationStore
 from trainer import FineTune, Recipe, Versions
-from trainer.augment import to_input
-from trainer.dataset import labelled_samples, load_pair
-from trainer.synthetic import CLASSES, make_folder
+from trainer.synthetic import CLASSES, make_folder, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = "deeplabv3plus_mobilenet_v2"  # stride-4 decoder: useful logits even on 64-px crops
@@ -33,22 +31,9 @@ def _recipe(**kw) -> Recipe:
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory) -> Path:
     """A small model first trained on appearance "a" (BN learning its statistics), saved natively."""
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("appearance_a")
-    make_folder(folder, 8, size=SIZES, appearance="a", seed=1)
-    model = engine.build_model(ARCH, num_classes=3, class_names=[c for c, _ in CLASSES])
+    model = pretrain(folder, ARCH, n=8, size=SIZES, iterations=20, crop=64)
     out = folder / "base.safetensors"
-    with AnnotationStore.open(folder) as store:
-        model = FineTune(store, model, _recipe(iterations=20, freeze_bn=False, heldout_fraction=0)).run().model
-        # Settle BN statistics on appearance "a" (20 steps at momentum 0.1 leave them half-way).
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average
-        batch = np.stack([load_pair(s)[0][:56, :64] for s in labelled_samples(store)])
-        model.train()
-        with torch.no_grad():
-            model(to_input(batch, model.meta.preprocessing))
     engine.save_model(model.eval(), out)
     return out
 

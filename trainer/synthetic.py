@@ -117,10 +117,11 @@ def corrupt_mask(mask: np.ndarray, rng: np.random.Generator, num_classes: int = 
 
 
 def make_folder(folder: str | Path, n: int, *, size: tuple[int, int] | list[tuple[int, int]] = (64, 80),
-                appearance: str = "a", seed: int = 0, status: str = "edited") -> list[str]:
+                appearance: str = "a", seed: int = 0, status: str = "edited", scenes: bool = False) -> list[str]:
     """Write ``n`` PNG images into ``folder`` and their masks into its annotation store.
 
-    ``size``: (height, width), or a list cycled through (mixed sizes).  Returns the image ids.
+    ``size``: (height, width), or a list cycled through (mixed sizes).  ``scenes``: busier
+    :func:`make_scene` images instead of :func:`make_pair`'s.  Returns the image ids.
     """
     from engine import AnnotationStore
 
@@ -131,7 +132,7 @@ def make_folder(folder: str | Path, n: int, *, size: tuple[int, int] | list[tupl
     pairs = []
     for i in range(n):
         h, w = sizes[i % len(sizes)]
-        image, mask = make_pair(rng, h, w, appearance)
+        image, mask = (make_scene if scenes else make_pair)(rng, h, w, appearance)
         Image.fromarray(image).save(folder / f"img{i:03d}.png")
         pairs.append((f"img{i:03d}.png", mask))
     with AnnotationStore.open(folder) as store:
@@ -139,3 +140,40 @@ def make_folder(folder: str | Path, n: int, *, size: tuple[int, int] | list[tupl
         for image_id, mask in pairs:
             store.save_mask(image_id, mask, status=status)
     return [p[0] for p in pairs]
+
+
+def pretrain(folder: str | Path, arch: str = "deeplabv3plus_mobilenet_v2", *, n: int = 8,
+             size: tuple[int, int] | list[tuple[int, int]] = (64, 80), iterations: int = 20, crop: int = 64,
+             appearance: str = "a", seed: int = 1, scenes: bool = False):
+    """A small model that knows ``appearance``: trained from scratch on a generated folder of it, its
+    batch-norm statistics then settled on that appearance (so another appearance is a real shift).
+    Returns the model in eval mode."""
+    import torch
+
+    import engine
+    from engine import AnnotationStore
+
+    from .augment import to_input
+    from .dataset import labelled_samples, load_pair
+    from .loop import FineTune
+    from .recipe import Recipe
+
+    torch.manual_seed(0)
+    make_folder(folder, n, size=size, appearance=appearance, seed=seed, scenes=scenes)
+    model = engine.build_model(arch, num_classes=len(CLASSES), class_names=[c for c, _ in CLASSES])
+    recipe = Recipe(iterations=iterations, lr=0.01, crop=crop, batch_size=4, eval_every=0, device="cpu",
+                    heldout_fraction=0, eval_max_side=None, freeze_bn=False)
+    with AnnotationStore.open(folder) as store:
+        model = FineTune(store, model, recipe).run().model
+        # A short run leaves BN statistics half-way: recompute them as a cumulative average.
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        pairs = [load_pair(s)[0] for s in labelled_samples(store)]
+        hh, ww = min(p.shape[0] for p in pairs), min(p.shape[1] for p in pairs)
+        batch = np.stack([p[:hh, :ww] for p in pairs])
+        model.train()
+        with torch.no_grad():
+            model(to_input(batch, model.meta.preprocessing))
+    return model.eval()
