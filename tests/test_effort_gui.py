@@ -120,3 +120,16 @@ def test_progress_window_averages_before_and_after_a_version(qtbot, open_window,
     dialog.resize(640, 520)
     dialog.plot.grab()  # paints, marker and all, without error
     assert dialog.plot.x_at(1) < dialog.plot.x_at(2.5) < dialog.plot.x_at(4)
+
+
+def test_a_long_series_is_thinned_to_each_pixel_column_s_extremes():
+    from deeplab_gui.widgets.dialogs.curve_plot import _thinned
+    rng = np.random.default_rng(0)
+    points = [QPointF(10 + i * 0.05, float(y)) for i, y in enumerate(rng.uniform(0, 300, 4000))]
+    thin = _thinned(points)
+    columns = [int(q.x()) for q in thin]
+    assert len(thin) <= 2 * (len(set(columns)) + 1) < len(points)
+    assert min(q.y() for q in thin) == min(q.y() for q in points)
+    assert max(q.y() for q in thin) == max(q.y() for q in points)
+    assert columns == sorted(columns)  # still left to right
+    assert _thinned(points[:50:10]) == points[:50:10]  # a short one is left alone

@@ -41,7 +41,8 @@ def format_change(before: float, after: float) -> str:
     """``-45%`` from ``before`` to ``after``; "–" when there is no before to compare with."""
     if before <= 0:
         return "–"
-    return f"{(after - before) / before * 100:+.0f}%"
+    pct = round((after - before) / before * 100)
+    return f"{pct:+d}%" if pct else "±0%"
 
 
 class ProgressDialog(QDialog):
@@ -69,8 +70,8 @@ class ProgressDialog(QDialog):
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addWidget(self.summary)
-        layout.addWidget(self.plot, 1)
-        layout.addWidget(self.table)
+        layout.addWidget(self.plot, 3)
+        layout.addWidget(self.table, 1)
         layout.addWidget(buttons)
         self.resize(640, 520)
         if not session.effort.load_report(self.show_report):
