@@ -105,3 +105,22 @@ def test_stroke_prior_grows_a_stroke_over_what_looks_like_it_and_stops_at_the_ed
     # A uniform prior (what a stroke had without a model before) lets the stroke win everything.
     flood = refine_with_scribbles(image, None, scribbles, CRFParams(), num_classes=3).argmax(0)
     assert (flood == 1).mean() > 0.9
+
+
+def test_a_stroke_wins_over_a_confidently_wrong_model_where_the_image_agrees_with_it():
+    from engine.crf import stroke_prior
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:80, 0:100]
+    disc = (yy - 40) ** 2 + (xx - 45) ** 2 <= 20 ** 2
+    image = np.clip(np.where(disc[..., None], (200, 60, 50), (70, 90, 80)) + rng.normal(0, 8, (80, 100, 3)),
+                    0, 255).astype(np.uint8)
+    wrong = np.full((3, 80, 100), 0.02, np.float32)
+    wrong[2] = 0.96                                 # the model is sure everything is class 2
+    scribbles = np.full((80, 100), VOID, np.uint8)
+    scribbles[38:42, 35:55] = 1
+    stuck = refine_with_scribbles(image, wrong, scribbles, CRFParams()).argmax(0)
+    assert (stuck[disc] == 1).mean() < 0.3          # the model's probabilities alone hold the stroke in
+    prior = stroke_prior(image, scribbles, None, 3, wrong)
+    labels = refine_with_scribbles(image, prior, scribbles, CRFParams()).argmax(0)
+    assert ((labels == 1) == disc).mean() > 0.99
+    assert (labels[~disc] == 2).all()               # where the image does not look like the stroke, the model holds

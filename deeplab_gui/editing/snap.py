@@ -50,12 +50,12 @@ class SnapJob:
     def labels(self) -> np.ndarray:
         """The dense CRF's labels over the crop with the strokes as hard evidence (the slow part).
 
-        Without a model's probabilities the strokes' colours are the prior (engine.crf.stroke_prior):
-        the stroke's class spreads over what looks like it, the rest keeps its current labels."""
+        The strokes' colours shape the prior (engine.crf.stroke_prior): the stroke's class spreads
+        over what looks like it; elsewhere the model's probabilities hold, or without a model the
+        current labels."""
         from engine.crf import refine_with_scribbles, stroke_prior
-        probs = self.probs
-        if probs is None:
-            probs = stroke_prior(self.image, self.scribbles, self.current, self.num_classes)
+        n = self.probs.shape[0] if self.probs is not None else self.num_classes
+        probs = stroke_prior(self.image, self.scribbles, self.current, n, self.probs)
         out = refine_with_scribbles(self.image, probs, self.scribbles, self.params)
         return out.argmax(0).astype(np.uint8)
 

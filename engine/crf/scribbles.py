@@ -66,7 +66,7 @@ _SIGMA_FLOOR = 6.0
 
 
 def stroke_prior(image: np.ndarray, scribbles: np.ndarray, current: np.ndarray | None,
-                 num_classes: int) -> np.ndarray:
+                 num_classes: int, probs: np.ndarray | None = None) -> np.ndarray:
     """Probabilities to refine strokes with when no model gave any: a colour model of the strokes.
 
     Without a model, a uniform prior lets a stroke's class win every pixel (nothing competes), and a
@@ -77,9 +77,14 @@ def stroke_prior(image: np.ndarray, scribbles: np.ndarray, current: np.ndarray |
     or where that label is the stroke's class). The CRF then grows the strokes over pixels that look
     like them and stops at edges.
 
+    With a model's ``probs`` the two are blended by that likeness: a pixel that looks like the stroke
+    follows the stroke's colour model, one that does not keeps the model's probabilities. A stroke
+    says the model is wrong around it; this lets it win over a confidently wrong model where the
+    image agrees with the stroke, and nowhere else.
+
     Args:
         image: h×w×3 uint8 RGB. scribbles: h×w uint8 (``VOID`` unmarked). current: h×w uint8 labels
-        now (``VOID`` = none), or None. num_classes: C.
+        now (``VOID`` = none), or None. num_classes: C. probs: C×h×w model probabilities, or None.
     Returns: C×h×w float32, summing to 1 per pixel.
     """
     img = check_image(image).astype(np.float32)
@@ -98,6 +103,13 @@ def stroke_prior(image: np.ndarray, scribbles: np.ndarray, current: np.ndarray |
         s = np.exp(-0.5 * z2)
         better = s > like
         like[better], best[better] = s[better], k
+    if probs is not None:
+        p = check_probs(probs, img.shape)
+        if p.shape[0] != c:
+            raise ValueError(f"num_classes={c} but probabilities have {p.shape[0]} classes")
+        stroke = np.full((c, h, w), 0.05 / max(c - 1, 1), dtype=np.float32)
+        np.put_along_axis(stroke, best[None], 0.95, 0)
+        return like[None] * stroke + (1.0 - like[None]) * p
     # The other classes share what the stroke class leaves: the current label most of it.
     rest = np.full((c, h, w), 1.0, dtype=np.float32)
     if current is not None:
