@@ -133,3 +133,44 @@ def test_a_long_series_is_thinned_to_each_pixel_column_s_extremes():
     assert max(q.y() for q in thin) == max(q.y() for q in points)
     assert columns == sorted(columns)  # still left to right
     assert _thinned(points[:50:10]) == points[:50:10]  # a short one is left alone
+
+
+def test_progress_plot_counts_seconds_from_zero_and_keeps_a_late_version_s_name_in_the_frame(qtbot):
+    from deeplab_gui.widgets.dialogs.curve_plot import _MARK_COLOUR, CurvePlot
+    plot = CurvePlot(left_name="seconds per image", right_name="actions per image", x_name="image",
+                     right_range=None, start=1, left_dots=True, left_from_zero=True)
+    qtbot.addWidget(plot)
+    plot.resize(400, 200)
+    name = "finetune-v001.safetensors"
+    plot.set_series([(1, 120.0), (2, 100.0), (3, 60.0)], [(1, 9), (2, 7), (3, 2)], 3, [(2.9, name)])
+    assert plot.loss_range()[0] == 0.0  # 120 -> 60 halves the height, as it halves the time
+    loss_plot = CurvePlot()  # the fine-tune dialog's loss keeps its axis fitted to the data
+    loss_plot.set_series([(0, 1.2), (1, 1.0)], [], 1)
+    assert loss_plot.loss_range()[0] > 0.5
+    image = plot.grab().toImage()
+    area = plot.plot_area()
+    line_x = round(plot.x_at(2.9))
+    label_row = range(int(area.top()) + 2, int(area.top()) + plot.fontMetrics().height() + 2)
+    green = {x for x in range(int(area.left()), int(area.right()))
+             for y in label_row if image.pixelColor(x, y) == _MARK_COLOUR}
+    # The version's name, too wide to fit right of its line, is drawn left of it in full.
+    assert green and min(green) < line_x - plot.fontMetrics().horizontalAdvance(name) // 2
+
+
+def test_progress_window_shows_every_model_s_averages_without_a_scroll_bar(qtbot, open_window, folder):
+    win = open_window(folder)
+    dialog = win.open_progress()
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(lambda: dialog.report is not None, timeout=WAIT)
+    names = [None, *(f"finetune-v00{i}.safetensors" for i in (1, 2, 3))]  # three fine-tunes so far
+    efforts = [Effort(f"{i}.png", 100.0 - 10 * i, {"brush": 9 - i}, accepted_at=float(i), version=names[i // 2])
+               for i in range(8)]
+    dialog.show_report(EffortReport(efforts, [(n, 2.0 * k - 0.5) for k, n in enumerate(names) if n]))
+    assert dialog.table.rowCount() == 4
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    table = dialog.table
+    # The table grows to its rows once the layout has had its turn: all four show, and no scroll bar.
+    qtbot.waitUntil(lambda: table.viewport().height() >= table.rowViewportPosition(3) + table.rowHeight(3),
+                    timeout=WAIT)
+    assert not table.horizontalScrollBar().isVisible() and not table.verticalScrollBar().isVisible()

@@ -52,7 +52,8 @@ class CurvePlot(QWidget):
     def __init__(self, parent: QWidget | None = None, *, left_name: str = "loss",
                  right_name: str = "held-out mIoU", x_name: str = "step",
                  right_range: tuple[float, float] | None = (0.0, 1.0), left_format: str = "{:.3f}",
-                 right_format: str = "{:.2f}", start: int = 0, left_dots: bool = False) -> None:
+                 right_format: str = "{:.2f}", start: int = 0, left_dots: bool = False,
+                 left_from_zero: bool = False) -> None:
         super().__init__(parent)
         self.left: list[tuple[float, float]] = []
         self.right: list[tuple[float, float]] = []
@@ -63,6 +64,9 @@ class CurvePlot(QWidget):
         self.fixed_right = right_range
         self.left_format, self.right_format = left_format, right_format
         self.left_dots = left_dots
+        # Amounts (seconds per image) read wrong against an axis that starts above zero: a drop from
+        # 200 to 100 would look like one to nothing.  A loss is better scaled to its data.
+        self.left_from_zero = left_from_zero
         self.setMinimumSize(320, 160)
 
     @property
@@ -117,13 +121,14 @@ class CurvePlot(QWidget):
 
     def loss_range(self) -> tuple[float, float]:
         """(bottom, top) of the left axis: the data's range widened by a margin on each side, so the
-        highest and lowest points sit inside the frame, not on its edges (never below 0)."""
+        highest and lowest points sit inside the frame, not on its edges (never below 0; from 0 with
+        ``left_from_zero``)."""
         values = [v for _, v in self.left]
         if not values:
             return 0.0, 1.0
         lo, hi = min(values), max(values)
         pad = (hi - lo) * _LOSS_PAD or abs(hi) * _LOSS_PAD or 1.0
-        return max(lo - pad, 0.0), hi + pad
+        return 0.0 if self.left_from_zero else max(lo - pad, 0.0), hi + pad
 
     def right_range(self) -> tuple[float, float]:
         """(bottom, top) of the right axis: fixed, or from 0 to a little over the data's highest value."""
@@ -181,7 +186,10 @@ class CurvePlot(QWidget):
             p.setPen(QPen(_MARK_COLOUR, 1.0, Qt.PenStyle.DashLine))
             p.drawLine(QPointF(mx, area.top()), QPointF(mx, area.bottom()))
             p.setPen(_MARK_COLOUR)
-            p.drawText(QPointF(mx + 3, area.top() + fm.ascent() + 2), name)
+            # The name goes right of its line, or left of it where the frame would cut it off.
+            width = fm.horizontalAdvance(name)
+            tx = mx + 3 if mx + 3 + width <= area.right() - 2 else max(mx - 3 - width, area.left() + 2)
+            p.drawText(QPointF(tx, area.top() + fm.ascent() + 2), name)
         self._series(p, [pt(x, v, lo_left, top_left) for x, v in self.left], _LOSS_COLOUR, 1.5, self.left_dots)
         self._series(p, [pt(x, v, lo_right, top_right) for x, v in self.right], _MIOU_COLOUR, 2.0, True)
         p.end()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -57,12 +58,18 @@ class ProgressDialog(QDialog):
         self.summary.setWordWrap(True)
         self.plot = CurvePlot(left_name="seconds per image", right_name="actions per image", x_name="image",
                               right_range=None, left_format="{:.0f}", right_format="{:.0f}", start=1,
-                              left_dots=True)
+                              left_dots=True, left_from_zero=True)
         self.table = QTableWidget(0, len(_COLUMNS))
         self.table.setHorizontalHeaderLabels(_COLUMNS)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        # As tall as its rows (one per model, a handful), so every model shows without scrolling;
+        # read-only, so no cell is picked out as if it had been selected.
+        self.table.setSizeAdjustPolicy(QTableWidget.SizeAdjustPolicy.AdjustToContents)
+        self.table.setSelectionMode(QTableWidget.SelectionMode.NoSelection)
+        self.table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         self.export_button = buttons.addButton("Export CSV…", QDialogButtonBox.ButtonRole.ActionRole)
         self.export_button.setEnabled(False)
@@ -70,10 +77,10 @@ class ProgressDialog(QDialog):
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addWidget(self.summary)
-        layout.addWidget(self.plot, 3)
-        layout.addWidget(self.table, 1)
+        layout.addWidget(self.plot, 1)
+        layout.addWidget(self.table)
         layout.addWidget(buttons)
-        self.resize(640, 520)
+        self.resize(760, 560)  # the table's six columns fit without a scroll bar
         if not session.effort.load_report(self.show_report):
             self.summary.setText("Open a folder to see its progress.")
 
