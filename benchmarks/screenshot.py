@@ -3,7 +3,9 @@
     apt-get install -y xvfb
     xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python benchmarks/screenshot.py [--out docs/screenshot.png]
     ... benchmarks/screenshot.py --size 1280x800 --out docs/screenshot_1280x800.png
+    ... benchmarks/screenshot.py --size 1920x1080 --out docs/screenshot_1920x1080.png
     ... benchmarks/screenshot.py --picker per --out docs/class_picker.png   (the "/" class picker, filtered)
+    ... benchmarks/screenshot.py --progress --out docs/progress.png   (View > Progress..., see below)
 
 The brush is the active tool and the pointer rests on the image, so its outline shows.
 
@@ -11,11 +13,19 @@ The demo folder is copied to a temporary folder first (the app writes its annota
 images), and settings, logs and the weights cache point there too, so the run leaves the repository and
 the user's configuration untouched. The model is a randomly initialised deeplabv3plus_mobilenet_v2 (no
 weights are downloadable here): the point is the interface, not the labels' quality.
+
+``--progress`` grabs the progress window instead. Its figures are ILLUSTRATIVE, NOT A MEASUREMENT: the
+temporary folder gets a few more copies of the demo images, and :func:`seed_progress` writes made-up
+effort records for them through the store's own API (a fixed seed, so every run draws the same
+picture): a first batch done with the starting model, then a fine-tuned version recorded as current
+(the untrained checkpoint under a version's name), then a second batch done under it in less time
+and with fewer actions. Nobody annotated anything to make that picture.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -35,6 +45,69 @@ def wait_until(app, cond, timeout: float = 180.0) -> None:
         time.sleep(0.01)  # a script, not a test: polling keeps it simple
 
 
+# The progress screenshot's made-up data (see the module docstring).
+COPIES = 5                      # each demo image 5 times: 20 points on the plot
+VERSION = "finetune-v001.safetensors"
+START = 1762160400.0            # a fixed wall-clock start: the records' times never depend on today
+_TOOLS = ("brush", "brush", "brush", "eraser", "fill", "polygon", "snap", "undo")  # a brush-heavy mix
+
+
+def seed_progress(demo: Path, ckpt: Path, seed: int = 7) -> None:
+    """Fill ``demo`` (a throwaway copy) with illustrative effort records; see the module docstring."""
+    from engine import AnnotationStore, Version, Versions
+
+    images = sorted(p for p in demo.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    for k in range(2, COPIES + 1):
+        for src in images:
+            shutil.copyfile(src, src.with_name(f"{src.stem}_{k}{src.suffix}"))
+    ids = sorted(p.name for p in demo.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    rng = random.Random(seed)
+    rng.shuffle(ids)
+    before, after = ids[: len(ids) // 2], ids[len(ids) // 2:]
+    now = START
+
+    def record(image_id: str, seconds: float, actions: int, version: str | None, accepted: bool) -> None:
+        nonlocal now
+        now += seconds + rng.uniform(5, 20)
+        counts: dict[str, int] = {}
+        for _ in range(actions):
+            tool = rng.choice(_TOOLS)
+            counts[tool] = counts.get(tool, 0) + 1
+        store.add_effort(image_id, seconds=round(seconds, 1), actions=counts, accepted=accepted,
+                         version=version, now=now)
+
+    with AnnotationStore.open(demo) as store:
+        for i, image_id in enumerate(before):  # starting model: slow, a person learning the tools too
+            # Now and then an image is edited and left unaccepted: done when last edited.
+            record(image_id, max(40.0, rng.gauss(170 - 3 * i, 35)), max(6, round(rng.gauss(24, 6))), None,
+                   accepted=i % 7 != 5)
+        store.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ckpt, store.checkpoints_dir / VERSION)
+        now += 600  # the fine-tune run
+        Versions.of(store).add(Version(name=VERSION, created=now, images=sorted(before), steps=300,
+                                       note="illustrative version for the progress screenshot"),
+                               make_current=True)
+        for i, image_id in enumerate(after):  # the fine-tuned model pre-labels better: fewer corrections
+            record(image_id, max(15.0, rng.gauss(75, 20)), max(1, round(rng.gauss(9, 3))), VERSION,
+                   accepted=i % 7 != 5)
+
+
+def grab_progress(app, window, out: Path) -> bool:
+    """Open View > Progress... as a person would, wait for its records and save the dialog to ``out``."""
+    from deeplab_gui.widgets.dialogs.progress import ProgressDialog
+
+    window.progress_action.trigger()
+    dialog = window.findChild(ProgressDialog)
+    wait_until(app, lambda: dialog.report is not None)
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.01)
+    ok = dialog.grab().save(str(out))
+    print(f"progress: {dialog.summary.text()}")
+    dialog.close()
+    return ok
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
@@ -45,6 +118,8 @@ def main() -> int:
     ap.add_argument("--arch", default="deeplabv3plus_mobilenet_v2")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--picker", metavar="TEXT", help="open the class picker with TEXT typed in its filter")
+    ap.add_argument("--progress", action="store_true",
+                    help="grab View > Progress... over illustrative (made-up) effort records instead")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="deeplab_gui_shot_"))
     os.environ["DEEPLAB_GUI_SETTINGS"] = str(tmp / "settings.ini")
@@ -63,6 +138,8 @@ def main() -> int:
     torch.manual_seed(args.seed)
     ckpt = tmp / f"untrained_{args.arch}.safetensors"
     engine.save_model(engine.build_model(args.arch, num_classes=21), ckpt)
+    if args.progress:
+        seed_progress(demo, ckpt)
 
     app = QApplication.instance() or QApplication([sys.argv[0]])
     window = MainWindow()
@@ -75,6 +152,14 @@ def main() -> int:
     if args.image in s.ids and s.image_id != args.image:
         s.select(args.image)
         wait_until(app, lambda: s.image_id == args.image)
+    if args.progress:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        ok = grab_progress(app, window, args.out)
+        wait_until(app, lambda: not s.models.busy)  # the folder's current version loads meanwhile
+        window.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"wrote {args.out}" if ok else f"could not write {args.out}", file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
     model_panel, crf_panel = window.panels["Model"], window.panels["CRF"]
     model_panel.load_weights(str(ckpt))
     wait_until(app, lambda: s.model is not None and model_panel.task is None)
