@@ -20,8 +20,9 @@ Policy, one *step* at a time:
    - ``manual``: a **brush** stroke per skeleton branch when the region is thin (no wider than twice
      ``thin_radius``), the brush as wide as the region; otherwise a **polygon** along the region's
      outline simplified to ``simplify_px`` (Douglas-Peucker), each vertex one click;
-   - ``snap``: one **CRF-snap stroke** along the region's longest skeleton path (brush radius up to the
-     app's default, within the region); the CRF carries it along image edges. A snap that does not
+   - ``snap``: one **CRF-snap stroke** along the middle of the region's longest skeleton path, at
+     most ``snap_stroke_px`` long (a hint, not a tracing; brush radius up to the app's default,
+     within the region); the CRF carries it along image edges. A snap that does not
      lower the error is undone (one keystroke) and the region gets the ``manual`` action instead.
    A person sees where an action would land before making it, so a polygon or brush is only made when
    it lowers the error (its footprint is known from the same rasterisers the document uses); a
@@ -93,6 +94,7 @@ class SimConfig:
     simplify_px: float = 2.0     # polygon outline tolerance, px
     thin_radius: float = 3.0     # regions no wider than twice this are brushed, not outlined
     brush_radius: float = 8.0    # the app's default brush radius, px (snap strokes)
+    snap_stroke_px: int = 40     # a snap stroke is a hint: at most this long, across the region's middle
 
     def __post_init__(self) -> None:
         if self.tools not in TOOL_SETS:
@@ -314,6 +316,9 @@ class Annotator:
         if not paths:
             return []
         path = max(paths, key=len)
+        if len(path) > self.config.snap_stroke_px:
+            first = (len(path) - self.config.snap_stroke_px) // 2
+            path = path[first:first + self.config.snap_stroke_px]
         dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
         along = dist[tuple(np.array(path).T)]
         radius = float(min(self.config.brush_radius, max(1.0, np.median(along) / 2)))
