@@ -86,3 +86,18 @@ def open_window(qtbot, tmp_path):
     yield make
     for win in made:
         win.session.shutdown()
+
+
+@pytest.fixture
+def grey_images(tmp_path):
+    """``grey_images(n, size=(16, 24), step=50)``: a folder ``tmp_path/images`` of ``n`` flat grey PNGs
+    ``img0.png``… (image i has shade ``step * i``), returned as a Path."""
+    from PIL import Image
+
+    def make(n: int = 4, size: tuple[int, int] = (16, 24), step: int = 50):
+        d = tmp_path / "images"
+        d.mkdir()
+        for i in range(n):
+            Image.fromarray(np.full((*size, 3), step * i % 256, np.uint8)).save(d / f"img{i}.png")
+        return d
+    return make

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytest.importorskip("pytestqt")
 
@@ -17,12 +16,8 @@ W, H = 24, 16
 
 
 @pytest.fixture
-def folder(tmp_path):
-    d = tmp_path / "images"
-    d.mkdir()
-    for i in range(4):
-        Image.fromarray(np.full((H, W, 3), 40 * i, np.uint8)).save(d / f"img{i}.png")
-    return d
+def folder(grey_images):
+    return grey_images(4, size=(H, W), step=40)
 
 
 @pytest.fixture

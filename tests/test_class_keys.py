@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytest.importorskip("pytestqt")
 
@@ -20,12 +19,8 @@ W, H = 40, 30
 
 
 @pytest.fixture
-def folder(tmp_path):
-    d = tmp_path / "images"
-    d.mkdir()
-    for i in range(2):
-        Image.fromarray(np.full((H, W, 3), 60 * i, np.uint8)).save(d / f"img{i}.png")
-    return d
+def folder(grey_images):
+    return grey_images(2, size=(H, W), step=60)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import sqlite3
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from engine import AnnotationStore
 from engine.store import Effort, done_efforts, efforts_csv, segments, version_marks
@@ -17,12 +16,8 @@ W, H = 24, 16
 
 
 @pytest.fixture
-def folder(tmp_path):
-    d = tmp_path / "images"
-    d.mkdir()
-    for i in range(3):
-        Image.fromarray(np.full((H, W, 3), 60 * i, np.uint8)).save(d / f"img{i}.png")
-    return d
+def folder(grey_images):
+    return grey_images(3, size=(H, W), step=60)
 
 
 # ---------------------------------------------------------------------------- the store's table
