@@ -10,7 +10,7 @@ from PIL import Image
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QEvent, QPointF, Qt
-from PySide6.QtGui import QMouseEvent
+from PySide6.QtGui import QMouseEvent, QPalette
 from PySide6.QtWidgets import QApplication
 
 from deeplab_gui.state.effort import EffortReport
@@ -53,6 +53,7 @@ def test_status_bar_clock_runs_with_input_and_counts_a_brush_stroke(qtbot, open_
     win.set_tool("brush")
     assert win.effort_label.text() == "⏱ 0:00 · 0 actions"
     _mouse(win.canvas, QEvent.Type.MouseButtonPress, 5, 5)  # the window's filter feeds the meter
+    assert win.effort_label.foregroundRole() == QPalette.ColorRole.WindowText  # the clock runs
     clock.t += 3
     _mouse(win.canvas, QEvent.Type.MouseMove, 10, 8, button=Qt.MouseButton.NoButton)
     clock.t += 2
@@ -62,13 +63,15 @@ def test_status_bar_clock_runs_with_input_and_counts_a_brush_stroke(qtbot, open_
     clock.t += 100  # the release is no input: the clock runs 30 s from the last move, at 3 s
     qtbot.waitUntil(lambda: win.effort_label.text() == "⏱ 0:33 · 1 action", timeout=WAIT)  # the tick
     assert not s.effort.running
-    clock.t += 100  # idle: the clock stands still
+    clock.t += 100  # idle: the clock stands still, and the label says so by its colour
     s.effort.changed.emit()
     assert win.effort_label.text() == "⏱ 0:33 · 1 action"
+    assert win.effort_label.foregroundRole() == QPalette.ColorRole.PlaceholderText
     qtbot.keyClick(win.canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)  # a shortcut is input too
     clock.t += 4
     s.effort.changed.emit()
     assert win.effort_label.text() == "⏱ 0:37 · 2 actions"
+    assert win.effort_label.foregroundRole() == QPalette.ColorRole.WindowText  # running again
     assert s.effort.actions_by_tool == {"brush": 1, "undo": 1}
 
 
@@ -174,3 +177,6 @@ def test_progress_window_shows_every_model_s_averages_without_a_scroll_bar(qtbot
     qtbot.waitUntil(lambda: table.viewport().height() >= table.rowViewportPosition(3) + table.rowHeight(3),
                     timeout=WAIT)
     assert not table.horizontalScrollBar().isVisible() and not table.verticalScrollBar().isVisible()
+    dialog.show_report(EffortReport(efforts[:2], []))  # one model, one row: no blank band under it
+    one_row = table.horizontalHeader().height() + table.rowHeight(0) + 2 * table.frameWidth()
+    qtbot.waitUntil(lambda: table.rowCount() == 1 and table.height() <= one_row + 2, timeout=WAIT)

@@ -6,13 +6,15 @@ panels, the window itself) calls the meter's ``note_input``.  Dialogs are window
 reading the progress window does not count as working on the image.  Shortcut keys count too: Qt
 offers them as ``ShortcutOverride`` and then delivers no key press at all.
 
-:class:`EffortLabel` is the status bar's "⏱ 1:42 · 17 actions".
+:class:`EffortLabel` is the status bar's "⏱ 1:42 · 17 actions", greyed while the clock stands still, so
+that a glance tells whether the time still counts.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject
+from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QApplication, QLabel, QWidget
 
 __all__ = ["ActivityFilter", "EffortLabel", "install_activity_filter"]
@@ -43,15 +45,19 @@ def install_activity_filter(window: QWidget, effort: Any) -> ActivityFilter:
 
 
 class EffortLabel(QLabel):
-    """The current image's active time and actions, kept up to date by the meter's ``changed``."""
+    """The current image's active time and actions, kept up to date by the meter's ``changed`` (which
+    also fires when the clock starts and when it stops)."""
 
     def __init__(self, effort: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.effort = effort
-        self.setToolTip("Time spent working on this image (the clock stops after 30 s without input) "
-                        "and the edits made on it, across sessions")
         effort.changed.connect(self.refresh)
         self.refresh()
 
     def refresh(self) -> None:
         self.setText(self.effort.text())
+        running = self.effort.running
+        self.setForegroundRole(QPalette.ColorRole.WindowText if running else QPalette.ColorRole.PlaceholderText)
+        self.setToolTip("Active time on this image and the edits made on it, across sessions. The clock runs "
+                        "while you work and stops 30 s after your last mouse or key input"
+                        + ("." if running else "; it stands still now (greyed) until the next input."))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSize, Qt
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -46,6 +46,15 @@ def format_change(before: float, after: float) -> str:
     return f"{pct:+d}%" if pct else "±0%"
 
 
+class _RowsTable(QTableWidget):
+    """A table whose layout height is its rows': a scroll area's own minimum (room for a vertical
+    scroll bar) would otherwise leave a blank band under a single row.  Squeezed smaller, it scrolls."""
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt naming)
+        return QSize(super().minimumSizeHint().width(),
+                     self.horizontalHeader().sizeHint().height() + 2 * self.frameWidth())
+
+
 class ProgressDialog(QDialog):
     """See the module docstring.  ``report`` holds what is shown (None until the records arrive)."""
 
@@ -59,7 +68,7 @@ class ProgressDialog(QDialog):
         self.plot = CurvePlot(left_name="seconds per image", right_name="actions per image", x_name="image",
                               right_range=None, left_format="{:.0f}", right_format="{:.0f}", start=1,
                               left_dots=True, left_from_zero=True)
-        self.table = QTableWidget(0, len(_COLUMNS))
+        self.table = _RowsTable(0, len(_COLUMNS))
         self.table.setHorizontalHeaderLabels(_COLUMNS)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
