@@ -80,3 +80,16 @@ def test_the_loop_runs_one_round_on_a_tiny_model(tmp_path):
     with AnnotationStore.open(tmp_path / "to_label", read_only=True) as store:
         assert sorted(i for i, s in store.statuses().items() if s == Status.REVIEWED) == ["img000.png", "img001.png"]
     assert any("| 1 |" in line for line in lines)
+
+
+def test_prelabel_start_runs_the_given_weights(scenes, tmp_path):
+    import engine
+    from trainer.synthetic import CLASSES
+    model = engine.build_model("deeplabv3plus_mobilenet_v2", num_classes=3, class_names=[c for c, _ in CLASSES])
+    ckpt = tmp_path / "m.safetensors"
+    engine.save_model(model.eval(), ckpt)
+    items, n = bench_annotation.load_items(scenes / "images", scenes / "masks", "prelabel", str(ckpt))
+    assert n == 3 and len(items) == 3
+    predictor = engine.Predictor(engine.load_model(ckpt), device="cpu")
+    assert np.array_equal(items[0].start, predictor.predict_labels(items[0].image))
+    assert items[0].probs is not None and items[0].probs.shape[0] == 3   # the snap gets the model's probabilities
