@@ -262,3 +262,16 @@ def test_a_failed_record_is_logged_and_the_mask_is_still_saved(qtbot, clocked, f
     s.effort.wait()
     assert (s.store.load_mask("img0.png") == 2).any() and not s.dirty
     assert "error" not in said and "could not record the work on img0.png" in caplog.text
+
+
+def test_the_clock_stops_when_the_window_loses_the_focus(qtbot, clocked, folder):
+    s, clock = clocked(folder)
+    s.effort.note_input()
+    clock.t += 5
+    s.effort.note_idle()     # a dialog or another application took the focus
+    assert not s.effort.running
+    clock.t += 60
+    assert s.effort.seconds == pytest.approx(5)
+    s.effort.note_input()    # back at work
+    clock.t += 2
+    assert s.effort.seconds == pytest.approx(7) and s.effort.running

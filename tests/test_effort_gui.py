@@ -75,16 +75,20 @@ def test_status_bar_clock_runs_with_input_and_counts_a_brush_stroke(qtbot, open_
     assert s.effort.actions_by_tool == {"brush": 1, "undo": 1}
 
 
-def _seed(folder, rows):
+def _seed(folder, rows, edited=()):
     with AnnotationStore.open(folder) as store:
         for image_id, seconds, actions, accepted, when in rows:
             store.add_effort(image_id, seconds=seconds, actions=actions, accepted=accepted, now=when)
+        for image_id in edited:
+            store.set_status(image_id, "edited")
 
 
 def test_progress_window_reads_the_store_and_exports_csv(qtbot, open_window, folder, tmp_path):
     _seed(folder, [("img2.png", 60.0, {"brush": 6}, True, 100.0),
                    ("img0.png", 30.0, {"fill": 1, "undo": 1}, False, 200.0),
-                   ("img3.png", 5.0, {}, False, 300.0)])  # looked at, never edited: not done
+                   ("img3.png", 5.0, {}, False, 300.0),   # looked at, never edited: not done
+                   ("img1.png", 9.0, {"brush": 1, "undo": 1}, False, 250.0)],  # its edit undone: not done
+          edited=["img0.png"])
     win = open_window(folder)
     dialog = win.open_progress()
     qtbot.addWidget(dialog)
@@ -96,11 +100,11 @@ def test_progress_window_reads_the_store_and_exports_csv(qtbot, open_window, fol
     out = tmp_path / "effort.csv"
     assert dialog.export_csv(out)
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
-    assert [r["image_id"] for r in rows] == ["img2.png", "img0.png", "img3.png"]
+    assert [r["image_id"] for r in rows] == ["img2.png", "img0.png", "img1.png", "img3.png"]
     assert (rows[0]["seconds"], rows[0]["actions"], rows[0]["actions_brush"], rows[0]["accepted"]) == \
         ("60.0", "6", "6", "yes")
     assert (rows[1]["actions_fill"], rows[1]["actions_undo"], rows[1]["accepted"]) == ("1", "1", "no")
-    assert rows[2]["done_at"] == "" and rows[2]["seconds"] == "5.0"
+    assert rows[2]["done_at"] == "" and rows[3]["done_at"] == "" and rows[3]["seconds"] == "5.0"
     assert not dialog.export_csv(tmp_path / "missing-folder" / "x.csv")  # said in the window, no exception
     assert "Could not write" in dialog.summary.text()
 
@@ -180,3 +184,16 @@ def test_progress_window_shows_every_model_s_averages_without_a_scroll_bar(qtbot
     dialog.show_report(EffortReport(efforts[:2], []))  # one model, one row: no blank band under it
     one_row = table.horizontalHeader().height() + table.rowHeight(0) + 2 * table.frameWidth()
     qtbot.waitUntil(lambda: table.rowCount() == 1 and table.height() <= one_row + 2, timeout=WAIT)
+
+
+def test_the_window_losing_the_focus_stops_the_clock(qtbot, open_window, folder):
+    win = open_window(folder)
+    s, clock = win.session, Clock()
+    s.effort.clock = clock
+    _mouse(win.canvas, QEvent.Type.MouseMove, 5, 5, button=Qt.MouseButton.NoButton)  # hovering the image
+    clock.t += 4
+    assert s.effort.running
+    QApplication.sendEvent(win, QEvent(QEvent.Type.WindowDeactivate))
+    assert not s.effort.running and win.effort_label.foregroundRole() == QPalette.ColorRole.PlaceholderText
+    clock.t += 100
+    assert s.effort.seconds == pytest.approx(4)

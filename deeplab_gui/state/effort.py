@@ -170,6 +170,17 @@ class EffortState(QObject):
             self._timer.start()
             self.changed.emit()
 
+    def note_idle(self) -> None:
+        """The person turned away (the window lost focus, a dialog of its own took it): the clock stops
+        now instead of running out its 30 s."""
+        if self._last is None:
+            return
+        now = self.clock()
+        self._credit(now)
+        self._last = self._credited = None
+        self._timer.stop()
+        self.changed.emit()
+
     def note_accepted(self, image_id: str) -> None:
         """The person accepted ``image_id`` (marked it reviewed): record that now, with the model
         version current now."""
@@ -287,8 +298,15 @@ class EffortState(QObject):
         report = EffortReport()
 
         def read() -> None:
+            from dataclasses import replace
+
+            from engine import PROTECTED
             from engine.store.versions import Versions
-            report.efforts = store.efforts()
+            statuses = store.statuses()
+            # Edited counts as done only while the mask is still a person's (an edit undone to the
+            # model's pre-label, or to nothing, leaves the image as it was: not done).
+            report.efforts = [e if e.accepted or e.edited_at is None or statuses.get(e.image_id) in PROTECTED
+                              else replace(e, edited_at=None) for e in store.efforts()]
             report.versions = [(v.name, float(v.created)) for v in Versions.of(store).list()]
 
         def done(error: Exception | None) -> None:

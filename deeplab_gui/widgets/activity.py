@@ -3,7 +3,9 @@
 :class:`ActivityFilter` is an application-wide event filter, like the input guard, scoped to one
 window: a mouse press, move or wheel, or a key press on any widget of that window (the canvas, the
 panels, the window itself) calls the meter's ``note_input``.  Dialogs are windows of their own, so
-reading the progress window does not count as working on the image.  Shortcut keys count too: Qt
+reading the progress window does not count as working on the image; and when the window stops being
+the active one (another application, or a dialog, took the focus) the clock stops at once
+(``note_idle``) rather than running out its 30 s.  Shortcut keys count too: Qt
 offers them as ``ShortcutOverride`` and then delivers no key press at all.
 
 :class:`EffortLabel` is the status bar's "⏱ 1:42 · 17 actions", greyed while the clock stands still, so
@@ -32,8 +34,11 @@ class ActivityFilter(QObject):
         self.effort = effort
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802  (Qt's name)
-        if event.type() in _INPUT and isinstance(obj, QWidget) and obj.window() is self.window:
+        kind = event.type()
+        if kind in _INPUT and isinstance(obj, QWidget) and obj.window() is self.window:
             self.effort.note_input()
+        elif kind == QEvent.Type.WindowDeactivate and obj is self.window:
+            self.effort.note_idle()
         return False  # only watching: every event goes on to its widget
 
 

@@ -136,7 +136,10 @@ class ProgressDialog(QDialog):
 
     # ------------------------------------------------------------------ export
     def ask_export(self) -> None:
-        start = os.path.join(str(self.session.folder or os.path.expanduser("~")), "effort.csv")
+        # Beside the image folder, not in it: the folder holds the images and their store.
+        folder = self.session.folder
+        start = (os.path.join(os.path.dirname(os.path.abspath(folder)), f"{os.path.basename(folder)}-effort.csv")
+                 if folder else os.path.join(os.path.expanduser("~"), "effort.csv"))
         path, _ = QFileDialog.getSaveFileName(self, "Export effort as CSV", start, "CSV files (*.csv)")
         if path:
             self.export_csv(path)
