@@ -17,6 +17,8 @@ _EXPORTS = {
     "cancel": ("cancel_check",),
     "checkpoints": ("CheckpointError", "checkpoint_id", "load_model", "nonfinite_tensors", "read_checkpoint",
                     "read_meta", "save_model"),
+    "click": ("ClickEmbedding", "ClickModel", "ClickPrediction", "ClickPredictor", "build_click_model",
+              "list_click_models", "load_click_model"),
     "errors": ("one_line",),
     "fileio": ("NAME_MAX", "atomic_write_bytes", "fitted_name", "temp_path"),
     "formats": ("ExportReport", "ImportReport", "VOCError", "export_voc", "import_voc"),

@@ -100,7 +100,14 @@ def _closed_port_url(name):
 def test_catalog_entries_match_the_design():
     seg = {e.id: e for e in list_weights("segmentation")}
     backbones = {e.id: e for e in list_weights("backbone")}
-    assert len(seg) == 4 and len(backbones) == 4 and len(CATALOG) == 8
+    clicks = {e.id: e for e in list_weights("click")}
+    assert len(seg) == 4 and len(backbones) == 4 and len(clicks) == 8 and len(CATALOG) == 16
+    assert set(clicks) == {"sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large",
+                           "sam_vit_b", "sam_vit_l", "sam_vit_h", "mobile_sam"}
+    assert all(e.arch == e.id and e.approx_mb > 0 and e.license for e in clicks.values())
+    assert clicks["sam_vit_b"].url == "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
+    assert clicks["sam2.1_hiera_large"].url.endswith("/segment_anything_2/092824/sam2.1_hiera_large.pt")
+    assert clicks["mobile_sam"].url.endswith("ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt")
     r50 = get_weights("deeplabv3_resnet50_coco")
     assert r50.file_name == "deeplabv3_resnet50_coco-cd0a2569.pth" and r50.sha256_prefix == "cd0a2569"
     assert r50.preprocessing == TORCHVISION_SEG and r50.class_names == VOC_CLASSES and r50.aux
@@ -114,7 +121,7 @@ def test_catalog_entries_match_the_design():
         assert e.url.startswith("https://")
         if e.kind == "segmentation":
             assert e.arch in list_models() and len(e.class_names) == e.num_classes
-        else:
+        elif e.kind == "backbone":
             assert e.backbone_for and set(e.backbone_for) <= set(list_models())
     with pytest.raises(WeightsError, match="unknown weights 'nope'"):
         get_weights("nope")

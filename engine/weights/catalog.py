@@ -55,12 +55,18 @@ def hash_prefix_from_name(file_name: str) -> str | None:
     return m.group(1) if m else None
 
 
+# "segmentation": a DeepLab model; "backbone": an ImageNet network to start one from; "click": a
+# click-segmentation model (SAM 2.1, SAM, MobileSAM; ``arch`` names it in engine.click).
+KINDS = ("segmentation", "backbone", "click")
+
+
 @dataclass(frozen=True)
 class WeightsEntry:
     """One public weights file.
 
     ``arch``: registry name for ``kind == "segmentation"``; the ImageNet network for backbones,
-    whose ``backbone_for`` lists the registry names that can start from it.  ``format``: the
+    whose ``backbone_for`` lists the registry names that can start from it; the click model's name
+    (``engine.list_click_models``) for ``kind == "click"`` (``num_classes`` 0).  ``format``: the
     checkpoint layout (``torchvision``, ``vainf``, ``kazuto1011``).  ``metrics``: as reported by
     the authors (mIoU in %, on ``metrics_dataset``).
     """
@@ -79,10 +85,12 @@ class WeightsEntry:
     metrics_dataset: str = ""
     backbone_for: tuple[str, ...] = ()
     description: str = ""
+    approx_mb: int = 0       # the file's size in MB, roughly (shown before a download)
+    license: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("segmentation", "backbone"):
-            raise ValueError(f"kind must be 'segmentation' or 'backbone', not {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
 
     @property
     def file_name(self) -> str:
@@ -94,6 +102,9 @@ class WeightsEntry:
 
 
 _TV = "https://download.pytorch.org/models/"
+_SAM = "https://dl.fbaipublicfiles.com/segment_anything/"
+_SAM2 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+_APACHE = "Apache-2.0 (code and weights, as their authors publish them)"
 _TV_SEG_DATASET = "COCO val2017, VOC's 20 categories"
 
 CATALOG: dict[str, WeightsEntry] = {e.id: e for e in (
@@ -133,11 +144,24 @@ CATALOG: dict[str, WeightsEntry] = {e.id: e for e in (
                  backbone_for=("deeplabv3_mobilenet_v2", "deeplabv3plus_mobilenet_v2"),
                  metrics={"top1": 71.878, "top5": 90.286}, metrics_dataset="ImageNet-1k val",
                  description="torchvision MobileNetV2 ImageNet classifier"),
+    *(WeightsEntry(f"sam2.1_hiera_{size}", f"sam2.1_hiera_{size}", _SAM2 + f"sam2.1_hiera_{size}.pt", 0, IMAGENET,
+                   "sam2", kind="click", approx_mb=mb, license=_APACHE,
+                   description=f"SAM 2.1 Hiera-{title} (facebookresearch/sam2), image mode")
+      for size, title, mb in (("tiny", "T", 156), ("small", "S", 184), ("base_plus", "B+", 324),
+                              ("large", "L", 898))),
+    *(WeightsEntry(f"sam_vit_{size}", f"sam_vit_{size}", f"{_SAM}sam_vit_{size}_{tag}.pth", 0, IMAGENET, "sam",
+                   kind="click", approx_mb=mb, license=_APACHE,
+                   description=f"Segment Anything ViT-{size.upper()} (facebookresearch/segment-anything)")
+      for size, tag, mb in (("b", "01ec64", 375), ("l", "0b3195", 1250), ("h", "4b8939", 2560))),
+    WeightsEntry("mobile_sam", "mobile_sam", "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+                 0, IMAGENET, "sam", kind="click", approx_mb=41, license=_APACHE,
+                 description="MobileSAM: TinyViT-5M encoder with SAM's decoder (ChaoningZhang/MobileSAM); "
+                             "small enough for a CPU laptop"),
 )}
 
 
 def list_weights(kind: str | None = None) -> list[WeightsEntry]:
-    """Catalog entries, optionally only ``"segmentation"`` or ``"backbone"`` ones."""
+    """Catalog entries, optionally only ``"segmentation"``, ``"backbone"`` or ``"click"`` ones."""
     return [e for e in CATALOG.values() if kind is None or e.kind == kind]
 
 
@@ -246,6 +270,8 @@ def load_catalog_model(spec: str | WeightsEntry, *, device: str = "cpu", output_
     from ..checkpoints.io import load_model
 
     entry = _entry(spec)
+    if entry.kind == "click":
+        raise WeightsError(f"{entry.id} is a click-segmentation model; use engine.load_click_model")
     if entry.kind != "segmentation":
         raise WeightsError(f"{entry.id} is an ImageNet backbone; use engine.load_backbone_weights")
     path = download(entry, progress=progress, cancel=cancel, cache_dir=cache_dir)

@@ -1,0 +1,63 @@
+"""What every click-segmentation model offers the predictor: preprocessing, encoder, prompt decoder.
+
+A click model (SAM, MobileSAM, SAM 2.1) is an image encoder run once per image and a light prompt
+decoder run per click. :class:`ClickModel` fixes the seams between the family-specific modules and
+:class:`~engine.click.predictor.ClickPredictor`, which only ever calls these methods:
+
+- :meth:`ClickModel.preprocess`: H×W×3 uint8 RGB → the encoder's 1×3×S×S input tensor and the size
+  the image occupies inside it (``input_size``), exactly as the family's own predictor prepares it;
+- :meth:`ClickModel.encode`: that tensor → the embedding, a dict of tensors (SAM: the 64×64 image
+  embedding; SAM 2.1: that plus its two high-resolution feature maps);
+- :meth:`ClickModel.transform_coords`: image-pixel (x, y) points → the decoder's frame;
+- :meth:`ClickModel.decode`: embedding + prompts → 1×K×256×256 low-resolution mask logits and 1×K
+  predicted IoU, in the family's own order (K = 3 with ``multimask``, else 1);
+- :meth:`ClickModel.postprocess`: low-resolution logits → logits at the image's own size.
+
+Coordinates are (x, y) pixels of the original image; a box is (x0, y0, x1, y1). No Qt.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = ["ClickModel", "LOW_RES"]
+
+LOW_RES = 256   # side of the decoder's mask logits (and of ``mask_input``)
+
+
+class ClickModel(nn.Module):
+    """Base of the click models; subclasses set ``family`` and implement the five methods."""
+
+    family = ""             # "sam" (SAM, MobileSAM) or "sam2" (SAM 2.1)
+    image_size = 1024       # the encoder's square input side
+    mask_threshold = 0.0    # logits above it are the mask
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``image`` (H×W×3 uint8 RGB) → (1×3×S×S float32 encoder input, (h, w) it fills)."""
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The image embedding of a preprocessed batch of one."""
+        raise NotImplementedError
+
+    def transform_coords(self, xy: np.ndarray, original_size: tuple[int, int],
+                         input_size: tuple[int, int]) -> np.ndarray:
+        """N×2 (x, y) image pixels → the decoder's coordinates (float32)."""
+        raise NotImplementedError
+
+    def decode(self, features: dict[str, torch.Tensor], points: torch.Tensor | None,
+               labels: torch.Tensor | None, box: torch.Tensor | None, mask_input: torch.Tensor | None,
+               multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts in the decoder's frame (points 1×N×2, labels 1×N, box 1×4, mask_input 1×1×256×256)
+        → (1×K×256×256 logits, 1×K predicted IoU)."""
+        raise NotImplementedError
+
+    def postprocess(self, low_res: torch.Tensor, input_size: tuple[int, int],
+                    original_size: tuple[int, int]) -> torch.Tensor:
+        """1×K×256×256 logits → 1×K×H×W logits at the original image size."""
+        raise NotImplementedError

@@ -1,0 +1,139 @@
+"""ClickPredictor: one image's embedding, then a mask for every click. Numpy in, numpy out.
+
+``set_image`` runs the encoder once (the slow part: seconds on a CPU for SAM ViT-B, a fraction for
+MobileSAM); ``predict`` runs only the prompt decoder (milliseconds), so a click, a negative click or a
+box re-predicts at once, feeding the previous round's low-resolution logits back as ``mask_input``.
+``get_embedding`` / ``set_embedding`` move the encoder's result out and back in (the app caches it on
+disk per image), so returning to an image never reruns the encoder. No Qt.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .base import LOW_RES, ClickModel
+
+__all__ = ["ClickPredictor", "ClickPrediction", "ClickEmbedding"]
+
+
+@dataclass
+class ClickPrediction:
+    """``masks`` K×H×W bool at the image's size, ``scores`` K predicted IoU, ``low_res_logits``
+    K×256×256 float32 (the next round's ``mask_input``); K = 3 for multimask, else 1."""
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+
+@dataclass
+class ClickEmbedding:
+    """What ``set_image`` computed: the encoder's outputs as float32 numpy arrays (by name), the
+    image's (H, W) and the (h, w) it fills of the encoder's input, and the model it belongs to."""
+    features: dict[str, np.ndarray]
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    model: str
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.features.values())
+
+
+def _check_image(image) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be an H×W×3 uint8 RGB array, got "
+                         f"{getattr(image, 'shape', type(image))} {getattr(image, 'dtype', '')}".rstrip())
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"image is empty: {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+class ClickPredictor:
+    """See the module docstring. ``device``: where the model runs (default: where its weights are)."""
+
+    def __init__(self, model: ClickModel, device: str | torch.device | None = None) -> None:
+        if not isinstance(model, ClickModel):
+            raise TypeError(f"model must be a ClickModel (from engine.load_click_model), got {type(model).__name__}")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.eval().to(self.device)
+        self._features: dict[str, torch.Tensor] | None = None
+        self._original: tuple[int, int] | None = None
+        self._input: tuple[int, int] | None = None
+
+    @property
+    def has_image(self) -> bool:
+        return self._features is not None
+
+    def _autocast(self):
+        # Half precision for the encoder where the device supports it; the decoder stays float32.
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Compute and keep ``image``'s embedding (H×W×3 uint8 RGB)."""
+        img = _check_image(image)
+        x, input_size = self.model.preprocess(img)
+        with torch.inference_mode(), self._autocast():
+            feats = self.model.encode(x.to(self.device))
+        self._features = {k: v.float() for k, v in feats.items()}
+        self._original, self._input = (int(img.shape[0]), int(img.shape[1])), (int(input_size[0]), int(input_size[1]))
+
+    def reset_image(self) -> None:
+        self._features = self._original = self._input = None
+
+    def get_embedding(self) -> ClickEmbedding:
+        if self._features is None:
+            raise RuntimeError("no image: call set_image (or set_embedding) first")
+        return ClickEmbedding({k: v.cpu().numpy() for k, v in self._features.items()}, self._original,
+                              self._input, self.model.name)
+
+    def set_embedding(self, embedding: ClickEmbedding) -> None:
+        """Restore what :meth:`get_embedding` returned (for this same model), without the encoder."""
+        if embedding.model != self.model.name:
+            raise ValueError(f"the embedding was computed by {embedding.model}, not {self.model.name}")
+        self._features = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(self.device)
+                          for k, v in embedding.features.items()}
+        self._original = tuple(int(v) for v in embedding.original_size)
+        self._input = tuple(int(v) for v in embedding.input_size)
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask: bool = True
+                ) -> ClickPrediction:
+        """Masks for the prompts: ``points`` N×2 (x, y) image pixels with ``labels`` N (1 positive, 0
+        negative), ``box`` (x0, y0, x1, y1), ``mask_input`` the previous round's 1×256×256 (or
+        256×256) low-resolution logits. At least one point or a box."""
+        if self._features is None:
+            raise RuntimeError("no image: call set_image (or set_embedding) first")
+        m, dev = self.model, self.device
+        pts = lbl = bx = mi = None
+        if points is not None and len(points):
+            p = np.asarray(points, dtype=np.float64)
+            if p.ndim != 2 or p.shape[1] != 2 or not np.isfinite(p).all():
+                raise ValueError(f"points must be N×2 finite (x, y) pixels, got shape {p.shape}")
+            lab = np.asarray(labels if labels is not None else np.ones(len(p)), dtype=np.int64).reshape(-1)
+            if lab.shape[0] != p.shape[0] or not np.isin(lab, (0, 1)).all():
+                raise ValueError("labels must hold one 1 (positive) or 0 (negative) per point")
+            pts = torch.from_numpy(m.transform_coords(p, self._original, self._input)).float()[None].to(dev)
+            lbl = torch.from_numpy(lab)[None].to(dev)
+        if box is not None:
+            b = np.asarray(box, dtype=np.float64).reshape(-1)
+            if b.shape != (4,) or not np.isfinite(b).all():
+                raise ValueError(f"box must be (x0, y0, x1, y1), got {box!r}")
+            corners = m.transform_coords(b.reshape(2, 2), self._original, self._input)
+            bx = torch.from_numpy(corners.reshape(1, 4)).float().to(dev)
+        if pts is None and bx is None:
+            raise ValueError("predict needs at least one point or a box")
+        if mask_input is not None:
+            a = np.asarray(mask_input, dtype=np.float32)
+            if a.shape not in ((LOW_RES, LOW_RES), (1, LOW_RES, LOW_RES)):
+                raise ValueError(f"mask_input must be 1×{LOW_RES}×{LOW_RES} low-resolution logits, got {a.shape}")
+            mi = torch.from_numpy(a.reshape(1, 1, LOW_RES, LOW_RES)).to(dev)
+        with torch.inference_mode():
+            low, iou = m.decode(self._features, pts, lbl, bx, mi, bool(multimask))
+            full = m.postprocess(low, self._input, self._original)
+        return ClickPrediction((full[0] > m.mask_threshold).cpu().numpy(), iou[0].float().cpu().numpy(),
+                               low[0].float().cpu().numpy())
