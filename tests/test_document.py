@@ -228,10 +228,13 @@ def test_fill_matches_brute_force_on_random_mask():
     np.testing.assert_array_equal(got, want)
 
 
-def test_fill_with_same_label_or_outside_is_a_noop(doc):
-    assert doc.fill(3, 3, 0) is None
+def test_fill_outside_or_over_a_persons_same_label_is_a_noop(doc):
     assert doc.fill(-1, 3, 2) is None and doc.fill(50, 0, 2) is None
     assert doc.undo_depth == 0 and doc.version == 0 and not doc.dirty
+    before = doc.mask.copy()
+    assert doc.fill(3, 3, 0) is not None          # the same label: nothing relabelled, the region confirmed
+    assert np.array_equal(doc.mask, before) and doc.confirmed.all() and doc.undo_depth == 1
+    assert doc.fill(3, 3, 0) is None and doc.undo_depth == 1   # already a person's: no step
 
 
 def test_polygon_concave_and_self_touching_match_winding_reference(doc):

@@ -221,3 +221,19 @@ def test_cli_export_as_is_keeps_unconfirmed_pixels(store, tmp_path):
     assert (load_mask_png(tmp_path / "void" / "SegmentationClass" / "a.png") == 255).all()
     assert main(["export-voc", str(folder), str(tmp_path / "asis"), "--val-fraction", "0", "--as-is"]) == 0
     assert (load_mask_png(tmp_path / "asis" / "SegmentationClass" / "a.png") == 1).all()
+
+
+def test_filling_a_region_with_its_own_class_confirms_it_as_one_undo_step():
+    from deeplab_gui.editing.document import PRELABEL, MaskDocument
+    import numpy as np
+    doc = MaskDocument(np.zeros((6, 8), np.uint8))
+    model = np.zeros((6, 8), np.uint8)
+    model[1:4, 2:6] = 3
+    doc.apply_labels(model, description=PRELABEL)      # the model's guess: nobody's yet
+    assert not doc.confirmed.any()
+    box = doc.fill(3, 2, 3)                             # the person fills the region with its own class
+    assert box == (1, 2, 4, 6) and doc.undo_description == "Fill"
+    assert np.array_equal(doc.confirmed, model == 3) and np.array_equal(doc.mask, model)
+    assert doc.fill(3, 2, 3) is None                    # already the person's: no second step
+    doc.undo()
+    assert not doc.confirmed.any() and np.array_equal(doc.mask, model)

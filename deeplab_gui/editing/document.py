@@ -349,15 +349,17 @@ class MaskDocument(BrushCanvas):
     def fill(self, x: int, y: int, label: int) -> BBox | None:
         """Flood-fill the 4-connected region of the label at pixel (column x, row y) with ``label``.
 
-        Returns the changed box, or None (no step) when (x, y) is outside the image or the region
-        already has ``label``.
+        Filling a region that already has ``label`` changes no label but confirms the region: a
+        person filling the model's region with its own class accepts it (a step when any of its
+        pixels was not yet a person's). Returns the changed box, or None (no step) when (x, y) is
+        outside the image or nothing changed.
         """
         value = check_label(label)
         fx, fy = check_point(x, y)
         c, r = int(math.floor(fx)), int(math.floor(fy))
         h, w = self.shape
         self.end_stroke()
-        if not (0 <= r < h and 0 <= c < w) or self._data[r, c] == value:
+        if not (0 <= r < h and 0 <= c < w):
             return None
         bbox, inside = flood_region(self._data, c, r)
         return self._write(bbox, inside, value, "Fill")
