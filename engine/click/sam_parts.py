@@ -7,18 +7,26 @@ dicts load unchanged. Arithmetic follows theirs too: attention through
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from .base import ClickModel
 
-__all__ = ["Sam", "build_sam_decoder_parts", "PromptEncoder", "MaskDecoder", "TwoWayTransformer",
-           "LayerNorm2d", "MLPBlock", "preprocess_shape", "SAM_PIXEL_MEAN", "SAM_PIXEL_STD"]
+__all__ = [
+    "SAM_PIXEL_MEAN",
+    "SAM_PIXEL_STD",
+    "LayerNorm2d",
+    "MLPBlock",
+    "MaskDecoder",
+    "PromptEncoder",
+    "Sam",
+    "TwoWayTransformer",
+    "build_sam_decoder_parts",
+    "preprocess_shape",
+]
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)   # ImageNet statistics in 0..255 units
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
