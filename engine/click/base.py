@@ -32,6 +32,9 @@ class ClickModel(nn.Module):
     family = ""             # "sam" (SAM, MobileSAM) or "sam2" (SAM 2.1)
     image_size = 1024       # the encoder's square input side
     mask_threshold = 0.0    # logits above it are the mask
+    # Where set, the low-resolution logits handed back (the next mask_input) are clamped to
+    # ±low_res_limit after the full-size masks are made from the unclamped ones (SAM 2.1 does so).
+    low_res_limit: float | None = None
 
     def __init__(self, name: str) -> None:
         super().__init__()

@@ -135,5 +135,7 @@ class ClickPredictor:
         with torch.inference_mode():
             low, iou = m.decode(self._features, pts, lbl, bx, mi, bool(multimask))
             full = m.postprocess(low, self._input, self._original)
+            if m.low_res_limit is not None:
+                low = low.clamp(-m.low_res_limit, m.low_res_limit)
         return ClickPrediction((full[0] > m.mask_threshold).cpu().numpy(), iou[0].float().cpu().numpy(),
                                low[0].float().cpu().numpy())
