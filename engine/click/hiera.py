@@ -14,12 +14,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .sam2_parts import MLP
 
-__all__ = ["HieraConfig", "Hiera", "FpnNeck", "ImageEncoder", "sine_position_encoding"]
+__all__ = ["FpnNeck", "Hiera", "HieraConfig", "ImageEncoder", "sine_position_encoding"]
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .base import ClickModel
 from .hiera import HieraConfig, ImageEncoder
 from .registry import ClickSpec, register_click_model
 from .sam2_parts import MaskDecoder, PromptEncoder
 
-__all__ = ["SAM2", "SAM2Config", "SAM2_CONFIGS", "VIDEO_ONLY_PREFIXES"]
+__all__ = ["SAM2", "SAM2_CONFIGS", "VIDEO_ONLY_PREFIXES", "SAM2Config"]
 
 # Keys of the official checkpoints that only video tracking reads (SAM2Base's memory machinery):
 VIDEO_ONLY_PREFIXES: tuple[str, ...] = (

@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["MLP", "LayerNorm2d", "PromptEncoder", "TwoWayTransformer", "MaskDecoder"]
+__all__ = ["MLP", "LayerNorm2d", "MaskDecoder", "PromptEncoder", "TwoWayTransformer"]
 
 
 class MLP(nn.Module):
