@@ -20,8 +20,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.checkpoints.limits import CheckpointError  # noqa: E402
-from engine.click import (  # noqa: E402
+from engine.checkpoints.formats import SkipRandomInit
+from engine.checkpoints.limits import CheckpointError
+from engine.click import (
     ClickPredictor,
     build_click_model,
     click_spec,
@@ -29,10 +30,10 @@ from engine.click import (  # noqa: E402
     expected_click_shapes,
     load_click_model,
 )
-from engine.click.hiera import sine_position_encoding  # noqa: E402
-from engine.click.sam2 import VIDEO_ONLY_PREFIXES  # noqa: E402
-from tests import weights_formula  # noqa: E402
-from tests.weights_formula import Formula  # noqa: E402
+from engine.click.hiera import sine_position_encoding
+from engine.click.sam2 import VIDEO_ONLY_PREFIXES
+from tests import weights_formula
+from tests.weights_formula import Formula
 
 DATA = ROOT / "tests" / "data"
 SIZES = {"sam2.1_hiera_tiny": "t", "sam2.1_hiera_small": "s", "sam2.1_hiera_base_plus": "b+",
@@ -176,6 +177,19 @@ def test_multimask_gives_three_and_single_gives_one(tiny_predictor):
     assert ((r3.scores >= 0) & (r3.scores <= 1)).all()
 
 
+def test_unstable_single_mask_falls_back_to_best_multimask():
+    dec = build_click_model(GOLDEN_MODEL).sam_mask_decoder
+    masks = torch.full((1, 4, 8, 8), -5.0)
+    masks[0, 1:, :4] = 5.0                        # three clear-cut multimask outputs
+    iou = torch.tensor([[0.9, 0.2, 0.7, 0.4]])
+    masks[0, 0, :2] = 5.0                         # a stable single mask: kept
+    out, score = dec._stable_single(masks, iou)
+    assert torch.equal(out[0, 0], masks[0, 0]) and score.item() == pytest.approx(0.9)
+    masks[0, 0, 2:4] = 0.01                       # half its area sits between -0.05 and +0.05
+    out, score = dec._stable_single(masks, iou)
+    assert torch.equal(out[0, 0], masks[0, 2]) and score.item() == pytest.approx(0.7)
+
+
 def test_sine_position_encoding_shape_and_range():
     pe = sine_position_encoding(16, 12)
     assert pe.shape == (1, 256, 16, 12)
@@ -276,14 +290,38 @@ def test_live_predictions_equal_peer(peer_pair):
     def peer_predict(pts, lbl, box, mask_in, multimask):
         return theirs.predict(point_coords=pts, point_labels=lbl, box=box, mask_input=mask_in,
                               multimask_output=multimask)
+    def recording(predict, into):
+        def wrapped(*args):
+            into.append(predict(*args))
+            return into[-1]
+        return wrapped
     got_all, ref_all = [], []
-    run_cases(lambda *a: got_all.append(_ours_predict(mine)(*a)) or got_all[-1])
-    run_cases(lambda *a: ref_all.append(peer_predict(*a)) or ref_all[-1])
+    run_cases(recording(_ours_predict(mine), got_all))
+    run_cases(recording(peer_predict, ref_all))
     for case, got, ref in zip(CASES, got_all, ref_all):
         (gm, gs, gl), (rm, rs, rl) = got, ref
         np.testing.assert_allclose(gl, rl, rtol=1e-5, atol=1e-5, err_msg=case["name"])
         np.testing.assert_allclose(gs, rs, rtol=1e-5, atol=1e-6, err_msg=case["name"])
         assert gm.shape == rm.shape and (gm != rm).sum() <= 2, case["name"]
+
+
+@pytest.mark.parametrize("name", ["sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large"])
+def test_live_encoder_of_other_sizes_equals_peer(name):
+    """The other sizes' trunks (more blocks, two heads, other windows) on a small input."""
+    pytest.importorskip("torchvision")
+    build = pytest.importorskip("sam2.build_sam")
+    torch.manual_seed(2)
+    peer = build.build_sam2(f"configs/sam2.1/sam2.1_hiera_{SIZES[name]}.yaml", device="cpu")
+    with SkipRandomInit():
+        ours = click_spec(name).builder().eval()
+    ours.load_state_dict({k: v for k, v in peer.state_dict().items() if not k.startswith(VIDEO_ONLY_PREFIXES)})
+    x = torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        got = ours.encode(x)
+        ref = peer.forward_image(x)["backbone_fpn"]
+    torch.testing.assert_close(got["image_embed"], ref[2] + peer.no_mem_embed.view(1, -1, 1, 1))
+    torch.testing.assert_close(got["high_res_s0"], ref[0])
+    torch.testing.assert_close(got["high_res_s1"], ref[1])
 
 
 def test_live_sine_encoding_equals_peer():

@@ -31,9 +31,9 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from engine.checkpoints.formats import SkipRandomInit  # noqa: E402
-from engine.click.sam2 import VIDEO_ONLY_PREFIXES  # noqa: E402
-from tests import test_click_sam2 as spec  # noqa: E402
+from engine.checkpoints.formats import SkipRandomInit
+from engine.click.sam2 import VIDEO_ONLY_PREFIXES
+from tests import test_click_sam2 as spec
 
 __all__ = ["record"]
 
