@@ -31,9 +31,9 @@ class SamViTConfig:
 
 
 SAM_VIT_CONFIGS = {
-    "sam_vit_b": SamViTConfig(768, 12, 12, (2, 5, 8, 11), "SAM ViT-B (91 M parameters)"),
-    "sam_vit_l": SamViTConfig(1024, 24, 16, (5, 11, 17, 23), "SAM ViT-L (308 M parameters)"),
-    "sam_vit_h": SamViTConfig(1280, 32, 16, (7, 15, 23, 31), "SAM ViT-H (636 M parameters)"),
+    "sam_vit_b": SamViTConfig(768, 12, 12, (2, 5, 8, 11), "SAM ViT-B (94 M parameters)"),
+    "sam_vit_l": SamViTConfig(1024, 24, 16, (5, 11, 17, 23), "SAM ViT-L (312 M parameters)"),
+    "sam_vit_h": SamViTConfig(1280, 32, 16, (7, 15, 23, 31), "SAM ViT-H (641 M parameters)"),
 }
 
 

@@ -1,0 +1,341 @@
+"""SAM ViT-B/L/H against segment-anything: state-dict layout, recorded outputs, live comparison, and
+ClickPredictor end to end on sam_vit_b.
+
+tests/data/click_keys_sam_vit_*.json were recorded from the authors' code by
+tests/data/record_click_sam.py (its top says how to install the peer): each holds the peer's
+key → shape map, and sam_vit_b's also the peer predictor's outputs for a fixed image and prompts under
+the formula weights below, so the numerics are checked without the peer installed.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from engine.checkpoints.limits import CheckpointError
+from engine.click import (
+    ClickPredictor,
+    build_click_model,
+    click_spec,
+    detect_click_model,
+    list_click_models,
+    load_click_model,
+)
+from engine.click.sam import ImageEncoderViT, SamViTConfig
+from engine.click.sam_parts import Sam, build_sam_decoder_parts, preprocess_shape
+from tests import weights_formula
+from tests.weights_formula import Formula
+
+DATA = ROOT / "tests" / "data"
+SIZES = ("sam_vit_b", "sam_vit_l", "sam_vit_h")
+
+# The constants the golden outputs in tests/data/click_keys_sam_vit_b.json were recorded with.
+FORMULA = Formula(10007, 7.0, 12.9898, 43758.5453, 0.25, (1.0, 0.2))
+IMAGE_HW = (45, 64)          # landscape and not a multiple of anything: resize, padding and crop all matter
+ROWS = COLS = [0, 37, 101, 170, 255]   # where the 256×256 low-resolution logits are probed
+EMBED_PROBE = ([0, 77, 255], [0, 20, 44], [3, 31, 63])   # (channels, rows, cols) of the 64×64 embedding
+# (name, points, labels, box, mask_input from that earlier prompt's best mask or None, multimask)
+PROMPTS = [
+    ("point", [[20, 15]], [1], None, None, True),
+    ("point_negative_mask", [[20, 15], [50, 30]], [1, 0], None, "point", False),
+    ("box", None, None, [5, 4, 40, 33], None, True),
+    ("point_box", [[30, 20]], [1], [5, 4, 40, 33], None, False),
+]
+
+
+def fixed_image() -> np.ndarray:
+    h, w = IMAGE_HW
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    rgb = np.stack([128 + 100 * np.sin(0.3 * x + 0.2 * y), 128 + 100 * np.cos(0.17 * x - 0.23 * y),
+                    (4 * x + 3 * y) % 256], axis=-1)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+def golden(name: str) -> dict:
+    return json.loads((DATA / f"click_keys_{name}.json").read_text(encoding="utf-8"))
+
+
+def probe_low_res(low: np.ndarray) -> list:
+    return low[:, ROWS][:, :, COLS].tolist()
+
+
+def probe_embed(embed: np.ndarray) -> list:
+    c, r, k = EMBED_PROBE
+    return embed[0][c][:, r][:, :, k].tolist()
+
+
+def run_prompts(predict) -> dict[str, dict]:
+    """Each prompt of PROMPTS through ``predict(points, labels, box, mask_input, multimask)`` returning
+    (masks, scores, low_res_logits): {name: {"iou", "low_res" probe, "mask_area"}} and the raw outputs."""
+    out, raw = {}, {}
+    for name, pts, lbl, box, prev, multi in PROMPTS:
+        mask_input = None
+        if prev is not None:
+            _, s, low = raw[prev]
+            mask_input = low[int(np.argmax(s))][None]
+        pts = None if pts is None else np.array(pts, dtype=np.float64)
+        lbl = None if lbl is None else np.array(lbl)
+        box = None if box is None else np.array(box, dtype=np.float64)
+        masks, scores, low = predict(pts, lbl, box, mask_input, multi)
+        raw[name] = (masks, scores, low)
+        out[name] = {"iou": np.asarray(scores).tolist(), "low_res": probe_low_res(np.asarray(low)),
+                     "mask_area": [int(a.sum()) for a in masks]}
+    return out, raw
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def sam_b():
+    """sam_vit_b under the formula weights, with fixed_image()'s embedding computed once."""
+    model = build_click_model("sam_vit_b")
+    model.load_state_dict(weights_formula.fixed_state(golden("sam_vit_b")["keys"], FORMULA))
+    predictor = ClickPredictor(model)
+    predictor.set_image(fixed_image())
+    return model, predictor, predictor.get_embedding()
+
+
+def _ours(predictor):
+    def predict(pts, lbl, box, mask_input, multi):
+        p = predictor.predict(pts, lbl, box, mask_input, multi)
+        return p.masks, p.scores, p.low_res_logits
+    return predict
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_registered_in_the_sam_family():
+    assert set(SIZES) <= set(list_click_models())
+    for name in SIZES:
+        assert click_spec(name).family == "sam" and click_spec(name).unused_prefixes == ()
+
+
+@pytest.mark.parametrize("name", SIZES)
+def test_state_dict_layout_matches_peer(name):
+    gold = golden(name)
+    with torch.device("meta"):
+        model = build_click_model(name)
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == gold["keys"]
+    assert list(shapes) == list(gold["keys"])   # in the peer's order too
+    assert sum(p.numel() for p in model.parameters()) == gold["num_params"]
+
+
+def test_decoder_parts_have_the_official_layout():
+    prompt, decoder = build_sam_decoder_parts()
+    gold = golden("sam_vit_b")["keys"]
+    for prefix, module in (("prompt_encoder.", prompt), ("mask_decoder.", decoder)):
+        assert {prefix + k: list(v.shape) for k, v in module.state_dict().items()} == \
+            {k: v for k, v in gold.items() if k.startswith(prefix)}
+
+
+# --------------------------------------------------------------------------- numerics against the record
+
+
+def test_embedding_matches_peer_record(sam_b):
+    _, _, emb = sam_b
+    assert emb.input_size == preprocess_shape(*IMAGE_HW, 1024) == (720, 1024)
+    feats = emb.features["image_embed"]
+    assert feats.shape == (1, 256, 64, 64)
+    want = np.array(golden("sam_vit_b")["references"][0]["embed"])
+    np.testing.assert_allclose(probe_embed(feats), want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+
+
+def test_prompts_match_peer_record(sam_b):
+    _, predictor, _ = sam_b
+    got, _ = run_prompts(_ours(predictor))
+    want = golden("sam_vit_b")["references"][0]["prompts"]
+    assert list(got) == list(want)
+    for name in want:
+        w, g = want[name], got[name]
+        scale = max(1.0, float(np.abs(w["low_res"]).max()))
+        np.testing.assert_allclose(g["low_res"], w["low_res"], rtol=1e-3, atol=1e-3 * scale, err_msg=name)
+        np.testing.assert_allclose(g["iou"], w["iou"], rtol=1e-3, atol=1e-3, err_msg=name)
+        # A pixel whose logit is within rounding of 0 may fall either side.
+        for a, b in zip(g["mask_area"], w["mask_area"]):
+            assert abs(a - b) <= max(2, b // 500), (name, g["mask_area"], w["mask_area"])
+
+
+# --------------------------------------------------------------------------- ClickPredictor end to end
+
+
+def test_predict_shapes_and_multimask_order(sam_b):
+    model, predictor, emb = sam_b
+    pts, lbl = np.array([[20.0, 15.0]]), np.array([1])
+    multi = predictor.predict(pts, lbl, multimask=True)
+    single = predictor.predict(pts, lbl, multimask=False)
+    assert multi.masks.shape == (3, *IMAGE_HW) and multi.masks.dtype == bool
+    assert multi.scores.shape == (3,) and multi.low_res_logits.shape == (3, 256, 256)
+    assert single.masks.shape == (1, *IMAGE_HW) and single.scores.shape == (1,)
+    assert single.low_res_logits.shape == (1, 256, 256)
+    # The decoder's token 0 is the single answer, tokens 1..3 the three ambiguous ones, in that order.
+    feats = {k: torch.from_numpy(v) for k, v in emb.features.items()}
+    coords = torch.from_numpy(model.transform_coords(pts, emb.original_size, emb.input_size))[None]
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder((coords, torch.from_numpy(lbl)[None]), None, None)
+        all_masks, all_iou = model.mask_decoder.predict_masks(
+            feats["image_embed"], model.prompt_encoder.get_dense_pe(), sparse, dense)
+    np.testing.assert_allclose(multi.low_res_logits, all_masks[0, 1:].numpy(), atol=1e-5)
+    np.testing.assert_allclose(single.low_res_logits, all_masks[0, :1].numpy(), atol=1e-5)
+    np.testing.assert_allclose(multi.scores, all_iou[0, 1:].numpy(), atol=1e-6)
+    # Masks are the upsampled logits above zero.
+    full = model.postprocess(torch.from_numpy(multi.low_res_logits)[None], emb.input_size, emb.original_size)
+    assert np.array_equal(multi.masks, (full[0] > 0).numpy())
+
+
+def test_negative_point_box_and_mask_input_change_the_answer(sam_b):
+    _, predictor, _ = sam_b
+    pos = predictor.predict([[20, 15]], [1], multimask=False)
+    neg = predictor.predict([[20, 15], [50, 30]], [1, 0], multimask=False)
+    box = predictor.predict(box=[5, 4, 40, 33], multimask=False)
+    again = predictor.predict([[20, 15]], [1], mask_input=pos.low_res_logits, multimask=False)
+    flat = predictor.predict([[20, 15]], [1], mask_input=pos.low_res_logits[0], multimask=False)
+    for other in (neg, box, again):
+        assert not np.allclose(other.low_res_logits, pos.low_res_logits, atol=1e-3)
+    np.testing.assert_array_equal(again.low_res_logits, flat.low_res_logits)   # 1×256×256 or 256×256
+    # Predicting is deterministic: the same prompts give the same logits.
+    assert np.array_equal(predictor.predict([[20, 15]], [1], multimask=False).low_res_logits, pos.low_res_logits)
+
+
+def test_embedding_round_trip_skips_the_encoder(sam_b, monkeypatch):
+    model, predictor, emb = sam_b
+    want = predictor.predict([[30, 20]], [1], box=[5, 4, 40, 33])
+    fresh = ClickPredictor(model)
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the encoder ran")
+    monkeypatch.setattr(model.image_encoder, "forward", no_encoder)
+    fresh.set_embedding(emb)
+    got = fresh.predict([[30, 20]], [1], box=[5, 4, 40, 33])
+    np.testing.assert_array_equal(got.low_res_logits, want.low_res_logits)
+    np.testing.assert_array_equal(got.masks, want.masks)
+    np.testing.assert_array_equal(got.scores, want.scores)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "at least one point or a box"),
+    ({"points": [[1, 2, 3]], "labels": [1]}, "N×2"),
+    ({"points": [[1, float("nan")]], "labels": [1]}, "finite"),
+    ({"points": [[1, 2]], "labels": [2]}, "labels"),
+    ({"points": [[1, 2], [3, 4]], "labels": [1]}, "labels"),
+    ({"box": [1, 2, 3]}, "box"),
+    ({"points": [[1, 2]], "labels": [1], "mask_input": np.zeros((64, 64))}, "mask_input"),
+])
+def test_bad_prompts_raise_value_error(sam_b, kwargs, message):
+    _, predictor, _ = sam_b
+    with pytest.raises(ValueError, match=message):
+        predictor.predict(**kwargs)
+
+
+def test_bad_image_raises_value_error(sam_b):
+    model, _, _ = sam_b
+    with pytest.raises(ValueError, match="uint8"):
+        ClickPredictor(model).set_image(np.zeros((8, 8, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="H×W×3"):
+        ClickPredictor(model).set_image(np.zeros((8, 8), dtype=np.uint8))
+
+
+# --------------------------------------------------------------------------- preprocessing and small parts
+
+
+def test_preprocess_resizes_the_longer_side_and_pads_with_zeros():
+    prompt, decoder = build_sam_decoder_parts()
+    model = Sam("tiny", torch.nn.Identity(), prompt, decoder)
+    assert preprocess_shape(3, 1000, 1024) == (3, 1024)        # 3.072 rounds down
+    assert preprocess_shape(1000, 499, 1024) == (1024, 511)    # 510.98 rounds up
+    img = np.full((10, 5, 3), 255, dtype=np.uint8)
+    x, (h, w) = model.preprocess(img)
+    assert x.shape == (1, 3, 1024, 1024) and (h, w) == (1024, 512)
+    want = (255 - torch.tensor([123.675, 116.28, 103.53])) / torch.tensor([58.395, 57.12, 57.375])
+    torch.testing.assert_close(x[0, :, :h, :w].mean((1, 2)), want, atol=1e-4, rtol=1e-5)
+    assert x[0, :, :, w:].abs().max() == 0
+    # Clicks scale with the resize: (x, y) on a 10×5 image → ×204.8 and ×102.4.
+    np.testing.assert_allclose(model.transform_coords(np.array([[1.0, 2.0]]), (10, 5), (h, w)), [[102.4, 204.8]])
+
+
+def test_small_vit_windows_pad_and_work_under_autocast():
+    # 8×8 patches with 14×14 windows: the window partition pads and crops back.
+    enc = ImageEncoderViT(SamViTConfig(32, 2, 2, (1,)), img_size=128).eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        out = enc(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = enc(x)
+    assert out.shape == (1, 256, 8, 8) and torch.isfinite(out).all()
+    assert torch.isfinite(half.float()).all()
+    torch.testing.assert_close(half.float(), out, atol=0.1, rtol=0.1)
+
+
+# --------------------------------------------------------------------------- loading the official files
+
+
+def _save_cheap(sd: dict[str, torch.Tensor], path: pathlib.Path) -> None:
+    """torch.save of a state dict with the official keys and shapes whose tensors share one element
+    each (a stride-0 view), so a 375 MB layout is a small file."""
+    torch.save({k: torch.full((1,), 0.01).expand(*v.shape) if v.dim() else v for k, v in sd.items()}, path)
+
+
+def test_load_official_layout_detects_vit_b(tmp_path):
+    shapes = golden("sam_vit_b")["keys"]
+    path = tmp_path / "sam_vit_b_01ec64.pth"
+    _save_cheap({k: torch.empty(v, device="meta") for k, v in shapes.items()}, path)
+    model = load_click_model(path)
+    assert isinstance(model, Sam) and model.name == "sam_vit_b" and not model.training
+    assert model.image_encoder.blocks[3].attn.rel_pos_h[5, 7].item() == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name", ["sam_vit_l", "sam_vit_h"])
+def test_detects_the_larger_sizes_from_their_layout(name):
+    sd = {k: torch.empty(v, device="meta") for k, v in golden(name)["keys"].items()}
+    assert detect_click_model(sd) == name
+
+
+def test_missing_or_wrong_key_is_one_line_error_naming_it(tmp_path):
+    shapes = golden("sam_vit_b")["keys"]
+    missing = {k: torch.empty(v, device="meta") for k, v in shapes.items()
+               if k != "mask_decoder.iou_token.weight"}
+    _save_cheap(missing, tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match="mask_decoder.iou_token.weight") as err:
+        load_click_model(tmp_path / "missing.pth")
+    assert "\n" not in str(err.value) and "missing.pth" in str(err.value)
+    wrong = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+    wrong["image_encoder.neck.0.weight"] = torch.empty(128, 768, 1, 1, device="meta")
+    _save_cheap(wrong, tmp_path / "wrong.pth")
+    with pytest.raises(CheckpointError, match="image_encoder.neck.0.weight") as err:
+        load_click_model(tmp_path / "wrong.pth", arch="sam_vit_b")
+    assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- live peer (dev machines only)
+
+
+def test_live_peer_same_outputs(sam_b):
+    """segment-anything's own SamPredictor under the same weights, image and prompts."""
+    sa = pytest.importorskip("segment_anything")
+    model, predictor, emb = sam_b
+    peer = sa.sam_model_registry["vit_b"]().eval()
+    peer.load_state_dict(model.state_dict())
+    peer_pred = sa.SamPredictor(peer)
+    peer_pred.set_image(fixed_image())
+    assert tuple(peer_pred.input_size) == emb.input_size
+    np.testing.assert_allclose(emb.features["image_embed"], peer_pred.features.numpy(), atol=2e-4, rtol=1e-3)
+
+    def theirs(pts, lbl, box, mask_input, multi):
+        return peer_pred.predict(pts, lbl, box, mask_input, multi)
+    _, want = run_prompts(theirs)
+    _, got = run_prompts(_ours(predictor))
+    for name in want:
+        (wm, ws, wl), (gm, gs, gl) = want[name], got[name]
+        np.testing.assert_allclose(gl, wl, atol=1e-3 * max(1.0, np.abs(wl).max()), rtol=1e-3, err_msg=name)
+        np.testing.assert_allclose(gs, ws, atol=1e-3, rtol=1e-3, err_msg=name)
+        assert gm.shape == wm.shape and (gm != wm).mean() < 1e-3, name
