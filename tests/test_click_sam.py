@@ -30,7 +30,12 @@ from engine.click import (
     load_click_model,
 )
 from engine.click.sam import ImageEncoderViT, SamViTConfig
-from engine.click.sam_parts import Sam, build_sam_decoder_parts, preprocess_shape
+from engine.click.sam_parts import (
+    LayerNorm2d,
+    Sam,
+    build_sam_decoder_parts,
+    preprocess_shape,
+)
 from tests import weights_formula
 from tests.weights_formula import Formula
 
@@ -261,6 +266,29 @@ def test_preprocess_resizes_the_longer_side_and_pads_with_zeros():
     assert x[0, :, :, w:].abs().max() == 0
     # Clicks scale with the resize: (x, y) on a 10×5 image → ×204.8 and ×102.4.
     np.testing.assert_allclose(model.transform_coords(np.array([[1.0, 2.0]]), (10, 5), (h, w)), [[102.4, 204.8]])
+
+
+def test_dense_positional_encoding_follows_the_loaded_matrix():
+    prompt, _ = build_sam_decoder_parts()
+    first = prompt.get_dense_pe()
+    assert first.shape == (1, 256, 64, 64) and prompt.get_dense_pe() is first   # kept between clicks
+    sd = prompt.state_dict()
+    sd["pe_layer.positional_encoding_gaussian_matrix"] = torch.ones(2, 128)
+    prompt.load_state_dict(sd)
+    second = prompt.get_dense_pe()
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(second, prompt.pe_layer((64, 64))[None])
+
+
+def test_layer_norm_2d_normalises_each_pixel_over_channels():
+    norm = LayerNorm2d(5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(1.0, 6.0))
+        norm.bias.fill_(0.5)
+    x = torch.randn(2, 5, 3, 4) * 3 + 1
+    u = x.mean(1, keepdim=True)
+    want = (x - u) / torch.sqrt((x - u).pow(2).mean(1, keepdim=True) + 1e-6) * norm.weight[:, None, None] + 0.5
+    torch.testing.assert_close(norm(x), want)
 
 
 def test_small_vit_windows_pad_and_work_under_autocast():

@@ -43,10 +43,10 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) / torch.sqrt(s + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        # The same (x - mean) / sqrt(biased var + eps) as the authors' step-by-step version, in one
+        # fused pass over the channels-last view (several times faster on a CPU).
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
 
 
 class MLPBlock(nn.Module):
@@ -115,10 +115,19 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self._dense_pe: tuple[tuple, torch.Tensor] | None = None
 
     def get_dense_pe(self) -> torch.Tensor:
-        """1×C×h×w positional encoding of the image embedding's grid."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """1×C×h×w positional encoding of the image embedding's grid.
+
+        Kept between calls (it is a tenth of a click's decoding on a CPU) and recomputed when the
+        random matrix changes (a new load, another device)."""
+        m = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (m.device, m.dtype, m.data_ptr(), m._version, self.image_embedding_size)
+        if self._dense_pe is None or self._dense_pe[0] != key:
+            with torch.inference_mode(False), torch.no_grad():   # usable outside inference mode too
+                self._dense_pe = (key, self.pe_layer(self.image_embedding_size).unsqueeze(0))
+        return self._dense_pe[1]
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5   # the centre of the pixel
