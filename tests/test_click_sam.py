@@ -347,12 +347,18 @@ def test_missing_or_wrong_key_is_one_line_error_naming_it(tmp_path):
 # --------------------------------------------------------------------------- live peer (dev machines only)
 
 
-def test_live_peer_same_outputs(sam_b):
-    """segment-anything's own SamPredictor under the same weights, image and prompts."""
+def test_live_peer_same_outputs(sam_b, tmp_path):
+    """segment-anything's own SamPredictor under the same weights, image and prompts; its saved
+    state dict (the official files' layout) loads as sam_vit_b with every tensor kept."""
     sa = pytest.importorskip("segment_anything")
     model, predictor, emb = sam_b
     peer = sa.sam_model_registry["vit_b"]().eval()
     peer.load_state_dict(model.state_dict())
+    torch.save(peer.state_dict(), tmp_path / "sam_vit_b_01ec64.pth")
+    loaded = load_click_model(tmp_path / "sam_vit_b_01ec64.pth")
+    assert loaded.name == "sam_vit_b"
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    del loaded
     peer_pred = sa.SamPredictor(peer)
     peer_pred.set_image(fixed_image())
     assert tuple(peer_pred.input_size) == emb.input_size
