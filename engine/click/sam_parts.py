@@ -354,7 +354,7 @@ class Sam(ClickModel):
 
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         h, w = preprocess_shape(image.shape[0], image.shape[1], self.image_size)
-        resized = np.asarray(Image.fromarray(image, mode="RGB").resize((w, h), Image.BILINEAR))
+        resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
         x = torch.from_numpy(resized.copy()).permute(2, 0, 1)[None].float()
         x = (x - self.pixel_mean.cpu()) / self.pixel_std.cpu()
         x = F.pad(x, (0, self.image_size - w, 0, self.image_size - h))
