@@ -19,7 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["TinyViTConfig", "TinyViT", "MOBILE_SAM_ENCODER"]
+from .registry import ClickSpec, register_click_model
+from .sam_parts import Sam, build_sam_decoder_parts
+
+__all__ = ["TinyViTConfig", "TinyViT", "MOBILE_SAM_ENCODER", "build_mobile_sam"]
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,10 @@ class TinyViT(nn.Module):
     def _init_weights(m: nn.Module) -> None:
         # The authors' initialisation, so that a model built with random weights behaves like theirs.
         if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
+            # Truncation at ±2 is ~100 std away: a clamp is the same. (nn.init.trunc_normal_ resamples in a
+            # loop, which never ends when the loader's SkipRandomInit makes normal_ a no-op.)
+            with torch.no_grad():
+                m.weight.normal_(0.0, 0.02).clamp_(-2.0, 2.0)
             if m.bias is not None:
                 nn.init.constant_(m.bias, 0.0)
         elif isinstance(m, nn.LayerNorm):
@@ -263,3 +269,14 @@ class TinyViT(nn.Module):
         for layer in self.layers[1:]:
             x = layer(x)
         return self.neck(x.permute(0, 3, 1, 2))
+
+
+def build_mobile_sam() -> Sam:
+    """MobileSAM with random weights: TinyViT-5M, then SAM's prompt encoder and mask decoder."""
+    prompt_encoder, mask_decoder = build_sam_decoder_parts()
+    return Sam("mobile_sam", TinyViT(MOBILE_SAM_ENCODER), prompt_encoder, mask_decoder)
+
+
+register_click_model(ClickSpec(
+    "mobile_sam", "sam", build_mobile_sam,
+    description="MobileSAM: TinyViT-5M image encoder distilled from SAM ViT-H, with SAM's decoder (mobile_sam.pt)"))

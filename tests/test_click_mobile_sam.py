@@ -1,0 +1,262 @@
+"""MobileSAM (engine.click.tinyvit) against the authors' code (ChaoningZhang/MobileSAM).
+
+tests/data/click_keys_mobile_sam.json holds the state-dict layout of the authors'
+``sam_model_registry["vit_t"]()`` and their outputs under formula weights (:data:`FORMULA`): the
+TinyViT encoder on a fixed tensor, and their ``SamPredictor`` on a fixed image and prompts. It was
+written by tests/data/record_click_mobile_sam.py (its top says how to install the authors' code).
+The live comparison at the end runs only where that code is importable (a developer's machine).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from engine.checkpoints.limits import CheckpointError  # noqa: E402
+from engine.click import ClickPredictor, build_click_model, list_click_models, load_click_model  # noqa: E402
+from engine.click.tinyvit import TinyViT  # noqa: E402
+from tests import weights_formula  # noqa: E402
+from tests.weights_formula import Formula  # noqa: E402
+
+GOLDEN = ROOT / "tests" / "data" / "click_keys_mobile_sam.json"
+
+# The constants the golden outputs were recorded with.
+FORMULA = Formula(9973, 5.0, 7.1234, 31337.77, 0.25, (1.0, 0.2))
+H, W = 97, 131                                  # odd sizes: SAM's resize rounds, then pads to 1024
+EMB_CH, EMB_RC = [0, 100, 255], [0, 13, 31, 47, 63]
+LOW_RC = [0, 50, 101, 160, 255]
+IMG_ROWS, IMG_COLS = [0, 24, 48, 72, 96], [0, 32, 65, 98, 130]
+# Prompt rounds, in the authors' predictor's terms; "mask_from" feeds back mask 0 of an earlier round.
+CASES = {
+    "click_multimask": dict(points=[[70, 45]], labels=[1], box=None, multimask=True),
+    "clicks_box": dict(points=[[70, 45], [20, 80]], labels=[1, 0], box=[30, 10, 115, 85], multimask=False),
+    "box_only_multimask": dict(points=None, labels=None, box=[5, 5, 90, 60], multimask=True),
+    "refine_with_mask": dict(points=[[70, 45], [100, 20]], labels=[1, 0], box=None, multimask=False,
+                             mask_from="click_multimask"),
+}
+
+
+def fixed_image() -> np.ndarray:
+    """An H×W×3 uint8 image from integer arithmetic only (identical everywhere): a bright disc on
+    gradients and hashed noise."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.int64)
+    idx = np.arange(H * W * 3, dtype=np.int64).reshape(H, W, 3)
+    noise = ((idx * 2654435761) >> 13) % 41
+    base = np.stack([(xx * 2) % 200, (yy * 3) % 200, (xx + yy) % 200], -1)
+    disc = (((xx - 70) ** 2 + (yy - 45) ** 2) < 28 ** 2)[..., None] * np.array([50, 30, -20])
+    return np.clip(base + noise + disc + 10, 0, 255).astype(np.uint8)
+
+
+def fixed_encoder_input() -> torch.Tensor:
+    n = 3 * 1024 * 1024
+    return (torch.sin(torch.arange(n, dtype=torch.float64) * 0.37) * 1.5).float().reshape(1, 3, 1024, 1024)
+
+
+def emb_probe(emb: torch.Tensor) -> list:
+    return emb[0, EMB_CH][:, EMB_RC][:, :, EMB_RC].tolist()
+
+
+def low_probe(low) -> list:
+    return torch.as_tensor(np.asarray(low))[:, LOW_RC][:, :, LOW_RC].tolist()
+
+
+def img_probe(logits) -> list:
+    return torch.as_tensor(np.asarray(logits))[:, IMG_ROWS][:, :, IMG_COLS].tolist()
+
+
+def _golden() -> dict:
+    return json.loads(GOLDEN.read_text(encoding="utf-8"))
+
+
+def _ref(gold: dict, what: str) -> dict:
+    return next(r for r in gold["references"] if r["what"] == what)
+
+
+def _close(actual, expected, rtol=1e-4, atol_rel=1e-4):
+    a, e = torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
+    torch.testing.assert_close(a, e, rtol=rtol, atol=atol_rel * float(e.abs().max()) + 1e-6)
+
+
+@pytest.fixture(scope="module")
+def fixed_model():
+    model = build_click_model("mobile_sam")
+    model.load_state_dict(weights_formula.fixed_state(_golden()["keys"], FORMULA))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def fixed_predictor(fixed_model):
+    pred = ClickPredictor(fixed_model)
+    pred.set_image(fixed_image())
+    return pred
+
+
+def _run_cases(predict) -> dict:
+    """``predict(points, labels, box, mask_input, multimask)`` → (logits at image size, iou, low-res)
+    for every case, in order, feeding earlier low-res logits back where a case says so."""
+    out = {}
+    for name, c in CASES.items():
+        mask = out[c["mask_from"]][2][:1] if c.get("mask_from") else None
+        out[name] = predict(c["points"], c["labels"], c["box"], mask, c["multimask"])
+    return out
+
+
+def _ours(pred: ClickPredictor):
+    def predict(points, labels, box, mask, multimask):
+        p = pred.predict(points, labels, box, mask, multimask)
+        low = torch.from_numpy(p.low_res_logits)[None]
+        full = pred.model.postprocess(low, pred._input, pred._original)[0]
+        assert np.array_equal(p.masks, (full > 0).numpy())
+        return full.numpy(), p.scores, p.low_res_logits
+    return predict
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_registered_with_the_authors_layout():
+    gold = _golden()
+    assert "mobile_sam" in list_click_models()
+    model = build_click_model("mobile_sam")
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == gold["keys"]
+    assert list(shapes) == list(gold["keys"])   # the authors' order, too
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == gold["num_params"] == 10_130_092
+    assert model.family == "sam" and model.name == "mobile_sam"
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+def test_encoder_matches_peer_reference():
+    gold = _golden()
+    enc = TinyViT()
+    prefix = "image_encoder."
+    # The formula hashes the whole model's key names, prefix included.
+    sd = weights_formula.fixed_state({k: v for k, v in gold["keys"].items() if k.startswith(prefix)}, FORMULA)
+    enc.load_state_dict({k[len(prefix):]: v for k, v in sd.items()})
+    with torch.no_grad():
+        out = enc.eval()(fixed_encoder_input())
+    assert out.shape == (1, 256, 64, 64)
+    _close(emb_probe(out), _ref(gold, "encoder")["probe"])
+
+
+def test_predictions_match_peer_reference(fixed_predictor):
+    ref = _ref(_golden(), "predictor")
+    assert ref["image"] == [H, W]
+    _close(emb_probe(torch.from_numpy(fixed_predictor.get_embedding().features["image_embed"])), ref["embedding"])
+    ours = _run_cases(_ours(fixed_predictor))
+    for name, (full, iou, low) in ours.items():
+        exp = ref["cases"][name]
+        k = 3 if CASES[name]["multimask"] else 1
+        assert full.shape == (k, H, W) and iou.shape == (k,) and low.shape == (k, 256, 256), name
+        _close(low_probe(low), exp["low_res"])
+        _close(img_probe(full), exp["logits"])
+        _close(iou, exp["iou"], rtol=1e-4, atol_rel=1e-4)
+
+
+def test_encoder_takes_other_sizes_and_autocast():
+    """The size comes from the input (windows padded as the authors pad them); under autocast the
+    embedding comes out finite and float32 (the neck's LayerNorm runs in float32)."""
+    torch.manual_seed(0)
+    enc = TinyViT().eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        ref = enc(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = enc(x)
+    assert ref.shape == half.shape == (1, 256, 8, 8)
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    assert (half - ref).abs().mean() < 0.1 * ref.abs().mean()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_official_layout_file_is_recognised(tmp_path, fixed_model, fixed_predictor):
+    sd = fixed_model.state_dict()
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(dict(sd), path)   # the published file: a bare state dict
+    loaded = load_click_model(path)
+    assert loaded.name == "mobile_sam" and not loaded.training
+    pred = ClickPredictor(loaded)
+    pred.set_embedding(fixed_predictor.get_embedding())
+    a, b = pred.predict([[70, 45]], [1]), fixed_predictor.predict([[70, 45]], [1])
+    assert np.array_equal(a.low_res_logits, b.low_res_logits) and np.array_equal(a.masks, b.masks)
+
+
+def test_wrong_or_missing_key_is_one_line_naming_it(tmp_path, fixed_model):
+    sd = dict(fixed_model.state_dict())
+    missing = dict(sd)
+    del missing["image_encoder.layers.2.blocks.3.attn.attention_biases"]
+    renamed = dict(sd)
+    renamed["image_encoder.neck.9.weight"] = renamed.pop("image_encoder.neck.2.weight")
+    for bad, key in ((missing, "layers.2.blocks.3.attn.attention_biases"), (renamed, "neck.9.weight")):
+        path = tmp_path / "bad.pt"
+        torch.save(bad, path)
+        with pytest.raises(CheckpointError) as info:
+            load_click_model(path)
+        msg = str(info.value)
+        assert "\n" not in msg and str(path) in msg and key in msg and "mobile_sam" in msg
+
+
+# --------------------------------------------------------------------------- live comparison (dev only)
+
+
+def _peer_model():
+    build = pytest.importorskip("mobile_sam.build_sam")   # needs timm and torchvision: dev-only
+    torch.manual_seed(0)
+    peer = build.sam_model_registry["vit_t"]()
+    g = torch.Generator().manual_seed(1)
+    sd = peer.state_dict()
+    for k, v in sd.items():   # every tensor random, BatchNorm statistics too
+        if not v.is_floating_point():
+            continue
+        r = torch.rand(v.shape, generator=g)
+        if k.endswith("running_var"):
+            v.copy_(0.5 + r)
+        elif v.ndim <= 1 or "attention_biases" in k:
+            v.copy_(r - 0.5)
+        else:
+            v.copy_((r - 0.5) * (12.0 / max(1, v[0].numel())) ** 0.5)
+    peer.load_state_dict(sd)
+    return peer.eval()   # eval() after loading: the authors' attention caches its biases there
+
+
+def test_live_against_the_authors_predictor():
+    peer = _peer_model()
+    from mobile_sam import SamPredictor
+    ours = build_click_model("mobile_sam")
+    ours.load_state_dict(peer.state_dict())
+    img = fixed_image()
+    theirs, mine = SamPredictor(peer), ClickPredictor(ours.eval())
+    with torch.no_grad():
+        theirs.set_image(img)
+    mine.set_image(img)
+    emb = torch.from_numpy(mine.get_embedding().features["image_embed"])
+    torch.testing.assert_close(emb, theirs.features, rtol=1e-4, atol=1e-4)
+
+    def peer_predict(points, labels, box, mask, multimask):
+        full, iou, low = theirs.predict(
+            None if points is None else np.asarray(points, dtype=np.float64),
+            None if labels is None else np.asarray(labels), None if box is None else np.asarray(box),
+            mask, multimask, return_logits=True)
+        return full, iou, low
+
+    expected, actual = _run_cases(peer_predict), _run_cases(_ours(mine))
+    for name in CASES:
+        (ef, ei, el), (af, ai, al) = expected[name], actual[name]
+        np.testing.assert_allclose(al, el, rtol=1e-3, atol=1e-3 * np.abs(el).max())
+        np.testing.assert_allclose(ai, ei, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(af, ef, rtol=1e-3, atol=1e-3 * np.abs(ef).max())
+        # Masks agree except where a logit is within rounding of the threshold.
+        differ = (af > 0) != (ef > 0)
+        assert np.all(np.abs(ef[differ]) < 1e-3 * np.abs(ef).max()), name
