@@ -1,0 +1,217 @@
+"""Speed of the click-segmentation models: the encoder (once per image) and a click (per prompt).
+
+For every registered click model (random weights; a model whose builder fails is listed with its
+error and skipped) on a 500×375 image:
+
+- ``set_image``: preprocessing plus the image encoder at 1024×1024, what the user waits for once
+  per image. Median of ``--encoder-runs`` after one warm-up; models over 50 M parameters get one
+  run and no warm-up (tens of seconds each on a CPU; the spread is small next to that).
+- ``predict``: one positive click, three masks at image size (prompt encoder, mask decoder and the
+  upsampling), median of ``--predict-runs`` after two warm-ups.
+
+CPU: ``--threads`` threads (default 2, this project's build machines). CUDA, when present: fp32
+(autocast off) and the predictor's own half precision (bfloat16 where supported, else float16),
+with peak memory. Goals printed beside the figures: a click within 30 ms on the CPU, MobileSAM's
+encoder within 1 s on the CPU. Prints a table and writes ``benchmarks/results/click_<device>.json``.
+
+    python benchmarks/bench_click.py --models mobile_sam,sam_vit_b
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # runnable as a plain script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from engine.click import ClickPredictor, build_click_model, list_click_models  # noqa: E402
+
+__all__ = ["Row", "Goals", "bench_click_model", "main"]
+
+IMAGE_HW = (375, 500)        # a typical VOC photo, H×W
+LARGE_PARAMS = 50_000_000    # above this, one encoder run is enough
+
+
+@dataclass(frozen=True)
+class Goals:
+    """What a click model should reach on the CPU (``--threads`` threads)."""
+    predict_ms_cpu: float = 30.0
+    encoder_ms_cpu: dict = field(default_factory=lambda: {"mobile_sam": 1000.0})   # model -> ms
+
+
+GOALS = Goals()
+
+
+@dataclass
+class Row:
+    model: str
+    device: str
+    precision: str               # fp32, bf16, fp16
+    params_m: float | None = None
+    set_image_ms: float | None = None
+    encoder_runs: int = 0
+    predict_ms: float | None = None
+    predict_runs: int = 0
+    peak_mib: float | None = None   # CUDA: max allocated over both measurements
+    goal: str = ""               # the CPU goals this row meets or misses, in words
+    error: str | None = None
+
+
+def _median_ms(fn, warmup: int, runs: int, sync) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+def _goal_text(row: Row) -> str:
+    if row.device != "cpu" or row.error:
+        return ""
+    parts = []
+    if row.predict_ms is not None:
+        ok = row.predict_ms <= GOALS.predict_ms_cpu
+        parts.append(f"click {'ok' if ok else 'OVER'} (≤{GOALS.predict_ms_cpu:.0f} ms)")
+    goal = GOALS.encoder_ms_cpu.get(row.model)
+    if goal is not None and row.set_image_ms is not None:
+        parts.append(f"encoder {'ok' if row.set_image_ms <= goal else 'OVER'} (≤{goal / 1000:g} s)")
+    return ", ".join(parts)
+
+
+def bench_click_model(name: str, device: torch.device, precision: str, encoder_runs: int,
+                      predict_runs: int) -> Row:
+    row = Row(name, device.type, precision)
+    cuda = device.type == "cuda"
+    try:
+        torch.manual_seed(0)
+        model = build_click_model(name)
+    except Exception as exc:   # a family still being written: list it, go on with the rest
+        row.error = "builder failed: " + " ".join(str(exc).split())[:160]
+        return row
+    try:
+        n_params = sum(p.numel() for p in model.parameters())
+        row.params_m = round(n_params / 1e6, 3)
+        pred = ClickPredictor(model, device)
+        if cuda and precision == "fp32":
+            pred._autocast = contextlib.nullcontext   # the predictor half-casts on CUDA by default
+        image = np.random.default_rng(0).integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8)
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        large = n_params > LARGE_PARAMS
+        runs = 1 if large else encoder_runs
+        row.set_image_ms = round(_median_ms(lambda: pred.set_image(image), 0 if large else 1, runs, sync), 1)
+        row.encoder_runs = runs
+        click = np.array([[IMAGE_HW[1] / 2, IMAGE_HW[0] / 2]])
+        row.predict_ms = round(_median_ms(lambda: pred.predict(click, [1]), 2, predict_runs, sync), 2)
+        row.predict_runs = predict_runs
+        if cuda:
+            row.peak_mib = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    except Exception as exc:   # e.g. out of memory: record it, go on with the rest
+        row.error = " ".join(str(exc).split())[:200]
+    finally:
+        del model
+        if cuda:
+            torch.cuda.empty_cache()
+    row.goal = _goal_text(row)
+    return row
+
+
+def _cuda_half_name() -> str:
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+_HEAD = (f"{'model':<22} {'dev':<4} {'prec':<4} {'Mparams':>8} {'set_image ms':>13} {'n':>2} "
+         f"{'click ms':>9} {'n':>3} {'peakMiB':>8}  goals")
+
+
+def _format_row(r: Row) -> str:
+    def f(v, fmt: str) -> str:
+        return format(v, fmt) if v is not None else "-".rjust(int(fmt.split(".")[0]))
+    tail = f"  ERROR: {r.error}" if r.error else f"  {r.goal}"
+    return (f"{r.model:<22} {r.device:<4} {r.precision:<4} {f(r.params_m, '8.2f')} {f(r.set_image_ms, '13.1f')} "
+            f"{r.encoder_runs:>2} {f(r.predict_ms, '9.2f')} {r.predict_runs:>3} {f(r.peak_mib, '8.0f')}{tail}")
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", help="comma-separated click model names (default: all registered)")
+    ap.add_argument("--encoder-runs", type=int, default=3, help="timed set_image runs per small model (default 3)")
+    ap.add_argument("--predict-runs", type=int, default=20, help="timed clicks per model (default 20)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. the machine's load)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/click_<device>.json)")
+    args = ap.parse_args(argv)
+
+    known = list_click_models()
+    names = known if not args.models else [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        print(f"unknown click model(s): {', '.join(unknown)}; known: {', '.join(known)}", file=sys.stderr)
+        return 2
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        print("CUDA requested but not available", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    configs = [(torch.device("cpu"), "fp32")]
+    if use_cuda:
+        configs += [(torch.device("cuda"), "fp32"), (torch.device("cuda"), _cuda_half_name())]
+
+    print(_HEAD)
+    print("-" * len(_HEAD))
+    rows = []
+    for device, precision in configs:
+        for name in names:
+            row = bench_click_model(name, device, precision, args.encoder_runs, args.predict_runs)
+            rows.append(row)
+            print(_format_row(row), flush=True)
+
+    tag = "cuda" if use_cuda else "cpu"
+    out = args.out or ROOT / "benchmarks" / "results" / f"click_{tag}.json"
+    payload = {
+        "image": list(IMAGE_HW), "encoder_input": 1024, "cpu_threads": args.threads,
+        "encoder_runs": args.encoder_runs, "predict_runs": args.predict_runs,
+        "goals": {"predict_ms_cpu": GOALS.predict_ms_cpu, "encoder_ms_cpu": GOALS.encoder_ms_cpu},
+        "cpu_count": os.cpu_count(), "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        "note": args.note, "torch": torch.__version__, "python": platform.python_version(),
+        "machine": platform.machine(), "gpu": torch.cuda.get_device_name(0) if use_cuda else None,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "rows": [asdict(r) for r in rows],
+    }
+    _write_json(out, payload)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
