@@ -54,6 +54,16 @@ class Conv2dBN(nn.Sequential):
         nn.init.constant_(bn.bias, 0.0)
         self.add_module("bn", bn)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
+        # Inference: BatchNorm folded into the convolution, which saves a pass over the activations
+        # (the largest of the encoder: 256×256 positions in stage 0).
+        c, bn = self.c, self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        return F.conv2d(x, c.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale,
+                        c.stride, c.padding, c.dilation, c.groups)
+
 
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channels of an N×C×H×W map (SAM's neck). Computed in float32: under autocast
@@ -265,7 +275,9 @@ class TinyViT(nn.Module):
             nn.init.constant_(m.weight, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers[0](self.patch_embed(x))   # channels-last from here on
+        # Channels-last memory throughout: the convolutions run faster on it, and the attention
+        # stages' N×H×W×C tensors are then plain views of the convolutions' outputs.
+        x = self.layers[0](self.patch_embed(x.contiguous(memory_format=torch.channels_last)))
         for layer in self.layers[1:]:
             x = layer(x)
         return self.neck(x.permute(0, 3, 1, 2))
