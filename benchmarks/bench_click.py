@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable as a plain script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from engine.click import ClickPredictor, build_click_model, list_click_models  # noqa: E402
+from engine.click import ClickPredictor, build_click_model, list_click_models
 
-__all__ = ["Row", "Goals", "bench_click_model", "main"]
+__all__ = ["Goals", "Row", "bench_click_model", "main"]
 
 IMAGE_HW = (375, 500)        # a typical VOC photo, H×W
 LARGE_PARAMS = 50_000_000    # above this, one encoder run is enough
@@ -103,7 +103,7 @@ def bench_click_model(name: str, device: torch.device, precision: str, encoder_r
     try:
         torch.manual_seed(0)
         model = build_click_model(name)
-    except Exception as exc:   # a family still being written: list it, go on with the rest
+    except Exception as exc:  # noqa: BLE001 - a family still being written: list it, go on with the rest
         row.error = "builder failed: " + " ".join(str(exc).split())[:160]
         return row
     try:
@@ -126,7 +126,7 @@ def bench_click_model(name: str, device: torch.device, precision: str, encoder_r
         row.predict_runs = predict_runs
         if cuda:
             row.peak_mib = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    except Exception as exc:   # e.g. out of memory: record it, go on with the rest
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory: record it, go on with the rest
         row.error = " ".join(str(exc).split())[:200]
     finally:
         del model

@@ -20,11 +20,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.checkpoints.limits import CheckpointError  # noqa: E402
-from engine.click import ClickPredictor, build_click_model, list_click_models, load_click_model  # noqa: E402
-from engine.click.tinyvit import TinyViT  # noqa: E402
-from tests import weights_formula  # noqa: E402
-from tests.weights_formula import Formula  # noqa: E402
+from engine.checkpoints.limits import CheckpointError
+from engine.click import (
+    ClickPredictor,
+    build_click_model,
+    list_click_models,
+    load_click_model,
+)
+from engine.click.tinyvit import TinyViT
+from tests import weights_formula
+from tests.weights_formula import Formula
 
 GOLDEN = ROOT / "tests" / "data" / "click_keys_mobile_sam.json"
 
@@ -36,11 +41,11 @@ LOW_RC = [0, 50, 101, 160, 255]
 IMG_ROWS, IMG_COLS = [0, 24, 48, 72, 96], [0, 32, 65, 98, 130]
 # Prompt rounds, in the authors' predictor's terms; "mask_from" feeds back mask 0 of an earlier round.
 CASES = {
-    "click_multimask": dict(points=[[70, 45]], labels=[1], box=None, multimask=True),
-    "clicks_box": dict(points=[[70, 45], [20, 80]], labels=[1, 0], box=[30, 10, 115, 85], multimask=False),
-    "box_only_multimask": dict(points=None, labels=None, box=[5, 5, 90, 60], multimask=True),
-    "refine_with_mask": dict(points=[[70, 45], [100, 20]], labels=[1, 0], box=None, multimask=False,
-                             mask_from="click_multimask"),
+    "click_multimask": {"points": [[70, 45]], "labels": [1], "box": None, "multimask": True},
+    "clicks_box": {"points": [[70, 45], [20, 80]], "labels": [1, 0], "box": [30, 10, 115, 85], "multimask": False},
+    "box_only_multimask": {"points": None, "labels": None, "box": [5, 5, 90, 60], "multimask": True},
+    "refine_with_mask": {"points": [[70, 45], [100, 20]], "labels": [1, 0], "box": None, "multimask": False,
+                         "mask_from": "click_multimask"},
 }
 
 

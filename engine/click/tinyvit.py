@@ -16,13 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .registry import ClickSpec, register_click_model
 from .sam_parts import Sam, build_sam_decoder_parts
 
-__all__ = ["TinyViTConfig", "TinyViT", "MOBILE_SAM_ENCODER", "build_mobile_sam"]
+__all__ = ["MOBILE_SAM_ENCODER", "TinyViT", "TinyViTConfig", "build_mobile_sam"]
 
 
 @dataclass(frozen=True)

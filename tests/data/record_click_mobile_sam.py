@@ -28,9 +28,9 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from engine.fileio import atomic_write_bytes  # noqa: E402
-from tests import test_click_mobile_sam as t  # noqa: E402
-from tests import weights_formula  # noqa: E402
+from engine.fileio import atomic_write_bytes
+from tests import test_click_mobile_sam as t
+from tests import weights_formula
 
 
 def main() -> None:
