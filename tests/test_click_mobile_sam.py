@@ -265,3 +265,31 @@ def test_live_against_the_authors_predictor():
         # Masks agree except where a logit is within rounding of the threshold.
         differ = (af > 0) != (ef > 0)
         assert np.all(np.abs(ef[differ]) < 1e-3 * np.abs(ef).max()), name
+
+
+# --------------------------------------------------------------------------- benchmark script
+
+
+def test_bench_click_writes_rows_and_lists_a_failing_builder(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_click
+    threads = torch.get_num_threads()
+    out = tmp_path / "click.json"
+    try:
+        rc = bench_click.main(["--models", "mobile_sam", "--encoder-runs", "1", "--predict-runs", "2",
+                               "--device", "cpu", "--note", "test", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
+    assert [(r["model"], r["device"], r["precision"]) for r in rows] == [("mobile_sam", "cpu", "fp32")]
+    assert rows[0]["set_image_ms"] > 0 and rows[0]["predict_ms"] > 0 and rows[0]["error"] is None
+    assert "click" in rows[0]["goal"] and "encoder" in rows[0]["goal"]
+    assert bench_click.main(["--models", "no_such_model", "--out", str(out)]) == 2
+    assert "unknown click model" in capsys.readouterr().err
+
+    def broken(name):
+        raise NotImplementedError("not written yet")
+    monkeypatch.setattr(bench_click, "build_click_model", broken)
+    row = bench_click.bench_click_model("mobile_sam", torch.device("cpu"), "fp32", 1, 1)
+    assert row.error == "builder failed: not written yet" and row.set_image_ms is None
