@@ -236,11 +236,13 @@ def _peer_model():
     return peer.eval()   # eval() after loading: the authors' attention caches its biases there
 
 
-def test_live_against_the_authors_predictor():
+def test_live_against_the_authors_predictor(tmp_path):
     peer = _peer_model()
     from mobile_sam import SamPredictor
-    ours = build_click_model("mobile_sam")
-    ours.load_state_dict(peer.state_dict())
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(peer.state_dict(), path)   # what the authors publish: their model's bare state dict
+    ours = load_click_model(path)
+    assert ours.name == "mobile_sam"
     img = fixed_image()
     theirs, mine = SamPredictor(peer), ClickPredictor(ours.eval())
     with torch.no_grad():
