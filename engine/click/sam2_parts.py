@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "LayerNorm2d", "MaskDecoder", "PromptEncoder", "TwoWayTransformer"]
+from .sam_parts import LayerNorm2d
+
+__all__ = ["MLP", "MaskDecoder", "PromptEncoder", "TwoWayTransformer"]
 
 
 class MLP(nn.Module):
@@ -34,21 +36,6 @@ class MLP(nn.Module):
             if i < len(self.layers) - 1:
                 x = self.act(x)
         return torch.sigmoid(x) if self.sigmoid_output else x
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of a B×C×H×W map."""
-
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        return self.weight[:, None, None] * ((x - u) / torch.sqrt(s + self.eps)) + self.bias[:, None, None]
 
 
 class PositionEmbeddingRandom(nn.Module):

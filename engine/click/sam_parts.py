@@ -44,8 +44,12 @@ class LayerNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The same (x - mean) / sqrt(biased var + eps) as the authors' step-by-step version, in one
-        # fused pass over the channels-last view (several times faster on a CPU).
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        # fused pass over the channels-last view (several times faster on a CPU). Always in float32:
+        # under autocast the convolutions before it give half precision, whose variance over 256
+        # channels loses digits.
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.layer_norm(x.float().permute(0, 2, 3, 1), (x.shape[1],), self.weight.float(),
+                             self.bias.float(), self.eps)
         return y.permute(0, 3, 1, 2)
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import ClickSpec, register_click_model
-from .sam_parts import Sam, build_sam_decoder_parts
+from .sam_parts import LayerNorm2d, Sam, build_sam_decoder_parts
 
 __all__ = ["MOBILE_SAM_ENCODER", "TinyViT", "TinyViTConfig", "build_mobile_sam"]
 
@@ -63,24 +63,6 @@ class Conv2dBN(nn.Sequential):
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         return F.conv2d(x, c.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale,
                         c.stride, c.padding, c.dilation, c.groups)
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of an N×C×H×W map (SAM's neck). Computed in float32: under autocast
-    the neck's convolutions give half precision, whose variance of 256 channels loses digits."""
-
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) / torch.sqrt(s + self.eps)
-        return self.weight.float()[:, None, None] * x + self.bias.float()[:, None, None]
 
 
 class PatchEmbed(nn.Module):
