@@ -80,7 +80,9 @@ class ClickPredictor:
         x, input_size = self.model.preprocess(img)
         with torch.inference_mode(), self._autocast():
             feats = self.model.encode(x.to(self.device))
-        self._features = {k: v.float() for k, v in feats.items()}
+        # Contiguous once per image: the decoder then sees the same memory layout as after set_embedding
+        # (and gives the same bits).
+        self._features = {k: v.float().contiguous() for k, v in feats.items()}
         self._original, self._input = (int(img.shape[0]), int(img.shape[1])), (int(input_size[0]), int(input_size[1]))
 
     def reset_image(self) -> None:

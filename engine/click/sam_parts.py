@@ -223,11 +223,12 @@ class TwoWayAttentionBlock(nn.Module):
             q = queries + query_pe
             queries = queries + self.self_attn(q=q, k=q, v=queries)
         queries = self.norm1(queries)
-        q, k = queries + query_pe, keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
+        # The image side is unchanged until the last step: its positional sum serves both cross
+        # attentions (one 4096×256 addition saved per block).
+        k = keys + key_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q=queries + query_pe, k=k, v=keys))
         queries = self.norm3(queries + self.mlp(queries))
-        q, k = queries + query_pe, keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=queries + query_pe, v=queries))
         return queries, keys
 
 
@@ -303,8 +304,11 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
         tokens = torch.cat((tokens, sparse_prompt_embeddings), dim=1)
-        src = torch.repeat_interleave(image_embeddings, tokens.shape[0], dim=0) + dense_prompt_embeddings
-        pos_src = torch.repeat_interleave(image_pe, tokens.shape[0], dim=0)
+        n = tokens.shape[0]
+        # One prompt set (every click in the app): no copy of the 64×64 maps.
+        src = (image_embeddings if n == image_embeddings.shape[0] == 1
+               else torch.repeat_interleave(image_embeddings, n, dim=0)) + dense_prompt_embeddings
+        pos_src = image_pe if n == image_pe.shape[0] == 1 else torch.repeat_interleave(image_pe, n, dim=0)
         b, c, h, w = src.shape
         hs, src = self.transformer(src, pos_src, tokens)
         iou_out, mask_out = hs[:, 0, :], hs[:, 1:1 + self.num_mask_tokens, :]
