@@ -35,7 +35,7 @@ def _committed_errors(start_error: int, actions) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("tools", ["manual", "snap"])
+@pytest.mark.parametrize("tools", ["manual", "snap", "superpixel"])
 @pytest.mark.parametrize("start", ["empty", "noisy"])
 def test_reaches_the_target_and_every_step_lowers_the_error(tools, start):
     for seed in (0, 1):
@@ -61,7 +61,7 @@ def test_each_action_is_one_edit_of_the_app_s_document():
     # Every action is an undo step of the document; each undo took one back (it is on the redo stack,
     # or dropped by the next edit).
     assert sim.doc.undo_depth == len(kept) - undone
-    names = {"fill": "Fill", "polygon": "Polygon", "brush": "Paint", "snap": "CRF snap"}
+    names = {"fill": "Fill", "polygon": "Polygon", "brush": "Paint", "snap": "CRF snap", "superpixel": "Superpixels"}
     steps = []
     while sim.doc.can_undo:
         steps.append(sim.doc.undo_description)
@@ -125,3 +125,22 @@ def test_unknown_tool_set_and_bad_targets_are_refused():
         SimConfig(tools="magic")
     with pytest.raises(ValueError, match="targets"):
         SimConfig(targets=(1.5,))
+
+
+def test_superpixel_drags_are_undo_steps_of_whole_superpixels():
+    image, truth, first = _scene(6, "empty")
+    sim = Annotator(image, truth, first, SimConfig(tools="superpixel", max_actions=60), num_classes=3)
+    result = sim.run()
+    assert result.final_miou >= 0.9 and "superpixel" in {a.tool for a in result.actions}
+    seg = sim._seg
+    before = first.copy()
+    steps = []
+    while sim.doc.can_undo:
+        steps.append((sim.doc.undo_description, sim.doc.mask.copy()))
+        sim.doc.undo()
+    # Replaying forwards, each superpixel step changed whole superpixels only.
+    for description, after in reversed(steps):
+        if description == "Superpixels":
+            changed = np.unique(seg[after != before])
+            assert all((after[seg == k] == after[seg == k][0]).all() for k in changed.tolist())
+        before = after

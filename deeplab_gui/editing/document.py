@@ -377,6 +377,20 @@ class MaskDocument(BrushCanvas):
             return None
         return self._write(hit[0], hit[1], value, "Polygon")
 
+    def paint_region(self, region: np.ndarray, label: int, description: str = "Paint region") -> BBox | None:
+        """Set ``label`` on every pixel of the H×W bool ``region`` as one undo step (whole superpixels,
+        a selected region); every pixel of it is confirmed, relabelled or not, as a stroke's are.
+        Returns the changed box or None when nothing changed."""
+        value = check_label(label)
+        if not isinstance(region, np.ndarray) or region.shape != self.shape or region.dtype != np.bool_:
+            raise ValueError(f"region must be an H×W bool array of shape {self.shape}")
+        self.end_stroke()
+        bbox = bbox_of(region)
+        if bbox is None:
+            return None
+        y0, x0, y1, x1 = bbox
+        return self._write(bbox, region[y0:y1, x0:x1], value, description)
+
     def apply_labels(self, new_mask: np.ndarray, where: np.ndarray | None = None,
                      description: str = "") -> BBox | None:
         """Replace the labels by ``new_mask`` (everywhere, or where the H×W bool ``where`` is True) as

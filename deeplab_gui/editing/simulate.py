@@ -24,6 +24,9 @@ Policy, one *step* at a time:
      most ``snap_stroke_px`` long (a hint, not a tracing; brush radius up to the app's default,
      within the region); the CRF carries it along image edges. A snap that does not
      lower the error is undone (one keystroke) and the region gets the ``manual`` action instead.
+   - ``superpixel``: one **drag** per connected group of the superpixels (computed once per image,
+     the tool's default granularity) that belong mostly to the region's class and meet the region,
+     through their interior points (only they are painted, whole); ``manual`` where that does not help.
    A person sees where an action would land before making it, so a polygon or brush is only made when
    it lowers the error (its footprint is known from the same rasterisers the document uses); a
    region with no such action is given up and the next largest is taken.
@@ -50,10 +53,11 @@ from .document import MaskDocument
 from .klm import action_seconds
 from .raster import capsule_mask, flood_region, polygon_mask
 from .snap import prepare_snap
+from .superpixels import SuperpixelParams, compute_superpixels, paint_superpixels
 
 __all__ = ["TOOL_SETS", "Action", "Annotator", "SimConfig", "SimResult", "error_count", "image_miou"]
 
-TOOL_SETS = ("manual", "snap")
+TOOL_SETS = ("manual", "snap", "superpixel")
 
 
 def error_count(mask: np.ndarray, truth: np.ndarray) -> int:
@@ -152,6 +156,7 @@ class Annotator:
         valid = truth[truth != VOID]
         self._dominant = int(np.bincount(valid).argmax()) if valid.size else -1
         self._given_up = np.zeros(truth.shape, bool)
+        self._seg = compute_superpixels(image, SuperpixelParams()) if self.config.tools == "superpixel" else None
         self._last: tuple[str, int] | None = None
 
     # --- the loop ----------------------------------------------------------------------------------
@@ -211,6 +216,8 @@ class Annotator:
         done = self._fill(region, label)
         if done:
             return done
+        if self.config.tools == "superpixel":
+            return self._superpixels(region, label) or self._manual(region, label)
         if self.config.tools == "snap":
             snapped = self._snap(region, label)
             if snapped and snapped[-1].tool == "snap":
@@ -310,6 +317,38 @@ class Annotator:
             foot[y0:y1, x0:x1] |= inside
         return self._gain((0, 0) + self.doc.shape, foot, label)
 
+    def _superpixels(self, region: np.ndarray, label: int) -> list[Action]:
+        from scipy import ndimage
+        seg, truth = self._seg, self.truth
+        ids = np.unique(seg[region])
+        n = int(seg.max()) + 1
+        valid = truth != VOID
+        total = np.bincount(seg[valid], minlength=n)
+        mine = np.bincount(seg[valid & (truth == label)], minlength=n)
+        chosen = ids[mine[ids] * 2 > total[ids]]
+        if not chosen.size:
+            return []
+        pick = np.zeros(n, bool)
+        pick[chosen] = True
+        area = pick[seg]
+        if self._gain((0, 0) + self.doc.shape, area, label) <= 0:
+            return []
+        out = []
+        groups, count = ndimage.label(area)
+        for g in range(1, count + 1):
+            if len(out) >= self.config.max_actions:
+                break
+            points = [_interior_point(seg == k) for k in np.unique(seg[groups == g]).tolist()]
+            path = _nearest_order(points)
+            foot = np.zeros(self.doc.shape, bool)
+            foot[tuple(np.array(path).T)] = True
+            if paint_superpixels(self.doc, seg, foot, label) is None:
+                continue
+            pts = [(c + 0.5, r + 0.5) for r, c in path]
+            out.append(self._record("superpixel", label, clicks=1, drag_px=_length(pts),
+                                    segments=max(1, len(path) - 1)))
+        return out
+
     def _snap(self, region: np.ndarray, label: int) -> list[Action]:
         from scipy import ndimage
         paths = _skeleton_paths(region)
@@ -346,6 +385,15 @@ def _interior_point(region: np.ndarray) -> tuple[int, int]:
     dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
     r, c = np.unravel_index(int(dist.argmax()), dist.shape)
     return int(r), int(c)
+
+
+def _nearest_order(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The points in the order a drag visits them: from the first, always to the nearest left."""
+    left, path = list(points[1:]), [points[0]]
+    while left:
+        i = min(range(len(left)), key=lambda j: math.dist(path[-1], left[j]))
+        path.append(left.pop(i))
+    return path
 
 
 def _shoelace(contour: np.ndarray) -> float:
