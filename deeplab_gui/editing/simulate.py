@@ -38,7 +38,6 @@ never raises the error: each action lowers it, and a snap that did not is undone
 """
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -54,6 +53,14 @@ from .klm import action_seconds
 from .raster import capsule_mask, flood_region, polygon_mask
 from .snap import prepare_snap
 from .superpixels import SuperpixelParams, compute_superpixels, paint_superpixels
+from .trace import (
+    interior_point,
+    length,
+    nearest_order,
+    segments,
+    shoelace,
+    skeleton_paths,
+)
 
 __all__ = ["TOOL_SETS", "Action", "Annotator", "SimConfig", "SimResult", "error_count", "image_miou"]
 
@@ -259,7 +266,7 @@ class Annotator:
     def _fill(self, region: np.ndarray, label: int) -> list[Action]:
         """A fill where the region is closed: the area it floods has the true outline already (it
         holds no right pixel, and nearly nothing (under 2 %) of another true class)."""
-        y, x = _interior_point(region)
+        y, x = interior_point(region)
         box, inside = flood_region(self.doc.mask, x, y)
         y0, x0, y1, x1 = box
         t, m = self.truth[y0:y1, x0:x1][inside], self.doc.mask[y0:y1, x0:x1][inside]
@@ -276,7 +283,7 @@ class Annotator:
         contours = find_contours(fine, 0.5)
         if not contours:
             return []
-        outer = max(contours, key=lambda c: abs(_shoelace(c)))
+        outer = max(contours, key=lambda c: abs(shoelace(c)))
         ring = approximate_polygon(outer, tolerance=2 * self.config.simplify_px)
         # A contour point at index (r, c) of the fine grid is the image point (c + 0.5) / 2 - 1 across
         # and (r + 0.5) / 2 - 1 down (pixel edges fall on whole numbers).
@@ -293,7 +300,7 @@ class Annotator:
 
     def _brush(self, region: np.ndarray, label: int, dist: np.ndarray) -> list[Action]:
         out: list[Action] = []
-        for path in _skeleton_paths(region):
+        for path in skeleton_paths(region):
             radius = max(0.5, float(dist[tuple(np.array(path).T)].max()) - 0.5)
             pts = [(c + 0.5, r + 0.5) for r, c in path]
             best = None
@@ -307,7 +314,7 @@ class Annotator:
             for x, y in pts:
                 self.doc.stroke_to(x, y)
             self.doc.end_stroke()
-            out.append(self._record("brush", label, clicks=1, drag_px=_length(pts), segments=_segments(path)))
+            out.append(self._record("brush", label, clicks=1, drag_px=length(pts), segments=segments(path)))
         return out
 
     def _stroke_gain(self, pts: Sequence[tuple[float, float]], radius: float, label: int) -> int:
@@ -338,20 +345,20 @@ class Annotator:
         for g in range(1, count + 1):
             if len(out) >= self.config.max_actions:
                 break
-            points = [_interior_point(seg == k) for k in np.unique(seg[groups == g]).tolist()]
-            path = _nearest_order(points)
+            points = [interior_point(seg == k) for k in np.unique(seg[groups == g]).tolist()]
+            path = nearest_order(points)
             foot = np.zeros(self.doc.shape, bool)
             foot[tuple(np.array(path).T)] = True
             if paint_superpixels(self.doc, seg, foot, label) is None:
                 continue
             pts = [(c + 0.5, r + 0.5) for r, c in path]
-            out.append(self._record("superpixel", label, clicks=1, drag_px=_length(pts),
+            out.append(self._record("superpixel", label, clicks=1, drag_px=length(pts),
                                     segments=max(1, len(path) - 1)))
         return out
 
     def _snap(self, region: np.ndarray, label: int) -> list[Action]:
         from scipy import ndimage
-        paths = _skeleton_paths(region)
+        paths = skeleton_paths(region)
         if not paths:
             return []
         path = max(paths, key=len)
@@ -372,73 +379,8 @@ class Annotator:
                            self.num_classes, radius, self.doc.mask)
         if job.apply(self.doc, job.labels()) is None:
             return []
-        snap = self._record("snap", label, clicks=1, drag_px=_length(pts), segments=_segments(path))
+        snap = self._record("snap", label, clicks=1, drag_px=length(pts), segments=segments(path))
         if snap.error_after < before:
             return [snap]
         self.doc.undo()
         return [snap, self._record("undo", label, clicks=0, keys=1)]
-
-
-def _interior_point(region: np.ndarray) -> tuple[int, int]:
-    """(row, col) of the region pixel farthest from its border."""
-    from scipy import ndimage
-    dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-    r, c = np.unravel_index(int(dist.argmax()), dist.shape)
-    return int(r), int(c)
-
-
-def _nearest_order(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The points in the order a drag visits them: from the first, always to the nearest left."""
-    left, path = list(points[1:]), [points[0]]
-    while left:
-        i = min(range(len(left)), key=lambda j: math.dist(path[-1], left[j]))
-        path.append(left.pop(i))
-    return path
-
-
-def _shoelace(contour: np.ndarray) -> float:
-    y, x = contour[:, 0], contour[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
-
-
-def _length(pts: Sequence[tuple[float, float]]) -> float:
-    return float(sum(math.dist(a, b) for a, b in itertools.pairwise(pts)))
-
-
-def _segments(path: list[tuple[int, int]]) -> int:
-    """Straight segments a person would draw the path as (Douglas-Peucker at 2 px)."""
-    if len(path) < 3:
-        return 1
-    from skimage.measure import approximate_polygon
-    return max(1, len(approximate_polygon(np.array(path, float), tolerance=2.0)) - 1)
-
-
-def _skeleton_paths(region: np.ndarray, min_len: int = 3) -> list[list[tuple[int, int]]]:
-    """The region's skeleton as stroke paths ((row, col) lists), longest branches first: walk from an
-    end point along unvisited 8-neighbours until stuck, repeat. Spurs shorter than ``min_len`` are
-    dropped unless nothing else is left."""
-    from skimage.morphology import skeletonize
-    skel = skeletonize(region)
-    left = {(int(r), int(c)) for r, c in zip(*np.nonzero(skel))}
-    if not left:
-        return []
-    steps = [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)]
-
-    def degree(p):
-        return sum((p[0] + dr, p[1] + dc) in left for dr, dc in steps)
-
-    paths = []
-    while left:
-        start = min(left, key=lambda p: (degree(p), p))
-        path, p = [start], start
-        left.discard(start)
-        while True:
-            nxt = next(((p[0] + dr, p[1] + dc) for dr, dc in steps if (p[0] + dr, p[1] + dc) in left), None)
-            if nxt is None:
-                break
-            path.append(nxt)
-            left.discard(nxt)
-            p = nxt
-        paths.append(path)
-    paths.sort(key=len, reverse=True)
-    return [p for p in paths if len(p) >= min_len] or paths[:1]
