@@ -8,13 +8,11 @@ than 2 % between logit thresholds ±0.05), as the authors' image predictor is bu
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sam_parts import LayerNorm2d
+from .sam_parts import LayerNorm2d, PositionEmbeddingRandom
 
 __all__ = ["MLP", "MaskDecoder", "PromptEncoder", "TwoWayTransformer"]
 
@@ -38,33 +36,6 @@ class MLP(nn.Module):
         return torch.sigmoid(x) if self.sigmoid_output else x
 
 
-class PositionEmbeddingRandom(nn.Module):
-    """Fourier features of (x, y) in [0, 1] through a fixed random 2×(C/2) matrix (a stored buffer)."""
-
-    def __init__(self, num_pos_feats: int) -> None:
-        super().__init__()
-        self.register_buffer("positional_encoding_gaussian_matrix", torch.randn((2, num_pos_feats)))
-
-    def _encode(self, coords: torch.Tensor) -> torch.Tensor:
-        coords = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix
-        coords = 2 * math.pi * coords
-        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
-
-    def grid(self, h: int, w: int) -> torch.Tensor:
-        """C×h×w encoding of the cell centres."""
-        g = torch.ones((h, w), device=self.positional_encoding_gaussian_matrix.device, dtype=torch.float32)
-        y = (g.cumsum(dim=0) - 0.5) / h
-        x = (g.cumsum(dim=1) - 0.5) / w
-        return self._encode(torch.stack([x, y], dim=-1)).permute(2, 0, 1)
-
-    def points(self, coords: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """B×N×2 (x, y) in an image of ``size`` (h, w) → B×N×C."""
-        c = coords.clone()
-        c[..., 0] = c[..., 0] / size[1]
-        c[..., 1] = c[..., 1] / size[0]
-        return self._encode(c.float())
-
-
 class PromptEncoder(nn.Module):
     """Points (labels 1 positive, 0 negative, 2/3 box corners, -1 padding) and a low-res mask → the
     decoder's sparse tokens and dense embedding."""
@@ -83,7 +54,7 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def dense_pe(self) -> torch.Tensor:
-        return self.pe_layer.grid(self.embedding_size, self.embedding_size)[None]
+        return self.pe_layer((self.embedding_size, self.embedding_size))[None]
 
     def forward(self, points: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +63,7 @@ class PromptEncoder(nn.Module):
         b = points.shape[0]
         points = torch.cat([points + 0.5, torch.zeros((b, 1, 2), device=points.device)], dim=1)
         labels = torch.cat([labels, -torch.ones((b, 1), device=labels.device, dtype=labels.dtype)], dim=1)
-        emb = self.pe_layer.points(points, (self.image_size, self.image_size))
+        emb = self.pe_layer.forward_with_coords(points, (self.image_size, self.image_size))
         lab = labels[..., None]
         emb = torch.where(lab == -1, torch.zeros_like(emb) + self.not_a_point_embed.weight, emb)
         for i in range(4):
