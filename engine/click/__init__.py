@@ -20,7 +20,18 @@ from .registry import (
 )
 
 __all__ = [
-    "LOW_RES", "ClickModel", "ClickSpec", "ClickPredictor", "ClickPrediction", "ClickEmbedding",
-    "list_click_models", "load_click_model", "build_click_model", "click_spec", "detect_click_model",
-    "expected_click_shapes", "register_click_model", "click_limit",
+    "LOW_RES",
+    "ClickEmbedding",
+    "ClickModel",
+    "ClickPrediction",
+    "ClickPredictor",
+    "ClickSpec",
+    "build_click_model",
+    "click_limit",
+    "click_spec",
+    "detect_click_model",
+    "expected_click_shapes",
+    "list_click_models",
+    "load_click_model",
+    "register_click_model",
 ]

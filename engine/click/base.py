@@ -8,6 +8,8 @@ decoder run per click. :class:`ClickModel` fixes the seams between the family-sp
   the image occupies inside it (``input_size``), exactly as the family's own predictor prepares it;
 - :meth:`ClickModel.encode`: that tensor → the embedding, a dict of tensors (SAM: the 64×64 image
   embedding; SAM 2.1: that plus its two high-resolution feature maps);
+- :meth:`ClickModel.prepare`: the embedding → whatever the decoder can compute from it before any
+  prompt (kept by the predictor with the embedding, never stored: it is derived);
 - :meth:`ClickModel.transform_coords`: image-pixel (x, y) points → the decoder's frame;
 - :meth:`ClickModel.decode`: embedding + prompts → 1×K×256×256 low-resolution mask logits and 1×K
   predicted IoU, in the family's own order (K = 3 with ``multimask``, else 1);
@@ -19,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
-__all__ = ["ClickModel", "LOW_RES"]
+__all__ = ["LOW_RES", "ClickModel"]
 
 LOW_RES = 256   # side of the decoder's mask logits (and of ``mask_input``)
 
@@ -48,6 +50,11 @@ class ClickModel(nn.Module):
         """The image embedding of a preprocessed batch of one."""
         raise NotImplementedError
 
+    def prepare(self, features: dict[str, torch.Tensor]) -> object | None:
+        """Prompt-independent decoder work for this embedding, handed back to :meth:`decode` as
+        ``prepared`` on every click (None: nothing to prepare). Must not change any result."""
+        return None
+
     def transform_coords(self, xy: np.ndarray, original_size: tuple[int, int],
                          input_size: tuple[int, int]) -> np.ndarray:
         """N×2 (x, y) image pixels → the decoder's coordinates (float32)."""
@@ -55,9 +62,10 @@ class ClickModel(nn.Module):
 
     def decode(self, features: dict[str, torch.Tensor], points: torch.Tensor | None,
                labels: torch.Tensor | None, box: torch.Tensor | None, mask_input: torch.Tensor | None,
-               multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+               multimask: bool, prepared: object | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts in the decoder's frame (points 1×N×2, labels 1×N, box 1×4, mask_input 1×1×256×256)
-        → (1×K×256×256 logits, 1×K predicted IoU)."""
+        → (1×K×256×256 logits, 1×K predicted IoU). ``prepared``: what :meth:`prepare` returned for
+        these ``features`` (or None: the same result, computed from scratch)."""
         raise NotImplementedError
 
     def postprocess(self, low_res: torch.Tensor, input_size: tuple[int, int],

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sam2_parts import MLP
+from .sam_parts import MLP
 
 __all__ = ["FpnNeck", "Hiera", "HieraConfig", "ImageEncoder", "sine_position_encoding"]
 

@@ -16,9 +16,14 @@ import torch
 from ..checkpoints.formats import SkipRandomInit
 from ..checkpoints.limits import LIMIT_SLACK, CheckpointError
 from .base import ClickModel
-from .registry import click_spec, expected_click_shapes, largest_click_bytes, list_click_models
+from .registry import (
+    click_spec,
+    expected_click_shapes,
+    largest_click_bytes,
+    list_click_models,
+)
 
-__all__ = ["load_click_model", "detect_click_model", "click_limit"]
+__all__ = ["click_limit", "detect_click_model", "load_click_model"]
 
 Shape = tuple[int, ...]
 
@@ -84,7 +89,7 @@ def load_click_model(path: str | os.PathLike, *, arch: str | None = None, device
     from ..checkpoints.io import read_checkpoint
     path = Path(path)
     raw = read_checkpoint(path, max_bytes=click_limit())
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in raw.state_dict.items()}
+    sd = {k.removeprefix("module."): v for k, v in raw.state_dict.items()}
     name = detect_click_model(sd, path, arch)
     with SkipRandomInit():   # every weight is overwritten by the strict load below
         model = click_spec(name).builder()

@@ -16,7 +16,7 @@ import torch
 
 from .base import LOW_RES, ClickModel
 
-__all__ = ["ClickPredictor", "ClickPrediction", "ClickEmbedding"]
+__all__ = ["ClickEmbedding", "ClickPrediction", "ClickPredictor"]
 
 
 @dataclass
@@ -60,6 +60,7 @@ class ClickPredictor:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.eval().to(self.device)
         self._features: dict[str, torch.Tensor] | None = None
+        self._prepared: object | None = None     # the model's per-image decoder work (ClickModel.prepare)
         self._original: tuple[int, int] | None = None
         self._input: tuple[int, int] | None = None
 
@@ -83,10 +84,15 @@ class ClickPredictor:
         # Contiguous once per image: the decoder then sees the same memory layout as after set_embedding
         # (and gives the same bits).
         self._features = {k: v.float().contiguous() for k, v in feats.items()}
+        self._prepare()
         self._original, self._input = (int(img.shape[0]), int(img.shape[1])), (int(input_size[0]), int(input_size[1]))
 
+    def _prepare(self) -> None:
+        with torch.inference_mode():
+            self._prepared = self.model.prepare(self._features)
+
     def reset_image(self) -> None:
-        self._features = self._original = self._input = None
+        self._features = self._prepared = self._original = self._input = None
 
     def get_embedding(self) -> ClickEmbedding:
         if self._features is None:
@@ -100,6 +106,7 @@ class ClickPredictor:
             raise ValueError(f"the embedding was computed by {embedding.model}, not {self.model.name}")
         self._features = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(self.device)
                           for k, v in embedding.features.items()}
+        self._prepare()
         self._original = tuple(int(v) for v in embedding.original_size)
         self._input = tuple(int(v) for v in embedding.input_size)
 
@@ -135,7 +142,9 @@ class ClickPredictor:
                 raise ValueError(f"mask_input must be 1×{LOW_RES}×{LOW_RES} low-resolution logits, got {a.shape}")
             mi = torch.from_numpy(a.reshape(1, 1, LOW_RES, LOW_RES)).to(dev)
         with torch.inference_mode():
-            low, iou = m.decode(self._features, pts, lbl, bx, mi, bool(multimask))
+            # (only models that prepare anything take ``prepared``)
+            extra = {} if self._prepared is None else {"prepared": self._prepared}
+            low, iou = m.decode(self._features, pts, lbl, bx, mi, bool(multimask), **extra)
             full = m.postprocess(low, self._input, self._original)
             if m.low_res_limit is not None:
                 low = low.clamp(-m.low_res_limit, m.low_res_limit)

@@ -15,8 +15,15 @@ import torch
 
 from .base import ClickModel
 
-__all__ = ["ClickSpec", "register_click_model", "list_click_models", "click_spec", "build_click_model",
-           "expected_click_shapes", "largest_click_bytes"]
+__all__ = [
+    "ClickSpec",
+    "build_click_model",
+    "click_spec",
+    "expected_click_shapes",
+    "largest_click_bytes",
+    "list_click_models",
+    "register_click_model",
+]
 
 Shape = tuple[int, ...]
 
@@ -75,7 +82,7 @@ def build_click_model(name: str) -> ClickModel:
     return click_spec(name).builder().eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def expected_click_shapes(name: str) -> dict[str, Shape]:
     """The state-dict keys and shapes of ``name`` (built on the meta device: no memory, no time)."""
     from ..checkpoints.formats import SkipRandomInit

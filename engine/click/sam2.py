@@ -112,7 +112,7 @@ class SAM2(ClickModel):
 
     def decode(self, features: dict[str, torch.Tensor], points: torch.Tensor | None,
                labels: torch.Tensor | None, box: torch.Tensor | None, mask_input: torch.Tensor | None,
-               multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+               multimask: bool, prepared: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         pts, lbl = [], []
         if box is not None:
             pts.append(box.reshape(-1, 2, 2))
@@ -124,7 +124,14 @@ class SAM2(ClickModel):
             raise ValueError("SAM 2.1 needs at least one point or a box")
         sparse, dense = self.sam_prompt_encoder(torch.cat(pts, dim=1), torch.cat(lbl, dim=1), mask_input)
         return self.sam_mask_decoder(features["image_embed"], self.sam_prompt_encoder.dense_pe(), sparse, dense,
-                                     (features["high_res_s0"], features["high_res_s1"]), multimask)
+                                     (features["high_res_s0"], features["high_res_s1"]), multimask,
+                                     prepared=prepared, dense_is_no_mask=mask_input is None)
+
+    def prepare(self, features: dict[str, torch.Tensor]) -> dict[str, object]:
+        pe = self.sam_prompt_encoder
+        return self.sam_mask_decoder.prepare(features["image_embed"], pe.dense_pe(),
+                                             pe.no_mask_embed.weight.reshape(1, -1, 1, 1),
+                                             (features["high_res_s0"], features["high_res_s1"]))
 
     def postprocess(self, low_res: torch.Tensor, input_size: tuple[int, int],
                     original_size: tuple[int, int]) -> torch.Tensor:

@@ -9,31 +9,19 @@ than 2 % between logit thresholds ±0.05), as the authors' image predictor is bu
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .sam_parts import LayerNorm2d, PositionEmbeddingRandom
+from .sam_parts import (
+    MLP,
+    ImageSide,
+    LayerNorm2d,
+    PositionEmbeddingRandom,
+    TwoWayTransformer,
+    block_order,
+    upscale_masks,
+)
 
-__all__ = ["MLP", "MaskDecoder", "PromptEncoder", "TwoWayTransformer"]
-
-
-class MLP(nn.Module):
-    """``num_layers`` linear layers with ``activation`` between them (keys ``layers.N``)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int,
-                 activation: type[nn.Module] = nn.ReLU, sigmoid_output: bool = False) -> None:
-        super().__init__()
-        h = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
-        self.act = activation()
-        self.sigmoid_output = sigmoid_output
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = self.act(x)
-        return torch.sigmoid(x) if self.sigmoid_output else x
+__all__ = ["MaskDecoder", "PromptEncoder", "sam2_transformer"]
 
 
 class PromptEncoder(nn.Module):
@@ -54,7 +42,7 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def dense_pe(self) -> torch.Tensor:
-        return self.pe_layer((self.embedding_size, self.embedding_size))[None]
+        return self.pe_layer.grid((self.embedding_size, self.embedding_size))
 
     def forward(self, points: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,74 +64,10 @@ class PromptEncoder(nn.Module):
         return emb, dense
 
 
-class Attention(nn.Module):
-    """Multi-head attention whose q/k/v are projected to ``embedding_dim / downsample_rate``."""
-
-    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
-        super().__init__()
-        inner = embedding_dim // downsample_rate
-        self.num_heads = num_heads
-        self.q_proj = nn.Linear(embedding_dim, inner)
-        self.k_proj = nn.Linear(embedding_dim, inner)
-        self.v_proj = nn.Linear(embedding_dim, inner)
-        self.out_proj = nn.Linear(inner, embedding_dim)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out = F.scaled_dot_product_attention(self._heads(self.q_proj(q)), self._heads(self.k_proj(k)),
-                                             self._heads(self.v_proj(v)))
-        b, h, n, c = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
-
-
-class TwoWayAttentionBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, skip_first_layer_pe: bool) -> None:
-        super().__init__()
-        self.self_attn = Attention(dim, num_heads)
-        self.norm1 = nn.LayerNorm(dim)
-        self.cross_attn_token_to_image = Attention(dim, num_heads, downsample_rate=2)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_dim, dim, 2, activation=nn.ReLU)
-        self.norm3 = nn.LayerNorm(dim)
-        self.norm4 = nn.LayerNorm(dim)
-        self.cross_attn_image_to_token = Attention(dim, num_heads, downsample_rate=2)
-        self.skip_first_layer_pe = skip_first_layer_pe
-
-    def forward(self, queries, keys, query_pe, key_pe):
-        if self.skip_first_layer_pe:   # the first layer's queries are the prompt tokens themselves
-            queries = self.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
-        queries = self.norm1(queries)
-        q, k = queries + query_pe, keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
-        queries = self.norm3(queries + self.mlp(queries))
-        q, k = queries + query_pe, keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
-        return queries, keys
-
-
-class TwoWayTransformer(nn.Module):
-    """Tokens and image attend to each other ``depth`` times, then the tokens once more."""
-
-    def __init__(self, depth: int = 2, dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(TwoWayAttentionBlock(dim, num_heads, mlp_dim, i == 0) for i in range(depth))
-        self.final_attn_token_to_image = Attention(dim, num_heads, downsample_rate=2)
-        self.norm_final_attn = nn.LayerNorm(dim)
-
-    def forward(self, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor):
-        keys = image.flatten(2).permute(0, 2, 1)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
-        queries = tokens
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, tokens, key_pe)
-        queries = queries + self.final_attn_token_to_image(queries + tokens, keys + key_pe, keys)
-        return self.norm_final_attn(queries), keys
+def sam2_transformer(dim: int = 256) -> TwoWayTransformer:
+    """SAM's two-way transformer with SAM 2.1's token MLP (keys ``mlp.layers.N``)."""
+    return TwoWayTransformer(depth=2, embedding_dim=dim, num_heads=8, mlp_dim=2048,
+                             mlp=lambda d, hidden: MLP(d, hidden, d, 2, activation=nn.ReLU))
 
 
 class MaskDecoder(nn.Module):
@@ -153,7 +77,7 @@ class MaskDecoder(nn.Module):
     def __init__(self, dim: int = 256, stability_delta: float = 0.05, stability_thresh: float = 0.98) -> None:
         super().__init__()
         self.num_mask_tokens = 4
-        self.transformer = TwoWayTransformer(dim=dim)
+        self.transformer = sam2_transformer(dim)
         self.iou_token = nn.Embedding(1, dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
         self.obj_score_token = nn.Embedding(1, dim)
@@ -168,25 +92,39 @@ class MaskDecoder(nn.Module):
         self.pred_obj_score_head = MLP(dim, dim, 1, 3)
         self.stability_delta, self.stability_thresh = stability_delta, stability_thresh
 
+    def prepare(self, image: torch.Tensor, image_pe: torch.Tensor, no_mask: torch.Tensor,
+                high_res: tuple[torch.Tensor, torch.Tensor]) -> dict[str, object]:
+        """What every click on this image shares: the image rows with the no-mask embedding
+        (:class:`~engine.click.sam_parts.ImageSide`, projected) and the high-resolution features in
+        the upscaling's row order."""
+        return {"side": self.transformer.image_side(image + no_mask, image_pe, project=True),
+                "skip0": block_order(high_res[0], 2), "skip1": block_order(high_res[1], 1)}
+
     def forward(self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
-                high_res: tuple[torch.Tensor, torch.Tensor], multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                high_res: tuple[torch.Tensor, torch.Tensor], multimask: bool, prepared: dict | None = None,
+                dense_is_no_mask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``prepared``: :meth:`prepare`'s result for this image; its image rows are used only when
+        ``dense_is_no_mask`` (no mask prompt)."""
         out_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat((out_tokens[None].expand(sparse.shape[0], -1, -1), sparse), dim=1)
-        src = image + dense
-        b, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe.expand(tokens.shape[0], -1, -1, -1), tokens)
+        side: ImageSide | None = prepared["side"] if prepared and dense_is_no_mask else None
+        if side is None:
+            side = self.transformer.image_side(image + dense, image_pe)
+        hs, keys = self.transformer(side, tokens, keep=2 + self.num_mask_tokens)
         iou_out, mask_out = hs[:, 1], hs[:, 2:2 + self.num_mask_tokens]
-        src = src.transpose(1, 2).reshape(b, c, h, w)
-        dc1, ln1, act1, dc2, act2 = self.output_upscaling
-        feat_s0, feat_s1 = high_res
-        up = act1(ln1(dc1(src) + feat_s1))
-        up = act2(dc2(up) + feat_s0)
-        hyper = torch.stack([mlp(mask_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
-        b, c, h, w = up.shape
-        masks = (hyper @ up.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        if prepared:
+            skip0, skip1 = prepared["skip0"], prepared["skip1"]
+        else:
+            skip0, skip1 = block_order(high_res[0], 2), block_order(high_res[1], 1)
+        n = keys.shape[0]
+        # Multimask answers are tokens 1..3; a single answer may fall back on them, so needs all four.
+        mlps = list(enumerate(self.output_hypernetworks_mlps))[1 if multimask else 0:]
+        hyper = torch.stack([mlp(mask_out[:, i]) for i, mlp in mlps], dim=1)
+        masks = upscale_masks(keys, side.hw, self.output_upscaling, hyper,
+                              skip1.expand(n, *skip1.shape[1:]), skip0.expand(n, *skip0.shape[1:]))
         iou = self.iou_prediction_head(iou_out)
         if multimask:
-            return masks[:, 1:], iou[:, 1:]
+            return masks, iou[:, 1:]
         return self._stable_single(masks, iou)
 
     def _stable_single(self, masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
