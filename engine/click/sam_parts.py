@@ -270,7 +270,7 @@ class Attention(nn.Module):
         bias = torch.einsum("bhnd,hd->bhn", kh, bq).reshape(b, h * n, 1)
         # Scores laid out B×h×n×N: softmax over the n tokens of each row is then a reduction over a
         # middle axis, several times faster than over a last axis of 5-15.
-        scores = torch.baddbmm(bias, m, q.transpose(1, 2)).view(b, h, n, -1)
+        scores = torch.bmm(m, q.transpose(1, 2)).add_(bias).view(b, h, n, -1)
         return self._weigh_tokens(torch.softmax(scores, dim=2), v, residual)
 
     def projected_image_to_tokens(self, qp: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
