@@ -1,4 +1,5 @@
-"""The annotation store: class list, per-image status, user masks, cached probabilities, checkpoints.
+"""The annotation store: class list, per-image status, user masks, cached probabilities and click
+embeddings, checkpoints.
 
 One store per image folder, in the sidecar folder ``<folder>/.deeplab-gui/`` (layout, formats and
 guarantees are documented in the README's "Annotation store" section).  Rules it keeps:
@@ -27,6 +28,7 @@ import numpy as np
 
 from ..fileio import atomic_write_bytes
 from .effort import EffortMethods
+from .embcache import DEFAULT_EMBEDDINGS_BUDGET, EmbeddingCache, EmbeddingMethods
 from .format import (
     PROTECTED,
     LabelClass,
@@ -60,20 +62,21 @@ __all__ = [
 DEFAULT_PROBS_BUDGET = 4 << 30  # bytes of cached probabilities kept before the least recently used go
 
 
-class AnnotationStore(MaskMethods, RepairMethods, EffortMethods):
+class AnnotationStore(MaskMethods, RepairMethods, EffortMethods, EmbeddingMethods):
     """The annotations of one image folder.  Open with :meth:`open`; close (or ``with``) when done.
 
     Thread-safe: the GUI's autosave, a background pre-labelling worker and the UI may call it at once.
     """
 
     def __init__(self, folder: Path, root: Path, *, read_only: bool, notice: str | None,
-                 recursive: bool, probs_budget: int) -> None:
+                 recursive: bool, probs_budget: int, embeddings_budget: int = DEFAULT_EMBEDDINGS_BUDGET) -> None:
         self.folder = folder
         self.root = root
         self.read_only = read_only
         self.notice = notice
         self.recursive = recursive
         self.probs_budget = probs_budget
+        self.embeddings_budget = embeddings_budget
         self._mutex = threading.RLock()
         self._lock = InstanceLock(root / "lock", label=str(folder))
         self._db: sqlite3.Connection | None = None
@@ -82,26 +85,29 @@ class AnnotationStore(MaskMethods, RepairMethods, EffortMethods):
         self._classes: list[LabelClass] = default_classes()
         self._sizes: dict[str, tuple[int, int, int, int]] = {}  # id -> (bytes, mtime_ns, h, w)
         self._probs = ProbCache(root / "probs", None, probs_budget)
+        self._embeddings = EmbeddingCache(root / "embeddings", None, embeddings_budget)
         self.scan_result: ScanResult | None = None
         self.masks_beyond_classes: dict[str, int] = {}  # id -> highest class index beyond the list
 
     # ------------------------------------------------------------------ opening and closing
     @classmethod
     def open(cls, folder: str | os.PathLike, *, read_only: bool = False, recursive: bool | None = None,
-             scan: bool = True, probs_budget: int = DEFAULT_PROBS_BUDGET) -> "AnnotationStore":
+             scan: bool = True, probs_budget: int = DEFAULT_PROBS_BUDGET,
+             embeddings_budget: int = DEFAULT_EMBEDDINGS_BUDGET) -> "AnnotationStore":
         """Open (creating if needed) the store of ``folder``.
 
         Raises :class:`StoreLockedError` when another instance has it open (``read_only=True`` still
         works then), ``NotADirectoryError``/``FileNotFoundError`` for a bad folder.
         ``recursive``: include sub-folders; None keeps what the store used last time (default False).
         ``scan``: list the folder's images now (else call :meth:`scan` later, e.g. off the UI thread).
+        ``probs_budget``, ``embeddings_budget``: bytes of cached probabilities and click embeddings kept.
         """
         folder = Path(folder).expanduser().resolve()
         if not folder.is_dir():
             raise (NotADirectoryError if folder.exists() else FileNotFoundError)(f"{folder}: not a folder")
         root, notice, read_only = locate_store(folder, read_only=read_only)
         store = cls(folder, root, read_only=read_only, notice=notice, recursive=bool(recursive),
-                    probs_budget=probs_budget)
+                    probs_budget=probs_budget, embeddings_budget=embeddings_budget)
         try:
             store._open(recursive)
             if scan:
@@ -122,6 +128,8 @@ class AnnotationStore(MaskMethods, RepairMethods, EffortMethods):
             remove_orphan_temps(self.root)  # we hold the lock: any temp file is a dead writer's
         self._db, lost = self._connect()
         self._probs = ProbCache(self.root / "probs", None if self.read_only else self._db, self.probs_budget)
+        self._embeddings = EmbeddingCache(self.root / "embeddings", None if self.read_only else self._db,
+                                          self.embeddings_budget)
         rows = self._db.execute("SELECT id, status, error FROM images").fetchall() if self._db else []
         for image_id, status, error in rows:
             try:
