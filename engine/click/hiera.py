@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .sam import window_partition, window_unpartition
 from .sam_parts import MLP
 
 __all__ = ["FpnNeck", "Hiera", "HieraConfig", "ImageEncoder", "sine_position_encoding"]
@@ -42,26 +43,6 @@ class HieraConfig:
     def channel_list(self) -> list[int]:
         """Output widths of the four stages, coarsest first (the neck's ``backbone_channel_list``)."""
         return [int(self.embed_dim * self.dim_mul ** i) for i in range(len(self.stages))][::-1]
-
-
-def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """B×H×W×C → (B·nW)×window×window×C, zero-padding bottom/right to a multiple of ``window``."""
-    b, h, w, c = x.shape
-    ph, pw = (window - h % window) % window, (window - w % window) % window
-    if ph or pw:
-        x = F.pad(x, (0, 0, 0, pw, 0, ph))
-    hp, wp = h + ph, w + pw
-    x = x.view(b, hp // window, window, wp // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c), (hp, wp)
-
-
-def window_unpartition(x: torch.Tensor, window: int, padded: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`window_partition`, dropping the padding."""
-    hp, wp = padded
-    b = x.shape[0] // (hp * wp // window // window)
-    x = x.reshape(b, hp // window, wp // window, window, window, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
-    return x[:, :hw[0], :hw[1], :] if (hp > hw[0] or wp > hw[1]) else x
 
 
 def _pool(x: torch.Tensor, pool: nn.Module | None) -> torch.Tensor:

@@ -50,10 +50,11 @@ def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[
 
 def window_unpartition(windows: torch.Tensor, window: int, pad_hw: tuple[int, int], hw: tuple[int, int]
                        ) -> torch.Tensor:
+    """Inverse of :func:`window_partition`, dropping the padding (SAM's ViT and Hiera share both)."""
     hp, wp = pad_hw
     h, w = hw
     b = windows.shape[0] // (hp * wp // window // window)
-    x = windows.view(b, hp // window, wp // window, window, window, -1)
+    x = windows.reshape(b, hp // window, wp // window, window, window, -1)
     x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
     return x[:, :h, :w, :].contiguous() if hp > h or wp > w else x
 
