@@ -428,7 +428,7 @@ def _deconv_weights(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tenso
     return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)
 
 
-UPSCALE_ROWS = 512   # image rows per pass of upscale_masks: its intermediates stay in a core's cache
+UPSCALE_ROWS = 512   # image rows per CPU pass of upscale_masks: its intermediates stay in a core's cache
 
 
 def upscale_masks(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.Sequential, hyper: torch.Tensor,
@@ -450,10 +450,11 @@ def upscale_masks(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.Sequent
     w2, b2 = _deconv_weights(dc2)
     c4, c8 = w1.shape[1] // 4, w2.shape[1] // 4
     out = keys.new_empty((b, n * 16, k))
+    step = UPSCALE_ROWS if keys.device.type == "cpu" else n   # a GPU wants one big pass, not eight launches
     for i in range(b):
         hyper_t = hyper[i].transpose(0, 1)
-        for s in range(0, n, UPSCALE_ROWS):
-            e = min(n, s + UPSCALE_ROWS)
+        for s in range(0, n, step):
+            e = min(n, s + step)
             x = torch.addmm(b1, keys[i, s:e], w1).view(-1, 2, 2, c4)
             if skip1 is not None:
                 x += skip1[i, s:e]
