@@ -1,0 +1,256 @@
+"""Click to correct, without Qt: click-model sessions, a region's class, CRF edge polish, CRF clicks.
+
+:class:`ClickSession` keeps one object's prompts (positive and negative points, a box) and asks a
+click predictor (``engine.ClickPredictor`` or anything with its ``predict``) for candidate masks after
+each one, feeding the shown candidate's low-resolution logits back as the next round's mask input.
+:func:`region_class` proposes the region's class from the segmentation model's probabilities,
+:func:`polish_edges` lets the dense CRF move the region's border a few pixels onto image edges,
+:func:`crf_click_region` is the weight-free click (a small seed carried by the CRF along image edges)
+and :func:`accept_region` writes a region into the document as one undo step of a person's labels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine import VOID
+
+from .raster import BBox, bbox_of
+from .snap import SnapJob, grow_from
+
+__all__ = ["CLICK_DESCRIPTION", "CRF_CLICK_DESCRIPTION", "Candidate", "ClickSession", "accept_region",
+           "crf_click_region", "polish_edges", "region_class"]
+
+CLICK_DESCRIPTION = "Click region"
+CRF_CLICK_DESCRIPTION = "CRF click"
+SEED_RADIUS = 3          # px: the disc a CRF click marks as the clicked class
+_PROB_FLOOR = 1e-8       # log-probabilities are taken of at least this (a class ruled out stays finite)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One mask the click model proposes: H×W bool and its predicted IoU."""
+    mask: np.ndarray
+    score: float
+
+
+class ClickSession:
+    """The prompts for one object and the candidates they give.
+
+    ``predictor``: has ``predict(points, labels, box, mask_input, multimask)`` returning masks K×H×W,
+    scores K and low_res_logits K×256×256 (``engine.ClickPredictor`` after ``set_image``).
+    ``shape``: the image's (H, W). One call at a time (the app runs it in its worker queue).
+
+    The first prompt, a single point, is ambiguous (a part or the whole?), so it asks for three
+    candidates as the model's authors advise; once there are more prompts (or a box, which is not
+    ambiguous) one mask is asked for. Candidates are shown best score first; :meth:`cycle` steps.
+    """
+
+    def __init__(self, predictor: Any, shape: tuple[int, int]) -> None:
+        self.predictor = predictor
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every prompt and candidate (a new object)."""
+        self._points: list[tuple[float, float]] = []
+        self._labels: list[int] = []
+        self._box: tuple[float, float, float, float] | None = None
+        self._candidates: list[Candidate] = []
+        self._logits: np.ndarray | None = None     # K×256×256, in the candidates' order
+        self._index = 0
+
+    @property
+    def points(self) -> np.ndarray:
+        """N×2 float (x, y) of the clicks so far."""
+        return np.array(self._points, dtype=np.float64).reshape(-1, 2)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """N int: 1 for a positive click, 0 for a negative one."""
+        return np.array(self._labels, dtype=np.int64)
+
+    @property
+    def box(self) -> tuple[float, float, float, float] | None:
+        return self._box
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return list(self._candidates)
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def current(self) -> Candidate | None:
+        return self._candidates[self._index] if self._candidates else None
+
+    def _check_xy(self, x: float, y: float) -> tuple[float, float]:
+        h, w = self.shape
+        if not (np.isfinite(x) and np.isfinite(y) and 0 <= x < w and 0 <= y < h):
+            raise ValueError(f"point ({x}, {y}) is outside the {w}x{h} image")
+        return float(x), float(y)
+
+    def add_point(self, x: float, y: float, positive: bool = True) -> list[Candidate]:
+        """Add a click at image pixel (x, y) and re-predict with every prompt so far."""
+        self._points.append(self._check_xy(x, y))
+        self._labels.append(1 if positive else 0)
+        return self._predict()
+
+    def set_box(self, x0: float, y0: float, x1: float, y1: float) -> list[Candidate]:
+        """Set (or replace) the box around the object and re-predict."""
+        h, w = self.shape
+        xa, xb = sorted((float(np.clip(x0, 0, w)), float(np.clip(x1, 0, w))))
+        ya, yb = sorted((float(np.clip(y0, 0, h)), float(np.clip(y1, 0, h))))
+        if xb - xa < 1 or yb - ya < 1:
+            raise ValueError(f"box ({x0}, {y0}, {x1}, {y1}) is empty within the {w}x{h} image")
+        self._box = (xa, ya, xb, yb)
+        return self._predict()
+
+    def cycle(self) -> int:
+        """Show the next candidate (Tab); returns its index (0 when there is none)."""
+        if self._candidates:
+            self._index = (self._index + 1) % len(self._candidates)
+        return self._index
+
+    def _predict(self) -> list[Candidate]:
+        single_point = len(self._points) == 1 and self._box is None
+        shown = None if self._logits is None else self._logits[self._index][None]
+        pred = self.predictor.predict(points=self.points if self._points else None,
+                                      labels=self.labels if self._points else None, box=self._box,
+                                      mask_input=shown, multimask=single_point)
+        masks = np.asarray(pred.masks, dtype=bool)
+        scores = np.asarray(pred.scores, dtype=np.float64).reshape(-1)
+        if masks.ndim != 3 or masks.shape[1:] != self.shape or len(scores) != masks.shape[0]:
+            raise ValueError(f"the click model returned masks {masks.shape} for a {self.shape} image")
+        order = np.argsort(-scores, kind="stable")
+        self._candidates = [Candidate(masks[k], float(scores[k])) for k in order.tolist()]
+        self._logits = np.asarray(pred.low_res_logits, dtype=np.float32)[order]
+        self._index = 0
+        return list(self._candidates)
+
+
+def _grid_weights(mask: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the ``grid`` cells the mask's pixels fall in, and how many fall in each (a
+    pixel belongs to the cell its centre lands in, as the bilinear resize places it)."""
+    H, W = mask.shape
+    h, w = grid
+    ys, xs = np.nonzero(mask)
+    gy = np.minimum(((ys + 0.5) * h / H).astype(np.int64), h - 1)
+    gx = np.minimum(((xs + 0.5) * w / W).astype(np.int64), w - 1)
+    cells, counts = np.unique(gy * w + gx, return_counts=True)
+    return cells, counts
+
+
+def region_class(probs: np.ndarray | None, mask: np.ndarray, default: int) -> int:
+    """The class whose summed log-probability over ``mask`` (H×W bool) is largest.
+
+    ``probs``: C×h×w, the image's size or a coarser grid (each pixel counts at the grid cell it falls
+    in, so no full-size probabilities are made). ``default`` when there are none or the mask is empty.
+    """
+    if probs is None or mask is None or not np.any(mask):
+        return int(default)
+    c, h, w = probs.shape
+    cells, counts = _grid_weights(np.asarray(mask, dtype=bool), (h, w))
+    flat = np.asarray(probs).reshape(c, h * w)[:, cells].astype(np.float64)
+    score = (np.log(np.maximum(flat, _PROB_FLOOR)) * counts[None]).sum(1)
+    return int(np.argmax(score))
+
+
+def _box_around(mask: np.ndarray, margin: int) -> BBox | None:
+    box = bbox_of(mask)
+    if box is None:
+        return None
+    h, w = mask.shape
+    y0, x0, y1, x1 = box
+    return max(y0 - margin, 0), max(x0 - margin, 0), min(y1 + margin, h), min(x1 + margin, w)
+
+
+def _crop_probs(probs: Any, size: tuple[int, int], box: BBox) -> np.ndarray | None:
+    if probs is None:
+        return None
+    from engine import crop_at
+    return crop_at(probs, size, box)
+
+
+def polish_edges(image: np.ndarray, probs: Any, mask: np.ndarray, label: int, params: Any,
+                 num_classes: int, band: int = 3) -> np.ndarray:
+    """The region ``mask`` (H×W bool) with its border moved onto image edges by the dense CRF.
+
+    Over a crop around the region the CRF decides "this class or not": the region is a strong prior
+    for ``label`` (85 %) and the rest for the other classes, combined with the model's probability of
+    ``label`` where ``probs`` (C×h×w, any grid) are given. Its answer is kept only within ``band`` px
+    of the region's border, inside and outside: a polish moves an edge, it never adds or removes
+    anything farther away. Returns a new H×W bool array.
+    """
+    from scipy import ndimage
+
+    from engine.crf import refine
+    region = np.asarray(mask, dtype=bool)
+    if not 0 <= int(label) < int(num_classes):
+        raise ValueError(f"class {label} is out of range for {num_classes} classes")
+    band = int(band)
+    box = _box_around(region, band + max(8, 2 * band))
+    if box is None or band < 1:
+        return region.copy()
+    y0, x0, y1, x1 = box
+    inside = region[y0:y1, x0:x1]
+    prior = np.where(inside, 0.85, 0.15).astype(np.float32)
+    model = _crop_probs(probs, region.shape, box)
+    if model is not None:
+        # Product of the two opinions: the model may move the edge where it is sure, not elsewhere.
+        q = np.clip(model[int(label)], 0.02, 0.98)
+        yes, no = prior * q, (1 - prior) * (1 - q)
+        prior = yes / (yes + no)
+    p = np.stack([1 - prior, prior]).astype(np.float32)
+    crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+    answer = refine(crop, p, params).argmax(0).astype(bool)
+    # Pixels within `band` of the border: inside ones near an outside pixel, outside ones near an inside one.
+    near_out = ndimage.distance_transform_edt(inside) <= band
+    near_in = ndimage.distance_transform_edt(~inside) <= band
+    zone = (inside & near_out) | (~inside & near_in)
+    out = region.copy()
+    out[y0:y1, x0:x1] = np.where(zone, answer, inside)
+    return out
+
+
+def crf_click_region(image: np.ndarray, probs: Any, seed_xy: tuple[float, float], label: int, params: Any,
+                     num_classes: int, current: np.ndarray | None, radius: int = 40) -> np.ndarray:
+    """The region a click at ``seed_xy`` (x, y) for class ``label`` reaches: H×W bool.
+
+    The click marks a small disc as ``label``; the dense CRF carries it along image edges over the
+    window of ``radius`` px around the click (the strokes' colour prior of CRF snap, the model's
+    ``probs`` where given, else the ``current`` H×W labels), and the region is what the CRF gave
+    ``label`` that is 4-connected to the disc. Weight-free: no click model needed.
+    """
+    h, w = image.shape[:2]
+    x, y = float(seed_xy[0]), float(seed_xy[1])
+    if not (0 <= x < w and 0 <= y < h):
+        raise ValueError(f"click ({x}, {y}) is outside the {w}x{h} image")
+    if not 0 <= int(label) < int(num_classes) or int(label) == VOID:
+        raise ValueError(f"class {label} is out of range for {num_classes} classes")
+    r = max(int(radius), SEED_RADIUS + 1)
+    cx, cy = int(x), int(y)
+    box = (max(cy - r, 0), max(cx - r, 0), min(cy + r + 1, h), min(cx + r + 1, w))
+    y0, x0, y1, x1 = box
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= SEED_RADIUS ** 2
+    scribbles = np.where(disc, np.uint8(label), np.uint8(VOID))
+    crop = _crop_probs(probs, (h, w), box)
+    cur = None if current is None or crop is not None else np.array(current[y0:y1, x0:x1])
+    job = SnapJob(box, np.ascontiguousarray(image[y0:y1, x0:x1]), crop, scribbles, params, int(num_classes), cur)
+    labels = job.labels()
+    reached = grow_from((labels == int(label)) | disc, disc)
+    out = np.zeros((h, w), bool)
+    out[y0:y1, x0:x1] = reached
+    return out
+
+
+def accept_region(doc, mask: np.ndarray, label: int, description: str = CLICK_DESCRIPTION) -> BBox | None:
+    """Write ``label`` on every pixel of ``mask`` (H×W bool) as one undo step of ``doc``; the pixels
+    become a person's labels (confirmed). Nothing outside ``mask`` changes. Returns the changed box,
+    or None when the mask is empty."""
+    return doc.paint_region(np.asarray(mask, dtype=bool), int(label), description)

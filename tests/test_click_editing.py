@@ -1,0 +1,161 @@
+"""Click to correct without Qt: click sessions, a region's class, CRF edge polish, CRF clicks, accepting."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from deeplab_gui.editing.click import (
+    ClickSession,
+    accept_region,
+    crf_click_region,
+    polish_edges,
+    region_class,
+)
+from deeplab_gui.editing.document import MaskDocument
+from engine.crf import CRFParams
+
+SHAPE = (32, 40)
+
+
+class FakePredictor:
+    """Records each call; returns three candidates on multimask (scores 0.2, 0.9, 0.5), one otherwise,
+    with low-res logits that say which call and which candidate they came from."""
+
+    def __init__(self, shape=SHAPE):
+        self.shape, self.calls = shape, []
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=True):
+        self.calls.append(dict(points=None if points is None else np.array(points),
+                               labels=None if labels is None else np.array(labels), box=box,
+                               mask_input=None if mask_input is None else np.array(mask_input),
+                               multimask=multimask))
+        n = len(self.calls)
+        k = 3 if multimask else 1
+        masks = np.zeros((k,) + self.shape, bool)
+        for i in range(k):
+            masks[i, : 4 * (i + 1), : 4 * (i + 1)] = True
+        scores = np.array([0.2, 0.9, 0.5][:k]) if multimask else np.array([0.7])
+        logits = np.stack([np.full((256, 256), 100.0 * n + i, np.float32) for i in range(k)])
+        return SimpleNamespace(masks=masks, scores=scores, low_res_logits=logits)
+
+
+def test_click_session_prompts_candidates_and_the_logits_fed_back():
+    fake = FakePredictor()
+    s = ClickSession(fake, SHAPE)
+    assert s.current is None and s.cycle() == 0
+    cands = s.add_point(5, 6)
+    first = fake.calls[0]
+    assert first["multimask"] is True and first["mask_input"] is None
+    assert first["points"].tolist() == [[5, 6]] and first["labels"].tolist() == [1]
+    # Best score first: the model's candidates 1 (0.9), 2 (0.5), 0 (0.2).
+    assert [c.score for c in cands] == [0.9, 0.5, 0.2]
+    assert s.current.mask.sum() == 8 * 8
+    assert [s.cycle(), s.cycle(), s.cycle()] == [1, 2, 0]
+    s.cycle()                                   # show the model's candidate 2 (logits 102)
+    assert s.current.score == 0.5
+    cands = s.add_point(20, 10, positive=False)
+    second = fake.calls[1]
+    assert second["multimask"] is False and len(cands) == 1
+    assert second["labels"].tolist() == [1, 0] and second["points"].tolist() == [[5, 6], [20, 10]]
+    assert second["mask_input"].shape == (1, 256, 256) and np.all(second["mask_input"] == 102.0)
+    s.set_box(30, 20, 2, 1)                     # corners in any order
+    third = fake.calls[2]
+    assert third["box"] == (2.0, 1.0, 30.0, 20.0) and np.all(third["mask_input"] == 200.0)
+    assert s.points.shape == (2, 2) and s.labels.tolist() == [1, 0]
+    s.clear()
+    assert s.current is None and s.points.shape == (0, 2) and s.box is None
+    s.add_point(1, 1)
+    assert fake.calls[-1]["multimask"] is True and fake.calls[-1]["mask_input"] is None
+    with pytest.raises(ValueError, match="outside"):
+        s.add_point(40, 0)
+
+
+def test_a_box_alone_asks_for_one_mask():
+    fake = FakePredictor()
+    s = ClickSession(fake, SHAPE)
+    s.set_box(2, 2, 20, 20)
+    assert fake.calls[0]["multimask"] is False and fake.calls[0]["points"] is None
+
+
+def test_region_class_sums_log_probabilities_also_on_a_coarser_grid():
+    mask = np.zeros((8, 8), bool)
+    mask[:4, :4] = True
+    probs = np.full((3, 8, 8), 1 / 3, np.float32)
+    probs[:, :4, :4] = np.array([0.1, 0.2, 0.7])[:, None, None]
+    assert region_class(probs, mask, default=0) == 2
+    # One pixel sure of class 1 does not outvote fifteen that lean to 2: log-probabilities add up.
+    probs[:, 0, 0] = [0.0, 1.0, 0.0]
+    assert region_class(probs, mask, default=0) == 2
+    coarse = np.full((3, 4, 4), 1 / 3, np.float32)
+    coarse[:, :2, :2] = np.array([0.6, 0.3, 0.1])[:, None, None]    # the mask's cells on a 4x4 grid
+    assert region_class(coarse, mask, default=2) == 0
+    assert region_class(None, mask, default=5) == 5
+    assert region_class(probs, np.zeros((8, 8), bool), default=4) == 4
+
+
+def _square_image(rng, shape=(48, 64), box=(12, 16, 36, 44)):
+    image = np.full(shape + (3,), 60, np.float32)
+    y0, x0, y1, x1 = box
+    image[y0:y1, x0:x1] = (200, 80, 40)
+    image += rng.normal(0, 4, image.shape)
+    truth = np.zeros(shape, bool)
+    truth[y0:y1, x0:x1] = True
+    return np.clip(image, 0, 255).astype(np.uint8), truth
+
+
+def test_polish_edges_moves_the_border_onto_the_edge_and_nothing_beyond_the_band():
+    from scipy import ndimage
+    image, truth = _square_image(np.random.default_rng(0))
+    rough = np.zeros_like(truth)
+    rough[14:38, 14:42] = True          # 2 px off on every side
+    rough[0:9, 0:9] = True              # a far-away blob: only its border may move
+    out = polish_edges(image, None, rough, 1, CRFParams(), 2, band=3)
+    changed = out != rough
+    assert changed.any()
+    near = (ndimage.distance_transform_edt(rough) <= 3) & rough | (ndimage.distance_transform_edt(~rough) <= 3) & ~rough
+    assert not (changed & ~near).any()
+    assert out[0:5, 0:5].all()
+    assert (out != truth)[4:, 4:].sum() < (rough != truth)[4:, 4:].sum() / 3
+    # A narrow band limits the change further.
+    one = polish_edges(image, None, rough, 1, CRFParams(), 2, band=1)
+    near1 = (ndimage.distance_transform_edt(rough) <= 1) & rough | (ndimage.distance_transform_edt(~rough) <= 1) & ~rough
+    assert not ((one != rough) & ~near1).any()
+    assert np.array_equal(polish_edges(image, None, np.zeros_like(rough), 1, CRFParams(), 2), np.zeros_like(rough))
+
+
+def test_crf_click_grows_along_a_colour_region_and_stops_at_its_edge():
+    image, truth = _square_image(np.random.default_rng(1))
+    current = np.full(truth.shape, 255, np.uint8)
+    region = crf_click_region(image, None, (30, 24), 1, CRFParams(), 2, current, radius=40)
+    assert (region & truth).sum() >= 0.95 * truth.sum()
+    assert (region & ~truth).sum() <= 0.02 * truth.sum()
+    # The window bounds it: a small radius reaches only that far around the click.
+    small = crf_click_region(image, None, (30, 24), 1, CRFParams(), 2, current, radius=6)
+    ys, xs = np.nonzero(small)
+    assert small.any() and ys.min() >= 24 - 6 and ys.max() <= 24 + 6 and xs.min() >= 30 - 6 and xs.max() <= 30 + 6
+    # With a model's probabilities the click still follows the image's edge.
+    probs = np.empty((2,) + truth.shape, np.float32)
+    probs[0], probs[1] = 0.7, 0.3                # a model that missed the object
+    with_model = crf_click_region(image, probs, (30, 24), 1, CRFParams(), 2, None)
+    assert (with_model & truth).sum() >= 0.9 * truth.sum() and (with_model & ~truth).sum() <= 0.05 * truth.sum()
+    with pytest.raises(ValueError, match="outside"):
+        crf_click_region(image, None, (64, 0), 1, CRFParams(), 2, current)
+
+
+def test_accept_region_is_one_confirmed_undo_step_inside_the_mask_only():
+    start = np.zeros((10, 12), np.uint8)
+    start[0, :] = 2
+    doc = MaskDocument(start)
+    region = np.zeros((10, 12), bool)
+    region[0:4, 3:7] = True
+    box = accept_region(doc, region, 1)
+    assert box is not None and doc.undo_depth == 1 and doc.undo_description == "Click region"
+    assert (doc.mask[region] == 1).all() and np.array_equal(doc.mask[~region], start[~region])
+    assert np.array_equal(doc.confirmed, region)
+    doc.undo()
+    assert np.array_equal(doc.mask, start) and not doc.confirmed.any()
+    assert accept_region(doc, np.zeros((10, 12), bool), 1) is None
+    with pytest.raises(ValueError):
+        accept_region(doc, np.zeros((3, 3), bool), 1)
