@@ -27,9 +27,12 @@ Policy, one *step* at a time:
    - ``superpixel``: one **drag** per connected group of the superpixels (computed once per image,
      the tool's default granularity) that belong mostly to the region's class and meet the region,
      through their interior points (only they are painted, whole); ``manual`` where that does not help.
+   - ``crfclick`` (weight-free) and ``click`` (a click model's session, the NoC protocol): see
+     :mod:`.sim_clicks`; ``manual`` where they do not help.
    A person sees where an action would land before making it, so a polygon or brush is only made when
    it lowers the error (its footprint is known from the same rasterisers the document uses); a
    region with no such action is given up and the next largest is taken.
+   A step that leaves the error where it was (every attempt undone or dismissed) gives the region up.
 3. Repeat until the image's mIoU (over the classes in the truth or the mask) reaches the highest
    target, the action budget runs out, or no region is left to try.
 
@@ -51,6 +54,7 @@ from .brush import ScribbleLayer
 from .document import MaskDocument
 from .klm import action_seconds
 from .raster import capsule_mask, flood_region, polygon_mask
+from .sim_clicks import ClickActions
 from .snap import prepare_snap
 from .superpixels import SuperpixelParams, compute_superpixels, paint_superpixels
 from .trace import (
@@ -64,7 +68,7 @@ from .trace import (
 
 __all__ = ["TOOL_SETS", "Action", "Annotator", "SimConfig", "SimResult", "error_count", "image_miou"]
 
-TOOL_SETS = ("manual", "snap", "superpixel")
+TOOL_SETS = ("manual", "snap", "superpixel", "crfclick", "click")
 
 
 def error_count(mask: np.ndarray, truth: np.ndarray) -> int:
@@ -87,7 +91,7 @@ def image_miou(mask: np.ndarray, truth: np.ndarray) -> float:
 @dataclass
 class Action:
     """One edit a person makes (one undo step, or an undo)."""
-    tool: str            # "fill", "polygon", "brush", "snap" or "undo"
+    tool: str            # "fill", "polygon", "brush", "snap", "superpixel", "crfclick", "click", "undo", "cancel"
     label: int
     clicks: int
     keys: int
@@ -106,6 +110,10 @@ class SimConfig:
     thin_radius: float = 3.0     # regions no wider than twice this are brushed, not outlined
     brush_radius: float = 8.0    # the app's default brush radius, px (snap strokes)
     snap_stroke_px: int = 40     # a snap stroke is a hint: at most this long, across the region's middle
+    crf_click_radius: int = 40   # px around a CRF click that its region may reach (the tool's default)
+    predictor: Any = None        # the ``click`` tool set's click predictor (engine.ClickPredictor)
+    clicks_per_region: int = 4   # ``click``: clicks on one object before accepting what it shows
+    click_iou: float = 0.9       # ``click``: stop clicking once the candidate covers the object this well
 
     def __post_init__(self) -> None:
         if self.tools not in TOOL_SETS:
@@ -114,6 +122,10 @@ class SimConfig:
             raise ValueError("targets must be mIoU values in (0, 1]")
         if self.max_actions < 0:
             raise ValueError("max_actions must be >= 0")
+        if self.tools == "click" and self.predictor is None:
+            raise ValueError("the click tool set needs a click predictor (engine.ClickPredictor)")
+        if self.clicks_per_region < 1 or self.crf_click_radius < 1:
+            raise ValueError("clicks_per_region and crf_click_radius must be >= 1")
 
 
 @dataclass
@@ -140,7 +152,7 @@ class SimResult:
                 "steps": [asdict(a) for a in self.actions]}
 
 
-class Annotator:
+class Annotator(ClickActions):
     """Corrects ``start`` towards ``truth`` on ``image`` with one tool set (see the module docstring).
 
     ``probs`` (C×H×W, or a reduced grid) and ``crf_params`` feed CRF snap as in the app; without
@@ -164,7 +176,9 @@ class Annotator:
         self._dominant = int(np.bincount(valid).argmax()) if valid.size else -1
         self._given_up = np.zeros(truth.shape, bool)
         self._seg = compute_superpixels(image, SuperpixelParams()) if self.config.tools == "superpixel" else None
-        self._last: tuple[str, int] | None = None
+        self._last: tuple[str, int | None] | None = None
+        if self.config.tools == "click":
+            self.config.predictor.set_image(image)     # the encoder, once per image
 
     # --- the loop ----------------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -180,9 +194,11 @@ class Annotator:
             region = self._largest_region()
             if region is None:
                 break
+            before = error_count(self.doc.mask, self.truth)
             done = self.step(*region)
-            if not done:
+            if not done or error_count(self.doc.mask, self.truth) >= before:
                 self._given_up |= region[0]
+            if not done:
                 continue
             for a in done:
                 result.actions.append(a)
@@ -225,11 +241,12 @@ class Annotator:
             return done
         if self.config.tools == "superpixel":
             return self._superpixels(region, label) or self._manual(region, label)
-        if self.config.tools == "snap":
-            snapped = self._snap(region, label)
-            if snapped and snapped[-1].tool == "snap":
-                return snapped
-            return snapped + self._manual(region, label)
+        tried = {"snap": self._snap, "crfclick": self._crf_click, "click": self._model_click}.get(self.config.tools)
+        if tried is not None:
+            first = tried(region, label)
+            if first and first[-1].tool not in ("undo", "cancel"):
+                return first
+            return first + self._manual(region, label)
         return self._manual(region, label)
 
     def _manual(self, region: np.ndarray, label: int) -> list[Action]:
@@ -251,6 +268,12 @@ class Annotator:
             if self._last is None or self._last[1] != label:
                 keys += 1
             self._last = (tool, label)
+        return self._action(tool, label, clicks=clicks, keys=keys, drag_px=drag_px, segments=segments,
+                            dragged=dragged)
+
+    def _action(self, tool: str, label: int, *, clicks: int, keys: int, drag_px: float = 0.0,
+                segments: int = 0, dragged: bool = True) -> Action:
+        """The action as charged, with the document's error after it."""
         return Action(tool, label, clicks, keys, round(drag_px, 1),
                       round(action_seconds(clicks=clicks, keys=keys, drag_px=drag_px if dragged else 0.0,
                                            segments=segments if dragged else 0), 3),
