@@ -8,9 +8,14 @@ clicks and estimated seconds per image (keystroke-level model, :mod:`deeplab_gui
 final mIoU and the images that never reached the highest target, and writes JSON.
 
     python benchmarks/bench_annotation.py --images DIR --masks DIR [--start empty|prelabel|DIR]
-        [--weights CKPT] [--tools manual,snap] [--target 0.85,0.9] [--max-actions 40] [--json OUT]
+        [--weights CKPT] [--tools manual,snap,superpixel,crfclick,click] [--target 0.85,0.9]
+        [--max-actions 40] [--json OUT] [--click-model mobile_sam] [--click-weights FILE]
     python benchmarks/bench_annotation.py --scenes 24      # generated scenes, from empty and noisy starts
     python benchmarks/bench_annotation.py --loop           # annotate, fine-tune, repeat (see annotation_loop.py)
+
+``click`` needs a click model: ``--click-weights FILE`` (SAM 2.1, SAM or MobileSAM, detected), or
+``--click-model NAME`` built with random weights, which measures the tool's cost in clicks and
+seconds, not its quality (its rows say so).
 
 ``--masks DIR``: ground truth named like the images (``.png``), P- or L-mode class indices with 255
 void, or RGB colour masks in the PASCAL VOC palette.
@@ -34,9 +39,30 @@ if str(ROOT) not in sys.path:
 from deeplab_gui.editing.simulate import TOOL_SETS, Annotator, SimConfig
 from engine import VOID
 
-__all__ = ["Item", "load_items", "main", "print_table", "simulate", "summarise", "write_scenes"]
+__all__ = ["RANDOM_NOTE", "Item", "click_predictor", "load_items", "main", "print_table", "simulate", "summarise",
+           "write_scenes"]
 
 RESULTS = ROOT / "benchmarks" / "results"
+RANDOM_NOTE = "random weights: measures cost, not quality"
+
+
+def click_predictor(name: str = "mobile_sam", weights: str | None = None):
+    """A click predictor for the ``click`` tool set: ``weights`` loaded (family detected), or the
+    model ``name`` with random weights (seeded, so runs repeat). Returns (predictor, note)."""
+    import torch
+
+    from engine.click import ClickPredictor, build_click_model, load_click_model
+    if weights:
+        try:
+            return ClickPredictor(load_click_model(weights)), f"weights {Path(weights).name}"
+        except (OSError, ValueError) as exc:
+            text = str(exc)
+            raise SystemExit(f"bench_annotation: {text if weights in text else f'{weights}: {text}'}") from None
+    try:
+        torch.manual_seed(0)
+        return ClickPredictor(build_click_model(name)), f"{name}, {RANDOM_NOTE}"
+    except ValueError as exc:
+        raise SystemExit(f"bench_annotation: --click-model: {exc}") from None
 
 
 class Item:
@@ -99,12 +125,14 @@ def load_items(images: Path, masks: Path, start: str, weights: str | None = None
 
 
 def simulate(items: list[Item], tools: str, targets: tuple[float, ...], max_actions: int,
-             num_classes: int) -> list[dict]:
-    """Run the annotator on every item with one tool set; per-image JSON records."""
+             num_classes: int, predictor=None) -> list[dict]:
+    """Run the annotator on every item with one tool set; per-image JSON records. ``predictor``: the
+    click predictor the ``click`` tool set needs."""
     out = []
     for it in items:
-        sim = Annotator(it.image, it.truth, it.start, SimConfig(tools=tools, targets=targets, max_actions=max_actions),
-                        probs=it.probs, num_classes=num_classes)
+        cfg = SimConfig(tools=tools, targets=targets, max_actions=max_actions,
+                        predictor=predictor if tools == "click" else None)
+        sim = Annotator(it.image, it.truth, it.start, cfg, probs=it.probs, num_classes=num_classes)
         r = sim.run()
         rec = r.as_json()
         rec["image"] = it.name
@@ -137,6 +165,8 @@ def print_table(title: str, rows: dict[str, dict], targets: tuple[float, ...]) -
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name, r in rows.items():
+        if r.get("note"):
+            name = f"{name} ({r['note']})"
         cells = [name] + [f"{r[k]:.1f}" for k in keys] + [f"{r['clicks']:.1f}", f"{r['seconds']:.0f}",
                                                          f"{r['start_miou']:.3f}", f"{r['final_miou']:.3f}",
                                                          f"{r['failed']}/{r['images']}"]
@@ -144,13 +174,19 @@ def print_table(title: str, rows: dict[str, dict], targets: tuple[float, ...]) -
 
 
 def run(items: list[Item], tools: list[str], targets: tuple[float, ...], max_actions: int, num_classes: int,
-        start: str) -> dict:
+        start: str, click: tuple | None = None, click_images: int | None = None) -> dict:
+    """``click``: (predictor, note) for the ``click`` tool set; ``click_images``: run it on only the
+    first this many images (its encoder is the slow part on a CPU)."""
     report = {"target": list(targets), "max_actions": max_actions, "start": start, "images": len(items),
               "tool_sets": {}, "machine": platform.machine(), "python": platform.python_version()}
     for name in tools:
         t0 = time.perf_counter()
-        per_image = simulate(items, name, targets, max_actions, num_classes)
+        subset = items[:click_images] if name == "click" and click_images else items
+        per_image = simulate(subset, name, targets, max_actions, num_classes,
+                             predictor=click[0] if name == "click" and click else None)
         row = summarise(per_image, targets)
+        if name == "click" and click:
+            row["note"] = click[1]
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         report["tool_sets"][name] = {**row, "per_image": per_image}
     return report
@@ -208,10 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--masks", type=Path)
     p.add_argument("--start", default="empty", help="empty, prelabel (needs --weights) or a folder of masks")
     p.add_argument("--weights")
-    p.add_argument("--tools", type=_tools, default=list(TOOL_SETS))
+    p.add_argument("--tools", type=_tools, default=[t for t in TOOL_SETS if t != "click"],
+                   help="tool sets, comma-separated (default: all but click, which needs a click model)")
     p.add_argument("--target", type=_floats, default=(0.85, 0.9))
     p.add_argument("--max-actions", type=int, default=40)
     p.add_argument("--json", type=Path)
+    p.add_argument("--click-model", default="mobile_sam", help="the click tool set's model, random weights "
+                   "(default mobile_sam; measures cost, not quality)")
+    p.add_argument("--click-weights", help="the click tool set's weights file (SAM 2.1, SAM or MobileSAM)")
+    p.add_argument("--click-images", type=int, metavar="N", help="run the click tool set on the first N images only")
     p.add_argument("--scenes", type=int, metavar="N", help="generated scenes, from empty and from a noisy start")
     p.add_argument("--size", type=_size, default=(240, 320), help="scene size HxW (default 240x320)")
     p.add_argument("--seed", type=int, default=0)
@@ -222,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.max_actions < 1:
         p.error("--max-actions must be at least 1")
+    click = click_predictor(args.click_model, args.click_weights) if "click" in args.tools and not args.loop else None
     if args.loop:
+        if "click" in args.tools:
+            p.error("--loop runs the weight-free tool sets; leave click out of --tools")
         from annotation_loop import run_loop  # benchmarks/annotation_loop.py
         report = run_loop(args)
         out = args.json or RESULTS / "annotation_loop.json"
@@ -236,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             for start in ("empty", "noisy"):
                 items, n = load_items(folder / "images", folder / "masks",
                                       "empty" if start == "empty" else str(folder / "noisy"))
-                report = run(items, args.tools, args.target, args.max_actions, n, start)
+                report = run(items, args.tools, args.target, args.max_actions, n, start, click, args.click_images)
                 report.update(data=f"{args.scenes} generated scenes {args.size[0]}x{args.size[1]}, seed {args.seed}")
                 print_table(f"{args.scenes} generated scenes, start {start}",
                             {k: v for k, v in report["tool_sets"].items()}, args.target)
@@ -252,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         if not d.is_dir():
             p.error(f"{d}: no such folder")
     items, n = load_items(args.images, args.masks, args.start, args.weights)
-    report = run(items, args.tools, args.target, args.max_actions, n, args.start)
+    report = run(items, args.tools, args.target, args.max_actions, n, args.start, click, args.click_images)
     print_table(f"{len(items)} images from {args.images}, start {args.start}", report["tool_sets"], args.target)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -93,3 +93,46 @@ def test_prelabel_start_runs_the_given_weights(scenes, tmp_path):
     predictor = engine.Predictor(engine.load_model(ckpt), device="cpu")
     assert np.array_equal(items[0].start, predictor.predict_labels(items[0].image))
     assert items[0].probs is not None and items[0].probs.shape[0] == 3   # the snap gets the model's probabilities
+
+
+def test_click_tool_sets_run_and_random_weight_rows_say_so(scenes, tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+    calls = []
+
+    class Whole:      # a stand-in click model: the whole image, every time
+        def set_image(self, image):
+            self.shape = image.shape[:2]
+
+        def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=True):
+            calls.append(len(points))
+            k = 3 if multimask else 1
+            return SimpleNamespace(masks=np.ones((k,) + self.shape, bool), scores=np.ones(k),
+                                   low_res_logits=np.zeros((k, 256, 256), np.float32))
+
+    made = []
+
+    def fake(name="mobile_sam", weights=None):
+        made.append((name, weights))
+        return Whole(), f"{name}, {bench_annotation.RANDOM_NOTE}"
+
+    monkeypatch.setattr(bench_annotation, "click_predictor", fake)
+    out = tmp_path / "c.json"
+    rc = bench_annotation.main(["--images", str(scenes / "images"), "--masks", str(scenes / "masks"),
+                                "--start", str(scenes / "noisy"), "--tools", "crfclick,click", "--click-model",
+                                "tiny", "--click-images", "2", "--json", str(out)])
+    assert rc == 0 and made == [("tiny", None)] and calls
+    report = json.loads(out.read_text())["tool_sets"]
+    assert report["click"]["note"] == "tiny, random weights: measures cost, not quality"
+    assert report["click"]["images"] == 2 and report["crfclick"]["images"] == 3 and "note" not in report["crfclick"]
+    assert report["crfclick"]["final_miou"] >= 0.9 and report["crfclick"]["failed"] == 0
+    table = capsys.readouterr().out
+    assert "| click (tiny, random weights: measures cost, not quality) |" in table and "| crfclick |" in table
+
+
+def test_click_model_errors_are_one_line(scenes, capsys):
+    with pytest.raises(SystemExit, match="bench_annotation: --click-model: unknown click model 'nope'"):
+        bench_annotation.main(["--images", str(scenes / "images"), "--masks", str(scenes / "masks"),
+                               "--tools", "click", "--click-model", "nope"])
+    with pytest.raises(SystemExit) as e:
+        bench_annotation.main(["--loop", "--tools", "manual,click"])
+    assert e.value.code == 2 and "leave click out" in capsys.readouterr().err
