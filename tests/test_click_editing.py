@@ -27,10 +27,10 @@ class FakePredictor:
         self.shape, self.calls = shape, []
 
     def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=True):
-        self.calls.append(dict(points=None if points is None else np.array(points),
-                               labels=None if labels is None else np.array(labels), box=box,
-                               mask_input=None if mask_input is None else np.array(mask_input),
-                               multimask=multimask))
+        self.calls.append({"points": None if points is None else np.array(points),
+                               "labels": None if labels is None else np.array(labels), "box": box,
+                               "mask_input": None if mask_input is None else np.array(mask_input),
+                               "multimask": multimask})
         n = len(self.calls)
         k = 3 if multimask else 1
         masks = np.zeros((k,) + self.shape, bool)

@@ -1,6 +1,8 @@
 """The simulated annotator: reaches its target with each tool set through the document's own edits."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -51,7 +53,7 @@ def test_reaches_the_target_and_every_step_lowers_the_error(tools, start):
         assert 0 < result.noc[0.85] <= result.noc[0.9] <= result.clicks
         assert result.final_miou == pytest.approx(image_miou(sim.doc.mask, truth))
         errors = _committed_errors(error_count(first, truth), result.actions)
-        assert all(b < a for a, b in zip(errors, errors[1:])), errors
+        assert all(b < a for a, b in itertools.pairwise(errors)), errors
         assert result.seconds > 0 and all(a.seconds > 0 for a in result.actions)
 
 
@@ -194,7 +196,7 @@ def test_click_tool_set_follows_the_noc_protocol_through_the_session(start):
     # The exact object is the model's second candidate: one Tab, the tool key on first use, Enter.
     assert clicked[0].keys >= 2 and all(a.keys >= 1 for a in clicked)
     errors = _committed_errors(error_count(first, truth), result.actions)
-    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    assert all(b < a for a, b in itertools.pairwise(errors)), errors
     while sim.doc.can_undo:
         assert sim.doc.undo_description in {"Fill", "Polygon", "Paint", "Click region"}
         sim.doc.undo()

@@ -25,7 +25,13 @@ import numpy as np
 
 from engine import VOID
 
-from .click import CRF_CLICK_DESCRIPTION, ClickSession, accept_region, crf_click_region, region_class
+from .click import (
+    CRF_CLICK_DESCRIPTION,
+    ClickSession,
+    accept_region,
+    crf_click_region,
+    region_class,
+)
 from .trace import interior_point
 
 __all__ = ["ACCEPT_IOU", "ClickActions"]
