@@ -16,6 +16,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from engine import VOID
 
+from .click_models import ClickModelState
 from .crf import CRFState
 from .effort import EffortState
 from .models import ModelsState
@@ -101,6 +102,7 @@ class Session(QObject, FolderMethods, PredictionMethods):
         self.history = HistoryState(self)  # undo steps kept per image across switches; Undo/Redo
         self.review = ReviewState(self)  # accept and next; the image each folder reopens on
         self.effort = EffortState(self)  # active seconds and actions per image, kept in the store
+        self.click = ClickModelState(self)  # the click model and each image's embedding, made ahead
         self._timer = QTimer(self)
         self._timer.setInterval(AUTOSAVE_MS)
         self._timer.timeout.connect(self.autosave)

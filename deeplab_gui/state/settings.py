@@ -2,7 +2,7 @@
 
 What is remembered between runs: recent folders, window geometry and dock state, tool sizes, the CRF
 parameters of each folder (a plain dict the CRF panel reads and writes), the image each folder last had
-open and the last model weights.
+open, the last model weights and the click model.
 ``DEEPLAB_GUI_SETTINGS`` (an .ini path) and ``DEEPLAB_GUI_LOG_DIR`` redirect both, which tests use so
 they never touch a person's real settings.
 """
@@ -152,3 +152,12 @@ class Settings:
 
     def set_last_weights(self, spec: str | None) -> None:
         self.set("model/last_weights", spec)
+
+    # ---------------------------------------------------------------- click model
+    def click_model(self) -> str | None:
+        """The click model chosen last: a catalog id or a file path (None: none chosen)."""
+        v = self.get("click/model")
+        return v if isinstance(v, str) and v else None
+
+    def set_click_model(self, spec: str | None) -> None:
+        self.set("click/model", spec)

@@ -1,4 +1,4 @@
-"""Model panel: architecture and weights, device, and pre-labelling with progress and cancel.
+"""Model panel: architecture and weights, device, the click model, and pre-labelling with progress and cancel.
 
 The panel only shows :class:`~deeplab_gui.state.models.ModelsState` (``session.models``), which owns
 the catalog state, loading, autoloading, pre-labelling and the way into fine-tuning; its buttons call
@@ -149,6 +149,9 @@ class ModelPanel(QWidget):
         from .versions_panel import VersionsBox
         self.versions = VersionsBox(self.session)
         form.addRow("Version", self.versions)
+        from .click_model_box import ClickModelBox
+        self.click_box = ClickModelBox(self.session)
+        form.addRow("Click model", self.click_box)
         layout.addLayout(form)
 
         self.prelabel_button = QPushButton("Pre-label this image")
