@@ -3,13 +3,14 @@ thread for the current image (then its neighbours), cached in the store, and dro
 from __future__ import annotations
 
 import threading
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from engine.click import LOW_RES, ClickModel, ClickSpec, registry
 
@@ -19,7 +20,7 @@ class Toy(ClickModel):
     decoder: a disc around the first point."""
     family = "toy"
     image_size = 64
-    threads: list[int] = []
+    threads: ClassVar[list[int]] = []
     gate: threading.Event | None = None
     running = 0
     most_at_once = 0
