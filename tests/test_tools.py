@@ -248,7 +248,7 @@ def test_late_snap_result_leaves_the_next_tools_preview_alone():
 
 def test_make_tools_offers_every_tool_once():
     tools = make_tools()
-    assert set(tools) == {"brush", "eraser", "polygon", "fill", "picker", "snap"}
+    assert set(tools) == {"brush", "eraser", "polygon", "fill", "picker", "snap", "superpixel", "crfclick", "click"}
     assert all(t.name == name and t.view is None for name, t in tools.items())
 
 

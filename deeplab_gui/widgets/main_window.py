@@ -40,7 +40,9 @@ __all__ = ["MainWindow"]
 
 log = logging.getLogger("deeplab_gui")
 _TOOL_TITLES = {"brush": "Brush", "eraser": "Eraser (Shift: to background)", "polygon": "Polygon",
-                "fill": "Flood fill", "picker": "Label picker", "snap": "CRF-snap brush"}
+                "fill": "Flood fill", "picker": "Label picker", "snap": "CRF-snap brush",
+                "superpixel": "Superpixels ([ ] granularity)", "crfclick": "CRF click (Enter accepts)",
+                "click": "Click model (right click: exclude, drag: box, Tab, Enter)"}
 
 
 class _VerticalScroll(QScrollArea):

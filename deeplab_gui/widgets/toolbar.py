@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QMainWindow, QToolBar, QWidget
 
 from .canvas.tools import TOOL_KEYS
 
-__all__ = ["ToolBarSpec", "add_tool_bar", "tool_icon"]
+__all__ = ["ToolBarSpec", "add_click_toggles", "add_tool_bar", "tool_icon"]
 
 log = logging.getLogger("deeplab_gui")
 
@@ -31,6 +31,16 @@ class ToolBarSpec:
         ("fill", "fa5s.fill-drip", "Flood fill"),
         ("picker", "fa5s.eye-dropper", "Label picker"),
         ("snap", "fa5s.magic", "CRF-snap brush"),
+        ("superpixel", "mdi6.texture-box", "Superpixels: click or drag paints whole regions; [ ] granularity"),
+        ("crfclick", "fa5s.bullseye", "CRF click: a click grows along image edges; Enter accepts, Esc drops"),
+        ("click", "mdi6.cursor-default-click",
+         "Click model: click adds, right or Shift+click removes, drag draws a box; Tab next, Enter accepts"),
+    )
+    toggles: tuple[tuple[str, str, str, str], ...] = (   # (click tool attribute, glyph, name, tip)
+        ("auto_class", "mdi6.tag-text", "Auto class",
+         "Click model: the region takes the class the model's probabilities favour there"),
+        ("edge_polish", "mdi6.auto-fix", "Edge polish",
+         "Click model: the CRF moves an accepted region's border onto image edges"),
     )
     undo: str = "fa5s.undo"
     redo: str = "fa5s.redo"
@@ -92,9 +102,32 @@ def add_tool_bar(window: QMainWindow, spec: ToolBarSpec = ToolBarSpec()) -> QToo
     for act in window.tool_actions.values():
         act.toggled.connect(lambda _on: sync_sizes())
     sync_sizes()
+    add_click_toggles(window, bar, spec)
     options = getattr(window, "tool_options", None)
     if isinstance(options, QWidget):  # radius, opacity, outline, view: one row here, not a dock
         bar.addSeparator()
         bar.addWidget(options)
     window.addToolBar(bar)
     return bar
+
+
+def add_click_toggles(window: QMainWindow, bar: QToolBar, spec: ToolBarSpec = ToolBarSpec()) -> None:
+    """The click tool's "auto class" and "edge polish" switches (on at first), shown while it is the
+    active tool; kept as ``window.click_toggles`` by attribute name."""
+    tool, choose = window.tools.get("click"), window.tool_actions.get("click")
+    if tool is None or choose is None:
+        return
+    window.click_toggles = {}
+    for attr, glyph, title, tip in spec.toggles:
+        act = QAction(title, bar)
+        act.setCheckable(True)
+        act.setChecked(bool(getattr(tool, attr)))
+
+        def flip(on: bool, attr: str = attr) -> None:
+            setattr(tool, attr, on)
+            tool.show()  # the shown candidate's class may change with "auto class"
+        act.toggled.connect(flip)
+        window.click_toggles[attr] = _button(bar, act, glyph, tip)
+    for act in window.click_toggles.values():
+        act.setVisible(choose.isChecked())
+    choose.toggled.connect(lambda on: [a.setVisible(on) for a in window.click_toggles.values()])

@@ -1,5 +1,5 @@
 """The session as what the tools edit: the one place that knows which session attributes the tools'
-document, class, CRF-snap input and task runner come from (see :mod:`.toolview`)."""
+document, class, CRF-snap input, task runner and click model come from (see :mod:`.toolview`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -11,11 +11,12 @@ __all__ = ["SessionTarget"]
 
 
 class SessionTarget:
-    """A :class:`~.toolview.SnapTarget` over a session; every read goes to the session at that moment,
+    """A :class:`~.toolview.RegionTarget` over a session; every read goes to the session at that moment,
     so a tool always edits the image on screen."""
 
     def __init__(self, session: Any) -> None:
         self._session = session
+        self._ready: Callable[[str], Any] | None = None   # the region tool listening for embeddings
 
     @property
     def document(self) -> Any:
@@ -46,4 +47,40 @@ class SessionTarget:
 
     def report_error(self, text: str) -> None:
         self._session.message.emit("error", text)
+
+    # ------------------------------------------------------------ region tools (RegionTarget)
+    @property
+    def image_key(self) -> str:
+        return self._session.image_id or ""
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._session.class_names)
+
+    def _click(self) -> Any:
+        return getattr(self._session, "click", None)
+
+    def click_predictor(self) -> Any:
+        click, key = self._click(), self.image_key
+        return click.predictor(key) if click is not None and key else None
+
+    def click_status(self) -> str | None:
+        click = self._click()
+        if click is None:
+            return "click models are not available in this build"
+        return None if click.model_name else click.status_text
+
+    def on_embedding_ready(self, callback: Callable[[str], Any] | None) -> None:
+        click = self._click()
+        if click is None:
+            return
+        if self._ready is not None:
+            click.embedding_ready.disconnect(self._ready)
+            self._ready = None
+        if callback is not None:
+            self._ready = callback
+            click.embedding_ready.connect(callback)
+
+    def show_status(self, text: str) -> None:
+        self._session.message.emit("info", text)
 

@@ -5,7 +5,9 @@ target)``, see :mod:`.toolview`): the target gives the current document and clas
 previews. Tools hold no pixels; the document owns them and its listeners repaint whatever shows it.
 The UI thread only does cheap numpy on bounding boxes; the CRF-snap brush runs
 ``refine_with_scribbles`` through the target's task runner on a crop around the strokes and applies
-the region the strokes reach (see :mod:`deeplab_gui.editing.snap`) as one undo step.
+the region the strokes reach (see :mod:`deeplab_gui.editing.snap`) as one undo step.  The region
+tools (superpixels, CRF click, click model) live in :mod:`.region_tools` and :mod:`.click_tool`;
+:func:`make_tools` offers them all.
 """
 from __future__ import annotations
 
@@ -18,61 +20,29 @@ from engine import VOID
 
 from ...editing.brush import ScribbleLayer
 from ...editing.snap import prepare_snap, snap_margin
-from .toolview import EditTarget, SnapTarget, ToolView
+from .click_tool import ClickTool
+from .region_tools import CRFClickTool, SuperpixelTool
+from .tool_base import Tool
+from .toolview import SnapTarget
 
 __all__ = [
     "TOOL_KEYS",
     "BrushTool",
+    "CRFClickTool",
+    "ClickTool",
     "EraserTool",
     "FillTool",
     "PickerTool",
     "PolygonTool",
     "SnapTool",
+    "SuperpixelTool",
     "Tool",
     "make_tools",
     "snap_margin",
 ]
 
-TOOL_KEYS = {"brush": "B", "eraser": "E", "polygon": "P", "fill": "F", "picker": "I", "snap": "S"}
-
-
-class Tool:
-    """Base: ``press``/``move``/``release``/``double_click`` get image coordinates (QPointF).
-
-    Events reach a tool only while it is active, and only while the target has a document.
-    """
-
-    name = "tool"
-    cursor: Any = Qt.CursorShape.CrossCursor
-    sized = False          # whether [ and ] change this tool's size
-
-    def __init__(self) -> None:
-        self.view: ToolView | None = None
-        self.target: EditTarget | None = None
-        self.size = 8.0    # brush radius in image pixels
-
-    def activate(self, view: ToolView, target: EditTarget) -> None:
-        self.view, self.target = view, target
-
-    def deactivate(self) -> None:
-        self.reset()
-        # Work that finishes later (a CRF snap) must not clear the preview of the tool after this one.
-        self.view = None
-
-    def reset(self) -> None:
-        """Drop any half-done work (image switched, tool changed)."""
-
-    def press(self, pos: QPointF, modifiers: Any) -> None: ...
-    def move(self, pos: QPointF, pressed: bool) -> None: ...
-    def release(self, pos: QPointF) -> None: ...
-    def double_click(self, pos: QPointF) -> None: ...
-
-    def leave(self) -> None:
-        """The pointer left the view: hide whatever follows it."""
-
-    def key(self, key: int) -> bool:
-        """Handle a key (Enter, Escape); True when used."""
-        return False
+TOOL_KEYS = {"brush": "B", "eraser": "E", "polygon": "P", "fill": "F", "picker": "I", "snap": "S",
+             "superpixel": "X", "crfclick": "R", "click": "C"}
 
 
 class BrushTool(Tool):
@@ -309,4 +279,5 @@ class SnapTool(BrushTool):
 
 def make_tools() -> dict[str, Tool]:
     """One instance of each tool, keyed by name (see TOOL_KEYS for their shortcuts)."""
-    return {t.name: t() for t in (BrushTool, EraserTool, PolygonTool, FillTool, PickerTool, SnapTool)}
+    return {t.name: t() for t in (BrushTool, EraserTool, PolygonTool, FillTool, PickerTool, SnapTool,
+                                  SuperpixelTool, CRFClickTool, ClickTool)}

@@ -17,7 +17,7 @@ import numpy as np
 if TYPE_CHECKING:
     from ...editing.document import MaskDocument
 
-__all__ = ["RGBA", "EditTarget", "SnapInput", "SnapTarget", "ToolView"]
+__all__ = ["RGBA", "EditTarget", "RegionTarget", "SnapInput", "SnapTarget", "ToolView"]
 
 RGBA = tuple[int, int, int, int]
 
@@ -44,6 +44,22 @@ class ToolView(Protocol):
 
     def clear_outline(self) -> None:
         """Hide the outline, if shown."""
+
+    def show_region(self, mask_crop: np.ndarray, origin: tuple[int, int], color: RGBA,
+                    label_text: str = "") -> None:
+        """Show a proposed region: ``mask_crop`` (h×w bool) placed with its top-left pixel at
+        ``origin`` (x0, y0), filled translucent in ``color`` with a full-alpha outline, and
+        ``label_text`` (the class it would get) beside it.  Replaces the previous region."""
+
+    def clear_region(self) -> None:
+        """Remove the proposed region, if any."""
+
+    def show_overlay(self, rgba_crop: np.ndarray, origin: tuple[int, int]) -> None:
+        """Show an h×w×4 uint8 RGBA image (superpixel borders) with its top-left pixel at ``origin``,
+        under the previews.  Replaces the previous overlay."""
+
+    def clear_overlay(self) -> None:
+        """Remove the overlay, if any."""
 
 
 class EditTarget(Protocol):
@@ -82,3 +98,28 @@ class SnapTarget(EditTarget, Protocol):
 
     def report_error(self, text: str) -> None:
         """Tell the person that something failed (one line)."""
+
+
+class RegionTarget(SnapTarget, Protocol):
+    """A SnapTarget that also offers what the region tools (superpixels, CRF click, click model) need."""
+
+    @property
+    def image_key(self) -> str:
+        """Names the image on screen (caches are kept per image)."""
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names by index, for the proposed class's label."""
+
+    def click_predictor(self) -> Any:
+        """The click model's predictor for the image on screen, its embedding set; None while there is
+        no model or the embedding is still being computed."""
+
+    def click_status(self) -> str | None:
+        """None when a click model is chosen; else one line saying how to get one."""
+
+    def on_embedding_ready(self, callback: Callable[[str], Any] | None) -> None:
+        """Call ``callback(image_key)`` when an image's embedding is ready (None: stop calling)."""
+
+    def show_status(self, text: str) -> None:
+        """One line in the status bar."""

@@ -1,0 +1,232 @@
+"""The click-model tool: clicks and boxes become a proposed region from a SAM-family model.
+
+A left click adds a positive point, a right click (or Shift+click) a negative one, a drag draws a
+box; each prompt re-predicts in a worker (one in flight, the newest waiting one replacing older
+ones) through a :class:`~deeplab_gui.editing.click.ClickSession` on the target's click predictor.
+The best candidate is previewed with the class it would get: with "auto class" on and the
+segmentation model's probabilities at hand, the class they favour inside the region, else the
+current class.  Tab shows the next candidate, Enter or Space accepts it as one undo step (after
+the CRF moved its border onto image edges when "edge polish" is on and probabilities exist),
+Escape drops it; another image or tool drops the prompts.  Without a click model a click only
+says, in the status bar, how to get one.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QPointF, Qt
+
+from ...editing.click import (
+    CLICK_DESCRIPTION,
+    ClickSession,
+    accept_region,
+    polish_edges,
+    region_class,
+)
+from .region_tools import ACCEPT_KEYS, LatestQueue, show_mask
+from .tool_base import Tool
+from .toolview import RegionTarget
+
+__all__ = ["ClickTool"]
+
+BOX_COLOR = (255, 255, 0, 255)
+WAITING = "the click model is still computing this image's embedding: the click will follow"
+
+
+class ClickTool(Tool):
+    """See the module docstring.  ``auto_class`` and ``edge_polish`` are the tool bar's toggles."""
+
+    name = "click"
+    cursor = Qt.CursorShape.CrossCursor
+    target: RegionTarget | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.auto_class = True
+        self.edge_polish = True
+        self.session: ClickSession | None = None
+        self.classes: list[int | None] = []    # per candidate: the probabilities' class, if any
+        self.queue = LatestQueue()
+        self._gen = 0                           # bumped when the prompts are dropped
+        self._press: tuple[float, float, bool] | None = None
+        self._box_end: tuple[float, float] | None = None
+        self._waiting: tuple | None = None      # a prompt held until the embedding is ready
+
+    # -------------------------------------------------------------- life cycle
+    def activate(self, view, target) -> None:
+        super().activate(view, target)
+        hook = getattr(target, "on_embedding_ready", None)
+        if hook is not None:
+            hook(self._embedding_ready)
+
+    def deactivate(self) -> None:
+        hook = getattr(self.target, "on_embedding_ready", None)
+        if hook is not None:
+            hook(None)
+        super().deactivate()
+
+    def reset(self) -> None:
+        self._gen += 1
+        self.session, self.classes = None, []
+        self._press = self._box_end = self._waiting = None
+        self.queue.drop_pending()
+        if self.view is not None:
+            self.view.clear_region()
+            self.view.clear_preview()
+
+    def _embedding_ready(self, key: str) -> None:
+        if self._waiting is not None and self.target is not None and key == self.target.image_key:
+            prompt, self._waiting = self._waiting, None
+            self.prompt(prompt)
+
+    # -------------------------------------------------------------- mouse
+    def _usable(self) -> bool:
+        status = self.target.click_status()
+        if status:
+            self.target.show_status(status)
+            return False
+        return True
+
+    def press(self, pos: QPointF, modifiers: Any) -> None:
+        if not self._usable():
+            return
+        negative = bool(modifiers & Qt.KeyboardModifier.ShiftModifier)
+        self._press, self._box_end = (pos.x(), pos.y(), not negative), None
+
+    def right_press(self, pos: QPointF, modifiers: Any) -> None:
+        if self._usable():
+            self.prompt(("point", pos.x(), pos.y(), False))
+
+    def _drag_threshold(self) -> float:
+        h, w = self.target.document.shape
+        return max(4.0, 0.005 * max(h, w))   # image pixels: a shaky click stays a click
+
+    def move(self, pos: QPointF, pressed: bool) -> None:
+        p = self._press
+        if not pressed or p is None or not p[2]:
+            return
+        if self._box_end is None and math.hypot(pos.x() - p[0], pos.y() - p[1]) < self._drag_threshold():
+            return
+        self._box_end = (pos.x(), pos.y())
+        x0, y0, (x1, y1) = p[0], p[1], self._box_end
+        if self.view is not None:
+            self.view.show_path([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], closed=True, color=BOX_COLOR)
+
+    def release(self, pos: QPointF) -> None:
+        p, self._press = self._press, None
+        if p is None:
+            return
+        if self._box_end is not None:
+            self._box_end = None
+            if self.view is not None:
+                self.view.clear_preview()
+            self.prompt(("box", p[0], p[1], pos.x(), pos.y()))
+        else:
+            self.prompt(("point", p[0], p[1], p[2]))
+
+    # -------------------------------------------------------------- prediction
+    def prompt(self, prompt: tuple):
+        """Run one prompt, ``("point", x, y, positive)`` or ``("box", x0, y0, x1, y1)``, queued."""
+        t = self.target
+        doc = t.document
+        if doc is None:
+            return
+        predictor = t.click_predictor()
+        if predictor is None:
+            self._waiting = prompt
+            t.show_status(WAITING)
+            return
+        if self.session is None or self.session.predictor is not predictor or self.session.shape != doc.shape:
+            self.session = ClickSession(predictor, doc.shape)
+        session, gen, default = self.session, self._gen, t.current_label
+        src = t.snap_input()
+        probs = src.probs if src is not None else None
+
+        def job():
+            if prompt[0] == "box":
+                cands = session.set_box(*prompt[1:])
+            else:
+                cands = session.add_point(prompt[1], prompt[2], positive=prompt[3])
+            classes = [None if probs is None else region_class(probs, c.mask, default) for c in cands]
+            return cands, classes
+
+        def done(result) -> None:
+            self.queue.done()
+            if gen != self._gen or t.document is not doc:
+                return
+            self.classes = result[1]
+            self.show()
+
+        def failed(text: str) -> None:
+            self.queue.done()
+            t.report_error(f"Click model failed: {text}")
+
+        self.queue.submit(lambda: t.run_task(job, on_result=done, on_error=failed, task_name="Click region"))
+
+    def label(self) -> int:
+        """The class the shown candidate would get."""
+        s = self.session
+        i = s.index if s is not None else 0
+        auto = self.classes[i] if self.auto_class and i < len(self.classes) else None
+        return self.target.current_label if auto is None else int(auto)
+
+    def show(self) -> None:
+        """Preview the session's current candidate with its class (also after the toggles change)."""
+        cand = self.session.current if self.session is not None else None
+        if self.view is None:
+            return
+        if cand is None or not show_mask(self.view, self.target, cand.mask, self.label()):
+            self.view.clear_region()
+
+    # -------------------------------------------------------------- keys
+    def key(self, key: int) -> bool:
+        s = self.session
+        if s is None or s.current is None:
+            return False
+        if key == Qt.Key.Key_Tab:
+            if not self.queue.busy:  # the session is the worker's while it predicts
+                s.cycle()
+                self.show()
+            return True
+        if key in ACCEPT_KEYS:
+            self.accept()
+            return True
+        if key == Qt.Key.Key_Escape:
+            self.reset()
+            return True
+        return False
+
+    def accept(self):
+        """Write the shown candidate with its class as one undo step; returns the polish's task
+        handle when the edge polish runs in a worker first."""
+        t, s = self.target, self.session
+        doc = t.document
+        if s is None or s.current is None or doc is None:
+            return None
+        mask, label = s.current.mask, self.label()
+        src = t.snap_input()
+        self.reset()
+        if not (self.edge_polish and src is not None and src.probs is not None):
+            accept_region(doc, mask, label, CLICK_DESCRIPTION)
+            return None
+
+        def polish() -> np.ndarray:
+            return polish_edges(src.image, src.probs, mask, label, src.params, src.num_classes)
+
+        def done(polished: np.ndarray) -> None:
+            self.queue.done()
+            if t.document is doc:  # accepted for this image: it still goes in, polished
+                accept_region(doc, polished, label, CLICK_DESCRIPTION)
+
+        def failed(text: str) -> None:
+            self.queue.done()
+            if t.document is doc:
+                accept_region(doc, mask, label, CLICK_DESCRIPTION)  # unpolished rather than lost
+            t.report_error(f"Edge polish failed (the region went in as shown): {text}")
+
+        handle: list = []
+        self.queue.submit(lambda: handle.append(t.run_task(polish, on_result=done, on_error=failed,
+                                                           task_name="Edge polish")))
+        return handle[0] if handle else None

@@ -1,0 +1,118 @@
+"""What the canvas draws for the region tools: a proposed region (translucent fill, outline and the
+proposed class's name) and an image-sized overlay such as superpixel borders.
+
+Each change builds one QImage bounded to the region's crop, so a preview costs in proportion to the
+region, not the image.  Items sit in image coordinates (scene = image pixels) at the crop's origin.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QPointF, Qt
+from PySide6.QtGui import QBrush, QColor, QFont, QImage, QPainter, QPen, QPixmap
+from PySide6.QtWidgets import (
+    QGraphicsItem,
+    QGraphicsPixmapItem,
+    QGraphicsScene,
+    QGraphicsSimpleTextItem,
+    QStyleOptionGraphicsItem,
+)
+
+__all__ = ["RegionItems", "region_rgba"]
+
+FILL_ALPHA = 0.45      # share of the colour's alpha inside the region; the outline gets all of it
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a 4-neighbour outside it (the crop's own border counts as outside)."""
+    pad = np.pad(mask, 1, constant_values=False)
+    inner = pad[1:-1, 1:-1] & pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:]
+    return mask & ~inner
+
+
+def region_rgba(mask: np.ndarray, color: tuple[int, int, int, int]) -> np.ndarray:
+    """h×w×4 uint8: ``color`` at a fraction of its alpha inside ``mask``, at full alpha on its outline."""
+    r, g, b, a = (int(v) for v in color)
+    out = np.zeros((*mask.shape, 4), np.uint8)
+    out[mask] = (r, g, b, round(a * FILL_ALPHA))
+    out[_edges(mask)] = (r, g, b, a)
+    return out
+
+
+def _pixmap(rgba: np.ndarray) -> QPixmap:
+    rgba = np.ascontiguousarray(rgba, dtype=np.uint8)
+    h, w = rgba.shape[:2]
+    img = QImage(rgba.data, w, h, 4 * w, QImage.Format.Format_RGBA8888)
+    return QPixmap.fromImage(img)  # a copy: the numpy buffer may go
+
+
+class _CountingPixmap(QGraphicsPixmapItem):
+    """A pixmap item that counts its paints, so a benchmark can tell when a preview reached the screen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paints = 0
+        self.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
+
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget=None) -> None:
+        super().paint(painter, option, widget)
+        self.paints += 1
+
+
+class RegionItems:
+    """The region preview (z 3, over the label overlay) and the tool overlay (z 2) of one scene."""
+
+    def __init__(self, scene: QGraphicsScene) -> None:
+        self._scene = scene
+        self.region = _CountingPixmap()
+        self.region.setZValue(3)
+        self.region.setVisible(False)
+        self.label = QGraphicsSimpleTextItem()
+        self.label.setZValue(5)
+        # Readable at any zoom: the name keeps its screen size.
+        self.label.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations, True)
+        font = QFont()
+        font.setBold(True)
+        self.label.setFont(font)
+        self.label.setBrush(QBrush(QColor(255, 255, 255)))
+        self.label.setPen(QPen(QColor(0, 0, 0), 0.8))  # a dark rim: legible on light and dark pictures
+        self.label.setVisible(False)
+        self.overlay = QGraphicsPixmapItem()
+        self.overlay.setZValue(2)
+        self.overlay.setVisible(False)
+        for item in (self.region, self.label, self.overlay):
+            scene.addItem(item)
+
+    def show_region(self, mask: np.ndarray, origin: tuple[int, int], color: tuple[int, int, int, int],
+                    label_text: str = "") -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.ndim != 2 or not mask.any():
+            self.clear_region()
+            return
+        self.region.setPixmap(_pixmap(region_rgba(mask, color)))
+        x0, y0 = (float(v) for v in origin)
+        self.region.setPos(QPointF(x0, y0))
+        self.region.setVisible(True)
+        if label_text:
+            # Above the region's first row, at the leftmost pixel of that row.
+            ys, xs = np.nonzero(mask)
+            top = int(ys.min())
+            left = int(xs[ys == top].min())
+            self.label.setText(label_text)
+            self.label.setPos(QPointF(x0 + left, y0 + top))
+            self.label.setVisible(True)
+        else:
+            self.label.setVisible(False)
+
+    def clear_region(self) -> None:
+        self.region.setVisible(False)
+        self.label.setVisible(False)
+
+    def show_overlay(self, rgba: np.ndarray, origin: tuple[int, int]) -> None:
+        self.overlay.setPixmap(_pixmap(rgba))
+        self.overlay.setPos(QPointF(float(origin[0]), float(origin[1])))
+        self.overlay.setVisible(True)
+
+    def clear_overlay(self) -> None:
+        if self.overlay.isVisible():
+            self.overlay.setVisible(False)
+            self.overlay.setPixmap(QPixmap())

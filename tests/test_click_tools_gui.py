@@ -1,0 +1,296 @@
+"""The click-to-correct tools on the real canvas and session (offscreen): the click-model tool with a
+fake predictor (discs around the clicks, so every expected mask is exact), the weight-free CRF click
+and the superpixel brush.  Mouse and keys go through the canvas's own event handlers."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
+from PySide6.QtGui import QMouseEvent
+from PySide6.QtWidgets import QApplication
+
+from deeplab_gui.widgets.canvas.canvas import Canvas
+from deeplab_gui.widgets.canvas.tools import make_tools
+
+pytest.importorskip("pytestqt")
+
+H, W = 48, 64
+R = 6   # the fake model's disc radius around a positive click
+
+
+def disc(cx: float, cy: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:H, 0:W]
+    return (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r * r
+
+
+class DiscPredictor:
+    """ClickPredictor.predict's signature: a disc of R around each positive point minus one around
+    each negative point; a box gives the box; the first single point gives three candidates (radii R,
+    R/2, 2R, scores in that order best first)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=True):
+        self.calls += 1
+        if box is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            m = np.zeros((H, W), bool)
+            m[y0:y1, x0:x1] = True
+            masks = [m]
+        else:
+            radii = (R, R / 2, 2 * R) if multimask else (R,)
+            masks = []
+            for r in radii:
+                m = np.zeros((H, W), bool)
+                for (x, y), lab in zip(points, labels):
+                    if lab == 1:
+                        m |= disc(x, y, r)
+                for (x, y), lab in zip(points, labels):
+                    if lab == 0:
+                        m &= ~disc(x, y, R)
+                masks.append(m)
+        k = len(masks)
+        return SimpleNamespace(masks=np.stack(masks), scores=np.linspace(0.9, 0.5, k),
+                               low_res_logits=np.zeros((k, 256, 256), np.float32))
+
+
+@pytest.fixture
+def canvas(qtbot, sessions, tmp_path):
+    """A canvas on a session with one 48×64 image (dark left half, bright right half) open."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    img = np.zeros((H, W, 3), np.uint8)
+    img[:, W // 2:] = (230, 220, 40)
+    img[:, :W // 2] = (20, 30, 90)
+    Image.fromarray(img).save(folder / "a.png")
+    s = sessions(folder)
+    qtbot.waitUntil(lambda: s.image is not None and s.document is not None, timeout=10_000)
+    c = Canvas(s)
+    qtbot.addWidget(c)
+    c.resize(320, 240)
+    c.show()
+    qtbot.waitExposed(c)
+    c.fit()
+    c.tools = make_tools()
+    s.current_label = 1
+    return c
+
+
+def use(c: Canvas, name: str):
+    tool = c.tools[name]
+    c.set_tool(tool)
+    return tool
+
+
+def probs_for(classes: np.ndarray, n: int, sure: float = 0.9) -> np.ndarray:
+    """n×h×w softmax-like probabilities: ``sure`` on each pixel's class of ``classes``, the rest spread."""
+    p = np.full((n, *classes.shape), (1 - sure) / (n - 1), np.float32)
+    np.put_along_axis(p, classes[None].astype(np.int64), np.float32(sure), axis=0)
+    return p
+
+
+def with_fake_model(c: Canvas) -> DiscPredictor:
+    fake = DiscPredictor()
+    c.target.click_predictor = lambda: fake
+    c.target.click_status = lambda: None
+    return fake
+
+
+def mouse(c: Canvas, kind: QEvent.Type, x: float, y: float, button=Qt.MouseButton.LeftButton,
+          held=None, mods=Qt.KeyboardModifier.NoModifier) -> None:
+    """Send a mouse event at image pixel (x, y) to the canvas's viewport."""
+    p = c.mapFromScene(QPointF(x, y))
+    pos = QPointF(p)
+    held = (button if kind != QEvent.Type.MouseButtonRelease else Qt.MouseButton.NoButton) if held is None else held
+    ev = QMouseEvent(kind, pos, QPointF(c.viewport().mapToGlobal(QPoint(p))),
+                     Qt.MouseButton.NoButton if kind == QEvent.Type.MouseMove else button, held, mods)
+    QApplication.sendEvent(c.viewport(), ev)
+
+
+def click(c, x, y, **kw) -> None:
+    mouse(c, QEvent.Type.MouseButtonPress, x, y, **kw)
+    mouse(c, QEvent.Type.MouseButtonRelease, x, y, **{k: v for k, v in kw.items() if k != "held"})
+
+
+def drag(c, points) -> None:
+    mouse(c, QEvent.Type.MouseButtonPress, *points[0])
+    for x, y in points[1:]:
+        mouse(c, QEvent.Type.MouseMove, x, y, held=Qt.MouseButton.LeftButton)
+    mouse(c, QEvent.Type.MouseButtonRelease, *points[-1])
+
+
+def previewed(c: Canvas) -> bool:
+    return c.regions.region.isVisible()
+
+
+def wait_idle(qtbot, tool) -> None:
+    qtbot.waitUntil(lambda: not tool.queue.busy, timeout=10_000)
+
+
+def test_click_previews_then_enter_writes_only_the_region_as_one_confirmed_undo_step(qtbot, canvas):
+    c, s = canvas, canvas.session
+    fake = with_fake_model(c)
+    tool = use(c, "click")
+    tool.edge_polish = False
+    before = s.document.mask.copy()
+    click(c, 20, 20)
+    qtbot.waitUntil(lambda: previewed(c), timeout=10_000)
+    assert fake.calls == 1 and np.array_equal(s.document.mask, before)   # a preview only
+    assert c.regions.label.text() == s.class_names[1]
+    depth = s.document.undo_depth
+    qtbot.keyClick(c, Qt.Key.Key_Return)
+    expected = disc(20, 20, R)
+    after = s.document.mask
+    assert np.all(after[expected] == 1) and np.array_equal(after[~expected], before[~expected])
+    assert s.document.undo_depth == depth + 1 and not previewed(c)
+    conf = s.document.confirmed
+    assert conf[expected].all() and not conf[~expected].any()        # a person's pixels now
+    s.document.undo()
+    assert np.array_equal(s.document.mask, before)
+
+
+def test_negative_click_shrinks_the_candidate_and_tab_cycles(qtbot, canvas):
+    c = canvas
+    with_fake_model(c)
+    tool = use(c, "click")
+    click(c, 20, 20)
+    wait_idle(qtbot, tool)
+    first = tool.session.current.mask.copy()
+    assert np.array_equal(first, disc(20, 20, R))
+    qtbot.keyClick(c, Qt.Key.Key_Tab)                      # the next candidate: radius R/2
+    assert np.array_equal(tool.session.current.mask, disc(20, 20, R / 2))
+    qtbot.keyClick(c, Qt.Key.Key_Tab)
+    qtbot.keyClick(c, Qt.Key.Key_Tab)                      # round to the first again
+    assert np.array_equal(tool.session.current.mask, first)
+    click(c, 25, 20, button=Qt.MouseButton.RightButton)   # negative near the edge
+    wait_idle(qtbot, tool)
+    shrunk = tool.session.current.mask
+    assert shrunk.sum() < first.sum() and not (shrunk & disc(25, 20, R)).any()
+    assert np.array_equal(shrunk, first & ~disc(25, 20, R))
+    click(c, 14, 20, mods=Qt.KeyboardModifier.ShiftModifier)   # Shift+click is negative too
+    wait_idle(qtbot, tool)
+    assert not (tool.session.current.mask & disc(14, 20, R)).any()
+
+
+def test_a_drag_is_a_box_prompt(qtbot, canvas):
+    c = canvas
+    with_fake_model(c)
+    tool = use(c, "click")
+    drag(c, [(10, 10), (20, 20), (30, 25)])
+    wait_idle(qtbot, tool)
+    assert tool.session.box == (10, 10, 30, 25)
+    assert tool.session.current.mask.sum() == 20 * 15
+
+
+def test_auto_class_takes_the_probabilities_class_and_can_be_switched_off(qtbot, canvas):
+    c, s = canvas, canvas.session
+    with_fake_model(c)
+    # The model says class 2 everywhere, on a coarser grid than the image.
+    s.probs = probs_for(np.full((H // 2, W // 2), 2), len(s.class_names))
+    tool = use(c, "click")
+    tool.edge_polish = False
+    click(c, 20, 20)
+    qtbot.waitUntil(lambda: previewed(c), timeout=10_000)
+    assert tool.label() == 2 and c.regions.label.text() == s.class_names[2]
+    tool.auto_class = False
+    tool.show()
+    assert tool.label() == 1 and c.regions.label.text() == s.class_names[1]
+    tool.auto_class = True
+    qtbot.keyClick(c, Qt.Key.Key_Space)                     # Space accepts too
+    assert np.all(s.document.mask[disc(20, 20, R)] == 2)
+
+
+def test_edge_polish_runs_in_a_worker_and_changes_only_the_border_band(qtbot, canvas):
+    c, s = canvas, canvas.session
+    with_fake_model(c)
+    s.probs = probs_for(np.ones((H, W), int), len(s.class_names))
+    tool = use(c, "click")
+    before = s.document.mask.copy()
+    click(c, 20, 20)
+    wait_idle(qtbot, tool)
+    qtbot.keyClick(c, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: not np.array_equal(s.document.mask, before), timeout=20_000)
+    changed = s.document.mask != before
+    assert (changed & ~disc(20, 20, R + 4)).sum() == 0     # within the 3-px band around the disc
+    assert changed[disc(20, 20, R - 4)].all()              # the interior went in
+
+
+def test_escape_leaves_the_mask_unchanged(qtbot, canvas):
+    c, s = canvas, canvas.session
+    with_fake_model(c)
+    tool = use(c, "click")
+    before = s.document.mask.copy()
+    click(c, 20, 20)
+    qtbot.waitUntil(lambda: previewed(c), timeout=10_000)
+    qtbot.keyClick(c, Qt.Key.Key_Escape)
+    assert not previewed(c) and tool.session is None
+    qtbot.keyClick(c, Qt.Key.Key_Return)                   # nothing left to accept
+    assert np.array_equal(s.document.mask, before) and s.document.undo_depth == 0
+
+
+def test_without_a_click_model_a_click_says_how_to_get_one_and_does_nothing(qtbot, canvas):
+    c, s = canvas, canvas.session
+    c.target.click_status = lambda: "no click model: choose one in the Model panel"
+    said = []
+    s.message.connect(lambda level, text: said.append((level, text)))
+    tool = use(c, "click")
+    click(c, 20, 20)
+    assert said[-1] == ("info", "no click model: choose one in the Model panel")
+    assert tool.session is None and not previewed(c) and not tool.queue.busy
+
+
+def test_prompts_wait_for_the_embedding_and_follow_when_it_is_ready(qtbot, canvas):
+    c = canvas
+    fake = DiscPredictor()
+    ready = []
+    c.target.click_status = lambda: None
+    c.target.click_predictor = lambda: fake if ready else None
+    hooks = []
+    c.target.on_embedding_ready = lambda cb: hooks.append(cb)
+    tool = use(c, "click")
+    click(c, 20, 20)
+    assert fake.calls == 0 and not previewed(c)
+    ready.append(True)
+    hooks[-1](c.target.image_key)
+    qtbot.waitUntil(lambda: previewed(c), timeout=10_000)
+    assert np.array_equal(tool.session.current.mask, disc(20, 20, R))
+
+
+def test_crf_click_previews_a_region_of_the_clicked_side_and_enter_accepts_it(qtbot, canvas):
+    c, s = canvas, canvas.session
+    halves = np.zeros((H, W), int)
+    halves[:, W // 2:] = 1
+    s.probs = probs_for(halves, len(s.class_names), sure=0.6)   # agrees with the picture, unsure
+    tool = use(c, "crfclick")
+    before = s.document.mask.copy()
+    click(c, 45, 24)                                        # in the bright right half
+    qtbot.waitUntil(lambda: tool.region is not None, timeout=20_000)
+    assert previewed(c) and np.array_equal(s.document.mask, before)
+    region = tool.region[0]
+    assert region[24, 45] and not region[:, :W // 2 - 2].any()   # stops at the colour edge
+    qtbot.keyClick(c, Qt.Key.Key_Return)
+    assert np.array_equal(s.document.mask == 1, region) and s.document.confirmed[region].all()
+    assert s.document.undo_depth == 1
+
+
+def test_superpixel_drag_paints_whole_superpixels_as_one_undo_step(qtbot, canvas):
+    c, s = canvas, canvas.session
+    tool = use(c, "superpixel")
+    tool.size = 8
+    qtbot.waitUntil(lambda: tool.current() is not None, timeout=20_000)
+    assert c.regions.overlay.isVisible()                   # the borders are shown
+    seg = tool.current()[0]
+    drag(c, [(5, 5), (12, 9), (18, 14)])
+    mask = s.document.mask
+    painted = mask == 1
+    touched = np.unique(seg[painted])
+    # Whole superpixels: every touched one is painted entirely, and the drag's pixels are among them.
+    assert np.array_equal(painted, np.isin(seg, touched))
+    for x, y in ((5, 5), (12, 9), (18, 14)):
+        assert painted[y, x]
+    assert s.document.undo_depth == 1 and s.document.confirmed[painted].all()
+    assert not painted[:, W // 2:].any()                   # the bright half is other superpixels
