@@ -88,7 +88,7 @@ class SAM2(ClickModel):
         self.sam_mask_decoder = MaskDecoder(cfg.d_model)
 
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float() / 255.0   # (read-only arrays too)
         s = self.image_size
         x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
