@@ -294,3 +294,19 @@ def test_superpixel_drag_paints_whole_superpixels_as_one_undo_step(qtbot, canvas
         assert painted[y, x]
     assert s.document.undo_depth == 1 and s.document.confirmed[painted].all()
     assert not painted[:, W // 2:].any()                   # the bright half is other superpixels
+
+
+def test_window_keys_choose_the_region_tools_and_the_click_toggles_show_with_the_click_tool(
+        qtbot, open_window, grey_images):
+    win = open_window(grey_images(2))
+    for key, name in ((Qt.Key.Key_X, "superpixel"), (Qt.Key.Key_R, "crfclick"), (Qt.Key.Key_C, "click")):
+        qtbot.keyClick(win.canvas, key)
+        assert win.canvas.tool is win.tools[name] and win.tool_actions[name].isChecked()
+    toggles = win.click_toggles
+    assert all(a.isVisible() and a.isChecked() for a in toggles.values())
+    toggles["auto_class"].setChecked(False)
+    assert win.tools["click"].auto_class is False
+    toggles["edge_polish"].setChecked(False)
+    assert win.tools["click"].edge_polish is False
+    qtbot.keyClick(win.canvas, Qt.Key.Key_B)
+    assert not any(a.isVisible() for a in toggles.values())
