@@ -6,6 +6,14 @@
     ... benchmarks/screenshot.py --size 1920x1080 --out docs/screenshot_1920x1080.png
     ... benchmarks/screenshot.py --picker per --out docs/class_picker.png   (the "/" class picker, filtered)
     ... benchmarks/screenshot.py --progress --out docs/progress.png   (View > Progress..., see below)
+    ... benchmarks/screenshot.py --click 0.3,0.45 --label cat --out docs/click_preview.png
+        (a click with the click-model tool at that fraction of the image: its proposed region and class;
+        see STAND-IN below)  --crf-click FX,FY does the same with the weight-free CRF click.
+
+STAND-IN: no click-model weights can be downloaded on the machines this project is built on, and a
+randomly initialised SAM proposes noise, so ``--click`` feeds the click tool a stand-in predictor whose
+candidates are the image's superpixels under the click (scikit-image's Felzenszwalb at three sizes).
+Everything after the predictor (the tool, the worker, the preview, its class label) is the app's own.
 
 The brush is the active tool and the pointer rests on the image, so its outline shows.
 
@@ -108,6 +116,62 @@ def grab_progress(app, window, out: Path) -> bool:
     return ok
 
 
+class SuperpixelStandIn:
+    """The STAND-IN predictor (see the module docstring): ClickPredictor.predict's signature, candidates
+    = the superpixels under the positive clicks minus those under negative ones, at three sizes."""
+
+    def __init__(self, image, sizes=(32, 16, 64)) -> None:
+        from deeplab_gui.editing.superpixels import (
+            SuperpixelParams,
+            compute_superpixels,
+        )
+        self.segs = [compute_superpixels(image, SuperpixelParams(size=k)) for k in sizes]
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=True):
+        from types import SimpleNamespace
+
+        import numpy as np
+        masks = []
+        for seg in self.segs if multimask else self.segs[:1]:
+            ids = {int(seg[int(y), int(x)]): lab for (x, y), lab in zip(points, labels)}
+            masks.append(np.isin(seg, [i for i, lab in ids.items() if lab == 1]))
+        k = len(masks)
+        return SimpleNamespace(masks=np.stack(masks), scores=np.linspace(0.9, 0.5, k),
+                               low_res_logits=np.zeros((k, 256, 256), np.float32))
+
+
+def grab_region_tool(app, window, args) -> int:
+    """A click with the click-model tool (``--click``, stand-in predictor) or the CRF-click tool
+    (``--crf-click``) on the shown image, its preview with the proposed class on screen."""
+    from PySide6.QtCore import QPointF, Qt
+
+    s, canvas = window.session, window.canvas
+    s.current_label = s.class_names.index(args.label)
+    name = "click" if args.click else "crfclick"
+    if args.click:
+        stand_in = SuperpixelStandIn(s.image)
+        canvas.target.click_predictor = lambda: stand_in
+        canvas.target.click_status = lambda: None
+    window.set_tool(name)
+    canvas.fit()
+    fx, fy = (float(v) for v in (args.click or args.crf_click).split(","))
+    h, w = s.image.shape[:2]
+    tool, at = canvas.tool, QPointF(fx * w, fy * h)
+    tool.press(at, Qt.KeyboardModifier.NoModifier)
+    tool.release(at)
+    shown = (lambda: tool.session is not None and tool.session.current is not None) if args.click \
+        else (lambda: tool.region is not None)
+    wait_until(app, lambda: shown() and canvas.regions.region.isVisible())
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.01)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    ok = window.grab().save(str(args.out))
+    print(f"wrote {args.out}: {canvas.regions.label.text()} proposed" if ok else f"could not write {args.out}")
+    window.close()
+    return 0 if ok else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
@@ -118,6 +182,11 @@ def main() -> int:
     ap.add_argument("--arch", default="deeplabv3plus_mobilenet_v2")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--picker", metavar="TEXT", help="open the class picker with TEXT typed in its filter")
+    ap.add_argument("--click", metavar="FX,FY",
+                    help="click the click-model tool (stand-in predictor) at this fraction of the image")
+    ap.add_argument("--crf-click", metavar="FX,FY",
+                    help="click the CRF-click tool at this fraction of the image and grab its preview")
+    ap.add_argument("--label", default="cat", help="the class the --crf-click proposes")
     ap.add_argument("--progress", action="store_true",
                     help="grab View > Progress... over illustrative (made-up) effort records instead")
     args = ap.parse_args()
@@ -160,6 +229,8 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"wrote {args.out}" if ok else f"could not write {args.out}", file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
+    if args.crf_click or args.click:
+        return grab_region_tool(app, window, args)
     model_panel, crf_panel = window.panels["Model"], window.panels["CRF"]
     model_panel.load_weights(str(ckpt))
     wait_until(app, lambda: s.model is not None and model_panel.task is None)

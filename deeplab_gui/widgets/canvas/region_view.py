@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import QPointF, Qt
-from PySide6.QtGui import QBrush, QColor, QFont, QImage, QPainter, QPen, QPixmap
+from PySide6.QtGui import (
+    QBrush,
+    QColor,
+    QFont,
+    QImage,
+    QPainter,
+    QPen,
+    QPixmap,
+    QTransform,
+)
 from PySide6.QtWidgets import (
     QGraphicsItem,
     QGraphicsPixmapItem,
@@ -20,6 +29,7 @@ from PySide6.QtWidgets import (
 __all__ = ["RegionItems", "region_rgba"]
 
 FILL_ALPHA = 0.45      # share of the colour's alpha inside the region; the outline gets all of it
+RING = (255, 255, 255, 200)   # the light line around the region's outside
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:
@@ -30,11 +40,20 @@ def _edges(mask: np.ndarray) -> np.ndarray:
 
 
 def region_rgba(mask: np.ndarray, color: tuple[int, int, int, int]) -> np.ndarray:
-    """h×w×4 uint8: ``color`` at a fraction of its alpha inside ``mask``, at full alpha on its outline."""
+    """(h+2)×(w+2)×4 uint8 for ``mask`` with a one-pixel margin: ``color`` at a fraction of its alpha
+    inside, at full alpha on its outline, and a light ring just outside it, so a dark class (or a
+    light one on a pale picture) still shows where the region ends."""
     r, g, b, a = (int(v) for v in color)
-    out = np.zeros((*mask.shape, 4), np.uint8)
-    out[mask] = (r, g, b, round(a * FILL_ALPHA))
-    out[_edges(mask)] = (r, g, b, a)
+    pad = np.pad(mask, 1, constant_values=False)
+    grown = pad.copy()
+    grown[1:, :] |= pad[:-1, :]
+    grown[:-1, :] |= pad[1:, :]
+    grown[:, 1:] |= pad[:, :-1]
+    grown[:, :-1] |= pad[:, 1:]
+    out = np.zeros((*pad.shape, 4), np.uint8)
+    out[grown & ~pad] = RING
+    out[pad] = (r, g, b, round(a * FILL_ALPHA))
+    out[_edges(pad)] = (r, g, b, a)
     return out
 
 
@@ -90,7 +109,7 @@ class RegionItems:
             return
         self.region.setPixmap(_pixmap(region_rgba(mask, color)))
         x0, y0 = (float(v) for v in origin)
-        self.region.setPos(QPointF(x0, y0))
+        self.region.setPos(QPointF(x0 - 1, y0 - 1))   # the image has a one-pixel margin for the ring
         self.region.setVisible(True)
         if label_text:
             # Above the region's first row, at the leftmost pixel of that row.
@@ -98,6 +117,8 @@ class RegionItems:
             top = int(ys.min())
             left = int(xs[ys == top].min())
             self.label.setText(label_text)
+            # Just above the region (in screen pixels, whatever the zoom), not over what it covers.
+            self.label.setTransform(QTransform.fromTranslate(0, -self.label.boundingRect().height()))
             self.label.setPos(QPointF(x0 + left, y0 + top))
             self.label.setVisible(True)
         else:
