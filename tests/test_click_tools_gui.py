@@ -310,3 +310,17 @@ def test_window_keys_choose_the_region_tools_and_the_click_toggles_show_with_the
     assert win.tools["click"].edge_polish is False
     qtbot.keyClick(win.canvas, Qt.Key.Key_B)
     assert not any(a.isVisible() for a in toggles.values())
+
+
+def test_in_the_window_without_a_click_model_the_click_tool_shows_the_click_states_own_line(
+        qtbot, open_window, grey_images):
+    win = open_window(grey_images(1, size=(24, 32)))
+    s = win.session
+    assert s.click.model_name is None
+    win.set_tool("click")
+    before = s.document.mask.copy()
+    click(win.canvas, 10, 10)
+    level, text = win.messages[-1]
+    assert (level, text) == ("info", s.click.status_text) and "\n" not in text
+    assert win.statusBar().currentMessage() == text
+    assert np.array_equal(s.document.mask, before) and not previewed(win.canvas)
