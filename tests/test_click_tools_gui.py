@@ -324,3 +324,24 @@ def test_in_the_window_without_a_click_model_the_click_tool_shows_the_click_stat
     assert (level, text) == ("info", s.click.status_text) and "\n" not in text
     assert win.statusBar().currentMessage() == text
     assert np.array_equal(s.document.mask, before) and not previewed(win.canvas)
+
+
+def test_superpixels_are_cached_per_image_and_size_and_recomputed_after_a_dropped_request(qtbot, canvas):
+    c = canvas
+    tool = use(c, "superpixel")
+    qtbot.waitUntil(lambda: tool.current() is not None, timeout=20_000)
+    first = tool.current()[0]
+    tool.size = 6                                         # another granularity: computed anew...
+    tool.size = 7                                         # ...and this one waits behind it
+    c.set_tool(c.tools["brush"])                          # switched away: the waiting one is dropped
+    assert not c.regions.overlay.isVisible()
+    use(c, "superpixel")                                  # back: size 7 is asked for again
+    qtbot.waitUntil(lambda: tool.current() is not None, timeout=20_000)
+    assert tool.current()[0].max() >= first.max()          # finer or as fine
+    seven = tool.current()[0]
+    qtbot.waitUntil(lambda: not tool._queue.busy, timeout=20_000)
+    tool.size = 6
+    assert tool.current() is not None and not tool._queue.busy   # from the cache, no recomputation
+    assert c.regions.overlay.isVisible()
+    tool.size = 7
+    assert tool.current()[0] is seven

@@ -200,7 +200,9 @@ class SuperpixelTool(Tool):
 
     def reset(self) -> None:
         self._ids, self._last = None, None
+        # A dropped request must be asked again when it is wanted (a running one merely fills the cache).
         self._queue.drop_pending()
+        self._asked = None
         if self.view is not None:
             self.view.clear_region()
             if self._active:
