@@ -39,8 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_crf.py
 
 bench-annotation: $(STAMP)
-	$(BIN)/python benchmarks/bench_annotation.py --scenes 24
-	$(BIN)/python benchmarks/bench_annotation.py --loop
+	$(BIN)/python benchmarks/bench_annotation.py --scenes 24 --tools manual,snap,superpixel,crfclick,click
+	$(BIN)/python benchmarks/bench_annotation.py --loop --tools manual,snap,superpixel
 
 clean-venv:
 	rm -rf $(VENV)
