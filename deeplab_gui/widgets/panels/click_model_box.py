@@ -10,7 +10,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from ...state.click_work import click_catalog, on_this_machine
-from .labels import WrappedLabel
+from .labels import ElidedLabel
 
 __all__ = ["FROM_FILE", "ClickModelBox"]
 
@@ -31,8 +31,9 @@ class ClickModelBox(QWidget):
         self.combo.setToolTip("the model behind click-to-correct: a click or a box selects a region")
         self.button = QPushButton("Use")
         self.button.clicked.connect(self.use)
-        self.status = WrappedLabel(fixed_width=True)   # paths: cut, never a wider dock
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # One line (the tooltip and the click tool's status-bar message hold all of it): the row must
+        # not push the CRF panel's buttons off a 1280×800 screen.
+        self.status = ElidedLabel()
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.combo, 1)
