@@ -135,6 +135,10 @@ def test_crf_click_grows_along_a_colour_region_and_stops_at_its_edge():
     small = crf_click_region(image, None, (30, 24), 1, CRFParams(), 2, current, radius=6)
     ys, xs = np.nonzero(small)
     assert small.any() and ys.min() >= 24 - 6 and ys.max() <= 24 + 6 and xs.min() >= 30 - 6 and xs.max() <= 30 + 6
+    # With VOC's 21 classes and nothing labelled yet, the other 20 classes do not each lose to the
+    # click's class: the unlabelled pixels compete as one, and the click stays inside the square.
+    many = crf_click_region(image, None, (30, 24), 8, CRFParams(), 21, current, radius=40)
+    assert (many & truth).sum() >= 0.95 * truth.sum() and (many & ~truth).sum() <= 0.02 * truth.sum()
     # With a model's probabilities the click still follows the image's edge.
     probs = np.empty((2,) + truth.shape, np.float32)
     probs[0], probs[1] = 0.7, 0.3                # a model that missed the object

@@ -284,6 +284,8 @@ def test_superpixel_drag_paints_whole_superpixels_as_one_undo_step(qtbot, canvas
     qtbot.waitUntil(lambda: tool.current() is not None, timeout=20_000)
     assert c.regions.overlay.isVisible()                   # the borders are shown
     seg = tool.current()[0]
+    QApplication.processEvents()   # let the view settle (a first show may still fit it) before mapping points
+    c.fit()
     drag(c, [(5, 5), (12, 9), (18, 14)])
     mask = s.document.mask
     painted = mask == 1
