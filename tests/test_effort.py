@@ -186,6 +186,14 @@ def test_actions_count_by_tool_and_prelabels_do_not(qtbot, clocked, folder):
     assert s.effort.actions == 0 and dict(_recorded(s, "img0.png").actions)["brush"] == 1
 
 
+def test_region_tools_count_under_their_tool_names():
+    from deeplab_gui.editing.click import CLICK_DESCRIPTION, CRF_CLICK_DESCRIPTION
+    from deeplab_gui.editing.superpixels import SUPERPIXEL_DESCRIPTION
+    from deeplab_gui.state.effort import tool_of
+    assert [tool_of(d) for d in (SUPERPIXEL_DESCRIPTION, CRF_CLICK_DESCRIPTION, CLICK_DESCRIPTION)] == \
+        ["superpixel", "crfclick", "click"]
+
+
 def test_accepting_records_when_and_under_which_version(qtbot, clocked, folder):
     s, clock = clocked(folder)
     _stroke(s.document)

@@ -41,9 +41,11 @@ IDLE_AFTER_S = 30.0   # an input keeps the clock running this long
 FLUSH_EVERY_S = 10.0  # while working, counts reach the store at least every this many active seconds
 _TICK_MS = 1000       # how often the shown time moves on while the clock runs
 
-# History step descriptions (editing/document.py, snap.py, crf.py) -> the tool a person used.
+# History step descriptions (editing/document.py, snap.py, click.py, superpixels.py, crf.py) -> the tool
+# a person used (the names the simulated annotator's tool sets use).
 _TOOLS = {"Paint": "brush", "Erase": "eraser", "Fill": "fill", "Polygon": "polygon", "CRF snap": "snap",
-          "Apply CRF": "apply_crf", "Apply labels": "labels"}
+          "Apply CRF": "apply_crf", "Apply labels": "labels", "Superpixels": "superpixel",
+          "CRF click": "crfclick", "Click region": "click"}
 _MODEL_STEPS = {"pre-label"}  # steps the model makes: not a person's work
 
 
