@@ -20,7 +20,7 @@ from deeplab_gui.cli import selftest
 from deeplab_gui.cli.selftest import SelfTestConfig, ensure_headless_qt, run_self_test
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("qt", "model", "predict", "crf", "store", "voc")
+STEPS = ("qt", "model", "predict", "crf", "store", "voc", "regions")
 
 
 def _check_bundle_module():
@@ -41,7 +41,7 @@ def test_self_test_passes_every_step_and_leaves_env_alone(qapp, monkeypatch):
     text = out.getvalue()
     for step in STEPS:
         assert f"ok   {step}" in text, text
-    assert "FAIL" not in text and "self-test passed: 6 steps" in text
+    assert "FAIL" not in text and "self-test passed: 7 steps" in text
     assert "torch and pydensecrf" in text and "platform offscreen" in text
     # The temporary redirection of settings/cache is undone.
     assert "DEEPLAB_GUI_CACHE" not in os.environ

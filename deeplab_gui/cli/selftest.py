@@ -9,6 +9,8 @@ Steps, each printed as one ``ok``/``FAIL`` line with its time:
   crf       refine them with both CRF backends (torch and pydensecrf), compare their labels
   store     write a mask into a temporary annotation store and read it back
   voc       export that store as PASCAL VOC and read the exported mask back
+  regions   superpixels of the image (scikit-image) and one click through a click model's decoder
+            (MobileSAM with random weights, from a stand-in embedding: no encoder run)
 Then a summary line. Exit status 0 when every step passed, 1 otherwise. Nothing outside a temporary
 folder is written: settings, logs and the weights cache are pointed there too.
 """
@@ -138,6 +140,8 @@ def run_self_test(config: SelfTestConfig | None = None, *, out: TextIO | None = 
         ok = ok and run.step("crf", lambda: _crf(cfg, s))
         ok = ok and run.step("store", lambda: _store(cfg, tmp, s))
         ok = ok and run.step("voc", lambda: _voc(tmp, s))
+        if "rgb" in s:   # the image the predict step read
+            run.step("regions", lambda: _regions(s))
     finally:
         if s.get("store") is not None:
             s["store"].close()
@@ -263,3 +267,26 @@ def _voc(tmp: Path, s: dict) -> str:
         raise RuntimeError(f"{png.name}: mode {mode}, or mask differs from the stored one")
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     return f"{len(report.exported)} image exported, {len(files)} files, P-mode mask matches"
+
+
+def _regions(s: dict) -> str:
+    import numpy as np
+
+    from ..editing.superpixels import compute_superpixels
+    from engine.click import ClickEmbedding, ClickPredictor, build_click_model
+
+    rgb = s["rgb"]
+    seg = compute_superpixels(rgb)
+    if seg.shape != rgb.shape[:2]:
+        raise RuntimeError(f"superpixels {seg.shape} for a {rgb.shape[:2]} image")
+    model = build_click_model("mobile_sam")
+    predictor = ClickPredictor(model)
+    h, w = rgb.shape[:2]
+    side = model.image_size
+    scale = side / max(h, w)
+    features = {"image_embed": np.random.default_rng(0).standard_normal((1, 256, 64, 64)).astype(np.float32)}
+    predictor.set_embedding(ClickEmbedding(features, (h, w), (int(h * scale + 0.5), int(w * scale + 0.5)), model.name))
+    out = predictor.predict(points=[[w / 2, h / 2]], labels=[1])
+    if out.masks.shape != (3, h, w):
+        raise RuntimeError(f"click masks {out.masks.shape}, expected (3, {h}, {w})")
+    return f"{int(seg.max()) + 1} superpixels; mobile_sam click -> {out.masks.shape[0]} masks {h}x{w}"
