@@ -132,9 +132,9 @@ def test_crf_click_grows_along_a_colour_region_and_stops_at_its_edge():
     assert (region & truth).sum() >= 0.95 * truth.sum()
     assert (region & ~truth).sum() <= 0.02 * truth.sum()
     # The window bounds it: a small radius reaches only that far around the click.
-    small = crf_click_region(image, None, (30, 24), 1, CRFParams(), 2, current, radius=6)
+    small = crf_click_region(image, None, (30, 24), 1, CRFParams(), 2, current, radius=9)
     ys, xs = np.nonzero(small)
-    assert small.any() and ys.min() >= 24 - 6 and ys.max() <= 24 + 6 and xs.min() >= 30 - 6 and xs.max() <= 30 + 6
+    assert small.any() and ys.min() >= 24 - 9 and ys.max() <= 24 + 9 and xs.min() >= 30 - 9 and xs.max() <= 30 + 9
     # With VOC's 21 classes and nothing labelled yet, the other 20 classes do not each lose to the
     # click's class: the unlabelled pixels compete as one, and the click stays inside the square.
     many = crf_click_region(image, None, (30, 24), 8, CRFParams(), 21, current, radius=40)

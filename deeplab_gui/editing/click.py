@@ -25,7 +25,7 @@ __all__ = ["CLICK_DESCRIPTION", "CRF_CLICK_DESCRIPTION", "Candidate", "ClickSess
 
 CLICK_DESCRIPTION = "Click region"
 CRF_CLICK_DESCRIPTION = "CRF click"
-SEED_RADIUS = 3          # px: the disc a CRF click marks as the clicked class
+SEED_RADIUS = 6          # px: the disc a CRF click marks as the clicked class (its colours are the seed's model)
 _PROB_FLOOR = 1e-8       # log-probabilities are taken of at least this (a class ruled out stays finite)
 
 
