@@ -211,10 +211,12 @@ def test_edge_polish_runs_in_a_worker_and_changes_only_the_border_band(qtbot, ca
     tool = use(c, "click")
     before = s.document.mask.copy()
     click(c, 20, 20)
-    wait_idle(qtbot, tool)
+    wait_idle(qtbot, tool)                                 # the prediction, then the polish of what it shows
+    shown = tool.shown_mask()
+    assert shown is not None and not np.array_equal(shown, tool.session.current.mask)   # the polished one
     qtbot.keyClick(c, Qt.Key.Key_Return)
-    qtbot.waitUntil(lambda: not np.array_equal(s.document.mask, before), timeout=20_000)
     changed = s.document.mask != before
+    assert np.array_equal(changed, shown & (before != 1))  # exactly what the preview showed went in
     assert (changed & ~disc(20, 20, R + 4)).sum() == 0     # within the 3-px band around the disc
     assert changed[disc(20, 20, R - 4)].all()              # the interior went in
 

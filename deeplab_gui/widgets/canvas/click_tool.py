@@ -5,9 +5,11 @@ box; each prompt re-predicts in a worker (one in flight, the newest waiting one 
 ones) through a :class:`~deeplab_gui.editing.click.ClickSession` on the target's click predictor.
 The best candidate is previewed with the class it would get: with "auto class" on and the
 segmentation model's probabilities at hand, the class they favour inside the region, else the
-current class.  Tab shows the next candidate, Enter or Space accepts it as one undo step (after
-the CRF moved its border onto image edges when "edge polish" is on and probabilities exist),
-Escape drops it; another image or tool drops the prompts.  Without a click model a click only
+current class.  With "edge polish" on and probabilities at hand, the CRF then moves the shown
+candidate's border onto image edges in a worker and the preview is replaced by the polished region
+(the unpolished one shows at once, so a click answers within the decoder's time).  Tab shows the
+next candidate, Enter or Space accepts what is shown, exactly, as one undo step; Escape drops it;
+another image or tool drops the prompts.  Without a click model a click only
 says, in the status bar, how to get one.
 """
 from __future__ import annotations
@@ -53,6 +55,9 @@ class ClickTool(Tool):
         self._press: tuple[float, float, bool] | None = None
         self._box_end: tuple[float, float] | None = None
         self._waiting: tuple | None = None      # a prompt held until the embedding is ready
+        self._polished: dict[int, tuple[int, np.ndarray]] = {}  # candidate index -> (label, polished mask)
+        self._round = 0                          # bumped by every new set of candidates
+        self._predicting = False                 # a prompt is in the worker (it owns the session then)
 
     # -------------------------------------------------------------- life cycle
     def activate(self, view, target) -> None:
@@ -69,6 +74,8 @@ class ClickTool(Tool):
 
     def reset(self) -> None:
         self._gen += 1
+        self._round += 1
+        self._polished = {}
         self.session, self.classes = None, []
         self._press = self._box_end = self._waiting = None
         self.queue.drop_pending()
@@ -153,17 +160,25 @@ class ClickTool(Tool):
             return cands, classes
 
         def done(result) -> None:
+            self._predicting = False
             self.queue.done()
             if gen != self._gen or t.document is not doc:
                 return
             self.classes = result[1]
+            self._round += 1
+            self._polished = {}
             self.show()
 
         def failed(text: str) -> None:
+            self._predicting = False
             self.queue.done()
             t.report_error(f"Click model failed: {text}")
 
-        self.queue.submit(lambda: t.run_task(job, on_result=done, on_error=failed, task_name="Click region"))
+        def start():
+            self._predicting = True
+            return t.run_task(job, on_result=done, on_error=failed, task_name="Click region")
+
+        self.queue.submit(start)
 
     def label(self) -> int:
         """The class the shown candidate would get."""
@@ -172,13 +187,58 @@ class ClickTool(Tool):
         auto = self.classes[i] if self.auto_class and i < len(self.classes) else None
         return self.target.current_label if auto is None else int(auto)
 
+    def shown_mask(self) -> np.ndarray | None:
+        """What the preview shows and Enter writes: the current candidate, polished when its polish
+        (for the class it now gets) is in."""
+        s = self.session
+        if s is None or s.current is None:
+            return None
+        got = self._polished.get(s.index) if self.edge_polish else None
+        return got[1] if got is not None and got[0] == self.label() else s.current.mask
+
     def show(self) -> None:
-        """Preview the session's current candidate with its class (also after the toggles change)."""
-        cand = self.session.current if self.session is not None else None
+        """Preview the session's current candidate with its class (also after the toggles change),
+        and start its edge polish when that applies."""
+        mask = self.shown_mask()
         if self.view is None:
             return
-        if cand is None or not show_mask(self.view, self.target, cand.mask, self.label()):
+        if mask is None or not show_mask(self.view, self.target, mask, self.label()):
             self.view.clear_region()
+            return
+        self._polish_shown()
+
+    def _polish_shown(self):
+        """Polish the shown candidate's border in a worker (once per candidate and class); returns
+        the task handle when one started."""
+        t, s = self.target, self.session
+        src = t.snap_input() if t is not None else None
+        if not (self.edge_polish and s is not None and s.current is not None and src is not None
+                and src.probs is not None):
+            return None
+        index, label, doc, rnd = s.index, self.label(), t.document, self._round
+        if self._polished.get(index, (None,))[0] == label:
+            return None
+        mask = s.current.mask
+
+        def polish() -> np.ndarray:
+            return polish_edges(src.image, src.probs, mask, label, src.params, src.num_classes)
+
+        def done(polished: np.ndarray) -> None:
+            self.queue.done()
+            if rnd != self._round or t.document is not doc:
+                return   # other candidates (or none) by now
+            self._polished[index] = (label, polished)
+            if self.session is s and s.index == index:
+                self.show()
+
+        def failed(text: str) -> None:
+            self.queue.done()
+            t.report_error(f"Edge polish failed (the region stays as the model gave it): {text}")
+
+        handle: list = []
+        self.queue.submit(lambda: handle.append(t.run_task(polish, on_result=done, on_error=failed,
+                                                           task_name="Edge polish")))
+        return handle[0] if handle else None
 
     # -------------------------------------------------------------- keys
     def key(self, key: int) -> bool:
@@ -186,7 +246,7 @@ class ClickTool(Tool):
         if s is None or s.current is None:
             return False
         if key == Qt.Key.Key_Tab:
-            if not self.queue.busy:  # the session is the worker's while it predicts
+            if not self._predicting:  # the session is the worker's while it predicts
                 s.cycle()
                 self.show()
             return True
@@ -198,35 +258,11 @@ class ClickTool(Tool):
             return True
         return False
 
-    def accept(self):
-        """Write the shown candidate with its class as one undo step; returns the polish's task
-        handle when the edge polish runs in a worker first."""
-        t, s = self.target, self.session
-        doc = t.document
-        if s is None or s.current is None or doc is None:
-            return None
-        mask, label = s.current.mask, self.label()
-        src = t.snap_input()
+    def accept(self) -> None:
+        """Write what the preview shows, with its class, as one undo step."""
+        doc, mask = self.target.document, self.shown_mask()
+        if mask is None or doc is None:
+            return
+        label = self.label()
         self.reset()
-        if not (self.edge_polish and src is not None and src.probs is not None):
-            accept_region(doc, mask, label, CLICK_DESCRIPTION)
-            return None
-
-        def polish() -> np.ndarray:
-            return polish_edges(src.image, src.probs, mask, label, src.params, src.num_classes)
-
-        def done(polished: np.ndarray) -> None:
-            self.queue.done()
-            if t.document is doc:  # accepted for this image: it still goes in, polished
-                accept_region(doc, polished, label, CLICK_DESCRIPTION)
-
-        def failed(text: str) -> None:
-            self.queue.done()
-            if t.document is doc:
-                accept_region(doc, mask, label, CLICK_DESCRIPTION)  # unpolished rather than lost
-            t.report_error(f"Edge polish failed (the region went in as shown): {text}")
-
-        handle: list = []
-        self.queue.submit(lambda: handle.append(t.run_task(polish, on_result=done, on_error=failed,
-                                                           task_name="Edge polish")))
-        return handle[0] if handle else None
+        accept_region(doc, mask, label, CLICK_DESCRIPTION)
