@@ -7,6 +7,7 @@ dicts load unchanged. Arithmetic follows theirs too: attention through
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -605,13 +606,44 @@ class Sam(ClickModel):
 
     def postprocess(self, low_res: torch.Tensor, input_size: tuple[int, int],
                     original_size: tuple[int, int]) -> torch.Tensor:
-        # The authors upsample to the whole S×S input, crop the image's part and resize that. Only
-        # the low-resolution rows and columns the crop reads are upsampled here (one more than a
-        # quarter of it): the same values, a quarter less work for a 4:3 photo.
-        f = self.image_size // low_res.shape[-1]
-        rows, cols = (min(low_res.shape[-2], -(-input_size[0] // f) + 1),
-                      min(low_res.shape[-1], -(-input_size[1] // f) + 1))
-        masks = F.interpolate(low_res[..., :rows, :cols], (rows * f, cols * f), mode="bilinear", align_corners=False)
-        masks = masks[..., :input_size[0], :input_size[1]]
-        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+        # The authors upsample to the whole S×S input (bilinear), crop the image's part and resize
+        # that to the image (bilinear).
+        s, low = self.image_size, low_res.shape[-1]
+        (h, w), (oh, ow) = input_size, original_size
+        if oh * ow <= h * w:
+            # An image no larger than the crop: both steps are separable and linear, so each output
+            # row (column) is a fixed mix of at most three low-resolution rows (columns). The composed
+            # weights, made once per image size from the two interpolations themselves, are applied
+            # directly, without the 1024×1024 intermediate (float rounding apart, the same values).
+            rows = _composed_taps(low, s, int(h), int(oh), str(low_res.device))
+            cols = _composed_taps(low, s, int(w), int(ow), str(low_res.device))
+            x = _mix(low_res.float().transpose(-1, -2).contiguous(), *cols)      # B×K×W×low
+            return _mix(x.transpose(-1, -2).contiguous(), *rows)                # B×K×H×W
+        # Larger images: only the low-resolution rows and columns the crop reads are upsampled
+        # (one more than a quarter of it), then resized: the authors' values, less work.
+        f = s // low
+        r, c = min(low_res.shape[-2], -(-h // f) + 1), min(low, -(-w // f) + 1)
+        masks = F.interpolate(low_res[..., :r, :c], (r * f, c * f), mode="bilinear", align_corners=False)
+        return F.interpolate(masks[..., :h, :w], (oh, ow), mode="bilinear", align_corners=False)
 
+
+@functools.lru_cache(maxsize=16)
+def _composed_taps(low: int, full: int, crop: int, out: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """For one axis: bilinear ``low`` → ``full``, keep the first ``crop``, bilinear → ``out`` (as
+    F.interpolate with align_corners=False does each). Returns (out×k low indices, out×k weights)."""
+    def operator(n_in: int, n_out: int) -> torch.Tensor:   # n_out×n_in: F.interpolate's own weights
+        eye = torch.eye(n_in, dtype=torch.float32).view(1, 1, n_in, n_in)
+        return F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False)[0, 0]
+    composed = operator(crop, out) @ operator(low, full)[:crop]
+    k = int((composed != 0).sum(1).max())
+    weights, index = composed.topk(k, dim=1)
+    return index.to(device), weights.to(device)
+
+
+def _mix(x: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_t weights[:, t] · x's rows index[:, t] (rows: the second-to-last axis; whole rows are copied)."""
+    out = None
+    for t in range(index.shape[1]):
+        term = x.index_select(-2, index[:, t]) * weights[:, t, None]
+        out = term if out is None else out.add_(term)
+    return out
