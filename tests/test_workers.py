@@ -190,3 +190,23 @@ def test_quiet_tasks_run_and_cancel_but_do_not_count_as_busy(qtbot, worker):
     with qtbot.waitSignal(h.finished, timeout=5000):
         pass
     assert busy == [] and worker.active == 0
+
+
+def test_a_lane_runs_its_tasks_one_at_a_time_on_one_thread_higher_priority_first(qtbot, worker):
+    gate, order, threads = threading.Event(), [], set()
+
+    def job(name):
+        if name == "first":
+            gate.wait(5)                     # holds the lane while the others queue
+        threads.add(threading.get_ident())
+        order.append(name)
+
+    handles = [worker.run_task(job, "first", lane="x")]
+    handles.append(worker.run_task(job, "low", lane="x"))
+    handles.append(worker.run_task(job, "high", lane="x", priority=1))
+    gate.set()
+    qtbot.waitUntil(lambda: all(h.done for h in handles), timeout=5000)
+    assert order == ["first", "high", "low"] and len(threads) == 1
+    later = worker.run_task(job, "again", lane="x")
+    qtbot.waitUntil(lambda: later.done, timeout=5000)
+    assert len(threads) == 1                 # the lane's thread outlives its tasks

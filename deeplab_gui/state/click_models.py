@@ -29,11 +29,15 @@ from .click_work import (
 )
 from .tasks import TaskHandle
 
-__all__ = ["KEEP", "ClickModelState"]
+__all__ = ["CLICK_LANE", "KEEP", "ClickModelState"]
 
 log = logging.getLogger("deeplab_gui")
 
 KEEP = 3   # embeddings held in memory: the current image and its two neighbours
+
+# The worker lane every encoder and decoder call of the click model runs on (one thread, so one
+# OpenMP team: see Worker.run_task).
+CLICK_LANE = "click"
 
 
 class ClickModelState(QObject):
@@ -248,7 +252,8 @@ class ClickModelState(QObject):
     def _start(self, image_id: str, pixels: Any, may_encode: bool) -> None:
         gen = self._gen
         handle = self.session.run_task(embed_image, self._store, image_id, self.model, self.model_id, pixels,
-                                       may_encode, counted=self._count, task_name="click embedding")
+                                       may_encode, counted=self._count, task_name="click embedding",
+                                       lane=CLICK_LANE)
         self._job = (gen, image_id, handle)
         handle.result.connect(lambda e, g=gen: self._embedded(g, e))
         handle.error.connect(lambda text, g=gen, i=image_id: self._embed_failed(g, i, text))

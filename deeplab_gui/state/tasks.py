@@ -189,6 +189,7 @@ class Worker(QObject):
         # A long pre-label run must not starve image loading: several threads, each mostly waiting
         # on torch (which has its own intra-op threads) or on disk.
         self.pool.setMaxThreadCount(max_threads)
+        self._lanes: dict[str, QThreadPool] = {}
         self._active: set[TaskHandle] = set()  # counted for busy_changed
         self._all: set[TaskHandle] = set()     # every task in flight, quiet ones too (cancel_all)
 
@@ -202,13 +203,18 @@ class Worker(QObject):
                  on_progress: Callable[[int, int], Any] | None = None,
                  on_yielded: Callable[[Any], Any] | None = None,
                  parent: QObject | None = None, task_name: str = "", quiet: bool = False,
-                 **kw: Any) -> TaskHandle:
+                 lane: str | None = None, priority: int = 0, **kw: Any) -> TaskHandle:
         """Start ``fn(*args, **kw)`` in the pool and return its handle at once.
 
         ``fn`` gets ``progress=``, ``cancel=`` and ``emit=`` keyword callables when its signature names
         them.  A generator function may instead yield ``(done, total)`` for progress and any other value
         for ``on_yielded``, and ``return`` its result.
         Callbacks run on the UI thread; an exception in one is logged and reported as ``error``.
+
+        ``lane``: run on that lane's one thread instead of the shared pool, in start order (higher
+        ``priority`` first among those waiting). The lane's thread lives as long as the worker: torch's
+        CPU kernels run measurably slower (a third, for a click's decoder on 2 cores) when one model's
+        calls hop between threads, each with its own OpenMP team, than when they stay on one.
         """
         handle = TaskHandle(task_name or getattr(fn, "__name__", ""), parent)
         if _accepts(fn, "progress"):
@@ -231,8 +237,16 @@ class Worker(QObject):
             self.busy_changed.emit(len(self._active))
         self._all.add(handle)
         handle.finished.connect(lambda h=handle: self._all.discard(h))
-        self.pool.start(_Runnable(handle, fn, args, kw))
+        (self.pool if lane is None else self._lane(lane)).start(_Runnable(handle, fn, args, kw), priority)
         return handle
+
+    def _lane(self, name: str) -> QThreadPool:
+        pool = self._lanes.get(name)
+        if pool is None:
+            pool = self._lanes[name] = QThreadPool(self)
+            pool.setMaxThreadCount(1)
+            pool.setExpiryTimeout(-1)   # the same thread for the worker's life
+        return pool
 
     def _guard(self, handle: TaskHandle, fn: Callable[[Any], Any]) -> Callable[[Any], None]:
         # A bug in a result callback must not take the app down (PySide prints and goes on, but the
@@ -254,8 +268,9 @@ class Worker(QObject):
             h.cancel()
 
     def wait(self, timeout_ms: int = 5000) -> bool:
-        """Block until the pool is idle (used on quit, after :meth:`cancel_all`)."""
-        return self.pool.waitForDone(timeout_ms)
+        """Block until the pool and the lanes are idle (used on quit, after :meth:`cancel_all`)."""
+        ok = self.pool.waitForDone(timeout_ms)
+        return all([lane.waitForDone(timeout_ms) for lane in self._lanes.values()]) and ok
 
 
 _ALONGSIDE: ThreadPoolExecutor | None = None

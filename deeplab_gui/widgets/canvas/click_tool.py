@@ -27,6 +27,7 @@ from ...editing.click import (
     polish_edges,
     region_class,
 )
+from ...state.click_models import CLICK_LANE
 from .region_tools import ACCEPT_KEYS, LatestQueue, show_mask
 from .tool_base import Tool
 from .toolview import RegionTarget
@@ -176,7 +177,10 @@ class ClickTool(Tool):
 
         def start():
             self._predicting = True
-            return t.run_task(job, on_result=done, on_error=failed, task_name="Click region")
+            # The click model's lane: its encoder and decoder always run on one thread (see
+            # Worker.run_task); a click goes ahead of neighbours' embeddings waiting there.
+            return t.run_task(job, on_result=done, on_error=failed, task_name="Click region",
+                              lane=CLICK_LANE, priority=1)
 
         self.queue.submit(start)
 

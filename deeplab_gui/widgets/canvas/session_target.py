@@ -42,8 +42,8 @@ class SessionTarget:
         return SnapInput(s.image, s.probs, s.crf.params, len(s.class_names))
 
     def run_task(self, fn: Callable[[], Any], *, on_result: Callable[[Any], Any],
-                 on_error: Callable[[str], Any], task_name: str) -> Any:
-        return self._session.run_task(fn, on_result=on_result, on_error=on_error, task_name=task_name)
+                 on_error: Callable[[str], Any], task_name: str, **kw: Any) -> Any:
+        return self._session.run_task(fn, on_result=on_result, on_error=on_error, task_name=task_name, **kw)
 
     def report_error(self, text: str) -> None:
         self._session.message.emit("error", text)
