@@ -314,7 +314,12 @@ def bench_click(app, tmp: Path, clicks: int) -> dict:
     canvas.resize(1000, 750)
     canvas.show()
     canvas._on_current(s.image_id)
-    predictor = ClickPredictor(build_click_model("mobile_sam"))
+    # Built on the click lane too, as the app loads it: torch then only ever runs on that thread.
+    got: list = []
+    built = s.run_task(lambda: ClickPredictor(build_click_model("mobile_sam")), lane=CLICK_LANE,
+                       task_name="build", on_result=got.append)
+    wait_until(app, lambda: built.done)
+    predictor = got[0]
     t0 = time.perf_counter()
     # The embedding is made before the clicks, on the click lane as the app makes it (the decoder
     # then runs on the thread that ran the encoder).
