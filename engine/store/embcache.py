@@ -35,7 +35,7 @@ import numpy as np
 
 from ..fileio import atomic_output
 from .format import check_id, sidecar_path, write_error
-from .probcache import ImageSignature
+from .probcache import ImageSignature, evict_lru
 
 if TYPE_CHECKING:
     from ..click import ClickEmbedding
@@ -134,20 +134,7 @@ class EmbeddingCache:
         self._evict(keep=image_id)
 
     def _evict(self, keep: str) -> None:
-        total = self.db.execute("SELECT coalesce(sum(bytes), 0) FROM embeddings").fetchone()[0]
-        if total <= self.budget:
-            return
-        for image_id, size in self.db.execute("SELECT id, bytes FROM embeddings ORDER BY used").fetchall():
-            if total <= self.budget:
-                break
-            if image_id == keep:
-                continue
-            try:
-                self.path(image_id).unlink()
-            except OSError:
-                pass
-            self.db.execute("DELETE FROM embeddings WHERE id=?", (image_id,))
-            total -= size
+        evict_lru(self.db, "embeddings", self.budget, keep, self.path)
 
     def read(self, image_id: str, *, image_path: Path, model_id: str) -> ClickEmbedding | None:
         """The fresh entry of ``image_id`` for ``model_id``, else None (absent, stale or damaged)."""

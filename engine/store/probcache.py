@@ -39,7 +39,7 @@ from ..fileio import atomic_output
 from ..probgrid import normalise_, probs_grid, resize_plane
 from .format import sidecar_path
 
-__all__ = ["CachedProbs", "ImageSignature", "ProbCache", "save_probs", "load_probs", "read_probs_file"]
+__all__ = ["CachedProbs", "ImageSignature", "ProbCache", "evict_lru", "save_probs", "load_probs", "read_probs_file"]
 
 FORMAT = 1
 
@@ -173,6 +173,25 @@ def load_probs(path: str | os.PathLike, *, image_path: str | os.PathLike,
     return cached
 
 
+def evict_lru(db: sqlite3.Connection, table: str, budget: int, keep: str, path_of) -> None:
+    """Delete the least recently used entries of a cache ``table`` (rows ``id, model_id, bytes, used``)
+    and their files (``path_of(id)``) until the total is within ``budget`` bytes; ``keep`` stays."""
+    total = db.execute(f"SELECT coalesce(sum(bytes), 0) FROM {table}").fetchone()[0]
+    if total <= budget:
+        return
+    for image_id, size in db.execute(f"SELECT id, bytes FROM {table} ORDER BY used").fetchall():
+        if total <= budget:
+            break
+        if image_id == keep:
+            continue
+        try:
+            path_of(image_id).unlink()
+        except OSError:
+            pass
+        db.execute(f"DELETE FROM {table} WHERE id=?", (image_id,))
+        total -= size
+
+
 class ProbCache:
     """The store's ``probs/`` folder plus its index (the ``probs`` table of the store's database).
 
@@ -200,20 +219,7 @@ class ProbCache:
             self._evict(keep=image_id)
 
     def _evict(self, keep: str) -> None:
-        total = self.db.execute("SELECT coalesce(sum(bytes), 0) FROM probs").fetchone()[0]
-        if total <= self.budget:
-            return
-        for image_id, size in self.db.execute("SELECT id, bytes FROM probs ORDER BY used").fetchall():
-            if total <= self.budget:
-                break
-            if image_id == keep:
-                continue
-            try:
-                self.path(image_id).unlink()
-            except OSError:
-                pass
-            self.db.execute("DELETE FROM probs WHERE id=?", (image_id,))
-            total -= size
+        evict_lru(self.db, "probs", self.budget, keep, self.path)
 
     def load(self, image_id: str, *, image_path: Path, model_id: str | None) -> CachedProbs | None:
         cached = load_probs(self.path(image_id), image_path=image_path, model_id=model_id)
