@@ -159,7 +159,7 @@ def grab_region_tool(app, window, args) -> int:
     tool, at = canvas.tool, QPointF(fx * w, fy * h)
     tool.press(at, Qt.KeyboardModifier.NoModifier)
     tool.release(at)
-    shown = (lambda: tool.session is not None and tool.session.current is not None) if args.click \
+    shown = (lambda: tool.current is not None) if args.click \
         else (lambda: tool.region is not None)
     wait_until(app, lambda: shown() and canvas.regions.region.isVisible())
     for _ in range(20):

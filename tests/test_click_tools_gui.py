@@ -3,6 +3,7 @@ fake predictor (discs around the clicks, so every expected mask is exact), the w
 and the superpixel brush.  Mouse and keys go through the canvas's own event handlers."""
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -128,7 +129,8 @@ def previewed(c: Canvas) -> bool:
 
 
 def wait_idle(qtbot, tool) -> None:
-    qtbot.waitUntil(lambda: not tool.queue.busy, timeout=10_000)
+    qtbot.waitUntil(lambda: not tool.queue.busy and not getattr(tool, "polish_queue", tool.queue).busy,
+                    timeout=10_000)
 
 
 def test_click_previews_then_enter_writes_only_the_region_as_one_confirmed_undo_step(qtbot, canvas):
@@ -159,21 +161,21 @@ def test_negative_click_shrinks_the_candidate_and_tab_cycles(qtbot, canvas):
     tool = use(c, "click")
     click(c, 20, 20)
     wait_idle(qtbot, tool)
-    first = tool.session.current.mask.copy()
+    first = tool.current.mask.copy()
     assert np.array_equal(first, disc(20, 20, R))
     qtbot.keyClick(c, Qt.Key.Key_Tab)                      # the next candidate: radius R/2
-    assert np.array_equal(tool.session.current.mask, disc(20, 20, R / 2))
+    assert np.array_equal(tool.current.mask, disc(20, 20, R / 2))
     qtbot.keyClick(c, Qt.Key.Key_Tab)
     qtbot.keyClick(c, Qt.Key.Key_Tab)                      # round to the first again
-    assert np.array_equal(tool.session.current.mask, first)
+    assert np.array_equal(tool.current.mask, first)
     click(c, 25, 20, button=Qt.MouseButton.RightButton)   # negative near the edge
     wait_idle(qtbot, tool)
-    shrunk = tool.session.current.mask
+    shrunk = tool.current.mask
     assert shrunk.sum() < first.sum() and not (shrunk & disc(25, 20, R)).any()
     assert np.array_equal(shrunk, first & ~disc(25, 20, R))
     click(c, 14, 20, mods=Qt.KeyboardModifier.ShiftModifier)   # Shift+click is negative too
     wait_idle(qtbot, tool)
-    assert not (tool.session.current.mask & disc(14, 20, R)).any()
+    assert not (tool.current.mask & disc(14, 20, R)).any()
 
 
 def test_a_drag_is_a_box_prompt(qtbot, canvas):
@@ -183,7 +185,7 @@ def test_a_drag_is_a_box_prompt(qtbot, canvas):
     drag(c, [(10, 10), (20, 20), (30, 25)])
     wait_idle(qtbot, tool)
     assert tool.session.box == (10, 10, 30, 25)
-    assert tool.session.current.mask.sum() == 20 * 15
+    assert tool.current.mask.sum() == 20 * 15
 
 
 def test_auto_class_takes_the_probabilities_class_and_can_be_switched_off(qtbot, canvas):
@@ -213,7 +215,7 @@ def test_edge_polish_runs_in_a_worker_and_changes_only_the_border_band(qtbot, ca
     click(c, 20, 20)
     wait_idle(qtbot, tool)                                 # the prediction, then the polish of what it shows
     shown = tool.shown_mask()
-    assert shown is not None and not np.array_equal(shown, tool.session.current.mask)   # the polished one
+    assert shown is not None and not np.array_equal(shown, tool.current.mask)   # the polished one
     qtbot.keyClick(c, Qt.Key.Key_Return)
     changed = s.document.mask != before
     assert np.array_equal(changed, shown & (before != 1))  # exactly what the preview showed went in
@@ -259,7 +261,7 @@ def test_prompts_wait_for_the_embedding_and_follow_when_it_is_ready(qtbot, canva
     ready.append(True)
     hooks[-1](c.target.image_key)
     qtbot.waitUntil(lambda: previewed(c), timeout=10_000)
-    assert np.array_equal(tool.session.current.mask, disc(20, 20, R))
+    assert np.array_equal(tool.current.mask, disc(20, 20, R))
 
 
 def test_crf_click_previews_a_region_of_the_clicked_side_and_enter_accepts_it(qtbot, canvas):
@@ -349,3 +351,62 @@ def test_superpixels_are_cached_per_image_and_size_and_recomputed_after_a_droppe
     assert c.regions.overlay.isVisible()
     tool.size = 7
     assert tool.current()[0] is seven
+
+
+class GatedPredictor(DiscPredictor):
+    """Holds every predict after the first until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def predict(self, *a, **kw):
+        if self.calls >= 1:
+            self.gate.wait(10)
+        return super().predict(*a, **kw)
+
+
+def test_clicks_queued_behind_a_prediction_survive_tab_and_the_edge_polish(qtbot, canvas):
+    c, s = canvas, canvas.session
+    fake = GatedPredictor()
+    c.target.click_predictor = lambda: fake
+    c.target.click_status = lambda: None
+    s.probs = probs_for(np.ones((H, W), int), len(s.class_names))   # so each shown candidate is polished
+    tool = use(c, "click")
+    click(c, 20, 20)
+    wait_idle(qtbot, tool)
+    click(c, 30, 20)                                       # held in the worker
+    click(c, 12, 20, button=Qt.MouseButton.RightButton)    # waits behind it
+    qtbot.keyClick(c, Qt.Key.Key_Tab)                      # shows (and polishes) another candidate
+    tool.auto_class = False                                # as the tool bar's toggle does
+    tool.show()
+    fake.gate.set()
+    qtbot.waitUntil(lambda: fake.calls == 3, timeout=10_000)
+    wait_idle(qtbot, tool)
+    assert tool.session.labels.tolist() == [1, 1, 0]       # no prompt was dropped
+
+
+def test_enter_while_a_prediction_runs_writes_what_is_on_screen(qtbot, canvas, monkeypatch):
+    import deeplab_gui.widgets.canvas.click_tool as click_tool
+    c, s = canvas, canvas.session
+    with_fake_model(c)
+    tool = use(c, "click")
+    tool.edge_polish = False
+    click(c, 20, 20)
+    wait_idle(qtbot, tool)
+    shown = tool.shown_mask().copy()
+    held, reached = threading.Event(), threading.Event()
+
+    def slow_class(*a, **kw):                              # the session already holds new candidates
+        reached.set()
+        held.wait(10)
+        return None
+    monkeypatch.setattr(click_tool, "region_class", slow_class)
+    s.probs = probs_for(np.ones((H, W), int), len(s.class_names))
+    before = s.document.mask.copy()
+    click(c, 40, 30)
+    assert reached.wait(10)
+    qtbot.keyClick(c, Qt.Key.Key_Return)
+    held.set()
+    changed = s.document.mask != before
+    assert np.array_equal(changed, shown & (before != s.current_label))

@@ -110,6 +110,11 @@ class ClickSession:
         self._box = (xa, ya, xb, yb)
         return self._predict()
 
+    def select(self, index: int) -> None:
+        """Make candidate ``index`` the shown one (its logits feed the next prompt)."""
+        if self._candidates:
+            self._index = int(index) % len(self._candidates)
+
     def cycle(self) -> int:
         """Show the next candidate (Tab); returns its index (0 when there is none)."""
         if self._candidates:

@@ -145,12 +145,10 @@ class ClickModelState(QObject):
         self._cancel_load()
         self.error = None
         self._loading_name, self._download = name, None
-        # On the click lane like every encoder and decoder call: torch runs a click's decoder a
-        # third faster when the model was also built on the thread that runs it (a download holds
-        # the lane meanwhile; there is no model to click with then anyway).
+        # In the shared pool, not on the click lane: a change of model must not wait for the old
+        # model's encoder run there, nor a download hold up the old model's clicks.
         handle = self.session.run_task(load_click, spec, allow_download=allow_download,
-                                       on_progress=self._on_progress, task_name="load click model",
-                                       lane=CLICK_LANE)
+                                       on_progress=self._on_progress, task_name="load click model")
         self.loading = handle
         handle.result.connect(lambda loaded, h=handle: self._loaded(h, loaded))
         handle.error.connect(lambda text, h=handle: h is self.loading and self._fail(text))

@@ -634,7 +634,8 @@ def _composed_taps(low: int, full: int, crop: int, out: int, device: str) -> tup
     def operator(n_in: int, n_out: int) -> torch.Tensor:   # n_out×n_in: F.interpolate's own weights
         eye = torch.eye(n_in, dtype=torch.float32).view(1, 1, n_in, n_in)
         return F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False)[0, 0]
-    composed = operator(crop, out) @ operator(low, full)[:crop]
+    with torch.inference_mode(False), torch.no_grad():   # plain tensors: cached across modes
+        composed = operator(crop, out) @ operator(low, full)[:crop]
     k = int((composed != 0).sum(1).max())
     weights, index = composed.topk(k, dim=1)
     return index.to(device), weights.to(device)

@@ -49,16 +49,21 @@ class ClickTool(Tool):
         super().__init__()
         self.auto_class = True
         self.edge_polish = True
-        self.session: ClickSession | None = None
-        self.classes: list[int | None] = []    # per candidate: the probabilities' class, if any
-        self.queue = LatestQueue()
+        self.session: ClickSession | None = None   # the worker's while a prompt runs
+        # What the UI shows, copied from the session when a prediction comes back (so nothing here
+        # reads the session while the worker changes it): the candidates, the shown one, and per
+        # candidate the probabilities' class, if any.
+        self.cands: list = []
+        self.index = 0
+        self.classes: list[int | None] = []
+        self.queue = LatestQueue()           # prompts: one in flight, the newest waiting
+        self.polish_queue = LatestQueue()    # edge polish of what is shown: never displaces a prompt
         self._gen = 0                           # bumped when the prompts are dropped
         self._press: tuple[float, float, bool] | None = None
         self._box_end: tuple[float, float] | None = None
         self._waiting: tuple | None = None      # a prompt held until the embedding is ready
         self._polished: dict[int, tuple[int, np.ndarray]] = {}  # candidate index -> (label, polished mask)
         self._round = 0                          # bumped by every new set of candidates
-        self._predicting = False                 # a prompt is in the worker (it owns the session then)
 
     # -------------------------------------------------------------- life cycle
     def activate(self, view, target) -> None:
@@ -77,9 +82,10 @@ class ClickTool(Tool):
         self._gen += 1
         self._round += 1
         self._polished = {}
-        self.session, self.classes = None, []
+        self.session, self.cands, self.index, self.classes = None, [], 0, []
         self._press = self._box_end = self._waiting = None
         self.queue.drop_pending()
+        self.polish_queue.drop_pending()
         if self.view is not None:
             self.view.clear_region()
             self.view.clear_preview()
@@ -148,11 +154,12 @@ class ClickTool(Tool):
             return
         if self.session is None or self.session.predictor is not predictor or self.session.shape != doc.shape:
             self.session = ClickSession(predictor, doc.shape)
-        session, gen, default = self.session, self._gen, t.current_label
+        session, gen, default, shown = self.session, self._gen, t.current_label, self.index
         src = t.snap_input()
         probs = src.probs if src is not None else None
 
         def job():
+            session.select(shown)   # the candidate on screen feeds its logits to this prompt
             if prompt[0] == "box":
                 cands = session.set_box(*prompt[1:])
             else:
@@ -161,22 +168,22 @@ class ClickTool(Tool):
             return cands, classes
 
         def done(result) -> None:
-            self._predicting = False
+            newer = self.queue.pending is not None   # these candidates are about to be replaced
             self.queue.done()
             if gen != self._gen or t.document is not doc:
                 return
-            self.classes = result[1]
+            self.cands, self.classes = list(result[0]), list(result[1])
+            self.index = 0
             self._round += 1
             self._polished = {}
-            self.show()
+            self.show(polish=not newer)
 
         def failed(text: str) -> None:
-            self._predicting = False
             self.queue.done()
-            t.report_error(f"Click model failed: {text}")
+            if gen == self._gen:
+                t.report_error(f"Click model failed: {text}")
 
         def start():
-            self._predicting = True
             # The click model's lane: its encoder and decoder always run on one thread (see
             # Worker.run_task); a click goes ahead of neighbours' embeddings waiting there.
             return t.run_task(job, on_result=done, on_error=failed, task_name="Click region",
@@ -184,75 +191,78 @@ class ClickTool(Tool):
 
         self.queue.submit(start)
 
+    @property
+    def current(self):
+        """The candidate on screen (a :class:`~deeplab_gui.editing.click.Candidate`), or None."""
+        return self.cands[self.index] if self.cands else None
+
     def label(self) -> int:
         """The class the shown candidate would get."""
-        s = self.session
-        i = s.index if s is not None else 0
+        i = self.index
         auto = self.classes[i] if self.auto_class and i < len(self.classes) else None
         return self.target.current_label if auto is None else int(auto)
 
     def shown_mask(self) -> np.ndarray | None:
         """What the preview shows and Enter writes: the current candidate, polished when its polish
         (for the class it now gets) is in."""
-        s = self.session
-        if s is None or s.current is None:
+        cand = self.current
+        if cand is None:
             return None
-        got = self._polished.get(s.index) if self.edge_polish else None
-        return got[1] if got is not None and got[0] == self.label() else s.current.mask
+        got = self._polished.get(self.index) if self.edge_polish else None
+        return got[1] if got is not None and got[0] == self.label() else cand.mask
 
-    def show(self) -> None:
-        """Preview the session's current candidate with its class (also after the toggles change),
-        and start its edge polish when that applies."""
+    def show(self, polish: bool = True) -> None:
+        """Preview the current candidate with its class (also after the toggles change), and start
+        its edge polish when that applies and ``polish``."""
         mask = self.shown_mask()
         if self.view is None:
             return
         if mask is None or not show_mask(self.view, self.target, mask, self.label()):
             self.view.clear_region()
             return
-        self._polish_shown()
+        if polish:
+            self._polish_shown()
 
     def _polish_shown(self):
         """Polish the shown candidate's border in a worker (once per candidate and class); returns
         the task handle when one started."""
-        t, s = self.target, self.session
+        t, cand = self.target, self.current
         src = t.snap_input() if t is not None else None
-        if not (self.edge_polish and s is not None and s.current is not None and src is not None
-                and src.probs is not None):
+        if not (self.edge_polish and cand is not None and src is not None and src.probs is not None):
             return None
-        index, label, doc, rnd = s.index, self.label(), t.document, self._round
+        index, label, doc, rnd = self.index, self.label(), t.document, self._round
         if self._polished.get(index, (None,))[0] == label:
             return None
-        mask = s.current.mask
+        mask = cand.mask
 
         def polish() -> np.ndarray:
             return polish_edges(src.image, src.probs, mask, label, src.params, src.num_classes)
 
         def done(polished: np.ndarray) -> None:
-            self.queue.done()
+            self.polish_queue.done()
             if rnd != self._round or t.document is not doc:
                 return   # other candidates (or none) by now
             self._polished[index] = (label, polished)
-            if self.session is s and s.index == index:
+            if self.index == index:
                 self.show()
 
         def failed(text: str) -> None:
-            self.queue.done()
-            t.report_error(f"Edge polish failed (the region stays as the model gave it): {text}")
+            self.polish_queue.done()
+            if rnd == self._round:
+                t.report_error(f"Edge polish failed (the region stays as the model gave it): {text}")
 
         handle: list = []
-        self.queue.submit(lambda: handle.append(t.run_task(polish, on_result=done, on_error=failed,
-                                                           task_name="Edge polish")))
+        self.polish_queue.submit(lambda: handle.append(t.run_task(polish, on_result=done, on_error=failed,
+                                                                  task_name="Edge polish")))
         return handle[0] if handle else None
 
     # -------------------------------------------------------------- keys
     def key(self, key: int) -> bool:
-        s = self.session
-        if s is None or s.current is None:
+        if not self.cands:
             return False
         if key == Qt.Key.Key_Tab:
-            if not self._predicting:  # the session is the worker's while it predicts
-                s.cycle()
-                self.show()
+            self.index = (self.index + 1) % len(self.cands)
+            self.show()
             return True
         if key in ACCEPT_KEYS:
             self.accept()
