@@ -376,14 +376,16 @@ def test_clicks_queued_behind_a_prediction_survive_tab_and_the_edge_polish(qtbot
     click(c, 20, 20)
     wait_idle(qtbot, tool)
     click(c, 30, 20)                                       # held in the worker
-    click(c, 12, 20, button=Qt.MouseButton.RightButton)    # waits behind it
+    click(c, 12, 20, button=Qt.MouseButton.RightButton)    # these two wait behind it, in order
+    click(c, 25, 30)
     qtbot.keyClick(c, Qt.Key.Key_Tab)                      # shows (and polishes) another candidate
     tool.auto_class = False                                # as the tool bar's toggle does
     tool.show()
     fake.gate.set()
-    qtbot.waitUntil(lambda: fake.calls == 3, timeout=10_000)
+    qtbot.waitUntil(lambda: fake.calls == 4, timeout=10_000)
     wait_idle(qtbot, tool)
-    assert tool.session.labels.tolist() == [1, 1, 0]       # no prompt was dropped
+    assert tool.session.labels.tolist() == [1, 1, 0, 1]    # no prompt was dropped
+    assert tool.session.points.tolist() == [[20, 20], [30, 20], [12, 20], [25, 30]]
 
 
 def test_enter_while_a_prediction_runs_writes_what_is_on_screen(qtbot, canvas, monkeypatch):

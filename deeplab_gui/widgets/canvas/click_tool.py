@@ -61,7 +61,8 @@ class ClickTool(Tool):
         self._gen = 0                           # bumped when the prompts are dropped
         self._press: tuple[float, float, bool] | None = None
         self._box_end: tuple[float, float] | None = None
-        self._waiting: tuple | None = None      # a prompt held until the embedding is ready
+        self._waiting: list[tuple] = []          # prompts held until the embedding is ready
+        self._prompts: list[tuple] = []          # prompts not yet handed to the worker, in order
         self._polished: dict[int, tuple[int, np.ndarray]] = {}  # candidate index -> (label, polished mask)
         self._round = 0                          # bumped by every new set of candidates
 
@@ -83,7 +84,8 @@ class ClickTool(Tool):
         self._round += 1
         self._polished = {}
         self.session, self.cands, self.index, self.classes = None, [], 0, []
-        self._press = self._box_end = self._waiting = None
+        self._press = self._box_end = None
+        self._waiting, self._prompts = [], []
         self.queue.drop_pending()
         self.polish_queue.drop_pending()
         if self.view is not None:
@@ -91,9 +93,10 @@ class ClickTool(Tool):
             self.view.clear_preview()
 
     def _embedding_ready(self, key: str) -> None:
-        if self._waiting is not None and self.target is not None and key == self.target.image_key:
-            prompt, self._waiting = self._waiting, None
-            self.prompt(prompt)
+        if self._waiting and self.target is not None and key == self.target.image_key:
+            waiting, self._waiting = self._waiting, []
+            for prompt in waiting:
+                self.prompt(prompt)
 
     # -------------------------------------------------------------- mouse
     def _usable(self) -> bool:
@@ -142,16 +145,27 @@ class ClickTool(Tool):
 
     # -------------------------------------------------------------- prediction
     def prompt(self, prompt: tuple):
-        """Run one prompt, ``("point", x, y, positive)`` or ``("box", x0, y0, x1, y1)``, queued."""
+        """Run one prompt, ``("point", x, y, positive)`` or ``("box", x0, y0, x1, y1)``. Prompts
+        made while a prediction runs are kept, in order, and go to the worker together next."""
         t = self.target
         doc = t.document
         if doc is None:
             return
         predictor = t.click_predictor()
         if predictor is None:
-            self._waiting = prompt
+            self._waiting.append(prompt)
             t.show_status(WAITING)
             return
+        self._prompts.append(prompt)
+        self.queue.submit(lambda: self._run_prompts(predictor, doc))
+
+    def _run_prompts(self, predictor, doc):
+        """Hand every prompt not yet run to the worker as one job (the queue's start function)."""
+        t = self.target
+        prompts, self._prompts = self._prompts, []
+        if not prompts or t is None or t.document is not doc:
+            self.queue.done()   # an earlier start took them, or the image changed
+            return None
         if self.session is None or self.session.predictor is not predictor or self.session.shape != doc.shape:
             self.session = ClickSession(predictor, doc.shape)
         session, gen, default, shown = self.session, self._gen, t.current_label, self.index
@@ -159,11 +173,12 @@ class ClickTool(Tool):
         probs = src.probs if src is not None else None
 
         def job():
-            session.select(shown)   # the candidate on screen feeds its logits to this prompt
-            if prompt[0] == "box":
-                cands = session.set_box(*prompt[1:])
-            else:
-                cands = session.add_point(prompt[1], prompt[2], positive=prompt[3])
+            session.select(shown)   # the candidate on screen feeds its logits to the next prompt
+            for prompt in prompts:
+                if prompt[0] == "box":
+                    cands = session.set_box(*prompt[1:])
+                else:
+                    cands = session.add_point(prompt[1], prompt[2], positive=prompt[3])
             classes = [None if probs is None else region_class(probs, c.mask, default) for c in cands]
             return cands, classes
 
@@ -183,13 +198,10 @@ class ClickTool(Tool):
             if gen == self._gen:
                 t.report_error(f"Click model failed: {text}")
 
-        def start():
-            # The click model's lane: its encoder and decoder always run on one thread (see
-            # Worker.run_task); a click goes ahead of neighbours' embeddings waiting there.
-            return t.run_task(job, on_result=done, on_error=failed, task_name="Click region",
-                              lane=CLICK_LANE, priority=1)
-
-        self.queue.submit(start)
+        # The click model's lane: its encoder and decoder always run on one thread (see
+        # Worker.run_task); a click goes ahead of neighbours' embeddings waiting there.
+        return t.run_task(job, on_result=done, on_error=failed, task_name="Click region",
+                          lane=CLICK_LANE, priority=1)
 
     @property
     def current(self):
