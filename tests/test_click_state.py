@@ -153,6 +153,7 @@ def test_a_second_visit_takes_the_embedding_from_memory_or_the_store(qtbot, sess
 
 def test_neighbours_are_prepared_after_the_current_image(qtbot, sessions, folder, toy):
     s = sessions(folder)
+    s.click.neighbour_quiet_s = 0.0
     _choose(qtbot, s, toy())
     _ready(qtbot, s, "a.png")
     _ready(qtbot, s, "b.png")      # the next image, made while the person looks at a.png
@@ -162,6 +163,18 @@ def test_neighbours_are_prepared_after_the_current_image(qtbot, sessions, folder
     _ready(qtbot, s, "c.png")
     assert s.click.encoder_calls == 3
     assert Toy.most_at_once == 1
+
+
+def test_neighbours_wait_while_the_click_tool_is_in_use(qtbot, sessions, folder, toy):
+    s = sessions(folder)
+    s.click.neighbour_quiet_s = 0.5
+    _choose(qtbot, s, toy())
+    _ready(qtbot, s, "a.png")
+    s.click.note_prompt()                    # a click on a.png: b.png's encoder run must not start yet
+    qtbot.wait(300)
+    assert s.click.encoder_calls == 1
+    _ready(qtbot, s, "b.png")                # once the tool has been quiet for a while, it does
+    assert s.click.encoder_calls == 2
 
 
 def test_a_model_change_drops_the_old_models_embeddings(qtbot, sessions, folder, toy):

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 
 from .click_work import (
     SUGGESTED,
@@ -29,7 +30,7 @@ from .click_work import (
 )
 from .tasks import TaskHandle
 
-__all__ = ["CLICK_LANE", "KEEP", "ClickModelState"]
+__all__ = ["CLICK_LANE", "KEEP", "NEIGHBOUR_QUIET_S", "ClickModelState"]
 
 log = logging.getLogger("deeplab_gui")
 
@@ -38,6 +39,10 @@ KEEP = 3   # embeddings held in memory: the current image and its two neighbours
 # The worker lane every encoder and decoder call of the click model runs on (one thread, so one
 # OpenMP team: see Worker.run_task).
 CLICK_LANE = "click"
+# A neighbour's embedding (an encoder run that cannot be interrupted: 1 s for MobileSAM, up to
+# 18 s for SAM 2.1 large on a CPU) starts only once the current image's embedding has been ready,
+# and the click tool unused, for this long, so that it never holds up the clicks on the lane.
+NEIGHBOUR_QUIET_S = 3.0
 
 
 class ClickModelState(QObject):
@@ -66,6 +71,8 @@ class ClickModelState(QObject):
         self._calls_lock = threading.Lock()
         self._last_status: str | None = None
         self.neighbours = True               # also prepare the images next to the current one
+        self.neighbour_quiet_s = NEIGHBOUR_QUIET_S
+        self._busy_at = float("-inf")            # when the current image got ready or was last clicked
         self.loading: TaskHandle | None = None
         self._loading_name: str | None = None
         self._download: tuple[int, int] | None = None
@@ -107,10 +114,10 @@ class ClickModelState(QObject):
             return f"{self.error}; still using {self._name}"
         if cur in self._embed_errors:
             return f"{self._name}: cannot prepare {cur} for clicks: {self._embed_errors[cur]}"
+        if cur is not None and cur in self._ready:   # (its job may still be finishing)
+            return f"{self._name}: ready"
         if cur is not None and self.computing(cur):
             return f"{self._name}: preparing {cur} for clicks…"
-        if cur is not None and cur in self._ready:
-            return f"{self._name}: ready"
         return f"{self._name}"
 
     def predictor(self, image_id: str) -> Any:
@@ -245,11 +252,19 @@ class ClickModelState(QObject):
                     break   # image_ready calls again; the neighbours wait for the current image
                 may_encode = pixels is not None
             else:
+                wait = self.neighbour_quiet_s - (time.monotonic() - self._busy_at)
+                if wait > 0:
+                    QTimer.singleShot(int(wait * 1000) + 10, self._refresh)
+                    break
                 ready = s.prefetch.ready.get(image_id)
                 pixels, may_encode = (ready[0] if ready else None), True
             self._start(image_id, pixels, may_encode)
             break
         self._say()
+
+    def note_prompt(self) -> None:
+        """The click tool was used: neighbours' embeddings wait (:data:`NEIGHBOUR_QUIET_S`)."""
+        self._busy_at = time.monotonic()
 
     def _start(self, image_id: str, pixels: Any, may_encode: bool) -> None:
         gen = self._gen
@@ -271,6 +286,8 @@ class ClickModelState(QObject):
         if result.image_id not in self._wanted():
             return   # the person moved on; the store's cache has it for later
         self._ready[result.image_id] = result.predictor
+        if result.image_id == self.session.image_id:
+            self._busy_at = time.monotonic()   # clicks on it are likely now: neighbours wait
         self._trim()
         self.embedding_ready.emit(result.image_id)
 

@@ -157,6 +157,9 @@ class ClickTool(Tool):
             t.show_status(WAITING)
             return
         self._prompts.append(prompt)
+        note = getattr(t, "note_click", None)
+        if note is not None:
+            note()
         self.queue.submit(lambda: self._run_prompts(predictor, doc))
 
     def _run_prompts(self, predictor, doc):

@@ -70,6 +70,12 @@ class SessionTarget:
             return "click models are not available in this build"
         return None if click.model_name else click.status_text
 
+    def note_click(self) -> None:
+        """The click tool got a prompt (the click state holds neighbours' encoder runs back)."""
+        click = self._click()
+        if click is not None:
+            click.note_prompt()
+
     def on_embedding_ready(self, callback: Callable[[str], Any] | None) -> None:
         click = self._click()
         if click is None:
