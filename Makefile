@@ -12,7 +12,7 @@ TORCH_CPU ?= torch==2.13.0
 DEMO   ?= resources/demo
 PYTEST_ARGS ?= -n auto
 
-.PHONY: run test setup bench bench-annotation clean-venv package package-test
+.PHONY: run test setup bench bench-gpu bench-annotation clean-venv package package-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_models.py
 	$(BIN)/python benchmarks/bench_crf.py
+
+# The CUDA rows of every benchmark (needs an NVIDIA GPU): benchmarks/results/*_cuda.json.
+bench-gpu: $(STAMP)
+	PYTHON=$(BIN)/python bash benchmarks/bench_gpu.sh
 
 bench-annotation: $(STAMP)
 	$(BIN)/python benchmarks/bench_annotation.py --scenes 24 --tools manual,snap,superpixel,crfclick,click

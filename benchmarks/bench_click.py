@@ -117,7 +117,7 @@ def bench_click_model(name: str, device: torch.device, precision: str, encoder_r
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        large = n_params > LARGE_PARAMS
+        large = n_params > LARGE_PARAMS and not cuda   # one CPU run of ViT-H takes a minute
         runs = 1 if large else encoder_runs
         row.set_image_ms = round(_median_ms(lambda: pred.set_image(image), 0 if large else 1, runs, sync), 1)
         row.encoder_runs = runs
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder-runs", type=int, default=3, help="timed set_image runs per small model (default 3)")
     ap.add_argument("--predict-runs", type=int, default=20, help="timed clicks per model (default 20)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="auto: CPU rows, and CUDA rows when a GPU is present; cpu or cuda: that device's rows only")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. the machine's load)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/click_<device>.json)")
     args = ap.parse_args(argv)
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print("CUDA requested but not available", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    configs = [(torch.device("cpu"), "fp32")]
+    configs = [] if args.device == "cuda" else [(torch.device("cpu"), "fp32")]
     if use_cuda:
         configs += [(torch.device("cuda"), "fp32"), (torch.device("cuda"), _cuda_half_name())]
 

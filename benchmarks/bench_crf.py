@@ -218,6 +218,10 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="500x375 only, one repeat")
     ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2 if os.cpu_count() == 2 else 8))
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="auto: CPU rows, and CUDA rows when a GPU is present; cuda: the CUDA rows and the "
+                         "pydensecrf reference they are compared with; cpu: no CUDA rows")
+    ap.add_argument("--sizes", default=None, help="comma-separated WxH (default 500x375,1024x768,2048x1536)")
     ap.add_argument("--skip-refine", action="store_true")
     ap.add_argument("--skip-live", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
@@ -227,12 +231,18 @@ def main(argv=None):
         print(markdown(json.loads(args.markdown_from.read_text())))
         return
     torch.set_num_threads(args.threads)
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    if args.device == "cuda" and not cuda:
+        print("CUDA requested but not available", file=sys.stderr)
+        return 2
     backends = [(b, "cpu" if b == "torch" else None) for b in available_backends() if b != "torch"]
-    backends.insert(0, ("torch", "cpu"))
+    if args.device != "cuda":
+        backends.insert(0, ("torch", "cpu"))
     if cuda:
         backends.append(("torch", "cuda"))
     sizes = SIZES[:1] if args.quick else SIZES
+    if args.sizes:
+        sizes = [tuple(int(v) for v in wh.lower().split("x")) for wh in args.sizes.split(",") if wh.strip()]
     log = lambda s: print(s, flush=True)  # noqa: E731
     report = {
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
@@ -243,7 +253,7 @@ def main(argv=None):
     if not args.skip_refine:
         report["refine"] = bench_refine(sizes, 1 if args.quick else args.repeats, backends, log)
     if not args.skip_live:
-        report["live_500x375"] = {"cpu": bench_live("cpu", log)}
+        report["live_500x375"] = {} if args.device == "cuda" else {"cpu": bench_live("cpu", log)}
         if cuda:
             report["live_500x375"]["cuda"] = bench_live("cuda", log)
     report["machine"]["loadavg_end"] = os.getloadavg()
@@ -257,4 +267,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer runs, for checking the script works")
     ap.add_argument("--size", type=int, default=513)
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="auto: CPU rows, and CUDA rows when a GPU is present; cpu or cuda: that device's rows only")
     ap.add_argument("--no-reference", action="store_true", help="skip the torchvision reference rows")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/models_<device>.json)")
     args = ap.parse_args(argv)
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if use_cuda and not torch.cuda.is_available():
         print("CUDA requested but not available", file=sys.stderr)
         return 2
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if use_cuda else [])
+    devices = ([] if args.device == "cuda" else [torch.device("cpu")]) + ([torch.device("cuda")] if use_cuda else [])
     if use_cuda:
         torch.backends.cudnn.benchmark = True
 
@@ -184,19 +185,21 @@ def main(argv: list[str] | None = None) -> int:
         refs = {k: v for k, v in refs.items() if k == "deeplabv3_mobilenet_v3_large"}
     rows: list[Row] = []
     for device in devices:
-        for precision, batch in _configs(device):
-            # Each reference right after our model of the same name, so both see the same machine load
-            # (this CPU is shared; drift over a long run would otherwise favour one side).
-            candidates = []
-            for n in names:
-                candidates.append((n, "deeplab-gui", lambda n=n: build_model(n, num_classes=21)))
-                if n in refs:
-                    candidates.append((n, "torchvision", refs[n]))
-            for name, source, build in candidates:
-                torch.manual_seed(0)
-                row = bench_model(name, build(), source, device, precision, batch, args.size, warmup, repeats)
+        # Each reference right after our model of the same name, so both see the same machine load
+        # (this CPU is shared; drift over a long run would otherwise favour one side).
+        candidates = []
+        for n in names:
+            candidates.append((n, "deeplab-gui", lambda n=n: build_model(n, num_classes=21)))
+            if n in refs:
+                candidates.append((n, "torchvision", refs[n]))
+        for name, source, build in candidates:
+            torch.manual_seed(0)
+            model = build()  # once per model: its configurations run fp32 first, then fp16 (channels_last)
+            for precision, batch in _configs(device):
+                row = bench_model(name, model, source, device, precision, batch, args.size, warmup, repeats)
                 rows.append(row)
                 print(_format_row(row), flush=True)  # progress while the full run takes a while
+            del model
     print()
     _print_table(rows)
 

@@ -102,9 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--iterations", type=int, default=None, help="fine-tune steps (default 100, quick 10)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CPU rows, and CUDA rows when a GPU is present; cpu or cuda: that device's rows only")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    has_cuda = torch.cuda.is_available() and args.device != "cpu"
+    if args.device == "cuda" and not has_cuda:
+        print("CUDA requested but not available", file=sys.stderr)
+        return 2
+    devices = ([] if args.device == "cuda" else [torch.device("cpu")]) + ([torch.device("cuda")] if has_cuda else [])
     rows = []
     for arch in args.models.split(","):
         for dev in devices:
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(f"{arch:28s} {dev.type:5s} {row['precision']:5s} batch {batch}: "
                       f"{row.get('images_per_s', '-')} img/s ({row.get('s_per_step', '-')} s/step)", flush=True)
-    main_dev = "cuda" if torch.cuda.is_available() else "cpu"
+    main_dev = "cuda" if has_cuda else "cpu"
     iters = args.iterations or (10 if args.quick else 100)
     wall = finetune_wall_time("deeplabv3plus_mobilenet_v2", main_dev, iterations=iters,
                               crop=321 if main_dev == "cuda" or not args.quick else 257)
