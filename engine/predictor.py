@@ -155,6 +155,7 @@ class Predictor:
         self.tta_flip = bool(tta_flip)
         self.tta_scales = scales
         self.amp = bool(amp)
+        self._amp_off = False   # set once half precision overflowed for this model (see _forward)
         self.tile_elements = max(1024, int(tile_elements))
         self.model = model.eval()
         self.device = torch.device("cpu")
@@ -385,19 +386,34 @@ class Predictor:
         x = x_u8.to(dev, non_blocking=True).float()
         x = x.index_select(1, self._order)
         x = (x * self.preprocessing.scale - self._mean) / self._std
-        use_amp = self.amp and dev.type == "cuda"
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+        use_amp = self._amp_enabled()
+        logits = self._logits(x, use_amp)
+        if use_amp and not bool(torch.isfinite(logits).all()):
+            # fp16 tops out at 65504: a model whose activations grow past it (seen with a ResNet-101 at
+            # random weights; possible with odd fine-tunes) gives inf/NaN, i.e. garbage labels.  Redo this
+            # image in float32 and keep this model in float32 from now on.
+            self._amp_off = True
+            warnings.warn(f"half precision overflowed on {dev} for this model; running it in float32 from now on",
+                          RuntimeWarning, stacklevel=4)
+            logits = self._logits(x, False)
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.float().softmax(1)
+
+    def _amp_enabled(self) -> bool:
+        return self.amp and self.device.type == "cuda" and not self._amp_off
+
+    def _logits(self, x: torch.Tensor, use_amp: bool) -> torch.Tensor:
+        ctx = torch.autocast(self.device.type, dtype=torch.float16) if use_amp else contextlib.nullcontext()
         with ctx:
             logits = self.model(x)
         if isinstance(logits, dict):  # torchvision-style models return {"out": ...}
             logits = logits["out"]
         elif isinstance(logits, (tuple, list)):
             logits = logits[0]
-        if logits.shape[-2:] != x.shape[-2:]:
-            logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits.float().softmax(1)
+        return logits
 
     def _upsampled_bands(self, low: torch.Tensor, height: int, width: int) -> Iterator[tuple[int, torch.Tensor]]:
         """Bilinear (align_corners=False) upsampling of C×h×w to C×height×width in row bands of about

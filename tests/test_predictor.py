@@ -162,6 +162,33 @@ def test_oom_twice_falls_back_to_cpu_and_thrice_is_a_clear_error():
         p.predict(_img(30, 40))
 
 
+def test_half_precision_overflow_redoes_the_image_in_float32_and_stays_there(monkeypatch):
+    """fp16 autocast (CUDA) can overflow to inf/NaN for some weights: the image is redone in float32 with
+    a warning, and later images skip half precision.  Exercised on the CPU with CPU autocast standing in."""
+    model = TinySeg(3)
+    real = model.forward
+    halves = []
+
+    def forward(x):
+        halves.append(torch.is_autocast_enabled("cpu"))
+        y = real(x)
+        return torch.full_like(y, float("nan")) if halves[-1] else y
+
+    model.forward = forward
+    p = Predictor(model, device="cpu")
+    want = Predictor(TinySeg(3), device="cpu")
+    want.model.load_state_dict(model.state_dict())
+    monkeypatch.setattr(p, "_amp_enabled", lambda: not p._amp_off)  # as on CUDA with amp on
+    img = _img(12, 16)
+    with pytest.warns(RuntimeWarning, match="float32"):
+        probs = p.predict(img)
+    assert halves == [True, False]
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs, want.predict(img), atol=1e-6)
+    p.predict(img)
+    assert halves == [True, False, False]
+
+
 def test_other_errors_are_not_swallowed():
     model = TinySeg(3)
     model.forward = lambda x: (_ for _ in ()).throw(ValueError("bad shape"))
