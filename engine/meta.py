@@ -55,6 +55,9 @@ class Preprocessing:
     ``x = (pixels[channel_order] * scale - mean) / std``, per channel, in the order the network expects.
     ``resize_short``: the shorter side the weights were evaluated at (torchvision uses 520); the
     Predictor may use it as its default inference size.  None means native size.
+    ``sliding_window``: ``(crop_h, crop_w, stride_h, stride_w)`` when the weights were evaluated on
+    overlapping crops of the (resized) image with the crops' probabilities averaged (mmsegmentation's
+    ``mode='slide'``, e.g. its Cityscapes models); None runs the whole image at once.
     """
 
     channel_order: str = "RGB"  # "RGB" or "BGR"
@@ -62,8 +65,15 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     resize_short: int | None = None
+    sliding_window: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.sliding_window is not None:
+            sw = tuple(int(v) for v in self.sliding_window)
+            if len(sw) != 4 or any(v <= 0 for v in sw) or sw[2] > sw[0] or sw[3] > sw[1]:
+                raise ValueError("sliding_window is (crop_h, crop_w, stride_h, stride_w), positive, strides "
+                                 f"no larger than the crop; got {self.sliding_window!r}")
+            object.__setattr__(self, "sliding_window", sw)
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', not {self.channel_order!r}")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
