@@ -10,6 +10,13 @@ Inference size
     longer side is then capped at ``max_side`` (default 1024).  The network runs at that size and the
     probabilities are bilinearly upsampled (align_corners=False) to the input size.
 
+Sliding windows
+    Weights evaluated on overlapping crops (``preprocessing.sliding_window`` = crop h, w and stride h, w:
+    mmsegmentation's Cityscapes models) run the same way here: windows at each stride step, the last
+    shifted back to end at the border, logits averaged where windows overlap.  Activations are then
+    bounded by one window, so the cap on the longer side becomes max(``max_side``, twice the window's
+    longer side): a 2048×1024 street scene runs at its own size, as the zoo evaluated it.
+
 Small images
     The network never sees a side shorter than ``MIN_NETWORK_SIDE`` (16) pixels: a smaller inference
     size is enlarged (aspect kept, even past ``max_side`` on the long side), since some backbones fail
@@ -184,8 +191,12 @@ class Predictor:
         s = 1.0
         if self.preprocessing.resize_short:
             s = self.preprocessing.resize_short / min(height, width)
-        if self.max_side is not None and max(height, width) * s > self.max_side:
-            s = self.max_side / max(height, width)
+        cap = self.max_side
+        sw = self.preprocessing.sliding_window
+        if cap is not None and sw is not None:  # the network sees one window at a time: a wider cap costs
+            cap = max(cap, 2 * max(sw[0], sw[1]))  # no activation memory (Cityscapes: 2048x1024 as evaluated)
+        if cap is not None and max(height, width) * s > cap:
+            s = cap / max(height, width)
         if min(height, width) * s < MIN_NETWORK_SIDE:  # small or thin: enlarge (see module docstring)
             s = MIN_NETWORK_SIDE / min(height, width)
             h, w = math.ceil(height * s - 1e-9), math.ceil(width * s - 1e-9)
@@ -389,7 +400,7 @@ class Predictor:
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         use_amp = self._amp_enabled()
-        logits = self._logits(x, use_amp)
+        logits = self._network(x, use_amp)
         if use_amp and not bool(torch.isfinite(logits).all()):
             # fp16 tops out at 65504: a model whose activations grow past it (seen with a ResNet-101 at
             # random weights; possible with odd fine-tunes) gives inf/NaN, i.e. garbage labels.  Redo this
@@ -397,13 +408,40 @@ class Predictor:
             self._amp_off = True
             warnings.warn(f"half precision overflowed on {dev} for this model; running it in float32 from now on",
                           RuntimeWarning, stacklevel=4)
-            logits = self._logits(x, False)
+            logits = self._network(x, False)
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits.float().softmax(1)
 
     def _amp_enabled(self) -> bool:
         return self.amp and self.device.type == "cuda" and not self._amp_off
+
+    def _network(self, x: torch.Tensor, use_amp: bool) -> torch.Tensor:
+        """Logits for the whole input, or averaged over overlapping windows where the weights were evaluated
+        so (``preprocessing.sliding_window``, as mmsegmentation's ``slide`` mode: a window at each stride
+        step, the last one shifted back to end at the border, logits summed and divided by the count)."""
+        sw = self.preprocessing.sliding_window
+        h, w = x.shape[-2:]
+        if sw is None or (h <= sw[0] and w <= sw[1]):
+            return self._logits(x, use_amp)
+        crop_h, crop_w, stride_h, stride_w = sw
+        rows = max(h - crop_h + stride_h - 1, 0) // stride_h + 1
+        cols = max(w - crop_w + stride_w - 1, 0) // stride_w + 1
+        total: torch.Tensor | None = None
+        count = torch.zeros((1, 1, h, w), device=x.device)
+        for r in range(rows):
+            for c in range(cols):
+                y1, x1 = r * stride_h, c * stride_w
+                y2, x2 = min(y1 + crop_h, h), min(x1 + crop_w, w)
+                y1, x1 = max(y2 - crop_h, 0), max(x2 - crop_w, 0)
+                part = self._logits(x[:, :, y1:y2, x1:x2], use_amp).float()
+                if total is None:
+                    total = torch.zeros((1, part.shape[1], h, w), device=x.device)
+                total[:, :, y1:y2, x1:x2] += part
+                count[:, :, y1:y2, x1:x2] += 1
+                del part
+        assert total is not None
+        return total / count
 
     def _logits(self, x: torch.Tensor, use_amp: bool) -> torch.Tensor:
         ctx = torch.autocast(self.device.type, dtype=torch.float16) if use_amp else contextlib.nullcontext()

@@ -189,6 +189,37 @@ def test_half_precision_overflow_redoes_the_image_in_float32_and_stays_there(mon
     assert halves == [True, False, False]
 
 
+def test_sliding_window_averages_logits_over_overlapping_crops_like_mmseg():
+    pp = Preprocessing(sliding_window=(16, 24, 10, 14))
+    model = TinySeg(3, preprocessing=pp)
+    p = Predictor(model, device="cpu", max_side=None)
+    img = _img(40, 60)
+    probs = p.predict(img)
+    windows = [tuple(t.shape[-2:]) for t in model.seen]
+    assert windows == [(16, 24)] * 16   # 4 rows (y 0, 10, 20, 24) x 4 columns (x 0, 14, 28, 36)
+    # The same thing by hand: logits of each crop summed into place, divided by the cover count, softmax.
+    full = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    full = (full - torch.tensor(IMAGENET.mean).view(1, 3, 1, 1)) / torch.tensor(IMAGENET.std).view(1, 3, 1, 1)
+    total, count = torch.zeros(1, 3, 40, 60), torch.zeros(1, 1, 40, 60)
+    with torch.no_grad():
+        for y1 in (0, 10, 20, 24):
+            for x1 in (0, 14, 28, 36):
+                total[:, :, y1:y1 + 16, x1:x1 + 24] += TinySeg.forward(model, full[:, :, y1:y1 + 16, x1:x1 + 24])
+                count[:, :, y1:y1 + 16, x1:x1 + 24] += 1
+    np.testing.assert_allclose(probs, (total / count).softmax(1)[0].numpy(), atol=1e-5)
+    model.seen.clear()
+    p.predict(_img(16, 20))   # fits in one window: the whole image at once
+    assert [tuple(t.shape[-2:]) for t in model.seen] == [(16, 20)]
+
+
+def test_sliding_window_models_run_street_scenes_at_their_own_size():
+    p = Predictor(TinySeg(3, preprocessing=Preprocessing(resize_short=1024, sliding_window=(512, 1024, 341, 683))),
+                  device="cpu")
+    assert p.inference_size(1024, 2048) == (1024, 2048)      # the zoo's evaluation size, despite max_side 1024
+    assert p.inference_size(750, 1000) == (1024, 1365)       # short side 1024, as mmseg's keep-ratio Resize
+    assert Predictor(TinySeg(3), device="cpu").inference_size(1024, 2048) == (512, 1024)   # others: capped
+
+
 def test_other_errors_are_not_swallowed():
     model = TinySeg(3)
     model.forward = lambda x: (_ for _ in ()).throw(ValueError("bad shape"))
