@@ -54,11 +54,13 @@ class Row:
     error: str | None = None
 
 
-def time_runs(fn: Callable[[], object], *, warmup: int, repeats: int, sync: Callable[[], None]) -> list[float]:
+def time_runs(fn: Callable[[], object], *, warmup: int, repeats: int, sync: Callable[[], None],
+              after_warmup: Callable[[], None] = lambda: None) -> list[float]:
     """Milliseconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     sync()
+    after_warmup()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -90,10 +92,14 @@ def bench_model(name: str, model: nn.Module, source: str, device: torch.device, 
                 return _out(model(x))
 
         sync = torch.cuda.synchronize if cuda else (lambda: None)
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        times = time_runs(run, warmup=warmup, repeats=repeats, sync=sync)
+        def reset_peak() -> None:
+            # After the warm-up: cudnn.benchmark's first calls try every algorithm, some with workspaces of
+            # tens of GB (an H200 run showed 133 GB "peaks" for VGG16 at batch 1), which no steady run uses.
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+        times = time_runs(run, warmup=max(warmup, 1) if cuda else warmup, repeats=repeats, sync=sync,
+                          after_warmup=reset_peak)
         med = statistics.median(times)
         row.ms_per_image = round(med / batch, 2)
         row.images_per_s = round(batch * 1000.0 / med, 2)
