@@ -38,16 +38,15 @@ from typing import Callable
 from PIL import Image
 
 from ..errors import one_line
-from ..fileio import atomic_write_bytes, temp_path
+from ..fileio import atomic_write_bytes
 from ..imageio import read_image
-from ..labels import VOID, save_mask_png
+from ..labels import save_mask_png
 from ..store.scan import natural_key
-from ..store.store import AnnotationStore, Status
+from ..store.store import AnnotationStore
 from .voc_common import (
     VOC_NUM_STANDARD,
     VOCError,
     add_void_border,
-    check_indices,
     copyable_jpeg,
     export_colors,
     os_reason,
@@ -55,7 +54,11 @@ from .voc_common import (
     split_ids,
     voc_ids,
 )
-from .voc_import import ImportReport, import_voc
+from .common import FormatError
+from .exporter import ExportReport as BaseExportReport
+from .exporter import ExportSkip, check_out, export_ids, load_export_mask, prepare_out
+from .registry import FormatOption, LabelFormat, register
+from .voc_import import ImportReport, import_voc, voc_source
 
 __all__ = ["ExportReport", "ImportReport", "VOCError", "export_voc", "import_voc", "add_void_border",
            "voc_ids", "split_ids", "rgb_mask_to_indices", "export_colors", "VOC_NUM_STANDARD"]
@@ -64,13 +67,9 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass
-class ExportReport:
-    out: Path
-    exported: list[str] = field(default_factory=list)           # VOC ids written
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (image id, reason)
+class ExportReport(BaseExportReport):
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
-    cancelled: bool = False
 
 
 class _WriteFailed(Exception):
@@ -113,45 +112,26 @@ def export_voc(source: AnnotationStore | str | os.PathLike, out: str | os.PathLi
             store.close()
 
 
+_WRITES = ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation")
+
+
 def _check_out(store: AnnotationStore, out: Path) -> None:
-    real = out.resolve()
-    root = store.root.resolve()
-    if real == root or real.is_relative_to(root):
-        raise VOCError(f"cannot export into {out}: it is inside the image folder's store {root}; "
-                       f"choose a folder outside the image folder")
-    if real == store.folder or real.is_relative_to(store.folder):
-        # Exported JPEGs and masks would become images of the folder itself.
-        raise VOCError(f"cannot export into {out}: it is inside the image folder {store.folder}; "
-                       f"choose a folder outside it")
-    for sub in ("JPEGImages", "SegmentationClass"):
-        if store.folder.is_relative_to(real / sub):
-            raise VOCError(f"cannot export into {out}: the image folder {store.folder} is inside "
-                           f"{real / sub}, where the export writes; choose another folder")
+    try:
+        check_out(store, out, _WRITES[:2])
+    except FormatError as exc:  # the shared checks' refusals keep the VOC error type callers expect
+        raise VOCError(str(exc)) from None
 
 
 def _prepare_out(out: Path) -> None:
-    """Create OUT's folders and prove a file can be written there, before any image is read."""
-    if out.exists() and not out.is_dir():
-        raise VOCError(f"cannot export into {out}: it is a file, not a folder")
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        try:
-            (out / sub).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise VOCError(f"cannot export into {out}: cannot create {out / sub} ({os_reason(exc)})") from None
-    probe = temp_path(out / "JPEGImages" / "probe")
     try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-        os.unlink(probe)
-    except OSError as exc:
-        raise VOCError(f"cannot export into {out}: cannot write in {probe.parent} ({os_reason(exc)})") from None
+        prepare_out(out, _WRITES)
+    except FormatError as exc:
+        raise VOCError(str(exc)) from None
 
 
 def _export(store, out, include_prelabeled, void_border, val_fraction, seed, workers, progress, cancel,
             confirmed_only=True):
-    wanted = {Status.EDITED, Status.REVIEWED} | ({Status.PRELABELED} if include_prelabeled else set())
-    # Every labelled image the store knows, not only those of the last scan (a sub-folder image stays
-    # exportable when recursion is off); images deleted since are skipped with a reason.
-    ids = [i for i in store.known_ids() if store.status(i) in wanted]
+    ids = export_ids(store, include_prelabeled=include_prelabeled)
     report = ExportReport(out=out)
     # A split file holds one id per line: a name with a line break cannot be listed in one.
     for image_id in [i for i in ids if "\n" in i or "\r" in i]:
@@ -167,9 +147,10 @@ def _export(store, out, include_prelabeled, void_border, val_fraction, seed, wor
             return image_id, "not exported: the export stopped"
         vid = names[image_id]
         try:  # reading: a problem here belongs to this image only
-            mask = store.load_mask(image_id)
-            if mask is None:
-                return image_id, "no mask on disk"
+            try:
+                mask = load_export_mask(store, image_id, confirmed_only=confirmed_only)
+            except ExportSkip as exc:
+                return image_id, str(exc)
             src = store.image_path(image_id)
             if copyable_jpeg(src):
                 data = src.read_bytes()
@@ -183,11 +164,6 @@ def _export(store, out, include_prelabeled, void_border, val_fraction, seed, wor
                 data = buf.getvalue()
             if mask.shape != (h, w):
                 return image_id, f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}"
-            check_indices(mask, len(classes))
-            if confirmed_only and store.status(image_id) is Status.EDITED:
-                confirmed = store.load_confirmed(image_id)
-                if confirmed is not None and confirmed.shape == mask.shape:
-                    mask[~confirmed] = VOID
             if void_border > 0:
                 mask = add_void_border(mask, void_border)
         except Exception as exc:  # any decoder failure of one file must not end an export of thousands
@@ -255,3 +231,33 @@ def _report_one(result: tuple[str, str | None], report: ExportReport, names: dic
     else:
         report.skipped.append((image_id, reason))
 
+
+
+# ---------------------------------------------------------------------------- registration
+def _read(src: Path, *, classes=None, split: str | None = None):
+    # VOC carries its own class list (deeplab-gui.json, class_names.txt or VOC's 21); the folder's
+    # list is checked against it by the importer.
+    return voc_source(src, split=split)
+
+
+def _write(store: AnnotationStore, out: Path, *, progress: Progress | None = None,
+           cancel: Callable[[], bool] | None = None, include_prelabeled: bool = False,
+           confirmed_only: bool = True, void_border: int = 0, val_fraction: float = 0.2,
+           seed: int = 0) -> ExportReport:
+    return export_voc(store, out, include_prelabeled=include_prelabeled, void_border=void_border,
+                      val_fraction=val_fraction, seed=seed, progress=progress, cancel=cancel,
+                      confirmed_only=confirmed_only)
+
+
+register(LabelFormat(
+    name="voc", summary="PASCAL VOC: JPEGImages/, SegmentationClass/ (P-mode or colour masks), ImageSets/",
+    read=_read, write=_write, src_help="the VOC root (holding SegmentationClass/)",
+    options=(
+        FormatOption("split", "only the ids in ImageSets/Segmentation/NAME.txt", str, None),
+        FormatOption("void_border", "mark N pixels along class boundaries as void (255), as VOC does",
+                     int, 0, for_import=False, for_export=True),
+        FormatOption("val_fraction", "share of images in val.txt", float, 0.2, for_import=False,
+                     for_export=True),
+        FormatOption("seed", "seed of the deterministic train/val split", int, 0, for_import=False,
+                     for_export=True),
+    )))

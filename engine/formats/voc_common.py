@@ -5,7 +5,6 @@ imports the other; :mod:`engine.voc` re-exports every public name here.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 from typing import Iterable, Sequence
@@ -13,11 +12,11 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import one_line
 from ..labels import VOID, VOID_COLOR
 from ..meta import voc_colormap
-from ..store.format import LabelClass, StoreError
+from ..store.format import LabelClass
 from ..store.scan import natural_key
+from .common import FormatError, os_reason
 
 __all__ = ["VOCError", "VOC_NUM_STANDARD", "voc_ids", "split_ids", "add_void_border", "export_colors",
            "rgb_mask_to_indices", "check_indices", "copyable_jpeg", "os_reason"]
@@ -25,24 +24,8 @@ __all__ = ["VOCError", "VOC_NUM_STANDARD", "voc_ids", "split_ids", "add_void_bor
 VOC_NUM_STANDARD = 21
 
 
-class VOCError(StoreError):
-    """An export or import that cannot go on; ``str(err)`` is one line naming the file and the problem."""
-
-
-def os_reason(exc: BaseException) -> str:
-    """A short, user-facing reason for a failed file operation (no errno numbers, no class names)."""
-    if isinstance(exc, OSError):
-        known = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                 errno.EROFS: "the disk is read-only", errno.EACCES: "permission denied",
-                 errno.EPERM: "permission denied", errno.ENOENT: "no such file or folder",
-                 errno.ENOTDIR: "a part of the path is a file, not a folder",
-                 errno.EEXIST: "a file of that name is in the way",
-                 errno.EISDIR: "it is a folder, not a file", errno.ENAMETOOLONG: "the name is too long"}
-        if exc.errno in known:
-            return known[exc.errno]
-        if exc.strerror:
-            return exc.strerror[:1].lower() + exc.strerror[1:]
-    return one_line(exc) or "unknown error"
+class VOCError(FormatError):
+    """A VOC export or import that cannot go on; ``str(err)`` is one line naming the file and the problem."""
 
 
 def voc_ids(image_ids: Iterable[str]) -> dict[str, str]:
