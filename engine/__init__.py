@@ -15,6 +15,7 @@ from .lazy import lazy_exports
 _EXPORTS = {
     "building": ("build_model",),
     "cancel": ("cancel_check",),
+    "classmap": ("ClassMap", "MappedPredictor", "normalise_class_name"),
     "checkpoints": ("CheckpointError", "checkpoint_id", "load_model", "nonfinite_tensors", "read_checkpoint",
                     "read_meta", "save_model"),
     "click": ("ClickEmbedding", "ClickModel", "ClickPrediction", "ClickPredictor", "build_click_model",
