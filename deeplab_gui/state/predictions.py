@@ -29,7 +29,46 @@ class PredictionMethods:
         self.model, self.model_id = model, (model_id if model is not None else None)
         self.model_name = (name or model_id) if model is not None else None
         self.predictor = Predictor(model, device) if model is not None else None
+        self.fit_model_classes()
         self.model_changed.emit()
+
+    # ------------------------------------------------------------------ the model's classes vs the folder's
+    def fit_model_classes(self) -> None:
+        """Make predictions speak the folder's classes: when the model's class list is another, wrap the
+        predictor in an ``engine.MappedPredictor`` (classes matched by name, the rest void) and say so
+        (``model_classes_changed``; ``class_map`` holds the mapping, None when the lists are the same)."""
+        from engine import ClassMap, MappedPredictor
+        base = self.predictor.predictor if isinstance(self.predictor, MappedPredictor) else self.predictor
+        old = self.class_map
+        self.predictor, self.class_map = base, None
+        if base is not None and self.store is not None:
+            names = list(base.meta.class_names)
+            if names != list(self.store.class_names):
+                self.class_map = ClassMap.by_name(names, list(self.store.class_names))
+                self.predictor = MappedPredictor(base, self.class_map)
+        if self.class_map != old:
+            self.model_classes_changed.emit()
+
+    def can_adopt_model_classes(self) -> bool:
+        """Whether the folder may take the model's class list: nothing in it is labelled yet (a mask of
+        any kind, a person's or a prediction, would change meaning)."""
+        from engine import Status
+        return self.class_map is not None and self.store is not None and not self.store.read_only \
+            and all(st is Status.UNLABELED for st in self.store.statuses().values())
+
+    def adopt_model_classes(self) -> bool:
+        """Give the folder the model's class list (names and colours); predictions then need no mapping."""
+        if not self.can_adopt_model_classes():
+            return False
+        meta = self.predictor.predictor.meta
+        try:  # a shorter list is fine here: no mask holds any index yet
+            self.store.set_classes([(n, tuple(c)) for n, c in zip(meta.class_names, meta.class_colors)],
+                                   allow_shrink=True)
+        except Exception as exc:  # noqa: BLE001  (StoreError, a name the store refuses: tell the user)
+            self._say("error", str(exc))
+            return False
+        self.classes_changed.emit()
+        return True
 
     def set_probs(self, image_id: str, probs: np.ndarray) -> TaskHandle:
         """Cache ``probs`` (C×h×w float32: the image's size, or the capped grid of engine.probgrid for a

@@ -53,6 +53,7 @@ class Session(QObject, FolderMethods, PredictionMethods):
     statuses_changed = Signal()
     model_changed = Signal()
     classes_changed = Signal()
+    model_classes_changed = Signal()   # the loaded model's class list fits the folder's, or not (class_map)
     label_changed = Signal(int)
     busy = Signal(str)                 # "" when idle
     message = Signal(str, str)         # level ("info" | "warning" | "error"), text
@@ -81,6 +82,7 @@ class Session(QObject, FolderMethods, PredictionMethods):
         self.model_id: str | None = None
         self.model_name: str | None = None
         self.predictor: Any = None
+        self.class_map: Any = None   # engine.ClassMap when the model's classes are not the folder's
         self.view_mode = "mask"
         self.opacity = 0.5
         self.outline = False
@@ -103,6 +105,8 @@ class Session(QObject, FolderMethods, PredictionMethods):
         self.review = ReviewState(self)  # accept and next; the image each folder reopens on
         self.effort = EffortState(self)  # active seconds and actions per image, kept in the store
         self.click = ClickModelState(self)  # the click model and each image's embedding, made ahead
+        self.folder_opened.connect(self.fit_model_classes)
+        self.classes_changed.connect(self.fit_model_classes)
         self._timer = QTimer(self)
         self._timer.setInterval(AUTOSAVE_MS)
         self._timer.timeout.connect(self.autosave)

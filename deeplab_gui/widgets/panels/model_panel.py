@@ -35,6 +35,7 @@ __all__ = ["FILE_PREFIX", "NO_WEIGHTS_TEXT", "LoadedModel", "ModelPanel", "Wrapp
 
 log = logging.getLogger(__name__)
 FILE_PREFIX = "file: "  # the weights combo's entry for a loaded checkpoint file
+HEADER_ROLE = Qt.ItemDataRole.UserRole + 1  # marks the weights combo's data-set headings (not choosable)
 
 NO_WEIGHTS_TEXT = (
     "<b>No model weights on this machine yet.</b> Three ways forward:"
@@ -74,6 +75,8 @@ class ModelPanel(QWidget):
         m.prelabel_finished.connect(self.prelabel_finished.emit)
         m.finetune_requested.connect(self._show_finetune)
         session.model_changed.connect(self._update_state)
+        session.model_classes_changed.connect(self._show_class_fit)
+        session.statuses_changed.connect(self._show_class_fit)
         session.model_changed.connect(self._show_loaded_weights)
         session.current_changed.connect(self._update_state)
         session.probs_changed.connect(self._update_state)
@@ -86,6 +89,7 @@ class ModelPanel(QWidget):
             self._show_catalog_state(m.downloaded)
         self.refresh_catalog()
         self._update_state()
+        self._show_class_fit()
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
@@ -123,8 +127,7 @@ class ModelPanel(QWidget):
         # Long entries (a checkpoint's file name) are cut, not a reason to widen the dock.
         self.weights_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.weights_combo.setMinimumContentsLength(16)
-        for e in catalog.list_weights("segmentation"):
-            self.weights_combo.addItem(e.id, e.id)
+        self._fill_weights_combo()
         self.weights_combo.currentIndexChanged.connect(self._on_weights_selected)
         form.addRow("Weights", self.weights_combo)
         buttons = QHBoxLayout()
@@ -146,6 +149,21 @@ class ModelPanel(QWidget):
         facts.addWidget(QLabel("Classes"))
         facts.addWidget(self.classes_label)
         form.addRow("Device", facts)
+        # When the model's class list is not the folder's: what happens to its classes, and the way to
+        # give an unlabelled folder the model's list instead.
+        self.class_fit = QFrame()
+        self.class_fit.setObjectName("classFit")
+        self.class_fit.setStyleSheet("#classFit { background: #eef4ff; border: 1px solid #8aa8d8; }")
+        cf = QVBoxLayout(self.class_fit)
+        cf.setContentsMargins(6, 4, 6, 4)
+        self.class_fit_text = WrappedLabel(fixed_width=True)
+        self.adopt_button = QPushButton("Use the model's classes")
+        self.adopt_button.setToolTip("give this folder the model's class list (only while nothing in it is labelled)")
+        self.adopt_button.clicked.connect(self.session.adopt_model_classes)
+        cf.addWidget(self.class_fit_text)
+        cf.addWidget(self.adopt_button)
+        self.class_fit.hide()
+        form.addRow(self.class_fit)
         from .versions_panel import VersionsBox
         self.versions = VersionsBox(self.session)
         form.addRow("Version", self.versions)
@@ -180,6 +198,33 @@ class ModelPanel(QWidget):
         # Take only the height the controls need, so docks below (classes, CRF) get the rest.
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         self._show_progress(False)
+
+    def _fill_weights_combo(self) -> None:
+        """Catalog weights grouped by the data set they were trained on, under a heading per data set."""
+        groups: dict[str, list] = {}
+        for e in catalog.list_weights("segmentation"):
+            groups.setdefault(getattr(e, "dataset", "") or "Other", []).append(e)
+        combo = self.weights_combo
+        for name, entries in groups.items():
+            if len(groups) > 1:
+                combo.addItem(f"— {name} —")
+                i = combo.count() - 1
+                combo.setItemData(i, True, HEADER_ROLE)
+                item = combo.model().item(i)
+                item.setEnabled(False)
+            for e in entries:
+                combo.addItem(e.id, e.id)
+        first = next((i for i in range(combo.count()) if is_catalog_id(combo.itemData(i))), -1)
+        if first >= 0:
+            combo.setCurrentIndex(first)
+
+    def _show_class_fit(self, *_args) -> None:
+        m = self.session.class_map
+        self.class_fit.setVisible(m is not None)
+        if m is None:
+            return
+        self.class_fit_text.setText(f"This model's classes are not this folder's: {m.describe()}.")
+        self.adopt_button.setVisible(self.session.can_adopt_model_classes())
 
     def _show_progress(self, on: bool) -> None:
         self.progress.setVisible(on)
@@ -231,7 +276,8 @@ class ModelPanel(QWidget):
         combo, name = self.weights_combo, self.session.model_name or ""
         if self.session.model is None or not name:
             return
-        file_row = next((i for i in range(combo.count()) if not is_catalog_id(combo.itemData(i))), -1)
+        file_row = next((i for i in range(combo.count()) if not is_catalog_id(combo.itemData(i))
+                         and not combo.itemData(i, HEADER_ROLE)), -1)
         if is_catalog_id(name):
             row = combo.findData(name)
         else:
