@@ -8,6 +8,8 @@
   Reviewed masks are always whole.  Problems with this image raise :class:`ExportSkip`.
 - :func:`export_items`: both in one sequential iterator, each item carrying either its mask or the
   reason it is skipped (the mask's size checked against the image's header).
+- :func:`run_export`: the loop a sequential writer needs (progress, cancel, skips, a write failure
+  stopping the export with how far it got).
 - :func:`check_out` / :func:`prepare_out`: refuse an output folder inside the image folder or its
   store (exported files would become images of the folder), create OUT's sub-folders and prove a
   file can be written there, before any image is read.  Both raise :class:`FormatError`.
@@ -17,16 +19,18 @@ open), writes every file atomically and returns an :class:`ExportReport`.
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
 from ..errors import one_line
-from ..fileio import temp_path
-from ..imageio import image_size
+from ..fileio import atomic_write_bytes, temp_path
+from ..imageio import image_size, read_image
 from ..labels import VOID
 from ..store.format import Status
 from ..store.store import AnnotationStore
@@ -34,7 +38,8 @@ from .common import FormatError, os_reason
 from .voc_common import check_indices
 
 __all__ = ["ExportItem", "ExportReport", "ExportSkip", "export_ids", "load_export_mask", "export_items",
-           "check_out", "prepare_out", "open_source"]
+           "check_out", "prepare_out", "open_source", "image_bytes", "write_file",
+           "run_export"]
 
 Progress = Callable[[int, int], None]
 
@@ -153,3 +158,70 @@ def prepare_out(out: Path, subdirs: Sequence[str] = ()) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise FormatError(f"cannot export into {out}: cannot write in {probe.parent} ({os_reason(exc)})") from None
+
+
+_PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".bmp": "BMP",
+                ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".ppm": "PPM", ".pgm": "PPM", ".pnm": "PPM"}
+
+
+def image_bytes(path: Path, suffix: str | None = None) -> bytes:
+    """The bytes to write for the image at ``path`` as a file ending in ``suffix`` (default: its own).
+
+    The file itself when any loader reads it as the mask was drawn on: the same format and no EXIF
+    rotation (loaders differ on applying it).  Otherwise the decoded pixels (EXIF applied, as the app
+    shows them), re-encoded: PNG losslessly, JPEG at quality 95.  Errors name the file (one line).
+    """
+    path = Path(path)
+    want = (suffix or path.suffix).lower()
+    fmt = _PIL_FORMATS.get(want, "PNG")
+    try:
+        with Image.open(path) as im:
+            same = im.format == fmt and im.getexif().get(0x0112, 1) in (1, None)
+    except Exception:  # unreadable here is decided (and reported) by the full decode below
+        same = False
+    if same:
+        return path.read_bytes()
+    rgb = read_image(path)
+    buf = io.BytesIO()
+    options = {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}
+    Image.fromarray(rgb).save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically, creating parent folders; a failure raises :class:`FormatError`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise FormatError(f"could not write {path}: {os_reason(exc)}") from None
+
+
+def run_export(store: AnnotationStore, out: Path, write_one: Callable[[ExportItem], str], *,
+               include_prelabeled: bool = False, confirmed_only: bool = True,
+               progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
+               ids: Sequence[str] | None = None) -> ExportReport:
+    """Call ``write_one(item)`` for each image to export; it returns the name it exported as.
+
+    ``write_one`` raises :class:`ExportSkip` to skip its image (with the reason) and
+    :class:`FormatError` to stop (a write that failed would fail for every image after it).
+    """
+    todo = export_ids(store, include_prelabeled=include_prelabeled) if ids is None else list(ids)
+    report = ExportReport(out=Path(out))
+    for n, item in enumerate(export_items(store, confirmed_only=confirmed_only, ids=todo)):
+        if cancel is not None and cancel():
+            report.cancelled = True
+            break
+        if item.skip is not None:
+            report.skipped.append((item.image_id, item.skip))
+        else:
+            try:
+                report.exported.append(write_one(item))
+            except ExportSkip as exc:
+                report.skipped.append((item.image_id, str(exc)))
+            except FormatError as exc:
+                raise FormatError(f"{exc}; the export stopped after {len(report.exported)} image(s) and {out} "
+                                  f"is incomplete") from None
+        if progress:
+            progress(n + 1, len(todo))
+    return report
