@@ -7,6 +7,8 @@ Export writes the layout that torchvision's ``VOCSegmentation`` and VainF's load
                                           indices 0..20, the store's colours after, VOC void colour
     OUT/ImageSets/Segmentation/{train,val,trainval}.txt
     OUT/class_names.txt                   one class name per line, in index order
+    OUT/labelmap.txt                      CVAT's "Segmentation mask 1.1" label map: name:r,g,b:: per
+                                          class, the colours of SegmentationClass/
     OUT/deeplab-gui.json                  classes with colours, original image ids and statuses,
                                           export options (lets import restore the store exactly)
 
@@ -215,6 +217,7 @@ def _export(store, out, include_prelabeled, void_border, val_fraction, seed, wor
     files = [(seg / f"{name}.txt", "".join(f"{i}\n" for i in lst).encode("utf-8"))
              for name, lst in (("train", report.train), ("val", report.val), ("trainval", report.exported))]
     files += [(out / "class_names.txt", "".join(f"{c.name}\n" for c in classes).encode("utf-8")),
+              (out / "labelmap.txt", cvat_labelmap([c.name for c in classes], colors).encode("utf-8")),
               (out / "deeplab-gui.json", json.dumps(info, ensure_ascii=False, indent=1).encode("utf-8"))]
     for path, data in files:
         try:
@@ -222,6 +225,14 @@ def _export(store, out, include_prelabeled, void_border, val_fraction, seed, wor
         except OSError as exc:
             raise VOCError(f"could not write {path}: {os_reason(exc)}; {out} is incomplete") from None
     return report
+
+
+def cvat_labelmap(names: list[str], colors: list[tuple[int, int, int]]) -> str:
+    """The ``labelmap.txt`` CVAT's "Segmentation mask 1.1" import reads: the colour of each class in
+    SegmentationClass/, background included (CVAT maps mask colours to its labels by it)."""
+    lines = ["# label:color_rgb:parts:actions\n"]
+    lines += [f"{name}:{r},{g},{b}::\n" for name, (r, g, b) in zip(names, colors)]
+    return "".join(lines)
 
 
 def _report_one(result: tuple[str, str | None], report: ExportReport, names: dict[str, str]) -> None:
