@@ -169,6 +169,9 @@ class MainWindow(QMainWindow):
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         self._action(f, "&Save", lambda: save_and_report(self), "Ctrl+S")  # says what it did
         self.export_action = self._action(f, "&Export VOC...", self.open_export)
+        self._action(f, "&Import labels...", lambda: self.open_labels_dialog("import"))
+        self._action(f, "Export &labels (COCO, labelme, mask folders, ...)...",
+                     lambda: self.open_labels_dialog("export"))
         f.addSeparator()
         self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         e = mb.addMenu("&Edit")
@@ -237,6 +240,17 @@ class MainWindow(QMainWindow):
             self.show_message("info", "open a folder first")
             return
         ExportDialog(self.session, self).open()
+
+    def open_labels_dialog(self, mode: str):
+        """The import or export dialog for every label format; None (and a message) without a folder."""
+        from .dialogs.formats_dialog import LabelsDialog
+
+        if self.session.store is None:
+            self.show_message("info", "open a folder first")
+            return None
+        dialog = LabelsDialog(self.session, mode, self)
+        dialog.open()
+        return dialog
 
     def open_progress(self):
         """The progress window (time and actions per image, before and after each fine-tune); None,
