@@ -12,6 +12,9 @@ EXPECTED_ARCHS = {
     "deeplabv3_mobilenet_v3_large", "deeplabv3_mobilenet_v2", "deeplabv3plus_resnet50",
     "deeplabv3plus_resnet101", "deeplabv3plus_mobilenet_v2", "deeplabv3plus_xception65",
 }
+# segmentation_models_pytorch's DeepLabV3 / DeepLabV3Plus (engine/models/smp.py)
+EXPECTED_ARCHS |= {f"smp_{family}_{encoder}" for family in ("deeplabv3", "deeplabv3plus")
+                   for encoder in ("resnet34", "resnet50", "resnet101", "mobilenet_v2")}
 
 # Trainable parameters with 21 classes, as the peers report them (torchvision / VainF / kazuto1011).
 EXACT_PARAMS = [
