@@ -1,6 +1,7 @@
 """The ``deeplab-gui`` command: one entry point, one subcommand per job.
 
-``deeplab-gui [FOLDER]`` opens the app; ``prelabel``, ``train``, ``export-voc`` and ``import-voc`` run
+``deeplab-gui [FOLDER]`` opens the app; ``prelabel``, ``train``, ``import FORMAT``, ``export FORMAT``
+(``import-voc`` / ``export-voc`` are ``import voc`` / ``export voc`` as they always were) run
 without a display.  Only the GUI path imports Qt, and heavy modules (torch, the engine) are imported
 inside the commands that need them, so ``--help`` is instant.  Every failure ends with a non-zero
 exit status and one line on stderr; set ``DEEPLAB_GUI_DEBUG=1`` to get the traceback as well.
@@ -20,7 +21,7 @@ from .errors import EXIT_FAILURE, EXIT_USAGE, CLIError
 __all__ = ["main", "build_parser", "CLIError", "COMMANDS"]
 
 PROG = "deeplab-gui"
-COMMANDS = ("gui", "prelabel", "train", "export-voc", "import-voc")
+COMMANDS = ("gui", "prelabel", "train", "import", "export", "export-voc", "import-voc")
 
 class _Parser(argparse.ArgumentParser):
     # argparse prints usage plus the error and exits; we want exactly one line and to return a code.
@@ -36,7 +37,9 @@ def _version() -> str:
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, formats: bool = False) -> argparse.ArgumentParser:
+    """The command line; ``formats=True`` adds ``import``/``export``'s per-format sub-commands (they
+    load the label formats, which the other commands do not need)."""
     p = _Parser(prog=PROG, description="Label images for semantic segmentation with DeepLab pre-labels, "
                 "a dense CRF and your corrections; export PASCAL VOC.",
                 epilog=f"'{PROG} FOLDER' is short for '{PROG} gui FOLDER'.")
@@ -106,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--split", metavar="NAME", help="only the ids in ImageSets/Segmentation/NAME.txt")
     i.add_argument("--overwrite", action="store_true", help="replace masks already edited or reviewed")
     i.set_defaults(func=lambda a: _store_cmd("cmd_import_voc", a))
+
+    from .formats import add_format_commands
+    add_format_commands(sub, formats)
     return p
 
 
@@ -117,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or (args_list[0] not in COMMANDS and not args_list[0].startswith("-")):
         args_list.insert(0, "gui")
     try:
-        args = build_parser().parse_args(args_list)
+        # Only import/export need the label formats loaded; the other commands' help stays instant.
+        full = {"formats": True} if args_list[0] in ("import", "export") else {}
+        args = build_parser(**full).parse_args(args_list)
     except CLIError as exc:
         _error_line(str(exc))
         return exc.code
