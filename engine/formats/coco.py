@@ -7,7 +7,8 @@ Export writes::
                             format has it), annotations: one per class present in an image, its
                             pixels as a compressed RLE (pycocotools' string form), area, bbox,
                             iscrowd 0.  Void pixels are in no annotation.
-    OUT/images/<image id>   a byte-for-byte copy of each exported image (``no_images`` leaves them out)
+    OUT/images/<image id>   each exported image (``no_images`` leaves them out): the file itself, or its
+                            pixels re-encoded when it carries an EXIF rotation (loaders differ on it)
 
 Masks are the export's usual ones: edited and reviewed images, confirmed-only (in an edited mask the
 pixels no person set are void, i.e. left out).  ``width``/``height`` are the image's as the app shows it
@@ -46,7 +47,14 @@ from ..store.store import AnnotationStore
 from . import rle
 from .classnames import UNKNOWN_CHOICES, resolve_names
 from .common import FormatError, os_reason
-from .exporter import ExportReport, check_out, export_items, open_source, prepare_out
+from .exporter import (
+    ExportReport,
+    check_out,
+    export_items,
+    image_bytes,
+    open_source,
+    prepare_out,
+)
 from .importer import ImportSource, SkipItem, SourceItem
 from .registry import FormatOption, LabelFormat, register
 
@@ -267,10 +275,10 @@ def _export(store, out, include_prelabeled, confirmed_only, no_images, progress,
         else:
             if not no_images:
                 dst = out / "images" / item.image_id
-                try:
-                    data = item.image_path.read_bytes()
-                except OSError as exc:
-                    report.skipped.append((item.image_id, f"{item.image_path}: cannot read ({os_reason(exc)})"))
+                try:  # the file itself, or its pixels re-encoded where a loader could turn it
+                    data = image_bytes(item.image_path)
+                except Exception as exc:
+                    report.skipped.append((item.image_id, one_line(exc) or f"{item.image_path}: unreadable"))
                     data = None
                 if data is not None:
                     try:

@@ -44,16 +44,23 @@ import numpy as np
 from PIL import Image
 
 from ..errors import one_line
+from ..fileio import atomic_write_bytes
 from ..labels import VOID, LabelClass
 from ..store.scan import natural_key
 from ..store.store import AnnotationStore
 from .classnames import UNKNOWN_CHOICES, resolve_names
 from .common import FormatError, os_reason
-from .exporter import ExportReport, check_out, export_items, open_source, prepare_out
+from .exporter import (
+    ExportReport,
+    check_out,
+    export_items,
+    image_bytes,
+    open_source,
+    prepare_out,
+)
 from .importer import ImportSource, SkipItem, SourceItem
 from .labelme_draw import IGNORE_LABEL, DrawError, is_hole, mask_shapes, shape_region
 from .registry import FormatOption, LabelFormat, register
-from ..fileio import atomic_write_bytes
 
 __all__ = ["read_labelme", "export_labelme", "labelme_mask", "LABELME_VERSION"]
 
@@ -245,10 +252,10 @@ def _export(store, out, include_prelabeled, confirmed_only, embed, simplify, pro
         if item.mask is None:
             report.skipped.append((item.image_id, item.skip or "not exported"))
         else:
-            try:
-                data = item.image_path.read_bytes()
-            except OSError as exc:
-                report.skipped.append((item.image_id, f"{item.image_path}: cannot read ({os_reason(exc)})"))
+            try:  # the file itself, or its pixels re-encoded where a loader could turn it
+                data = image_bytes(item.image_path)
+            except Exception as exc:
+                report.skipped.append((item.image_id, one_line(exc) or f"{item.image_path}: unreadable"))
             else:
                 h, w = item.mask.shape
                 doc = {"version": LABELME_VERSION, "flags": {},

@@ -178,7 +178,7 @@ def _regions(mask: np.ndarray, simplify: float) -> list[_Region]:
     for value in np.unique(mask).tolist():
         if value == VOID:
             continue
-        lab, n = ndimage.label(mask == value, structure=_EIGHT)
+        lab, _ = ndimage.label(mask == value, structure=_EIGHT)
         for i, sl in enumerate(ndimage.find_objects(lab), start=1):
             comp = np.pad(lab[sl] == i, 1)
             filled = ndimage.binary_fill_holes(comp)  # background 4-connected, region 8-connected
