@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .base import LOW_RES, ClickModel
+from .graphs import DecoderGraphs, graphs_enabled, refill
 
 __all__ = ["ClickEmbedding", "ClickPrediction", "ClickPredictor"]
 
@@ -62,6 +63,9 @@ class ClickPredictor:
         self._features: dict[str, torch.Tensor] | None = None
         self._prepared: object | None = None     # the model's per-image decoder work (ClickModel.prepare)
         self._original: tuple[int, int] | None = None
+        # CUDA: decoder calls replay recorded graphs (engine/click/graphs.py); the image's features then
+        # live in the same tensors for every image (refilled in place), which the graphs read.
+        self.graphs = DecoderGraphs(self.device) if graphs_enabled(self.device) else None
         self._input: tuple[int, int] | None = None
 
     @property
@@ -83,16 +87,27 @@ class ClickPredictor:
             feats = self.model.encode(x.to(self.device))
         # Contiguous once per image: the decoder then sees the same memory layout as after set_embedding
         # (and gives the same bits).
-        self._features = {k: v.float().contiguous() for k, v in feats.items()}
-        self._prepare()
-        self._original, self._input = (int(img.shape[0]), int(img.shape[1])), (int(input_size[0]), int(input_size[1]))
+        self._install({k: v.float().contiguous() for k, v in feats.items()},
+                      (int(img.shape[0]), int(img.shape[1])), (int(input_size[0]), int(input_size[1])))
 
-    def _prepare(self) -> None:
+    def _install(self, features: dict[str, torch.Tensor], original: tuple[int, int], input_size: tuple[int, int]
+                 ) -> None:
         with torch.inference_mode():
-            self._prepared = self.model.prepare(self._features)
+            prepared = self.model.prepare(features)
+        if self.graphs is not None:
+            if (original, input_size) != (self._original, self._input):
+                self.graphs.clear()   # recorded for another image size: their outputs' memory goes too
+            if not (refill(self._features, features) and refill(self._prepared, prepared)):
+                self.graphs.clear()   # new tensors: graphs recorded on the old ones must not replay
+                self._features, self._prepared = features, prepared
+        else:
+            self._features, self._prepared = features, prepared
+        self._original, self._input = original, input_size
 
     def reset_image(self) -> None:
         self._features = self._prepared = self._original = self._input = None
+        if self.graphs is not None:
+            self.graphs.clear()
 
     def get_embedding(self) -> ClickEmbedding:
         if self._features is None:
@@ -104,11 +119,10 @@ class ClickPredictor:
         """Restore what :meth:`get_embedding` returned (for this same model), without the encoder."""
         if embedding.model != self.model.name:
             raise ValueError(f"the embedding was computed by {embedding.model}, not {self.model.name}")
-        self._features = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(self.device)
-                          for k, v in embedding.features.items()}
-        self._prepare()
-        self._original = tuple(int(v) for v in embedding.original_size)
-        self._input = tuple(int(v) for v in embedding.input_size)
+        features = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(self.device)
+                    for k, v in embedding.features.items()}
+        self._install(features, tuple(int(v) for v in embedding.original_size),
+                      tuple(int(v) for v in embedding.input_size))
 
     def predict(self, points=None, labels=None, box=None, mask_input=None, multimask: bool = True
                 ) -> ClickPrediction:
@@ -141,12 +155,29 @@ class ClickPredictor:
             if a.shape not in ((LOW_RES, LOW_RES), (1, LOW_RES, LOW_RES)):
                 raise ValueError(f"mask_input must be 1×{LOW_RES}×{LOW_RES} low-resolution logits, got {a.shape}")
             mi = torch.from_numpy(a.reshape(1, 1, LOW_RES, LOW_RES)).to(dev)
-        with torch.inference_mode():
+        multimask = bool(multimask)
+
+        def call(pts, lbl, bx, mi):
             # (only models that prepare anything take ``prepared``)
             extra = {} if self._prepared is None else {"prepared": self._prepared}
-            low, iou = m.decode(self._features, pts, lbl, bx, mi, bool(multimask), **extra)
+            low, iou = m.decode(self._features, pts, lbl, bx, mi, multimask, **extra)
             full = m.postprocess(low, self._input, self._original)
             if m.low_res_limit is not None:
                 low = low.clamp(-m.low_res_limit, m.low_res_limit)
-        return ClickPrediction((full[0] > m.mask_threshold).cpu().numpy(), iou[0].float().cpu().numpy(),
-                               low[0].float().cpu().numpy())
+            return full[0] > m.mask_threshold, iou[0].float(), low[0].float()
+
+        with torch.inference_mode():
+            out = None
+            if self.graphs is not None:
+                given = [t for t in (pts, lbl, bx, mi) if t is not None]
+                key = (tuple(pts.shape) if pts is not None else None, bx is not None, mi is not None, multimask,
+                       self._input, self._original)
+
+                def replayable(*tensors):
+                    it = iter(tensors)
+                    return call(*(next(it) if t is not None else None for t in (pts, lbl, bx, mi)))
+                out = self.graphs.run(key, replayable, given)
+            if out is None:
+                out = call(pts, lbl, bx, mi)
+            masks, iou, low = out
+            return ClickPrediction(masks.cpu().numpy(), iou.cpu().numpy(), low.cpu().numpy())

@@ -116,7 +116,8 @@ class SAM2(ClickModel):
         pts, lbl = [], []
         if box is not None:
             pts.append(box.reshape(-1, 2, 2))
-            lbl.append(torch.tensor([[2, 3]], dtype=torch.int32, device=box.device).expand(box.shape[0], 2))
+            # Made on the device (no host copy), so a recorded CUDA graph can hold it.
+            lbl.append(torch.arange(2, 4, dtype=torch.int32, device=box.device).expand(box.shape[0], 2))
         if points is not None:
             pts.append(points.float())
             lbl.append(labels.to(torch.int32))

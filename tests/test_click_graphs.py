@@ -1,0 +1,71 @@
+"""engine.click.graphs: what can be checked without a GPU (refilling the features in place; graphs off on
+the CPU), plus the replay-equals-eager check that runs where CUDA is."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from engine.click import ClickPredictor, build_click_model
+from engine.click.graphs import copy_into, graphs_enabled, refill
+
+
+@dataclass
+class _Side:
+    rows: torch.Tensor
+    hw: tuple[int, int]
+    extra: torch.Tensor | None = None
+
+
+def test_refill_copies_in_place_only_when_everything_matches():
+    old = {"a": torch.zeros(2, 3), "side": _Side(torch.zeros(4), (2, 2)), "pair": (torch.zeros(1), torch.ones(2))}
+    keep = old["a"]
+    new = {"a": torch.full((2, 3), 5.0), "side": _Side(torch.arange(4.0), (2, 2)),
+           "pair": (torch.tensor([7.0]), torch.tensor([8.0, 9.0]))}
+    assert refill(old, new)
+    assert old["a"] is keep and old["a"].eq(5).all() and old["side"].rows.tolist() == [0, 1, 2, 3]
+    assert old["pair"][1].tolist() == [8, 9]
+    bad = {"a": torch.full((2, 3), 1.0), "side": _Side(torch.zeros(5), (2, 2)), "pair": new["pair"]}
+    assert not refill(old, bad)
+    assert old["a"].eq(5).all()   # a mismatch anywhere: nothing copied, not even the parts that fit
+    assert not refill(old, {**new, "side": _Side(torch.zeros(4), (3, 3))})
+    assert not refill(None, new) and copy_into(torch.zeros(1), torch.ones(1))
+
+
+def test_graphs_only_on_cuda_and_can_be_turned_off(monkeypatch):
+    assert not graphs_enabled(torch.device("cpu"))
+    monkeypatch.setenv("DEEPLAB_GUI_CUDA_GRAPHS", "0")
+    assert not graphs_enabled(torch.device("cuda"))
+    torch.manual_seed(0)
+    assert ClickPredictor(build_click_model("mobile_sam"), "cpu").graphs is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name", ["mobile_sam", "sam2.1_hiera_tiny"])
+def test_replayed_clicks_equal_eager_ones(name, monkeypatch):
+    torch.manual_seed(0)
+    model = build_click_model(name)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(2)]
+    graphs = ClickPredictor(model, "cuda")
+    monkeypatch.setenv("DEEPLAB_GUI_CUDA_GRAPHS", "0")
+    eager = ClickPredictor(model, "cuda")
+    assert graphs.graphs is not None and eager.graphs is None
+    for img in images:
+        graphs.set_image(img)
+        eager.set_image(img)
+        prev = None
+        for n in range(1, 4):
+            pts = rng.uniform(10, 110, (n, 2))
+            lbl = rng.integers(0, 2, n)
+            kw = dict(mask_input=prev, multimask=n == 1)
+            a, b = graphs.predict(pts, lbl, **kw), eager.predict(pts, lbl, **kw)
+            assert (a.masks == b.masks).all()
+            np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, atol=1e-4)
+            prev = a.low_res_logits[:1]
+        a = graphs.predict(box=(5, 5, 90, 70))
+        b = eager.predict(box=(5, 5, 90, 70))
+        assert (a.masks == b.masks).all()
+    assert graphs.graphs.failed is None and len(graphs.graphs) > 0
