@@ -191,6 +191,7 @@ def test_bad_files_skip_their_image_with_a_message_and_write_nothing_for_it(tmp_
                   image_path="masksize.png")
     _labelme_file(src / "circle.json", [_shape("x", [[1, 1]], "circle")], 6, 8, image_path="circle.png")
     _labelme_file(src / "garbage.json", rect, 6, 8, embed="bm90IGFuIGltYWdl")  # "not an image"
+    _labelme_file(src / "nolabel.json", [_shape(" ", [[0, 0], [3, 3]], "rectangle")], 6, 8, image_path="ok.png")
     rep = import_source(read_labelme(src), tmp_path / "dst")
     assert rep.imported == ["ok.png"]
     why = dict(rep.skipped)
@@ -203,7 +204,8 @@ def test_bad_files_skip_their_image_with_a_message_and_write_nothing_for_it(tmp_
     assert "its mask is 2x2 but its box (1, 1)-(3, 3) is 3x3" in why["masksize.json"]
     assert "a circle needs 2 points" in why["circle.json"]
     assert "unreadable image" in why["garbage.json"]
-    assert len(why) == 9
+    assert "shape 1 has no label" in why["nolabel.json"]
+    assert len(why) == 10
     for reason in why.values():
         assert "\n" not in reason and "Error" not in reason
     assert sorted(p.name for p in (tmp_path / "dst").iterdir() if not p.name.startswith(".")) == ["ok.png"]

@@ -12,7 +12,7 @@ Export writes::
 
 Masks are the export's usual ones: edited and reviewed images, confirmed-only (in an edited mask the
 pixels no person set are void, i.e. left out).  ``width``/``height`` are the image's as the app shows it
-(EXIF orientation applied); a copied JPEG that carries an EXIF rotation is copied as it is.
+(EXIF orientation applied), and so is every image file written.
 
 Import reads any COCO file with segmentations: per image, every annotation in file order is drawn over
 the ones before it -- polygons (several per annotation are a union), RLE with string or list counts;

@@ -100,7 +100,7 @@ class _Doc:
             raise SkipItem(f"{self.path}: not a labelme file (no 'shapes' list)")
         self.shapes = doc["shapes"]
         for n, s in enumerate(self.shapes):
-            if not isinstance(s, dict) or not isinstance(s.get("label"), str):
+            if not isinstance(s, dict) or not isinstance(s.get("label"), str) or not s["label"].strip():
                 raise SkipItem(f"{self.path}: shape {n + 1} has no label")
         self.size = (doc.get("imageHeight"), doc.get("imageWidth"))
         name = doc.get("imagePath")
