@@ -278,13 +278,13 @@ def test_safetensors_declarations_are_checked(tmp_path):
     save_file({"w": torch.zeros(MiB // 4)}, tmp_path / "w.safetensors")
     assert "declares 1.0 MiB of tensor data, more than the 512 KiB limit" in \
         _refusal(tmp_path / "w.safetensors", max_bytes=512 * 1024)
-    big = 1200 * MiB
+    big = 2400 * MiB  # above the default limit (4x the largest registered model, about 1.4 GiB)
     path = _safetensors_header(tmp_path / "big.safetensors",
                                {"w": {"dtype": "U8", "shape": [big], "data_offsets": [0, big]}}, big)
-    assert "declares 1.2 GiB of tensor data" in _refusal(path)
+    assert "declares 2.3 GiB of tensor data" in _refusal(path)
     path = _safetensors_header(tmp_path / "short.safetensors",
                                {"w": {"dtype": "U8", "shape": [big], "data_offsets": [0, big]}}, 100)
-    assert "corrupt or truncated safetensors file (its header declares 1.2 GiB" in _refusal(path)
+    assert "corrupt or truncated safetensors file (its header declares 2.3 GiB" in _refusal(path)
     path = _safetensors_header(tmp_path / "noff.safetensors", {"w": {"dtype": "F32", "shape": [1]}}, 4)
     assert "has no valid data offsets" in _refusal(path)
     # a header longer than any weights file's, yet within the file so it looks like safetensors

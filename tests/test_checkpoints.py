@@ -20,6 +20,7 @@ from engine import (
 )
 from engine.meta import CAFFE_BGR, IMAGENET, TORCHVISION_SEG, VOC_CLASSES
 from engine.models.deeplabv3 import native_to_vainf_v3
+from engine.models.mmseg import MMSEG
 
 DATA = Path(__file__).parent / "data"
 NATIVE_ONLY = {"deeplabv1_vgg16", "deeplabv3plus_xception65"}  # no public peer checkpoints exist
@@ -38,6 +39,10 @@ def _ddp(sd):
     return {"module." + k: v for k, v in sd.items()}
 
 
+def _mmseg(sd):  # an mmsegmentation zoo file without class names in its meta
+    return {"meta": {"mmseg_version": "0.5.0", "iter": 80000}, "state_dict": sd}
+
+
 # (arch, builder kwargs, classes, output stride the peer evaluates at, writer of the peer file,
 #  expected format, expected preprocessing)
 PEER_CASES = {
@@ -53,6 +58,10 @@ PEER_CASES = {
                                    IMAGENET),
     "kazuto_msc": ("deeplabv2_resnet101", {}, 21, 8, dict, "kazuto1011", CAFFE_BGR),
     "kazuto_plain": ("deeplabv2_resnet101", {}, 4, 8, _drop_base, "kazuto1011", CAFFE_BGR),
+    "mmseg_v3plus_r50_aux": ("mmseg_deeplabv3plus_r50v1c", {"aux": True}, 19, 8, _mmseg, "mmseg", MMSEG),
+    "mmseg_v3plus_r101": ("mmseg_deeplabv3plus_r101v1c", {}, 21, 8, _mmseg, "mmseg", MMSEG),
+    "mmseg_v3_r50": ("mmseg_deeplabv3_r50v1c", {}, 3, 8, _mmseg, "mmseg", MMSEG),
+    "mmseg_v3_r101_aux": ("mmseg_deeplabv3_r101v1c", {"aux": True}, 60, 8, _mmseg, "mmseg", MMSEG),
 }
 
 

@@ -167,3 +167,174 @@ def test_live_mmseg_equal_logits(plus, os_):
         out, aux = ours(x, return_aux=True)
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(aux, ref_aux)
+
+
+# --------------------------------------------------------------------------- zoo files
+
+
+import os  # noqa: E402
+import types  # noqa: E402
+import contextlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from engine.checkpoints import CheckpointError, load_model, read_checkpoint  # noqa: E402
+from engine.checkpoints.formats import detect_format  # noqa: E402
+from engine.models.mmseg_classes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, classes_from_meta  # noqa: E402
+
+
+@contextlib.contextmanager
+def _fake_module(qualname: str, obj):
+    """Make ``obj`` picklable under ``qualname`` (e.g. mmengine's HistoryBuffer) without mmengine."""
+    module, name = qualname.rsplit(".", 1)
+    parts = module.split(".")
+    added = []
+    for i in range(1, len(parts) + 1):
+        mod = ".".join(parts[:i])
+        if mod not in sys.modules:
+            sys.modules[mod] = types.ModuleType(mod)
+            added.append(mod)
+    setattr(sys.modules[module], name, obj)
+    obj.__module__, obj.__qualname__, obj.__name__ = module, name, name
+    try:
+        yield
+    finally:
+        for mod in added:
+            del sys.modules[mod]
+
+
+class _HistoryBuffer:  # pickles like mmengine's: NEWOBJ + BUILD with numpy arrays in its __dict__
+    def __init__(self):
+        self._max_length = 1000000
+        self._log_history = np.array([0.5, 0.25])
+        self._count_history = np.array([1, 1])
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class _EvilFramework:  # a callable in a framework namespace: becomes an inert placeholder, never runs
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return _touch, (str(self.marker),)
+
+
+def _touch(path):
+    pathlib.Path(path).write_text("ran")
+
+
+@functools.lru_cache(maxsize=None)
+def _zoo_state(stem: str, num_classes: int) -> dict[str, torch.Tensor]:
+    """Small non-zero weights in mmseg's layout (values do not matter to loading)."""
+    gold = _golden(stem)
+    out = {}
+    for k, shape in gold["keys"].items():
+        if "conv_seg" in k:
+            shape = [num_classes] + shape[1:]
+        out[k] = torch.zeros(shape, dtype=torch.long) if k.endswith("num_batches_tracked") else torch.full(shape, 0.01)
+    return out
+
+
+def _meta_v0(nc=19):
+    return {"mmseg_version": "0.5.0+b2724da", "config": "model = dict(type='EncoderDecoder')\n",
+            "CLASSES": CITYSCAPES_CLASSES[:nc], "PALETTE": [list(c) for c in CITYSCAPES_PALETTE[:nc]],
+            "mmcv_version": "1.0.0", "time": "Sat Jun  6 11:40:49 2020", "epoch": 1, "iter": 80000,
+            "hook_msgs": {"best_score": np.float64(0.8), "best_ckpt": "iter_80000.pth"}}
+
+
+def test_zoo_file_loads_with_architecture_classes_and_palette(tmp_path):
+    sd = _zoo_state("keys_mmseg_deeplabv3plus_r50v1c", 19)
+    path = tmp_path / "deeplabv3plus_r50-d8_512x1024_80k_cityscapes_20200606_114049-f9fb496d.pth"
+    meta = _meta_v0()
+    meta["PALETTE"] = np.array(meta["PALETTE"], dtype=np.uint8)  # some zoo files keep numpy arrays
+    torch.save({"meta": meta, "state_dict": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 0.01}]}}, path)
+    assert detect_format(sd) == "mmseg"
+    model = load_model(path)
+    m = model.meta
+    assert (m.arch, m.num_classes, m.output_stride, m.aux, m.source_format) == (
+        "mmseg_deeplabv3plus_r50v1c", 19, 8, True, "mmseg")
+    assert m.class_names == list(CITYSCAPES_CLASSES) and m.class_colors == list(CITYSCAPES_PALETTE)
+    assert m.preprocessing == MMSEG
+    torch.testing.assert_close(model.state_dict()["decode_head.conv_seg.weight"], sd["decode_head.conv_seg.weight"])
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 24, 32)).shape == (1, 19, 24, 32)
+
+
+def test_mmengine_file_with_message_hub_loads_and_nothing_runs(tmp_path):
+    sd = _zoo_state("keys_mmseg_deeplabv3_r50v1c", 3)
+    marker = tmp_path / "ran"
+    path = tmp_path / "iter_40000.pth"
+    with _fake_module("mmengine.logging.history_buffer.HistoryBuffer", _HistoryBuffer), \
+            _fake_module("mmengine.utils.misc.touch", _touch):
+        torch.save({"meta": {"dataset_meta": {"classes": ("a", "b", "c"), "palette": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]},
+                             "seed": 0, "mmengine_version": "0.10.7", "iter": 40000, "cfg": "model = ..."},
+                    "state_dict": sd,
+                    "message_hub": {"log_scalars": {"train/loss": _HistoryBuffer()},
+                                    "runtime_info": {"iter": 40000, "stamp": _EvilFramework(marker)},
+                                    "resumed_keys": {"iter": True}},
+                    "param_schedulers": [{"by_epoch": False, "last_step": 40000}]}, path)
+    raw = read_checkpoint(path)
+    assert raw.wrapper == "state_dict" and raw.peer_meta["dataset_meta"]["classes"] == ("a", "b", "c")
+    model = load_model(path)
+    assert model.meta.arch == "mmseg_deeplabv3_r50v1c" and model.meta.class_names == ["a", "b", "c"]
+    assert model.meta.class_colors == [(1, 2, 3), (4, 5, 6), (7, 8, 9)]
+    assert not marker.exists()
+
+
+def _tiny_mmseg_file(path, **top):
+    torch.save({"state_dict": {"decode_head.conv_seg.weight": torch.ones(2, 4, 1, 1)}, **top}, path)
+    return path
+
+
+def test_malicious_meta_is_refused_and_never_called(tmp_path):
+    marker = tmp_path / "ran"
+    cases = {
+        "os.system in meta": {"meta": {"CLASSES": ("a", "b"), "hook": _Evil(marker)}},
+        "os.system in message_hub": {"meta": {}, "message_hub": {"x": _Evil(marker)}},
+        "an arbitrary class in meta": {"meta": {"x": types.SimpleNamespace(a=1)}},
+    }
+    for what, top in cases.items():
+        path = _tiny_mmseg_file(tmp_path / f"{len(what)}.pth", **top)
+        with pytest.raises(CheckpointError, match="refused to load") as e:
+            read_checkpoint(path)
+        assert str(path) in str(e.value) and "\n" not in str(e.value), what
+    # a framework-namespace object is inert bookkeeping elsewhere, but never allowed in meta
+    with _fake_module("mmengine.utils.misc.touch", _touch):
+        path = _tiny_mmseg_file(tmp_path / "fw.pth", meta={"stamp": _EvilFramework(marker)})
+    with pytest.raises(CheckpointError, match="'meta' entry holds a mmengine.utils.misc.touch object"):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_wrong_model_missing_key_and_nan_are_refused(tmp_path):
+    sd = dict(_zoo_state("keys_mmseg_deeplabv3_r50v1c", 3))
+    path = tmp_path / "v3.pth"
+    torch.save({"meta": _meta_v0(3), "state_dict": sd}, path)
+    with pytest.raises(CheckpointError, match="does not fit the mmseg_deeplabv3plus_r50v1c architecture"):
+        load_model(path, arch="mmseg_deeplabv3plus_r50v1c")
+    with pytest.raises(CheckpointError, match="has 3 classes|with 5 classes"):
+        load_model(path, num_classes=5)
+    del sd["decode_head.bottleneck.conv.weight"]
+    torch.save({"meta": _meta_v0(3), "state_dict": sd}, path)
+    with pytest.raises(CheckpointError, match=r"mmseg checkpoint .*1 missing key\(s\): decode_head.bottleneck.conv"):
+        load_model(path)
+    bad = _tiny_mmseg_file(tmp_path / "nan.pth")
+    torch.save({"meta": {}, "state_dict": {"decode_head.conv_seg.weight": torch.full((2, 4, 1, 1), float("nan"))}},
+               bad)
+    with pytest.raises(CheckpointError, match="NaN or infinity"):
+        read_checkpoint(bad)
+
+
+def test_classes_from_meta_forms():
+    v0 = {"CLASSES": ("x", "y"), "PALETTE": [[1, 2, 3], [4, 5, 6]]}
+    v1 = {"dataset_meta": {"classes": ["x", "y"], "palette": np.array([[1, 2, 3], [4, 5, 6]])}}
+    assert classes_from_meta(v0, 2) == classes_from_meta(v1, 2) == (["x", "y"], [(1, 2, 3), (4, 5, 6)])
+    assert classes_from_meta(v0, 3) is None and classes_from_meta(None, 2) is None
+    assert classes_from_meta({"CLASSES": ("x", "y"), "PALETTE": [[1, 2]]}, 2) == (["x", "y"], [])

@@ -8,6 +8,8 @@ A peer checkpoint is a flat ``{key: tensor}`` state dict in one of these layouts
   (v3+), ``backbone.low_level_features.*`` (MobileNetV2), ``.body.`` for separable convs.
 - ``kazuto1011`` (deeplab-pytorch v2): ``base.layer1.conv1.conv.weight``, ``base.aspp.c0.weight``,
   with or without the MSC wrapper's ``base.`` prefix.
+- ``mmseg`` (mmsegmentation's EncoderDecoder, in ``{"meta", "state_dict"}``): ``backbone.stem.0.weight``,
+  ``decode_head.conv_seg.weight``, ``auxiliary_head.*`` (its FCN head, kept as the aux branch).
 
 Rather than hard-coding every architecture's key list, the matcher builds each registered model on
 the ``meta`` device (shapes only, no memory), renames the checkpoint's keys with the format's few
@@ -27,6 +29,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..meta import CAFFE_BGR, IMAGENET, TORCHVISION_SEG, Preprocessing
 from ..models import build_model, list_models, model_spec
+from ..models.mmseg import MMSEG
 
 __all__ = [
     "PeerFormat",
@@ -59,6 +62,8 @@ FORMATS: dict[str, PeerFormat] = {
     "torchvision": PeerFormat("torchvision", TORCHVISION_SEG, 8),
     "vainf": PeerFormat("vainf", IMAGENET, 16),
     "kazuto1011": PeerFormat("kazuto1011", CAFFE_BGR, 8),
+    # mmseg's zoo DeepLabs are D8 unless named d16 (the keys cannot tell: dilations have no weights)
+    "mmseg": PeerFormat("mmseg", MMSEG, 8),
     # A bare state dict already in our own key layout (e.g. torch.save(model.state_dict())):
     # preprocessing comes from the registry entry.
     "state_dict": PeerFormat("state_dict", IMAGENET, None),
@@ -87,6 +92,8 @@ def detect_format(keys: Iterable[str], *, wrapped_in_model_state: bool = False) 
         return "vainf"  # only VainF's training script wraps weights in {"model_state": ...}
     if any(k.endswith("aspp.c0.weight") for k in keys) and any(".conv1.conv.weight" in k for k in keys):
         return "kazuto1011"
+    if any(k.startswith("decode_head.") for k in keys):
+        return "mmseg"
     if any(k.startswith(("classifier.classifier.", "classifier.project.", "backbone.low_level_features."))
            for k in keys):
         return "vainf"
@@ -199,7 +206,7 @@ def _options_for(arch: str, sd: StateDict) -> dict:
     """Builder options the checkpoint's keys imply, for builders that take them."""
     params = _builder_params(arch)
     opts: dict = {}
-    if "aux" in params and any(k.startswith("aux_classifier.") for k in sd):
+    if "aux" in params and any(k.startswith(("aux_classifier.", "auxiliary_head.")) for k in sd):
         opts["aux"] = True  # only when present: some builders refuse aux=True outright
     if "separable" in params:
         opts["separable"] = any(".body." in k for k in sd if k.startswith("classifier."))
@@ -285,6 +292,8 @@ _HINTS = (
     ("backbone.low_level_features.", "mobilenet_v2"),
     ("backbone.0.0.", "mobilenet_v3"),
     ("aspp.c0.", "deeplabv2"),
+    ("decode_head.", "mmseg_"),
+    ("decode_head.c1_bottleneck.", "plus"),
     ("layer3.22.", "resnet101"),
     ("layer3.5.", "resnet50"),
 )

@@ -39,6 +39,7 @@ from .formats import (
     strip_wrapper_prefixes,
 )
 from .limits import CheckpointError, check_safetensors, check_torch_file, error_detail, safetensors_header
+from .safeload import load_data_only
 
 __all__ = [
     "CheckpointError",
@@ -66,6 +67,8 @@ class RawCheckpoint:
     ``native_meta``: the ModelMeta of a native file, else None.  ``wrapper``: the dict key the
     weights were found under (``"model_state"`` for VainF), else None.  ``extras``: the wrapper's
     other plain entries (``cur_itrs``, ``best_score``...), tensors and optimizer state left out.
+    ``peer_meta``: the wrapper's ``meta`` dict when it has one (mmsegmentation: classes, palette,
+    config), checked to hold data only.
     """
 
     path: Path
@@ -73,6 +76,7 @@ class RawCheckpoint:
     native_meta: ModelMeta | None = None
     wrapper: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    peer_meta: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +124,9 @@ def _torch_load(path: Path, limit: int | None) -> Any:
         # is checked and then loaded, so what was checked is what gets read.
         with open(path, "rb") as f:
             check_torch_file(f, path, limit)
-            return torch.load(f, map_location="cpu", weights_only=True)
+            # weights_only, widened to numpy data and inert stand-ins for training-framework
+            # bookkeeping (mmengine's message hub): see engine.checkpoints.safeload
+            return load_data_only(f, path)
     except pickle.UnpicklingError as e:
         text = str(e)
         # torch's explanation sits on the line naming the refused global / opcode
@@ -203,9 +209,11 @@ def read_checkpoint(path: str | os.PathLike, *, max_bytes: int | None = None) ->
             raise CheckpointError(f"{path}: holds no tensors")
         _refuse_non_finite(path, tensors)
         return RawCheckpoint(path, tensors, meta)
-    sd, wrapper, extras = _as_state_dict(_torch_load(path, max_bytes), path)
+    obj = _torch_load(path, max_bytes)
+    sd, wrapper, extras = _as_state_dict(obj, path)
     _refuse_non_finite(path, sd)
-    return RawCheckpoint(path, sd, None, wrapper, extras)
+    peer_meta = obj.get("meta") if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping) else None
+    return RawCheckpoint(path, sd, None, wrapper, extras, dict(peer_meta) if peer_meta is not None else None)
 
 
 def read_meta(path: str | os.PathLike) -> ModelMeta | None:
@@ -370,5 +378,11 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, output_strid
     model.meta = dataclasses.replace(
         model.meta, preprocessing=peer.preprocessing if fmt != "state_dict" else spec.preprocessing,
         source_format=fmt, extra=extra)
+    if fmt == "mmseg":  # the zoo file's own class names and palette, when its meta has them
+        from ..models.mmseg_classes import classes_from_meta
+
+        found = classes_from_meta(raw.peer_meta, match.num_classes)
+        if found:
+            model.meta = dataclasses.replace(model.meta, class_names=found[0], class_colors=found[1])
     _load_weights(model, match.state_dict, path, strict)
     return model.to(device).eval()
