@@ -1,0 +1,376 @@
+"""Pre-labelling a folder with several processes: ``torchrun --nproc_per_node=N -m engine.prelabel FOLDER
+--weights W [--crf] [--out DIR] [--loader-workers K]`` (``deeplab-gui prelabel ... --workers N`` starts
+the same ranks on one machine).
+
+Who does what
+    Rank 0 opens the folder's annotation store (its single-instance lock) and is the only process that
+    writes to it.  It lists the images that still need a pre-label (sorted ids; images a person drew
+    on are never touched, images already pre-labelled with this checkpoint are skipped, see
+    :mod:`engine.prelabel_store`) and sends that list to every rank, so all ranks split the very same
+    list: rank r predicts ``todo[r::world]``.  The other ranks hand their results to rank 0 through a
+    spool of files beside the store (:mod:`engine.prelabel_spool`, which says why files); rank 0 takes
+    them between its own images and writes them.  With ``--out DIR`` masks go to DIR/<stem>.png
+    instead, named as the one-process command names them, again written by rank 0 alone.
+
+Per rank
+    Images are read and decoded in a ``torch.utils.data.DataLoader`` with ``--loader-workers`` worker
+    processes; an unreadable or too small image travels as a value (its one-line message and reason)
+    and is recorded in the store like the one-process command does.  The Predictor runs on
+    ``cuda:LOCAL_RANK`` with CUDA (fp16 autocast and channels_last there), else on the CPU with the
+    cores split between the ranks of the machine.  The CRF (``--crf``) runs on the store's capped
+    probability grid.  Images are predicted one at a time: the Predictor has no batched path.
+
+Memory
+    A rank holds at most the Predictor's bound for one image (:meth:`engine.predictor.Predictor.
+    predict_with_probs`: labels at full size, probabilities on the capped grid, banded upsampling; a
+    huge photo never has C×H×W values anywhere), the images its loader has decoded ahead (one per loader
+    worker), and one result; a rank with ``--spool-limit`` results not yet taken by rank 0 waits.
+
+Cancel and resume
+    Ctrl-C, or SIGTERM from torchrun, stops every rank: rank 0 leaves a ``stop`` mark that the others
+    obey, and each store write is atomic (status first, then the mask file renamed into place, then
+    the probabilities), so the store is consistent at every moment.  Results still in the spool are
+    ingested by the next run when they came from the same checkpoint and the image has not changed,
+    and dropped otherwise.  A rerun therefore does only what is left.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PrelabelConfig", "build_parser", "main", "run"]
+
+EXIT_CANCELLED = 130
+
+
+@dataclass
+class PrelabelConfig:
+    folder: Path
+    weights: Path | str
+    arch: str | None = None
+    crf: bool = False
+    out: Path | None = None
+    device: str = "auto"
+    max_side: int | None = None
+    recursive: bool = False
+    overwrite: bool = False
+    loader_workers: int = 2
+    spool_limit: int = 4
+
+
+class _Stop(Exception):
+    """Another rank or the launcher is gone: stop quietly."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine.prelabel", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", metavar="FOLDER")
+    p.add_argument("--weights", required=True, metavar="CKPT|CATALOG_ID")
+    p.add_argument("--arch", metavar="NAME")
+    p.add_argument("--crf", action="store_true")
+    p.add_argument("--out", metavar="DIR")
+    p.add_argument("--device", default="auto", help="auto (CUDA: cuda:LOCAL_RANK), cpu or cuda")
+    p.add_argument("--max-side", type=int, default=None, metavar="N")
+    p.add_argument("--recursive", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--loader-workers", type=int, default=2, metavar="K",
+                   help="processes reading and decoding images for each rank (0: in the rank itself)")
+    p.add_argument("--spool-limit", type=int, default=4, metavar="N",
+                   help="results a rank may hand over before it waits for rank 0")
+    return p
+
+
+def _config(ns: argparse.Namespace) -> PrelabelConfig:
+    return PrelabelConfig(Path(ns.folder), ns.weights, ns.arch, ns.crf, Path(ns.out) if ns.out else None,
+                          ns.device, ns.max_side, ns.recursive, ns.overwrite, max(0, ns.loader_workers),
+                          max(1, ns.spool_limit))
+
+
+# ---------------------------------------------------------------------------------------- ranks
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def _join() -> tuple[int, int]:
+    """(rank, world) from torchrun's environment; the group only carries the plan, so gloo always."""
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return 0, 1
+    import datetime
+
+    import torch.distributed as dist
+    # Ranks meet once, at the start; a long timeout so that rank 0 may take its time over the list.
+    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=2))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _broadcast(plan: dict | None, world: int) -> dict:
+    if world <= 1:
+        assert plan is not None
+        return plan
+    import torch.distributed as dist
+    box = [plan]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _device(cfg: PrelabelConfig, world: int) -> str:
+    import torch
+    local = _env_int("LOCAL_RANK", 0)
+    if cfg.device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{local % torch.cuda.device_count()}"
+    device = cfg.device
+    if device == "auto":
+        device = "cpu" if world > 1 else "auto"  # several ranks on one Apple GPU would only queue
+    if device == "cpu" and world > 1:  # each rank gets its share of the machine's cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, _env_int("LOCAL_WORLD_SIZE", world))))
+    return device
+
+
+_PARENT = os.getppid()
+
+
+def _parent_gone() -> bool:
+    """The launcher (torchrun's agent, or ``--workers``) died without stopping us: we were re-parented."""
+    return os.getppid() != _PARENT
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+# ---------------------------------------------------------------------------------------- loading
+class _Images:
+    """Dataset of (image id, path): yields (id, H×W×3 uint8 tensor or None, failure or None, signature)."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[str, Any, tuple[str, str | None] | None, dict | None]:
+        import warnings
+
+        import torch
+
+        from .imageio import read_image
+        from .predictor import Predictor
+        from .prelabel_store import failure_of
+        from .store import ImageSignature
+        image_id, path = self.items[index]
+        try:
+            sig = ImageSignature.of(path).to_dict()
+            rgb = read_image(path)
+            Predictor.check_image_size(*rgb.shape[:2], path=path)
+        except Exception as exc:  # a value, not a raise: one bad file must not end the loader
+            return image_id, None, failure_of(image_id, exc), None
+        with warnings.catch_warnings():  # Pillow's arrays are read-only; nothing writes to this one
+            warnings.simplefilter("ignore")
+            return image_id, torch.from_numpy(rgb), None, sig  # a tensor crosses processes in shared memory
+
+
+def _pass(sample: Any) -> Any:
+    return sample
+
+
+def _loader(items: list[tuple[str, str]], workers: int) -> Any:
+    from torch.utils.data import DataLoader
+    extra = {"prefetch_factor": 1, "persistent_workers": False} if workers > 0 else {}
+    return DataLoader(_Images(items), batch_size=None, shuffle=False, num_workers=workers,
+                      collate_fn=_pass, **extra)
+
+
+def _predict_shard(cfg: PrelabelConfig, plan: dict, rank: int, world: int,
+                   deliver: Callable[[Any], None], stopped: Callable[[], bool]) -> None:
+    """Predict this rank's share of the plan, handing each result to ``deliver``."""
+    from .checkpoints import load_model
+    from .predictor import DEFAULT_MAX_SIDE, Predictor
+    from .prelabel_spool import SpoolResult
+    from .prelabel_store import failure_of, predict_for_store, trace
+
+    items = [tuple(x) for x in plan["items"][rank::world]]
+    if not items:
+        return
+    predictor = Predictor(load_model(plan["weights"], arch=cfg.arch), device=_device(cfg, world),
+                          max_side=cfg.max_side or DEFAULT_MAX_SIDE)
+    refine, params = None, None
+    if cfg.crf:
+        from .crf import CRFParams, refine
+        params = CRFParams()
+    mid = plan["model_id"]
+    for image_id, rgb, failure, sig in _loader(items, cfg.loader_workers):
+        if stopped():
+            raise _Stop
+        labels = probs = None
+        if failure is None:
+            try:
+                labels, probs = predict_for_store(predictor, rgb.numpy(), refine, params)
+                trace(image_id)
+            except Exception as exc:  # reported per image; the shard goes on
+                failure = failure_of(image_id, exc)
+        del rgb
+        message, reason = failure if failure is not None else (None, None)
+        deliver(SpoolResult(image_id, mid, sig, labels, probs, message, reason))
+        del labels, probs
+
+
+# ---------------------------------------------------------------------------------------- rank 0
+def _run_main(cfg: PrelabelConfig, world: int) -> int:
+    """Rank 0: plan, share the plan, predict its own share and write everyone's results."""
+    import contextlib
+
+    from tqdm import tqdm
+
+    from .checkpoints import load_model
+    from .errors import one_line
+    from .prelabel_spool import Spool
+    from .prelabel_store import PrelabelError
+    from .prelabel_writer import Writer, finish, plan_out, plan_store
+
+    bar = tqdm(total=0, file=sys.stderr, unit="img", desc="prelabel", dynamic_ncols=True)
+    writer = Writer(cfg, bar)
+    spool: Spool | None = None
+    shared = False
+    with contextlib.ExitStack() as stack:
+        stack.callback(bar.close)
+        try:
+            try:
+                weights = _resolve_weights(cfg.weights)
+                meta = load_model(weights, arch=cfg.arch).meta
+                plan = plan_out(cfg, writer, meta) if cfg.out else plan_store(cfg, stack, writer, weights, meta)
+            except PrelabelError as exc:
+                _broadcast({"error": str(exc)}, world)
+                shared = True
+                raise
+            except Exception as exc:
+                msg = one_line(exc) or "cannot start"
+                if isinstance(exc, OSError) and not str(exc).startswith(str(cfg.folder)):
+                    msg = f"{cfg.folder}: {msg}"
+                _broadcast({"error": msg}, world)
+                shared = True
+                raise PrelabelError(msg) from None
+            plan["weights"] = str(weights)
+            _broadcast(plan, world)
+            shared = True
+            spool = Spool(Path(plan["spool"]), 0)
+            bar.reset(total=len(plan["items"]))
+
+            def take_spooled() -> None:
+                for path in spool.ready():
+                    res = spool.read(path)
+                    if res is not None:
+                        writer.take(res)
+                    path.unlink(missing_ok=True)
+
+            def deliver(res: Any) -> None:
+                writer.take(res)
+                take_spooled()
+            _predict_shard(cfg, plan, 0, world, deliver, _parent_gone)
+            waiting = set(range(1, world))
+            while waiting:
+                if _parent_gone():
+                    raise _Stop
+                take_spooled()
+                for r in sorted(waiting):
+                    if spool.has(f"r{r}.failed"):
+                        writer.warn(f"warning: rank {r} stopped: {one_line(spool.note(f'r{r}.failed'))}")
+                        waiting.discard(r)
+                    elif spool.has(f"r{r}.end"):
+                        waiting.discard(r)
+                if waiting:
+                    time.sleep(0.02)
+            take_spooled()
+        except (KeyboardInterrupt, _Stop):
+            if not shared:
+                raise
+            bar.close()
+            done = writer.sink.counts.written if writer.sink else writer.written
+            print(f"prelabel: cancelled after {done} image(s); run it again to go on where it stopped",
+                  file=sys.stderr)
+            return EXIT_CANCELLED
+        finally:
+            if spool is not None:
+                spool.mark("stop")  # the others stop at their next image, even if they got no signal
+                spool.remove_if_empty()
+    return finish(cfg, writer)
+
+
+def _resolve_weights(spec: Path | str) -> Path:
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    from .weights import resolve_weights
+    return Path(resolve_weights(str(spec)))
+
+
+def _run_other(cfg: PrelabelConfig, rank: int, world: int) -> int:
+    """Ranks > 0: predict their share and hand each result over through the spool."""
+    from .errors import one_line
+    from .prelabel_spool import Spool
+
+    plan = _broadcast(None, world)
+    if "error" in plan:
+        return 1  # rank 0 says why
+    spool = Spool(Path(plan["spool"]), rank)
+
+    def stopped() -> bool:
+        return _parent_gone() or spool.has("stop")
+
+    def deliver(res: Any) -> None:
+        spool.put(res)
+        while spool.pending() >= cfg.spool_limit:  # rank 0 is behind: wait rather than pile up
+            if stopped():
+                raise _Stop
+            time.sleep(0.02)
+    try:
+        _predict_shard(cfg, plan, rank, world, deliver, stopped)
+    except (KeyboardInterrupt, _Stop):
+        return EXIT_CANCELLED
+    except Exception as exc:
+        spool.mark(f"r{rank}.failed", one_line(exc) or type(exc).__name__)
+        print(f"prelabel: rank {rank}: {one_line(exc)}", file=sys.stderr)
+        return 1
+    spool.mark(f"r{rank}.end")
+    return 0
+
+
+def run(cfg: PrelabelConfig) -> int:
+    """One rank of a run (rank 0 of 1 without torchrun's environment); returns the exit status."""
+    from .prelabel_store import PrelabelError
+    signal.signal(signal.SIGTERM, _interrupt)  # torchrun stops its workers with SIGTERM
+    rank, world = _join()
+    try:
+        if rank == 0:
+            try:
+                return _run_main(cfg, world)
+            except PrelabelError as exc:
+                print(f"prelabel: {exc}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                print("prelabel: cancelled", file=sys.stderr)
+                return EXIT_CANCELLED
+        return _run_other(cfg, rank, world)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(_config(build_parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Pre-labelling into a folder's annotation store: one image's prediction, what is left to do, and the
+one writer that puts results into the store.
+
+Shared by the one-process command (``deeplab-gui prelabel FOLDER``) and the distributed one
+(``torchrun ... -m engine.prelabel``, :mod:`engine.prelabel`), so both write the same masks,
+statuses, probabilities and error notes.
+
+Resuming
+    An image counts as done, and a rerun skips it, when its status is ``prelabeled``, its mask file
+    exists and its cached probabilities carry the same checkpoint identity and the image's current
+    size and mtime.  The status is committed before the mask and the probabilities after it, so an
+    image a kill interrupted half-way is never taken for done.  Only the small ``meta`` member of the
+    cache file is read for this.  An entry the probability cache evicted (its byte budget) makes the
+    image count as not done: it is predicted again, which costs time, never correctness.
+"""
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "TRACE_ENV",
+    "PrelabelCounts",
+    "PrelabelError",
+    "StoreWriter",
+    "check_class_lists",
+    "failure_of",
+    "is_done",
+    "predict_for_store",
+    "prelabel_in_store",
+    "prelabel_todo",
+    "trace",
+]
+
+# A file each process appends "<rank> <image id>" to after predicting an image: an audit of who
+# predicted what (and how often), used by the tests of resumed and distributed runs.
+TRACE_ENV = "DEEPLAB_GUI_PRELABEL_TRACE"
+
+
+class PrelabelError(ValueError):
+    """A pre-label run cannot go on; the message is one line for the user."""
+
+
+def predict_for_store(predictor: Any, image: Any, refine: Callable[..., Any] | None,
+                      params: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(H×W uint8 labels, C×h×w float32 probabilities on the store's capped grid) of one image.
+
+    ``image``: a file path (read and checked here, named in errors) or an H×W×3 uint8 array already
+    checked by the caller.  With the CRF (``refine``; ``params`` default :class:`engine.crf.CRFParams`)
+    it refines the grid: the image's own size when within the cap, else a reduced copy with the
+    spatial widths scaled alike; the labels are its result enlarged band by band.  So no step holds
+    C×H×W values of a huge image: memory stays at :meth:`engine.predictor.Predictor.predict_with_probs`'s
+    bound plus the decoded image.
+    """
+    if refine is None:
+        pred = predictor.predict_with_probs(image)  # a path is read (and checked) there, dropped early
+        return pred.labels, pred.probs
+    from .imageio import read_image
+    from .probgrid import labels_at, resize_image
+
+    if params is None:
+        from .crf import CRFParams
+        params = CRFParams()
+    if isinstance(image, np.ndarray):
+        rgb = image
+    else:
+        rgb = read_image(image)
+        predictor.check_image_size(*rgb.shape[:2], path=image)
+    size = rgb.shape[:2]
+    probs = predictor.predict_with_probs(rgb).probs
+    grid = probs.shape[1:]
+    if grid != size:
+        rgb = resize_image(rgb, grid)
+        params = params.scaled(math.sqrt(grid[0] * grid[1] / (size[0] * size[1])))
+    refined = np.asarray(refine(rgb, probs, params), dtype=np.float32)
+    return labels_at(refined, size), refined
+
+
+def trace(image_id: str) -> None:
+    """Append this process's rank and ``image_id`` to the file ``$DEEPLAB_GUI_PRELABEL_TRACE`` names."""
+    import os
+    target = os.environ.get(TRACE_ENV)
+    if not target:
+        return
+    line = f"{os.environ.get('RANK', '0')} {image_id}\n".encode()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)  # one short O_APPEND write: lines from several processes never interleave
+    finally:
+        os.close(fd)
+
+
+def check_class_lists(store: Any, meta: Any) -> None:
+    """Refuse a model whose class list is not the folder's: its indices would mean other classes."""
+    if list(store.class_names) != list(meta.class_names):
+        raise PrelabelError(
+            f"the folder's class list ({len(store.class_names)} classes: "
+            f"{', '.join(store.class_names[:4])}, ...) differs from the model's ({meta.num_classes}: "
+            f"{', '.join(meta.class_names[:4])}, ...); pre-label into --out DIR, or fine-tune a model "
+            "on this folder's classes")
+
+
+def _cache_tags(path: Path) -> dict | None:
+    """The JSON ``meta`` of a probability cache file, without reading its probabilities."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("meta.npy") as fh:
+            return json.loads(str(np.lib.format.read_array(fh, allow_pickle=False)[()]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return None
+
+
+def is_done(store: Any, image_id: str, model_id: str) -> bool:
+    """Whether ``image_id`` holds a complete pre-label by ``model_id`` for the image as it is now."""
+    from .store import ImageSignature, Status
+
+    if store.status(image_id) is not Status.PRELABELED or not store.mask_path(image_id).exists():
+        return False
+    tags = _cache_tags(store.probs_path(image_id))
+    if tags is None or tags.get("model_id") != model_id:
+        return False
+    try:
+        now = ImageSignature.of(store.image_path(image_id)).to_dict()
+    except OSError:
+        return False
+    return tags.get("image") == now
+
+
+def prelabel_todo(store: Any, model_id: str, *, overwrite: bool = False) -> tuple[list[str], int, int]:
+    """(ids to predict in sorted order, how many a person's mask protects, how many are already done).
+
+    Every rank of a distributed run gets this list from the one process that holds the store, so all
+    agree on it even while that process writes.
+    """
+    todo: list[str] = []
+    protected = done = 0
+    for image_id in sorted(store.ids()):
+        if not store.needs_prelabel(image_id, overwrite=overwrite):
+            protected += 1
+        elif not overwrite and is_done(store, image_id, model_id):
+            done += 1
+        else:
+            todo.append(image_id)
+    return todo, protected, done
+
+
+@dataclass
+class PrelabelCounts:
+    written: int = 0
+    failed: int = 0
+    protected: int = 0
+    done_before: int = 0
+    todo: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self, overwrite: bool = False) -> str:
+        again = f", {self.done_before} already done with this checkpoint" if self.done_before else ""
+        return (f"prelabel: {self.written} pre-labeled, {self.protected} kept (edited/reviewed"
+                f"{'' if not overwrite else ', none: --overwrite'}){again}, {self.failed} failed")
+
+
+class StoreWriter:
+    """Puts results into an open store: the only code that writes pre-labels there.
+
+    ``warn(line)`` shows a one-line warning (above a progress bar); every call is also counted.
+    """
+
+    def __init__(self, store: Any, model_id: str, *, overwrite: bool = False,
+                 warn: Callable[[str], Any] | None = None) -> None:
+        self.store = store
+        self.model_id = model_id
+        self.overwrite = overwrite
+        self.counts = PrelabelCounts()
+        self._warn = warn or (lambda line: None)
+
+    def warn(self, line: str) -> None:
+        self.counts.warnings.append(line)
+        self._warn(line)
+
+    def put(self, image_id: str, labels: np.ndarray, probs: np.ndarray | None) -> bool:
+        """Save one prediction (never over a person's mask unless ``overwrite``); True when written."""
+        from .errors import one_line
+        try:
+            if self.store.save_prediction(image_id, labels, probs=probs, model_id=self.model_id,
+                                          overwrite=self.overwrite):
+                self.counts.written += 1
+                self.store.record_error(image_id, None)
+                return True
+            return False
+        except Exception as exc:  # a full disk on one image: say so, go on with the next
+            self.warn(f"warning: {image_id}: {one_line(exc)}")
+            self.counts.failed += 1
+            return False
+
+    def fail(self, image_id: str, message: str, reason: str | None = None) -> None:
+        """An image that could not be predicted; ``reason`` (unreadable, too small) is kept in the store."""
+        from .errors import one_line
+        if reason is not None:
+            try:
+                self.store.record_error(image_id, reason)
+            except Exception as exc:
+                message = f"{message} (and its note was not saved: {one_line(exc)})"
+        self.warn(f"warning: skipped {message}" if reason is not None else f"warning: {message}")
+        self.counts.failed += 1
+
+
+def failure_of(image_id: str, exc: BaseException) -> tuple[str, str | None]:
+    """(one-line message, reason the store keeps or None) for an image's exception."""
+    from .errors import one_line
+    from .imageio import ImageReadError
+    from .predictor import ImageTooSmallError
+
+    if isinstance(exc, (ImageReadError, ImageTooSmallError)):
+        return str(exc), exc.reason
+    return f"{image_id}: {one_line(exc)}", None
+
+
+def prelabel_in_store(store: Any, predictor: Any, refine: Callable[..., Any] | None, *, model_id: str,
+                      overwrite: bool = False, warn: Callable[[str], Any] | None = None,
+                      progress: Callable[[int], Any] | None = None,
+                      todo_known: Callable[[int], Any] | None = None) -> PrelabelCounts:
+    """Predict, in this process, every image of the open ``store`` that needs a pre-label.
+
+    ``todo_known(n)`` is called once with the number of images to predict; ``progress(1)`` after each.
+    Memory stays at :meth:`engine.predictor.Predictor.predict_with_probs`'s bound whatever the image
+    size: the store keeps probabilities on a capped grid, and the CRF runs on that grid.
+    """
+    check_class_lists(store, predictor.meta)
+    todo, protected, done = prelabel_todo(store, model_id, overwrite=overwrite)
+    writer = StoreWriter(store, model_id, overwrite=overwrite, warn=warn)
+    writer.counts.protected, writer.counts.done_before, writer.counts.todo = protected, done, len(todo)
+    if todo_known is not None:
+        todo_known(len(todo))
+    params = None
+    if refine is not None:
+        from .crf import CRFParams
+        params = CRFParams()
+    for image_id in todo:
+        try:
+            labels, probs = predict_for_store(predictor, store.image_path(image_id), refine, params)
+        except Exception as exc:  # one bad image must not stop a folder of thousands
+            writer.fail(image_id, *failure_of(image_id, exc))
+        else:
+            trace(image_id)
+            writer.put(image_id, labels, probs)
+            del labels, probs  # the next image's peak must not include this one's arrays
+        if progress is not None:
+            progress(1)
+    return writer.counts

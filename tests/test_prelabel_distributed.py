@@ -1,0 +1,203 @@
+"""Pre-labelling with several ranks (``torchrun -m engine.prelabel``, ``deeplab-gui prelabel --workers``):
+gloo on the CPU, a tiny model, tiny images.
+
+Every rank appends "<rank> <image id>" to the file ``DEEPLAB_GUI_PRELABEL_TRACE`` names after each
+prediction, so the tests can count who predicted what, and how often.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import AnnotationStore, Predictor, Status, build_model, load_model, save_model
+from engine.prelabel_spool import SPOOL_NAME, Spool
+from engine.prelabel_store import TRACE_ENV, is_done, prelabel_in_store
+
+ROOT = Path(__file__).resolve().parents[1]
+IDS = [f"img{i:02d}.png" for i in range(20)]
+PERSON = {"img04.png": Status.EDITED, "img13.png": Status.REVIEWED}
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="signals and gloo as on Linux and macOS")
+
+
+def _photo(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:] = rng.integers(0, 256, 3, dtype=np.uint8)
+    for _ in range(4):
+        y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+        img[y:y + h // 2, x:x + w // 2] = rng.integers(0, 256, 3, dtype=np.uint8)
+    return img
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    import torch
+    torch.manual_seed(0)
+    return save_model(build_model("deeplabv3_mobilenet_v2", num_classes=21),
+                      tmp_path_factory.mktemp("model") / "m.safetensors")
+
+
+def _folder(path: Path, shape: tuple[int, int] = (24, 32)) -> dict[str, np.ndarray]:
+    """20 images, one unreadable file, and a person's mask on two images; returns those masks."""
+    path.mkdir()
+    for k, image_id in enumerate(IDS):
+        Image.fromarray(_photo(*shape, k)).save(path / image_id)
+    (path / "broken.png").write_bytes(b"not a png")
+    drawn = {}
+    with AnnotationStore.open(path) as st:
+        for k, (image_id, status) in enumerate(PERSON.items()):
+            drawn[image_id] = np.full(shape, 3 + k, np.uint8)
+            st.save_mask(image_id, drawn[image_id], status=status)
+    return drawn
+
+
+def _env(trace: Path) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT), TQDM_DISABLE="1", OMP_NUM_THREADS="1", **{TRACE_ENV: str(trace)})
+
+
+def _torchrun(folder: Path, ckpt: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "engine.prelabel", str(folder), "--weights", str(ckpt), "--device", "cpu",
+            "--loader-workers", "1", *extra]
+
+
+def _trace(path: Path) -> list[tuple[str, str]]:
+    if not path.exists():
+        return []
+    return [tuple(line.split(" ", 1)) for line in path.read_text().splitlines()]  # type: ignore[misc]
+
+
+def _contents(folder: Path, model_id: str | None = None) -> dict[str, tuple]:
+    with AnnotationStore.open(folder) as st:
+        out = {}
+        for image_id in st.ids():
+            cached = st.load_probs(image_id, model_id)
+            mask = st.load_mask(image_id) if st.mask_path(image_id).exists() else None
+            out[image_id] = (st.status(image_id), mask, None if cached is None else cached.probs,
+                             st.error(image_id))
+        return out
+
+
+def _assert_same_store(a: dict[str, tuple], b: dict[str, tuple]) -> None:
+    assert sorted(a) == sorted(b)
+    for image_id in a:
+        (sa, ma, pa, ea), (sb, mb, pb, eb) = a[image_id], b[image_id]
+        assert sa is sb and (ea is None) == (eb is None), (image_id, sa, sb, ea, eb)
+        assert (ma is None) == (mb is None) and (pa is None) == (pb is None), image_id
+        if pa is not None:
+            np.testing.assert_allclose(pa, pb, atol=2e-3)
+            close = np.sort(pa, 0)[-1] - np.sort(pa, 0)[-2] < 1e-2  # near ties may go either way
+            assert ((ma == mb) | close).all(), image_id
+        elif ma is not None:
+            np.testing.assert_array_equal(ma, mb)
+
+
+def test_two_ranks_write_what_one_process_writes_each_image_once(tmp_path, ckpt):
+    drawn = _folder(tmp_path / "two")
+    shutil.copytree(tmp_path / "two", tmp_path / "one")
+    trace = tmp_path / "trace.txt"
+    run = subprocess.run(_torchrun(tmp_path / "two", ckpt), env=_env(trace), capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "18 pre-labeled, 2 kept" in run.stderr and "1 failed" in run.stderr, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    done = _trace(trace)
+    counts = Counter(image_id for _rank, image_id in done)
+    assert sorted(counts) == sorted(set(IDS) - set(PERSON)) and set(counts.values()) == {1}
+    assert {rank for rank, _ in done} == {"0", "1"}  # both ranks took a share
+
+    from engine import checkpoint_id
+    predictor = Predictor(load_model(ckpt), device="cpu")
+    with AnnotationStore.open(tmp_path / "one") as st:
+        counts1 = prelabel_in_store(st, predictor, None, model_id=checkpoint_id(ckpt))
+    assert counts1.written == 18 and counts1.failed == 1 and counts1.protected == 2
+    two, one = _contents(tmp_path / "two", checkpoint_id(ckpt)), _contents(tmp_path / "one", checkpoint_id(ckpt))
+    _assert_same_store(two, one)
+    for image_id, mask in drawn.items():  # a person's masks, untouched
+        assert two[image_id][0] is PERSON[image_id]
+        np.testing.assert_array_equal(two[image_id][1], mask)
+    assert "broken.png" in two and two["broken.png"][0] is Status.UNLABELED and two["broken.png"][3]
+    assert not (tmp_path / "two" / ".deeplab-gui" / SPOOL_NAME).exists()  # nothing left behind
+
+    # A rerun with the same checkpoint has nothing left to predict.
+    again = subprocess.run(_torchrun(tmp_path / "two", ckpt), env=_env(trace), capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "18 already done with this checkpoint" in again.stderr
+    assert len(_trace(trace)) == len(done)
+
+
+def _check_consistent(folder: Path, drawn: dict[str, np.ndarray]) -> None:
+    """Every mask on disk is complete and has its status; a person's masks are as they were."""
+    with AnnotationStore.open(folder) as st:
+        for image_id in IDS:
+            status, path = st.status(image_id), st.mask_path(image_id)
+            if image_id in drawn:
+                assert status is PERSON[image_id]
+                np.testing.assert_array_equal(st.load_mask(image_id), drawn[image_id])
+            elif status is Status.UNLABELED:
+                assert not path.exists(), image_id
+            elif path.exists():
+                with Image.open(path) as im:
+                    im.load()  # a torn PNG fails here
+        assert not list(st.root.rglob("*.tmp"))
+
+
+def _done_or_spooled(folder: Path, model_id: str) -> set[str]:
+    """Images the next run must not predict again: stored in full, or handed over and waiting."""
+    with AnnotationStore.open(folder, read_only=True) as st:
+        done = {i for i in IDS if is_done(st, i, model_id)}
+        spool = st.root / SPOOL_NAME
+    if spool.is_dir():
+        done |= {r.image_id for r in map(Spool.read, Spool(spool).ready()) if r is not None and not r.failed}
+    return done
+
+
+@pytest.mark.parametrize("how", ["torchrun", "workers"])
+def test_a_run_stopped_midway_resumes_without_doing_anything_twice(tmp_path, ckpt, how):
+    from engine import checkpoint_id
+
+    folder = tmp_path / "imgs"
+    drawn = _folder(folder, (96, 128))
+    trace = tmp_path / "trace.txt"
+    if how == "torchrun":
+        argv = _torchrun(folder, ckpt)
+    else:
+        argv = [sys.executable, "-m", "deeplab_gui", "prelabel", str(folder), "--weights", str(ckpt),
+                "--device", "cpu", "--workers", "2"]
+    proc = subprocess.Popen(argv, env=_env(trace), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while proc.poll() is None and len(_trace(trace)) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before the interrupt: the test proved nothing"
+    proc.send_signal(signal.SIGINT)  # Ctrl-C, sent to the launcher alone
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode != 0, err[-3000:]
+    if how == "workers":  # torchrun itself prints its own traceback on Ctrl-C; ours is one line
+        assert "Traceback" not in err and "cancelled" in err, err[-3000:]
+    first = _trace(trace)
+    assert len(first) < len(IDS) - len(PERSON), "every image was done before the interrupt"
+    _check_consistent(folder, drawn)
+    kept = _done_or_spooled(folder, checkpoint_id(ckpt))
+    assert kept, "nothing was stored before the interrupt"
+
+    again = subprocess.run(argv, env=_env(trace), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = [image_id for _rank, image_id in _trace(trace)[len(first):]]
+    assert not set(second) & kept, "an image stored by the first run was predicted again"
+    assert len(second) == len(set(second))
+    _check_consistent(folder, drawn)
+    with AnnotationStore.open(folder) as st:
+        assert all(is_done(st, i, checkpoint_id(ckpt)) for i in IDS if i not in PERSON)
