@@ -101,7 +101,7 @@ def test_catalog_entries_match_the_design():
     seg = {e.id: e for e in list_weights("segmentation")}
     backbones = {e.id: e for e in list_weights("backbone")}
     clicks = {e.id: e for e in list_weights("click")}
-    assert len(seg) == 4 and len(backbones) == 4 and len(clicks) == 8 and len(CATALOG) == 16
+    assert len(seg) == 9 and len(backbones) == 4 and len(clicks) == 8 and len(CATALOG) == 21
     assert set(clicks) == {"sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large",
                            "sam_vit_b", "sam_vit_l", "sam_vit_h", "mobile_sam"}
     assert all(e.arch == e.id and e.approx_mb > 0 and e.license for e in clicks.values())
@@ -125,6 +125,51 @@ def test_catalog_entries_match_the_design():
             assert e.backbone_for and set(e.backbone_for) <= set(list_models())
     with pytest.raises(WeightsError, match="unknown weights 'nope'"):
         get_weights("nope")
+
+
+def test_mmseg_entries_and_datasets():
+    by_dataset = {}
+    for e in list_weights("segmentation"):
+        assert e.dataset, e.id
+        by_dataset.setdefault(e.dataset, []).append(e.id)
+    assert by_dataset["COCO (VOC classes)"] == ["deeplabv3_resnet50_coco", "deeplabv3_resnet101_coco",
+                                               "deeplabv3_mobilenet_v3_large_coco"]
+    assert by_dataset["Pascal VOC"] == ["deeplabv2_resnet101_msc_vocaug"]
+    assert by_dataset["Cityscapes"] == ["mmseg_deeplabv3plus_r50_cityscapes", "mmseg_deeplabv3plus_r101_cityscapes"]
+    assert by_dataset["ADE20K"] == ["mmseg_deeplabv3plus_r50_ade20k", "mmseg_deeplabv3plus_r101_ade20k"]
+    assert by_dataset["Pascal Context"] == ["mmseg_deeplabv3_r101_pascal_context"]
+    city = get_weights("mmseg_deeplabv3plus_r50_cityscapes")
+    assert city.url == ("https://download.openmmlab.com/mmsegmentation/v0.5/deeplabv3plus/"
+                        "deeplabv3plus_r50-d8_512x1024_80k_cityscapes/"
+                        "deeplabv3plus_r50-d8_512x1024_80k_cityscapes_20200606_114049-f9fb496d.pth")
+    assert city.sha256_prefix == "f9fb496d" and city.format == "mmseg" and city.output_stride == 8 and city.aux
+    assert city.num_classes == 19 and city.class_names[:2] == ("road", "sidewalk")
+    assert city.class_colors[0] == (128, 64, 128) and city.metrics == {"miou": 80.09, "miou_ms_flip": 81.13}
+    assert city.preprocessing.resize_short == 1024 and city.preprocessing.sliding_window is None
+    assert city.preprocessing.mean == (123.675, 116.28, 103.53) and city.preprocessing.scale == 1.0
+    assert city.license.startswith("Apache-2.0")
+    ade = get_weights("mmseg_deeplabv3plus_r101_ade20k")
+    assert ade.num_classes == len(ade.class_colors) == 150 and ade.class_names[0] == "wall"
+    assert ade.metrics["miou"] == 45.47 and ade.preprocessing.resize_short == 512
+    ctx = get_weights("mmseg_deeplabv3_r101_pascal_context")
+    assert ctx.arch == "mmseg_deeplabv3_r101v1c" and ctx.num_classes == 60 and ctx.class_names[0] == "background"
+    assert ctx.preprocessing.sliding_window == (480, 480, 320, 320) and ctx.metrics["miou"] == 46.55
+
+
+def test_load_mmseg_catalog_model_takes_classes_and_evaluation_from_the_entry(tmp_path, monkeypatch):
+    # A zoo-layout file whose meta names no classes: names, palette and the zoo's test-time
+    # resizing come from the entry.  (Hash check stubbed: no network is reachable.)
+    src = build_model("mmseg_deeplabv3plus_r50v1c", num_classes=19, aux=True)
+    dest = weights_path("mmseg_deeplabv3plus_r50_cityscapes")
+    dest.parent.mkdir(parents=True)
+    torch.save({"meta": {"mmseg_version": "0.5.0"}, "state_dict": src.state_dict()}, dest)
+    monkeypatch.setattr(catalog, "_hash_ok", lambda path, prefix: True)
+    model = load_catalog_model("mmseg_deeplabv3plus_r50_cityscapes")
+    m = model.meta
+    assert (m.arch, m.num_classes, m.output_stride, m.aux, m.source_format) == (
+        "mmseg_deeplabv3plus_r50v1c", 19, 8, True, "mmseg")
+    assert m.class_names[-1] == "bicycle" and m.class_colors[-1] == (119, 11, 32)
+    assert m.preprocessing.resize_short == 1024 and m.extra["dataset"] == "Cityscapes"
 
 
 def test_cache_dir_env_override(tmp_path, monkeypatch):

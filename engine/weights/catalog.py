@@ -9,13 +9,16 @@ person can drop the file there by hand.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..meta import CAFFE_BGR, IMAGENET, TORCHVISION_SEG, VOC_CLASSES, Preprocessing
+from ..meta import CAFFE_BGR, IMAGENET, TORCHVISION_SEG, VOC_CLASSES, ModelMeta, Preprocessing
+from ..models.mmseg import MMSEG
+from ..models.mmseg_classes import DATASETS
 from .download import (
     DownloadCancelled,
     ProgressFn,
@@ -68,7 +71,9 @@ class WeightsEntry:
     whose ``backbone_for`` lists the registry names that can start from it; the click model's name
     (``engine.list_click_models``) for ``kind == "click"`` (``num_classes`` 0).  ``format``: the
     checkpoint layout (``torchvision``, ``vainf``, ``kazuto1011``).  ``metrics``: as reported by
-    the authors (mIoU in %, on ``metrics_dataset``).
+    the authors (mIoU in %, on ``metrics_dataset``).  ``dataset``: the data set whose classes the
+    weights predict, for grouping in the app ("Pascal VOC", "COCO (VOC classes)", "Cityscapes" ...);
+    ``class_colors``: that data set's palette when it has its own (else the VOC colour map is used).
     """
 
     id: str
@@ -87,6 +92,8 @@ class WeightsEntry:
     description: str = ""
     approx_mb: int = 0       # the file's size in MB, roughly (shown before a download)
     license: str = ""
+    dataset: str = ""
+    class_colors: tuple[tuple[int, int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -106,27 +113,67 @@ _SAM = "https://dl.fbaipublicfiles.com/segment_anything/"
 _SAM2 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 _APACHE = "Apache-2.0 (code and weights, as their authors publish them)"
 _TV_SEG_DATASET = "COCO val2017, VOC's 20 categories"
+_TV_DATASET = "COCO (VOC classes)"
+_MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/"
+_MMSEG_LICENSE = "Apache-2.0 (mmsegmentation's code and model zoo)"
+# How mmsegmentation's test pipeline evaluated its zoo files (configs/_base_/datasets/*.py and each
+# model config's test_cfg): Cityscapes 512x1024 models: Resize to fit 2048x1024 keeping the aspect
+# ratio (short side 1024 up to 2:1 images), whole image at once; ADE20K: fit 2048x512 (short side
+# 512), whole image; Pascal Context: fit 520x520 (long side 520), then 480x480 crops every 320 px.
+_MMSEG_CITYSCAPES = dataclasses.replace(MMSEG, resize_short=1024)
+_MMSEG_ADE20K = dataclasses.replace(MMSEG, resize_short=512)
+_MMSEG_CONTEXT = dataclasses.replace(MMSEG, sliding_window=(480, 480, 320, 320))
+
+
+def _mmseg_entry(id_: str, arch: str, path: str, dataset: str, miou: float, miou_ms: float, preprocessing,
+                 approx_mb: int, config: str) -> WeightsEntry:
+    names, colors = DATASETS[dataset]
+    return WeightsEntry(id_, arch, _MMSEG + path, len(names), preprocessing, "mmseg", class_names=names,
+                        class_colors=colors, output_stride=8, aux=True, dataset=dataset,
+                        metrics={"miou": miou, "miou_ms_flip": miou_ms}, metrics_dataset=f"{dataset} val",
+                        approx_mb=approx_mb, license=_MMSEG_LICENSE,
+                        description=f"mmsegmentation {config} (R-{arch.split('_r')[-1][:-3]}-D8)")
 
 CATALOG: dict[str, WeightsEntry] = {e.id: e for e in (
     WeightsEntry("deeplabv3_resnet50_coco", "deeplabv3_resnet50", _TV + "deeplabv3_resnet50_coco-cd0a2569.pth",
                  21, TORCHVISION_SEG, "torchvision", class_names=VOC_CLASSES, output_stride=8, aux=True,
                  metrics={"miou": 66.4, "pixel_acc": 92.4}, metrics_dataset=_TV_SEG_DATASET,
-                 description="torchvision DeepLabV3 ResNet-50, trained on COCO with VOC classes"),
+                 dataset=_TV_DATASET, description="torchvision DeepLabV3 ResNet-50, trained on COCO with VOC classes"),
     WeightsEntry("deeplabv3_resnet101_coco", "deeplabv3_resnet101", _TV + "deeplabv3_resnet101_coco-586e9e4e.pth",
                  21, TORCHVISION_SEG, "torchvision", class_names=VOC_CLASSES, output_stride=8, aux=True,
                  metrics={"miou": 67.4, "pixel_acc": 92.4}, metrics_dataset=_TV_SEG_DATASET,
-                 description="torchvision DeepLabV3 ResNet-101, trained on COCO with VOC classes"),
+                 dataset=_TV_DATASET, description="torchvision DeepLabV3 ResNet-101, trained on COCO with VOC classes"),
     WeightsEntry("deeplabv3_mobilenet_v3_large_coco", "deeplabv3_mobilenet_v3_large",
                  _TV + "deeplabv3_mobilenet_v3_large-fc3c493d.pth", 21, TORCHVISION_SEG, "torchvision",
                  class_names=VOC_CLASSES, output_stride=16, aux=True,
                  metrics={"miou": 60.3, "pixel_acc": 91.2}, metrics_dataset=_TV_SEG_DATASET,
-                 description="torchvision DeepLabV3 MobileNetV3-Large, trained on COCO with VOC classes"),
+                 dataset=_TV_DATASET, description="torchvision DeepLabV3 MobileNetV3-Large, trained on COCO with VOC classes"),
     WeightsEntry("deeplabv2_resnet101_msc_vocaug", "deeplabv2_resnet101",
                  "https://github.com/kazuto1011/deeplab-pytorch/releases/download/v1.0/"
                  "deeplabv2_resnet101_msc-vocaug-20000.pth",
                  21, CAFFE_BGR, "kazuto1011", class_names=VOC_CLASSES, output_stride=8,
                  metrics={"miou": 76.65, "miou_crf": 77.93}, metrics_dataset="PASCAL VOC 2012 val",
-                 description="kazuto1011 DeepLab v2 ResNet-101 MSC, trained on VOC 2012 trainaug"),
+                 dataset="Pascal VOC", description="kazuto1011 DeepLab v2 ResNet-101 MSC, trained on VOC 2012 trainaug"),
+    _mmseg_entry("mmseg_deeplabv3plus_r50_cityscapes", "mmseg_deeplabv3plus_r50v1c",
+                 "deeplabv3plus/deeplabv3plus_r50-d8_512x1024_80k_cityscapes/"
+                 "deeplabv3plus_r50-d8_512x1024_80k_cityscapes_20200606_114049-f9fb496d.pth",
+                 "Cityscapes", 80.09, 81.13, _MMSEG_CITYSCAPES, 167, "deeplabv3plus_r50-d8_4xb2-80k_cityscapes-512x1024"),
+    _mmseg_entry("mmseg_deeplabv3plus_r101_cityscapes", "mmseg_deeplabv3plus_r101v1c",
+                 "deeplabv3plus/deeplabv3plus_r101-d8_512x1024_80k_cityscapes/"
+                 "deeplabv3plus_r101-d8_512x1024_80k_cityscapes_20200606_114143-068fcfe9.pth",
+                 "Cityscapes", 80.97, 82.03, _MMSEG_CITYSCAPES, 240, "deeplabv3plus_r101-d8_4xb2-80k_cityscapes-512x1024"),
+    _mmseg_entry("mmseg_deeplabv3plus_r50_ade20k", "mmseg_deeplabv3plus_r50v1c",
+                 "deeplabv3plus/deeplabv3plus_r50-d8_512x512_160k_ade20k/"
+                 "deeplabv3plus_r50-d8_512x512_160k_ade20k_20200615_124504-6135c7e0.pth",
+                 "ADE20K", 43.95, 44.93, _MMSEG_ADE20K, 167, "deeplabv3plus_r50-d8_4xb4-160k_ade20k-512x512"),
+    _mmseg_entry("mmseg_deeplabv3plus_r101_ade20k", "mmseg_deeplabv3plus_r101v1c",
+                 "deeplabv3plus/deeplabv3plus_r101-d8_512x512_160k_ade20k/"
+                 "deeplabv3plus_r101-d8_512x512_160k_ade20k_20200615_123232-38ed86bb.pth",
+                 "ADE20K", 45.47, 46.35, _MMSEG_ADE20K, 240, "deeplabv3plus_r101-d8_4xb4-160k_ade20k-512x512"),
+    _mmseg_entry("mmseg_deeplabv3_r101_pascal_context", "mmseg_deeplabv3_r101v1c",
+                 "deeplabv3/deeplabv3_r101-d8_480x480_40k_pascal_context/"
+                 "deeplabv3_r101-d8_480x480_40k_pascal_context_20200911_204118-1aa27336.pth",
+                 "Pascal Context", 46.55, 47.81, _MMSEG_CONTEXT, 333, "deeplabv3_r101-d8_4xb4-40k_pascal-context-480x480"),
     WeightsEntry("vgg16_imagenet", "vgg16", _TV + "vgg16-397923af.pth", 1000, IMAGENET, "torchvision",
                  kind="backbone", backbone_for=("deeplabv1_vgg16",),
                  metrics={"top1": 71.592, "top5": 90.382}, metrics_dataset="ImageNet-1k val",
@@ -277,6 +324,13 @@ def load_catalog_model(spec: str | WeightsEntry, *, device: str = "cpu", output_
     path = download(entry, progress=progress, cancel=cancel, cache_dir=cache_dir)
     model = load_model(path, arch=entry.arch, num_classes=entry.num_classes, device=device,
                        output_stride=output_stride if output_stride is not None else entry.output_stride)
+    # the entry knows how its authors evaluated the weights (resize, sliding window) and, when the
+    # file names no classes, which data set's classes and palette its outputs are
+    meta = dataclasses.replace(model.meta, preprocessing=entry.preprocessing)
+    defaults = ModelMeta(meta.arch, meta.num_classes)
+    if entry.class_names and meta.class_names == defaults.class_names and meta.class_colors == defaults.class_colors:
+        meta = dataclasses.replace(meta, class_names=list(entry.class_names), class_colors=list(entry.class_colors))
+    model.meta = meta
     model.meta.extra.update(weights_id=entry.id, url=entry.url, reported_metrics=dict(entry.metrics),
-                            metrics_dataset=entry.metrics_dataset)
+                            metrics_dataset=entry.metrics_dataset, dataset=entry.dataset)
     return model
