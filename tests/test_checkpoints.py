@@ -62,6 +62,16 @@ PEER_CASES = {
     "mmseg_v3plus_r101": ("mmseg_deeplabv3plus_r101v1c", {}, 21, 8, _mmseg, "mmseg", MMSEG),
     "mmseg_v3_r50": ("mmseg_deeplabv3_r50v1c", {}, 3, 8, _mmseg, "mmseg", MMSEG),
     "mmseg_v3_r101_aux": ("mmseg_deeplabv3_r101v1c", {"aux": True}, 60, 8, _mmseg, "mmseg", MMSEG),
+    # segmentation_models_pytorch: bare, {"state_dict"}, {"model_state_dict"}, DataParallel; smp's strides
+    "smp_v3_r34": ("smp_deeplabv3_resnet34", {}, 2, 8, dict, "smp", IMAGENET),
+    "smp_v3_r50_ddp": ("smp_deeplabv3_resnet50", {}, 5, 8, _ddp, "smp", IMAGENET),
+    "smp_v3_r101": ("smp_deeplabv3_resnet101", {}, 3, 8, lambda sd: {"state_dict": sd}, "smp", IMAGENET),
+    "smp_v3_mbv2": ("smp_deeplabv3_mobilenet_v2", {}, 4, 8, lambda sd: {"model_state_dict": sd}, "smp", IMAGENET),
+    "smp_v3plus_r34": ("smp_deeplabv3plus_resnet34", {}, 6, 16, lambda sd: {"model_state_dict": sd}, "smp",
+                       IMAGENET),
+    "smp_v3plus_r50": ("smp_deeplabv3plus_resnet50", {}, 2, 16, dict, "smp", IMAGENET),
+    "smp_v3plus_r101_ddp": ("smp_deeplabv3plus_resnet101", {}, 7, 16, _ddp, "smp", IMAGENET),
+    "smp_v3plus_mbv2": ("smp_deeplabv3plus_mobilenet_v2", {}, 3, 16, lambda sd: {"state_dict": sd}, "smp", IMAGENET),
 }
 
 

@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
 import engine  # noqa: E402
 from engine import build_model, list_models, load_model  # noqa: E402
 from engine.checkpoints import CheckpointError  # noqa: E402
-from engine.checkpoints.formats import detect_format, match_architecture  # noqa: E402
+from engine.checkpoints.formats import SkipRandomInit, detect_format, match_architecture  # noqa: E402
 from engine.meta import IMAGENET  # noqa: E402
 from engine.models.smp import smp_legacy_to_current  # noqa: E402
 from tests import weights_formula  # noqa: E402
@@ -74,7 +74,8 @@ def _formula_state(name: str, num_classes: int = 21) -> dict[str, torch.Tensor]:
 def test_registered_with_smp_defaults():
     assert set(NAMES) <= set(list_models())
     for name in NAMES:
-        m = build_model(name, num_classes=3)
+        with torch.device("meta"):
+            m = build_model(name, num_classes=3)
         plus = "plus" in name
         assert m.meta.output_stride == (16 if plus else 8)
         assert m.meta.preprocessing == IMAGENET
@@ -90,3 +91,224 @@ def test_state_dict_layout_matches_smp(name):
     assert _shapes(model) == gold["keys"]
     assert list(model.state_dict()) == list(gold["keys"])  # smp's order, too
     assert _trainable(model) == gold["num_params"]
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+def _assert_probe(got: torch.Tensor, expected: list) -> None:
+    want = torch.tensor(expected)
+    torch.testing.assert_close(torch.tensor(probe(got)), want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_logits_match_smp_reference(name):
+    """smp's logits under the same formula weights, at output strides 8 and 16."""
+    gold = _golden()[name]
+    state = _formula_state(name)
+    for ref in gold["references"]:
+        with SkipRandomInit():  # every weight is overwritten
+            model = build_model(name, output_stride=ref["output_stride"])
+        model.load_state_dict(state)
+        with torch.no_grad():
+            out = model(fixed_input())
+        assert out.shape == (1, 21, H, W)
+        _assert_probe(out, ref["out"])
+
+
+def test_legacy_layout_differs_only_in_names_and_gives_the_same_logits():
+    """smp 0.3's DeepLabV3 decoder keys (decoder.0/1/2) rename onto the current ones; the recorded
+    0.3.3 logits (weights from the current names) equal the current ones."""
+    old, new = _golden(legacy=True), _golden()
+    for name in NAMES:
+        renamed = smp_legacy_to_current(old[name]["keys"])
+        assert list(renamed) == list(new[name]["keys"]) and renamed == new[name]["keys"]
+        if "plus" in name:
+            assert old[name]["keys"] == new[name]["keys"]  # DeepLabV3Plus never changed
+        else:
+            assert any(k.startswith("decoder.0.") for k in old[name]["keys"])
+        for ref in old[name]["references"]:
+            current = next(r for r in new[name]["references"] if r["output_stride"] == ref["output_stride"])
+            assert ref["out"] == current["out"]
+
+
+# --------------------------------------------------------------------------- live smp (dev machines only)
+
+
+def _smp_peer(smp, name: str, num_classes: int, output_stride: int, **kw) -> torch.nn.Module:
+    _, family, encoder = name.split("_", 2)
+    cls = smp.DeepLabV3Plus if family == "deeplabv3plus" else smp.DeepLabV3
+    peer = cls(encoder_name=encoder, encoder_weights=None, classes=num_classes,
+               encoder_output_stride=output_stride, **kw)
+    with torch.no_grad():  # BatchNorm statistics away from the identity, so a misplaced BN shows
+        for m in peer.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return peer.eval()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_live_smp_equal_logits(name):
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    x = torch.randn(1, 3, 64, 96)
+    for os_ in (8, 16):
+        peer = _smp_peer(smp, name, 4, os_)
+        with SkipRandomInit():
+            ours = build_model(name, num_classes=4, output_stride=os_)
+        ours.load_state_dict(peer.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), peer(x), rtol=1e-4, atol=1e-4)
+
+
+def test_live_smp_options_load_from_its_files(tmp_path):
+    """Files smp writes with non-default ASPP convs or an aux classification head are detected."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    x = torch.randn(1, 3, 32, 48)
+    cases = [("smp_deeplabv3_resnet34", {"decoder_aspp_separable": True}),
+             ("smp_deeplabv3plus_mobilenet_v2", {"decoder_aspp_separable": False}),
+             ("smp_deeplabv3plus_resnet34", {"aux_params": {"classes": 7}})]
+    for name, kw in cases:
+        default = 16 if "plus" in name else 8
+        peer = _smp_peer(smp, name, 3, default, **kw)
+        path = tmp_path / f"{name}.pth"
+        torch.save({"model_state_dict": peer.state_dict()}, path)
+        model = load_model(path)
+        assert model.meta.arch == name and model.meta.source_format == "smp"
+        want = peer(x)[0] if "aux_params" in kw else peer(x)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- loading people's files
+
+
+def _meta_state(keys: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    # shapes without memory: detection reads only key names and shapes
+    return {k: torch.empty(v, device="meta") for k, v in keys.items()}
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["smp0.6", "smp0.3"])
+def test_detection_picks_family_encoder_and_classes(legacy):
+    for name, gold in _golden(legacy).items():
+        keys = {k: [6, *v[1:]] if k.startswith("segmentation_head.0.") else v for k, v in gold["keys"].items()}
+        sd = _meta_state(keys)
+        assert detect_format(sd) == "smp"
+        match = match_architecture(sd, "smp")
+        assert match.ok and match.arch == name and match.num_classes == 6, (name, match.diff)
+        assert match.options == {"aspp_separable": "plus" in name}
+        assert set(match.state_dict) == set(_golden()[name]["keys"])  # legacy names renamed
+
+
+def test_detection_reads_non_default_aspp_and_classification_head():
+    keys = dict(_golden()["smp_deeplabv3_resnet34"]["keys"])
+    for i in (1, 2, 3):  # smp's decoder_aspp_separable=True: depthwise + pointwise branch convs
+        w = keys.pop(f"decoder.aspp.convs.{i}.0.weight")
+        keys[f"decoder.aspp.convs.{i}.0.0.weight"] = [w[1], 1, 3, 3]
+        keys[f"decoder.aspp.convs.{i}.0.1.weight"] = [w[0], w[1], 1, 1]
+    keys["classification_head.3.weight"], keys["classification_head.3.bias"] = [5, 512], [5]
+    match = match_architecture(_meta_state(keys), "smp")
+    assert match.ok and match.arch == "smp_deeplabv3_resnet34"
+    assert match.options == {"aspp_separable": True, "classification_classes": 5}
+
+
+def _random_state(name: str, num_classes: int) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        sd = build_model(name, num_classes=num_classes).state_dict()
+        return {k: (v + 0.01 * torch.randn_like(v)) if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def test_wrappers_and_dataparallel_prefix_load(tmp_path):
+    name = "smp_deeplabv3plus_mobilenet_v2"
+    sd = _random_state(name, 3)
+    files = {
+        "bare": sd,
+        "state_dict": {"state_dict": sd, "epoch": 7},
+        "model_state_dict": {"model_state_dict": sd, "optimizer_state_dict": {}, "classes": ["sky", "road", "car"]},
+        "module": {f"module.{k}": v for k, v in sd.items()},
+    }
+    x = torch.randn(1, 3, 32, 48)
+    reference = None
+    for stem, obj in files.items():
+        path = tmp_path / f"{stem}.pth"
+        torch.save(obj, path)
+        model = load_model(path)
+        meta = model.meta
+        assert (meta.arch, meta.num_classes, meta.source_format, meta.output_stride) == (name, 3, "smp", 16)
+        assert meta.preprocessing == IMAGENET and meta.options["aspp_separable"] is True
+        want_names = ["sky", "road", "car"] if stem == "model_state_dict" else ["class_0", "class_1", "class_2"]
+        assert meta.class_names == want_names
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
+        with torch.no_grad():
+            out = model(x)
+        reference = out if reference is None else reference
+        torch.testing.assert_close(out, reference, rtol=0, atol=0)
+
+
+def test_class_names_only_from_a_plain_list_of_strings(tmp_path):
+    sd = _random_state("smp_deeplabv3_mobilenet_v2", 2)
+    for classes, expected in ((["bg", "crack"], ["bg", "crack"]), (("bg", "crack"), None), (["bg"], None),
+                              (["bg", 1], None), (["a", "a"], None), (2, None)):
+        path = tmp_path / "m.pth"
+        torch.save({"state_dict": sd, "classes": classes}, path)
+        assert load_model(path).meta.class_names == (expected or ["class_0", "class_1"]), classes
+
+
+def test_output_stride_is_smps_default_unless_given(tmp_path):
+    for name, default in (("smp_deeplabv3_mobilenet_v2", 8), ("smp_deeplabv3plus_mobilenet_v2", 16)):
+        path = tmp_path / f"{name}.pth"
+        torch.save(_random_state(name, 2), path)
+        assert load_model(path).meta.output_stride == default
+        other = 24 - default
+        model = load_model(path, output_stride=other)
+        assert model.meta.output_stride == other and model.output_stride == other
+
+
+def test_wrong_model_or_missing_key_refused_naming_the_keys(tmp_path):
+    sd = _random_state("smp_deeplabv3plus_mobilenet_v2", 2)
+    missing = dict(sd)
+    del missing["decoder.block1.0.weight"]
+    path = tmp_path / "missing.pth"
+    torch.save(missing, path)
+    with pytest.raises(CheckpointError) as e:
+        load_model(path)
+    assert str(path) in str(e.value) and "decoder.block1.0.weight" in str(e.value) and "\n" not in str(e.value)
+
+    path = tmp_path / "plus.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r"unexpected key\(s\): decoder\.aspp\.0\.convs"):
+        load_model(path, arch="smp_deeplabv3_mobilenet_v2")
+    with pytest.raises(CheckpointError,
+                       match=r"missing key\(s\): encoder\.conv1\.weight.*unexpected key\(s\): encoder\.features"):
+        load_model(path, arch="smp_deeplabv3plus_resnet34")
+
+    four = dict(sd)  # in_channels=4: only 3-channel encoders are supported
+    four["encoder.features.0.0.weight"] = torch.zeros(32, 4, 3, 3)
+    path = tmp_path / "four.pth"
+    torch.save(four, path)
+    with pytest.raises(CheckpointError, match=r"encoder\.features\.0\.0\.weight \[32, 4, 3, 3\]"):
+        load_model(path)
+
+
+# --------------------------------------------------------------------------- any input size, training
+
+
+def test_sides_not_multiple_of_the_stride_are_padded_by_reflection_and_cropped():
+    torch.manual_seed(1)
+    model = build_model("smp_deeplabv3plus_mobilenet_v2", num_classes=2)
+    x = torch.randn(1, 3, 50, 70)
+    with torch.no_grad():
+        out = model(x)
+        padded = model(torch.nn.functional.pad(x, (0, 10, 0, 14), mode="reflect"))  # to 64 x 80
+        tiny = model(torch.randn(2, 3, 5, 3))
+    assert out.shape == (1, 2, 50, 70) and tiny.shape == (2, 2, 5, 3)
+    torch.testing.assert_close(out, padded[..., :50, :70])
+
+
+def test_trains_and_returns_no_aux_map():
+    model = build_model("smp_deeplabv3_resnet34", num_classes=3).train()
+    out, aux = model(torch.randn(2, 3, 40, 40), return_aux=True)
+    assert out.shape == (2, 3, 40, 40) and aux is None
+    out.logsumexp(1).mean().backward()
+    assert model.encoder.conv1.weight.grad.abs().sum() > 0
+    assert model.segmentation_head[0].weight.grad.abs().sum() > 0

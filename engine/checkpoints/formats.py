@@ -8,6 +8,9 @@ A peer checkpoint is a flat ``{key: tensor}`` state dict in one of these layouts
   (v3+), ``backbone.low_level_features.*`` (MobileNetV2), ``.body.`` for separable convs.
 - ``kazuto1011`` (deeplab-pytorch v2): ``base.layer1.conv1.conv.weight``, ``base.aspp.c0.weight``,
   with or without the MSC wrapper's ``base.`` prefix.
+- ``smp`` (segmentation_models_pytorch DeepLabV3/V3Plus, bare or under ``state_dict`` /
+  ``model_state_dict``): ``encoder.conv1.weight``, ``decoder.aspp.*``, ``segmentation_head.0.weight``;
+  smp 0.3/0.4's DeepLabV3 ``decoder.0.``/``.1.``/``.2.`` are renamed.
 - ``mmseg`` (mmsegmentation's EncoderDecoder, in ``{"meta", "state_dict"}``): ``backbone.stem.0.weight``,
   ``decode_head.conv_seg.weight``, ``auxiliary_head.*`` (its FCN head, kept as the aux branch).
 
@@ -62,6 +65,9 @@ FORMATS: dict[str, PeerFormat] = {
     "torchvision": PeerFormat("torchvision", TORCHVISION_SEG, 8),
     "vainf": PeerFormat("vainf", IMAGENET, 16),
     "kazuto1011": PeerFormat("kazuto1011", CAFFE_BGR, 8),
+    # smp's encoders' ImageNet preprocessing; each family's registry default stride is smp's own
+    # (DeepLabV3 8, DeepLabV3Plus 16), so the format names none.
+    "smp": PeerFormat("smp", IMAGENET, None),
     # mmseg's zoo DeepLabs are D8 unless named d16 (the keys cannot tell: dilations have no weights)
     "mmseg": PeerFormat("mmseg", MMSEG, 8),
     # A bare state dict already in our own key layout (e.g. torch.save(model.state_dict())):
@@ -88,6 +94,8 @@ def detect_format(keys: Iterable[str], *, wrapped_in_model_state: bool = False) 
     Returns one of ``FORMATS``; ``"state_dict"`` when nothing peer-specific is recognised.
     """
     keys = list(keys)
+    if any(k.startswith("segmentation_head.") for k in keys) and any(k.startswith("encoder.") for k in keys):
+        return "smp"  # smp's SegmentationModel: encoder / decoder / segmentation_head
     if wrapped_in_model_state:
         return "vainf"  # only VainF's training script wraps weights in {"model_state": ...}
     if any(k.endswith("aspp.c0.weight") for k in keys) and any(".conv1.conv.weight" in k for k in keys):
@@ -122,6 +130,12 @@ def _vainf_v3(sd: StateDict) -> StateDict:
         return sd
 
 
+def _smp_legacy(sd: StateDict) -> StateDict:
+    from ..models.smp import smp_legacy_to_current  # the model family owns its key mapping
+
+    return smp_legacy_to_current(sd)
+
+
 def _add_base(sd: StateDict) -> StateDict:
     # kazuto1011's MSC wrapper stores the network under ``base.``; plain DeepLabV2 dumps lack it.
     return sd if all(k.startswith("base.") for k in sd) else {"base." + k: v for k, v in sd.items()}
@@ -135,6 +149,7 @@ _RENAMINGS: dict[str, tuple[Callable[[StateDict], StateDict], ...]] = {
     "torchvision": (_identity,),
     "vainf": (_identity, _vainf_v3),
     "kazuto1011": (_add_base, _strip_base),
+    "smp": (_identity, _smp_legacy),
     "state_dict": (_identity,),
 }
 
@@ -210,6 +225,10 @@ def _options_for(arch: str, sd: StateDict) -> dict:
         opts["aux"] = True  # only when present: some builders refuse aux=True outright
     if "separable" in params:
         opts["separable"] = any(".body." in k for k in sd if k.startswith("classifier."))
+    if "aspp_separable" in params or "classification_classes" in params:
+        from ..models.smp import smp_options_from_state_dict
+
+        opts.update({k: v for k, v in smp_options_from_state_dict(sd).items() if k in params})
     return opts
 
 
@@ -292,6 +311,8 @@ _HINTS = (
     ("backbone.low_level_features.", "mobilenet_v2"),
     ("backbone.0.0.", "mobilenet_v3"),
     ("aspp.c0.", "deeplabv2"),
+    ("segmentation_head.", "smp_"),
+    ("decoder.block1.", "smp_deeplabv3plus"),
     ("decode_head.", "mmseg_"),
     ("decode_head.c1_bottleneck.", "plus"),
     ("layer3.22.", "resnet101"),

@@ -66,7 +66,8 @@ class RawCheckpoint:
     ``state_dict``: ``{key: tensor}`` on CPU, wrapper prefixes (``module.``) not yet stripped.
     ``native_meta``: the ModelMeta of a native file, else None.  ``wrapper``: the dict key the
     weights were found under (``"model_state"`` for VainF), else None.  ``extras``: the wrapper's
-    other plain entries (``cur_itrs``, ``best_score``...), tensors and optimizer state left out.
+    other plain entries (``cur_itrs``, ``best_score``..., lists of strings such as a ``classes`` list),
+    tensors and optimizer state left out.
     ``peer_meta``: the wrapper's ``meta`` dict when it has one (mmsegmentation: classes, palette,
     config), checked to hold data only.
     """
@@ -155,7 +156,10 @@ def _as_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str |
     if isinstance(obj, Mapping):
         for key in _WRAPPER_KEYS:
             if is_sd(obj.get(key)):
-                extras = {k: v for k, v in obj.items() if k != key and isinstance(v, (int, float, str, bool))}
+                # plain values, and lists of strings (class names some training scripts save)
+                extras = {k: v for k, v in obj.items() if k != key and (
+                    isinstance(v, (int, float, str, bool))
+                    or (isinstance(v, list) and all(isinstance(i, str) for i in v)))}
                 return dict(obj[key]), key, extras
         # a state dict with a stray non-tensor entry is still reported usefully
         bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:5]
@@ -384,5 +388,10 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, output_strid
         found = classes_from_meta(raw.peer_meta, match.num_classes)
         if found:
             model.meta = dataclasses.replace(model.meta, class_names=found[0], class_colors=found[1])
+    if fmt == "smp":  # smp saves no class names; a training script's own "classes" list, else class_0 ...
+        from ..models.smp import smp_class_names
+
+        model.meta = dataclasses.replace(
+            model.meta, class_names=smp_class_names(raw.extras.get("classes"), match.num_classes))
     _load_weights(model, match.state_dict, path, strict)
     return model.to(device).eval()

@@ -39,8 +39,8 @@ from .heads import ASPP
 from .registry import register
 from .smp_encoders import ENCODER_NAMES, smp_encoder
 
-__all__ = ["SmpDeepLab", "smp_deeplab", "smp_legacy_to_current", "smp_options_from_state_dict", "SMP_MODELS",
-           "SMP_FAMILIES"]
+__all__ = ["SmpDeepLab", "smp_deeplab", "smp_legacy_to_current", "smp_options_from_state_dict", "smp_class_names",
+           "SMP_MODELS", "SMP_FAMILIES"]
 
 SMP_FAMILIES: tuple[str, ...] = ("deeplabv3", "deeplabv3plus")
 SMP_MODELS: tuple[str, ...] = tuple(f"smp_{f}_{e}" for f in SMP_FAMILIES for e in ENCODER_NAMES)
@@ -230,3 +230,13 @@ def smp_options_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
     if head is not None and getattr(head, "dim", lambda: 0)() == 2:
         opts["classification_classes"] = int(head.shape[0])
     return opts
+
+
+def smp_class_names(classes: object, num_classes: int) -> list[str]:
+    """Class names for an smp checkpoint: the ``"classes"`` entry some training scripts save next to
+    the weights when it is a plain list of distinct, non-empty strings, one per output channel;
+    anything else (absent, a count, a tuple, the wrong length) gives ``class_0`` … ``class_{n-1}``."""
+    if (isinstance(classes, list) and len(classes) == num_classes and len(set(classes)) == num_classes
+            and all(isinstance(c, str) and c.strip() for c in classes)):
+        return list(classes)
+    return [f"class_{i}" for i in range(num_classes)]
