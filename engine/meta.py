@@ -56,7 +56,7 @@ class Preprocessing:
     ``resize_short``: the shorter side the weights were evaluated at (torchvision uses 520); the
     Predictor may use it as its default inference size.  None means native size.
     ``sliding_window``: ``(crop_h, crop_w, stride_h, stride_w)`` when the weights were evaluated on
-    overlapping crops of the (resized) image with the crops' probabilities averaged (mmsegmentation's
+    overlapping crops of the (resized) image with the crops' logits averaged (mmsegmentation's
     ``mode='slide'``, e.g. its Cityscapes models); None runs the whole image at once.
     """
 
