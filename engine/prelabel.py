@@ -146,7 +146,13 @@ def _parent_gone() -> bool:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    _quiet()  # one stop is enough: a second signal must not break the clean-up of the first
     raise KeyboardInterrupt
+
+
+def _quiet() -> None:
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -349,6 +355,7 @@ def run(cfg: PrelabelConfig) -> int:
     """One rank of a run (rank 0 of 1 without torchrun's environment); returns the exit status."""
     from .prelabel_store import PrelabelError
     signal.signal(signal.SIGTERM, _interrupt)  # torchrun stops its workers with SIGTERM
+    signal.signal(signal.SIGINT, _interrupt)
     rank, world = _join()
     try:
         if rank == 0:
@@ -362,6 +369,7 @@ def run(cfg: PrelabelConfig) -> int:
                 return EXIT_CANCELLED
         return _run_other(cfg, rank, world)
     finally:
+        _quiet()  # the run is over (or cancelled): let the interpreter shut down undisturbed
         if world > 1:
             import torch.distributed as dist
             if dist.is_initialized():

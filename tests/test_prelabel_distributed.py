@@ -62,6 +62,12 @@ def _folder(path: Path, shape: tuple[int, int] = (24, 32)) -> dict[str, np.ndarr
     return drawn
 
 
+def _folder_marks(path: Path, drawn: dict[str, np.ndarray]) -> None:
+    with AnnotationStore.open(path) as st:
+        for image_id, mask in drawn.items():
+            st.save_mask(image_id, mask, status=PERSON[image_id])
+
+
 def _env(trace: Path) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT), TQDM_DISABLE="1", OMP_NUM_THREADS="1", **{TRACE_ENV: str(trace)})
 
@@ -129,6 +135,16 @@ def test_two_ranks_write_what_one_process_writes_each_image_once(tmp_path, ckpt)
         np.testing.assert_array_equal(two[image_id][1], mask)
     assert "broken.png" in two and two["broken.png"][0] is Status.UNLABELED and two["broken.png"][3]
     assert not (tmp_path / "two" / ".deeplab-gui" / SPOOL_NAME).exists()  # nothing left behind
+
+    # deeplab-gui prelabel --workers 2 starts the same ranks and writes the same store.
+    shutil.copytree(tmp_path / "one", tmp_path / "cli", ignore=shutil.ignore_patterns(".deeplab-gui"))
+    _folder_marks(tmp_path / "cli", drawn)
+    cli = subprocess.run([sys.executable, "-m", "deeplab_gui", "prelabel", str(tmp_path / "cli"), "--weights",
+                          str(ckpt), "--device", "cpu", "--workers", "2"], env=_env(tmp_path / "cli.txt"),
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0 and "Traceback" not in cli.stderr, cli.stderr[-3000:]
+    assert Counter(r for r, _ in _trace(tmp_path / "cli.txt")) == Counter(r for r, _ in done)
+    _assert_same_store(_contents(tmp_path / "cli", checkpoint_id(ckpt)), two)
 
     # A rerun with the same checkpoint has nothing left to predict.
     again = subprocess.run(_torchrun(tmp_path / "two", ckpt), env=_env(trace), capture_output=True,
