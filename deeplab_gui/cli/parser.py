@@ -73,6 +73,9 @@ def build_parser(*, formats: bool = False) -> argparse.ArgumentParser:
     pl.add_argument("--recursive", action="store_true", help="include sub-folders (mirrored under DIR)")
     pl.add_argument("--overwrite", action="store_true",
                     help="without --out: also replace masks a person edited or reviewed (never by default)")
+    pl.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="predict with N processes on this machine (as torchrun -m engine.prelabel does; "
+                         "one GPU each when there are enough)")
     pl.set_defaults(func=_cmd_prelabel)
 
     t = sub.add_parser("train", help="fine-tune on the folder's corrected masks",
@@ -181,7 +184,11 @@ def _cmd_prelabel(args: argparse.Namespace) -> int:
         raise CLIError("--weights is required: a checkpoint file or a weights catalog id", EXIT_USAGE)
     if args.max_side is not None and args.max_side < 16:
         raise CLIError(f"--max-side must be at least 16, not {args.max_side}", EXIT_USAGE)
+    if args.workers < 1:
+        raise CLIError(f"--workers must be at least 1, not {args.workers}", EXIT_USAGE)
     refine = _load_crf() if args.crf else None
+    if args.workers > 1:
+        return _prelabel_workers(args)
     if args.out is None:
         from .store import prelabel_into_store
         checkpoint = _resolve_weights(args.weights)
@@ -202,6 +209,18 @@ def _cmd_prelabel(args: argparse.Namespace) -> int:
 
     predictor = _make_predictor(_load_model(args.weights, args.arch), args)
     return _run_prelabel(predictor, targets, refine)
+
+
+def _prelabel_workers(args: argparse.Namespace) -> int:
+    """``--workers N``: the ranks of ``engine.prelabel``, started here; each prints its own reasons."""
+    from engine.prelabel_launch import launch_local
+    argv = [args.folder, "--weights", str(_resolve_weights(args.weights)), "--device", args.device]
+    argv += ["--arch", args.arch] if args.arch else []
+    argv += ["--out", args.out] if args.out else []
+    argv += ["--max-side", str(args.max_side)] if args.max_side else []
+    argv += [flag for flag, on in (("--crf", args.crf), ("--recursive", args.recursive),
+                                   ("--overwrite", args.overwrite)) if on]
+    return launch_local(argv, args.workers)
 
 
 def _make_predictor(model: Any, args: argparse.Namespace) -> Any:

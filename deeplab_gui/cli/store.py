@@ -31,83 +31,37 @@ def _open_store(folder: str | Path, **kw: Any) -> Any:
 
 def _predict_for_store(predictor: Any, path: Path, refine: Callable[..., Any] | None,
                        params: Any) -> tuple[Any, Any]:
-    """(H×W uint8 labels, C×h×w float32 probabilities on the store's capped grid) of one image file.
-
-    With the CRF, it refines the grid: the image's own size when within the cap, else a reduced copy
-    with the spatial widths scaled alike; the labels are its result enlarged band by band.  So no step
-    holds C×H×W values of a huge image.
-    """
-    if refine is None:
-        pred = predictor.predict_with_probs(path)  # reads (and checks) the file, drops it early
-        return pred.labels, pred.probs
-    import math
-
-    import numpy as np
-
-    from engine import labels_at, read_image, resize_image
-
-    rgb = read_image(path)
-    size = rgb.shape[:2]
-    predictor.check_image_size(*size, path=path)
-    probs = predictor.predict_with_probs(rgb).probs
-    grid = probs.shape[1:]
-    if grid != size:
-        rgb = resize_image(rgb, grid)
-        params = params.scaled(math.sqrt(grid[0] * grid[1] / (size[0] * size[1])))
-    refined = np.asarray(refine(rgb, probs, params), dtype=np.float32)
-    return labels_at(refined, size), refined
+    """(H×W uint8 labels, C×h×w float32 probabilities on the store's capped grid) of one image file:
+    :func:`engine.prelabel_store.predict_for_store`."""
+    from engine.prelabel_store import predict_for_store
+    return predict_for_store(predictor, path, refine, params)
 
 
 def prelabel_into_store(folder: Path, predictor: Any, refine: Callable[..., Any] | None, *,
                         checkpoint: Path, recursive: bool, overwrite: bool) -> int:
-    """Predict every image that has no person's mask; masks and probabilities go into the store.
+    """Predict every image that has no person's mask and no pre-label by this checkpoint yet; masks and
+    probabilities go into the store (:func:`engine.prelabel_store.prelabel_in_store`).
 
     Edited and reviewed masks are never replaced unless ``overwrite``.  Unreadable images and images
     too small to segment are recorded in the store with their reason and skipped.  Memory stays at
-    :meth:`engine.predictor.Predictor.predict_with_probs`'s bound whatever the image size: the store
-    keeps probabilities on a capped grid, and the CRF (``refine``) runs on that grid.
+    :meth:`engine.predictor.Predictor.predict_with_probs`'s bound whatever the image size.
     """
     from tqdm import tqdm
 
-    from engine import ImageReadError, ImageTooSmallError
+    from engine import checkpoint_id
+    from engine.prelabel_store import PrelabelError, prelabel_in_store
 
-    meta = predictor.meta
     with _open_store(folder, recursive=recursive or None) as store:
-        if list(store.class_names) != list(meta.class_names):
-            raise _cli_error(
-                f"the folder's class list ({len(store.class_names)} classes: "
-                f"{', '.join(store.class_names[:4])}, ...) differs from the model's ({meta.num_classes}: "
-                f"{', '.join(meta.class_names[:4])}, ...); pre-label into --out DIR, or fine-tune a model "
-                "on this folder's classes")
-        ids = store.ids()
-        todo = [i for i in ids if store.needs_prelabel(i, overwrite=overwrite)]
-        protected = len(ids) - len(todo)
-        from engine import checkpoint_id, one_line
         mid = checkpoint_id(checkpoint)  # the app keys its cache the same way
-        params = None
-        if refine is not None:
-            from engine.crf import CRFParams
-            params = CRFParams()
-        written = failed = 0
-        with tqdm(total=len(todo), file=sys.stderr, unit="img", desc="prelabel", dynamic_ncols=True) as bar:
-            for image_id in todo:
-                try:
-                    labels, probs = _predict_for_store(predictor, store.image_path(image_id), refine, params)
-                    if store.save_prediction(image_id, labels, probs=probs, model_id=mid, overwrite=overwrite):
-                        written += 1
-                        store.record_error(image_id, None)
-                    del labels, probs  # the next image's peak must not include this one's arrays
-                except (ImageReadError, ImageTooSmallError) as exc:
-                    store.record_error(image_id, exc.reason)
-                    bar.write(f"warning: skipped {exc}", file=sys.stderr)
-                    failed += 1
-                except Exception as exc:  # one bad image must not stop a folder of thousands
-                    bar.write(f"warning: {image_id}: {one_line(exc)}", file=sys.stderr)
-                    failed += 1
-                bar.update(1)
-    print(f"prelabel: {written} pre-labeled, {protected} kept (edited/reviewed"
-          f"{'' if not overwrite else ', none: --overwrite'}), {failed} failed", file=sys.stderr)
-    if todo and written == 0:
+        with tqdm(total=0, file=sys.stderr, unit="img", desc="prelabel", dynamic_ncols=True) as bar:
+            try:
+                counts = prelabel_in_store(store, predictor, refine, model_id=mid, overwrite=overwrite,
+                                           warn=lambda line: bar.write(line, file=sys.stderr),
+                                           progress=bar.update, todo_known=lambda n: bar.reset(total=n))
+            except PrelabelError as exc:
+                raise _cli_error(str(exc)) from None
+    print(counts.summary(overwrite), file=sys.stderr)
+    if counts.todo and counts.written == 0 and counts.done_before == 0:
         raise _cli_error("no image could be processed")
     return 0
 
