@@ -22,8 +22,9 @@ run models 300 benchmarks/bench_models.py --device cuda --threads "$THREADS"
 run click 300 benchmarks/bench_click.py --device cuda --threads "$THREADS"
 run crf 300 benchmarks/bench_crf.py --device cuda --threads "$THREADS" --sizes "${CRF_SIZES:-500x375,1024x768,2048x1536}"
 run train 300 benchmarks/bench_train.py --device cuda --threads "$THREADS"
+run prelabel 300 benchmarks/bench_prelabel.py --device cuda
 if ((${#failed[@]})); then
     echo "bench-gpu: failed or timed out: ${failed[*]}" >&2
     exit 1
 fi
-echo "bench-gpu: wrote benchmarks/results/{models,click,crf,train}_cuda.json"
+echo "bench-gpu: wrote benchmarks/results/{models,click,crf,train,prelabel}_cuda.json"
