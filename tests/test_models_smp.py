@@ -19,7 +19,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import engine  # noqa: E402
 from engine import build_model, list_models, load_model  # noqa: E402
 from engine.checkpoints import CheckpointError  # noqa: E402
 from engine.checkpoints.formats import SkipRandomInit, detect_format, match_architecture  # noqa: E402

@@ -41,7 +41,7 @@ from tests.weights_formula import fixed_state  # noqa: E402
 
 def _peer(smp, family: str, encoder: str, output_stride: int, legacy: bool):
     cls = smp.DeepLabV3Plus if family == "deeplabv3plus" else smp.DeepLabV3
-    kw = dict(encoder_name=encoder, encoder_weights=None, classes=21)
+    kw = {"encoder_name": encoder, "encoder_weights": None, "classes": 21}
     if not (legacy and family == "deeplabv3"):  # smp 0.3's DeepLabV3 is fixed at output stride 8
         kw["encoder_output_stride"] = output_stride
     elif output_stride != 8:
