@@ -47,7 +47,8 @@ def _photo(h: int, w: int, seed: int) -> np.ndarray:
 def _run(folder: Path, ckpt: Path, procs: int, device: str, loader_workers: int, threads: int | None,
          trace: Path) -> dict:
     from engine.prelabel_store import TRACE_ENV
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TQDM_DISABLE="1", **{TRACE_ENV: str(trace)})
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path, TQDM_DISABLE="1", **{TRACE_ENV: str(trace)})
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     args = [str(folder), "--weights", str(ckpt), "--device", device, "--loader-workers", str(loader_workers)]
