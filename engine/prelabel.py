@@ -247,7 +247,7 @@ def _run_main(cfg: PrelabelConfig, world: int) -> int:
     bar = tqdm(total=0, file=sys.stderr, unit="img", desc="prelabel", dynamic_ncols=True)
     writer = Writer(cfg, bar)
     spool: Spool | None = None
-    shared = False
+    shared = complete = False
     with contextlib.ExitStack() as stack:
         stack.callback(bar.close)
         try:
@@ -297,6 +297,7 @@ def _run_main(cfg: PrelabelConfig, world: int) -> int:
                 if waiting:
                     time.sleep(0.02)
             take_spooled()
+            complete = True
         except (KeyboardInterrupt, _Stop):
             if not shared:
                 raise
@@ -308,7 +309,8 @@ def _run_main(cfg: PrelabelConfig, world: int) -> int:
         finally:
             if spool is not None:
                 spool.mark("stop")  # the others stop at their next image, even if they got no signal
-                spool.remove_if_empty()
+                if complete:  # every rank is done: nothing will read the marks (else the next run clears them)
+                    spool.remove_if_empty()
     return finish(cfg, writer)
 
 
@@ -367,6 +369,10 @@ def run(cfg: PrelabelConfig) -> int:
             except KeyboardInterrupt:
                 print("prelabel: cancelled", file=sys.stderr)
                 return EXIT_CANCELLED
+            except Exception as exc:  # the store is closed and consistent; say what happened in one line
+                from .errors import one_line
+                print(f"prelabel: {one_line(exc) or type(exc).__name__}", file=sys.stderr)
+                return 1
         return _run_other(cfg, rank, world)
     finally:
         _quiet()  # the run is over (or cancelled): let the interpreter shut down undisturbed

@@ -180,7 +180,7 @@ def _done_or_spooled(folder: Path, model_id: str) -> set[str]:
     return done
 
 
-@pytest.mark.parametrize("how", ["torchrun", "workers"])
+@pytest.mark.parametrize("how", ["torchrun", "workers", "workers-sigkill"])
 def test_a_run_stopped_midway_resumes_without_doing_anything_twice(tmp_path, ckpt, how):
     from engine import checkpoint_id
 
@@ -198,12 +198,17 @@ def test_a_run_stopped_midway_resumes_without_doing_anything_twice(tmp_path, ckp
     while proc.poll() is None and len(_trace(trace)) < 6 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before the interrupt: the test proved nothing"
-    proc.send_signal(signal.SIGINT)  # Ctrl-C, sent to the launcher alone
+    # Ctrl-C, or SIGKILL (no time to pass anything on), sent to the launcher alone.
+    proc.send_signal(signal.SIGKILL if how.endswith("sigkill") else signal.SIGINT)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode != 0, err[-3000:]
     if how == "workers":  # torchrun itself prints its own traceback on Ctrl-C; ours is one line
         assert "Traceback" not in err and "cancelled" in err, err[-3000:]
+    time.sleep(0.5)  # the ranks die with the launcher: the trace stops growing
+    settled = len(_trace(trace))
+    time.sleep(1.0)
     first = _trace(trace)
+    assert len(first) == settled, "a rank outlived its launcher"
     assert len(first) < len(IDS) - len(PERSON), "every image was done before the interrupt"
     _check_consistent(folder, drawn)
     kept = _done_or_spooled(folder, checkpoint_id(ckpt))
