@@ -222,3 +222,23 @@ def test_a_run_stopped_midway_resumes_without_doing_anything_twice(tmp_path, ckp
     _check_consistent(folder, drawn)
     with AnnotationStore.open(folder) as st:
         assert all(is_done(st, i, checkpoint_id(ckpt)) for i in IDS if i not in PERSON)
+
+
+def test_out_dir_with_two_workers_holds_what_one_process_writes(tmp_path, ckpt):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k in range(6):
+        Image.fromarray(_photo(24, 32, k)).save(folder / f"a{k}.png")
+    Image.fromarray(_photo(24, 32, 9)).save(folder / "a0.jpg")  # same stem: a0.png.png, as in one process
+    base = [sys.executable, "-m", "deeplab_gui", "prelabel", str(folder), "--weights", str(ckpt), "--device", "cpu"]
+    for out, extra in (("one", []), ("two", ["--workers", "2"])):
+        done = subprocess.run(base + ["--out", str(tmp_path / out), *extra], env=_env(tmp_path / f"{out}.txt"),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "wrote 7 mask(s)" in done.stderr, done.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and "a0.png.png" in names
+    for name in names:
+        with Image.open(tmp_path / "one" / name) as a, Image.open(tmp_path / "two" / name) as b:
+            assert a.mode == b.mode == "P" and a.getpalette() == b.getpalette()
+            np.testing.assert_array_equal(np.array(a), np.array(b))
+    assert {r for r, _ in _trace(tmp_path / "two.txt")} == {"0", "1"}
