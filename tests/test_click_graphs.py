@@ -34,12 +34,47 @@ def test_refill_copies_in_place_only_when_everything_matches():
     assert not refill(None, new) and copy_into(torch.zeros(1), torch.ones(1))
 
 
-def test_graphs_only_on_cuda_and_can_be_turned_off(monkeypatch):
-    assert not graphs_enabled(torch.device("cpu"))
-    monkeypatch.setenv("DEEPLAB_GUI_CUDA_GRAPHS", "0")
-    assert not graphs_enabled(torch.device("cuda"))
+def test_graphs_only_on_cuda_and_only_when_asked(monkeypatch):
+    monkeypatch.delenv("DEEPLAB_GUI_CUDA_GRAPHS", raising=False)
+    assert not graphs_enabled(torch.device("cpu")) and not graphs_enabled(torch.device("cuda"))
+    monkeypatch.setenv("DEEPLAB_GUI_CUDA_GRAPHS", "1")
+    assert graphs_enabled(torch.device("cuda")) and not graphs_enabled(torch.device("cpu"))
     torch.manual_seed(0)
     assert ClickPredictor(build_click_model("mobile_sam"), "cpu").graphs is None
+
+
+def test_refill_works_on_inference_tensors_as_set_image_makes_them():
+    with torch.inference_mode():
+        old = {"f": torch.zeros(3)}
+        new = {"f": torch.ones(3)}
+    assert refill(old, new) and old["f"].tolist() == [1, 1, 1]   # called outside inference mode
+
+
+def test_point_embedding_has_no_hidden_device_sync():
+    """A CUDA graph cannot record a sync: no op of a click's decoding may need one (checked on the CPU by
+    the ops dispatched: boolean-mask indexing and .item() do; torch.where does not)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if any(b in str(func) for b in ("nonzero", "_local_scalar_dense", "lift_fresh", "masked_select")):
+                seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    for name in ("mobile_sam", "sam2.1_hiera_tiny"):
+        torch.manual_seed(0)
+        p = ClickPredictor(build_click_model(name), "cpu")
+        p.set_image(np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8))
+        pts, lbl = torch.tensor([[[20.0, 30.0]]]), torch.tensor([[1]])
+        box = torch.tensor([[5.0, 5.0, 50.0, 40.0]])
+        p.predict([[20, 30]], [1])   # caches filled, as the graphs' warm-up does
+        with Watch(), torch.inference_mode():
+            for b in (None, box):
+                low, _ = p.model.decode(p._features, pts, lbl, b, None, True, prepared=p._prepared)
+                p.model.postprocess(low, p._input, p._original)
+        assert seen == [], (name, seen)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -49,6 +84,7 @@ def test_replayed_clicks_equal_eager_ones(name, monkeypatch):
     model = build_click_model(name)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(2)]
+    monkeypatch.setenv("DEEPLAB_GUI_CUDA_GRAPHS", "1")
     graphs = ClickPredictor(model, "cuda")
     monkeypatch.setenv("DEEPLAB_GUI_CUDA_GRAPHS", "0")
     eager = ClickPredictor(model, "cuda")

@@ -146,10 +146,12 @@ class PromptEncoder(nn.Module):
             points = torch.cat([points, torch.zeros((points.shape[0], 1, 2), device=points.device)], dim=1)
             labels = torch.cat([labels, -torch.ones((labels.shape[0], 1), device=labels.device)], dim=1)
         emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
-        emb[labels == -1] = 0.0
-        emb[labels == -1] += self.not_a_point_embed.weight
-        emb[labels == 0] += self.point_embeddings[0].weight
-        emb[labels == 1] += self.point_embeddings[1].weight
+        # The authors' boolean-mask updates, as selections: the same values (0 + w is w), and no hidden
+        # nonzero() (a device sync, which a CUDA graph cannot record).
+        lab = labels[..., None]
+        emb = torch.where(lab == -1, torch.zeros_like(emb) + self.not_a_point_embed.weight, emb)
+        emb = torch.where(lab == 0, emb + self.point_embeddings[0].weight, emb)
+        emb = torch.where(lab == 1, emb + self.point_embeddings[1].weight, emb)
         return emb
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
