@@ -92,7 +92,8 @@ def test_confusion_and_miou_ignore_void():
     assert miou(conf) == pytest.approx((1 / 2 + 1 / 2) / 2)  # class 2 absent everywhere: not averaged
 
 
-@pytest.mark.parametrize("arch", ["deeplabv3plus_mobilenet_v2", "deeplabv2_resnet101", "deeplabv1_vgg16"])
+@pytest.mark.parametrize("arch", ["deeplabv3plus_mobilenet_v2", "deeplabv2_resnet101", "deeplabv1_vgg16",
+                                  "smp_deeplabv3plus_resnet34", "mmseg_deeplabv3plus_r50v1c"])
 def test_param_groups_split_backbone_from_head(arch):
     with torch.device("meta"):
         model = engine.build_model(arch, num_classes=3)
@@ -102,6 +103,10 @@ def test_param_groups_split_backbone_from_head(arch):
     head_names = [names[id(p)] for p in head]
     if arch.startswith("deeplabv2"):
         assert all(n.startswith("base.aspp.") for n in head_names)
+    elif arch.startswith("smp_"):
+        assert all(n.startswith(("decoder.", "segmentation_head.")) for n in head_names)
+    elif arch.startswith("mmseg_"):
+        assert all(n.startswith(("decode_head.", "auxiliary_head.")) for n in head_names)
     else:
         assert all(n.startswith(("classifier.", "aux_classifier.")) for n in head_names)
     assert is_backbone_param("module.backbone.x") and not is_backbone_param("module.classifier.x")

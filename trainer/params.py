@@ -15,7 +15,7 @@ def is_backbone_param(name: str) -> bool:
     """True for parameters of the pretrained feature extractor (the part that gets the base lr)."""
     if name.startswith("module."):
         name = name[len("module."):]
-    if name.startswith("backbone."):
+    if name.startswith(("backbone.", "encoder.")):   # torchvision/VainF/mmsegmentation; smp
         return True
     return name.startswith("base.") and not name.startswith("base.aspp.")
 
