@@ -41,6 +41,9 @@ _SYNONYMS: tuple[tuple[str, ...], ...] = (
     ("background", "bg"),
 )
 _CANON = {name: group[0] for group in _SYNONYMS for name in group}
+# What a checkpoint without class names gets (engine's "class_0", "class_1", ...; smp files, most
+# training scripts): such a model's class i can only mean the folder's class i.
+_UNNAMED = re.compile(r"(?i)^class[ _-]?\d+$")
 
 
 def normalise_class_name(name: str) -> str:
@@ -56,15 +59,25 @@ class ClassMap:
     source: tuple[str, ...]   # the model's class names
     target: tuple[str, ...]   # the folder's class names
     lut: tuple[int, ...]
+    by_index: bool = False    # the model's classes have no names: class i is the folder's class i
 
     @classmethod
     def by_name(cls, source: Sequence[str], target: Sequence[str]) -> "ClassMap":
-        """Match by normalised name; the first folder class of a name wins when it appears twice."""
+        """Match by normalised name; the first folder class of a name wins when it appears twice.  A
+        model whose classes have no names (``class_0``, ``class_1``, ...) is matched by index instead."""
+        source, target = tuple(map(str, source)), tuple(map(str, target))
+        if source and all(_UNNAMED.match(n.strip()) for n in source):
+            return cls(source, target, tuple(i if i < len(target) else -1 for i in range(len(source))), True)
         index: dict[str, int] = {}
         for j, name in enumerate(target):
             index.setdefault(normalise_class_name(name), j)
         lut = tuple(index.get(normalise_class_name(name), -1) for name in source)
-        return cls(tuple(map(str, source)), tuple(map(str, target)), lut)
+        return cls(source, target, lut)
+
+    @property
+    def passes_through(self) -> bool:
+        """Every model class is the folder class of the same index: predictions need no mapping."""
+        return self.lut == tuple(range(len(self.source)))
 
     @property
     def identity(self) -> bool:
@@ -82,6 +95,10 @@ class ClassMap:
     def describe(self) -> str:
         """One line for a message: how many of the model's classes have a counterpart."""
         un = self.unmatched
+        if self.by_index:
+            text = (f"the model's {len(self.source)} classes have no names: class i is taken as the folder's "
+                    f"class i ({', '.join(self.target[:min(3, len(self.source))])}, ...)")
+            return text + (f"; classes {len(self.target)} and up become void" if un else "")
         text = f"{len(self.source) - len(un)} of the model's {len(self.source)} classes match the folder's by name"
         if un:
             shown = ", ".join(un[:6]) + (", ..." if len(un) > 6 else "")

@@ -80,3 +80,13 @@ def test_weights_grouped_by_data_set_under_headings(qtbot, grey_images, sessions
 def qtbot_button():
     from PySide6.QtCore import Qt
     return Qt.MouseButton.LeftButton
+
+
+def test_a_model_without_class_names_predicts_index_for_index(qtbot, grey_images, sessions):
+    s = sessions(grey_images(1))
+    panel = ModelPanel(s)
+    qtbot.addWidget(panel)
+    s.set_model(engine.build_model("deeplabv3_mobilenet_v2", num_classes=3), "unnamed", "cpu")
+    assert s.class_map is not None and s.class_map.by_index
+    assert not isinstance(s.predictor, MappedPredictor)   # nothing to map: used as it is
+    assert not panel.class_fit.isHidden() and "no names" in panel.class_fit_text.text()

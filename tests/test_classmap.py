@@ -71,3 +71,12 @@ def test_mapped_predictor_gives_folder_classes_in_every_form():
     (key, res), = list(mp.predict_many([img], prediction=True))
     assert key == 0 and (res.labels == labels).all()
     assert mp.device.type == "cpu"   # the rest is the wrapped predictor's
+
+
+def test_unnamed_classes_are_taken_index_for_index():
+    m = ClassMap.by_name(["class_0", "class_1", "Class 2"], VOC)
+    assert m.by_index and m.passes_through and m.lut == (0, 1, 2) and "no names" in m.describe()
+    wide = ClassMap.by_name([f"class_{i}" for i in range(23)], VOC)
+    assert wide.lut[:21] == tuple(range(21)) and wide.lut[21:] == (-1, -1) and not wide.passes_through
+    assert "become void" in wide.describe()
+    assert not ClassMap.by_name(["road", "class_1"], VOC).by_index   # named: by name

@@ -15,6 +15,8 @@ EXPECTED_ARCHS = {
 # segmentation_models_pytorch's DeepLabV3 / DeepLabV3Plus (engine/models/smp.py)
 EXPECTED_ARCHS |= {f"smp_{family}_{encoder}" for family in ("deeplabv3", "deeplabv3plus")
                    for encoder in ("resnet34", "resnet50", "resnet101", "mobilenet_v2")}
+# mmsegmentation's DeepLabV3 / DeepLabV3+ on ResNetV1c (engine/models/mmseg.py)
+EXPECTED_ARCHS |= {f"mmseg_{family}_{depth}v1c" for family in ("deeplabv3", "deeplabv3plus") for depth in ("r50", "r101")}
 
 # Trainable parameters with 21 classes, as the peers report them (torchvision / VainF / kazuto1011).
 EXACT_PARAMS = [

@@ -45,7 +45,8 @@ class PredictionMethods:
             names = list(base.meta.class_names)
             if names != list(self.store.class_names):
                 self.class_map = ClassMap.by_name(names, list(self.store.class_names))
-                self.predictor = MappedPredictor(base, self.class_map)
+                if not self.class_map.passes_through:   # (unnamed classes, index for index: as they are)
+                    self.predictor = MappedPredictor(base, self.class_map)
         if self.class_map != old:
             self.model_classes_changed.emit()
 
@@ -60,7 +61,7 @@ class PredictionMethods:
         """Give the folder the model's class list (names and colours); predictions then need no mapping."""
         if not self.can_adopt_model_classes():
             return False
-        meta = self.predictor.predictor.meta
+        meta = getattr(self.predictor, "predictor", self.predictor).meta
         try:  # a shorter list is fine here: no mask holds any index yet
             self.store.set_classes([(n, tuple(c)) for n, c in zip(meta.class_names, meta.class_colors)],
                                    allow_shrink=True)

@@ -46,7 +46,7 @@ from ..labels import VOID, LabelClass
 from ..store.store import AnnotationStore
 from . import rle
 from .classnames import UNKNOWN_CHOICES, resolve_names
-from .common import FormatError, os_reason
+from .common import FormatError, os_reason, read_json
 from .exporter import (
     ExportReport,
     check_out,
@@ -132,16 +132,7 @@ def coco_mask(anns: Sequence[dict], h: int, w: int, to_class: dict[int, int], *,
 
 # ---------------------------------------------------------------------------- import
 def _load_json(path: Path) -> dict:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot read ({os_reason(exc)})") from None
-    if not data.strip():
-        raise FormatError(f"{path}: the file is empty")
-    try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise FormatError(f"{path}: not valid JSON ({one_line(exc)})") from None
+    doc = read_json(path)
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list)
                                             for k in ("images", "annotations", "categories")):
         raise FormatError(f"{path}: not a COCO file (it needs lists 'images', 'annotations' and 'categories')")

@@ -5,11 +5,14 @@ Kept apart from the readers and writers so that each of them can use these witho
 from __future__ import annotations
 
 import errno
+import json
+from pathlib import Path
+from typing import Any
 
 from ..errors import one_line
 from ..store.format import StoreError
 
-__all__ = ["FormatError", "os_reason"]
+__all__ = ["FormatError", "os_reason", "read_json"]
 
 
 class FormatError(StoreError):
@@ -30,3 +33,18 @@ def os_reason(exc: BaseException) -> str:
         if exc.strerror:
             return exc.strerror[:1].lower() + exc.strerror[1:]
     return one_line(exc) or "unknown error"
+
+
+def read_json(path: Path, error: type[Exception] = FormatError) -> Any:
+    """The JSON document in ``path``; ``error`` (one line naming the file) when it cannot be read, is
+    empty or is not JSON."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({os_reason(exc)})") from None
+    if not data.strip():
+        raise error(f"{path}: the file is empty")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise error(f"{path}: not valid JSON ({one_line(exc)})") from None

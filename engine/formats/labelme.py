@@ -49,7 +49,7 @@ from ..labels import VOID, LabelClass
 from ..store.scan import natural_key
 from ..store.store import AnnotationStore
 from .classnames import UNKNOWN_CHOICES, resolve_names
-from .common import FormatError, os_reason
+from .common import FormatError, os_reason, read_json
 from .exporter import (
     ExportReport,
     check_out,
@@ -86,16 +86,7 @@ class _Doc:
             self.problem = str(exc)
 
     def _parse(self, rel_dir: str) -> None:
-        try:
-            raw = self.path.read_bytes()
-        except OSError as exc:
-            raise SkipItem(f"{self.path}: cannot read ({os_reason(exc)})") from None
-        if not raw.strip():
-            raise SkipItem(f"{self.path}: the file is empty")
-        try:
-            doc = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise SkipItem(f"{self.path}: not valid JSON ({one_line(exc)})") from None
+        doc = read_json(self.path, SkipItem)
         if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
             raise SkipItem(f"{self.path}: not a labelme file (no 'shapes' list)")
         self.shapes = doc["shapes"]
