@@ -210,6 +210,10 @@ def _predict_shard(cfg: PrelabelConfig, plan: dict, rank: int, world: int,
         return
     predictor = Predictor(load_model(plan["weights"], arch=cfg.arch), device=_device(cfg, world),
                           max_side=cfg.max_side or DEFAULT_MAX_SIDE)
+    if plan.get("classes") is not None and list(plan["classes"]) != list(predictor.meta.class_names):
+        from .classmap import ClassMap
+        from .prelabel_store import fit_classes
+        predictor = fit_classes(predictor, ClassMap.by_name(list(predictor.meta.class_names), plan["classes"]))
     refine, params = None, None
     if cfg.crf:
         from .crf import CRFParams, refine

@@ -31,6 +31,7 @@ __all__ = [
     "PrelabelError",
     "StoreWriter",
     "check_class_lists",
+    "fit_classes",
     "failure_of",
     "is_done",
     "predict_for_store",
@@ -97,14 +98,33 @@ def trace(image_id: str) -> None:
         os.close(fd)
 
 
-def check_class_lists(store: Any, meta: Any) -> None:
-    """Refuse a model whose class list is not the folder's: its indices would mean other classes."""
-    if list(store.class_names) != list(meta.class_names):
+def check_class_lists(store: Any, meta: Any) -> Any:
+    """How the model's classes become the folder's: None when the lists are the same, else an
+    ``engine.ClassMap`` (by name, or index for index for a model without class names; see
+    :mod:`engine.classmap`).  A model none of whose classes the folder has is refused: every pixel
+    would be void."""
+    from .classmap import ClassMap
+    if list(store.class_names) == list(meta.class_names):
+        return None
+    cmap = ClassMap.by_name(list(meta.class_names), list(store.class_names))
+    if not cmap.matched:
         raise PrelabelError(
-            f"the folder's class list ({len(store.class_names)} classes: "
-            f"{', '.join(store.class_names[:4])}, ...) differs from the model's ({meta.num_classes}: "
-            f"{', '.join(meta.class_names[:4])}, ...); pre-label into --out DIR, or fine-tune a model "
-            "on this folder's classes")
+            f"none of the model's {meta.num_classes} classes ({', '.join(meta.class_names[:4])}, ...) is in "
+            f"the folder's class list ({len(store.class_names)}: {', '.join(store.class_names[:4])}, ...); "
+            "pre-label into --out DIR, or fine-tune a model on this folder's classes")
+    return cmap
+
+
+def fit_classes(predictor: Any, cmap: Any, warn: Callable[[str], Any] | None = None) -> Any:
+    """``predictor`` speaking the folder's classes through ``cmap`` (see :func:`check_class_lists`)."""
+    if cmap is None:
+        return predictor
+    if warn is not None:
+        warn(f"note: {cmap.describe()}")
+    if cmap.passes_through:
+        return predictor
+    from .classmap import MappedPredictor
+    return MappedPredictor(predictor, cmap)
 
 
 def _cache_tags(path: Path) -> dict | None:
@@ -231,7 +251,7 @@ def prelabel_in_store(store: Any, predictor: Any, refine: Callable[..., Any] | N
     Memory stays at :meth:`engine.predictor.Predictor.predict_with_probs`'s bound whatever the image
     size: the store keeps probabilities on a capped grid, and the CRF runs on that grid.
     """
-    check_class_lists(store, predictor.meta)
+    predictor = fit_classes(predictor, check_class_lists(store, predictor.meta), warn)
     todo, protected, done = prelabel_todo(store, model_id, overwrite=overwrite)
     writer = StoreWriter(store, model_id, overwrite=overwrite, warn=warn)
     writer.counts.protected, writer.counts.done_before, writer.counts.todo = protected, done, len(todo)

@@ -99,7 +99,9 @@ def plan_store(cfg: Any, stack: Any, writer: Writer, weights: Path, meta: Any) -
     store = stack.enter_context(AnnotationStore.open(cfg.folder, recursive=cfg.recursive or None))
     if store.notice:
         writer.warn(f"note: {store.notice}")
-    check_class_lists(store, meta)
+    cmap = check_class_lists(store, meta)
+    if cmap is not None:
+        writer.warn(f"note: {cmap.describe()}")
     mid = checkpoint_id(weights)  # the app keys its cache the same way
     writer.store = store
     writer.sink = StoreWriter(store, mid, overwrite=cfg.overwrite, warn=writer.warn)
@@ -109,7 +111,9 @@ def plan_store(cfg: Any, stack: Any, writer: Writer, weights: Path, meta: Any) -
     todo, protected, done = prelabel_todo(store, mid, overwrite=cfg.overwrite)
     c = writer.sink.counts
     c.protected, c.done_before, c.todo = protected, done, len(todo)
-    return {"items": [(i, str(store.image_path(i))) for i in todo], "model_id": mid, "spool": str(spool.folder)}
+    # Every rank maps the model's classes onto these (engine.prelabel_store.fit_classes), as one process does.
+    return {"items": [(i, str(store.image_path(i))) for i in todo], "model_id": mid, "spool": str(spool.folder),
+            "classes": list(store.class_names)}
 
 
 def plan_out(cfg: Any, writer: Writer, meta: Any) -> dict:

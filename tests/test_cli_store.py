@@ -49,11 +49,35 @@ def test_prelabel_into_store_keeps_what_a_person_drew(folder, ckpt, capsys):
         assert not (st.load_mask("b.png") == drawn).all()
 
 
-def test_prelabel_into_store_refuses_a_model_with_other_classes(folder, tmp_path, capsys):
+def test_prelabel_into_store_refuses_a_model_with_no_class_of_the_folders(folder, tmp_path, capsys):
+    path = tmp_path / "street.safetensors"
+    save_model(build_model("deeplabv3_mobilenet_v2", num_classes=3, class_names=["road", "sky", "wall"]), path)
+    assert main(["prelabel", str(folder), "--weights", str(path), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("deeplab-gui prelabel:")]
+    assert len(lines) == 1 and "class list" in lines[0] and "road" in lines[0]
+    with AnnotationStore.open(folder) as st:
+        assert st.status("a.png") is Status.UNLABELED
+
+
+def test_prelabel_into_store_maps_another_class_list_by_name(folder, tmp_path, capsys):
+    path = tmp_path / "street.safetensors"
+    save_model(build_model("deeplabv3_mobilenet_v2", num_classes=3, class_names=["road", "car", "person"]), path)
+    assert main(["prelabel", str(folder), "--weights", str(path), "--device", "cpu"]) == 0
+    assert "2 of the model's 3 classes match" in capsys.readouterr().err
+    with AnnotationStore.open(folder) as st:
+        names = st.class_names
+        assert set(np.unique(st.load_mask("a.png"))) <= {255, names.index("car"), names.index("person")}
+        assert st.load_probs("a.png").probs.shape[0] == len(names)
+
+
+def test_prelabel_with_an_unnamed_model_goes_index_for_index(folder, tmp_path, capsys):
     path = tmp_path / "five.safetensors"
     save_model(build_model("deeplabv3_mobilenet_v2", num_classes=5), path)
-    assert main(["prelabel", str(folder), "--weights", str(path), "--device", "cpu"]) == 1
-    assert "class list" in capsys.readouterr().err
+    assert main(["prelabel", str(folder), "--weights", str(path), "--device", "cpu"]) == 0
+    assert "no names" in capsys.readouterr().err
+    with AnnotationStore.open(folder) as st:
+        assert st.status("a.png") is Status.PRELABELED and st.load_mask("a.png").max() < 5
 
 
 def test_export_then_import_voc_from_the_command_line(folder, tmp_path, capsys):
