@@ -158,6 +158,10 @@ class MappedPredictor:
         pred = self.predictor.predict_with_probs(image, max_pixels=max_pixels)
         return type(pred)(self.class_map.labels(pred.labels), self.class_map.probs(pred.probs))
 
+    def predict_batch_with_probs(self, images: Sequence[Any], *, max_pixels: int | None = None) -> list[Any]:
+        preds = self.predictor.predict_batch_with_probs(images, max_pixels=max_pixels)
+        return [type(p)(self.class_map.labels(p.labels), self.class_map.probs(p.probs)) for p in preds]
+
     def predict_many(self, images: Iterable[Any], *, labels: bool = False, prediction: bool = False,
                      **kwargs: Any) -> Iterator[tuple[Any, Any]]:
         for key, result in self.predictor.predict_many(images, labels=labels, prediction=prediction, **kwargs):

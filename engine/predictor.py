@@ -48,6 +48,14 @@ Memory (README-ready)
     copy of the grid and its compressed file (each at most ``C×g×2`` bytes) and the mask's PNG
     encoding (about 2×H×W bytes).  :meth:`Predictor.memory_bound` computes the non-activation part for
     a given size.
+
+    A batch of N same-size images (:meth:`Predictor.predict_batch_with_probs`) needs N times each
+    per-image term except the upsampling workspace (the images are upsampled one after the other): N
+    results, N× the activations, N× the low-resolution probabilities and N× the network input (the
+    images are resized one by one and only their inference-size copies are stacked, so a batch of huge
+    photos never exists as one full-size array).  ``memory_bound(..., batch=N)`` computes it.  Out of
+    memory on a batch, the batch is predicted one image at a time (each with the fallbacks below), and
+    later batches are split in halves.
 """
 from __future__ import annotations
 
@@ -65,6 +73,7 @@ import torch.nn.functional as F
 
 from .errors import one_line
 from .imageio import read_image, to_rgb_uint8
+from .predict_batch import predict_batch as _predict_batch
 from .predict_many import predict_many as _predict_many
 from .probgrid import DEFAULT_TILE_ELEMENTS, argmax0_u8, probs_grid, resize_probs, upsample_bands
 
@@ -163,6 +172,7 @@ class Predictor:
         self.tta_scales = scales
         self.amp = bool(amp)
         self._amp_off = False   # set once half precision overflowed for this model (see _forward)
+        self.max_batch: int | None = None  # halved after a batch ran out of memory (engine.predict_batch)
         self.tile_elements = max(1024, int(tile_elements))
         self.model = model.eval()
         self.device = torch.device("cpu")
@@ -216,12 +226,13 @@ class Predictor:
                                      f"above {MAX_ASPECT_RATIO}:1)", path)
 
     def memory_bound(self, height: int, width: int, *, labels: bool = False,
-                     cache_pixels: int | None = None) -> int:
+                     cache_pixels: int | None = None, batch: int = 1) -> int:
         """Bytes needed beyond the input image and the network's activations (see module docstring).
 
         Includes the result (C×H×W float32; H×W uint8 when ``labels``; with ``cache_pixels``, what
         :meth:`predict_with_probs` returns for that cap: H×W uint8 plus C×min(H×W, cap) float32), three
-        low-resolution probability buffers, the resized input and the upsampling workspace.
+        low-resolution probability buffers, the resized input and the upsampling workspace.  ``batch``:
+        N same-size images at once (:meth:`predict_batch_with_probs`), N times all but the workspace.
         """
         c = self.num_classes
         h, w = self.inference_size(height, width)
@@ -234,7 +245,7 @@ class Predictor:
         lowres = int(3 * c * pixels * 4)            # accumulator, current scale, flipped pass
         network_input = int(pixels * 3 * (1 + 3 * 4))  # resized uint8 + three float32 temporaries
         workspace = 4 * self.tile_elements * 4 + height * 24
-        return result + lowres + network_input + workspace
+        return max(1, batch) * (result + lowres + network_input) + workspace
 
     # ------------------------------------------------------------------ public API
     def predict(self, image: np.ndarray | str | os.PathLike) -> np.ndarray:
@@ -275,10 +286,21 @@ class Predictor:
         low = self._lowres_probs(rgb)
         height, width = rgb.shape[:2]
         del rgb  # the caller's image may go while the grid is computed
-        labels = self._labels(low, height, width)
-        grid = probs_grid(height, width, max_pixels)
-        probs = low.numpy() if tuple(low.shape[1:]) == grid else resize_probs(low, grid, self.tile_elements)
-        return Prediction(labels, probs)
+        return self._prediction(low, height, width, max_pixels)
+
+    def predict_batch_with_probs(self, images: Sequence[np.ndarray], *,
+                                 max_pixels: int | None = None) -> list[Prediction]:
+        """:meth:`predict_with_probs` of several images of one size, with one network call for them all.
+
+        ``images``: H×W×3 uint8 arrays (or any form :meth:`predict_with_probs` takes), all of the same
+        H×W (callers group them; a mixed list raises ``ValueError``).  Returns one :class:`Prediction`
+        per image, in order, equal (within float rounding) to :meth:`predict_with_probs` of each.  The
+        inputs are stacked at the inference size (N×3×h×w; channels_last and fp16 on CUDA), so a GPU
+        is kept busy by small images; half-precision overflow is checked for the batch as a whole.  Out
+        of memory, the batch is predicted one image at a time.  Memory: N times the per-image bound
+        (module docstring, ``memory_bound(..., batch=N)``).
+        """
+        return _predict_batch(self, images, max_pixels)
 
     def predict_many(self, images: Iterable[Any], *, progress: Callable[[int, int | None], Any] | None = None,
                      cancel: Callable[[], bool] | Any = None, labels: bool = False, prediction: bool = False,
@@ -305,6 +327,13 @@ class Predictor:
             rgb = to_rgb_uint8(image)
             self.check_image_size(*rgb.shape[:2])
         return rgb
+
+    def _prediction(self, low: torch.Tensor, height: int, width: int, max_pixels: int | None) -> Prediction:
+        """Labels at height×width and probabilities on the capped grid from C×h×w probabilities."""
+        labels = self._labels(low, height, width)
+        grid = probs_grid(height, width, max_pixels)
+        probs = low.numpy() if tuple(low.shape[1:]) == grid else resize_probs(low, grid, self.tile_elements)
+        return Prediction(labels, probs)
 
     def _labels(self, low: torch.Tensor, height: int, width: int) -> np.ndarray:
         if low.shape[0] > 255:
@@ -352,10 +381,13 @@ class Predictor:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    @torch.inference_mode()
     def _run(self, rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        # H×W×3 uint8 viewed as 1×3×H×W (channels_last, no copy); resized in uint8 on the CPU so a huge
-        # image never exists as float.
+        """C×h×w float32 CPU probabilities of one image at the inference size ``size``."""
+        return self._run_many([rgb], size)[0]
+
+    @staticmethod
+    def _u8_view(rgb: np.ndarray) -> torch.Tensor:
+        """H×W×3 uint8 viewed as 1×3×H×W (channels_last, no copy)."""
         if rgb.flags.writeable:
             src = torch.from_numpy(rgb)
         else:
@@ -364,13 +396,24 @@ class Predictor:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*not writable.*")
                 src = torch.from_numpy(rgb)
-        src = src.permute(2, 0, 1).unsqueeze(0)
+        return src.permute(2, 0, 1).unsqueeze(0)
+
+    @torch.inference_mode()
+    def _run_many(self, rgbs: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+        """N×C×h×w float32 CPU probabilities of N same-size images, one network call per TTA pass.
+
+        Each image is resized in uint8 on the CPU on its own, so a huge image never exists as float and
+        only the inference-size copies are stacked.
+        """
+        srcs = [self._u8_view(rgb) for rgb in rgbs]
         h, w = size
         acc: torch.Tensor | None = None
         n = 0
         for s in self.tta_scales:
             ss = (max(MIN_IMAGE_SIDE, round(h * s)), max(MIN_IMAGE_SIDE, round(w * s)))
-            x = self._resize_u8(src, ss)
+            parts = [self._resize_u8(src, ss) for src in srcs]
+            x = parts[0] if len(parts) == 1 else torch.cat(parts)
+            del parts
             probs = self._forward(x)
             if self.tta_flip:
                 probs = probs + self._forward(x.flip(-1)).flip(-1)
@@ -382,7 +425,7 @@ class Predictor:
             del x, probs
         assert acc is not None
         acc = acc / n
-        return acc[0].to("cpu", torch.float32).contiguous()
+        return acc.to("cpu", torch.float32).contiguous()
 
     @staticmethod
     def _resize_u8(src: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -392,7 +435,7 @@ class Predictor:
         return F.interpolate(src, size=size, mode="bilinear", align_corners=False, antialias=True)
 
     def _forward(self, x_u8: torch.Tensor) -> torch.Tensor:
-        """1×3×h×w uint8 (CPU) -> 1×C×h×w float32 probabilities on the device."""
+        """N×3×h×w uint8 (CPU) -> N×C×h×w float32 probabilities on the device."""
         dev = self.device
         x = x_u8.to(dev, non_blocking=True).float()
         x = x.index_select(1, self._order)
@@ -404,7 +447,7 @@ class Predictor:
         if use_amp and not bool(torch.isfinite(logits).all()):
             # fp16 tops out at 65504: a model whose activations grow past it (seen with a ResNet-101 at
             # random weights; possible with odd fine-tunes) gives inf/NaN, i.e. garbage labels.  Redo this
-            # image in float32 and keep this model in float32 from now on.
+            # image (or batch) in float32 and keep this model in float32 from now on.
             self._amp_off = True
             warnings.warn(f"half precision overflowed on {dev} for this model; running it in float32 from now on",
                           RuntimeWarning, stacklevel=4)
@@ -436,7 +479,7 @@ class Predictor:
                 y1, x1 = max(y2 - crop_h, 0), max(x2 - crop_w, 0)
                 part = self._logits(x[:, :, y1:y2, x1:x2], use_amp).float()
                 if total is None:
-                    total = torch.zeros((1, part.shape[1], h, w), device=x.device)
+                    total = torch.zeros((part.shape[0], part.shape[1], h, w), device=x.device)
                 total[:, :, y1:y2, x1:x2] += part
                 count[:, :, y1:y2, x1:x2] += 1
                 del part
