@@ -3,12 +3,14 @@
 A generated folder (default 40 photo-like images of 375x500) is pre-labelled by a model with random
 weights (default ``deeplabv3_mobilenet_v2``, 21 classes: speed does not depend on the weights) with 1
 and 2 processes on the CPU, or, with ``--device cuda``, with 1 process and one per GPU (CUDA rows
-only).  Each run starts from an empty store.  Reported per run: the steady rate (images/s between the
+only).  ``--batch B`` passes ``--batch B`` to every run (images of one size through the network B
+at a time; default: the command's own, 8 with CUDA and 1 on the CPU).  Each run starts from an empty store.  Reported per run: the steady rate (images/s between the
 first and the last prediction, from the runs' trace of predictions, so start-up is not counted), the
 whole job's wall time including start-up, and the rate per process (per GPU on CUDA).  Prints a table
 and writes ``benchmarks/results/prelabel_<device>.json``.
 
     python benchmarks/bench_prelabel.py [--device cpu|cuda] [--images 40] [--size 375x500] [--procs 1,2]
+                                        [--batch B]
 """
 from __future__ import annotations
 
@@ -45,13 +47,14 @@ def _photo(h: int, w: int, seed: int) -> np.ndarray:
 
 
 def _run(folder: Path, ckpt: Path, procs: int, device: str, loader_workers: int, threads: int | None,
-         trace: Path) -> dict:
+         trace: Path, batch: int | None = None) -> dict:
     from engine.prelabel_store import TRACE_ENV
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=path, TQDM_DISABLE="1", **{TRACE_ENV: str(trace)})
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     args = [str(folder), "--weights", str(ckpt), "--device", device, "--loader-workers", str(loader_workers)]
+    args += ["--batch", str(batch)] if batch else []
     if procs == 1:
         cmd = [sys.executable, "-m", "engine.prelabel", *args]
     else:
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", default=None, help="process counts (default: 1,2 on the CPU; 1 and one per GPU)")
     ap.add_argument("--loader-workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the runs (CPU)")
+    ap.add_argument("--batch", type=int, default=None, metavar="B",
+                    help="images per network call (default: the command's, 8 with CUDA, 1 on the CPU)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     import torch
@@ -109,12 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         for n in procs:
             folder = tmp_path / f"run{n}"
             shutil.copytree(src, folder)
-            row = _run(folder, ckpt, n, a.device, a.loader_workers, a.threads, tmp_path / f"trace{n}.txt")
+            row = _run(folder, ckpt, n, a.device, a.loader_workers, a.threads, tmp_path / f"trace{n}.txt",
+                       a.batch)
             if a.device == "cuda":
                 row["gpus"] = min(n, gpus)
             rows.append(row)
     base = rows[0]["images_per_s"] if rows else float("nan")
-    print(f"pre-labelling {a.images} images {w}x{h}, {a.arch}, into the store, {a.device}"
+    print(f"pre-labelling {a.images} images {w}x{h}, {a.arch}, into the store, {a.device}, "
+          f"batch {a.batch or ('default (8)' if a.device == 'cuda' else 'default (1)')}"
           f" ({os.cpu_count()} CPU cores{f', {gpus} GPU(s)' if gpus else ''})")
     print(f"{'processes':>9} {'images/s':>9} {'per proc':>9} {'speed-up':>9} {'wall s':>7} {'job img/s':>10}")
     for r in rows:
@@ -126,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": a.device, "gpu": torch.cuda.get_device_name(0) if gpus else None, "gpus": gpus,
         "cpu_cores": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
         "arch": a.arch, "images": a.images, "size_hw": [h, w], "loader_workers": a.loader_workers,
-        "threads": a.threads, "rows": rows}, indent=2) + "\n")
+        "threads": a.threads, "batch": a.batch or (8 if a.device == "cuda" else 1), "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

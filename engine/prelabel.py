@@ -1,5 +1,5 @@
 """Pre-labelling a folder with several processes: ``torchrun --nproc_per_node=N -m engine.prelabel FOLDER
---weights W [--crf] [--out DIR] [--loader-workers K]`` (``deeplab-gui prelabel ... --workers N`` starts
+--weights W [--crf] [--out DIR] [--loader-workers K] [--batch B]`` (``deeplab-gui prelabel ... --workers N`` starts
 the same ranks on one machine).
 
 Who does what
@@ -18,13 +18,25 @@ Per rank
     and is recorded in the store like the one-process command does.  The Predictor runs on
     ``cuda:LOCAL_RANK`` with CUDA (fp16 autocast and channels_last there), else on the CPU with the
     cores split between the ranks of the machine.  The CRF (``--crf``) runs on the store's capped
-    probability grid.  Images are predicted one at a time: the Predictor has no batched path.
+    probability grid.
+
+Batches
+    ``--batch B`` (default 8 with CUDA, where small images leave the GPU idle between launches, 1 on
+    the CPU, where a batch gains little) gathers up to B consecutive images of the same size and runs
+    them through the network together (:meth:`engine.predictor.Predictor.predict_batch_with_probs`).
+    An image of another size or one that could not be read ends the group early, so a folder of mixed
+    sizes simply runs in smaller batches.  The CRF, the hand-over and the trace stay per image, and the
+    results are those of ``--batch 1`` (within float rounding).  A batch that fails for another reason
+    than memory is redone one image at a time, so each image gets its own result or error.
 
 Memory
-    A rank holds at most the Predictor's bound for one image (:meth:`engine.predictor.Predictor.
-    predict_with_probs`: labels at full size, probabilities on the capped grid, banded upsampling; a
-    huge photo never has C×H×W values anywhere), the images its loader has decoded ahead (one per loader
-    worker), and one result; a rank with ``--spool-limit`` results not yet taken by rank 0 waits.
+    A rank holds at most the Predictor's bound for a batch (:meth:`engine.predictor.Predictor.
+    memory_bound` with ``batch=B``: B times one image's labels at full size, probabilities on the
+    capped grid and network activations; banded upsampling, so a huge photo never has C×H×W values
+    anywhere), the B images of the batch being gathered plus those its loader has decoded ahead (one
+    per loader worker), and one batch of results; a rank with ``--spool-limit`` results not yet taken
+    by rank 0 waits.  Out of memory on a batch, its images are predicted one at a time and later
+    batches are halved.
 
 Cancel and resume
     Ctrl-C, or SIGTERM from torchrun, stops every rank: rank 0 leaves a ``stop`` mark that the others
@@ -63,6 +75,7 @@ class PrelabelConfig:
     overwrite: bool = False
     loader_workers: int = 2
     spool_limit: int = 4
+    batch: int | None = None  # None: 8 with CUDA, 1 otherwise (see "Batches")
 
 
 class _Stop(Exception):
@@ -84,13 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes reading and decoding images for each rank (0: in the rank itself)")
     p.add_argument("--spool-limit", type=int, default=4, metavar="N",
                    help="results a rank may hand over before it waits for rank 0")
+    p.add_argument("--batch", type=int, default=None, metavar="B",
+                   help="images of the same size run through the network together (default: 8 with CUDA, "
+                        "1 on the CPU)")
     return p
 
 
 def _config(ns: argparse.Namespace) -> PrelabelConfig:
     return PrelabelConfig(Path(ns.folder), ns.weights, ns.arch, ns.crf, Path(ns.out) if ns.out else None,
                           ns.device, ns.max_side, ns.recursive, ns.overwrite, max(0, ns.loader_workers),
-                          max(1, ns.spool_limit))
+                          max(1, ns.spool_limit), None if ns.batch is None else max(1, ns.batch))
 
 
 # ---------------------------------------------------------------------------------------- ranks
@@ -219,20 +235,67 @@ def _predict_shard(cfg: PrelabelConfig, plan: dict, rank: int, world: int,
         from .crf import CRFParams, refine
         params = CRFParams()
     mid = plan["model_id"]
-    for image_id, rgb, failure, sig in _loader(items, cfg.loader_workers):
-        if stopped():
-            raise _Stop
+    batch = cfg.batch or (8 if predictor.device.type == "cuda" else 1)
+
+    def send(image_id: str, rgb: Any, failure: Any, sig: Any, pred: Any = None) -> None:
         labels = probs = None
         if failure is None:
             try:
-                labels, probs = predict_for_store(predictor, rgb.numpy(), refine, params)
+                labels, probs = predict_for_store(predictor if pred is None else _Computed(predictor, pred),
+                                                  rgb.numpy(), refine, params)
                 trace(image_id)
             except Exception as exc:  # reported per image; the shard goes on
                 failure = failure_of(image_id, exc)
-        del rgb
+        del rgb, pred
         message, reason = failure if failure is not None else (None, None)
         deliver(SpoolResult(image_id, mid, sig, labels, probs, message, reason))
-        del labels, probs
+
+    group: list[tuple[str, Any, Any]] = []  # consecutive images of one size, read without failure
+
+    def flush() -> None:
+        preds: list[Any] = [None] * len(group)
+        if len(group) > 1:
+            try:
+                preds = predictor.predict_batch_with_probs([rgb.numpy() for _, rgb, _ in group])
+            except Exception:  # redone one image at a time below: each gets its own result or error
+                preds = [None] * len(group)
+        while group:
+            if stopped():
+                raise _Stop
+            image_id, rgb, sig = group.pop(0)
+            send(image_id, rgb, None, sig, preds.pop(0))
+            del rgb
+
+    for image_id, rgb, failure, sig in _loader(items, cfg.loader_workers):
+        if stopped():
+            raise _Stop
+        if group and (failure is not None or tuple(rgb.shape) != tuple(group[0][1].shape)):
+            flush()
+        if failure is not None:
+            send(image_id, None, failure, sig)
+            continue
+        group.append((image_id, rgb, sig))
+        del rgb
+        if len(group) >= batch:
+            flush()
+    flush()
+
+
+class _Computed:
+    """The predictor, with one image's prediction already made by a batch: ``predict_for_store`` takes
+    it from here, so the CRF and everything after the network run per image exactly as with batch 1."""
+
+    def __init__(self, predictor: Any, prediction: Any) -> None:
+        self._predictor = predictor
+        self._prediction = prediction
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._predictor, name)
+
+    def predict_with_probs(self, image: Any, *, max_pixels: int | None = None) -> Any:
+        if max_pixels is not None:  # the batch made the store's grid; any other grid is predicted anew
+            return self._predictor.predict_with_probs(image, max_pixels=max_pixels)
+        return self._prediction
 
 
 # ---------------------------------------------------------------------------------------- rank 0

@@ -158,3 +158,50 @@ def test_mapped_predictor_maps_every_result_of_a_batch():
     _assert_same(batch, single)
     assert all(b.probs.shape[0] == 3 for b in batch)
     assert set(np.unique(np.concatenate([b.labels.ravel() for b in batch]))) <= {0, 2, 255}
+
+
+@pytest.mark.parametrize("crf", [False, True])
+def test_prelabel_shard_batches_consecutive_same_size_images(tmp_path, monkeypatch, crf):
+    """engine.prelabel groups consecutive images of one size (another size or an unreadable file ends a
+    group) and hands over per image exactly what batch 1 hands over, with the CRF per image too."""
+    from PIL import Image
+
+    from engine import build_model, save_model
+    from engine.prelabel import PrelabelConfig, _predict_shard
+
+    torch.manual_seed(0)
+    ckpt = save_model(build_model("deeplabv3_mobilenet_v2", num_classes=21), tmp_path / "m.safetensors")
+    sizes = {"a0": (24, 32), "a1": (24, 32), "a2": (24, 32), "a3": (24, 32), "a4": (24, 32), "a5": None,
+             "a6": (30, 20), "a7": (30, 20), "a8": (24, 32), "a9": (24, 32)}
+    items = []
+    for k, (name, size) in enumerate(sizes.items()):
+        path = tmp_path / f"{name}.png"
+        if size is None:
+            path.write_bytes(b"not a png")
+        else:
+            Image.fromarray(_images(1, *size, seed=k)[0]).save(path)
+        items.append((name, str(path)))
+    calls: list[int] = []
+    real = Predictor.predict_batch_with_probs
+
+    def recording(self, images, **kw):
+        calls.append(len(images))
+        return real(self, images, **kw)
+
+    monkeypatch.setattr(Predictor, "predict_batch_with_probs", recording)
+    plan = {"items": items, "weights": str(ckpt), "model_id": "m"}
+    results = {}
+    for batch in (4, 1):
+        got: list = []
+        cfg = PrelabelConfig(tmp_path, str(ckpt), device="cpu", loader_workers=0, batch=batch,
+                              crf=crf)
+        _predict_shard(cfg, plan, 0, 1, got.append, lambda: False)
+        results[batch] = got
+    assert calls == [4, 2, 2]  # a0-a3; a4 alone (the broken a5 ends its group); a6-a7; a8-a9
+    assert [r.image_id for r in results[4]] == [r.image_id for r in results[1]] == list(sizes)
+    for b4, b1 in zip(results[4], results[1]):
+        assert (b4.message is None) == (b1.message is None) and b4.reason == b1.reason
+        if b1.labels is not None:
+            np.testing.assert_allclose(b4.probs, b1.probs, atol=1e-5)
+            assert (b4.labels == b1.labels).mean() > 0.999
+    assert results[4][5].message is not None and results[4][5].labels is None

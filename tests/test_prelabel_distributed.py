@@ -242,3 +242,25 @@ def test_out_dir_with_two_workers_holds_what_one_process_writes(tmp_path, ckpt):
             assert a.mode == b.mode == "P" and a.getpalette() == b.getpalette()
             np.testing.assert_array_equal(np.array(a), np.array(b))
     assert {r for r, _ in _trace(tmp_path / "two.txt")} == {"0", "1"}
+
+
+def test_one_rank_with_batches_writes_what_batch_one_writes(tmp_path, ckpt):
+    """--batch 4 groups consecutive same-size images (two of another size and the unreadable file end
+    groups early) and the store holds what --batch 1 writes."""
+    from engine import checkpoint_id
+    drawn = _folder(tmp_path / "b4")
+    for k, image_id in ((6, "img06.png"), (7, "img07.png")):
+        Image.fromarray(_photo(30, 20, 100 + k)).save(tmp_path / "b4" / image_id)
+    shutil.copytree(tmp_path / "b4", tmp_path / "b1")
+    base = [sys.executable, "-m", "engine.prelabel", "--weights", str(ckpt), "--device", "cpu", "--loader-workers", "1"]
+    for name in ("b4", "b1"):
+        run = subprocess.run(base + [str(tmp_path / name), "--batch", name[1:]], env=_env(tmp_path / f"{name}.txt"),
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+        assert "18 pre-labeled, 2 kept" in run.stderr and "1 failed" in run.stderr, run.stderr[-2000:]
+    assert sorted(i for _, i in _trace(tmp_path / "b4.txt")) == sorted(i for _, i in _trace(tmp_path / "b1.txt"))
+    b4, b1 = _contents(tmp_path / "b4", checkpoint_id(ckpt)), _contents(tmp_path / "b1", checkpoint_id(ckpt))
+    _assert_same_store(b4, b1)
+    assert b4["img06.png"][1].shape == (30, 20) and b4["img05.png"][1].shape == (24, 32)
+    for image_id, mask in drawn.items():
+        np.testing.assert_array_equal(b4[image_id][1], mask)
