@@ -19,7 +19,7 @@ __all__ = ["predict_batch"]
 
 def predict_batch(predictor: Any, images: Sequence[Any], max_pixels: int | None) -> list[Any]:
     """See :meth:`engine.predictor.Predictor.predict_batch_with_probs`."""
-    from .predictor import _is_oom
+    _is_oom = predictor.is_oom
 
     rgbs = [predictor._as_rgb(image) for image in images]
     if not rgbs:

@@ -152,6 +152,8 @@ class Predictor:
     inference size.  ``amp``: fp16 autocast on CUDA (also channels_last and cudnn.benchmark there).
     """
 
+    is_oom = staticmethod(_is_oom)   # for engine.predict_batch, which must not import this module
+
     def __init__(self, model: nn.Module, device: str | torch.device | None = None, *,
                  max_side: int | None = DEFAULT_MAX_SIDE, tta_flip: bool = False,
                  tta_scales: Sequence[float] = (1.0,), amp: bool = True,
