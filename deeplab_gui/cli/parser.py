@@ -76,6 +76,9 @@ def build_parser(*, formats: bool = False) -> argparse.ArgumentParser:
     pl.add_argument("--workers", type=int, default=1, metavar="N",
                     help="predict with N processes on this machine (as torchrun -m engine.prelabel does; "
                          "one GPU each when there are enough)")
+    pl.add_argument("--batch", type=int, default=None, metavar="B",
+                    help="with --workers: images of the same size run through the network together "
+                         "(default: 8 with CUDA, 1 on the CPU)")
     pl.set_defaults(func=_cmd_prelabel)
 
     t = sub.add_parser("train", help="fine-tune on the folder's corrected masks",
@@ -218,6 +221,7 @@ def _prelabel_workers(args: argparse.Namespace) -> int:
     argv += ["--arch", args.arch] if args.arch else []
     argv += ["--out", args.out] if args.out else []
     argv += ["--max-side", str(args.max_side)] if args.max_side else []
+    argv += ["--batch", str(args.batch)] if args.batch else []
     argv += [flag for flag, on in (("--crf", args.crf), ("--recursive", args.recursive),
                                    ("--overwrite", args.overwrite)) if on]
     return launch_local(argv, args.workers)
