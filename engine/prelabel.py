@@ -247,8 +247,15 @@ def _predict_shard(cfg: PrelabelConfig, plan: dict, rank: int, world: int,
             except Exception as exc:  # reported per image; the shard goes on
                 failure = failure_of(image_id, exc)
         del rgb, pred
+        probs_file = None
+        if mid and probs is not None and sig is not None:
+            # The cache file is made here, by whichever rank predicted: its deflate was rank 0's (the one
+            # writer's) bottleneck, ~2/3 of each store write.
+            from .store.probcache import ImageSignature, encode_probs
+            probs_file = encode_probs(probs, model_id=mid, signature=ImageSignature(**sig))
+            probs = None
         message, reason = failure if failure is not None else (None, None)
-        deliver(SpoolResult(image_id, mid, sig, labels, probs, message, reason))
+        deliver(SpoolResult(image_id, mid, sig, labels, probs, message, reason, probs_file))
 
     group: list[tuple[str, Any, Any]] = []  # consecutive images of one size, read without failure
 

@@ -46,6 +46,7 @@ class SpoolResult:
     probs: np.ndarray | None = None
     message: str | None = None      # one line, for a failure
     reason: str | None = None       # what the store keeps about an unreadable or too small image
+    probs_file: bytes | None = None  # the probabilities' cache file, made by the predicting rank
 
     @property
     def failed(self) -> bool:
@@ -69,6 +70,8 @@ class Spool:
             arrays["labels"] = np.ascontiguousarray(result.labels, dtype=np.uint8)
         if result.probs is not None:
             arrays["probs"] = np.asarray(result.probs, dtype=np.float16)
+        if result.probs_file is not None:
+            arrays["probs_file"] = np.frombuffer(result.probs_file, dtype=np.uint8)
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # uncompressed: the store compresses once, on ingest
         self._seq += 1
@@ -106,8 +109,9 @@ class Spool:
                 meta = json.loads(str(z["meta"][()]))
                 labels = z["labels"] if "labels" in z.files else None
                 probs = z["probs"] if "probs" in z.files else None
+                probs_file = z["probs_file"].tobytes() if "probs_file" in z.files else None
             return SpoolResult(str(meta["id"]), str(meta.get("model_id", "")), meta.get("image"),
-                               labels, probs, meta.get("message"), meta.get("reason"))
+                               labels, probs, meta.get("message"), meta.get("reason"), probs_file)
         except (OSError, ValueError, KeyError, EOFError):
             return None
 

@@ -203,12 +203,14 @@ class StoreWriter:
         self.counts.warnings.append(line)
         self._warn(line)
 
-    def put(self, image_id: str, labels: np.ndarray, probs: np.ndarray | None) -> bool:
-        """Save one prediction (never over a person's mask unless ``overwrite``); True when written."""
+    def put(self, image_id: str, labels: np.ndarray, probs: np.ndarray | None,
+            probs_file: bytes | None = None) -> bool:
+        """Save one prediction (never over a person's mask unless ``overwrite``); True when written.
+        ``probs_file``: the probabilities' cache file already made (``encode_probs``) instead of ``probs``."""
         from .errors import one_line
         try:
             if self.store.save_prediction(image_id, labels, probs=probs, model_id=self.model_id,
-                                          overwrite=self.overwrite):
+                                          overwrite=self.overwrite, probs_file=probs_file):
                 self.counts.written += 1
                 self.store.record_error(image_id, None)
                 return True

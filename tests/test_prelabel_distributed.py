@@ -281,3 +281,28 @@ def test_workers_pass_batch_and_options_to_every_rank(tmp_path, ckpt, monkeypatc
                  "--batch", "4", "--crf"]) == 0
     (argv, n), = seen
     assert n == 2 and argv[argv.index("--batch") + 1] == "4" and "--crf" in argv
+
+
+def test_a_cache_file_made_by_a_rank_stores_what_the_store_would_make(tmp_path):
+    from engine.prelabel_spool import SpoolResult
+    from engine.store.probcache import ImageSignature, encode_probs
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(folder / name)
+    probs = np.random.default_rng(0).dirichlet(np.ones(21), size=(12, 16)).astype(np.float32).transpose(2, 0, 1)
+    labels = probs.argmax(0).astype(np.uint8)
+    sig = ImageSignature.of(folder / "a.png")
+    spool = Spool(tmp_path / "spool", 1)
+    spool.reset()
+    spool.put(SpoolResult("a.png", "m", sig.to_dict(), labels, None, probs_file=encode_probs(
+        probs, model_id="m", signature=sig)))
+    got = Spool.read(next(iter(spool.ready())))
+    assert got.probs is None and got.probs_file is not None and (got.labels == labels).all()
+    with AnnotationStore.open(folder) as st:
+        assert st.save_prediction("a.png", got.labels, model_id="m", probs_file=got.probs_file)
+        assert st.save_prediction("b.png", labels, probs=probs, model_id="m")
+        a, b = st.load_probs("a.png", "m"), st.load_probs("b.png", "m")
+        assert a is not None and b is not None and is_done(st, "a.png", "m")
+        np.testing.assert_array_equal(a.probs, b.probs)

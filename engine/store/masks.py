@@ -199,8 +199,9 @@ class MaskMethods:
         return status not in PROTECTED
 
     def save_prediction(self, image_id: str, mask: np.ndarray, *, probs: np.ndarray | None = None,
-                        model_id: str = "", overwrite: bool = False) -> bool:
-        """Store a model's mask (and optionally its probabilities) as ``prelabeled``.
+                        model_id: str = "", overwrite: bool = False, probs_file: bytes | None = None) -> bool:
+        """Store a model's mask (and optionally its probabilities, or their cache file already made by
+        ``engine.store.probcache.encode_probs``: ``probs_file``) as ``prelabeled``.
 
         Returns False, writing nothing, when the image holds an edited or reviewed mask and
         ``overwrite`` is False.  This is what ``deeplab-gui prelabel FOLDER`` (no ``--out``) calls.
@@ -229,7 +230,9 @@ class MaskMethods:
                 raise _write_error(exc, f"the prediction for {image_id}") from exc
             if old is not Status.PRELABELED:
                 self._drop_confirmed(image_id)  # the person's map described the mask just replaced
-        if probs is not None:
+        if probs_file is not None:
+            self.save_probs_file(image_id, probs_file, model_id=model_id)
+        elif probs is not None:
             self.save_probs(image_id, probs, model_id=model_id)
         return True
 

@@ -24,6 +24,7 @@ changed (the file was edited or replaced) or when it came from another model tha
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import one_line
-from ..fileio import atomic_output
+from ..fileio import atomic_write_bytes
 from ..probgrid import normalise_, probs_grid, resize_plane
 from .format import sidecar_path
 
@@ -70,10 +71,22 @@ class CachedProbs:
 def save_probs(path: str | os.PathLike, probs: np.ndarray, *, model_id: str,
                signature: ImageSignature, compress_level: int = 1, max_pixels: int | None = None) -> int:
     """Write ``probs`` (C×h×w float, any float dtype) as float16 to ``path`` atomically; returns bytes.
+    See :func:`encode_probs`."""
+    data = encode_probs(probs, model_id=model_id, signature=signature, compress_level=compress_level,
+                        max_pixels=max_pixels)
+    atomic_write_bytes(path, data)
+    return len(data)
+
+
+def encode_probs(probs: np.ndarray, *, model_id: str, signature: ImageSignature, compress_level: int = 1,
+                 max_pixels: int | None = None) -> bytes:
+    """The cache file's bytes for ``probs``: what :func:`save_probs` writes.  Pure (no store, no lock), so
+    the costly part (float16 planes, deflate) can run anywhere, e.g. in the process that predicted.
 
     A map larger than ``max_pixels`` (default: :func:`engine.probgrid.probs_max_pixels`) is shrunk to
     its capped grid first.  ``compress_level`` 1: float16 noise bits compress about as well at level 1
     as at 9, at a fraction of the time, and the write happens while the user waits for the CRF preview.
+    The bytes are at most the float16 grid's size plus a few hundred bytes.
     """
     p = probs if isinstance(probs, np.ndarray) else np.asarray(probs)
     if p.ndim != 3 or 0 in p.shape:
@@ -83,20 +96,19 @@ def save_probs(path: str | os.PathLike, probs: np.ndarray, *, model_id: str,
     grid = probs_grid(p.shape[1], p.shape[2], max_pixels)
     shape = (p.shape[0],) + grid
     meta = {"format": FORMAT, "model_id": str(model_id), "image": signature.to_dict(), "shape": list(shape)}
-    with atomic_output(path) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compress_level) as zf:
-            with zf.open("probs.npy", "w", force_zip64=True) as fh:
-                np.lib.format.write_array_header_1_0(
-                    fh, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f2")), "fortran_order": False,
-                         "shape": shape})
-                for k in range(shape[0]):
-                    plane = p[k] if grid == p.shape[1:] else resize_plane(p[k], grid)
-                    # Bytes, not a 2-D view: the zip writer counts len(data) as the byte length.
-                    fh.write(memoryview(np.ascontiguousarray(plane, dtype="<f2")).cast("B"))
-            with zf.open("meta.npy", "w") as fh:
-                np.lib.format.write_array(fh, np.array(json.dumps(meta)), allow_pickle=False)
-        size = os.path.getsize(tmp)
-    return size
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compress_level) as zf:
+        with zf.open("probs.npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f2")), "fortran_order": False,
+                     "shape": shape})
+            for k in range(shape[0]):
+                plane = p[k] if grid == p.shape[1:] else resize_plane(p[k], grid)
+                # Bytes, not a 2-D view: the zip writer counts len(data) as the byte length.
+                fh.write(memoryview(np.ascontiguousarray(plane, dtype="<f2")).cast("B"))
+        with zf.open("meta.npy", "w") as fh:
+            np.lib.format.write_array(fh, np.array(json.dumps(meta)), allow_pickle=False)
+    return buf.getvalue()
 
 
 def _read_exact(fh, n: int) -> bytes:
@@ -210,9 +222,14 @@ class ProbCache:
         return sidecar_path(self.folder, image_id, ".npz")
 
     def save(self, image_id: str, probs: np.ndarray, *, model_id: str, signature: ImageSignature) -> None:
+        self.save_encoded(image_id, encode_probs(probs, model_id=model_id, signature=signature), model_id=model_id)
+
+    def save_encoded(self, image_id: str, data: bytes, *, model_id: str) -> None:
+        """Write a file :func:`encode_probs` made (for this image and ``model_id``) and index it."""
         path = self.path(image_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        size = save_probs(path, probs, model_id=model_id, signature=signature)
+        atomic_write_bytes(path, data)
+        size = len(data)
         if self.db is not None:
             self.db.execute("INSERT OR REPLACE INTO probs VALUES(?, ?, ?, ?)",
                             (image_id, str(model_id), size, time.time()))

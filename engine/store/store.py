@@ -50,7 +50,7 @@ from .format import check_id as _check_id
 from .format import write_error as _write_error
 from .lock import InstanceLock, StoreLockedError
 from .masks import MaskMethods
-from .probcache import CachedProbs, ImageSignature, ProbCache
+from .probcache import CachedProbs, ImageSignature, ProbCache, encode_probs
 from .repair import RepairMethods
 from .scan import ScanResult, natural_key, scan_folder
 
@@ -311,12 +311,20 @@ class AnnotationStore(MaskMethods, RepairMethods, EffortMethods, EmbeddingMethod
 
     def save_probs(self, image_id: str, probs: np.ndarray, *, model_id: str,
                    signature: ImageSignature | None = None) -> None:
-        """Cache C×H×W probabilities for ``image_id``; ``signature`` defaults to the image's stat now."""
+        """Cache C×H×W probabilities for ``image_id``; ``signature`` defaults to the image's stat now.
+        The file is made (float16, deflate: the slow part) before the store's lock is taken, so writers
+        on several threads compress side by side."""
+        self._writable()
+        sig = signature or ImageSignature.of(self.image_path(image_id))
+        self.save_probs_file(image_id, encode_probs(probs, model_id=model_id, signature=sig), model_id=model_id)
+
+    def save_probs_file(self, image_id: str, data: bytes, *, model_id: str) -> None:
+        """Cache a probability file already made by :func:`engine.store.probcache.encode_probs` for this
+        image and ``model_id`` (e.g. by the process that predicted it); written atomically and indexed."""
         with self._mutex:
             self._writable()
-            sig = signature or ImageSignature.of(self.image_path(image_id))
             try:
-                self._probs.save(image_id, probs, model_id=model_id, signature=sig)
+                self._probs.save_encoded(image_id, data, model_id=model_id)
             except (OSError, sqlite3.OperationalError) as exc:
                 err = exc if isinstance(exc, OSError) else OSError(errno.EIO, str(exc))
                 raise _write_error(err, f"the probabilities of {image_id}") from exc
