@@ -49,11 +49,12 @@ from .classnames import UNKNOWN_CHOICES, resolve_names
 from .common import FormatError, os_reason, read_json
 from .exporter import (
     ExportReport,
+    ExportSkip,
     check_out,
-    export_items,
     image_bytes,
     open_source,
     prepare_out,
+    run_export,
 )
 from .importer import ImportSource, SkipItem, SourceItem
 from .registry import FormatOption, LabelFormat, register
@@ -253,40 +254,31 @@ def export_coco(source: AnnotationStore | str | Path, out: str | Path, *, includ
 
 
 def _export(store, out, include_prelabeled, confirmed_only, no_images, progress, cancel) -> COCOExportReport:
-    report = COCOExportReport(out=out)
     images: list[dict] = []
     anns: list[dict] = []
-    items = list(export_items(store, include_prelabeled=include_prelabeled, confirmed_only=confirmed_only))
-    for n, item in enumerate(items):
-        if cancel is not None and cancel():
-            report.cancelled = True
-            break
-        if item.mask is None:
-            report.skipped.append((item.image_id, item.skip or "not exported"))
-        else:
-            if not no_images:
-                dst = out / "images" / item.image_id
-                try:  # the file itself, or its pixels re-encoded where a loader could turn it
-                    data = image_bytes(item.image_path)
-                except Exception as exc:
-                    report.skipped.append((item.image_id, one_line(exc) or f"{item.image_path}: unreadable"))
-                    data = None
-                if data is not None:
-                    try:
-                        dst.parent.mkdir(parents=True, exist_ok=True)
-                        atomic_write_bytes(dst, data)
-                    except OSError as exc:
-                        raise FormatError(f"could not write {dst}: {os_reason(exc)}; the export stopped after "
-                                          f"{len(report.exported)} image(s) and no annotations.json was "
-                                          f"written") from None
-            if no_images or data is not None:
-                h, w = item.mask.shape
-                num = len(images) + 1
-                images.append({"id": num, "file_name": item.image_id, "width": w, "height": h})
-                anns += coco_annotations(item.mask, num, len(anns) + 1)
-                report.exported.append(item.image_id)
-        if progress:
-            progress(n + 1, len(items))
+
+    def one(item) -> str:
+        if not no_images:
+            dst = out / "images" / item.image_id
+            try:  # the file itself, or its pixels re-encoded where a loader could turn it
+                data = image_bytes(item.image_path)
+            except Exception as exc:
+                raise ExportSkip(one_line(exc) or f"{item.image_path}: unreadable") from None
+            try:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(dst, data)
+            except OSError as exc:
+                raise FormatError(f"could not write {dst}: {os_reason(exc)}; no annotations.json was written") \
+                    from None
+        h, w = item.mask.shape
+        num = len(images) + 1
+        images.append({"id": num, "file_name": item.image_id, "width": w, "height": h})
+        anns.extend(coco_annotations(item.mask, num, len(anns) + 1))   # one image's mask at a time
+        return item.image_id
+
+    done = run_export(store, out, one, include_prelabeled=include_prelabeled, confirmed_only=confirmed_only,
+                      progress=progress, cancel=cancel)
+    report = COCOExportReport(out=done.out, exported=done.exported, skipped=done.skipped, cancelled=done.cancelled)
     cats = [{"id": i + 1, "name": c.name, "supercategory": "", "color": list(c.color)}
             for i, c in enumerate(store.classes)]
     doc = {"info": {"description": "semantic segmentation exported by deeplab-gui"}, "licenses": [],

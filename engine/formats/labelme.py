@@ -52,11 +52,13 @@ from .classnames import UNKNOWN_CHOICES, resolve_names
 from .common import FormatError, os_reason, read_json
 from .exporter import (
     ExportReport,
+    ExportSkip,
     check_out,
-    export_items,
+    export_ids,
     image_bytes,
     open_source,
     prepare_out,
+    run_export,
 )
 from .importer import ImportSource, SkipItem, SourceItem
 from .labelme_draw import IGNORE_LABEL, DrawError, is_hole, mask_shapes, shape_region
@@ -221,47 +223,37 @@ def export_labelme(source: AnnotationStore | str | Path, out: str | Path, *, inc
             store.close()
 
 
-def _write(path: Path, data: bytes, done: int) -> None:
+def _write(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
     except OSError as exc:
-        raise FormatError(f"could not write {path}: {os_reason(exc)}; the export stopped after {done} "
-                          f"image(s)") from None
+        raise FormatError(f"could not write {path}: {os_reason(exc)}") from None
 
 
 def _export(store, out, include_prelabeled, confirmed_only, embed, simplify, progress, cancel) -> ExportReport:
-    report = ExportReport(out=out)
-    items = list(export_items(store, include_prelabeled=include_prelabeled, confirmed_only=confirmed_only))
-    names = _json_names([it.image_id for it in items if it.mask is not None])
+    ids = export_ids(store, include_prelabeled=include_prelabeled)
+    names = _json_names(ids)
     labels = [c.name for c in store.classes]
-    _write(out / "labels.txt", "".join(f"{n}\n" for n in [IGNORE_LABEL] + labels).encode("utf-8"), 0)
-    for n, item in enumerate(items):
-        if cancel is not None and cancel():
-            report.cancelled = True
-            break
-        if item.mask is None:
-            report.skipped.append((item.image_id, item.skip or "not exported"))
-        else:
-            try:  # the file itself, or its pixels re-encoded where a loader could turn it
-                data = image_bytes(item.image_path)
-            except Exception as exc:
-                report.skipped.append((item.image_id, one_line(exc) or f"{item.image_path}: unreadable"))
-            else:
-                h, w = item.mask.shape
-                doc = {"version": LABELME_VERSION, "flags": {},
-                       "shapes": mask_shapes(item.mask, labels, simplify=simplify),
-                       "imagePath": posixpath.basename(item.image_id),
-                       "imageData": base64.b64encode(data).decode("ascii") if embed else None,
-                       "imageHeight": h, "imageWidth": w}
-                done = len(report.exported)
-                _write(out / item.image_id, data, done)
-                _write(out / names[item.image_id], json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8"),
-                       done)
-                report.exported.append(item.image_id)
-        if progress:
-            progress(n + 1, len(items))
-    return report
+    _write(out / "labels.txt", "".join(f"{n}\n" for n in [IGNORE_LABEL] + labels).encode("utf-8"))
+
+    def one(item) -> str:
+        try:  # the file itself, or its pixels re-encoded where a loader could turn it
+            data = image_bytes(item.image_path)
+        except Exception as exc:
+            raise ExportSkip(one_line(exc) or f"{item.image_path}: unreadable") from None
+        h, w = item.mask.shape
+        doc = {"version": LABELME_VERSION, "flags": {},
+               "shapes": mask_shapes(item.mask, labels, simplify=simplify),
+               "imagePath": posixpath.basename(item.image_id),
+               "imageData": base64.b64encode(data).decode("ascii") if embed else None,
+               "imageHeight": h, "imageWidth": w}
+        _write(out / item.image_id, data)
+        _write(out / names[item.image_id], json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8"))
+        return item.image_id
+
+    # One image's mask in memory at a time, whatever the folder's size.
+    return run_export(store, out, one, confirmed_only=confirmed_only, progress=progress, cancel=cancel, ids=ids)
 
 
 # ---------------------------------------------------------------------------- registration

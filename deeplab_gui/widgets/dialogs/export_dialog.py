@@ -29,6 +29,8 @@ from PySide6.QtWidgets import (
 
 from engine import ExportReport, export_voc
 
+from .formats_dialog import skipped_text
+
 __all__ = ["ExportDialog", "ExportOptions"]
 
 
@@ -171,11 +173,7 @@ class ExportDialog(QDialog):
                f"{len(report.val)} val)."
         if report.cancelled:
             text = "Cancelled. " + text
-        if report.skipped:
-            reasons = "; ".join(f"{i}: {why}" for i, why in report.skipped[:5])
-            more = f" and {len(report.skipped) - 5} more" if len(report.skipped) > 5 else ""
-            text += f" Skipped {len(report.skipped)}: {reasons}{more}."
-        self.result_label.setText(text)
+        self.result_label.setText(text + skipped_text(report.skipped))
         self.export_finished.emit(report)
 
     def _on_error(self, message: str) -> None:

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-__all__ = ["LabelsDialog"]
+__all__ = ["LabelsDialog", "skipped_text"]
 
 
 class LabelsDialog(QDialog):
@@ -221,11 +221,7 @@ class LabelsDialog(QDialog):
             text = f"Exported {len(report.exported)} image(s) to {report.out}."
         if report.cancelled:
             text = "Cancelled. " + text
-        if report.skipped:
-            reasons = "; ".join(f"{k}: {why}" for k, why in report.skipped[:5])
-            more = f" and {len(report.skipped) - 5} more" if len(report.skipped) > 5 else ""
-            text += f" Skipped {len(report.skipped)}: {reasons}{more}."
-        self.result_label.setText(text)
+        self.result_label.setText(text + skipped_text(report.skipped))
         self.finished_report.emit(report)
 
     def _fail(self, message: str) -> None:
@@ -239,6 +235,15 @@ class LabelsDialog(QDialog):
     def reject(self) -> None:
         if self.task is None:  # closing mid-run would orphan the worker's progress
             super().reject()
+
+
+def skipped_text(skipped: list[tuple[str, str]], shown: int = 5) -> str:
+    """" Skipped N: id: reason; ... and M more." for a report's skips ("" when none)."""
+    if not skipped:
+        return ""
+    reasons = "; ".join(f"{k}: {why}" for k, why in skipped[:shown])
+    more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f" Skipped {len(skipped)}: {reasons}{more}."
 
 
 def _import(fmt, src: Path, store, options: dict, overwrite: bool, *, progress, cancel):
