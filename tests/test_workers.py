@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import pytest
@@ -209,4 +210,29 @@ def test_a_lane_runs_its_tasks_one_at_a_time_on_one_thread_higher_priority_first
     assert order == ["first", "high", "low"] and len(threads) == 1
     later = worker.run_task(job, "again", lane="x")
     qtbot.waitUntil(lambda: later.done, timeout=5000)
-    assert len(threads) == 1                 # the lane's thread outlives its tasks
+    assert len(threads) == 1                 # the lane's thread outlives its tasks (while work keeps coming)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc to see threads exit")
+def test_idle_pool_and_lane_threads_exit_and_take_their_torch_threads_with_them(qtbot):
+    # An idle thread keeps its OpenMP team (which slows every other thread's torch work): idle pool
+    # and lane threads must exit after their idle time; a later task gets a new thread.
+    w = Worker(pool_idle_ms=50, lane_idle_ms=100)
+    ids: list[int] = []
+
+    def job():
+        ids.append(threading.get_native_id())
+
+    try:
+        for lane in (None, "x"):
+            h = w.run_task(job, lane=lane)
+            qtbot.waitUntil(lambda h=h: h.done, timeout=5000)
+            tid = ids[-1]
+            assert os.path.isdir(f"/proc/self/task/{tid}")
+            qtbot.waitUntil(lambda tid=tid: not os.path.isdir(f"/proc/self/task/{tid}"), timeout=5000)
+            again = w.run_task(job, lane=lane)
+            qtbot.waitUntil(lambda h=again: h.done, timeout=5000)
+            assert os.path.isdir(f"/proc/self/task/{ids[-1]}")
+    finally:
+        w.cancel_all()
+        w.wait(5000)

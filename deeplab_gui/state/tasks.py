@@ -20,7 +20,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
-__all__ = ["TaskCancelled", "TaskHandle", "Worker", "one_line_error", "alongside"]
+__all__ = ["LANE_IDLE_MS", "POOL_IDLE_MS", "TaskCancelled", "TaskHandle", "Worker", "one_line_error", "alongside"]
 
 log = logging.getLogger("deeplab_gui")
 
@@ -173,22 +173,38 @@ def _accepts(fn: Callable, name: str) -> bool:
     return p is not None and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
 
 
+# How long an idle thread waits for more work before it exits. torch's CPU kernels run on an OpenMP
+# team per calling thread, and GNU OpenMP keeps a thread's team (its extra threads, asleep) until that
+# thread exits. While the process holds more such threads than there are cores, OpenMP stops spinning
+# at its barriers, so every operator of every other thread pays for waking its partners. Idle threads
+# therefore go soon: measured on 2 cores with one idle team left in another thread, a click's decoder
+# took 57 ms instead of 38 and DeepLabv3+ MobileNetV2 on a 500×375 image 293 ms instead of 244.
+POOL_IDLE_MS = 1000
+# A lane's thread stays longer: a new thread's first click decode costs ~15 ms more (its team and
+# buffers are made on first use), so it lives while a person keeps clicking and goes when they stop.
+LANE_IDLE_MS = 5000
+
+
 class Worker(QObject):
     """Runs tasks on a private thread pool; create it on the UI thread.
 
     ``busy_changed(int)`` tells how many tasks are in flight (for a status-bar spinner); tasks
     started with ``quiet=True`` (the live CRF's lanes, which come and go with every slider move) run the
-    same way but are not counted.
+    same way but are not counted. ``pool_idle_ms`` / ``lane_idle_ms``: how long an idle pool or lane
+    thread waits for work before it exits (see :data:`POOL_IDLE_MS`).
     """
 
     busy_changed = Signal(int)
 
-    def __init__(self, parent: QObject | None = None, *, max_threads: int = 4) -> None:
+    def __init__(self, parent: QObject | None = None, *, max_threads: int = 4, pool_idle_ms: int = POOL_IDLE_MS,
+                 lane_idle_ms: int = LANE_IDLE_MS) -> None:
         super().__init__(parent)
         self.pool = QThreadPool(self)
         # A long pre-label run must not starve image loading: several threads, each mostly waiting
         # on torch (which has its own intra-op threads) or on disk.
         self.pool.setMaxThreadCount(max_threads)
+        self.pool.setExpiryTimeout(pool_idle_ms)
+        self._lane_idle_ms = lane_idle_ms
         self._lanes: dict[str, QThreadPool] = {}
         self._active: set[TaskHandle] = set()  # counted for busy_changed
         self._all: set[TaskHandle] = set()     # every task in flight, quiet ones too (cancel_all)
@@ -212,9 +228,9 @@ class Worker(QObject):
         Callbacks run on the UI thread; an exception in one is logged and reported as ``error``.
 
         ``lane``: run on that lane's one thread instead of the shared pool, in start order (higher
-        ``priority`` first among those waiting). The lane's thread lives as long as the worker: torch's
-        CPU kernels run measurably slower (a third, for a click's decoder on 2 cores) when one model's
-        calls hop between threads, each with its own OpenMP team, than when they stay on one.
+        ``priority`` first among those waiting). The lane's thread stays while work keeps coming (up
+        to ``lane_idle_ms`` idle), so one model's calls do not hop between threads, each making its own
+        OpenMP team.
         """
         handle = TaskHandle(task_name or getattr(fn, "__name__", ""), parent)
         if _accepts(fn, "progress"):
@@ -245,7 +261,7 @@ class Worker(QObject):
         if pool is None:
             pool = self._lanes[name] = QThreadPool(self)
             pool.setMaxThreadCount(1)
-            pool.setExpiryTimeout(-1)   # the same thread for the worker's life
+            pool.setExpiryTimeout(self._lane_idle_ms)
         return pool
 
     def _guard(self, handle: TaskHandle, fn: Callable[[Any], Any]) -> Callable[[Any], None]:

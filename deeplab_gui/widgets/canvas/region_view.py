@@ -32,29 +32,30 @@ FILL_ALPHA = 0.45      # share of the colour's alpha inside the region; the outl
 RING = (255, 255, 255, 200)   # the light line around the region's outside
 
 
-def _edges(mask: np.ndarray) -> np.ndarray:
-    """Pixels of ``mask`` with a 4-neighbour outside it (the crop's own border counts as outside)."""
-    pad = np.pad(mask, 1, constant_values=False)
-    inner = pad[1:-1, 1:-1] & pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:]
-    return mask & ~inner
-
-
 def region_rgba(mask: np.ndarray, color: tuple[int, int, int, int]) -> np.ndarray:
     """(h+2)×(w+2)×4 uint8 for ``mask`` with a one-pixel margin: ``color`` at a fraction of its alpha
-    inside, at full alpha on its outline, and a light ring just outside it, so a dark class (or a
-    light one on a pale picture) still shows where the region ends."""
+    inside, at full alpha on its outline (pixels with a 4-neighbour outside, the crop's border
+    counting as outside), and a light ring just outside it, so a dark class (or a light one on a
+    pale picture) still shows where the region ends.
+
+    Built on the UI thread for every candidate shown: one byte per pixel says which of the four
+    looks it gets (0 none, 1 ring, 2 fill, 3 outline), then one lookup of packed 32-bit pixels
+    (a few milliseconds less than four masked RGBA assignments for a half-image region)."""
     r, g, b, a = (int(v) for v in color)
-    pad = np.pad(mask, 1, constant_values=False)
-    grown = pad.copy()
-    grown[1:, :] |= pad[:-1, :]
-    grown[:-1, :] |= pad[1:, :]
-    grown[:, 1:] |= pad[:, :-1]
-    grown[:, :-1] |= pad[:, 1:]
-    out = np.zeros((*pad.shape, 4), np.uint8)
-    out[grown & ~pad] = RING
-    out[pad] = (r, g, b, round(a * FILL_ALPHA))
-    out[_edges(pad)] = (r, g, b, a)
-    return out
+    pad = np.pad(np.asarray(mask, dtype=bool), 1, constant_values=False)
+    near = np.zeros_like(pad)           # a 4-neighbour is in the region
+    np.logical_or(near[1:], pad[:-1], out=near[1:])
+    near[:-1] |= pad[1:]
+    near[:, 1:] |= pad[:, :-1]
+    near[:, :-1] |= pad[:, 1:]
+    inner = pad.copy()                   # every 4-neighbour is in the region too
+    inner[1:-1, 1:-1] &= pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:]
+    inner[0], inner[-1], inner[:, 0], inner[:, -1] = False, False, False, False
+    code = near.view(np.uint8).copy()    # 1 where a neighbour is in (the ring, unless in itself)
+    code[pad] = 3                        # in the region: the outline ...
+    code[inner] = 2                      # ... unless inner: the fill
+    looks = np.array([(0, 0, 0, 0), RING, (r, g, b, round(a * FILL_ALPHA)), (r, g, b, a)], np.uint8)
+    return looks.view(np.uint32).reshape(4)[code].view(np.uint8).reshape(*pad.shape, 4)
 
 
 def _pixmap(rgba: np.ndarray) -> QPixmap:
@@ -113,9 +114,8 @@ class RegionItems:
         self.region.setVisible(True)
         if label_text:
             # Above the region's first row, at the leftmost pixel of that row.
-            ys, xs = np.nonzero(mask)
-            top = int(ys.min())
-            left = int(xs[ys == top].min())
+            top = int(mask.any(axis=1).argmax())
+            left = int(mask[top].argmax())
             self.label.setText(label_text)
             # Just above the region (in screen pixels, whatever the zoom), not over what it covers.
             self.label.setTransform(QTransform.fromTranslate(0, -self.label.boundingRect().height()))

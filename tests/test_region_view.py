@@ -1,0 +1,36 @@
+"""The click preview's picture: fill inside, full-alpha outline on the region's border, a light ring
+just outside, nothing elsewhere."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PySide6")
+
+from deeplab_gui.widgets.canvas.region_view import FILL_ALPHA, RING, region_rgba
+
+
+def test_region_rgba_fills_outlines_and_rings_a_region():
+    mask = np.zeros((5, 6), bool)
+    mask[1:4, 1:5] = True                    # a 3×4 block
+    mask[0, 0] = True                        # a lone pixel at the crop's corner
+    color = (200, 30, 40, 240)
+    out = region_rgba(mask, color)
+    assert out.shape == (7, 8, 4) and out.dtype == np.uint8
+    at = lambda y, x: tuple(int(v) for v in out[y + 1, x + 1])   # noqa: E731  (mask coordinates)
+    fill, edge = (200, 30, 40, round(240 * FILL_ALPHA)), color
+    assert at(2, 2) == fill and at(2, 3) == fill                # interior of the block
+    assert at(1, 1) == edge and at(3, 4) == edge and at(2, 1) == edge
+    assert at(0, 0) == edge                                     # a lone pixel is all outline
+    assert at(4, 2) == RING and at(2, 5) == RING and at(0, 2) == RING   # 4-neighbours outside
+    assert at(4, 0) == (0, 0, 0, 0) and at(4, 5) == (0, 0, 0, 0)        # diagonal only: nothing
+    assert at(-1, 0) == RING                                   # the margin holds the ring too
+    assert tuple(out[0, 0]) == (0, 0, 0, 0)
+
+
+def test_region_rgba_of_a_full_crop_has_its_outline_on_the_crop_border():
+    out = region_rgba(np.ones((4, 4), bool), (10, 20, 30, 200))
+    inner = out[1:-1, 1:-1]
+    assert (inner[0] == (10, 20, 30, 200)).all() and (inner[:, -1] == (10, 20, 30, 200)).all()
+    assert (inner[1:3, 1:3] == (10, 20, 30, round(200 * FILL_ALPHA))).all()
+    assert (out[0, 1:-1] == RING).all() and (out[1:-1, 0] == RING).all()
