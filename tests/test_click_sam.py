@@ -375,3 +375,25 @@ def test_live_peer_same_outputs(sam_b, tmp_path):
         np.testing.assert_allclose(gl, wl, atol=1e-3 * max(1.0, np.abs(wl).max()), rtol=1e-3, err_msg=name)
         np.testing.assert_allclose(gs, ws, atol=1e-3, rtol=1e-3, err_msg=name)
         assert gm.shape == wm.shape and (gm != wm).mean() < 1e-3, name
+
+
+@pytest.mark.parametrize("name", ["mobile_sam", "sam2.1_hiera_tiny"])   # SAM's decoder, SAM 2.1's
+def test_a_mask_prompt_changes_the_prepared_rows_as_making_them_again_would(name):
+    # A click with the previous round's logits starts from the per-image prepared rows and adds the
+    # mask's projected change; making every row and projection again from image + dense must agree.
+    torch.manual_seed(0)
+    model = build_click_model(name).eval()
+    predictor = ClickPredictor(model)
+    predictor.set_image(np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    first = predictor.predict([[20, 15]], [1], multimask=False)
+    pts, lbl = np.array([[20.0, 15.0], [50.0, 30.0]]), np.array([1, 0])
+    fast = predictor.predict(pts, lbl, mask_input=first.low_res_logits, multimask=False)
+    prepared, predictor._prepared = predictor._prepared, None        # the path without prepared rows
+    try:
+        slow = predictor.predict(pts, lbl, mask_input=first.low_res_logits, multimask=False)
+    finally:
+        predictor._prepared = prepared
+    scale = np.abs(slow.low_res_logits).max()
+    np.testing.assert_allclose(fast.low_res_logits, slow.low_res_logits, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(fast.scores, slow.scores, atol=1e-5)
+    assert not np.allclose(fast.low_res_logits, first.low_res_logits, atol=1e-3)

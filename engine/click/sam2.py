@@ -123,10 +123,16 @@ class SAM2(ClickModel):
             lbl.append(labels.to(torch.int32))
         if not pts:
             raise ValueError("SAM 2.1 needs at least one point or a box")
-        sparse, dense = self.sam_prompt_encoder(torch.cat(pts, dim=1), torch.cat(lbl, dim=1), mask_input)
-        return self.sam_mask_decoder(features["image_embed"], self.sam_prompt_encoder.dense_pe(), sparse, dense,
+        pe, side = self.sam_prompt_encoder, None
+        if prepared is not None and mask_input is not None:   # the prepared rows, changed by the mask
+            side = self.sam_mask_decoder.transformer.with_dense(
+                prepared["side"], pe.mask_downscaling[:-1](mask_input), pe.mask_downscaling[-1],
+                pe.no_mask_embed.weight)
+            mask_input = None
+        sparse, dense = pe(torch.cat(pts, dim=1), torch.cat(lbl, dim=1), mask_input)
+        return self.sam_mask_decoder(features["image_embed"], pe.dense_pe(), sparse, dense,
                                      (features["high_res_s0"], features["high_res_s1"]), multimask,
-                                     prepared=prepared, dense_is_no_mask=mask_input is None)
+                                     prepared=prepared, side=side)
 
     def prepare(self, features: dict[str, torch.Tensor]) -> dict[str, object]:
         pe = self.sam_prompt_encoder

@@ -102,12 +102,14 @@ class MaskDecoder(nn.Module):
 
     def forward(self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
                 high_res: tuple[torch.Tensor, torch.Tensor], multimask: bool, prepared: dict | None = None,
-                dense_is_no_mask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """``prepared``: :meth:`prepare`'s result for this image; its image rows are used only when
-        ``dense_is_no_mask`` (no mask prompt)."""
+                side: ImageSide | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``prepared``: :meth:`prepare`'s result for this image. ``side``: the image rows with
+        ``dense`` in them already (else ``prepared``'s, when given, which hold the no-mask
+        embedding: ``dense`` must then be that)."""
         out_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat((out_tokens[None].expand(sparse.shape[0], -1, -1), sparse), dim=1)
-        side: ImageSide | None = prepared["side"] if prepared and dense_is_no_mask else None
+        if side is None and prepared:
+            side = prepared["side"]
         if side is None:
             side = self.transformer.image_side(image + dense, image_pe)
         hs, keys = self.transformer(side, tokens, keep=2 + self.num_mask_tokens)

@@ -408,6 +408,35 @@ class TwoWayTransformer(nn.Module):
         return ImageSide(keys, key_pe, k, (h, w), kp=heads(t2i, t2i.k_proj(k)), vp=heads(t2i, t2i.v_proj(keys)),
                          qp=heads(i2t, i2t.q_proj(k)))
 
+    def with_dense(self, side: ImageSide, mask_features: torch.Tensor, conv: nn.Conv2d, no_mask: torch.Tensor
+                   ) -> ImageSide:
+        """``side`` (made with ``project=True`` for the image plus the no-mask embedding ``no_mask``)
+        with a mask prompt's dense embedding instead: ``conv`` (the mask encoder's last, 1×1
+        convolution) of ``mask_features`` (B×c×h×w, what comes before it, c = 16).
+
+        The dense embedding enters the first block only through the image rows and their three
+        linear projections, so each of those is the no-mask one plus the projection of the change
+        (c channels per row through a c×(C + 3·width) matrix, a few tens of millions of
+        multiply-adds) instead of being made again from the rows (several hundred million). The
+        same values, float rounding apart."""
+        first = self.layers[0]
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        b, c = mask_features.shape[:2]
+        n, dim = side.keys.shape[1:]
+        w = conv.weight.reshape(dim, c).t()                                  # c×C
+        delta = conv.bias - no_mask.reshape(-1)                              # the constant's change, C
+        projections = [t2i.k_proj.weight, t2i.v_proj.weight, i2t.q_proj.weight]
+        mats = torch.cat([w] + [w @ p.t() for p in projections], dim=1)
+        consts = torch.cat([delta] + [delta @ p.t() for p in projections])
+        rows = mask_features.flatten(2).transpose(1, 2).reshape(b * n, c)
+        change = torch.addmm(consts, rows, mats).view(b, n, -1)
+        dk, dkp, dvp, dqp = change.split([dim] + [p.shape[0] for p in projections], dim=-1)
+        side = side.batch(b)
+        keys = side.keys + dk
+        heads = lambda attn, base, d: base + attn._heads(d)                  # noqa: E731
+        return ImageSide(keys, side.key_pe, keys + side.key_pe, side.hw, kp=heads(t2i, side.kp, dkp),
+                         vp=heads(t2i, side.vp, dvp), qp=heads(i2t, side.qp, dqp))
+
     def forward(self, side: ImageSide, point_embedding: torch.Tensor, keep: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(image rows, B×T×C tokens) → (B×T×C tokens, B×N×C image rows). ``keep``: only the first
@@ -599,12 +628,16 @@ class Sam(ClickModel):
                                                         self.prompt_encoder.get_dense_pe(), project=True)
 
     def decode(self, features, points, labels, box, mask_input, multimask, prepared=None):
-        emb = features["image_embed"]
-        sparse, dense = self.prompt_encoder(points=(points, labels) if points is not None else None,
-                                            boxes=box, masks=mask_input)
-        return self.mask_decoder(image_embeddings=emb, image_pe=self.prompt_encoder.get_dense_pe(),
+        emb, pe = features["image_embed"], self.prompt_encoder
+        side = prepared
+        if prepared is not None and mask_input is not None:   # the prepared rows, changed by the mask
+            side = self.mask_decoder.transformer.with_dense(
+                prepared, pe.mask_downscaling[:-1](mask_input), pe.mask_downscaling[-1], pe.no_mask_embed.weight)
+            mask_input = None
+        sparse, dense = pe(points=(points, labels) if points is not None else None, boxes=box, masks=mask_input)
+        return self.mask_decoder(image_embeddings=emb, image_pe=pe.get_dense_pe(),
                                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                 multimask_output=multimask, side=prepared if mask_input is None else None)
+                                 multimask_output=multimask, side=side)
 
     def postprocess(self, low_res: torch.Tensor, input_size: tuple[int, int],
                     original_size: tuple[int, int]) -> torch.Tensor:
