@@ -260,7 +260,7 @@ class Canvas(QGraphicsView):
                 dim = ~s.document.confirmed[y0:y1, x0:x1]
                 dim &= block < DIM_OFFSET          # void (255) stays transparent
                 block[dim] += DIM_OFFSET
-        self.overlay.update(QRectF(x0, y0, x1 - x0, y1 - y0))
+        self.overlay.changed(x0, y0, x1 - x0, y1 - y0)
 
     # ---------------------------------------------------------------- zoom
     @property
