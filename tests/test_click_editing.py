@@ -72,6 +72,27 @@ def test_click_session_prompts_candidates_and_the_logits_fed_back():
         s.add_point(40, 0)
 
 
+def test_retract_point_restores_the_candidates_and_shown_one_before_the_last_point():
+    fake = FakePredictor()
+    s = ClickSession(fake, SHAPE)
+    first = s.add_point(5, 6)
+    s.cycle()                                    # the second candidate is on screen
+    s.add_point(20, 10, positive=False)
+    back = s.retract_point()
+    assert len(fake.calls) == 2                  # no prediction to take a point back
+    assert [c.score for c in back] == [c.score for c in first] and s.index == 1
+    assert s.points.tolist() == [[5, 6]] and s.labels.tolist() == [1]
+    s.add_point(7, 7)                            # the next prompt feeds the restored candidate's logits
+    assert np.all(fake.calls[-1]["mask_input"] == 102.0)
+    s.retract_point()
+    assert s.retract_point() == [c for c in s.candidates] and s.points.tolist() == [[5, 6]]   # once only
+    s.set_box(1, 1, 10, 10)
+    s.retract_point()                            # a box is not a point: nothing to take back
+    assert s.points.tolist() == [[5, 6]] and s.box == (1.0, 1.0, 10.0, 10.0)
+    empty = ClickSession(fake, SHAPE)
+    assert empty.retract_point() == [] and empty.points.shape == (0, 2)
+
+
 def test_a_box_alone_asks_for_one_mask():
     fake = FakePredictor()
     s = ClickSession(fake, SHAPE)

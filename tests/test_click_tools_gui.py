@@ -188,6 +188,55 @@ def test_a_drag_is_a_box_prompt(qtbot, canvas):
     assert tool.current.mask.sum() == 20 * 15
 
 
+def test_a_press_predicts_before_the_button_comes_up_and_release_adds_nothing(qtbot, canvas):
+    c = canvas
+    fake = with_fake_model(c)
+    tool = use(c, "click")
+    tool.edge_polish = False
+    mouse(c, QEvent.Type.MouseButtonPress, 20, 20)
+    qtbot.waitUntil(lambda: previewed(c), timeout=10_000)          # the button is still down
+    assert fake.calls == 1 and np.array_equal(tool.current.mask, disc(20, 20, R))
+    mouse(c, QEvent.Type.MouseButtonRelease, 20, 20)
+    wait_idle(qtbot, tool)
+    assert fake.calls == 1 and tool.session.points.tolist() == [[20, 20]]
+
+
+def test_a_press_that_becomes_a_drag_takes_its_point_back_for_the_box(qtbot, canvas):
+    c = canvas
+    fake = with_fake_model(c)
+    tool = use(c, "click")
+    tool.edge_polish = False
+    click(c, 40, 30)                                       # an earlier point on the object
+    wait_idle(qtbot, tool)
+    mouse(c, QEvent.Type.MouseButtonPress, 10, 10)
+    wait_idle(qtbot, tool)                                 # the pressed point was predicted...
+    assert tool.session.points.tolist() == [[40, 30], [10, 10]]
+    for x, y in ((20, 20), (30, 25)):
+        mouse(c, QEvent.Type.MouseMove, x, y, held=Qt.MouseButton.LeftButton)
+    assert not previewed(c)                                # ...and hidden while the box is drawn
+    mouse(c, QEvent.Type.MouseButtonRelease, 30, 25)
+    wait_idle(qtbot, tool)
+    assert tool.session.points.tolist() == [[40, 30]] and tool.session.box == (10, 10, 30, 25)
+    assert fake.calls == 3 and previewed(c)
+
+
+def test_a_retracted_point_that_never_ran_is_not_predicted(qtbot, canvas):
+    c = canvas
+    fake = GatedPredictor()
+    c.target.click_predictor = lambda: fake
+    c.target.click_status = lambda: None
+    tool = use(c, "click")
+    tool.edge_polish = False
+    click(c, 40, 30)
+    wait_idle(qtbot, tool)
+    click(c, 45, 30)                                       # held in the worker
+    drag(c, [(10, 10), (20, 20), (30, 25)])                # its point and the retraction wait behind
+    fake.gate.set()
+    wait_idle(qtbot, tool)
+    assert fake.calls == 3                                 # 40,30; 45,30; the box (not 10,10)
+    assert tool.session.points.tolist() == [[40, 30], [45, 30]] and tool.session.box == (10, 10, 30, 25)
+
+
 def test_auto_class_takes_the_probabilities_class_and_can_be_switched_off(qtbot, canvas):
     c, s = canvas, canvas.session
     with_fake_model(c)

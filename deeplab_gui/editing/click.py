@@ -61,6 +61,7 @@ class ClickSession:
         self._candidates: list[Candidate] = []
         self._logits: np.ndarray | None = None     # K×256×256, in the candidates' order
         self._index = 0
+        self._before_point: tuple | None = None    # (candidates, logits, index) before the last point
 
     @property
     def points(self) -> np.ndarray:
@@ -96,9 +97,22 @@ class ClickSession:
 
     def add_point(self, x: float, y: float, positive: bool = True) -> list[Candidate]:
         """Add a click at image pixel (x, y) and re-predict with every prompt so far."""
-        self._points.append(self._check_xy(x, y))
+        xy = self._check_xy(x, y)
+        self._before_point = (self._candidates, self._logits, self._index)
+        self._points.append(xy)
         self._labels.append(1 if positive else 0)
         return self._predict()
+
+    def retract_point(self) -> list[Candidate]:
+        """Take the last point back (a press that turned into a box drag): the prompts, candidates
+        and shown one are again what they were before it, without predicting. Only the last point
+        can be taken back, once; otherwise nothing changes."""
+        if self._points and self._before_point is not None:
+            self._points.pop()
+            self._labels.pop()
+            self._candidates, self._logits, self._index = self._before_point
+            self._before_point = None
+        return list(self._candidates)
 
     def set_box(self, x0: float, y0: float, x1: float, y1: float) -> list[Candidate]:
         """Set (or replace) the box around the object and re-predict."""
@@ -108,6 +122,7 @@ class ClickSession:
         if xb - xa < 1 or yb - ya < 1:
             raise ValueError(f"box ({x0}, {y0}, {x1}, {y1}) is empty within the {w}x{h} image")
         self._box = (xa, ya, xb, yb)
+        self._before_point = None
         return self._predict()
 
     def select(self, index: int) -> None:

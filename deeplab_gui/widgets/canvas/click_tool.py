@@ -3,6 +3,10 @@
 A left click adds a positive point, a right click (or Shift+click) a negative one, a drag draws a
 box; each prompt re-predicts in a worker (one in flight, the newest waiting one replacing older
 ones) through a :class:`~deeplab_gui.editing.click.ClickSession` on the target's click predictor.
+A left press predicts at once, before the button comes up (a click is held down for about a tenth
+of a second, longer than the decoder takes on a GPU and much of what it takes on a CPU, so the
+preview is often there on release); if the press turns into a drag, that point is taken back and
+the box replaces it.
 The best candidate is previewed with the class it would get: with "auto class" on and the
 segmentation model's probabilities at hand, the class they favour inside the region, else the
 current class.  With "edge polish" on and probabilities at hand, the CRF then moves the shown
@@ -61,6 +65,7 @@ class ClickTool(Tool):
         self._gen = 0                           # bumped when the prompts are dropped
         self._press: tuple[float, float, bool] | None = None
         self._box_end: tuple[float, float] | None = None
+        self._early = False                      # the pressed point went to the worker on press
         self._waiting: list[tuple] = []          # prompts held until the embedding is ready
         self._prompts: list[tuple] = []          # prompts not yet handed to the worker, in order
         self._polished: dict[int, tuple[int, np.ndarray]] = {}  # candidate index -> (label, polished mask)
@@ -85,6 +90,7 @@ class ClickTool(Tool):
         self._polished = {}
         self.session, self.cands, self.index, self.classes = None, [], 0, []
         self._press = self._box_end = None
+        self._early = False
         self._waiting, self._prompts = [], []
         self.queue.drop_pending()
         self.polish_queue.drop_pending()
@@ -94,7 +100,7 @@ class ClickTool(Tool):
 
     def _embedding_ready(self, key: str) -> None:
         if self._waiting and self.target is not None and key == self.target.image_key:
-            waiting, self._waiting = self._waiting, []
+            waiting, self._waiting = _without_retracted(self._waiting), []
             for prompt in waiting:
                 self.prompt(prompt)
 
@@ -111,6 +117,9 @@ class ClickTool(Tool):
             return
         negative = bool(modifiers & Qt.KeyboardModifier.ShiftModifier)
         self._press, self._box_end = (pos.x(), pos.y(), not negative), None
+        # Predicted now, not on release; a negative press cannot become a box, so it is final.
+        self._early = not negative
+        self.prompt(("point", pos.x(), pos.y(), not negative))
 
     def right_press(self, pos: QPointF, modifiers: Any) -> None:
         if self._usable():
@@ -126,6 +135,11 @@ class ClickTool(Tool):
             return
         if self._box_end is None and math.hypot(pos.x() - p[0], pos.y() - p[1]) < self._drag_threshold():
             return
+        if self._box_end is None and self._early:   # a drag after all: the pressed point goes again
+            self._early = False
+            self.prompt(("retract",))
+            if self.view is not None:
+                self.view.clear_region()
         self._box_end = (pos.x(), pos.y())
         x0, y0, (x1, y1) = p[0], p[1], self._box_end
         if self.view is not None:
@@ -133,6 +147,7 @@ class ClickTool(Tool):
 
     def release(self, pos: QPointF) -> None:
         p, self._press = self._press, None
+        early, self._early = self._early, False
         if p is None:
             return
         if self._box_end is not None:
@@ -140,13 +155,14 @@ class ClickTool(Tool):
             if self.view is not None:
                 self.view.clear_preview()
             self.prompt(("box", p[0], p[1], pos.x(), pos.y()))
-        else:
+        elif not early:
             self.prompt(("point", p[0], p[1], p[2]))
 
     # -------------------------------------------------------------- prediction
     def prompt(self, prompt: tuple):
-        """Run one prompt, ``("point", x, y, positive)`` or ``("box", x0, y0, x1, y1)``. Prompts
-        made while a prediction runs are kept, in order, and go to the worker together next."""
+        """Run one prompt, ``("point", x, y, positive)``, ``("box", x0, y0, x1, y1)`` or
+        ``("retract",)`` (take the last point back). Prompts made while a prediction runs are kept,
+        in order, and go to the worker together next."""
         t = self.target
         doc = t.document
         if doc is None:
@@ -165,7 +181,7 @@ class ClickTool(Tool):
     def _run_prompts(self, predictor, doc):
         """Hand every prompt not yet run to the worker as one job (the queue's start function)."""
         t = self.target
-        prompts, self._prompts = self._prompts, []
+        prompts, self._prompts = _without_retracted(self._prompts), []
         if not prompts or t is None or t.document is not doc:
             self.queue.done()   # an earlier start took them, or the image changed
             return None
@@ -180,6 +196,8 @@ class ClickTool(Tool):
             for prompt in prompts:
                 if prompt[0] == "box":
                     cands = session.set_box(*prompt[1:])
+                elif prompt[0] == "retract":
+                    cands = session.retract_point()
                 else:
                     cands = session.add_point(prompt[1], prompt[2], positive=prompt[3])
             classes = [None if probs is None else region_class(probs, c.mask, default) for c in cands]
@@ -230,7 +248,7 @@ class ClickTool(Tool):
         """Preview the current candidate with its class (also after the toggles change), and start
         its edge polish when that applies and ``polish``."""
         mask = self.shown_mask()
-        if self.view is None:
+        if self.view is None or self._box_end is not None:   # not while a box is being drawn
             return
         if mask is None or not show_mask(self.view, self.target, mask, self.label()):
             self.view.clear_region()
@@ -295,3 +313,15 @@ class ClickTool(Tool):
         label = self.label()
         self.reset()
         accept_region(doc, mask, label, CLICK_DESCRIPTION)
+
+
+def _without_retracted(prompts: list[tuple]) -> list[tuple]:
+    """``prompts`` without each point that a later "retract" takes back before anything else ran
+    (neither goes to the model); a "retract" of a point that already ran stays."""
+    out: list[tuple] = []
+    for prompt in prompts:
+        if prompt[0] == "retract" and out and out[-1][0] == "point":
+            out.pop()
+        else:
+            out.append(prompt)
+    return out
