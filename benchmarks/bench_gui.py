@@ -47,11 +47,14 @@ def pct(values, q):
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def wait_until(app: QApplication, cond, timeout: float = 60.0) -> None:
+def wait_until(app: QApplication, cond, timeout: float = 60.0, poll_ms: int = 1, wake=None) -> None:
     """Run a real event loop until ``cond()``, as the app's own loop runs: it sleeps in Qt's dispatcher
-    (which releases the GIL) between events, checked every millisecond. A processEvents() polling loop
+    (which releases the GIL) between events, checked every ``poll_ms``. A processEvents() polling loop
     instead keeps the UI thread busy and holding the GIL, which slows every worker thread and measured
-    the CRF slider's engine part 20-40 ms slower than the app's idle loop gives it."""
+    the CRF slider's engine part 20-40 ms slower than the app's idle loop gives it. ``wake``: installs
+    a callback (``wake(check)``, ``wake(None)`` to remove it) that the app calls when ``cond`` may
+    have become true, so the loop can sleep between checks: a 1 ms timer alone keeps the UI thread
+    near a whole core busy, which a two-thread decoder on a 2-core machine feels."""
     app.processEvents()
     if cond():
         return
@@ -70,9 +73,15 @@ def wait_until(app: QApplication, cond, timeout: float = 60.0) -> None:
     timer = QTimer()
     timer.setTimerType(Qt.TimerType.PreciseTimer)
     timer.timeout.connect(check)
-    timer.start(1)
-    loop.exec()
-    timer.stop()
+    timer.start(poll_ms)
+    if wake is not None:
+        wake(check)
+    try:
+        loop.exec()
+    finally:
+        timer.stop()
+        if wake is not None:
+            wake(None)
     if timed_out:
         raise TimeoutError("benchmark step did not finish")
 
@@ -357,14 +366,14 @@ def bench_click(app, tmp: Path, clicks: int) -> dict:
         send(QEvent.Type.MouseButtonPress, button)
         if hold_ms:
             end = t0 + hold_ms / 1000
-            wait_until(app, lambda: time.perf_counter() >= end)
+            wait_until(app, lambda: time.perf_counter() >= end, poll_ms=max(1, int(hold_ms)))
             t0 = time.perf_counter()
             if shown():
                 send(QEvent.Type.MouseButtonRelease, Qt.MouseButton.NoButton)
                 return 0.0
         send(QEvent.Type.MouseButtonRelease, Qt.MouseButton.NoButton)
-        # Painted, or (an empty candidate) the preview taken away.
-        wait_until(app, shown)
+        # Painted (the preview's paint wakes the loop), or (an empty candidate) the preview taken away.
+        wait_until(app, shown, poll_ms=20, wake=lambda check: setattr(item, "on_paint", check))
         return (time.perf_counter() - t0) * 1000
 
     # Each object: a first click (three candidates), then a negative one, which re-predicts one mask

@@ -66,16 +66,20 @@ def _pixmap(rgba: np.ndarray) -> QPixmap:
 
 
 class _CountingPixmap(QGraphicsPixmapItem):
-    """A pixmap item that counts its paints, so a benchmark can tell when a preview reached the screen."""
+    """A pixmap item that counts its paints (and calls ``on_paint`` after each, when set), so a
+    benchmark can tell when a preview reached the screen without polling for it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.paints = 0
+        self.on_paint = None
         self.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget=None) -> None:
         super().paint(painter, option, widget)
         self.paints += 1
+        if self.on_paint is not None:
+            self.on_paint()
 
 
 class RegionItems:
