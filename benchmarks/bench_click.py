@@ -8,6 +8,8 @@ error and skipped) on a 500×375 image:
   run and no warm-up (tens of seconds each on a CPU; the spread is small next to that).
 - ``predict``: one positive click, three masks at image size (prompt encoder, mask decoder and the
   upsampling), median of ``--predict-runs`` after two warm-ups.
+- ``followup``: the next click on the same object (a negative one), one mask, with the first
+  click's best low-resolution logits as the mask prompt: what most clicks of an object cost.
 
 CPU: ``--threads`` threads (default 2, this project's build machines). CUDA, when present: fp32
 (autocast off) and the predictor's own half precision (bfloat16 where supported, else float16),
@@ -65,6 +67,7 @@ class Row:
     encoder_runs: int = 0
     predict_ms: float | None = None
     predict_runs: int = 0
+    followup_ms: float | None = None   # a second click on the object: one mask, the first's logits as prompt
     peak_mib: float | None = None   # CUDA: max allocated over both measurements
     goal: str = ""               # the CPU goals this row meets or misses, in words
     error: str | None = None
@@ -124,6 +127,11 @@ def bench_click_model(name: str, device: torch.device, precision: str, encoder_r
         click = np.array([[IMAGE_HW[1] / 2, IMAGE_HW[0] / 2]])
         row.predict_ms = round(_median_ms(lambda: pred.predict(click, [1]), 2, predict_runs, sync), 2)
         row.predict_runs = predict_runs
+        first = pred.predict(click, [1])
+        best = first.low_res_logits[int(np.argmax(first.scores))][None]
+        two, labels = np.array([click[0], [IMAGE_HW[1] / 4, IMAGE_HW[0] / 4]]), [1, 0]
+        row.followup_ms = round(_median_ms(lambda: pred.predict(two, labels, mask_input=best, multimask=False),
+                                           2, predict_runs, sync), 2)
         if cuda:
             row.peak_mib = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory: record it, go on with the rest
@@ -141,7 +149,7 @@ def _cuda_half_name() -> str:
 
 
 _HEAD = (f"{'model':<22} {'dev':<4} {'prec':<4} {'Mparams':>8} {'set_image ms':>13} {'n':>2} "
-         f"{'click ms':>9} {'n':>3} {'peakMiB':>8}  goals")
+         f"{'click ms':>9} {'n':>3} {'next ms':>8} {'peakMiB':>8}  goals")
 
 
 def _format_row(r: Row) -> str:
@@ -149,7 +157,8 @@ def _format_row(r: Row) -> str:
         return format(v, fmt) if v is not None else "-".rjust(int(fmt.split(".")[0]))
     tail = f"  ERROR: {r.error}" if r.error else f"  {r.goal}"
     return (f"{r.model:<22} {r.device:<4} {r.precision:<4} {f(r.params_m, '8.2f')} {f(r.set_image_ms, '13.1f')} "
-            f"{r.encoder_runs:>2} {f(r.predict_ms, '9.2f')} {r.predict_runs:>3} {f(r.peak_mib, '8.0f')}{tail}")
+            f"{r.encoder_runs:>2} {f(r.predict_ms, '9.2f')} {r.predict_runs:>3} {f(r.followup_ms, '8.2f')} "
+            f"{f(r.peak_mib, '8.0f')}{tail}")
 
 
 def _write_json(path: Path, payload: dict) -> None:
