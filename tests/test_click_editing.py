@@ -91,6 +91,14 @@ def test_retract_point_restores_the_candidates_and_shown_one_before_the_last_poi
     assert s.points.tolist() == [[5, 6]] and s.box == (1.0, 1.0, 10.0, 10.0)
     empty = ClickSession(fake, SHAPE)
     assert empty.retract_point() == [] and empty.points.shape == (0, 2)
+    s.add_point(3, 3)
+    s.retract_point((9, 9))                      # not the last point: nothing changes
+    assert s.points.tolist() == [[5, 6], [3, 3]]
+    s.retract_point((3, 3))
+    assert s.points.tolist() == [[5, 6]]
+    with pytest.raises(ValueError, match="outside"):
+        s.add_point(-1, 2)
+    assert s.retract_point() and s.points.tolist() == [[5, 6]]   # a refused point leaves nothing to take back
 
 
 def test_a_box_alone_asks_for_one_mask():

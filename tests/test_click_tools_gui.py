@@ -220,6 +220,50 @@ def test_a_press_that_becomes_a_drag_takes_its_point_back_for_the_box(qtbot, can
     assert fake.calls == 3 and previewed(c)
 
 
+def test_shift_click_sends_its_negative_point_once(qtbot, canvas):
+    c = canvas
+    fake = with_fake_model(c)
+    tool = use(c, "click")
+    tool.edge_polish = False
+    click(c, 20, 20)
+    wait_idle(qtbot, tool)
+    click(c, 24, 20, mods=Qt.KeyboardModifier.ShiftModifier)
+    wait_idle(qtbot, tool)
+    assert tool.session.labels.tolist() == [1, 0] and fake.calls == 2
+
+
+def test_a_box_drag_from_outside_the_image_keeps_the_earlier_click(qtbot, canvas):
+    c, s = canvas, canvas.session
+    fake = with_fake_model(c)
+    tool = use(c, "click")
+    tool.edge_polish = False
+    errors: list[str] = []
+    c.target.report_error = errors.append
+    click(c, 40, 30)
+    wait_idle(qtbot, tool)
+    drag(c, [(-3, -2), (10, 10), (30, 25)])               # starts in the margin around the image
+    wait_idle(qtbot, tool)
+    assert errors == [] and fake.calls == 2
+    assert tool.session.points.tolist() == [[40, 30]] and tool.session.box == (0, 0, 30, 25)
+
+
+def test_a_failed_box_after_a_drag_shows_what_the_session_holds(qtbot, canvas):
+    c = canvas
+    with_fake_model(c)
+    tool = use(c, "click")
+    tool.edge_polish = False
+    errors: list[str] = []
+    c.target.report_error = errors.append
+    click(c, 40, 30)
+    wait_idle(qtbot, tool)
+    first = tool.current.mask.copy()
+    drag(c, [(10, 10), (10.2, 30), (10.4, 60)])           # a box under a pixel wide: refused
+    wait_idle(qtbot, tool)
+    assert errors and "empty" in errors[-1]
+    assert tool.session.points.tolist() == [[40, 30]]     # the pressed point was taken back
+    assert np.array_equal(tool.current.mask, first) and previewed(c)
+
+
 def test_a_retracted_point_that_never_ran_is_not_predicted(qtbot, canvas):
     c = canvas
     fake = GatedPredictor()

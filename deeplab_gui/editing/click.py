@@ -97,16 +97,20 @@ class ClickSession:
 
     def add_point(self, x: float, y: float, positive: bool = True) -> list[Candidate]:
         """Add a click at image pixel (x, y) and re-predict with every prompt so far."""
+        self._before_point = None
         xy = self._check_xy(x, y)
         self._before_point = (self._candidates, self._logits, self._index)
         self._points.append(xy)
         self._labels.append(1 if positive else 0)
         return self._predict()
 
-    def retract_point(self) -> list[Candidate]:
+    def retract_point(self, xy: tuple[float, float] | None = None) -> list[Candidate]:
         """Take the last point back (a press that turned into a box drag): the prompts, candidates
         and shown one are again what they were before it, without predicting. Only the last point
-        can be taken back, once; otherwise nothing changes."""
+        can be taken back, once, and with ``xy`` only if it is that point; otherwise nothing
+        changes."""
+        if xy is not None and self._points and self._points[-1] != tuple(float(v) for v in xy):
+            return list(self._candidates)
         if self._points and self._before_point is not None:
             self._points.pop()
             self._labels.pop()

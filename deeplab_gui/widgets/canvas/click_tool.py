@@ -65,7 +65,8 @@ class ClickTool(Tool):
         self._gen = 0                           # bumped when the prompts are dropped
         self._press: tuple[float, float, bool] | None = None
         self._box_end: tuple[float, float] | None = None
-        self._early = False                      # the pressed point went to the worker on press
+        self._sent = False                       # the pressed point went to the worker on press
+        self._early = False                      # ... and may still be taken back for a box
         self._waiting: list[tuple] = []          # prompts held until the embedding is ready
         self._prompts: list[tuple] = []          # prompts not yet handed to the worker, in order
         self._polished: dict[int, tuple[int, np.ndarray]] = {}  # candidate index -> (label, polished mask)
@@ -90,7 +91,7 @@ class ClickTool(Tool):
         self._polished = {}
         self.session, self.cands, self.index, self.classes = None, [], 0, []
         self._press = self._box_end = None
-        self._early = False
+        self._sent = self._early = False
         self._waiting, self._prompts = [], []
         self.queue.drop_pending()
         self.polish_queue.drop_pending()
@@ -117,9 +118,14 @@ class ClickTool(Tool):
             return
         negative = bool(modifiers & Qt.KeyboardModifier.ShiftModifier)
         self._press, self._box_end = (pos.x(), pos.y(), not negative), None
-        # Predicted now, not on release; a negative press cannot become a box, so it is final.
-        self._early = not negative
-        self.prompt(("point", pos.x(), pos.y(), not negative))
+        # Predicted now, not on release, when on the image (a box may start in the margin around
+        # it); a negative press cannot become a box, so it is final.
+        doc = self.target.document
+        h, w = doc.shape if doc is not None else (0, 0)
+        self._sent = 0 <= pos.x() < w and 0 <= pos.y() < h
+        self._early = self._sent and not negative
+        if self._sent:
+            self.prompt(("point", pos.x(), pos.y(), not negative))
 
     def right_press(self, pos: QPointF, modifiers: Any) -> None:
         if self._usable():
@@ -137,7 +143,7 @@ class ClickTool(Tool):
             return
         if self._box_end is None and self._early:   # a drag after all: the pressed point goes again
             self._early = False
-            self.prompt(("retract",))
+            self.prompt(("retract", p[0], p[1]))
             if self.view is not None:
                 self.view.clear_region()
         self._box_end = (pos.x(), pos.y())
@@ -147,7 +153,7 @@ class ClickTool(Tool):
 
     def release(self, pos: QPointF) -> None:
         p, self._press = self._press, None
-        early, self._early = self._early, False
+        sent, self._sent, self._early = self._sent, False, False
         if p is None:
             return
         if self._box_end is not None:
@@ -155,14 +161,14 @@ class ClickTool(Tool):
             if self.view is not None:
                 self.view.clear_preview()
             self.prompt(("box", p[0], p[1], pos.x(), pos.y()))
-        elif not early:
+        elif not sent:
             self.prompt(("point", p[0], p[1], p[2]))
 
     # -------------------------------------------------------------- prediction
     def prompt(self, prompt: tuple):
         """Run one prompt, ``("point", x, y, positive)``, ``("box", x0, y0, x1, y1)`` or
-        ``("retract",)`` (take the last point back). Prompts made while a prediction runs are kept,
-        in order, and go to the worker together next."""
+        ``("retract", x, y)`` (take the point at x, y back, if it is the last). Prompts made while a
+        prediction runs are kept, in order, and go to the worker together next."""
         t = self.target
         doc = t.document
         if doc is None:
@@ -197,11 +203,11 @@ class ClickTool(Tool):
                 if prompt[0] == "box":
                     cands = session.set_box(*prompt[1:])
                 elif prompt[0] == "retract":
-                    cands = session.retract_point()
+                    cands = session.retract_point(prompt[1:])
                 else:
                     cands = session.add_point(prompt[1], prompt[2], positive=prompt[3])
             classes = [None if probs is None else region_class(probs, c.mask, default) for c in cands]
-            return cands, classes
+            return cands, classes, session.index
 
         def done(result) -> None:
             newer = self.queue.pending is not None   # these candidates are about to be replaced
@@ -209,15 +215,23 @@ class ClickTool(Tool):
             if gen != self._gen or t.document is not doc:
                 return
             self.cands, self.classes = list(result[0]), list(result[1])
-            self.index = 0
+            self.index = result[2]   # 0 for new candidates; a retracted point's earlier choice
             self._round += 1
             self._polished = {}
             self.show(polish=not newer)
 
         def failed(text: str) -> None:
+            if gen == self._gen and t.document is doc:
+                # The job may have run some prompts (a retraction before a failed box): show what
+                # the session now holds. Read before the queue starts the next job.
+                self.cands, self.index = session.candidates, session.index
+                self.classes = [None] * len(self.cands)
+                self._round += 1
+                self._polished = {}
             self.queue.done()
             if gen == self._gen:
                 t.report_error(f"Click model failed: {text}")
+                self.show(polish=False)
 
         # The click model's lane: its encoder and decoder always run on one thread (see
         # Worker.run_task); a click goes ahead of neighbours' embeddings waiting there.
@@ -316,11 +330,11 @@ class ClickTool(Tool):
 
 
 def _without_retracted(prompts: list[tuple]) -> list[tuple]:
-    """``prompts`` without each point that a later "retract" takes back before anything else ran
-    (neither goes to the model); a "retract" of a point that already ran stays."""
+    """``prompts`` without each point that the "retract" right after it takes back (neither goes to
+    the model); a "retract" of a point that already ran stays."""
     out: list[tuple] = []
     for prompt in prompts:
-        if prompt[0] == "retract" and out and out[-1][0] == "point":
+        if prompt[0] == "retract" and out and out[-1][:3] == ("point", *prompt[1:]):
             out.pop()
         else:
             out.append(prompt)
