@@ -6,12 +6,14 @@ Shared by the one-process command (``deeplab-gui prelabel FOLDER``) and the dist
 statuses, probabilities and error notes.
 
 Resuming
-    An image counts as done, and a rerun skips it, when its status is ``prelabeled``, its mask file
-    exists and its cached probabilities carry the same checkpoint identity and the image's current
-    size and mtime.  The status is committed before the mask and the probabilities after it, so an
-    image a kill interrupted half-way is never taken for done.  Only the small ``meta`` member of the
-    cache file is read for this.  An entry the probability cache evicted (its byte budget) makes the
-    image count as not done: it is predicted again, which costs time, never correctness.
+    An image counts as done, and a rerun skips it, when its status is ``prelabeled`` and the store's
+    note on its pre-label (written right after the mask: the checkpoint identity, the image file's
+    size and mtime, the mask file's) still matches: same checkpoint, the image unchanged, the mask
+    the one that run wrote.  The status is committed before the mask and the note after it, so an
+    image a kill interrupted half-way is never taken for done. The probability cache's byte budget
+    does not matter (for a large folder it evicts most entries). A store written before the notes
+    existed falls back to the cache file's own tags (checkpoint and image), read from its small
+    ``meta`` member; an evicted entry then makes the image count as not done.
 """
 from __future__ import annotations
 
@@ -136,12 +138,18 @@ def _cache_tags(path: Path) -> dict | None:
         return None
 
 
-def is_done(store: Any, image_id: str, model_id: str) -> bool:
-    """Whether ``image_id`` holds a complete pre-label by ``model_id`` for the image as it is now."""
+def is_done(store: Any, image_id: str, model_id: str, *, notes: dict | None = None) -> bool:
+    """Whether ``image_id`` holds a complete pre-label by ``model_id`` for the image as it is now.
+    ``notes``: ``store.prelabel_tags()`` read once for many calls."""
     from .store import ImageSignature, Status
 
     if store.status(image_id) is not Status.PRELABELED or not store.mask_path(image_id).exists():
         return False
+    notes = store.prelabel_tags() if notes is None else notes
+    current = store.prelabel_current(image_id, model_id, notes.get(image_id))
+    if current is not None:
+        return current
+    # A pre-label from before the store kept notes: its probability cache file says the same.
     tags = _cache_tags(store.probs_path(image_id))
     if tags is None or tags.get("model_id") != model_id:
         return False
@@ -160,10 +168,11 @@ def prelabel_todo(store: Any, model_id: str, *, overwrite: bool = False) -> tupl
     """
     todo: list[str] = []
     protected = done = 0
+    notes = store.prelabel_tags() if not overwrite else {}
     for image_id in sorted(store.ids()):
         if not store.needs_prelabel(image_id, overwrite=overwrite):
             protected += 1
-        elif not overwrite and is_done(store, image_id, model_id):
+        elif not overwrite and is_done(store, image_id, model_id, notes=notes):
             done += 1
         else:
             todo.append(image_id)

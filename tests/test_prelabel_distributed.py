@@ -21,7 +21,7 @@ from PIL import Image
 
 from engine import AnnotationStore, Predictor, Status, build_model, load_model, save_model
 from engine.prelabel_spool import SPOOL_NAME, Spool
-from engine.prelabel_store import TRACE_ENV, is_done, prelabel_in_store
+from engine.prelabel_store import TRACE_ENV, is_done, prelabel_in_store, prelabel_todo
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = [f"img{i:02d}.png" for i in range(20)]
@@ -306,3 +306,29 @@ def test_a_cache_file_made_by_a_rank_stores_what_the_store_would_make(tmp_path):
         a, b = st.load_probs("a.png", "m"), st.load_probs("b.png", "m")
         assert a is not None and b is not None and is_done(st, "a.png", "m")
         np.testing.assert_array_equal(a.probs, b.probs)
+
+
+def test_a_pre_label_stays_done_when_its_probabilities_are_evicted_and_not_when_its_mask_changes(tmp_path):
+    # The probability cache keeps a few thousand entries of a large folder: resuming must not depend
+    # on them. The store's note on each pre-label decides, and stops matching when the image, the
+    # model or the mask file (a person's save, another model's run cut short) changes.
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        Image.fromarray(_photo(12, 16, len(name) + ord(name[0]))).save(folder / name)
+    probs = np.random.default_rng(0).dirichlet(np.ones(21), size=(12, 16)).astype(np.float32).transpose(2, 0, 1)
+    labels = probs.argmax(0).astype(np.uint8)
+    with AnnotationStore.open(folder) as st:
+        for name in ("a.png", "b.png", "c.png", "d.png"):
+            assert st.save_prediction(name, labels, probs=probs, model_id="m")
+        for name in ("a.png", "b.png", "c.png", "d.png"):
+            st.probs_path(name).unlink()                      # evicted by the cache's byte budget
+        assert all(is_done(st, n, "m") for n in ("a.png", "b.png", "c.png", "d.png"))
+        assert not is_done(st, "a.png", "other model")
+        os.utime(folder / "b.png", ns=(1, 1))                 # the image changed since
+        from engine.labels import save_mask_png
+        save_mask_png(st.mask_path("c.png"), np.zeros((12, 16), np.uint8), st.class_colors)   # rewritten
+        st.save_mask("d.png", labels, status=Status.EDITED)  # a person's
+        assert [n for n in ("a.png", "b.png", "c.png", "d.png") if is_done(st, n, "m")] == ["a.png"]
+        todo, protected, done = prelabel_todo(st, "m")
+        assert done == 1 and protected == 1 and sorted(todo) == ["b.png", "c.png"]

@@ -23,7 +23,7 @@ __all__ = [
     "Status", "PROTECTED", "LabelClass", "default_classes", "check_classes", "classes_to_json",
     "classes_from_json", "StoreError", "StoreWriteError", "MaskError", "write_error", "check_id",
     "open_db", "open_db_readonly", "SCHEMA_VERSION", "locate_store", "user_store_root", "load_classes_file",
-    "remove_orphan_temps", "sidecar_path", "sidecar_ids", "DB_MISSING", "DB_EMPTY", "EFFORT_TABLE",
+    "remove_orphan_temps", "sidecar_path", "sidecar_ids", "DB_MISSING", "DB_EMPTY", "EFFORT_TABLE", "PRELABELS_TABLE",
 ]
 
 SCHEMA_VERSION = 1
@@ -34,6 +34,12 @@ SCHEMA_VERSION = 1
 EFFORT_TABLE = ("CREATE TABLE IF NOT EXISTS effort(id TEXT PRIMARY KEY, seconds REAL NOT NULL, "
                 "actions TEXT NOT NULL, accepted REAL, version TEXT, edited REAL, first REAL NOT NULL, "
                 "updated REAL NOT NULL)")
+
+# What each pre-label was made from, so a rerun can tell it is done without the probability cache
+# (whose byte budget evicts most entries of a large folder). ``tag``: JSON {"model_id", "image": the
+# image file's size and mtime when predicted, "mask": the mask file's size and mtime as written}; a
+# mask rewritten since (a person's save, another model's run cut short) no longer matches.
+PRELABELS_TABLE = "CREATE TABLE IF NOT EXISTS prelabels(id TEXT PRIMARY KEY, tag TEXT NOT NULL)"
 
 
 class Status(str, Enum):
@@ -224,6 +230,7 @@ def _init_db(path: Path) -> tuple[sqlite3.Connection, bool]:
         db.execute("CREATE TABLE IF NOT EXISTS probs(id TEXT PRIMARY KEY, model_id TEXT NOT NULL, "
                    "bytes INTEGER NOT NULL, used REAL NOT NULL)")
         db.execute(EFFORT_TABLE)
+        db.execute(PRELABELS_TABLE)
         db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
     except BaseException:
         db.close()

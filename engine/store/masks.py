@@ -8,7 +8,9 @@ reviewed) is never replaced by a prediction unless the caller says ``overwrite=T
 """
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -230,11 +232,50 @@ class MaskMethods:
                 raise _write_error(exc, f"the prediction for {image_id}") from exc
             if old is not Status.PRELABELED:
                 self._drop_confirmed(image_id)  # the person's map described the mask just replaced
+            self._record_prelabel(image_id, model_id, path)
         if probs_file is not None:
             self.save_probs_file(image_id, probs_file, model_id=model_id)
         elif probs is not None:
             self.save_probs(image_id, probs, model_id=model_id)
         return True
+
+    def _record_prelabel(self, image_id: str, model_id: str, mask_path: Path) -> None:
+        """Note what the pre-label just written was made from (see ``format.PRELABELS_TABLE``); a
+        file that cannot be read back leaves no note (the image then counts as not done)."""
+        try:
+            tag = {"model_id": model_id, "image": _stat(self.image_path(image_id)), "mask": _stat(mask_path)}
+        except OSError:
+            return
+        self._exec("INSERT INTO prelabels VALUES(?, ?) ON CONFLICT(id) DO UPDATE SET tag=excluded.tag",
+                   (image_id, json.dumps(tag)), what=f"the pre-label note of {image_id}")
+
+    def prelabel_tags(self) -> dict[str, dict]:
+        """Every pre-label note by image id (an old store, or a lost database, has none)."""
+        if getattr(self, "_db", None) is None:
+            return {}
+        with self._mutex:
+            try:
+                rows = self._db.execute("SELECT id, tag FROM prelabels").fetchall()
+            except sqlite3.Error:
+                return {}
+        out = {}
+        for image_id, text in rows:
+            try:
+                out[image_id] = json.loads(text)
+            except ValueError:
+                continue
+        return out
+
+    def prelabel_current(self, image_id: str, model_id: str, tag: dict | None) -> bool | None:
+        """Whether the pre-label note ``tag`` says ``image_id``'s mask is ``model_id``'s prediction
+        for the image as it is now; None without a note."""
+        if not tag:
+            return None
+        try:
+            return (tag.get("model_id") == model_id and tag.get("image") == _stat(self.image_path(image_id))
+                    and tag.get("mask") == _stat(self.mask_path(image_id)))
+        except OSError:
+            return False
 
     def delete_mask(self, image_id: str) -> None:
         """Remove the mask and reset the status to unlabeled.
@@ -252,3 +293,8 @@ class MaskMethods:
                 raise _write_error(exc, f"the mask of {image_id}") from exc
             self._put_status(_check_id(image_id), Status.UNLABELED)
             self._drop_confirmed(image_id)
+
+
+def _stat(path: Path) -> dict:
+    st = os.stat(path)
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
