@@ -232,8 +232,8 @@ def test_shift_click_sends_its_negative_point_once(qtbot, canvas):
     assert tool.session.labels.tolist() == [1, 0] and fake.calls == 2
 
 
-def test_a_box_drag_from_outside_the_image_keeps_the_earlier_click(qtbot, canvas):
-    c, s = canvas, canvas.session
+def _after_one_click(qtbot, c: Canvas):
+    """The click tool (fake model, no edge polish) after a click at (40, 30); the errors it reports."""
     fake = with_fake_model(c)
     tool = use(c, "click")
     tool.edge_polish = False
@@ -241,6 +241,12 @@ def test_a_box_drag_from_outside_the_image_keeps_the_earlier_click(qtbot, canvas
     c.target.report_error = errors.append
     click(c, 40, 30)
     wait_idle(qtbot, tool)
+    return tool, fake, errors
+
+
+def test_a_box_drag_from_outside_the_image_keeps_the_earlier_click(qtbot, canvas):
+    c = canvas
+    tool, fake, errors = _after_one_click(qtbot, c)
     drag(c, [(-3, -2), (10, 10), (30, 25)])               # starts in the margin around the image
     wait_idle(qtbot, tool)
     assert errors == [] and fake.calls == 2
@@ -249,13 +255,7 @@ def test_a_box_drag_from_outside_the_image_keeps_the_earlier_click(qtbot, canvas
 
 def test_a_failed_box_after_a_drag_shows_what_the_session_holds(qtbot, canvas):
     c = canvas
-    with_fake_model(c)
-    tool = use(c, "click")
-    tool.edge_polish = False
-    errors: list[str] = []
-    c.target.report_error = errors.append
-    click(c, 40, 30)
-    wait_idle(qtbot, tool)
+    tool, _, errors = _after_one_click(qtbot, c)
     first = tool.current.mask.copy()
     drag(c, [(10, 10), (10.2, 30), (10.4, 60)])           # a box under a pixel wide: refused
     wait_idle(qtbot, tool)
