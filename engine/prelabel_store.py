@@ -39,6 +39,7 @@ __all__ = [
     "predict_for_store",
     "prelabel_in_store",
     "prelabel_todo",
+    "prelabel_variant",
     "trace",
 ]
 
@@ -138,18 +139,26 @@ def _cache_tags(path: Path) -> dict | None:
         return None
 
 
-def is_done(store: Any, image_id: str, model_id: str, *, notes: dict | None = None) -> bool:
-    """Whether ``image_id`` holds a complete pre-label by ``model_id`` for the image as it is now.
-    ``notes``: ``store.prelabel_tags()`` read once for many calls."""
+def prelabel_variant(crf: bool) -> str:
+    """How pre-labels are made beyond the model, as the store's notes keep it: a run with the CRF
+    does not count as done what a run without it made, nor the other way round."""
+    return "crf" if crf else ""
+
+
+def is_done(store: Any, image_id: str, model_id: str, *, notes: dict | None = None, variant: str = "") -> bool:
+    """Whether ``image_id`` holds a complete pre-label by ``model_id`` (made the ``variant`` way:
+    ``"crf"`` or ``""``) for the image as it is now. ``notes``: ``store.prelabel_tags()`` read once
+    for many calls."""
     from .store import ImageSignature, Status
 
     if store.status(image_id) is not Status.PRELABELED or not store.mask_path(image_id).exists():
         return False
     notes = store.prelabel_tags() if notes is None else notes
-    current = store.prelabel_current(image_id, model_id, notes.get(image_id))
+    current = store.prelabel_current(image_id, model_id, notes.get(image_id), variant)
     if current is not None:
         return current
-    # A pre-label from before the store kept notes: its probability cache file says the same.
+    # A pre-label from before the store kept notes: its probability cache file says the same (but
+    # not whether the CRF made it).
     tags = _cache_tags(store.probs_path(image_id))
     if tags is None or tags.get("model_id") != model_id:
         return False
@@ -160,7 +169,8 @@ def is_done(store: Any, image_id: str, model_id: str, *, notes: dict | None = No
     return tags.get("image") == now
 
 
-def prelabel_todo(store: Any, model_id: str, *, overwrite: bool = False) -> tuple[list[str], int, int]:
+def prelabel_todo(store: Any, model_id: str, *, overwrite: bool = False, variant: str = ""
+                  ) -> tuple[list[str], int, int]:
     """(ids to predict in sorted order, how many a person's mask protects, how many are already done).
 
     Every rank of a distributed run gets this list from the one process that holds the store, so all
@@ -172,7 +182,7 @@ def prelabel_todo(store: Any, model_id: str, *, overwrite: bool = False) -> tupl
     for image_id in sorted(store.ids()):
         if not store.needs_prelabel(image_id, overwrite=overwrite):
             protected += 1
-        elif not overwrite and is_done(store, image_id, model_id, notes=notes):
+        elif not overwrite and is_done(store, image_id, model_id, notes=notes, variant=variant):
             done += 1
         else:
             todo.append(image_id)
@@ -201,9 +211,9 @@ class StoreWriter:
     """
 
     def __init__(self, store: Any, model_id: str, *, overwrite: bool = False,
-                 warn: Callable[[str], Any] | None = None) -> None:
+                 warn: Callable[[str], Any] | None = None, variant: str = "") -> None:
         self.store = store
-        self.model_id = model_id
+        self.model_id, self.variant = model_id, variant
         self.overwrite = overwrite
         self.counts = PrelabelCounts()
         self._warn = warn or (lambda line: None)
@@ -219,7 +229,7 @@ class StoreWriter:
         from .errors import one_line
         try:
             if self.store.save_prediction(image_id, labels, probs=probs, model_id=self.model_id,
-                                          overwrite=self.overwrite, probs_file=probs_file):
+                                          overwrite=self.overwrite, probs_file=probs_file, variant=self.variant):
                 self.counts.written += 1
                 self.store.record_error(image_id, None)
                 return True
@@ -263,8 +273,9 @@ def prelabel_in_store(store: Any, predictor: Any, refine: Callable[..., Any] | N
     size: the store keeps probabilities on a capped grid, and the CRF runs on that grid.
     """
     predictor = fit_classes(predictor, check_class_lists(store, predictor.meta), warn)
-    todo, protected, done = prelabel_todo(store, model_id, overwrite=overwrite)
-    writer = StoreWriter(store, model_id, overwrite=overwrite, warn=warn)
+    variant = prelabel_variant(refine is not None)
+    todo, protected, done = prelabel_todo(store, model_id, overwrite=overwrite, variant=variant)
+    writer = StoreWriter(store, model_id, overwrite=overwrite, warn=warn, variant=variant)
     writer.counts.protected, writer.counts.done_before, writer.counts.todo = protected, done, len(todo)
     if todo_known is not None:
         todo_known(len(todo))

@@ -78,7 +78,8 @@ def ingest_leftovers(spool: Any, store: Any, model_id: str, overwrite: bool, wri
         try:
             if res is None or res.failed or res.model_id != model_id or res.image_id not in store.ids():
                 continue
-            if not store.needs_prelabel(res.image_id, overwrite=overwrite) or is_done(store, res.image_id, model_id):
+            if not store.needs_prelabel(res.image_id, overwrite=overwrite) or \
+                    is_done(store, res.image_id, model_id, variant=writer.variant):
                 continue
             if ImageSignature.of(store.image_path(res.image_id)).to_dict() != res.signature:
                 continue  # the image changed since it was predicted
@@ -93,7 +94,7 @@ def ingest_leftovers(spool: Any, store: Any, model_id: str, overwrite: bool, wri
 def plan_store(cfg: Any, stack: Any, writer: Writer, weights: Path, meta: Any) -> dict:
     from .checkpoints import checkpoint_id
     from .prelabel_spool import SPOOL_NAME, Spool
-    from .prelabel_store import StoreWriter, check_class_lists, prelabel_todo
+    from .prelabel_store import StoreWriter, check_class_lists, prelabel_todo, prelabel_variant
     from .store import AnnotationStore
 
     store = stack.enter_context(AnnotationStore.open(cfg.folder, recursive=cfg.recursive or None))
@@ -104,11 +105,12 @@ def plan_store(cfg: Any, stack: Any, writer: Writer, weights: Path, meta: Any) -
         writer.warn(f"note: {cmap.describe()}")
     mid = checkpoint_id(weights)  # the app keys its cache the same way
     writer.store = store
-    writer.sink = StoreWriter(store, mid, overwrite=cfg.overwrite, warn=writer.warn)
+    variant = prelabel_variant(cfg.crf)
+    writer.sink = StoreWriter(store, mid, overwrite=cfg.overwrite, warn=writer.warn, variant=variant)
     spool = Spool(store.root / SPOOL_NAME)
     spool.reset()
     ingest_leftovers(spool, store, mid, cfg.overwrite, writer.sink)
-    todo, protected, done = prelabel_todo(store, mid, overwrite=cfg.overwrite)
+    todo, protected, done = prelabel_todo(store, mid, overwrite=cfg.overwrite, variant=variant)
     c = writer.sink.counts
     c.protected, c.done_before, c.todo = protected, done, len(todo)
     # Every rank maps the model's classes onto these (engine.prelabel_store.fit_classes), as one process does.

@@ -332,3 +332,8 @@ def test_a_pre_label_stays_done_when_its_probabilities_are_evicted_and_not_when_
         assert [n for n in ("a.png", "b.png", "c.png", "d.png") if is_done(st, n, "m")] == ["a.png"]
         todo, protected, done = prelabel_todo(st, "m")
         assert done == 1 and protected == 1 and sorted(todo) == ["b.png", "c.png"]
+        # A run with the CRF is not done by one without it, nor the other way round.
+        assert st.save_prediction("b.png", labels, model_id="m", variant="crf")
+        assert is_done(st, "b.png", "m", variant="crf") and not is_done(st, "b.png", "m")
+        assert not is_done(st, "a.png", "m", variant="crf")
+        assert sorted(prelabel_todo(st, "m", variant="crf")[0]) == ["a.png", "c.png"]

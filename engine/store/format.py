@@ -36,9 +36,10 @@ EFFORT_TABLE = ("CREATE TABLE IF NOT EXISTS effort(id TEXT PRIMARY KEY, seconds 
                 "updated REAL NOT NULL)")
 
 # What each pre-label was made from, so a rerun can tell it is done without the probability cache
-# (whose byte budget evicts most entries of a large folder). ``tag``: JSON {"model_id", "image": the
-# image file's size and mtime when predicted, "mask": the mask file's size and mtime as written}; a
-# mask rewritten since (a person's save, another model's run cut short) no longer matches.
+# (whose byte budget evicts most entries of a large folder). ``tag``: JSON {"model_id", "variant"
+# ("crf" when the CRF refined it, else ""), "image": the image file's size and mtime when the mask
+# was written, "mask": the mask file's}; a mask rewritten since (a person's save, another model's
+# run cut short) no longer matches.
 PRELABELS_TABLE = "CREATE TABLE IF NOT EXISTS prelabels(id TEXT PRIMARY KEY, tag TEXT NOT NULL)"
 
 

@@ -201,9 +201,11 @@ class MaskMethods:
         return status not in PROTECTED
 
     def save_prediction(self, image_id: str, mask: np.ndarray, *, probs: np.ndarray | None = None,
-                        model_id: str = "", overwrite: bool = False, probs_file: bytes | None = None) -> bool:
+                        model_id: str = "", overwrite: bool = False, probs_file: bytes | None = None,
+                        variant: str = "") -> bool:
         """Store a model's mask (and optionally its probabilities, or their cache file already made by
-        ``engine.store.probcache.encode_probs``: ``probs_file``) as ``prelabeled``.
+        ``engine.store.probcache.encode_probs``: ``probs_file``) as ``prelabeled``. ``variant``: how
+        the mask was made beyond the model (``"crf"``), kept in the pre-label's note.
 
         Returns False, writing nothing, when the image holds an edited or reviewed mask and
         ``overwrite`` is False.  This is what ``deeplab-gui prelabel FOLDER`` (no ``--out``) calls.
@@ -232,18 +234,19 @@ class MaskMethods:
                 raise _write_error(exc, f"the prediction for {image_id}") from exc
             if old is not Status.PRELABELED:
                 self._drop_confirmed(image_id)  # the person's map described the mask just replaced
-            self._record_prelabel(image_id, model_id, path)
+            self._record_prelabel(image_id, model_id, path, variant)
         if probs_file is not None:
             self.save_probs_file(image_id, probs_file, model_id=model_id)
         elif probs is not None:
             self.save_probs(image_id, probs, model_id=model_id)
         return True
 
-    def _record_prelabel(self, image_id: str, model_id: str, mask_path: Path) -> None:
+    def _record_prelabel(self, image_id: str, model_id: str, mask_path: Path, variant: str = "") -> None:
         """Note what the pre-label just written was made from (see ``format.PRELABELS_TABLE``); a
         file that cannot be read back leaves no note (the image then counts as not done)."""
         try:
-            tag = {"model_id": model_id, "image": _stat(self.image_path(image_id)), "mask": _stat(mask_path)}
+            tag = {"model_id": model_id, "variant": variant, "image": _stat(self.image_path(image_id)),
+                   "mask": _stat(mask_path)}
         except OSError:
             return
         self._exec("INSERT INTO prelabels VALUES(?, ?) ON CONFLICT(id) DO UPDATE SET tag=excluded.tag",
@@ -266,13 +269,14 @@ class MaskMethods:
                 continue
         return out
 
-    def prelabel_current(self, image_id: str, model_id: str, tag: dict | None) -> bool | None:
+    def prelabel_current(self, image_id: str, model_id: str, tag: dict | None, variant: str = "") -> bool | None:
         """Whether the pre-label note ``tag`` says ``image_id``'s mask is ``model_id``'s prediction
-        for the image as it is now; None without a note."""
+        (made the ``variant`` way) for the image as it is now; None without a note."""
         if not tag:
             return None
         try:
-            return (tag.get("model_id") == model_id and tag.get("image") == _stat(self.image_path(image_id))
+            return (tag.get("model_id") == model_id and tag.get("variant", "") == variant
+                    and tag.get("image") == _stat(self.image_path(image_id))
                     and tag.get("mask") == _stat(self.mask_path(image_id)))
         except OSError:
             return False
