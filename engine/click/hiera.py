@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .sam import window_partition, window_unpartition
-from .sam_parts import MLP
+from .sam_decoder import MLP
 
 __all__ = ["FpnNeck", "Hiera", "HieraConfig", "ImageEncoder", "sine_position_encoding"]
 

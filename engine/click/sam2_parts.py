@@ -11,15 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .sam_parts import (
-    MLP,
-    ImageSide,
-    LayerNorm2d,
-    PositionEmbeddingRandom,
-    TwoWayTransformer,
-    block_order,
-    upscale_masks,
-)
+from .sam_decoder import MLP, ImageSide, LayerNorm2d, TwoWayTransformer, block_order, upscale_masks
+from .sam_parts import PositionEmbeddingRandom
 
 __all__ = ["MaskDecoder", "PromptEncoder", "sam2_transformer"]
 
@@ -95,7 +88,7 @@ class MaskDecoder(nn.Module):
     def prepare(self, image: torch.Tensor, image_pe: torch.Tensor, no_mask: torch.Tensor,
                 high_res: tuple[torch.Tensor, torch.Tensor]) -> dict[str, object]:
         """What every click on this image shares: the image rows with the no-mask embedding
-        (:class:`~engine.click.sam_parts.ImageSide`, projected) and the high-resolution features in
+        (:class:`~engine.click.sam_decoder.ImageSide`, projected) and the high-resolution features in
         the upscaling's row order."""
         return {"side": self.transformer.image_side(image + no_mask, image_pe, project=True),
                 "skip0": block_order(high_res[0], 2), "skip1": block_order(high_res[1], 1)}

@@ -1,15 +1,13 @@
-"""SAM's prompt side and its container: the prompt encoder, the two-way transformer, the mask decoder,
-and :class:`Sam`, which joins any image encoder to them (SAM's ViT in ``sam.py``, MobileSAM's TinyViT).
+"""SAM's prompt side and its container: the prompt encoder and :class:`Sam`, which joins any image
+encoder (SAM's ViT in ``sam.py``, MobileSAM's TinyViT) to the prompt encoder and the mask decoder
+(``sam_decoder.py``, whose names are also importable from here).
 
 Module and parameter names follow segment-anything's own modules key for key, so the authors' state
-dicts load unchanged. Arithmetic follows theirs too: attention through
-``F.scaled_dot_product_attention`` computes the same softmax(q·kᵀ/√d)·v as their explicit product.
+dicts load unchanged.
 """
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,6 +16,20 @@ from PIL import Image
 from torch import nn
 
 from .base import ClickModel
+from .sam_decoder import (  # noqa: F401  (re-exported: the decoder's names were defined here before)
+    MLP,
+    PROMPT_DIM,
+    UPSCALE_ROWS,
+    Attention,
+    ImageSide,
+    LayerNorm2d,
+    MLPBlock,
+    MaskDecoder,
+    TwoWayAttentionBlock,
+    TwoWayTransformer,
+    block_order,
+    upscale_masks,
+)
 
 __all__ = [
     "SAM_PIXEL_MEAN",
@@ -25,6 +37,7 @@ __all__ = [
     "LayerNorm2d",
     "MLPBlock",
     "MaskDecoder",
+    "PositionEmbeddingRandom",
     "PromptEncoder",
     "Sam",
     "TwoWayTransformer",
@@ -34,38 +47,6 @@ __all__ = [
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)   # ImageNet statistics in 0..255 units
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
-PROMPT_DIM = 256        # channels of the image embedding and of every prompt token
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of an N×C×H×W map (eps 1e-6, as SAM's)."""
-
-    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The same (x - mean) / sqrt(biased var + eps) as the authors' step-by-step version, in one
-        # fused pass over the channels-last view (several times faster on a CPU). Always in float32:
-        # under autocast the convolutions before it give half precision, whose variance over 256
-        # channels loses digits.
-        with torch.autocast(x.device.type, enabled=False):
-            y = F.layer_norm(x.float().permute(0, 2, 3, 1), (x.shape[1],), self.weight.float(),
-                             self.bias.float(), self.eps)
-        return y.permute(0, 3, 1, 2)
-
-
-class MLPBlock(nn.Module):
-    def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
-        super().__init__()
-        self.lin1 = nn.Linear(embedding_dim, mlp_dim)
-        self.lin2 = nn.Linear(mlp_dim, embedding_dim)
-        self.act = act()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.act(self.lin1(x)))
 
 
 # --------------------------------------------------------------------------- prompt encoder
@@ -176,389 +157,6 @@ class PromptEncoder(nn.Module):
         else:
             dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(bs, -1, *self.image_embedding_size)
         return sparse, dense
-
-
-# --------------------------------------------------------------------------- two-way transformer
-
-class Attention(nn.Module):
-    """Multi-head attention whose q/k/v projections may shrink the width by ``downsample_rate``.
-
-    Besides the plain ``forward``, the cross attentions between a few prompt tokens and the 4096
-    image rows have their own paths. :meth:`tokens_to_image` and :meth:`image_to_tokens` compute
-    the same softmax(q·kᵀ/√d)·v with the products associated the other way: the projection matrices
-    are first applied to the handful of tokens, so the image rows are multiplied once by a
-    C×(heads·tokens) matrix instead of being projected to the internal width and back. With 8 heads
-    and a width of 128 that is cheaper while there are fewer than 16 tokens (a click with up to
-    about ten points). The key bias of ``tokens_to_image`` adds one constant per query row, to which
-    softmax is blind, so it drops out exactly; the value bias passes through unchanged because each
-    softmax row sums to one. The ``projected_*`` variants take the image side's projections already
-    made (per image, see :class:`ImageSide`), in heads layout B×heads×N×d.
-    """
-
-    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
-        super().__init__()
-        self.internal_dim = embedding_dim // downsample_rate
-        self.num_heads = num_heads
-        if self.internal_dim % num_heads:
-            raise ValueError("num_heads must divide the attention's internal width")
-        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
-
-    def _merge(self, x: torch.Tensor) -> torch.Tensor:
-        """B×heads×n×d → the out projection of B×n×(heads·d)."""
-        b, h, n, d = x.shape
-        return self.out_proj(x.transpose(1, 2).reshape(b, n, h * d))
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self._merge(F.scaled_dot_product_attention(
-            self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))))
-
-    def _few(self, tokens: int) -> bool:
-        return self.num_heads * tokens < self.internal_dim
-
-    def _split(self, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-        """A projection to the internal width as heads×d×C weights and heads×d biases."""
-        return linear.weight.view(self.num_heads, -1, linear.in_features), linear.bias.view(self.num_heads, -1)
-
-    def tokens_to_image(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``forward`` for few queries (B×n×C tokens) over many keys and values (B×N×C image rows)."""
-        b, n, c = q.shape
-        if not self._few(n):
-            return self.forward(q, k, v)
-        h = self.num_heads
-        wk, _ = self._split(self.k_proj)                                   # h×d×C
-        wv, bv = self._split(self.v_proj)
-        d = wk.shape[1]
-        qh = self._heads(self.q_proj(q)) * d ** -0.5                        # B×h×n×d
-        a = torch.einsum("bhnd,hdc->bhnc", qh, wk).reshape(b, h * n, c)     # queries in image channels
-        attn = torch.softmax(a @ k.transpose(1, 2), dim=-1)                 # B×(h·n)×N
-        ctx = (attn @ v).view(b, h, n, c)                                   # attended image rows
-        return self._merge(torch.einsum("bhnc,hdc->bhnd", ctx, wv) + bv[:, None, :])
-
-    def projected_tokens_to_image(self, q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
-        """``forward`` with the keys and values already projected (B×heads×N×d)."""
-        qh = self._heads(self.q_proj(q)) * kp.shape[-1] ** -0.5
-        return self._merge(torch.softmax(qh @ kp.transpose(-1, -2), dim=-1) @ vp)
-
-    def _weigh_tokens(self, attn: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-        """B×heads×n×N attention of N image rows over n tokens (softmax taken), token values B×n×C →
-        B×N×C (plus ``residual``): each head's values are first carried through the out projection
-        (heads·n rows). Each head's weights of a row sum to one, so adding a heads-th of the out
-        bias to every head's rows adds the bias once."""
-        b, h, n, big = attn.shape
-        vh = self._heads(self.v_proj(v))                                    # B×h×n×d
-        vo = torch.einsum("bhnd,chd->bhnc", vh, self.out_proj.weight.view(-1, h, vh.shape[-1]))
-        vo = (vo + self.out_proj.bias / h).reshape(b, h * n, -1)
-        weights = attn.reshape(b, h * n, big).transpose(1, 2)
-        return torch.bmm(weights, vo) if residual is None else torch.baddbmm(residual, weights, vo)
-
-    def image_to_tokens(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``forward`` for many queries (B×N×C image rows) over few keys and values (B×n×C tokens),
-        plus ``residual`` (B×N×C) when given."""
-        b, n, c = k.shape
-        if not self._few(n):
-            out = self.forward(q, k, v)
-            return out if residual is None else residual + out
-        h = self.num_heads
-        wq, bq = self._split(self.q_proj)
-        kh = self._heads(self.k_proj(k)) * wq.shape[1] ** -0.5              # B×h×n×d
-        m = torch.einsum("bhnd,hdc->bhnc", kh, wq).reshape(b, h * n, c)     # image channels → scores
-        bias = torch.einsum("bhnd,hd->bhn", kh, bq).reshape(b, h * n, 1)
-        # Scores laid out B×h×n×N: softmax over the n tokens of each row is then a reduction over a
-        # middle axis, several times faster than over a last axis of 5-15.
-        scores = torch.bmm(m, q.transpose(1, 2)).add_(bias).view(b, h, n, -1)
-        return self._weigh_tokens(torch.softmax(scores, dim=2), v, residual)
-
-    def projected_image_to_tokens(self, qp: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                  residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``image_to_tokens`` with the image rows' queries already projected (B×heads×N×d)."""
-        kh = self._heads(self.k_proj(k)) * qp.shape[-1] ** -0.5             # B×h×n×d
-        attn = torch.softmax(kh @ qp.transpose(-1, -2), dim=2)              # B×h×n×N
-        if self._few(k.shape[1]):
-            return self._weigh_tokens(attn, v, residual)
-        out = self._merge(attn.transpose(-1, -2) @ self._heads(self.v_proj(v)))
-        return out if residual is None else residual + out
-
-
-class MLP(nn.Module):
-    """``num_layers`` linear layers with ``activation`` between them (keys ``layers.N``); SAM's heads
-    and SAM 2.1's transformer, heads and Hiera blocks all use it."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int,
-                 activation: type[nn.Module] = nn.ReLU, sigmoid_output: bool = False) -> None:
-        super().__init__()
-        h = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
-        self.act = activation()
-        self.sigmoid_output = sigmoid_output
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = self.act(x)
-        return torch.sigmoid(x) if self.sigmoid_output else x
-
-
-@dataclass
-class ImageSide:
-    """The image half of the two-way transformer's input as B×N×C rows (N = h·w), contiguous: the
-    products and sums of a click run several times faster on rows than on the permuted 64×64 map.
-
-    ``keys`` is the image embedding plus the dense prompt embedding, ``key_pe`` the positional
-    encoding, ``k`` their sum. When no mask is given the dense embedding is a learned constant, so
-    everything the first block computes from the image alone can be done once per image
-    (:meth:`TwoWayTransformer.image_side` with ``project=True``): the key and value projections of
-    its token-to-image attention (``kp``, ``vp``) and the query projection of its image-to-token
-    attention (``qp``), all B×heads×N×d. A click then costs the first block a few million
-    multiply-adds instead of a few hundred million.
-    """
-    keys: torch.Tensor
-    key_pe: torch.Tensor
-    k: torch.Tensor | None       # None when the projections below are given (nothing else reads it)
-    hw: tuple[int, int]
-    kp: torch.Tensor | None = None
-    vp: torch.Tensor | None = None
-    qp: torch.Tensor | None = None
-
-    def batch(self, n: int) -> ImageSide:
-        """The same rows for ``n`` prompt sets (one copy each)."""
-        if self.keys.shape[0] == n:
-            return self
-        rep = {f: getattr(self, f) for f in ("keys", "key_pe", "k", "kp", "vp", "qp")}
-        return ImageSide(hw=self.hw, **{f: None if t is None else t.expand(n, *t.shape[1:]).contiguous()
-                                        for f, t in rep.items()})
-
-
-class TwoWayAttentionBlock(nn.Module):
-    """Tokens attend to themselves, then to the image; an MLP on the tokens; the image attends to the
-    tokens. Positional encodings are re-added before every attention (queries' too, except at the
-    first block's self-attention, whose queries are the prompt tokens themselves)."""
-
-    def __init__(self, embedding_dim: int, num_heads: int, mlp: nn.Module, attention_downsample_rate: int = 2,
-                 skip_first_layer_pe: bool = False) -> None:
-        super().__init__()
-        self.self_attn = Attention(embedding_dim, num_heads)
-        self.norm1 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
-        self.norm2 = nn.LayerNorm(embedding_dim)
-        self.mlp = mlp
-        self.norm3 = nn.LayerNorm(embedding_dim)
-        self.norm4 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
-        self.skip_first_layer_pe = skip_first_layer_pe
-
-    def forward(self, queries: torch.Tensor, side: ImageSide, query_pe: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.skip_first_layer_pe:
-            queries = self.self_attn(q=queries, k=queries, v=queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q=q, k=q, v=queries)
-        queries = self.norm1(queries)
-        # The image side is unchanged until the last step: its positional sum serves both cross attentions.
-        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
-        if side.kp is not None:
-            attn = t2i.projected_tokens_to_image(queries + query_pe, side.kp, side.vp)
-        else:
-            attn = t2i.tokens_to_image(queries + query_pe, side.k, side.keys)
-        queries = self.norm2(queries + attn)
-        queries = self.norm3(queries + self.mlp(queries))
-        if side.qp is not None:
-            keys = i2t.projected_image_to_tokens(side.qp, queries + query_pe, queries, residual=side.keys)
-        else:
-            keys = i2t.image_to_tokens(side.k, queries + query_pe, queries, residual=side.keys)
-        return queries, self.norm4(keys)
-
-
-class TwoWayTransformer(nn.Module):
-    """``depth`` two-way blocks, then the tokens attend to the image once more. ``mlp`` builds each
-    block's token MLP (SAM: ``MLPBlock``, keys ``lin1``/``lin2``; SAM 2.1: ``MLP``, keys ``layers.N``)."""
-
-    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int,
-                 mlp: Callable[[int, int], nn.Module] | None = None, attention_downsample_rate: int = 2) -> None:
-        super().__init__()
-        mlp = mlp or (lambda dim, hidden: MLPBlock(dim, hidden, nn.ReLU))
-        self.num_heads = num_heads
-        self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(embedding_dim, num_heads, mlp(embedding_dim, mlp_dim), attention_downsample_rate,
-                                 skip_first_layer_pe=(i == 0)) for i in range(depth))
-        self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
-        self.norm_final_attn = nn.LayerNorm(embedding_dim)
-
-    def image_side(self, image: torch.Tensor, image_pe: torch.Tensor, project: bool = False) -> ImageSide:
-        """B×C×h×w image (+ dense prompt) and its 1×C×h×w encoding → rows; ``project``: also the first
-        block's image-only projections (when ``image`` is the same for every click)."""
-        b, _, h, w = image.shape
-        keys = image.flatten(2).transpose(1, 2).contiguous()
-        key_pe = image_pe.flatten(2).transpose(1, 2).expand(b, -1, -1).contiguous()
-        k = keys + key_pe
-        if not project:
-            return ImageSide(keys, key_pe, k, (h, w))
-        first = self.layers[0]
-        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
-        heads = lambda attn, x: attn._heads(x).contiguous()
-        return ImageSide(keys, key_pe, k, (h, w), kp=heads(t2i, t2i.k_proj(k)), vp=heads(t2i, t2i.v_proj(keys)),
-                         qp=heads(i2t, i2t.q_proj(k)))
-
-    def with_dense(self, side: ImageSide, mask_features: torch.Tensor, conv: nn.Conv2d, no_mask: torch.Tensor
-                   ) -> ImageSide:
-        """``side`` (made with ``project=True`` for the image plus the no-mask embedding ``no_mask``)
-        with a mask prompt's dense embedding instead: ``conv`` (the mask encoder's last, 1×1
-        convolution) of ``mask_features`` (B×c×h×w, what comes before it, c = 16).
-
-        The dense embedding enters the first block only through the image rows and their three
-        linear projections, so each of those is the no-mask one plus the projection of the change
-        (c channels per row through a c×(C + 3·width) matrix, a few tens of millions of
-        multiply-adds) instead of being made again from the rows (several hundred million). The
-        same values, float rounding apart."""
-        first = self.layers[0]
-        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
-        b, c = mask_features.shape[:2]
-        n, dim = side.keys.shape[1:]
-        w = conv.weight.reshape(dim, c).t()                                  # c×C
-        delta = conv.bias - no_mask.reshape(-1)                              # the constant's change, C
-        projections = [t2i.k_proj.weight, t2i.v_proj.weight, i2t.q_proj.weight]
-        mats = torch.cat([w] + [w @ p.t() for p in projections], dim=1)
-        consts = torch.cat([delta] + [delta @ p.t() for p in projections])
-        rows = mask_features.flatten(2).transpose(1, 2).reshape(b * n, c)
-        change = torch.addmm(consts, rows, mats).view(b, n, -1)
-        dk, dkp, dvp, dqp = change.split([dim] + [p.shape[0] for p in projections], dim=-1)
-        side = side.batch(b)
-        keys = side.keys + dk
-        heads = lambda attn, base, d: base + attn._heads(d)                  # noqa: E731
-        return ImageSide(keys, side.key_pe, None, side.hw, kp=heads(t2i, side.kp, dkp),
-                         vp=heads(t2i, side.vp, dvp), qp=heads(i2t, side.qp, dqp))
-
-    def forward(self, side: ImageSide, point_embedding: torch.Tensor, keep: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image rows, B×T×C tokens) → (B×T×C tokens, B×N×C image rows). ``keep``: only the first
-        ``keep`` tokens are wanted back (the decoder's output tokens; the prompts' own tokens are
-        dropped), so the final attention is computed for those alone."""
-        side = side.batch(point_embedding.shape[0])
-        queries = point_embedding
-        for i, layer in enumerate(self.layers):
-            queries, keys = layer(queries, side, point_embedding)
-            if i + 1 < len(self.layers):
-                side = ImageSide(keys, side.key_pe, keys + side.key_pe, side.hw)
-        queries, pe = queries[:, :keep], point_embedding[:, :keep]
-        attn = self.final_attn_token_to_image.tokens_to_image(queries + pe, keys + side.key_pe, keys)
-        return self.norm_final_attn(queries + attn), keys
-
-
-def _deconv_weights(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 2×2, stride-2 transposed convolution as a Cin×(2·2·Cout) matrix and its bias: each input
-    position becomes its 2×2 output block (row i, column j of the block, then the channels)."""
-    cin, cout = conv.weight.shape[:2]
-    return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)
-
-
-UPSCALE_ROWS = 512   # image rows per CPU pass of upscale_masks: its intermediates stay in a core's cache
-
-
-def upscale_masks(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.Sequential, hyper: torch.Tensor,
-                  skip1: torch.Tensor | None = None, skip0: torch.Tensor | None = None) -> torch.Tensor:
-    """The decoder's ending: image rows B×(h·w)×C through ``upscaling`` (transposed conv, LayerNorm2d,
-    GELU, transposed conv, GELU: 4× the side), each mask token's B×K×C/8 weights over the result →
-    B×K×4h×4w logits.
-
-    The same arithmetic as running the 2×2 transposed convolutions on the map, done as matrix
-    products on rows kept in block order (position, then its 2×2, then the next 2×2), so no step
-    transposes the 16 MiB of features; only the K masks are put back in raster order at the end.
-    The rows go through in passes of :data:`UPSCALE_ROWS`, whose intermediates (1 MiB) stay in
-    cache instead of streaming 40 MiB through memory. ``skip1`` / ``skip0``: SAM 2.1's
-    high-resolution features, added after each convolution, in that block order (:func:`block_order`).
-    """
-    dc1, ln1, act1, dc2, act2 = upscaling
-    (b, n, _), (h, w), k = keys.shape, hw, hyper.shape[1]
-    w1, b1 = _deconv_weights(dc1)
-    w2, b2 = _deconv_weights(dc2)
-    c4, c8 = w1.shape[1] // 4, w2.shape[1] // 4
-    # Mask-major (B×K×rows): the K weights times each pass's features transposed is a product of K
-    # long rows, which BLAS does at twice the speed of rows×K with K = 3 columns.
-    out = keys.new_empty((b, k, n * 16))
-    step = UPSCALE_ROWS if keys.device.type == "cpu" else n   # a GPU wants one big pass, not eight launches
-    for i in range(b):
-        for s in range(0, n, step):
-            e = min(n, s + step)
-            x = torch.addmm(b1, keys[i, s:e], w1).view(-1, 2, 2, c4)
-            if skip1 is not None:
-                x += skip1[i, s:e]
-            x = act1(F.layer_norm(x, (c4,), ln1.weight, ln1.bias, ln1.eps))
-            x = torch.addmm(b2, x.view(-1, c4), w2).view(-1, 2, 2, c8)
-            if skip0 is not None:
-                x += skip0[i, 4 * s:4 * e]
-            torch.mm(hyper[i], act2(x).view(-1, c8).t(), out=out[i, :, 16 * s:16 * e])
-    return out.view(b, k, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, k, 4 * h, 4 * w)
-
-
-def block_order(feature: torch.Tensor, levels: int) -> torch.Tensor:
-    """A B×C×(2ˡh)×(2ˡw) map (l = ``levels``, 1 or 2) in the row order of :func:`upscale_masks`."""
-    b, c, hh, ww = feature.shape
-    h, w = hh >> levels, ww >> levels
-    if levels == 1:
-        x = feature.view(b, c, h, 2, w, 2).permute(0, 2, 4, 3, 5, 1)
-    else:
-        x = feature.view(b, c, h, 2, 2, w, 2, 2).permute(0, 2, 5, 3, 6, 4, 7, 1)
-    return x.reshape(b, -1, 2, 2, c).contiguous()
-
-
-# --------------------------------------------------------------------------- mask decoder
-
-class MaskDecoder(nn.Module):
-    """Output tokens (an IoU token and 1 + ``num_multimask_outputs`` mask tokens) go through the
-    two-way transformer with the prompts; each mask token's MLP weighs the 4× upscaled image features
-    into one mask. Token 0 is the single-mask answer, tokens 1..3 the three ambiguous ones."""
-
-    def __init__(self, *, transformer_dim: int, transformer: TwoWayTransformer, num_multimask_outputs: int = 3,
-                 activation: type[nn.Module] = nn.GELU, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256
-                 ) -> None:
-        super().__init__()
-        self.transformer = transformer
-        self.iou_token = nn.Embedding(1, transformer_dim)
-        self.num_mask_tokens = num_multimask_outputs + 1
-        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
-        self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
-            LayerNorm2d(transformer_dim // 4),
-            activation(),
-            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
-            activation(),
-        )
-        self.output_hypernetworks_mlps = nn.ModuleList(
-            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens))
-        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
-
-    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
-                dense_prompt_embeddings: torch.Tensor, multimask_output: bool, side: ImageSide | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """→ (B×K×4h×4w mask logits, B×K predicted IoU), K = 3 with ``multimask_output``, else 1.
-        ``side``: the image rows already made for this image and dense embedding (see :class:`ImageSide`)."""
-        if side is None:
-            side = self.transformer.image_side(image_embeddings + dense_prompt_embeddings, image_pe)
-        return self.predict_masks(side, sparse_prompt_embeddings,
-                                  slice(1, None) if multimask_output else slice(0, 1))
-
-    def predict_masks(self, side: ImageSide, sparse_prompt_embeddings: torch.Tensor, select: slice = slice(None)
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All masks and IoU (token 0 single, 1..3 multimask), or the ``select``-ed ones (only those
-        are upscaled)."""
-        tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        tokens = tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
-        tokens = torch.cat((tokens, sparse_prompt_embeddings), dim=1)
-        hs, keys = self.transformer(side, tokens, keep=1 + self.num_mask_tokens)
-        iou_out, mask_out = hs[:, 0, :], hs[:, 1:1 + self.num_mask_tokens, :]
-        mlps = list(enumerate(self.output_hypernetworks_mlps))[select]
-        hyper = torch.stack([mlp(mask_out[:, i, :]) for i, mlp in mlps], dim=1)
-        masks = upscale_masks(keys, side.hw, self.output_upscaling, hyper)
-        return masks, self.iou_prediction_head(iou_out)[:, select]
 
 
 def build_sam_decoder_parts(image_size: int = 1024) -> tuple[PromptEncoder, MaskDecoder]:
