@@ -133,3 +133,18 @@ def test_nothing_to_export_fails(tmp_path, capsys):
     Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(src / "x.png")
     assert main(["export", "masks", str(src), str(tmp_path / "o")]) == 1
     assert "nothing to export" in capsys.readouterr().err
+
+
+def test_import_labelme_names_each_file_whose_points_and_lines_were_left_out(tmp_path, capsys):
+    import json
+    src = tmp_path / "lm"
+    src.mkdir()
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(src / "a.png")
+    shapes = [{"label": "cat", "points": [[1, 1], [8, 1], [8, 8], [1, 8]], "shape_type": "polygon"},
+              {"label": "cat", "points": [[2, 2]], "shape_type": "point"}]
+    (src / "a.json").write_text(json.dumps({"shapes": shapes, "imagePath": "a.png", "imageHeight": 10,
+                                            "imageWidth": 12}))
+    assert main(["import", "labelme", str(src), str(tmp_path / "dst")]) == 0
+    out, err = capsys.readouterr()
+    assert "1 imported" in out and "1 with shapes left out" in out
+    assert f"note: {src / 'a.json'}: 1 point or line shape left out (no area to label)" in err

@@ -85,6 +85,9 @@ def test_a_file_in_labelmes_schema_imports_to_the_mask_labelme_draws(tmp_path):
     want[2:5, 11:14] = 2
     rep = import_source(source, tmp_path / "dst")
     assert rep.imported == ["street.png"] and not rep.skipped
+    # The point and the line are not lost silently: the report names the file and what it left out.
+    assert rep.notes == [("street.json", f"{tmp_path / 'src' / 'street.json'}: 2 point or line shapes left out "
+                                         "(no area to label)")]
     with AnnotationStore.open(tmp_path / "dst", read_only=True) as st:
         assert np.array_equal(st.load_mask("street.png"), want)
         assert st.status("street.png") is Status.REVIEWED

@@ -125,7 +125,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         _skips(reasons[1:])
         raise CLIError(f"nothing imported into {rep.folder}, {len(reasons)} skipped: {reasons[0]}")
     tail = _skips(reasons)
-    print(f"import {fmt.name}: {len(rep.imported)} imported into {rep.folder}{tail}")
+    for _key, note in rep.notes:   # each note names its file
+        print(f"note: {note}", file=sys.stderr)
+    noted = f" ({len(rep.notes)} with shapes left out)" if rep.notes else ""
+    print(f"import {fmt.name}: {len(rep.imported)} imported into {rep.folder}{noted}{tail}")
     return 0
 
 

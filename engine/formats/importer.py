@@ -70,6 +70,7 @@ class SourceItem:
     status: Status | None = None               # None: the import's default
     origin: Path | str | None = None           # the mask's file, for messages (None: the key)
     problem: str | None = None                 # a skip reason known while reading
+    note: str | None = None                    # what of it is left out (the image still imports), naming the file
 
 
 @dataclass
@@ -85,6 +86,7 @@ class ImportReport:
     folder: Path
     imported: list[str] = field(default_factory=list)           # image ids given a mask
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source key, reason naming the file)
+    notes: list[tuple[str, str]] = field(default_factory=list)    # (source key, what an imported one left out)
     cancelled: bool = False
 
 
@@ -322,6 +324,8 @@ def import_source(source: ImportSource, folder: str | os.PathLike | AnnotationSt
                 reason = _commit(target, ready, source, len(report.imported))
                 if reason is None:
                     report.imported.append(item.image_id)
+                    if item.note:
+                        report.notes.append((item.key, item.note))
                 else:
                     report.skipped.append((item.key, reason))
             if progress:

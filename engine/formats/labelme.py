@@ -11,7 +11,8 @@ embedded image without a name: the JSON's name with the image format's extension
 in file order, later over earlier, as labelme draws them (:mod:`engine.formats.labelme_draw`);
 pixels no shape covers are void.  A shape marked as a hole (``flags.hole`` true, or ``description``
 "hole") is drawn as void, so what lies inside it comes from the shapes after it.  The label
-``__ignore__`` draws void too.  Points, lines and line strips are not drawn (they cover no area).
+``__ignore__`` draws void too.  Points, lines and line strips are not drawn (they cover no area); the
+import report's ``notes`` name each file that had some.
 Label names map to classes by name; names the folder's class list lacks are added (``unknown="add"``)
 or refuse the import with a list of them.  Into a new folder the class list is ``labels.txt`` in SRC
 when there is one (labelme2voc's file: one name per line, ``__ignore__`` skipped), then the names in
@@ -61,7 +62,7 @@ from .exporter import (
     run_export,
 )
 from .importer import ImportSource, SkipItem, SourceItem
-from .labelme_draw import IGNORE_LABEL, DrawError, is_hole, mask_shapes, shape_region
+from .labelme_draw import IGNORE_LABEL, NO_AREA_TYPES, DrawError, is_hole, mask_shapes, shape_region
 from .registry import FormatOption, LabelFormat, register
 
 __all__ = ["read_labelme", "export_labelme", "labelme_mask", "LABELME_VERSION"]
@@ -176,9 +177,18 @@ def read_labelme(src: str | Path, *, classes: list[LabelClass] | None = None,
     names = _labels_txt(root) + [name for d in docs if d.problem is None for name in d.labels()]
     out_classes, index = resolve_names(names, classes, unknown=unknown, where=str(root))
     items = [SourceItem(key=d.path.relative_to(root).as_posix(), image_id=d.image_id, image=d.image,
-                        mask=_mask_fn(d, index), origin=d.path, problem=d.problem) for d in docs]
+                        mask=_mask_fn(d, index), origin=d.path, problem=d.problem, note=_no_area_note(d))
+             for d in docs]
     where = "the labels in " + (str(root) if len(files) > 1 else str(files[0]))
     return ImportSource(root=root, classes=out_classes, classes_from=where, items=items)
+
+
+def _no_area_note(doc: _Doc) -> str | None:
+    """What an image's points and lines come to (they cover no pixel, so no class: left out)."""
+    n = sum(1 for s in doc.shapes if s.get("shape_type") in NO_AREA_TYPES)
+    if not n or doc.problem is not None:
+        return None
+    return f"{doc.path}: {n} point or line shape{'s' if n > 1 else ''} left out (no area to label)"
 
 
 def _mask_fn(doc: _Doc, index: dict[str, int]):

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-__all__ = ["LabelsDialog", "skipped_text"]
+__all__ = ["LabelsDialog", "notes_text", "skipped_text"]
 
 
 class LabelsDialog(QDialog):
@@ -221,7 +221,7 @@ class LabelsDialog(QDialog):
             text = f"Exported {len(report.exported)} image(s) to {report.out}."
         if report.cancelled:
             text = "Cancelled. " + text
-        self.result_label.setText(text + skipped_text(report.skipped))
+        self.result_label.setText(text + skipped_text(report.skipped) + notes_text(getattr(report, "notes", [])))
         self.finished_report.emit(report)
 
     def _fail(self, message: str) -> None:
@@ -244,6 +244,14 @@ def skipped_text(skipped: list[tuple[str, str]], shown: int = 5) -> str:
     reasons = "; ".join(f"{k}: {why}" for k, why in skipped[:shown])
     more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
     return f" Skipped {len(skipped)}: {reasons}{more}."
+
+
+def notes_text(notes: list[tuple[str, str]], shown: int = 3) -> str:
+    """" Partly imported (N): note; ... and M more." for what imported images left out ("" when none)."""
+    if not notes:
+        return ""
+    more = f" and {len(notes) - shown} more" if len(notes) > shown else ""
+    return f" Partly imported ({len(notes)}): {'; '.join(why for _k, why in notes[:shown])}{more}."
 
 
 def _import(fmt, src: Path, store, options: dict, overwrite: bool, *, progress, cancel):
