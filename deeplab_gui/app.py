@@ -6,13 +6,14 @@ With it, ``DEEPLAB_GUI_SCREENSHOT=PATH`` saves the window (``QWidget.grab``) to 
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
 import traceback
 from pathlib import Path
 
-__all__ = ["demo_folder", "install_excepthook", "main"]
+__all__ = ["demo_folder", "freeze_startup_objects", "install_excepthook", "main"]
 
 log = logging.getLogger("deeplab_gui")
 
@@ -37,6 +38,19 @@ def install_excepthook(window=None) -> None:
     sys.excepthook = hook
 
 
+def freeze_startup_objects() -> int:
+    """Move every object alive now (the imported modules, torch's and Qt's wrappers, the window:
+    about 225,000) out of the cyclic garbage collector's reach; returns how many.
+
+    They live as long as the app, but a full collection walks them all: measured 110-130 ms with the
+    window up, during which the UI thread (holding the interpreter lock) and every Python thread
+    stop, a visible freeze every few minutes of labelling. Frozen, a full collection walks only what
+    was made since (well under a millisecond at start-up)."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def main(folder: str | None = None) -> int:
     """Open the main window on ``folder`` (default: the demo folder) and run the event loop."""
     from PySide6.QtCore import QTimer
@@ -53,6 +67,7 @@ def main(folder: str | None = None) -> int:
     install_excepthook(window)
     log.info("deeplab-gui started (log: %s)", log_path)
     window.show()
+    freeze_startup_objects()
 
     target = Path(folder) if folder else demo_folder()
     if target.is_dir():
