@@ -53,6 +53,15 @@ class ClickSession:
         self.shape = (int(shape[0]), int(shape[1]))
         self.clear()
 
+    def fork(self) -> ClickSession:
+        """A copy to try a prompt on without changing this session (a guessed click); the arrays
+        are shared, which is safe because a session replaces them and never writes into them."""
+        other = object.__new__(ClickSession)
+        other.__dict__.update(self.__dict__)
+        other._points, other._labels = list(self._points), list(self._labels)
+        other._candidates = list(self._candidates)
+        return other
+
     def clear(self) -> None:
         """Forget every prompt and candidate (a new object)."""
         self._points: list[tuple[float, float]] = []

@@ -7,6 +7,11 @@ A left press predicts at once, before the button comes up (a click is held down 
 of a second, longer than the decoder takes on a GPU and much of what it takes on a CPU, so the
 preview is often there on release); if the press turns into a drag, that point is taken back and
 the box replaces it.
+Where the pointer rests on the image (:data:`REST_MS`), the tool predicts a positive click there
+before it is made, in the click model's lane, showing nothing: a press on that very pixel then shows
+its candidates at once (or as soon as that prediction is in), which on a CPU is most of the wait.
+A guess never changes the prompts: it runs on a copy of the session, which replaces the tool's own
+only when the press comes, and only if nothing (another prompt, Tab, the class) changed since.
 The best candidate is previewed with the class it would get: with "auto class" on and the
 segmentation model's probabilities at hand, the class they favour inside the region, else the
 current class.  With "edge polish" on and probabilities at hand, the CRF then moves the shown
@@ -19,10 +24,11 @@ says, in the status bar, how to get one.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QPointF, Qt
+from PySide6.QtCore import QPointF, Qt, QTimer
 
 from ...editing.click import (
     CLICK_DESCRIPTION,
@@ -40,6 +46,21 @@ __all__ = ["ClickTool"]
 
 BOX_COLOR = (255, 255, 0, 255)
 WAITING = "the click model is still computing this image's embedding: the click will follow"
+# The pointer resting this long on one image pixel starts a guessed click there. Shorter wastes more
+# predictions on a pointer that is only slowing down; a person who clicks usually rests longer.
+REST_MS = 40
+
+
+@dataclass
+class _Guess:
+    """A positive click at (x, y) predicted before it was made. ``key``: what it was made from
+    (:meth:`ClickTool._key`); ``result`` (session, candidates, classes, index) once in; ``claimed``:
+    the press there came first, so the result is shown as it arrives."""
+    x: float
+    y: float
+    key: tuple
+    result: tuple | None = None
+    claimed: bool = False
 
 
 class ClickTool(Tool):
@@ -71,6 +92,13 @@ class ClickTool(Tool):
         self._prompts: list[tuple] = []          # prompts not yet handed to the worker, in order
         self._polished: dict[int, tuple[int, np.ndarray]] = {}  # candidate index -> (label, polished mask)
         self._round = 0                          # bumped by every new set of candidates
+        self.guess_clicks = True                 # predict where the pointer rests (see the module)
+        self._guess: _Guess | None = None
+        self._rest_xy: tuple[float, float] | None = None
+        self._rest = QTimer()
+        self._rest.setSingleShot(True)
+        self._rest.setInterval(REST_MS)
+        self._rest.timeout.connect(self._rested)
 
     # -------------------------------------------------------------- life cycle
     def activate(self, view, target) -> None:
@@ -93,6 +121,8 @@ class ClickTool(Tool):
         self._press = self._box_end = None
         self._sent = self._early = False
         self._waiting, self._prompts = [], []
+        self._guess, self._rest_xy = None, None
+        self._rest.stop()
         self.queue.drop_pending()
         self.polish_queue.drop_pending()
         if self.view is not None:
@@ -124,7 +154,17 @@ class ClickTool(Tool):
         h, w = doc.shape if doc is not None else (0, 0)
         self._sent = 0 <= pos.x() < w and 0 <= pos.y() < h
         self._early = self._sent and not negative
-        if self._sent:
+        self._rest.stop()
+        guess, self._guess = self._guess, None
+        if self._early and guess is not None and (guess.x, guess.y) == (pos.x(), pos.y()) \
+                and guess.key == self._key() and not self.queue.busy and not self._prompts:
+            self._note_click()
+            if guess.result is not None:
+                self._adopt(guess)
+            else:
+                guess.claimed = True
+                self._guess = guess
+        elif self._sent:
             self.prompt(("point", pos.x(), pos.y(), not negative))
 
     def right_press(self, pos: QPointF, modifiers: Any) -> None:
@@ -137,19 +177,29 @@ class ClickTool(Tool):
 
     def move(self, pos: QPointF, pressed: bool) -> None:
         p = self._press
+        if not pressed and p is None:
+            self._hover(pos)
+            return
         if not pressed or p is None or not p[2]:
             return
         if self._box_end is None and math.hypot(pos.x() - p[0], pos.y() - p[1]) < self._drag_threshold():
             return
         if self._box_end is None and self._early:   # a drag after all: the pressed point goes again
             self._early = False
-            self.prompt(("retract", p[0], p[1]))
+            if self._guess is not None and self._guess.claimed:
+                self._guess = None   # guessed, not in yet: it never became a prompt
+            else:
+                self.prompt(("retract", p[0], p[1]))
             if self.view is not None:
                 self.view.clear_region()
         self._box_end = (pos.x(), pos.y())
         x0, y0, (x1, y1) = p[0], p[1], self._box_end
         if self.view is not None:
             self.view.show_path([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], closed=True, color=BOX_COLOR)
+
+    def leave(self) -> None:
+        self._rest.stop()
+        self._rest_xy = None
 
     def release(self, pos: QPointF) -> None:
         p, self._press = self._press, None
@@ -178,11 +228,17 @@ class ClickTool(Tool):
             self._waiting.append(prompt)
             t.show_status(WAITING)
             return
+        guess, self._guess = self._guess, None
+        if guess is not None and guess.claimed:   # pressed, not in yet: it goes first, for real
+            self._prompts.append(("point", guess.x, guess.y, True))
         self._prompts.append(prompt)
-        note = getattr(t, "note_click", None)
+        self._note_click()
+        self.queue.submit(lambda: self._run_prompts(predictor, doc))
+
+    def _note_click(self) -> None:
+        note = getattr(self.target, "note_click", None)
         if note is not None:
             note()
-        self.queue.submit(lambda: self._run_prompts(predictor, doc))
 
     def _run_prompts(self, predictor, doc):
         """Hand every prompt not yet run to the worker as one job (the queue's start function)."""
@@ -237,6 +293,88 @@ class ClickTool(Tool):
         # Worker.run_task); a click goes ahead of neighbours' embeddings waiting there.
         return t.run_task(job, on_result=done, on_error=failed, task_name="Click region",
                           lane=CLICK_LANE, priority=1)
+
+    # -------------------------------------------------------------- guessed clicks
+    def _key(self) -> tuple:
+        """What a click's prediction starts from: the prompts' round, the candidate on screen (its
+        logits go with the next prompt) and the class it would get."""
+        return self._gen, self._round, self.index, self.target.current_label
+
+    def _hover(self, pos: QPointF) -> None:
+        doc = self.target.document
+        h, w = doc.shape if doc is not None else (0, 0)
+        if self.guess_clicks and 0 <= pos.x() < w and 0 <= pos.y() < h:
+            self._rest_xy = (pos.x(), pos.y())
+            self._rest.start()   # restarted by every move: fires once the pointer rests
+        else:
+            self.leave()
+
+    def _rested(self) -> None:
+        """The pointer has rested at ``_rest_xy``: guess a positive click there, unless a prompt is
+        running or waiting (it would change what the guess starts from) or a guess is running (the
+        next one starts when it is in)."""
+        xy, t = self._rest_xy, self.target
+        if xy is None or t is None or t.document is None or self._press is not None or self._box_end is not None:
+            return
+        if self.queue.busy or self._prompts or self._waiting:
+            return
+        g = self._guess
+        if g is not None and (g.result is None or ((g.x, g.y) == xy and g.key == self._key())):
+            return
+        if t.click_status():
+            return
+        predictor = t.click_predictor()
+        if predictor is None:
+            return
+        doc = t.document
+        if self.session is None or self.session.predictor is not predictor or self.session.shape != doc.shape:
+            self.session = ClickSession(predictor, doc.shape)
+        base, shown, default = self.session, self.index, t.current_label
+        src = t.snap_input()
+        probs = src.probs if src is not None else None
+        guess = self._guess = _Guess(xy[0], xy[1], self._key())
+        self._note_click()   # clicks are likely: neighbours' embeddings wait
+
+        def job():
+            session = base.fork()
+            session.select(shown)
+            cands = session.add_point(xy[0], xy[1], positive=True)
+            classes = [None if probs is None else region_class(probs, c.mask, default) for c in cands]
+            return session, cands, classes, session.index
+
+        def failed(_text: str) -> None:   # silent, unless pressed: then the click runs (and reports) for real
+            if self._guess is guess:
+                self._guess = None
+                if guess.claimed:
+                    self.prompt(("point", guess.x, guess.y, True))
+
+        # Below the clicks (priority 1); quiet: not counted as work the status bar shows.
+        t.run_task(job, on_result=lambda result: self._guessed(guess, result), on_error=failed,
+                   task_name="Guessed click", lane=CLICK_LANE, priority=0, quiet=True)
+
+    def _guessed(self, guess: _Guess, result: tuple) -> None:
+        if self._guess is not guess:
+            return   # pressed elsewhere, another prompt, another image
+        if guess.key != self._key():   # Tab or another class since: a press there runs for real
+            self._guess = None
+            if guess.claimed:
+                self.prompt(("point", guess.x, guess.y, True))
+            return
+        guess.result = result
+        if guess.claimed:
+            self._adopt(guess)
+        elif self._rest_xy not in (None, (guess.x, guess.y)) and not self._rest.isActive():
+            self._rested()   # the pointer came to rest elsewhere while this one ran
+
+    def _adopt(self, guess: _Guess) -> None:
+        """The press came where the guess was made: its session and candidates become the tool's."""
+        session, cands, classes, index = guess.result
+        self._guess = None
+        self.session = session
+        self.cands, self.classes, self.index = list(cands), list(classes), index
+        self._round += 1
+        self._polished = {}
+        self.show()
 
     @property
     def current(self):
