@@ -167,8 +167,15 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def _quiet() -> None:
+    # A handler that does nothing, not SIG_IGN: a signal already delivered but not yet run (the
+    # launcher's SIGTERM right behind a terminal's SIGINT) would then raise "Signal 15 ignored due
+    # to race condition" wherever the clean-up happens to be.
     for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_IGN)
+        signal.signal(s, _ignore)
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    return None
 
 
 # ---------------------------------------------------------------------------------------- loading

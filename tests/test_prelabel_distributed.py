@@ -180,7 +180,7 @@ def _done_or_spooled(folder: Path, model_id: str) -> set[str]:
     return done
 
 
-@pytest.mark.parametrize("how", ["torchrun", "workers", "workers-sigkill"])
+@pytest.mark.parametrize("how", ["torchrun", "workers", "workers-terminal", "workers-sigkill"])
 def test_a_run_stopped_midway_resumes_without_doing_anything_twice(tmp_path, ckpt, how):
     from engine import checkpoint_id
 
@@ -202,11 +202,16 @@ def test_a_run_stopped_midway_resumes_without_doing_anything_twice(tmp_path, ckp
         except subprocess.TimeoutExpired:
             pass
     assert proc.poll() is None, "the run ended before the interrupt: the test proved nothing"
-    # Ctrl-C, or SIGKILL (no time to pass anything on), sent to the launcher alone.
-    proc.send_signal(signal.SIGKILL if how.endswith("sigkill") else signal.SIGINT)
+    # Ctrl-C, or SIGKILL (no time to pass anything on), sent to the launcher alone; or Ctrl-C in a
+    # terminal, which reaches every process of the group at once (the ranks then also get the
+    # launcher's SIGTERM right behind it).
+    if how == "workers-terminal":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGKILL if how.endswith("sigkill") else signal.SIGINT)
     err = proc.communicate(timeout=120)[1]   # the ranks hold stderr until they notice: slow on a loaded machine
     assert proc.returncode != 0, err[-3000:]
-    if how == "workers":  # torchrun itself prints its own traceback on Ctrl-C; ours is one line
+    if how in ("workers", "workers-terminal"):  # torchrun prints its own traceback on Ctrl-C; ours is one line
         assert "Traceback" not in err and "cancelled" in err, err[-3000:]
     # communicate() returned at end of file on stderr, which every rank (and its loader workers) holds
     # open: they have all exited or let go of it. The trace must not grow while the store is checked.
