@@ -109,10 +109,11 @@ def plan_store(cfg: Any, stack: Any, writer: Writer, weights: Path, meta: Any) -
     writer.sink = StoreWriter(store, mid, overwrite=cfg.overwrite, warn=writer.warn, variant=variant)
     spool = Spool(store.root / SPOOL_NAME)
     spool.reset()
-    ingest_leftovers(spool, store, mid, cfg.overwrite, writer.sink)
+    taken = ingest_leftovers(spool, store, mid, cfg.overwrite, writer.sink)
     todo, protected, done = prelabel_todo(store, mid, overwrite=cfg.overwrite, variant=variant)
     c = writer.sink.counts
-    c.protected, c.done_before, c.todo = protected, done, len(todo)
+    # What the last run left in the spool was written just now (counted as written), not before.
+    c.protected, c.done_before, c.todo = protected, max(0, done - taken), len(todo)
     # Every rank maps the model's classes onto these (engine.prelabel_store.fit_classes), as one process does.
     return {"items": [(i, str(store.image_path(i))) for i in todo], "model_id": mid, "spool": str(spool.folder),
             "classes": list(store.class_names)}

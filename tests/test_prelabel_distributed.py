@@ -7,6 +7,7 @@ prediction, so the tests can count who predicted what, and how often.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -224,6 +225,10 @@ def test_a_run_stopped_midway_resumes_without_doing_anything_twice(tmp_path, ckp
 
     again = subprocess.run(argv, env=_env(trace), capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
+    if how != "torchrun":   # the summary counts every image once (spooled results: written now)
+        summary = again.stderr.replace("\r", "\n").strip().splitlines()[-1]
+        counts = [int(n) for n in re.findall(r"(\d+) (?:pre-labeled|kept|already done|failed)", summary)]
+        assert sum(counts) == len(IDS) + 1, summary   # and broken.png, failed
     second = [image_id for _rank, image_id in _trace(trace)[len(first):]]
     assert not set(second) & kept, "an image stored by the first run was predicted again"
     assert len(second) == len(set(second))
@@ -342,3 +347,34 @@ def test_a_pre_label_stays_done_when_its_probabilities_are_evicted_and_not_when_
         assert is_done(st, "b.png", "m", variant="crf") and not is_done(st, "b.png", "m")
         assert not is_done(st, "a.png", "m", variant="crf")
         assert sorted(prelabel_todo(st, "m", variant="crf")[0]) == ["a.png", "c.png"]
+
+
+def test_results_a_killed_run_left_are_stored_and_counted_once(tmp_path, ckpt):
+    # A rank killed after handing results over: the next run stores them first and predicts only
+    # the rest; its summary counts each image once (those results as written now, not as done before).
+    from engine import checkpoint_id
+    from engine.prelabel_spool import SpoolResult
+    from engine.store.probcache import ImageSignature
+
+    folder = tmp_path / "imgs"
+    _folder(folder, (24, 32))
+    with AnnotationStore.open(folder) as st:
+        spool = Spool(st.root / SPOOL_NAME, 1)
+    spool.folder.mkdir(parents=True, exist_ok=True)
+    left = {"img01.png": 3, "img02.png": 5}
+    for image_id, label in left.items():
+        sig = ImageSignature.of(folder / image_id).to_dict()
+        spool.put(SpoolResult(image_id, checkpoint_id(ckpt), sig, np.full((24, 32), label, np.uint8)))
+    trace = tmp_path / "trace.txt"
+    run = subprocess.run([sys.executable, "-m", "deeplab_gui", "prelabel", str(folder), "--weights", str(ckpt),
+                          "--device", "cpu", "--workers", "2"], env=_env(trace), capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    predicted = [image_id for _rank, image_id in _trace(trace)]
+    assert not set(predicted) & set(left) and len(predicted) == len(set(predicted))
+    summary = run.stderr.replace("\r", "\n").strip().splitlines()[-1]
+    counts = dict((what, int(n)) for n, what in re.findall(r"(\d+) (pre-labeled|kept|already done|failed)", summary))
+    assert counts.get("already done", 0) == 0 and counts["pre-labeled"] == len(predicted) + len(left), summary
+    with AnnotationStore.open(folder, read_only=True) as st:
+        for image_id, label in left.items():
+            assert (st.load_mask(image_id) == label).all() and is_done(st, image_id, checkpoint_id(ckpt))
