@@ -325,7 +325,9 @@ def _run_main(cfg: PrelabelConfig, world: int) -> int:
     from .prelabel_store import PrelabelError
     from .prelabel_writer import Writer, finish, plan_out, plan_store
 
-    bar = tqdm(total=0, file=sys.stderr, unit="img", desc="prelabel", dynamic_ncols=True)
+    # Shown after a moment: a run that stops at once (a locked store, a bad checkpoint) prints its
+    # one line without an empty bar before it.
+    bar = tqdm(total=0, file=sys.stderr, unit="img", desc="prelabel", dynamic_ncols=True, delay=0.5)
     writer = Writer(cfg, bar)
     spool: Spool | None = None
     shared = complete = False

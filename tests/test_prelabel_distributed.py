@@ -378,3 +378,16 @@ def test_results_a_killed_run_left_are_stored_and_counted_once(tmp_path, ckpt):
     with AnnotationStore.open(folder, read_only=True) as st:
         for image_id, label in left.items():
             assert (st.load_mask(image_id) == label).all() and is_done(st, image_id, checkpoint_id(ckpt))
+
+
+def test_a_run_that_cannot_start_says_why_in_one_line_and_nothing_else(tmp_path):
+    folder = tmp_path / "imgs"
+    _folder(folder)
+    bad = tmp_path / "garbage.safetensors"
+    bad.write_bytes(b"not a checkpoint at all")
+    run = subprocess.run([sys.executable, "-m", "deeplab_gui", "prelabel", str(folder), "--weights", str(bad),
+                          "--device", "cpu", "--workers", "2"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                         capture_output=True, text=True, timeout=120)
+    lines = [line for line in run.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert run.returncode != 0 and len(lines) == 1, run.stderr   # no empty progress bar, no traceback
+    assert "garbage.safetensors" in lines[0] and "not a checkpoint" in lines[0]

@@ -53,7 +53,7 @@ def prelabel_into_store(folder: Path, predictor: Any, refine: Callable[..., Any]
 
     with _open_store(folder, recursive=recursive or None) as store:
         mid = checkpoint_id(checkpoint)  # the app keys its cache the same way
-        with tqdm(total=0, file=sys.stderr, unit="img", desc="prelabel", dynamic_ncols=True) as bar:
+        with tqdm(total=0, file=sys.stderr, unit="img", desc="prelabel", dynamic_ncols=True, delay=0.5) as bar:
             try:
                 counts = prelabel_in_store(store, predictor, refine, model_id=mid, overwrite=overwrite,
                                            warn=lambda line: bar.write(line, file=sys.stderr),
