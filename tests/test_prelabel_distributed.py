@@ -291,6 +291,10 @@ def test_workers_pass_batch_and_options_to_every_rank(tmp_path, ckpt, monkeypatc
                  "--batch", "4", "--crf"]) == 0
     (argv, n), = seen
     assert n == 2 and argv[argv.index("--batch") + 1] == "4" and "--crf" in argv
+    # --batch or --loader-workers without --workers: one rank, not the path that has neither.
+    assert main(["prelabel", str(folder), "--weights", str(ckpt), "--batch", "2", "--loader-workers", "0"]) == 0
+    argv, n = seen[-1]
+    assert n == 1 and argv[argv.index("--batch") + 1] == "2" and argv[argv.index("--loader-workers") + 1] == "0"
 
 
 def test_a_cache_file_made_by_a_rank_stores_what_the_store_would_make(tmp_path):

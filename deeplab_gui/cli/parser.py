@@ -77,8 +77,11 @@ def build_parser(*, formats: bool = False) -> argparse.ArgumentParser:
                     help="predict with N processes on this machine (as torchrun -m engine.prelabel does; "
                          "one GPU each when there are enough)")
     pl.add_argument("--batch", type=int, default=None, metavar="B",
-                    help="with --workers: images of the same size run through the network together "
-                         "(default: 8 with CUDA, 1 on the CPU)")
+                    help="images of the same size run through the network together (default: 8 with CUDA, "
+                         "1 on the CPU); runs as the ranks of --workers do, even with one")
+    pl.add_argument("--loader-workers", type=int, default=None, metavar="K",
+                    help="processes reading and decoding images for each rank (default 2; 0: in the rank "
+                         "itself); runs as the ranks of --workers do, even with one")
     pl.set_defaults(func=_cmd_prelabel)
 
     t = sub.add_parser("train", help="fine-tune on the folder's corrected masks",
@@ -189,8 +192,11 @@ def _cmd_prelabel(args: argparse.Namespace) -> int:
         raise CLIError(f"--max-side must be at least 16, not {args.max_side}", EXIT_USAGE)
     if args.workers < 1:
         raise CLIError(f"--workers must be at least 1, not {args.workers}", EXIT_USAGE)
+    for flag, value, least in (("--batch", args.batch, 1), ("--loader-workers", args.loader_workers, 0)):
+        if value is not None and value < least:
+            raise CLIError(f"{flag} must be at least {least}, not {value}", EXIT_USAGE)
     refine = _load_crf() if args.crf else None
-    if args.workers > 1:
+    if args.workers > 1 or args.batch is not None or args.loader_workers is not None:
         return _prelabel_workers(args)
     if args.out is None:
         from .store import prelabel_into_store
@@ -222,6 +228,7 @@ def _prelabel_workers(args: argparse.Namespace) -> int:
     argv += ["--out", args.out] if args.out else []
     argv += ["--max-side", str(args.max_side)] if args.max_side else []
     argv += ["--batch", str(args.batch)] if args.batch else []
+    argv += ["--loader-workers", str(args.loader_workers)] if args.loader_workers is not None else []
     argv += [flag for flag, on in (("--crf", args.crf), ("--recursive", args.recursive),
                                    ("--overwrite", args.overwrite)) if on]
     return launch_local(argv, args.workers)
