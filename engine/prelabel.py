@@ -144,7 +144,9 @@ def _device(cfg: PrelabelConfig, world: int) -> str:
     import torch
     local = _env_int("LOCAL_RANK", 0)
     if cfg.device in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{local % torch.cuda.device_count()}"
+        gpu = local % torch.cuda.device_count()
+        torch.cuda.set_device(gpu)   # what a bare "cuda" means in this rank (else every rank's GPU 0)
+        return f"cuda:{gpu}"
     device = cfg.device
     if device == "auto":
         device = "cpu" if world > 1 else "auto"  # several ranks on one Apple GPU would only queue
@@ -239,8 +241,12 @@ def _predict_shard(cfg: PrelabelConfig, plan: dict, rank: int, world: int,
         predictor = fit_classes(predictor, ClassMap.by_name(list(predictor.meta.class_names), plan["classes"]))
     refine, params = None, None
     if cfg.crf:
-        from .crf import CRFParams, refine
-        params = CRFParams()
+        import functools
+
+        from .crf import CRFParams
+        from .crf import refine as crf_refine
+        # On the rank's own device: the CRF's default is the first GPU, whichever rank runs it.
+        refine, params = functools.partial(crf_refine, device=predictor.device), CRFParams()
     mid = plan["model_id"]
     batch = cfg.batch or (8 if predictor.device.type == "cuda" else 1)
 

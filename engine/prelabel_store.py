@@ -223,13 +223,15 @@ class StoreWriter:
         self._warn(line)
 
     def put(self, image_id: str, labels: np.ndarray, probs: np.ndarray | None,
-            probs_file: bytes | None = None) -> bool:
+            probs_file: bytes | None = None, image_stat: dict | None = None) -> bool:
         """Save one prediction (never over a person's mask unless ``overwrite``); True when written.
-        ``probs_file``: the probabilities' cache file already made (``encode_probs``) instead of ``probs``."""
+        ``probs_file``: the probabilities' cache file already made (``encode_probs``) instead of ``probs``;
+        ``image_stat``: the image file's ``{"bytes", "mtime_ns"}`` when it was read for this prediction."""
         from .errors import one_line
         try:
             if self.store.save_prediction(image_id, labels, probs=probs, model_id=self.model_id,
-                                          overwrite=self.overwrite, probs_file=probs_file, variant=self.variant):
+                                          overwrite=self.overwrite, probs_file=probs_file, variant=self.variant,
+                                          image_stat=image_stat):
                 self.counts.written += 1
                 self.store.record_error(image_id, None)
                 return True
@@ -283,14 +285,17 @@ def prelabel_in_store(store: Any, predictor: Any, refine: Callable[..., Any] | N
     if refine is not None:
         from .crf import CRFParams
         params = CRFParams()
+    from .store import ImageSignature
     for image_id in todo:
         try:
-            labels, probs = predict_for_store(predictor, store.image_path(image_id), refine, params)
+            path = store.image_path(image_id)
+            read_as = ImageSignature.of(path).to_dict()   # before the read: a later change is not this one
+            labels, probs = predict_for_store(predictor, path, refine, params)
         except Exception as exc:  # one bad image must not stop a folder of thousands
             writer.fail(image_id, *failure_of(image_id, exc))
         else:
             trace(image_id)
-            writer.put(image_id, labels, probs)
+            writer.put(image_id, labels, probs, image_stat=read_as)
             del labels, probs  # the next image's peak must not include this one's arrays
         if progress is not None:
             progress(1)

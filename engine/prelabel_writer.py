@@ -26,7 +26,7 @@ class Writer:
             if res.failed:
                 self.sink.fail(res.image_id, res.message or res.image_id, res.reason)
             else:
-                self.sink.put(res.image_id, res.labels, res.probs, res.probs_file)
+                self.sink.put(res.image_id, res.labels, res.probs, res.probs_file, res.signature)
         else:
             self._write_out(res)
         self.bar.update(1)
@@ -83,7 +83,7 @@ def ingest_leftovers(spool: Any, store: Any, model_id: str, overwrite: bool, wri
                 continue
             if ImageSignature.of(store.image_path(res.image_id)).to_dict() != res.signature:
                 continue  # the image changed since it was predicted
-            taken += writer.put(res.image_id, res.labels, res.probs, res.probs_file)
+            taken += writer.put(res.image_id, res.labels, res.probs, res.probs_file, res.signature)
         except OSError:
             continue
         finally:

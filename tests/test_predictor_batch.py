@@ -189,6 +189,14 @@ def test_prelabel_shard_batches_consecutive_same_size_images(tmp_path, monkeypat
         return real(self, images, **kw)
 
     monkeypatch.setattr(Predictor, "predict_batch_with_probs", recording)
+    import engine.crf as crf_module
+    devices: list = []
+    real_refine = crf_module.refine
+
+    def refine_on(*a, device=None, **kw):          # the CRF runs on the rank's own device
+        devices.append(device)
+        return real_refine(*a, device=device, **kw)
+    monkeypatch.setattr(crf_module, "refine", refine_on)
     plan = {"items": items, "weights": str(ckpt), "model_id": "m"}
     results = {}
     for batch in (4, 1):
@@ -198,6 +206,7 @@ def test_prelabel_shard_batches_consecutive_same_size_images(tmp_path, monkeypat
         _predict_shard(cfg, plan, 0, 1, got.append, lambda: False)
         results[batch] = got
     assert calls == [4, 2, 2]  # a0-a3; a4 alone (the broken a5 ends its group); a6-a7; a8-a9
+    assert devices == ([torch.device("cpu")] * 18 if crf else [])
     assert [r.image_id for r in results[4]] == [r.image_id for r in results[1]] == list(sizes)
     for b4, b1 in zip(results[4], results[1]):
         assert (b4.message is None) == (b1.message is None) and b4.reason == b1.reason

@@ -395,3 +395,33 @@ def test_a_run_that_cannot_start_says_why_in_one_line_and_nothing_else(tmp_path)
     lines = [line for line in run.stderr.replace("\r", "\n").splitlines() if line.strip()]
     assert run.returncode != 0 and len(lines) == 1, run.stderr   # no empty progress bar, no traceback
     assert "garbage.safetensors" in lines[0] and "not a checkpoint" in lines[0]
+
+
+def test_an_image_changed_while_it_was_predicted_is_not_taken_as_done(tmp_path, ckpt, monkeypatch):
+    # The note keeps the image file as it was read, not as it is when the mask is written: a new
+    # version saved in between gets its own prediction on the next run.
+    import engine.prelabel_store as ps
+    from engine import checkpoint_id
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(_photo(24, 32, len(name) + ord(name[0]))).save(folder / name)
+    real = ps.predict_for_store
+
+    def predict_then_change(predictor, image, refine, params=None):
+        out = real(predictor, image, refine, params)
+        if Path(image).name == "b.png":   # a new version lands while b is being predicted
+            Image.fromarray(_photo(24, 32, 99)).save(image)
+            os.utime(image, ns=(time.time_ns(), time.time_ns() + 10**9))
+        return out
+    monkeypatch.setattr(ps, "predict_for_store", predict_then_change)
+    mid = checkpoint_id(ckpt)
+    predictor = Predictor(load_model(ckpt), device="cpu")
+    with AnnotationStore.open(folder) as st:
+        counts = prelabel_in_store(st, predictor, None, model_id=mid)
+        assert counts.written == 2
+        assert is_done(st, "a.png", mid) and not is_done(st, "b.png", mid)
+        monkeypatch.setattr(ps, "predict_for_store", real)
+        again = prelabel_in_store(st, predictor, None, model_id=mid)
+        assert again.written == 1 and again.done_before == 1 and is_done(st, "b.png", mid)

@@ -202,10 +202,12 @@ class MaskMethods:
 
     def save_prediction(self, image_id: str, mask: np.ndarray, *, probs: np.ndarray | None = None,
                         model_id: str = "", overwrite: bool = False, probs_file: bytes | None = None,
-                        variant: str = "") -> bool:
+                        variant: str = "", image_stat: dict | None = None) -> bool:
         """Store a model's mask (and optionally its probabilities, or their cache file already made by
         ``engine.store.probcache.encode_probs``: ``probs_file``) as ``prelabeled``. ``variant``: how
-        the mask was made beyond the model (``"crf"``), kept in the pre-label's note.
+        the mask was made beyond the model (``"crf"``), kept in the pre-label's note, with
+        ``image_stat`` (``{"bytes", "mtime_ns"}`` of the image file when it was read for this
+        prediction; default: as it is now), so an image changed meanwhile is not taken as done.
 
         Returns False, writing nothing, when the image holds an edited or reviewed mask and
         ``overwrite`` is False.  This is what ``deeplab-gui prelabel FOLDER`` (no ``--out``) calls.
@@ -234,19 +236,20 @@ class MaskMethods:
                 raise _write_error(exc, f"the prediction for {image_id}") from exc
             if old is not Status.PRELABELED:
                 self._drop_confirmed(image_id)  # the person's map described the mask just replaced
-            self._record_prelabel(image_id, model_id, path, variant)
+            self._record_prelabel(image_id, model_id, path, variant, image_stat)
         if probs_file is not None:
             self.save_probs_file(image_id, probs_file, model_id=model_id)
         elif probs is not None:
             self.save_probs(image_id, probs, model_id=model_id)
         return True
 
-    def _record_prelabel(self, image_id: str, model_id: str, mask_path: Path, variant: str = "") -> None:
+    def _record_prelabel(self, image_id: str, model_id: str, mask_path: Path, variant: str = "",
+                         image_stat: dict | None = None) -> None:
         """Note what the pre-label just written was made from (see ``format.PRELABELS_TABLE``); a
         file that cannot be read back leaves no note (the image then counts as not done)."""
         try:
-            tag = {"model_id": model_id, "variant": variant, "image": _stat(self.image_path(image_id)),
-                   "mask": _stat(mask_path)}
+            image = dict(image_stat) if image_stat else _stat(self.image_path(image_id))
+            tag = {"model_id": model_id, "variant": variant, "image": image, "mask": _stat(mask_path)}
         except OSError:
             return
         self._exec("INSERT INTO prelabels VALUES(?, ?) ON CONFLICT(id) DO UPDATE SET tag=excluded.tag",
