@@ -425,3 +425,29 @@ def test_an_image_changed_while_it_was_predicted_is_not_taken_as_done(tmp_path, 
         monkeypatch.setattr(ps, "predict_for_store", real)
         again = prelabel_in_store(st, predictor, None, model_id=mid)
         assert again.written == 1 and again.done_before == 1 and is_done(st, "b.png", mid)
+
+
+def test_two_machines_as_torchrun_starts_them_split_the_folder(tmp_path, ckpt):
+    # torchrun --nnodes=2: one agent per machine (both on this one here, sharing the folder as
+    # machines share storage); rank 0's node writes, the other node's rank hands over through the spool.
+    from engine import checkpoint_id
+    from engine.prelabel_launch import free_port
+
+    folder = tmp_path / "imgs"
+    _folder(folder)
+    trace = tmp_path / "trace.txt"
+    port = free_port()
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}",
+                               "-m", "engine.prelabel", str(folder), "--weights", str(ckpt), "--device", "cpu",
+                               "--loader-workers", "0"], env=_env(trace), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    errs = [p.communicate(timeout=180)[1] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    assert "18 pre-labeled, 2 kept" in errs[0], errs[0][-2000:]
+    done = _trace(trace)
+    counts = Counter(image_id for _rank, image_id in done)
+    assert sorted(counts) == sorted(set(IDS) - set(PERSON)) and set(counts.values()) == {1}
+    assert {rank for rank, _ in done} == {"0", "1"}
+    with AnnotationStore.open(folder, read_only=True) as st:
+        assert all(is_done(st, i, checkpoint_id(ckpt)) for i in IDS if i not in PERSON)
