@@ -18,7 +18,8 @@ Per rank
     and is recorded in the store like the one-process command does.  The Predictor runs on
     ``cuda:LOCAL_RANK`` with CUDA (fp16 autocast and channels_last there), else on the CPU with the
     cores split between the ranks of the machine.  The CRF (``--crf``) runs on the store's capped
-    probability grid.
+    probability grid, on the rank's device: with a GPU there (the CUDA CRF is tens of times faster
+    than on the CPU, so moving it to CPU workers would make it the bottleneck), else on its cores.
 
 Batches
     ``--batch B`` (default 8 with CUDA, where small images leave the GPU idle between launches, 1 on
