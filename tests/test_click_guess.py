@@ -1,6 +1,7 @@
 """Guessed clicks: where the pointer rests on the image the click tool predicts a positive click
 before it is made, so a press on that pixel shows its candidates at once. On the real canvas and
 session (offscreen) with the disc-drawing fake predictor of test_click_tools_gui."""
+# ruff: noqa: F811  (the canvas fixture is imported, and named again by each test's parameter)
 from __future__ import annotations
 
 import threading
@@ -10,13 +11,17 @@ import pytest
 from PySide6.QtCore import QEvent, Qt
 
 from tests.test_click_tools_gui import (  # noqa: F401  (canvas is a fixture)
+    H,
+    W,
     DiscPredictor,
     R,
     canvas,
     click,
     disc,
+    drag,
     mouse,
     previewed,
+    probs_for,
     use,
     wait_idle,
     with_fake_model,
@@ -162,3 +167,126 @@ def test_no_guess_without_a_model_while_a_prompt_runs_or_when_switched_off(qtbot
     mouse(c, QEvent.Type.MouseMove, 21, 20, held=Qt.MouseButton.NoButton)
     qtbot.wait(150)
     assert tool._guess is None and fake.calls == 0
+
+
+def held_tool(c):
+    """The click tool on a HeldPredictor whose runs wait for its gate (closed)."""
+    fake = HeldPredictor()
+    c.target.click_predictor = lambda: fake
+    c.target.click_status = lambda: None
+    tool = use(c, "click")
+    tool.edge_polish = False
+    fake.gate.clear()
+    return fake, tool
+
+
+def claim(qtbot, c, fake, x=20, y=20) -> None:
+    """Rest at (x, y) until the guess there runs (held), then click there: the click claims it."""
+    mouse(c, QEvent.Type.MouseMove, x, y, held=Qt.MouseButton.NoButton)
+    qtbot.waitUntil(fake.started.is_set, timeout=10_000)
+    click(c, x, y)
+
+
+@pytest.mark.parametrize("then", ["click elsewhere", "shift-click", "box from the margin"])
+def test_a_click_pressed_on_a_guess_not_in_yet_survives_the_next_prompt(qtbot, canvas, then):
+    c = canvas
+    fake, tool = held_tool(c)
+    claim(qtbot, c, fake)
+    expected = {"click elsewhere": [[20, 20], [40, 30]], "shift-click": [[20, 20], [22, 20]],
+                "box from the margin": [[20, 20]]}[then]
+    if then == "click elsewhere":
+        click(c, 40, 30)
+    elif then == "shift-click":
+        click(c, 22, 20, mods=Qt.KeyboardModifier.ShiftModifier)
+    else:
+        drag(c, [(-3, -2), (10, 10), (30, 25)])
+    fake.gate.set()
+    qtbot.waitUntil(lambda: tool.session is not None and tool.session.points.tolist() == expected, timeout=10_000)
+    wait_idle(qtbot, tool)
+    assert tool.session.points.tolist() == expected
+
+
+def test_a_claimed_guess_that_went_stale_or_failed_runs_for_real(qtbot, canvas):
+    c, s = canvas, canvas.session
+    fake, tool = held_tool(c)
+    claim(qtbot, c, fake)
+    s.current_label = 2                                          # the region would get another class
+    fake.gate.set()
+    qtbot.waitUntil(lambda: previewed(c), timeout=10_000)
+    wait_idle(qtbot, tool)
+    assert fake.calls == 2 and tool.session.points.tolist() == [[20, 20]] and tool.label() == 2
+
+    class FailFirst(HeldPredictor):
+        def predict(self, *a, **kw):
+            if self.calls == 0:
+                self.calls += 1
+                self.started.set()
+                assert self.gate.wait(10)
+                raise RuntimeError("out of memory")
+            return super().predict(*a, **kw)
+    qtbot.keyClick(c, Qt.Key.Key_Escape)
+    failing = FailFirst()
+    failing.gate.clear()
+    c.target.click_predictor = lambda: failing
+    errors: list = []
+    c.target.report_error = errors.append
+    claim(qtbot, c, failing, 30, 25)
+    failing.gate.set()
+    qtbot.waitUntil(lambda: previewed(c), timeout=10_000)
+    wait_idle(qtbot, tool)
+    assert tool.session.points.tolist() == [[30, 25]] and errors == []
+
+
+def test_a_guess_is_not_used_after_the_probabilities_or_the_model_changed(qtbot, canvas):
+    c, s = canvas, canvas.session
+    fake = with_fake_model(c)
+    tool = use(c, "click")
+    tool.edge_polish = False
+    rest(qtbot, c, tool, 20, 20)
+    s.probs = probs_for(np.full((H // 2, W // 2), 2), len(s.class_names))   # the segmentation came in
+    click(c, 20, 20)
+    wait_idle(qtbot, tool)
+    assert fake.calls == 2 and tool.label() == 2                  # auto class from the new probabilities
+    qtbot.keyClick(c, Qt.Key.Key_Escape)
+    s.probs = None
+    # Another click model: while its embedding is made, clicks wait, in order, and the old
+    # model's guess is not taken.
+    rest(qtbot, c, tool, 20, 20)
+    c.target.click_predictor = lambda: None
+    click(c, 40, 30, button=Qt.MouseButton.RightButton)
+    click(c, 20, 20)
+    other = DiscPredictor()
+    c.target.click_predictor = lambda: other
+    tool._embedding_ready(c.target.image_key)                     # what the click state says when it is made
+    wait_idle(qtbot, tool)
+    assert tool.session.predictor is other and tool.session.points.tolist() == [[40, 30], [20, 20]]
+
+
+def test_a_drag_from_an_adopted_guess_leaves_only_the_box(qtbot, canvas):
+    c = canvas
+    with_fake_model(c)
+    tool = use(c, "click")
+    tool.edge_polish = False
+    click(c, 40, 30)
+    wait_idle(qtbot, tool)
+    rest(qtbot, c, tool, 10, 10)
+    drag(c, [(10, 10), (20, 20), (30, 25)])
+    wait_idle(qtbot, tool)
+    assert tool.session.points.tolist() == [[40, 30]] and tool.session.box == (10, 10, 30, 25)
+
+
+def test_hovering_does_not_count_as_clicking_and_dropped_guesses_do_not_run(qtbot, canvas):
+    c = canvas
+    fake, tool = held_tool(c)
+    notes: list = []
+    c.target.note_click = lambda: notes.append(1)     # what holds neighbours' embeddings back
+    mouse(c, QEvent.Type.MouseMove, 10, 10, held=Qt.MouseButton.NoButton)
+    qtbot.waitUntil(fake.started.is_set, timeout=10_000)
+    for x in (12, 14, 16):                            # rests while that guess is held: none start
+        mouse(c, QEvent.Type.MouseMove, x, 10, held=Qt.MouseButton.NoButton)
+        qtbot.wait(60)
+    qtbot.keyClick(c, Qt.Key.Key_Escape)
+    fake.gate.set()
+    qtbot.waitUntil(lambda: tool._guess is not None and tool._guess.result is not None and tool._guess.x == 16,
+                    timeout=10_000)
+    assert fake.calls == 2 and notes == []            # the held one, then the last rest's

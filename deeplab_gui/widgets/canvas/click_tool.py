@@ -7,11 +7,8 @@ A left press predicts at once, before the button comes up (a click is held down 
 of a second, longer than the decoder takes on a GPU and much of what it takes on a CPU, so the
 preview is often there on release); if the press turns into a drag, that point is taken back and
 the box replaces it.
-Where the pointer rests on the image (:data:`REST_MS`), the tool predicts a positive click there
-before it is made, in the click model's lane, showing nothing: a press on that very pixel then shows
-its candidates at once (or as soon as that prediction is in), which on a CPU is most of the wait.
-A guess never changes the prompts: it runs on a copy of the session, which replaces the tool's own
-only when the press comes, and only if nothing (another prompt, Tab, the class) changed since.
+Where the pointer rests on the image, the tool predicts a positive click there before it is made
+(:mod:`.click_guess`), so a press on that pixel shows its candidates at once.
 The best candidate is previewed with the class it would get: with "auto class" on and the
 segmentation model's probabilities at hand, the class they favour inside the region, else the
 current class.  With "edge polish" on and probabilities at hand, the CRF then moves the shown
@@ -24,11 +21,10 @@ says, in the status bar, how to get one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QPointF, Qt, QTimer
+from PySide6.QtCore import QPointF, Qt
 
 from ...editing.click import (
     CLICK_DESCRIPTION,
@@ -38,6 +34,7 @@ from ...editing.click import (
     region_class,
 )
 from ...state.click_models import CLICK_LANE
+from .click_guess import GuessingClicks
 from .region_tools import ACCEPT_KEYS, LatestQueue, show_mask
 from .tool_base import Tool
 from .toolview import RegionTarget
@@ -46,24 +43,7 @@ __all__ = ["ClickTool"]
 
 BOX_COLOR = (255, 255, 0, 255)
 WAITING = "the click model is still computing this image's embedding: the click will follow"
-# The pointer resting this long on one image pixel starts a guessed click there. Shorter wastes more
-# predictions on a pointer that is only slowing down; a person who clicks usually rests longer.
-REST_MS = 40
-
-
-@dataclass
-class _Guess:
-    """A positive click at (x, y) predicted before it was made. ``key``: what it was made from
-    (:meth:`ClickTool._key`); ``result`` (session, candidates, classes, index) once in; ``claimed``:
-    the press there came first, so the result is shown as it arrives."""
-    x: float
-    y: float
-    key: tuple
-    result: tuple | None = None
-    claimed: bool = False
-
-
-class ClickTool(Tool):
+class ClickTool(GuessingClicks, Tool):
     """See the module docstring.  ``auto_class`` and ``edge_polish`` are the tool bar's toggles."""
 
     name = "click"
@@ -92,13 +72,7 @@ class ClickTool(Tool):
         self._prompts: list[tuple] = []          # prompts not yet handed to the worker, in order
         self._polished: dict[int, tuple[int, np.ndarray]] = {}  # candidate index -> (label, polished mask)
         self._round = 0                          # bumped by every new set of candidates
-        self.guess_clicks = True                 # predict where the pointer rests (see the module)
-        self._guess: _Guess | None = None
-        self._rest_xy: tuple[float, float] | None = None
-        self._rest = QTimer()
-        self._rest.setSingleShot(True)
-        self._rest.setInterval(REST_MS)
-        self._rest.timeout.connect(self._rested)
+        self._init_guessing()
 
     # -------------------------------------------------------------- life cycle
     def activate(self, view, target) -> None:
@@ -121,8 +95,8 @@ class ClickTool(Tool):
         self._press = self._box_end = None
         self._sent = self._early = False
         self._waiting, self._prompts = [], []
-        self._guess, self._rest_xy = None, None
-        self._rest.stop()
+        self._drop_guess()
+        self.leave()
         self.queue.drop_pending()
         self.polish_queue.drop_pending()
         if self.view is not None:
@@ -154,17 +128,9 @@ class ClickTool(Tool):
         h, w = doc.shape if doc is not None else (0, 0)
         self._sent = 0 <= pos.x() < w and 0 <= pos.y() < h
         self._early = self._sent and not negative
-        self._rest.stop()
-        guess, self._guess = self._guess, None
-        if self._early and guess is not None and (guess.x, guess.y) == (pos.x(), pos.y()) \
-                and guess.key == self._key() and not self.queue.busy and not self._prompts:
-            self._note_click()
-            if guess.result is not None:
-                self._adopt(guess)
-            else:
-                guess.claimed = True
-                self._guess = guess
-        elif self._sent:
+        if self._early and self._press_guessed(pos.x(), pos.y()):
+            return
+        if self._sent:
             self.prompt(("point", pos.x(), pos.y(), not negative))
 
     def right_press(self, pos: QPointF, modifiers: Any) -> None:
@@ -186,8 +152,8 @@ class ClickTool(Tool):
             return
         if self._box_end is None and self._early:   # a drag after all: the pressed point goes again
             self._early = False
-            if self._guess is not None and self._guess.claimed:
-                self._guess = None   # guessed, not in yet: it never became a prompt
+            if self._guess is not None and self._guess.by_press:
+                self._drop_guess()   # guessed, not in yet: it never became a prompt
             else:
                 self.prompt(("retract", p[0], p[1]))
             if self.view is not None:
@@ -197,12 +163,10 @@ class ClickTool(Tool):
         if self.view is not None:
             self.view.show_path([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], closed=True, color=BOX_COLOR)
 
-    def leave(self) -> None:
-        self._rest.stop()
-        self._rest_xy = None
-
     def release(self, pos: QPointF) -> None:
         p, self._press = self._press, None
+        if self._guess is not None:
+            self._guess.by_press = False
         sent, self._sent, self._early = self._sent, False, False
         if p is None:
             return
@@ -223,15 +187,15 @@ class ClickTool(Tool):
         doc = t.document
         if doc is None:
             return
+        # A click pressed on a guess not in yet goes first, for real; any other guess is dropped.
+        prompts = self._take_claimed() + [prompt]
+        self._drop_guess()
         predictor = t.click_predictor()
         if predictor is None:
-            self._waiting.append(prompt)
+            self._waiting += prompts
             t.show_status(WAITING)
             return
-        guess, self._guess = self._guess, None
-        if guess is not None and guess.claimed:   # pressed, not in yet: it goes first, for real
-            self._prompts.append(("point", guess.x, guess.y, True))
-        self._prompts.append(prompt)
+        self._prompts += prompts
         self._note_click()
         self.queue.submit(lambda: self._run_prompts(predictor, doc))
 
@@ -294,88 +258,6 @@ class ClickTool(Tool):
         return t.run_task(job, on_result=done, on_error=failed, task_name="Click region",
                           lane=CLICK_LANE, priority=1)
 
-    # -------------------------------------------------------------- guessed clicks
-    def _key(self) -> tuple:
-        """What a click's prediction starts from: the prompts' round, the candidate on screen (its
-        logits go with the next prompt) and the class it would get."""
-        return self._gen, self._round, self.index, self.target.current_label
-
-    def _hover(self, pos: QPointF) -> None:
-        doc = self.target.document
-        h, w = doc.shape if doc is not None else (0, 0)
-        if self.guess_clicks and 0 <= pos.x() < w and 0 <= pos.y() < h:
-            self._rest_xy = (pos.x(), pos.y())
-            self._rest.start()   # restarted by every move: fires once the pointer rests
-        else:
-            self.leave()
-
-    def _rested(self) -> None:
-        """The pointer has rested at ``_rest_xy``: guess a positive click there, unless a prompt is
-        running or waiting (it would change what the guess starts from) or a guess is running (the
-        next one starts when it is in)."""
-        xy, t = self._rest_xy, self.target
-        if xy is None or t is None or t.document is None or self._press is not None or self._box_end is not None:
-            return
-        if self.queue.busy or self._prompts or self._waiting:
-            return
-        g = self._guess
-        if g is not None and (g.result is None or ((g.x, g.y) == xy and g.key == self._key())):
-            return
-        if t.click_status():
-            return
-        predictor = t.click_predictor()
-        if predictor is None:
-            return
-        doc = t.document
-        if self.session is None or self.session.predictor is not predictor or self.session.shape != doc.shape:
-            self.session = ClickSession(predictor, doc.shape)
-        base, shown, default = self.session, self.index, t.current_label
-        src = t.snap_input()
-        probs = src.probs if src is not None else None
-        guess = self._guess = _Guess(xy[0], xy[1], self._key())
-        self._note_click()   # clicks are likely: neighbours' embeddings wait
-
-        def job():
-            session = base.fork()
-            session.select(shown)
-            cands = session.add_point(xy[0], xy[1], positive=True)
-            classes = [None if probs is None else region_class(probs, c.mask, default) for c in cands]
-            return session, cands, classes, session.index
-
-        def failed(_text: str) -> None:   # silent, unless pressed: then the click runs (and reports) for real
-            if self._guess is guess:
-                self._guess = None
-                if guess.claimed:
-                    self.prompt(("point", guess.x, guess.y, True))
-
-        # Below the clicks (priority 1); quiet: not counted as work the status bar shows.
-        t.run_task(job, on_result=lambda result: self._guessed(guess, result), on_error=failed,
-                   task_name="Guessed click", lane=CLICK_LANE, priority=0, quiet=True)
-
-    def _guessed(self, guess: _Guess, result: tuple) -> None:
-        if self._guess is not guess:
-            return   # pressed elsewhere, another prompt, another image
-        if guess.key != self._key():   # Tab or another class since: a press there runs for real
-            self._guess = None
-            if guess.claimed:
-                self.prompt(("point", guess.x, guess.y, True))
-            return
-        guess.result = result
-        if guess.claimed:
-            self._adopt(guess)
-        elif self._rest_xy not in (None, (guess.x, guess.y)) and not self._rest.isActive():
-            self._rested()   # the pointer came to rest elsewhere while this one ran
-
-    def _adopt(self, guess: _Guess) -> None:
-        """The press came where the guess was made: its session and candidates become the tool's."""
-        session, cands, classes, index = guess.result
-        self._guess = None
-        self.session = session
-        self.cands, self.classes, self.index = list(cands), list(classes), index
-        self._round += 1
-        self._polished = {}
-        self.show()
-
     @property
     def current(self):
         """The candidate on screen (a :class:`~deeplab_gui.editing.click.Candidate`), or None."""
@@ -398,7 +280,9 @@ class ClickTool(Tool):
 
     def show(self, polish: bool = True) -> None:
         """Preview the current candidate with its class (also after the toggles change), and start
-        its edge polish when that applies and ``polish``."""
+        its edge polish when that applies and ``polish``. A click where the pointer rests would now
+        start from what is shown: it is guessed again."""
+        self._rearm()
         mask = self.shown_mask()
         if self.view is None or self._box_end is not None:   # not while a box is being drawn
             return
