@@ -290,3 +290,30 @@ def test_hovering_does_not_count_as_clicking_and_dropped_guesses_do_not_run(qtbo
     qtbot.waitUntil(lambda: tool._guess is not None and tool._guess.result is not None and tool._guess.x == 16,
                     timeout=10_000)
     assert fake.calls == 2 and notes == []            # the held one, then the last rest's
+
+
+def test_a_click_in_the_margin_around_the_image_does_nothing(qtbot, canvas):
+    c = canvas
+    fake = with_fake_model(c)
+    errors: list = []
+    c.target.report_error = errors.append
+    tool = use(c, "click")
+    click(c, 20, -4)                                            # above the image
+    click(c, 30, H + 3, button=Qt.MouseButton.RightButton)      # below it
+    qtbot.wait(100)
+    wait_idle(qtbot, tool)
+    assert fake.calls == 0 and errors == [] and not previewed(c)
+
+
+def test_two_quick_clicks_are_two_prompts_even_when_qt_calls_the_second_a_double_click(qtbot, canvas):
+    c = canvas
+    fake = with_fake_model(c)
+    tool = use(c, "click")
+    tool.edge_polish = False
+    for button, x in ((Qt.MouseButton.LeftButton, 20), (Qt.MouseButton.RightButton, 40)):
+        click(c, x, 20, button=button)
+        mouse(c, QEvent.Type.MouseButtonDblClick, x + 3, 20, button=button)   # the second press, as Qt sends it
+        mouse(c, QEvent.Type.MouseButtonRelease, x + 3, 20, button=button)
+        wait_idle(qtbot, tool)
+    assert tool.session.points.tolist() == [[20, 20], [23, 20], [40, 20], [43, 20]]
+    assert tool.session.labels.tolist() == [1, 1, 0, 0]

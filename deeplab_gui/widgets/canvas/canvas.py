@@ -339,8 +339,16 @@ class Canvas(QGraphicsView):
         event.accept()
 
     def mouseDoubleClickEvent(self, event) -> None:
-        if event.button() == Qt.MouseButton.LeftButton and self.tool is not None and self.session.document is not None:
-            self.tool.double_click(self.image_pos(event))
+        # Qt sends a quick second press as a double click; a tool whose every click counts (each
+        # a prompt or a seed) gets it as the press it is, or a fast second click would be lost.
+        tool, button = self.tool, event.button()
+        if tool is not None and self.session.document is not None:
+            if getattr(tool, "double_click_presses", False) and button == Qt.MouseButton.LeftButton:
+                tool.press(self.image_pos(event), event.modifiers())
+            elif getattr(tool, "double_click_presses", False) and button == Qt.MouseButton.RightButton:
+                tool.right_press(self.image_pos(event), event.modifiers())
+            elif button == Qt.MouseButton.LeftButton:
+                tool.double_click(self.image_pos(event))
         event.accept()
 
     def event(self, event) -> bool:

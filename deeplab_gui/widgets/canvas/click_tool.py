@@ -48,6 +48,7 @@ class ClickTool(GuessingClicks, Tool):
 
     name = "click"
     cursor = Qt.CursorShape.CrossCursor
+    double_click_presses = True   # two quick clicks are two prompts
     target: RegionTarget | None
 
     def __init__(self) -> None:
@@ -124,9 +125,7 @@ class ClickTool(GuessingClicks, Tool):
         self._press, self._box_end = (pos.x(), pos.y(), not negative), None
         # Predicted now, not on release, when on the image (a box may start in the margin around
         # it); a negative press cannot become a box, so it is final.
-        doc = self.target.document
-        h, w = doc.shape if doc is not None else (0, 0)
-        self._sent = 0 <= pos.x() < w and 0 <= pos.y() < h
+        self._sent = self._on_image(pos)
         self._early = self._sent and not negative
         if self._early and self._press_guessed(pos.x(), pos.y()):
             return
@@ -134,8 +133,13 @@ class ClickTool(GuessingClicks, Tool):
             self.prompt(("point", pos.x(), pos.y(), not negative))
 
     def right_press(self, pos: QPointF, modifiers: Any) -> None:
-        if self._usable():
+        if self._on_image(pos) and self._usable():
             self.prompt(("point", pos.x(), pos.y(), False))
+
+    def _on_image(self, pos: QPointF) -> bool:
+        doc = self.target.document
+        h, w = doc.shape if doc is not None else (0, 0)
+        return 0 <= pos.x() < w and 0 <= pos.y() < h
 
     def _drag_threshold(self) -> float:
         h, w = self.target.document.shape
@@ -167,7 +171,7 @@ class ClickTool(GuessingClicks, Tool):
         p, self._press = self._press, None
         if self._guess is not None:
             self._guess.by_press = False
-        sent, self._sent, self._early = self._sent, False, False
+        self._sent = self._early = False
         if p is None:
             return
         if self._box_end is not None:
@@ -175,8 +179,7 @@ class ClickTool(GuessingClicks, Tool):
             if self.view is not None:
                 self.view.clear_preview()
             self.prompt(("box", p[0], p[1], pos.x(), pos.y()))
-        elif not sent:
-            self.prompt(("point", p[0], p[1], p[2]))
+        # A press in the margin around the image that did not become a box: nothing to segment.
 
     # -------------------------------------------------------------- prediction
     def prompt(self, prompt: tuple):

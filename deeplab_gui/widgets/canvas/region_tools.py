@@ -276,6 +276,7 @@ class CRFClickTool(Tool):
 
     name = "crfclick"
     cursor = Qt.CursorShape.CrossCursor
+    double_click_presses = True   # a quick second click is a new seed, not lost
     target: RegionTarget | None
 
     def __init__(self) -> None:

@@ -19,6 +19,7 @@ class Tool:
     name = "tool"
     cursor: Any = Qt.CursorShape.CrossCursor
     sized = False          # whether [ and ] change this tool's size
+    double_click_presses = False   # a double click reaches press/right_press, not double_click
 
     def __init__(self) -> None:
         self.view: ToolView | None = None
