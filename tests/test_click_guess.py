@@ -47,7 +47,8 @@ class HeldPredictor(DiscPredictor):
 def rest(qtbot, c, tool, x: float, y: float) -> None:
     """Hover to image pixel (x, y) and stay until the guess there has been started and is in."""
     mouse(c, QEvent.Type.MouseMove, x, y, held=Qt.MouseButton.NoButton)
-    qtbot.waitUntil(lambda: tool._guess is not None and tool._guess.result is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: tool._guess is not None and tool._guess.at(x, y) and tool._guess.result is not None,
+                    timeout=10_000)
 
 
 def press(c, x, y, **kw) -> None:
@@ -317,3 +318,25 @@ def test_two_quick_clicks_are_two_prompts_even_when_qt_calls_the_second_a_double
         wait_idle(qtbot, tool)
     assert tool.session.points.tolist() == [[20, 20], [23, 20], [40, 20], [43, 20]]
     assert tool.session.labels.tolist() == [1, 1, 0, 0]
+
+
+def test_slow_guesses_are_spaced_out(qtbot, canvas, monkeypatch):
+    # A guess that takes long (a big photo) is followed by the next no sooner than a few times its
+    # own time: a pointer wandering over the image takes a bounded share of the CPU.
+    import time
+
+    import deeplab_gui.widgets.canvas.click_guess as click_guess
+    c = canvas
+    fake = with_fake_model(c)
+    real = fake.predict
+
+    def slow(*a, **kw):
+        time.sleep(0.1)
+        return real(*a, **kw)
+    fake.predict = slow
+    monkeypatch.setattr(click_guess, "GUESS_SHARE", 5)
+    tool = use(c, "click")
+    rest(qtbot, c, tool, 10, 10)                                 # took ~100 ms: the next waits ~500 ms
+    started = time.monotonic()
+    rest(qtbot, c, tool, 30, 20)
+    assert time.monotonic() - started >= 0.4 and fake.calls == 2

@@ -11,8 +11,9 @@ press claims it and it shows as it comes in. Anything that changes what the clic
 (another prompt, Tab, the class, the probabilities, the model) makes the press predict afresh, and
 a claimed guess that fails or went stale becomes a real prompt, so a click is never lost. A guess
 dropped before it ran is cancelled; at most one runs at a time, and a new one starts no sooner
-than :data:`GUESS_GAP_MS` after the last, so a pointer wandering over the image costs at most a
-share of the CPU.
+than :data:`GUESS_GAP_MS`, or :data:`GUESS_SHARE` times the last guess's own time, after the last
+(a click on a 12-megapixel photo costs several times one on a small image), so a pointer wandering
+over the image takes at most about a third of the click lane's time.
 """
 from __future__ import annotations
 
@@ -26,12 +27,13 @@ from PySide6.QtCore import QPointF, QTimer
 from ...editing.click import ClickSession, region_class
 from ...state.click_models import CLICK_LANE
 
-__all__ = ["GUESS_GAP_MS", "REST_MS", "GuessingClicks"]
+__all__ = ["GUESS_GAP_MS", "GUESS_SHARE", "REST_MS", "GuessingClicks"]
 
 # The pointer resting this long on one image pixel starts a guessed click there. Shorter wastes more
 # predictions on a pointer that is only slowing down; a person who clicks usually rests longer.
 REST_MS = 40
-GUESS_GAP_MS = 150   # from one guess's start to the next's: a wandering pointer takes a bounded share
+GUESS_GAP_MS = 150   # from one guess's start to the next's, at least
+GUESS_SHARE = 3      # ... and at least this many times the last guess took
 
 
 @dataclass
@@ -49,6 +51,7 @@ class _Guess:
     result: tuple | None = None
     claimed: bool = False
     by_press: bool = False
+    ms: float = 0.0          # how long it took on the lane
 
     def at(self, x: float, y: float) -> bool:
         return (math.floor(self.x), math.floor(self.y)) == (math.floor(x), math.floor(y))
@@ -64,6 +67,7 @@ class GuessingClicks:
         self._guess: _Guess | None = None
         self._rest_xy: tuple[float, float] | None = None
         self._last_guess = -math.inf             # monotonic time the last guess started
+        self._guess_ms = 0.0                     # how long the last guess took on the lane
         self._rest = QTimer()
         self._rest.setSingleShot(True)
         self._rest.setInterval(REST_MS)
@@ -149,7 +153,7 @@ class GuessingClicks:
             return
         if g is not None and g.at(*xy) and self._guess_fits(g, predictor):
             return   # the one in hand is for this pixel
-        wait = GUESS_GAP_MS - (time.monotonic() - self._last_guess) * 1000
+        wait = max(GUESS_GAP_MS, GUESS_SHARE * self._guess_ms) - (time.monotonic() - self._last_guess) * 1000
         if wait > 0:
             self._rest.start(int(wait) + 1)
             return
@@ -162,10 +166,12 @@ class GuessingClicks:
         self._last_guess = time.monotonic()
 
         def job():
+            start = time.perf_counter()
             session = base.fork()
             session.select(shown)
             cands = session.add_point(xy[0], xy[1], positive=True)
             classes = [None if probs is None else region_class(probs, c.mask, default) for c in cands]
+            guess.ms = (time.perf_counter() - start) * 1000
             return session, cands, classes, session.index
 
         def failed(_text: str) -> None:   # silent, unless pressed: then the click runs (and reports) for real
@@ -179,6 +185,7 @@ class GuessingClicks:
                                   task_name="Guessed click", lane=CLICK_LANE, priority=0, quiet=True)
 
     def _guessed(self, guess: _Guess, result: tuple) -> None:
+        self._guess_ms = guess.ms
         if self._guess is not guess:
             return   # dropped: a press elsewhere, another prompt, another image
         guess.handle = None
