@@ -200,6 +200,19 @@ def test_predict_shapes_and_multimask_order(sam_b):
     assert np.array_equal(multi.masks, (full[0] > 0).numpy())
 
 
+def test_a_large_image_gets_the_same_masks_one_at_a_time(sam_b, monkeypatch):
+    """Above SPLIT_MASKS_PIXELS the full-size masks are made one at a time (bounded memory): the
+    same masks as all at once."""
+    import engine.click.predictor as click_predictor
+    _, predictor, _ = sam_b
+    together = predictor.predict([[20, 15]], [1], multimask=True)
+    monkeypatch.setattr(click_predictor, "SPLIT_MASKS_PIXELS", 100)
+    apart = predictor.predict([[20, 15]], [1], multimask=True)
+    assert together.masks.any() and not together.masks.all()
+    assert np.array_equal(apart.masks, together.masks)
+    np.testing.assert_array_equal(apart.low_res_logits, together.low_res_logits)
+
+
 def test_negative_point_box_and_mask_input_change_the_answer(sam_b):
     _, predictor, _ = sam_b
     pos = predictor.predict([[20, 15]], [1], multimask=False)

@@ -17,7 +17,11 @@ import torch
 from .base import LOW_RES, ClickModel
 from .graphs import DecoderGraphs, graphs_enabled, refill
 
-__all__ = ["ClickEmbedding", "ClickPrediction", "ClickPredictor"]
+__all__ = ["SPLIT_MASKS_PIXELS", "ClickEmbedding", "ClickPrediction", "ClickPredictor"]
+
+# Above this many image pixels a CPU prediction makes its full-size masks one at a time: the peak is
+# then one float mask at the image's size (4 bytes a pixel) plus the K bool masks returned.
+SPLIT_MASKS_PIXELS = 4_000_000
 
 
 @dataclass
@@ -161,10 +165,16 @@ class ClickPredictor:
             # (only models that prepare anything take ``prepared``)
             extra = {} if self._prepared is None else {"prepared": self._prepared}
             low, iou = m.decode(self._features, pts, lbl, bx, mi, multimask, **extra)
-            full = m.postprocess(low, self._input, self._original)
+            if self._original[0] * self._original[1] > SPLIT_MASKS_PIXELS and low.device.type == "cpu":
+                # A large photo: its float masks one at a time (a 12-megapixel image's three would
+                # take 144 MiB at once, a 100-megapixel one's 1.2 GiB), only the bool kept.
+                masks = torch.cat([m.postprocess(low[:, k:k + 1], self._input, self._original)[0]
+                                   > m.mask_threshold for k in range(low.shape[1])])
+            else:
+                masks = m.postprocess(low, self._input, self._original)[0] > m.mask_threshold
             if m.low_res_limit is not None:
                 low = low.clamp(-m.low_res_limit, m.low_res_limit)
-            return full[0] > m.mask_threshold, iou[0].float(), low[0].float()
+            return masks, iou[0].float(), low[0].float()
 
         with torch.inference_mode():
             out = None
