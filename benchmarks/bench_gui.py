@@ -312,6 +312,7 @@ def bench_crf(app, tmp: Path, moves: int) -> dict:
 # ---------------------------------------------------------------------------- 5. click preview
 HOLD_MS = 100.0   # how long a mouse button is typically held for a click
 REST_BEFORE_MS = 150.0   # how long the pointer rests on the spot before a deliberate click (the guess row)
+MOVE_ON_MS = 300.0       # from one object's click to the pointer reaching the next (the guess row)
 def bench_click(app, tmp: Path, clicks: int) -> dict:
     """Mouse press (and release) on the canvas with the click tool -> the preview painted, on a
     cached embedding: per object a first click (three candidates) and a negative click (one mask,
@@ -408,8 +409,11 @@ def bench_click(app, tmp: Path, clicks: int) -> dict:
         tool.key(Qt.Key.Key_Escape)
         app.processEvents()
     # A deliberate click: the pointer rests on the spot first, and the tool guesses the click there.
+    # Between objects a person takes a moment to move on (MOVE_ON_MS; the tool spaces its guesses).
     rested, guessed_runs = [], len(decode)
     for i in range(clicks):
+        end = time.perf_counter() + MOVE_ON_MS / 1000
+        wait_until(app, lambda: time.perf_counter() >= end, poll_ms=10)
         rested.append(click(Qt.MouseButton.LeftButton, rest_ms=REST_BEFORE_MS))
         tool.key(Qt.Key.Key_Escape)
         app.processEvents()
@@ -429,7 +433,7 @@ def bench_click(app, tmp: Path, clicks: int) -> dict:
             "followup_preview_on_screen_p95_ms": pct(followups, 95),
             "followup_decode_p50_ms": pct(followup_decode, 50), "followup_decode_p95_ms": pct(followup_decode, 95),
             "held_ms": HOLD_MS, "after_release_p50_ms": pct(held, 50), "after_release_p95_ms": pct(held, 95),
-            "rest_before_ms": REST_BEFORE_MS, "rested_p50_ms": pct(rested, 50), "rested_p95_ms": pct(rested, 95),
+            "rest_before_ms": REST_BEFORE_MS, "move_on_ms": MOVE_ON_MS, "rested_p50_ms": pct(rested, 50), "rested_p95_ms": pct(rested, 95),
             "rested_decoder_runs": guessed_runs,
             "after_missed_guess_p50_ms": pct(missed, 50), "after_missed_guess_p95_ms": pct(missed, 95),
             "clicks": clicks, "encode_ms": encode_ms, "model": "mobile_sam (random weights)",
