@@ -340,3 +340,19 @@ def test_slow_guesses_are_spaced_out(qtbot, canvas, monkeypatch):
     started = time.monotonic()
     rest(qtbot, c, tool, 30, 20)
     assert time.monotonic() - started >= 0.4 and fake.calls == 2
+
+
+def test_tab_and_enter_say_what_they_did_in_the_status_bar(qtbot, canvas):
+    c, s = canvas, canvas.session
+    with_fake_model(c)
+    said: list = []
+    s.message.connect(lambda kind, text: said.append(text))
+    tool = use(c, "click")
+    tool.edge_polish = False
+    click(c, 20, 20)
+    wait_idle(qtbot, tool)
+    qtbot.keyClick(c, Qt.Key.Key_Tab)
+    assert said[-1].startswith("candidate 2 of 3")
+    shown = int(tool.shown_mask().sum())
+    qtbot.keyClick(c, Qt.Key.Key_Return)
+    assert said[-1] == f"{shown} pixels set to {s.class_names[1]} (Ctrl+Z undoes)"

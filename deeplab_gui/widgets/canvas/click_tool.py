@@ -35,7 +35,7 @@ from ...editing.click import (
 )
 from ...state.click_models import CLICK_LANE
 from .click_guess import GuessingClicks
-from .region_tools import ACCEPT_KEYS, LatestQueue, show_mask
+from .region_tools import ACCEPT_KEYS, LatestQueue, class_look, show_mask
 from .tool_base import Tool
 from .toolview import RegionTarget
 
@@ -335,6 +335,8 @@ class ClickTool(GuessingClicks, Tool):
         if key == Qt.Key.Key_Tab:
             self.index = (self.index + 1) % len(self.cands)
             self.show()
+            self.target.show_status(f"candidate {self.index + 1} of {len(self.cands)} "
+                                    f"(the model's own score {self.cands[self.index].score:.2f}); Enter accepts it")
             return True
         if key in ACCEPT_KEYS:
             self.accept()
@@ -352,6 +354,8 @@ class ClickTool(GuessingClicks, Tool):
         label = self.label()
         self.reset()
         accept_region(doc, mask, label, CLICK_DESCRIPTION)
+        self.target.show_status(f"{int(mask.sum())} pixels set to {class_look(self.target, label)[1]} "
+                                "(Ctrl+Z undoes)")
 
 
 def _without_retracted(prompts: list[tuple]) -> list[tuple]:
