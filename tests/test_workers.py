@@ -236,3 +236,18 @@ def test_idle_pool_and_lane_threads_exit_and_take_their_torch_threads_with_them(
     finally:
         w.cancel_all()
         w.wait(5000)
+
+
+def test_the_status_text_names_what_runs(qtbot, worker):
+    """The status bar names the running tasks, oldest first (quiet ones left out), not a count."""
+    gate = threading.Event()
+    assert worker.busy_text() == ""
+    handles = [worker.run_task(gate.wait, 10, task_name=name) for name in ("click embedding", "prefetch", "prefetch")]
+    handles.append(worker.run_task(gate.wait, 10, task_name="Guessed click", quiet=True))
+    assert worker.busy_text() == "running: click embedding, prefetch ×2…"
+    for name in ("load image", "open folder"):
+        handles.append(worker.run_task(gate.wait, 10, task_name=name))
+    assert worker.busy_text() == "running: click embedding, prefetch ×2, load image and 1 more…"
+    gate.set()
+    qtbot.waitUntil(lambda: all(h.done for h in handles), timeout=10_000)
+    assert worker.busy_text() == ""

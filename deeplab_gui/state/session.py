@@ -65,7 +65,7 @@ class Session(QObject, FolderMethods, PredictionMethods):
         # Six threads: an image load and its prefetch, a pre-label run, a fine-tune and the live CRF's
         # two lanes can all be in flight without one waiting for another.
         self.worker = Worker(self, max_threads=6)
-        self.worker.busy_changed.connect(lambda n: self.busy.emit(f"{n} task(s) running" if n else ""))
+        self.worker.busy_changed.connect(lambda n: self.busy.emit(self.worker.busy_text()))
         self.store: Any = None
         self.folder: Path | None = None
         self.image_id: str | None = None

@@ -206,7 +206,7 @@ class Worker(QObject):
         self.pool.setExpiryTimeout(pool_idle_ms)
         self._lane_idle_ms = lane_idle_ms
         self._lanes: dict[str, QThreadPool] = {}
-        self._active: set[TaskHandle] = set()  # counted for busy_changed
+        self._active: dict[TaskHandle, None] = {}  # counted for busy_changed, in start order
         self._all: set[TaskHandle] = set()     # every task in flight, quiet ones too (cancel_all)
 
     @property
@@ -248,7 +248,7 @@ class Worker(QObject):
         if on_error is not None:
             handle.error.connect(on_error)
         if not quiet:
-            self._active.add(handle)
+            self._active[handle] = None
             handle.finished.connect(lambda h=handle: self._retire(h))
             self.busy_changed.emit(len(self._active))
         self._all.add(handle)
@@ -275,8 +275,20 @@ class Worker(QObject):
                 handle.error.emit(one_line_error(exc))
         return call
 
+    def busy_text(self) -> str:
+        """What the status bar says is running: the tasks' names, oldest first ("" when none)."""
+        names: dict[str, int] = {}
+        for h in self._active:
+            name = h.name or "a task"
+            names[name] = names.get(name, 0) + 1
+        parts = [name if n == 1 else f"{name} ×{n}" for name, n in names.items()]
+        if not parts:
+            return ""
+        shown = ", ".join(parts[:3]) + (f" and {len(parts) - 3} more" if len(parts) > 3 else "")
+        return f"running: {shown}…"
+
     def _retire(self, handle: TaskHandle) -> None:
-        self._active.discard(handle)
+        self._active.pop(handle, None)
         self.busy_changed.emit(len(self._active))
 
     def cancel_all(self) -> None:
