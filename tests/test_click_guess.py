@@ -95,12 +95,7 @@ def test_a_press_elsewhere_predicts_for_real_and_the_guess_is_dropped(qtbot, can
 
 def test_a_press_before_the_guess_is_in_waits_for_it_instead_of_running_again(qtbot, canvas):
     c = canvas
-    fake = HeldPredictor()
-    c.target.click_predictor = lambda: fake
-    c.target.click_status = lambda: None
-    tool = use(c, "click")
-    tool.edge_polish = False
-    fake.gate.clear()
+    fake, tool = held_tool(c)
     mouse(c, QEvent.Type.MouseMove, 20, 20, held=Qt.MouseButton.NoButton)
     qtbot.waitUntil(fake.started.is_set, timeout=10_000)        # the guess runs, held
     click(c, 20, 20)
@@ -113,12 +108,7 @@ def test_a_press_before_the_guess_is_in_waits_for_it_instead_of_running_again(qt
 
 def test_a_press_on_a_guess_not_in_yet_that_becomes_a_drag_leaves_only_the_box(qtbot, canvas):
     c = canvas
-    fake = HeldPredictor()
-    c.target.click_predictor = lambda: fake
-    c.target.click_status = lambda: None
-    tool = use(c, "click")
-    tool.edge_polish = False
-    fake.gate.clear()
+    fake, tool = held_tool(c)
     mouse(c, QEvent.Type.MouseMove, 10, 10, held=Qt.MouseButton.NoButton)
     qtbot.waitUntil(fake.started.is_set, timeout=10_000)
     press(c, 10, 10)
@@ -324,16 +314,18 @@ def test_slow_guesses_are_spaced_out(qtbot, canvas, monkeypatch):
     # A guess that takes long (a big photo) is followed by the next no sooner than a few times its
     # own time: a pointer wandering over the image takes a bounded share of the CPU.
     import time
+    from types import SimpleNamespace
 
     import deeplab_gui.widgets.canvas.click_guess as click_guess
     c = canvas
     fake = with_fake_model(c)
-    real = fake.predict
+    real, clock = fake.predict, [0.0]
 
-    def slow(*a, **kw):
-        time.sleep(0.1)
+    def slow(*a, **kw):                                          # 100 ms by the guesses' own clock
+        clock[0] += 0.1
         return real(*a, **kw)
     fake.predict = slow
+    monkeypatch.setattr(click_guess, "time", SimpleNamespace(perf_counter=lambda: clock[0], monotonic=time.monotonic))
     monkeypatch.setattr(click_guess, "GUESS_SHARE", 5)
     tool = use(c, "click")
     rest(qtbot, c, tool, 10, 10)                                 # took ~100 ms: the next waits ~500 ms
