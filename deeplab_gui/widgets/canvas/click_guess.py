@@ -60,7 +60,7 @@ class _Guess:
 class GuessingClicks:
     """The guessing half of the click tool; the tool provides ``target``, ``session``, ``queue``,
     ``index``, ``cands``, ``classes``, ``_gen``, ``_round``, ``_polished``, ``_prompts``, ``_waiting``,
-    ``_press``, ``_box_end`` and ``show()``."""
+    ``_press``, ``_box_end``, ``show()``, ``prompt()`` and ``_note_click()``."""
 
     def _init_guessing(self) -> None:
         self.guess_clicks = True                 # predict where the pointer rests (see the module)

@@ -43,6 +43,8 @@ __all__ = ["ClickTool"]
 
 BOX_COLOR = (255, 255, 0, 255)
 WAITING = "the click model is still computing this image's embedding: the click will follow"
+
+
 class ClickTool(GuessingClicks, Tool):
     """See the module docstring.  ``auto_class`` and ``edge_polish`` are the tool bar's toggles."""
 
