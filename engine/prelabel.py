@@ -217,10 +217,22 @@ def _pass(sample: Any) -> Any:
 
 
 def _loader(items: list[tuple[str, str]], workers: int) -> Any:
+    import functools
+
     from torch.utils.data import DataLoader
-    extra = {"prefetch_factor": 1, "persistent_workers": False} if workers > 0 else {}
+
+    # Each loader worker dies with its rank: torch's own check compares the parent's pid with the one
+    # it saw at start, so a worker forked just before its rank was killed waited forever (and kept
+    # the terminal's stderr open).
+    extra = {"prefetch_factor": 1, "persistent_workers": False,
+             "worker_init_fn": functools.partial(_loader_worker_init, os.getpid())} if workers > 0 else {}
     return DataLoader(_Images(items), batch_size=None, shuffle=False, num_workers=workers,
                       collate_fn=_pass, **extra)
+
+
+def _loader_worker_init(rank_pid: int, worker_id: int) -> None:
+    from .prelabel_launch import die_with_parent
+    die_with_parent(rank_pid)
 
 
 def _predict_shard(cfg: PrelabelConfig, plan: dict, rank: int, world: int,

@@ -9,6 +9,7 @@ forward anything), and elsewhere it notices at its next image.
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-__all__ = ["launch_local", "free_port"]
+__all__ = ["die_with_parent", "free_port", "launch_local"]
 
 _GRACE_S = 15.0  # how long stopped ranks get to finish their current write before they are killed
 
@@ -28,13 +29,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the launcher dies (Linux)."""
+def die_with_parent(parent: int | None = None) -> None:
+    """In a child process: SIGKILL when its parent dies (Linux). ``parent``: the parent's pid as the
+    parent knew it; a child whose parent died before this call (it would never get the signal) exits
+    at once."""
     try:
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:  # not Linux: the rank's own re-parenting check covers it
         pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def launch_local(args: Sequence[str], workers: int, *, module: str = "engine.prelabel") -> int:
@@ -63,7 +68,8 @@ def launch_local(args: Sequence[str], workers: int, *, module: str = "engine.pre
                        LOCAL_WORLD_SIZE=str(workers), GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
                        MASTER_PORT=str(port))
             procs.append(subprocess.Popen([sys.executable, "-m", module, *args], env=env,
-                                          preexec_fn=_die_with_parent if sys.platform == "linux" else None))
+                                          preexec_fn=functools.partial(die_with_parent, os.getpid())
+                                          if sys.platform == "linux" else None))
         deadline = None
         while any(p.poll() is None for p in procs):
             failed = [p for p in procs if p.returncode not in (None, 0)]

@@ -451,3 +451,16 @@ def test_two_machines_as_torchrun_starts_them_split_the_folder(tmp_path, ckpt):
     assert {rank for rank, _ in done} == {"0", "1"}
     with AnnotationStore.open(folder, read_only=True) as st:
         assert all(is_done(st, i, checkpoint_id(ckpt)) for i in IDS if i not in PERSON)
+
+
+def test_a_loader_worker_whose_rank_is_already_gone_exits(tmp_path):
+    # A loader worker forked just before its rank was killed: its parent is not the rank any more
+    # when it starts, so it goes at once instead of waiting for work forever (holding stderr).
+    code = ("import os, sys; from engine.prelabel import _loader_worker_init; "
+            "_loader_worker_init(int(sys.argv[1]), 0); print('alive')")
+    gone = subprocess.run([sys.executable, "-c", code, "999999999"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=60)
+    there = subprocess.run([sys.executable, "-c", code, str(os.getpid())], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                           capture_output=True, text=True, timeout=60)
+    assert gone.returncode != 0 and "alive" not in gone.stdout
+    assert there.returncode == 0 and "alive" in there.stdout, there.stderr
