@@ -34,3 +34,23 @@ def test_region_rgba_of_a_full_crop_has_its_outline_on_the_crop_border():
     assert (inner[0] == (10, 20, 30, 200)).all() and (inner[:, -1] == (10, 20, 30, 200)).all()
     assert (inner[1:3, 1:3] == (10, 20, 30, round(200 * FILL_ALPHA))).all()
     assert (out[0, 1:-1] == RING).all() and (out[1:-1, 0] == RING).all()
+
+
+def test_a_large_region_is_previewed_at_a_reduced_resolution_over_the_same_place(qtbot):
+    """A region of many megapixels is drawn from every s-th pixel and scaled by s (the UI thread
+    would spend hundreds of milliseconds on the full one); a small one stays exact."""
+    from PySide6.QtWidgets import QGraphicsScene
+
+    from deeplab_gui.widgets.canvas.region_view import PREVIEW_MAX_PIXELS, RegionItems
+    items = RegionItems(QGraphicsScene())
+    big = np.ones((1500, 2100), bool)                      # 3.15 MP: every 2nd pixel
+    items.show_region(big, (40, 30), (200, 30, 30, 220))
+    pix, item = items.region.pixmap(), items.region
+    assert item.scale() == 2 and pix.width() * pix.height() <= PREVIEW_MAX_PIXELS * 1.01
+    rect = item.sceneBoundingRect()                        # the region, with its ring's margin
+    assert abs(rect.left() - 38) <= 2 and abs(rect.top() - 28) <= 2
+    assert abs(rect.right() - (40 + 2100)) <= 4 and abs(rect.bottom() - (30 + 1500)) <= 4
+    small = np.ones((20, 30), bool)
+    items.show_region(small, (5, 6), (200, 30, 30, 220))
+    assert item.scale() == 1 and (item.pixmap().width(), item.pixmap().height()) == (32, 22)
+    assert (item.pos().x(), item.pos().y()) == (4, 5)

@@ -2,9 +2,14 @@
 proposed class's name) and an image-sized overlay such as superpixel borders.
 
 Each change builds one QImage bounded to the region's crop, so a preview costs in proportion to the
-region, not the image.  Items sit in image coordinates (scene = image pixels) at the crop's origin.
+region, not the image; a crop of more than :data:`PREVIEW_MAX_PIXELS` is drawn from every s-th row
+and column and the item scaled by s, so a region covering most of a 12-megapixel photo costs the UI
+thread a few milliseconds, not a few hundred (a screen shows no more pixels than that anyway).
+Items sit in image coordinates (scene = image pixels) at the crop's origin.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from PySide6.QtCore import QPointF, Qt
@@ -26,7 +31,9 @@ from PySide6.QtWidgets import (
     QStyleOptionGraphicsItem,
 )
 
-__all__ = ["RegionItems", "region_rgba"]
+__all__ = ["PREVIEW_MAX_PIXELS", "RegionItems", "region_rgba"]
+
+PREVIEW_MAX_PIXELS = 2_000_000   # a larger region's preview is drawn at a reduced resolution
 
 FILL_ALPHA = 0.45      # share of the colour's alpha inside the region; the outline gets all of it
 RING = (255, 255, 255, 200)   # the light line around the region's outside
@@ -112,9 +119,11 @@ class RegionItems:
         if mask.ndim != 2 or not mask.any():
             self.clear_region()
             return
-        self.region.setPixmap(_pixmap(region_rgba(mask, color)))
+        step = max(1, math.ceil(math.sqrt(mask.size / PREVIEW_MAX_PIXELS)))
+        self.region.setPixmap(_pixmap(region_rgba(mask[::step, ::step], color)))
+        self.region.setScale(step)   # each drawn pixel stands for step×step image pixels
         x0, y0 = (float(v) for v in origin)
-        self.region.setPos(QPointF(x0 - 1, y0 - 1))   # the image has a one-pixel margin for the ring
+        self.region.setPos(QPointF(x0 - step, y0 - step))   # the image has a one-pixel margin for the ring
         self.region.setVisible(True)
         if label_text:
             # Above the region's first row, at the leftmost pixel of that row.
