@@ -49,6 +49,7 @@ Cancel and resume
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -217,8 +218,6 @@ def _pass(sample: Any) -> Any:
 
 
 def _loader(items: list[tuple[str, str]], workers: int) -> Any:
-    import functools
-
     from torch.utils.data import DataLoader
 
     # Each loader worker dies with its rank: torch's own check compares the parent's pid with the one
@@ -254,8 +253,6 @@ def _predict_shard(cfg: PrelabelConfig, plan: dict, rank: int, world: int,
         predictor = fit_classes(predictor, ClassMap.by_name(list(predictor.meta.class_names), plan["classes"]))
     refine, params = None, None
     if cfg.crf:
-        import functools
-
         from .crf import CRFParams
         from .crf import refine as crf_refine
         # On the rank's own device: the CRF's default is the first GPU, whichever rank runs it.

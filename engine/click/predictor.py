@@ -165,13 +165,11 @@ class ClickPredictor:
             # (only models that prepare anything take ``prepared``)
             extra = {} if self._prepared is None else {"prepared": self._prepared}
             low, iou = m.decode(self._features, pts, lbl, bx, mi, multimask, **extra)
-            if self._original[0] * self._original[1] > SPLIT_MASKS_PIXELS and low.device.type == "cpu":
-                # A large photo: its float masks one at a time (a 12-megapixel image's three would
-                # take 144 MiB at once, a 100-megapixel one's 1.2 GiB), only the bool kept.
-                masks = torch.cat([m.postprocess(low[:, k:k + 1], self._input, self._original)[0]
-                                   > m.mask_threshold for k in range(low.shape[1])])
-            else:
-                masks = m.postprocess(low, self._input, self._original)[0] > m.mask_threshold
+            # A large photo: its float masks one at a time (a 12-megapixel image's three would take
+            # 144 MiB at once, a 100-megapixel one's 1.2 GiB), only the bool kept.
+            split = self._original[0] * self._original[1] > SPLIT_MASKS_PIXELS and low.device.type == "cpu"
+            parts = low.split(1, dim=1) if split else (low,)
+            masks = torch.cat([m.postprocess(p, self._input, self._original)[0] > m.mask_threshold for p in parts])
             if m.low_res_limit is not None:
                 low = low.clamp(-m.low_res_limit, m.low_res_limit)
             return masks, iou[0].float(), low[0].float()

@@ -343,9 +343,9 @@ class Canvas(QGraphicsView):
         # a prompt or a seed) gets it as the press it is, or a fast second click would be lost.
         tool, button = self.tool, event.button()
         if tool is not None and self.session.document is not None:
-            if getattr(tool, "double_click_presses", False) and button == Qt.MouseButton.LeftButton:
+            if tool.double_click_presses and button == Qt.MouseButton.LeftButton:
                 tool.press(self.image_pos(event), event.modifiers())
-            elif getattr(tool, "double_click_presses", False) and button == Qt.MouseButton.RightButton:
+            elif tool.double_click_presses and button == Qt.MouseButton.RightButton:
                 tool.right_press(self.image_pos(event), event.modifiers())
             elif button == Qt.MouseButton.LeftButton:
                 tool.double_click(self.image_pos(event))

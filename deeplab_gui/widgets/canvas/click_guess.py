@@ -60,7 +60,7 @@ class _Guess:
 class GuessingClicks:
     """The guessing half of the click tool; the tool provides ``target``, ``session``, ``queue``,
     ``index``, ``cands``, ``classes``, ``_gen``, ``_round``, ``_polished``, ``_prompts``, ``_waiting``,
-    ``_press``, ``_box_end``, ``show()``, ``prompt()`` and ``_note_click()``."""
+    ``_press``, ``_box_end``, ``show()``, ``prompt()``, ``_on_image()`` and ``_note_click()``."""
 
     def _init_guessing(self) -> None:
         self.guess_clicks = True                 # predict where the pointer rests (see the module)
@@ -96,9 +96,14 @@ class GuessingClicks:
         src = self.target.snap_input()
         return src.probs if src is not None else None
 
+    def _starts_alike(self, guess: _Guess, predictor: Any) -> bool:
+        """Whether ``guess`` started from what a click would start from now (prompts, shown
+        candidate, class, probabilities, model)."""
+        return guess.key == self._key() and guess.predictor is predictor and guess.probs is self._current_probs()
+
     def _guess_fits(self, guess: _Guess, predictor: Any) -> bool:
         """Whether ``guess`` is what a click on its pixel would predict now."""
-        return (guess.key == self._key() and guess.predictor is predictor and guess.probs is self._current_probs()
+        return (self._starts_alike(guess, predictor)
                 and not self.queue.busy and not self._prompts and not self._waiting)
 
     def _press_guessed(self, x: float, y: float) -> bool:
@@ -120,9 +125,7 @@ class GuessingClicks:
         return True
 
     def _hover(self, pos: QPointF) -> None:
-        doc = self.target.document
-        h, w = doc.shape if doc is not None else (0, 0)
-        if not (self.guess_clicks and 0 <= pos.x() < w and 0 <= pos.y() < h):
+        if not (self.guess_clicks and self._on_image(pos)):
             self.leave()
             return
         old, self._rest_xy = self._rest_xy, (pos.x(), pos.y())
@@ -196,7 +199,7 @@ class GuessingClicks:
             return
         predictor = self.target.click_predictor() if self.target is not None else None
         self._guess = None
-        if guess.key == self._key() and guess.predictor is predictor and guess.probs is self._current_probs():
+        if self._starts_alike(guess, predictor):
             guess.result = result
             self._adopt(guess)
         else:   # Tab, another class, new probabilities since the press: it runs for real
