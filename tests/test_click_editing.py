@@ -124,6 +124,45 @@ def test_region_class_sums_log_probabilities_also_on_a_coarser_grid():
     assert region_class(probs, np.zeros((8, 8), bool), default=4) == 4
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_region_class_counts_every_pixel_at_the_cell_its_centre_falls_in(seed):
+    """The per-cell counts (rows of each cell row, then columns) equal counting pixel by pixel,
+    for grids finer and coarser than the mask, sparse and dense masks, and runs over 255 rows."""
+    from deeplab_gui.editing.click import _cell_counts
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+        (H, W), (h, w) = rng.integers(1, 50, 2), rng.integers(1, 70, 2)
+        if rng.random() < 0.1:
+            H, h = 600, 2          # 300 rows a cell: the plain sum
+        mask = rng.random((H, W)) < rng.random()
+        want = np.zeros((h, w), np.int64)
+        ys, xs = np.nonzero(mask)
+        np.add.at(want, (np.minimum(((ys + 0.5) * h / H).astype(int), h - 1),
+                         np.minimum(((xs + 0.5) * w / W).astype(int), w - 1)), 1)
+        got = _cell_counts(mask, (h, w))
+        if got is None:
+            assert not mask.any()
+            continue
+        counts, rows, cols = got
+        full = np.zeros((h, w), np.int64)
+        full[np.ix_(rows, cols)] = counts
+        assert (full == want).all()
+
+
+def test_region_class_of_a_region_over_many_cells_weighs_blocks_of_them(monkeypatch):
+    """Above CLASS_CELLS cells the region is weighed in blocks; a region that leans to a class still
+    gets it, and one sure cell does not outvote the rest."""
+    from deeplab_gui.editing import click
+    monkeypatch.setattr(click, "CLASS_CELLS", 64)
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=(60, 80)).transpose(2, 0, 1).astype(np.float32)
+    probs[:, 10:50, 10:70] = np.array([0.1, 0.2, 0.15, 0.55])[:, None, None]
+    probs[:, 20, 20] = [1.0, 0.0, 0.0, 0.0]
+    mask = np.zeros((120, 160), bool)
+    mask[20:100, 20:140] = True                     # cells 10:50 × 10:70 of the 60×80 grid
+    assert region_class(probs, mask, default=0) == 3
+
+
 def _square_image(rng, shape=(48, 64), box=(12, 16, 36, 44)):
     image = np.full(shape + (3,), 60, np.float32)
     y0, x0, y1, x1 = box
