@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 __all__ = ["DEFAULT_PROBS_MAX_PIXELS", "PROBS_MAX_PIXELS_ENV", "DEFAULT_TILE_ELEMENTS", "probs_max_pixels",
-           "probs_grid", "grid_fits", "upsample_bands", "labels_at", "crop_at", "resize_probs", "resize_plane",
+           "probs_grid", "grid_fits", "upsample_bands", "labels_at", "crop_at", "sample_at", "resize_probs", "resize_plane",
            "resize_image", "normalise_", "argmax0_u8"]
 
 DEFAULT_PROBS_MAX_PIXELS = 4 * 1024 * 1024
@@ -167,17 +167,24 @@ def crop_at(probs: Any, size: tuple[int, int], box: tuple[int, int, int, int]) -
     """The ``box`` (y0, x0, y1, x1, half-open, in full-size pixels) of ``probs`` resized to ``size``:
     C×(y1-y0)×(x1-x0) float32, the very values the full bilinear resize has there, computed for the box
     alone."""
-    import torch
     y0, x0, y1, x1 = (int(v) for v in box)
     if tuple(probs.shape[1:]) == tuple(size):
         return np.ascontiguousarray(probs[:, y0:y1, x0:x1], dtype=np.float32)
+    return sample_at(probs, size, np.arange(y0, y1), np.arange(x0, x1))
+
+
+def sample_at(probs: Any, size: tuple[int, int], rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """C×len(rows)×len(cols) float32: the values the bilinear resize of ``probs`` to ``size`` has at
+    those full-size pixel rows and columns, computed for them alone."""
+    import torch
+    rows, cols = (torch.as_tensor(np.asarray(v, dtype=np.int64)) for v in (rows, cols))
+    if tuple(probs.shape[1:]) == tuple(size):
+        return _as_tensor(probs).index_select(1, rows).index_select(2, cols).numpy()
     low = _as_tensor(probs)
-    rows, cols = _Bilinear1D(low.shape[1], int(size[0])), _Bilinear1D(low.shape[2], int(size[1]))
+    r1, c1 = _Bilinear1D(low.shape[1], int(size[0])), _Bilinear1D(low.shape[2], int(size[1]))
     with torch.inference_mode():
-        r = torch.lerp(low.index_select(1, rows.i0[y0:y1]), low.index_select(1, rows.i1[y0:y1]),
-                       rows.w[y0:y1].view(1, -1, 1))
-        out = torch.lerp(r.index_select(2, cols.i0[x0:x1]), r.index_select(2, cols.i1[x0:x1]),
-                         cols.w[x0:x1].view(1, 1, -1))
+        r = torch.lerp(low.index_select(1, r1.i0[rows]), low.index_select(1, r1.i1[rows]), r1.w[rows].view(1, -1, 1))
+        out = torch.lerp(r.index_select(2, c1.i0[cols]), r.index_select(2, c1.i1[cols]), c1.w[cols].view(1, 1, -1))
     return out.numpy()
 
 

@@ -128,7 +128,7 @@ def test_region_class_sums_log_probabilities_also_on_a_coarser_grid():
 def test_region_class_counts_every_pixel_at_the_cell_its_centre_falls_in(seed):
     """The per-cell counts (rows of each cell row, then columns) equal counting pixel by pixel,
     for grids finer and coarser than the mask, sparse and dense masks, and runs over 255 rows."""
-    from deeplab_gui.editing.click import _cell_counts
+    from deeplab_gui.editing.reduce import cell_counts
     rng = np.random.default_rng(seed)
     for _ in range(60):
         (H, W), (h, w) = rng.integers(1, 50, 2), rng.integers(1, 70, 2)
@@ -139,7 +139,7 @@ def test_region_class_counts_every_pixel_at_the_cell_its_centre_falls_in(seed):
         ys, xs = np.nonzero(mask)
         np.add.at(want, (np.minimum(((ys + 0.5) * h / H).astype(int), h - 1),
                          np.minimum(((xs + 0.5) * w / W).astype(int), w - 1)), 1)
-        got = _cell_counts(mask, (h, w))
+        got = cell_counts(mask, (h, w))
         if got is None:
             assert not mask.any()
             continue
@@ -191,6 +191,38 @@ def test_polish_edges_moves_the_border_onto_the_edge_and_nothing_beyond_the_band
     near1 = (ndimage.distance_transform_edt(rough) <= 1) & rough | (ndimage.distance_transform_edt(~rough) <= 1) & ~rough
     assert not ((one != rough) & ~near1).any()
     assert np.array_equal(polish_edges(image, None, np.zeros_like(rough), 1, CRFParams(), 2), np.zeros_like(rough))
+
+
+def test_a_large_region_is_polished_on_a_reduced_copy_within_a_scaled_band(monkeypatch):
+    """Over max_pixels the CRF sees a reduced copy (never more than max_pixels); the border still
+    moves onto the edge, the model's probabilities still count, and nothing changes farther than
+    the band scaled to the photo."""
+    from scipy import ndimage
+
+    from deeplab_gui.editing import click
+    image, truth = _square_image(np.random.default_rng(0), shape=(120, 160), box=(30, 40, 90, 110))
+    image.flags.writeable = False   # as Pillow's arrays: read, never copied or written
+    rough = np.zeros_like(truth)
+    rough[34:86, 36:104] = True          # 4-6 px off on every side
+    seen = []
+    refine = __import__("engine.crf", fromlist=["refine"]).refine
+    monkeypatch.setattr("engine.crf.refine", lambda img, p, params: seen.append(img.shape[:2]) or refine(img, p, params))
+    out = polish_edges(image, None, rough, 1, CRFParams(), 2, band=3, max_pixels=2000)
+    assert seen and all(h * w <= 2000 for h, w in seen)
+    changed = out != rough
+    scale = np.sqrt(seen[0][0] * seen[0][1] / (rough.shape[0] * rough.shape[1]))
+    reach = 3 / scale + 2 / scale   # the band at the photo's size, and the reduced pixels it cuts through
+    near = (ndimage.distance_transform_edt(rough) <= reach) & rough | (ndimage.distance_transform_edt(~rough) <= reach) & ~rough
+    assert changed.any() and not (changed & ~near).any()
+    assert (out != truth).sum() < (rough != truth).sum() / 2
+    # The same region at full size agrees with it on nearly every pixel.
+    exact = polish_edges(image, None, rough, 1, CRFParams(), 2, band=3)
+    assert (exact == out).mean() > 0.98
+    # The model's probabilities of the label count there too: sure it is not the label, it shrinks.
+    probs = np.zeros((2, 30, 40), np.float32)
+    probs[0] = 1.0
+    shrunk = polish_edges(image, probs, rough, 1, CRFParams(), 2, band=3, max_pixels=2000)
+    assert shrunk.sum() < out.sum() and not (shrunk & ~rough).any()
 
 
 def test_crf_click_grows_along_a_colour_region_and_stops_at_its_edge():

@@ -19,6 +19,7 @@ import numpy as np
 from engine import VOID
 
 from .raster import BBox, bbox_of
+from .reduce import Reduction, cell_counts
 from .snap import SnapJob, grow_from
 
 __all__ = ["CLICK_DESCRIPTION", "CRF_CLICK_DESCRIPTION", "Candidate", "ClickSession", "accept_region",
@@ -32,6 +33,7 @@ _PROB_FLOOR = 1e-8       # log-probabilities are taken of at least this (a class
 # taken in square blocks, each at its middle cell (21 classes: a few MiB and milliseconds, where every
 # cell of a 4-megapixel grid took 0.7 GB and seconds).
 CLASS_CELLS = 65_536
+POLISH_MAX_PIXELS = 500_000   # an edge polish's CRF sees at most this many pixels (a larger crop is reduced)
 
 
 @dataclass(frozen=True)
@@ -171,48 +173,6 @@ class ClickSession:
         return list(self._candidates)
 
 
-def _cell_groups(n: int, cells: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels ``start:stop`` of an axis of ``n`` pixels split over ``cells`` grid cells (a pixel belongs
-    to the cell its centre lands in, as the bilinear resize places it): the first pixel of each run
-    of pixels sharing a cell (relative to ``start``) and that cell."""
-    cell = np.minimum(((np.arange(start, stop) + 0.5) * cells / n).astype(np.int64), cells - 1)
-    first = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
-    return first, cell[first]
-
-
-def _cell_counts(mask: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """How many of the mask's pixels fall in each ``grid`` cell, over the mask's bounding box: the
-    counts (rows × columns of cells) and the cells' row and column indices; None for an empty mask.
-
-    Which cell a pixel falls in depends on its row and its column apart, so the counts are two
-    sums of runs (rows of each cell row, then columns of each cell column): about 15 ms for a
-    12-megapixel mask, where listing its pixels and counting them per cell took a third of a second.
-    """
-    box = bbox_of(mask)
-    if box is None:
-        return None
-    (H, W), (h, w) = mask.shape, grid
-    y0, x0, y1, x1 = box
-    row_first, rows = _cell_groups(H, h, y0, y1)
-    col_first, cols = _cell_groups(W, w, x0, x1)
-    per_row = _row_sums(mask[y0:y1, x0:x1], row_first)
-    return np.add.reduceat(per_row, col_first, axis=1, dtype=np.int64), rows, cols
-
-
-def _row_sums(block: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """Column sums of each run of rows of a bool array (runs starting at rows ``first``).
-
-    numpy sums runs of bool rows one byte at a time, converting each (60 ms for 12 megapixels);
-    eight columns' bytes summed as one 64-bit word give the same bytes when no run is longer than
-    255 rows (a byte never carries into its neighbour), eight times faster."""
-    r, c = block.shape
-    if np.diff(np.r_[first, r]).max() > 255:
-        return np.add.reduceat(block, first, axis=0, dtype=np.int64)
-    packed = np.zeros((r, -(-c // 8) * 8), dtype=np.uint8)
-    packed[:, :c] = block
-    return np.add.reduceat(packed.view(np.uint64), first, axis=0).view(np.uint8)[:, :c]
-
-
 def region_class(probs: np.ndarray | None, mask: np.ndarray, default: int) -> int:
     """The class whose summed log-probability over ``mask`` (H×W bool) is largest.
 
@@ -223,7 +183,7 @@ def region_class(probs: np.ndarray | None, mask: np.ndarray, default: int) -> in
     if probs is None or mask is None:
         return int(default)
     c, h, w = probs.shape
-    got = _cell_counts(np.asarray(mask, dtype=bool), (h, w))
+    got = cell_counts(np.asarray(mask, dtype=bool), (h, w))
     if got is None:
         return int(default)
     counts, rows, cols = got
@@ -253,8 +213,28 @@ def _crop_probs(probs: Any, size: tuple[int, int], box: BBox) -> np.ndarray | No
     return crop_at(probs, size, box)
 
 
+def _polish_prior(inside: np.ndarray, model: np.ndarray | None) -> np.ndarray:
+    """2×h×w probabilities ("not label", "label") of an edge polish: ``inside`` (the region's share
+    of each pixel, 0..1) is a strong prior for the label (85 %), times the model's probability of
+    it (``model``) where given: the model may move the edge where it is sure, not elsewhere."""
+    prior = (0.15 + 0.7 * inside).astype(np.float32)
+    if model is not None:
+        q = np.clip(model, 0.02, 0.98)
+        yes, no = prior * q, (1 - prior) * (1 - q)
+        prior = yes / (yes + no)
+    return np.stack([1 - prior, prior]).astype(np.float32)
+
+
+def _border_zone(inside: np.ndarray, band: int) -> np.ndarray:
+    """Pixels within ``band`` of the border: inside ones near an outside pixel, outside ones near an inside one."""
+    from scipy import ndimage
+    near_out = ndimage.distance_transform_edt(inside) <= band
+    near_in = ndimage.distance_transform_edt(~inside) <= band
+    return (inside & near_out) | (~inside & near_in)
+
+
 def polish_edges(image: np.ndarray, probs: Any, mask: np.ndarray, label: int, params: Any,
-                 num_classes: int, band: int = 3) -> np.ndarray:
+                 num_classes: int, band: int = 3, max_pixels: int = POLISH_MAX_PIXELS) -> np.ndarray:
     """The region ``mask`` (H×W bool) with its border moved onto image edges by the dense CRF.
 
     Over a crop around the region the CRF decides "this class or not": the region is a strong prior
@@ -262,10 +242,13 @@ def polish_edges(image: np.ndarray, probs: Any, mask: np.ndarray, label: int, pa
     ``label`` where ``probs`` (C×h×w, any grid) are given. Its answer is kept only within ``band`` px
     of the region's border, inside and outside: a polish moves an edge, it never adds or removes
     anything farther away. Returns a new H×W bool array.
-    """
-    from scipy import ndimage
 
-    from engine.crf import refine
+    A crop of more than ``max_pixels`` (a large region of a large photo) is polished on a copy
+    reduced by s to that size: its CRF widths and ``band`` are the reduced copy's, so the band is
+    ``band``/s px of the photo, and the answer is enlarged bilinearly. Memory: the CRF of at most
+    ``max_pixels`` (about 500 bytes a pixel) plus about one byte a pixel of the crop; a 12-megapixel
+    region took minutes and 12 GB at full size.
+    """
     region = np.asarray(mask, dtype=bool)
     if not 0 <= int(label) < int(num_classes):
         raise ValueError(f"class {label} is out of range for {num_classes} classes")
@@ -275,23 +258,35 @@ def polish_edges(image: np.ndarray, probs: Any, mask: np.ndarray, label: int, pa
         return region.copy()
     y0, x0, y1, x1 = box
     inside = region[y0:y1, x0:x1]
-    prior = np.where(inside, 0.85, 0.15).astype(np.float32)
-    model = _crop_probs(probs, region.shape, box)
-    if model is not None:
-        # Product of the two opinions: the model may move the edge where it is sure, not elsewhere.
-        q = np.clip(model[int(label)], 0.02, 0.98)
-        yes, no = prior * q, (1 - prior) * (1 - q)
-        prior = yes / (yes + no)
-    p = np.stack([1 - prior, prior]).astype(np.float32)
-    crop = np.ascontiguousarray(image[y0:y1, x0:x1])
-    answer = refine(crop, p, params).argmax(0).astype(bool)
-    # Pixels within `band` of the border: inside ones near an outside pixel, outside ones near an inside one.
-    near_out = ndimage.distance_transform_edt(inside) <= band
-    near_in = ndimage.distance_transform_edt(~inside) <= band
-    zone = (inside & near_out) | (~inside & near_in)
+    plane = None if probs is None else probs[int(label):int(label) + 1]   # the label's probabilities alone
     out = region.copy()
-    out[y0:y1, x0:x1] = np.where(zone, answer, inside)
+    cut = Reduction.fit(box, region.shape, max_pixels)
+    if cut is not None:
+        _polish_reduced(out, image, plane, cut, band, params)
+        return out
+    from engine.crf import refine
+    model = _crop_probs(plane, region.shape, box)
+    p = _polish_prior(inside, None if model is None else model[0])
+    answer = refine(np.ascontiguousarray(image[y0:y1, x0:x1]), p, params).argmax(0).astype(bool)
+    out[y0:y1, x0:x1] = np.where(_border_zone(inside, band), answer, inside)
     return out
+
+
+def _polish_reduced(out: np.ndarray, image: np.ndarray, plane: Any, cut: Reduction, band: int, params: Any) -> None:
+    """:func:`polish_edges` of the crop ``cut.box`` of ``out`` (the region, changed in place) on the
+    reduced copy ``cut``."""
+    from engine.crf import refine
+    y0, x0, y1, x1 = cut.box
+    share = cut.share(out[y0:y1, x0:x1])                     # the region's share of each reduced pixel
+    model = None if plane is None else cut.probs(plane)[0]
+    yes = refine(cut.image(image), _polish_prior(share, model), params.scaled(cut.scale))[1:]
+    zone = _border_zone(share >= 0.5, band) | ((share > 0) & (share < 1))   # split pixels are on the border
+    # Back at the photo's size: the zone by the reduced pixel each photo pixel falls in, the answer bilinearly.
+    cell_row, cell_col = cut.cells()
+    for r0, r1, answer in cut.enlarged(yes):
+        where = zone[cell_row[r0:r1]][:, cell_col]
+        rows = out[y0 + r0:y0 + r1, x0:x1]
+        rows[where] = answer[0][where] > 0.5
 
 
 def crf_click_region(image: np.ndarray, probs: Any, seed_xy: tuple[float, float], label: int, params: Any,
