@@ -197,3 +197,58 @@ def test_person_set_comes_from_the_stored_provenance_of_a_reopened_image():
     doc = MaskDocument(mask, confirmed=conf)
     got = person_set(doc, (0, 0, H, W))
     assert got[2:6, 3:9].all() and got.sum() == 24
+
+
+def test_a_snap_over_a_large_crop_runs_its_crf_on_a_reduced_copy(monkeypatch):
+    """Over SNAP_MAX_PIXELS the CRF sees the crop reduced to the budget (never more), the strokes
+    survive the reduction even one pixel wide, and the answer comes back at the photo's size: the
+    stroked object snaps to its edges, the look-alike far away and the background stay."""
+    from deeplab_gui.editing import snap
+    monkeypatch.setattr(snap, "SNAP_MAX_PIXELS", 500)
+    h, w = 80, 100
+    image = np.full((h, w, 3), 20, np.uint8)
+    image[10:34, 10:40] = 230     # the object stroked
+    image[56:76, 70:94] = 230     # a look-alike far away
+    bright = image[..., 0] > 100
+    probs = np.empty((4, h // 2, w // 2), np.float32)   # on a coarser grid, as a large photo's are
+    probs[:] = np.array([0.7, 0.1, 0.1, 0.1], np.float32)[:, None, None]
+    probs[:, bright[::2, ::2]] = np.array([0.36, 0.34, 0.15, 0.15], np.float32)[:, None]
+    seen = []
+    real = engine.crf.refine_with_scribbles
+
+    def spy(image, probs, scribbles, params=DEEPLAB_V1, **kw):
+        seen.append((image.shape[:2], int((scribbles != VOID).sum()), params))
+        return real(image, probs, scribbles, params, **kw)
+    monkeypatch.setattr(engine.crf, "refine_with_scribbles", spy)
+    params = DEEPLAB_V1.replace(bilateral_weight=10.0, bilateral_xy=80.0)
+    doc = MaskDocument(np.zeros((h, w), np.uint8))
+    target = Target(doc, 1, image, probs=probs, params=params)
+    tool = SnapTool()
+    tool.activate(View(), target)
+    tool.size = 0.5
+    tool.press(QPointF(12.5, 20.5), NO_MOD)
+    tool.move(QPointF(37.5, 20.5), True)
+    tool.release(QPointF(37.5, 20.5))
+    assert target.errors == []
+    (crf_h, crf_w), marked, used = seen[0]
+    assert crf_h * crf_w <= 500 and marked > 0
+    assert used.bilateral_xy < params.bilateral_xy           # widths scaled with the copy
+    # The stroked object snaps to its edges within one reduced pixel (4 photo pixels here) ...
+    one = 4
+    assert (doc.mask[10 + one:34 - one, 10 + one:40 - one] == 1).all()
+    assert (doc.mask == 1).sum() > 0.75 * 24 * 30
+    near = np.zeros((h, w), bool)
+    near[10 - one:34 + one, 10 - one:40 + one] = True
+    assert not ((doc.mask == 1) & ~near).any()               # ... and nothing else changes: not the look-alike
+
+
+def test_a_reduction_keeps_a_stroke_thinner_than_its_pixels():
+    from deeplab_gui.editing.reduce import Reduction
+    cut = Reduction.fit((0, 0, 60, 90), (60, 90), 150)
+    scrib = np.full((60, 90), VOID, np.uint8)
+    scrib[31, 5:85] = 2            # one pixel wide, four reduced pixels tall each
+    scrib[3, 3] = 1
+    small = cut.marks(scrib)
+    assert small.shape == cut.size and cut.size[0] * cut.size[1] <= 150
+    assert (small == 2).sum() >= cut.size[1] - 2 and (small == 1).sum() == 1
+    assert set(np.unique(small).tolist()) == {1, 2, VOID}

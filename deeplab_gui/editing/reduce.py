@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine import VOID
+
 from .raster import BBox, bbox_of
 
 __all__ = ["BAND_VALUES", "Reduction", "cell_counts", "cell_groups"]
@@ -117,6 +119,24 @@ class Reduction:
         if got is not None:
             counts[np.ix_(got[1], got[2])] = got[0]
         return counts / np.outer(self._axis(0)[1], self._axis(1)[1])
+
+    def marks(self, scribbles: np.ndarray) -> np.ndarray:
+        """h×w uint8 strokes (crop-sized uint8 class per marked pixel, ``VOID`` elsewhere) on the
+        reduced grid: a reduced pixel with any marked photo pixel is marked (with the highest class
+        among them), so a stroke thinner than a reduced pixel still counts."""
+        out = np.full(self.size, VOID, np.uint8)
+        marked = scribbles != VOID
+        box = bbox_of(marked)
+        if box is None:
+            return out
+        y0, x0, y1, x1 = box
+        (ch, cw), (h, w) = self.crop, self.size
+        row_first, rows = cell_groups(ch, h, y0, y1)
+        col_first, cols = cell_groups(cw, w, x0, x1)
+        coded = np.where(marked[y0:y1, x0:x1], scribbles[y0:y1, x0:x1] + 1, 0).astype(np.uint8)   # 0: none
+        top = np.maximum.reduceat(np.maximum.reduceat(coded, row_first, axis=0), col_first, axis=1)
+        out[np.ix_(rows, cols)] = np.where(top > 0, top - 1, VOID)
+        return out
 
     def image(self, image: np.ndarray) -> np.ndarray:
         """h×w×3 uint8: the crop of ``image`` (H×W×3 uint8) reduced (antialiased bilinear), without

@@ -22,11 +22,13 @@ import numpy as np
 from engine import VOID
 
 from .raster import BBox, flood_region
+from .reduce import Reduction
 
-__all__ = ["SNAP_DESCRIPTION", "SnapJob", "apply_snap", "grow_from", "person_set", "prepare_snap",
+__all__ = ["SNAP_DESCRIPTION", "SNAP_MAX_PIXELS", "ReducedSnapJob", "SnapJob", "apply_snap", "grow_from", "person_set", "prepare_snap",
            "snap_margin", "snap_region"]
 
 SNAP_DESCRIPTION = "CRF snap"
+SNAP_MAX_PIXELS = 1_000_000   # a snap's CRF sees at most this many pixels (a larger crop is reduced)
 
 
 def snap_margin(radius: float) -> int:
@@ -53,15 +55,44 @@ class SnapJob:
         The strokes' colours shape the prior (engine.crf.stroke_prior): the stroke's class spreads
         over what looks like it; elsewhere the model's probabilities hold, or without a model the
         current labels."""
-        from engine.crf import refine_with_scribbles, stroke_prior
-        n = self.probs.shape[0] if self.probs is not None else self.num_classes
-        probs = stroke_prior(self.image, self.scribbles, self.current, n, self.probs)
-        out = refine_with_scribbles(self.image, probs, self.scribbles, self.params)
-        return out.argmax(0).astype(np.uint8)
+        return _refine(self.image, self.probs, self.scribbles, self.current, self.params, self.num_classes
+                       ).argmax(0).astype(np.uint8)
 
     def apply(self, doc, labels: np.ndarray) -> BBox | None:
         """Apply :meth:`labels`' result to ``doc`` as one undo step (see :func:`apply_snap`)."""
         return apply_snap(doc, self.box, labels, self.scribbles)
+
+
+def _refine(image: np.ndarray, probs: np.ndarray | None, scribbles: np.ndarray, current: np.ndarray | None,
+            params: Any, num_classes: int) -> np.ndarray:
+    from engine.crf import refine_with_scribbles, stroke_prior
+    n = probs.shape[0] if probs is not None else num_classes
+    prior = stroke_prior(image, scribbles, current, n, probs)
+    return refine_with_scribbles(image, prior, scribbles, params)
+
+
+@dataclass(frozen=True)
+class ReducedSnapJob(SnapJob):
+    """A snap whose crop is over :data:`SNAP_MAX_PIXELS` (a long stroke across a large photo): the
+    CRF runs on the crop reduced to that size, its spatial widths scaled with it, and its answer is
+    enlarged bilinearly back to the crop. Here ``image`` and ``probs`` are the whole image's (the
+    worker reduces them; the UI thread only copies the crop's strokes and labels), ``cut`` the reduction.
+    Memory: the CRF of SNAP_MAX_PIXELS plus about two bytes a crop pixel (the labels, the strokes).
+    """
+    cut: Reduction | None = None
+
+    def labels(self) -> np.ndarray:
+        cut = self.cut
+        y0, x0, y1, x1 = cut.box
+        rows, cols = cut.middles()
+        current = None if self.current is None else self.current[rows - y0][:, cols - x0]
+        probs = None if self.probs is None else cut.probs(self.probs)
+        q = _refine(cut.image(self.image), probs, cut.marks(self.scribbles), current, self.params.scaled(cut.scale),
+                    self.num_classes)
+        out = np.empty(cut.crop, np.uint8)
+        for r0, r1, band in cut.enlarged(q):
+            out[r0:r1] = band.argmax(0)
+        return out
 
 
 def prepare_snap(scribbles: np.ndarray, bbox: BBox, image: np.ndarray, probs: Any, params: Any,
@@ -76,6 +107,11 @@ def prepare_snap(scribbles: np.ndarray, bbox: BBox, image: np.ndarray, probs: An
     m = snap_margin(radius)
     y0, x0, y1, x1 = bbox
     y0, x0, y1, x1 = max(y0 - m, 0), max(x0 - m, 0), min(y1 + m, h), min(x1 + m, w)
+    cut = Reduction.fit((y0, x0, y1, x1), (h, w), SNAP_MAX_PIXELS)
+    if cut is not None:   # the reduction itself is the worker's (ReducedSnapJob.labels)
+        cur = None if current is None or probs is not None else np.array(current[y0:y1, x0:x1])
+        return ReducedSnapJob((y0, x0, y1, x1), image, probs, scribbles[y0:y1, x0:x1].copy(), params,
+                              int(num_classes), cur, cut)
     crop = None
     if probs is not None:  # a huge image's probabilities may be on a smaller grid: enlarge the box only
         from engine import crop_at
