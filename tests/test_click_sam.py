@@ -8,6 +8,8 @@ the formula weights below, so the numerics are checked without the peer installe
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import pathlib
 import sys
@@ -211,6 +213,26 @@ def test_a_large_image_gets_the_same_masks_one_at_a_time(sam_b, monkeypatch):
     assert together.masks.any() and not together.masks.all()
     assert np.array_equal(apart.masks, together.masks)
     np.testing.assert_array_equal(apart.low_res_logits, together.low_res_logits)
+
+
+def test_masks_at_a_smaller_size_and_any_of_them_at_full_size_later(sam_b):
+    """``size`` gives the same logits' masks at that size; ``full(k)`` gives mask k exactly as a
+    prediction without ``size`` does, even once the predictor holds another image."""
+    model, predictor, emb = sam_b
+    whole = predictor.predict([[20, 15]], [1], multimask=True)
+    h, w = whole.masks.shape[1:]
+    small = predictor.predict([[20, 15]], [1], multimask=True, size=(h // 3, w // 2))
+    assert small.masks.shape == (3, h // 3, w // 2) and whole.full is None
+    np.testing.assert_array_equal(small.low_res_logits, whole.low_res_logits)
+    np.testing.assert_array_equal(small.scores, whole.scores)
+    low = torch.from_numpy(whole.low_res_logits)[None]
+    assert np.array_equal(small.masks, (model.postprocess(low, emb.input_size, (h // 3, w // 2))[0] > 0).numpy())
+    predictor.set_embedding(dataclasses.replace(emb, original_size=(40, 30), input_size=(1024, 768)))   # another image
+    try:
+        for k in range(3):
+            assert np.array_equal(small.full(k), whole.masks[k])
+    finally:
+        predictor.set_embedding(emb)
 
 
 def test_negative_point_box_and_mask_input_change_the_answer(sam_b):

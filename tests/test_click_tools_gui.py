@@ -505,3 +505,62 @@ def test_enter_while_a_prediction_runs_writes_what_is_on_screen(qtbot, canvas, m
     held.set()
     changed = s.document.mask != before
     assert np.array_equal(changed, shown & (before != s.current_label))
+
+
+class SizedDiscPredictor(DiscPredictor):
+    """DiscPredictor that also makes its masks at a smaller ``size`` (every few pixels of the
+    full-size ones), with ``full(k)`` for mask k at the image's size, as ClickPredictor does."""
+    predicts_at_size = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes, self.made = [], []
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=True, size=None):
+        out = super().predict(points, labels, box, mask_input, multimask)
+        self.sizes.append(size)
+        if size is None:
+            return out
+        whole = out.masks
+        ys = ((np.arange(size[0]) + 0.5) * H / size[0]).astype(int)
+        xs = ((np.arange(size[1]) + 0.5) * W / size[1]).astype(int)
+
+        def full(k):
+            self.made.append(k)
+            return whole[k]
+        return SimpleNamespace(masks=whole[:, ys][:, :, xs], scores=out.scores, low_res_logits=out.low_res_logits,
+                               full=full)
+
+
+def test_a_large_photos_candidates_show_reduced_and_enter_writes_the_full_size_mask(qtbot, canvas, monkeypatch):
+    """Over CANDIDATE_PIXELS the candidates come at a reduced size and are previewed stretched over
+    the image; the shown one is made at full size in a worker, and Enter writes exactly that."""
+    from deeplab_gui.editing import click as click_editing
+    monkeypatch.setattr(click_editing, "CANDIDATE_PIXELS", H * W // 4)
+    c, s = canvas, canvas.session
+    fake = SizedDiscPredictor()
+    c.target.click_predictor = lambda: fake
+    c.target.click_status = lambda: None
+    tool = use(c, "click")
+    tool.edge_polish = False
+    before = s.document.mask.copy()
+    click(c, 20, 20)
+    qtbot.waitUntil(lambda: previewed(c), timeout=10_000)
+    assert fake.sizes == [(H // 2, W // 2)]
+    item = c.regions.region
+    assert item.transform().m11() == 2 and item.transform().m22() == 2   # a preview pixel: 2×2 image pixels
+    rect = item.sceneBoundingRect()
+    assert abs(rect.center().x() - 20) <= 2 and abs(rect.center().y() - 20) <= 2
+    qtbot.waitUntil(lambda: tool.current.ready, timeout=10_000)           # made ahead, off the UI thread
+    assert fake.made == [0]                                               # the shown candidate only
+    qtbot.keyClick(c, Qt.Key.Key_Return)
+    expected = disc(20, 20, R)
+    after = s.document.mask
+    assert np.all(after[expected] == 1) and np.array_equal(after[~expected], before[~expected])
+    # With edge polish the worker polishes the full-size mask, and that is what is shown then.
+    s.probs = probs_for(np.ones((H, W), int), len(s.class_names))
+    tool.edge_polish = True
+    click(c, 40, 20)
+    wait_idle(qtbot, tool)
+    qtbot.waitUntil(lambda: bool(tool._polished), timeout=10_000)
+    assert tool.shown_mask(preview=True).shape == (H, W) and item.transform().m11() == 1

@@ -46,11 +46,17 @@ def test_a_large_region_is_previewed_at_a_reduced_resolution_over_the_same_place
     big = np.ones((1500, 2100), bool)                      # 3.15 MP: every 2nd pixel
     items.show_region(big, (40, 30), (200, 30, 30, 220))
     pix, item = items.region.pixmap(), items.region
-    assert item.scale() == 2 and pix.width() * pix.height() <= PREVIEW_MAX_PIXELS * 1.01
+    assert item.transform().m11() == 2 and pix.width() * pix.height() <= PREVIEW_MAX_PIXELS * 1.01
     rect = item.sceneBoundingRect()                        # the region, with its ring's margin
     assert abs(rect.left() - 38) <= 2 and abs(rect.top() - 28) <= 2
     assert abs(rect.right() - (40 + 2100)) <= 4 and abs(rect.bottom() - (30 + 1500)) <= 4
     small = np.ones((20, 30), bool)
     items.show_region(small, (5, 6), (200, 30, 30, 220))
-    assert item.scale() == 1 and (item.pixmap().width(), item.pixmap().height()) == (32, 22)
+    assert item.transform().m11() == 1 and (item.pixmap().width(), item.pixmap().height()) == (32, 22)
     assert (item.pos().x(), item.pos().y()) == (4, 5)
+    # A reduced mask of a large photo (each of its pixels 3.5 × 2.5 image pixels) lies over the
+    # image pixels it stands for.
+    items.show_region(small, (35.0, 15.0), (200, 30, 30, 220), scale=(3.5, 2.5))
+    rect = item.sceneBoundingRect()
+    assert abs(rect.left() - (35 - 2.5)) < 1e-6 and abs(rect.top() - (15 - 3.5)) < 1e-6
+    assert abs(rect.width() - 32 * 2.5) < 1e-6 and abs(rect.height() - 22 * 3.5) < 1e-6

@@ -10,8 +10,9 @@ and :func:`accept_region` writes a region into the document as one undo step of 
 """
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from .raster import BBox, bbox_of
 from .reduce import Reduction, cell_counts
 from .snap import SnapJob, grow_from
 
-__all__ = ["CLICK_DESCRIPTION", "CRF_CLICK_DESCRIPTION", "Candidate", "ClickSession", "accept_region",
+__all__ = ["CANDIDATE_PIXELS", "CLICK_DESCRIPTION", "CRF_CLICK_DESCRIPTION", "Candidate", "ClickSession", "accept_region",
            "crf_click_region", "polish_edges", "region_class"]
 
 CLICK_DESCRIPTION = "Click region"
@@ -32,15 +33,43 @@ _PROB_FLOOR = 1e-8       # log-probabilities are taken of at least this (a class
 # A region's class weighs at most this many cells of the probability grid: a larger region's cells are
 # taken in square blocks, each at its middle cell (21 classes: a few MiB and milliseconds, where every
 # cell of a 4-megapixel grid took 0.7 GB and seconds).
-CLASS_CELLS = 65_536
+CLASS_CELLS = 16_384
+# A photo over this many pixels gets its click candidates at about this many first (see Candidate).
+CANDIDATE_PIXELS = 1 << 20
 POLISH_MAX_PIXELS = 500_000   # an edge polish's CRF sees at most this many pixels (a larger crop is reduced)
 
 
-@dataclass(frozen=True)
 class Candidate:
-    """One mask the click model proposes: H×W bool and its predicted IoU."""
-    mask: np.ndarray
-    score: float
+    """One mask the click model proposes and its predicted IoU (``score``).
+
+    ``mask`` is H×W bool at the image's size. On a photo over :data:`CANDIDATE_PIXELS` the model's
+    masks are first made at about that many pixels (``preview``: what the click tool shows and
+    weighs the class by; at the model's own resolution, 1024 pixels a side, nothing is lost) and
+    ``mask`` is made from the same logits when first asked for (tens of milliseconds on a
+    12-megapixel photo, where making all three candidates at full size took 100-200 ms a click).
+    Elsewhere ``preview`` is ``mask``.
+    """
+    __slots__ = ("score", "preview", "_mask", "_make")
+
+    def __init__(self, mask: np.ndarray | None, score: float, *, preview: np.ndarray | None = None,
+                 make: Callable[[], np.ndarray] | None = None) -> None:
+        if mask is None and (preview is None or make is None):
+            raise ValueError("a candidate needs its mask, or a preview and a way to make the mask")
+        self.score = float(score)
+        self._mask, self._make = mask, make
+        self.preview = mask if preview is None else preview
+
+    @property
+    def mask(self) -> np.ndarray:
+        mask = self._mask
+        if mask is None:   # two threads may both make it: the same bits either way
+            mask = self._mask = np.asarray(self._make(), dtype=bool)
+        return mask
+
+    @property
+    def ready(self) -> bool:
+        """Whether ``mask`` is made (reading it then costs nothing)."""
+        return self._mask is not None
 
 
 class ClickSession:
@@ -156,25 +185,40 @@ class ClickSession:
             self._index = (self._index + 1) % len(self._candidates)
         return self._index
 
+    def preview_size(self) -> tuple[int, int] | None:
+        """The size the candidates are first made at, or None for the image's own size."""
+        h, w = self.shape
+        if h * w <= CANDIDATE_PIXELS or not getattr(self.predictor, "predicts_at_size", False):
+            return None
+        s = math.sqrt(CANDIDATE_PIXELS / (h * w))
+        return max(1, int(h * s)), max(1, int(w * s))
+
     def _predict(self) -> list[Candidate]:
         single_point = len(self._points) == 1 and self._box is None
         shown = None if self._logits is None else self._logits[self._index][None]
+        size = self.preview_size()
         pred = self.predictor.predict(points=self.points if self._points else None,
                                       labels=self.labels if self._points else None, box=self._box,
-                                      mask_input=shown, multimask=single_point)
+                                      mask_input=shown, multimask=single_point,
+                                      **({} if size is None else {"size": size}))
         masks = np.asarray(pred.masks, dtype=bool)
         scores = np.asarray(pred.scores, dtype=np.float64).reshape(-1)
-        if masks.ndim != 3 or masks.shape[1:] != self.shape or len(scores) != masks.shape[0]:
+        if masks.ndim != 3 or masks.shape[1:] != (size or self.shape) or len(scores) != masks.shape[0]:
             raise ValueError(f"the click model returned masks {masks.shape} for a {self.shape} image")
-        order = np.argsort(-scores, kind="stable")
-        self._candidates = [Candidate(masks[k], float(scores[k])) for k in order.tolist()]
+        order = np.argsort(-scores, kind="stable").tolist()
+        if size is None:
+            self._candidates = [Candidate(masks[k], scores[k]) for k in order]
+        else:
+            self._candidates = [Candidate(None, scores[k], preview=masks[k], make=functools.partial(pred.full, k))
+                                for k in order]
         self._logits = np.asarray(pred.low_res_logits, dtype=np.float32)[order]
         self._index = 0
         return list(self._candidates)
 
 
 def region_class(probs: np.ndarray | None, mask: np.ndarray, default: int) -> int:
-    """The class whose summed log-probability over ``mask`` (H×W bool) is largest.
+    """The class whose summed log-probability over ``mask`` (bool over the whole image, at its size
+    or reduced: a large photo's click preview) is largest.
 
     ``probs``: C×h×w, the image's size or a coarser grid (each pixel counts at the grid cell it falls
     in, so no full-size probabilities are made; a region over more than :data:`CLASS_CELLS` cells

@@ -9,6 +9,7 @@ disk per image), so returning to an image never reruns the encoder. No Qt.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,11 +27,14 @@ SPLIT_MASKS_PIXELS = 4_000_000
 
 @dataclass
 class ClickPrediction:
-    """``masks`` K×H×W bool at the image's size, ``scores`` K predicted IoU, ``low_res_logits``
-    K×256×256 float32 (the next round's ``mask_input``); K = 3 for multimask, else 1."""
+    """``masks`` K×H×W bool at the image's size (or at the ``size`` asked for), ``scores`` K predicted
+    IoU, ``low_res_logits`` K×256×256 float32 (the next round's ``mask_input``); K = 3 for
+    multimask, else 1. ``full``: when the masks were made at another size, ``full(k)`` makes mask k
+    at the image's size, exactly as ``predict`` without ``size`` would have (from the same logits)."""
     masks: np.ndarray
     scores: np.ndarray
     low_res_logits: np.ndarray
+    full: Callable[[int], np.ndarray] | None = None
 
 
 @dataclass
@@ -128,13 +132,21 @@ class ClickPredictor:
         self._install(features, tuple(int(v) for v in embedding.original_size),
                       tuple(int(v) for v in embedding.input_size))
 
-    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask: bool = True
-                ) -> ClickPrediction:
+    predicts_at_size = True   # predict takes ``size`` (editing.click.ClickSession asks for it on large photos)
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask: bool = True,
+                size: tuple[int, int] | None = None) -> ClickPrediction:
         """Masks for the prompts: ``points`` N×2 (x, y) image pixels with ``labels`` N (1 positive, 0
         negative), ``box`` (x0, y0, x1, y1), ``mask_input`` the previous round's 1×256×256 (or
-        256×256) low-resolution logits. At least one point or a box."""
+        256×256) low-resolution logits. At least one point or a box. ``size``: (h, w) to make the
+        masks at instead of the image's size (the same logits resized there: a large photo's
+        preview); the prediction's ``full`` then makes any of them at the image's size."""
         if self._features is None:
             raise RuntimeError("no image: call set_image (or set_embedding) first")
+        if size is not None:
+            size = (int(size[0]), int(size[1]))
+            if min(size) < 1:
+                raise ValueError(f"size must be a positive (height, width), got {size}")
         m, dev = self.model, self.device
         pts = lbl = bx = mi = None
         if points is not None and len(points):
@@ -161,25 +173,21 @@ class ClickPredictor:
             mi = torch.from_numpy(a.reshape(1, 1, LOW_RES, LOW_RES)).to(dev)
         multimask = bool(multimask)
 
+        out_size = self._original if size is None else size
+
         def call(pts, lbl, bx, mi):
             # (only models that prepare anything take ``prepared``)
             extra = {} if self._prepared is None else {"prepared": self._prepared}
-            low, iou = m.decode(self._features, pts, lbl, bx, mi, multimask, **extra)
-            # A large photo: its float masks one at a time (a 12-megapixel image's three would take
-            # 144 MiB at once, a 100-megapixel one's 1.2 GiB), only the bool kept.
-            split = self._original[0] * self._original[1] > SPLIT_MASKS_PIXELS and low.device.type == "cpu"
-            parts = low.split(1, dim=1) if split else (low,)
-            masks = torch.cat([m.postprocess(p, self._input, self._original)[0] > m.mask_threshold for p in parts])
-            if m.low_res_limit is not None:
-                low = low.clamp(-m.low_res_limit, m.low_res_limit)
-            return masks, iou[0].float(), low[0].float()
+            raw, iou = m.decode(self._features, pts, lbl, bx, mi, multimask, **extra)
+            low = raw if m.low_res_limit is None else raw.clamp(-m.low_res_limit, m.low_res_limit)
+            return self._masks(raw, self._input, out_size), iou[0].float(), low[0].float(), raw
 
         with torch.inference_mode():
             out = None
             if self.graphs is not None:
                 given = [t for t in (pts, lbl, bx, mi) if t is not None]
                 key = (tuple(pts.shape) if pts is not None else None, bx is not None, mi is not None, multimask,
-                       self._input, self._original)
+                       self._input, self._original, out_size)
 
                 def replayable(*tensors):
                     it = iter(tensors)
@@ -187,5 +195,23 @@ class ClickPredictor:
                 out = self.graphs.run(key, replayable, given)
             if out is None:
                 out = call(pts, lbl, bx, mi)
-            masks, iou, low = out
-            return ClickPrediction(masks.cpu().numpy(), iou.cpu().numpy(), low.cpu().numpy())
+            masks, iou, low, raw = out
+            full = None
+            if size is not None:
+                # The unclamped logits (a replayed graph's outputs are overwritten by the next click)
+                # and this image's sizes (the predictor may hold another image when it is called).
+                raw, input_size, original = raw.clone(), self._input, self._original
+                full = lambda k: self._masks(raw[:, k:k + 1], input_size, original)[0].cpu().numpy()   # noqa: E731
+            return ClickPrediction(masks.cpu().numpy(), iou.cpu().numpy(), low.cpu().numpy(), full)
+
+    def _masks(self, raw: torch.Tensor, input_size: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+        """K×h×w bool masks at ``size`` from 1×K×256×256 unclamped logits of an image whose encoder
+        input was ``input_size``."""
+        m = self.model
+        with torch.inference_mode():
+            # A large photo: its float masks one at a time (a 12-megapixel image's three would take
+            # 144 MiB at once, a 100-megapixel one's 1.2 GiB), only the bool kept.
+            split = size[0] * size[1] > SPLIT_MASKS_PIXELS and raw.device.type == "cpu"
+            parts = raw.split(1, dim=1) if split else (raw,)
+            return torch.cat([m.postprocess(p, input_size, size)[0] > m.mask_threshold for p in parts])
+

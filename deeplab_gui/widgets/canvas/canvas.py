@@ -156,9 +156,9 @@ class Canvas(QGraphicsView):
         if self.outline_item.isVisible():
             self.outline_item.setVisible(False)
 
-    def show_region(self, mask_crop: np.ndarray, origin: tuple[int, int], color: RGBA,
-                    label_text: str = "") -> None:
-        self.regions.show_region(mask_crop, origin, color, label_text)
+    def show_region(self, mask_crop: np.ndarray, origin: tuple[float, float], color: RGBA,
+                    label_text: str = "", scale: tuple[float, float] = (1.0, 1.0)) -> None:
+        self.regions.show_region(mask_crop, origin, color, label_text, scale)
 
     def clear_region(self) -> None:
         self.regions.clear_region()

@@ -173,7 +173,7 @@ class GuessingClicks:
             session = base.fork()
             session.select(shown)
             cands = session.add_point(xy[0], xy[1], positive=True)
-            classes = [None if probs is None else region_class(probs, c.mask, default) for c in cands]
+            classes = [None if probs is None else region_class(probs, c.preview, default) for c in cands]
             guess.ms = (time.perf_counter() - start) * 1000
             return session, cands, classes, session.index
 

@@ -231,7 +231,7 @@ class ClickTool(GuessingClicks, Tool):
                     cands = session.retract_point(prompt[1:])
                 else:
                     cands = session.add_point(prompt[1], prompt[2], positive=prompt[3])
-            classes = [None if probs is None else region_class(probs, c.mask, default) for c in cands]
+            classes = [None if probs is None else region_class(probs, c.preview, default) for c in cands]
             return cands, classes, session.index
 
         def done(result) -> None:
@@ -274,28 +274,39 @@ class ClickTool(GuessingClicks, Tool):
         auto = self.classes[i] if self.auto_class and i < len(self.classes) else None
         return self.target.current_label if auto is None else int(auto)
 
-    def shown_mask(self) -> np.ndarray | None:
-        """What the preview shows and Enter writes: the current candidate, polished when its polish
-        (for the class it now gets) is in."""
+    def shown_mask(self, preview: bool = False) -> np.ndarray | None:
+        """What Enter writes (H×W bool): the current candidate, polished when its polish (for the
+        class it now gets) is in. ``preview``: what the preview shows, which on a large photo is
+        the candidate at a reduced size until it is polished (see editing.click.Candidate)."""
         cand = self.current
         if cand is None:
             return None
         got = self._polished.get(self.index) if self.edge_polish else None
-        return got[1] if got is not None and got[0] == self.label() else cand.mask
+        if got is not None and got[0] == self.label():
+            return got[1]
+        return cand.preview if preview else cand.mask
 
     def show(self, polish: bool = True) -> None:
         """Preview the current candidate with its class (also after the toggles change), and start
-        its edge polish when that applies and ``polish``. A click where the pointer rests would now
-        start from what is shown: it is guessed again."""
+        its edge polish when that applies and ``polish``, else (on a large photo) the making of its
+        full-size mask, so Enter finds it made. A click where the pointer rests would now start
+        from what is shown: it is guessed again."""
         self._rearm()
-        mask = self.shown_mask()
+        mask = self.shown_mask(preview=True)
         if self.view is None or self._box_end is not None:   # not while a box is being drawn
             return
         if mask is None or not show_mask(self.view, self.target, mask, self.label()):
             self.view.clear_region()
             return
-        if polish:
-            self._polish_shown()
+        if not (polish and self._polish_shown() is not None):
+            self._make_full_ahead()
+
+    def _make_full_ahead(self) -> None:
+        cand, t = self.current, self.target
+        if cand is None or cand.ready or t is None:
+            return
+        t.run_task(lambda: cand.mask, on_result=lambda _: None, on_error=lambda _: None,
+                   task_name="Click region at full size")
 
     def _polish_shown(self):
         """Polish the shown candidate's border in a worker (once per candidate and class); returns
@@ -307,10 +318,9 @@ class ClickTool(GuessingClicks, Tool):
         index, label, doc, rnd = self.index, self.label(), t.document, self._round
         if self._polished.get(index, (None,))[0] == label:
             return None
-        mask = cand.mask
 
-        def polish() -> np.ndarray:
-            return polish_edges(src.image, src.probs, mask, label, src.params, src.num_classes)
+        def polish() -> np.ndarray:   # (a large photo's candidate is made at full size here, not on the UI thread)
+            return polish_edges(src.image, src.probs, cand.mask, label, src.params, src.num_classes)
 
         def done(polished: np.ndarray) -> None:
             self.polish_queue.done()

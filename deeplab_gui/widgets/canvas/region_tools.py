@@ -69,14 +69,20 @@ def class_look(target: Any, label: int) -> tuple[tuple[int, int, int, int], str]
 
 
 def show_mask(view: Any, target: Any, mask: np.ndarray, label: int, text: str | None = None) -> bool:
-    """Show the H×W bool ``mask`` as the proposed region of class ``label``; False when it is empty."""
+    """Show the bool ``mask`` as the proposed region of class ``label``; False when it is empty.
+    The mask covers the whole image: H×W, or a reduced size (a large photo's click candidate),
+    drawn stretched over the image."""
     box = bbox_of(mask)
     if box is None:
         view.clear_region()
         return False
     y0, x0, y1, x1 = box
     color, name = class_look(target, label)
-    view.show_region(mask[y0:y1, x0:x1], (x0, y0), color, name if text is None else text)
+    doc = getattr(target, "document", None)
+    h, w = doc.shape if doc is not None else mask.shape
+    sy, sx = h / mask.shape[0], w / mask.shape[1]
+    view.show_region(mask[y0:y1, x0:x1], (x0 * sx, y0 * sy), color, name if text is None else text,
+                     scale=(sy, sx))
     return True
 
 

@@ -113,17 +113,21 @@ class RegionItems:
         for item in (self.region, self.label, self.overlay):
             scene.addItem(item)
 
-    def show_region(self, mask: np.ndarray, origin: tuple[int, int], color: tuple[int, int, int, int],
-                    label_text: str = "") -> None:
+    def show_region(self, mask: np.ndarray, origin: tuple[float, float], color: tuple[int, int, int, int],
+                    label_text: str = "", scale: tuple[float, float] = (1.0, 1.0)) -> None:
+        """``mask`` (h×w bool) with its top-left pixel at ``origin`` (x, y image pixels), each of
+        its pixels covering ``scale`` (sy, sx) image pixels."""
         mask = np.asarray(mask, dtype=bool)
         if mask.ndim != 2 or not mask.any():
             self.clear_region()
             return
         step = max(1, math.ceil(math.sqrt(mask.size / PREVIEW_MAX_PIXELS)))
         self.region.setPixmap(_pixmap(region_rgba(mask[::step, ::step], color)))
-        self.region.setScale(step)   # each drawn pixel stands for step×step image pixels
+        # Each drawn pixel stands for step×step mask pixels, each mask pixel for sy×sx image pixels.
+        sy, sx = (float(v) * step for v in scale)
+        self.region.setTransform(QTransform.fromScale(sx, sy))
         x0, y0 = (float(v) for v in origin)
-        self.region.setPos(QPointF(x0 - step, y0 - step))   # the image has a one-pixel margin for the ring
+        self.region.setPos(QPointF(x0 - sx, y0 - sy))   # the image has a one-pixel margin for the ring
         self.region.setVisible(True)
         if label_text:
             # Above the region's first row, at the leftmost pixel of that row.
@@ -132,7 +136,7 @@ class RegionItems:
             self.label.setText(label_text)
             # Just above the region (in screen pixels, whatever the zoom), not over what it covers.
             self.label.setTransform(QTransform.fromTranslate(0, -self.label.boundingRect().height()))
-            self.label.setPos(QPointF(x0 + left, y0 + top))
+            self.label.setPos(QPointF(x0 + left * scale[1], y0 + top * scale[0]))
             self.label.setVisible(True)
         else:
             self.label.setVisible(False)

@@ -45,11 +45,12 @@ class ToolView(Protocol):
     def clear_outline(self) -> None:
         """Hide the outline, if shown."""
 
-    def show_region(self, mask_crop: np.ndarray, origin: tuple[int, int], color: RGBA,
-                    label_text: str = "") -> None:
+    def show_region(self, mask_crop: np.ndarray, origin: tuple[float, float], color: RGBA,
+                    label_text: str = "", scale: tuple[float, float] = (1.0, 1.0)) -> None:
         """Show a proposed region: ``mask_crop`` (h×w bool) placed with its top-left pixel at
         ``origin`` (x0, y0), filled translucent in ``color`` with a full-alpha outline, and
-        ``label_text`` (the class it would get) beside it.  Replaces the previous region."""
+        ``label_text`` (the class it would get) beside it.  Each mask pixel covers ``scale`` (sy,
+        sx) image pixels (a large photo's reduced preview).  Replaces the previous region."""
 
     def clear_region(self) -> None:
         """Remove the proposed region, if any."""
