@@ -178,13 +178,22 @@ def sample_at(probs: Any, size: tuple[int, int], rows: np.ndarray, cols: np.ndar
     those full-size pixel rows and columns, computed for them alone."""
     import torch
     rows, cols = (torch.as_tensor(np.asarray(v, dtype=np.int64)) for v in (rows, cols))
+    if not len(rows) or not len(cols):
+        return np.zeros((probs.shape[0], len(rows), len(cols)), np.float32)
     if tuple(probs.shape[1:]) == tuple(size):
-        return _as_tensor(probs).index_select(1, rows).index_select(2, cols).numpy()
-    low = _as_tensor(probs)
-    r1, c1 = _Bilinear1D(low.shape[1], int(size[0])), _Bilinear1D(low.shape[2], int(size[1]))
+        r0, c0 = int(rows.min()), int(cols.min())
+        low = _as_tensor(probs[:, r0:int(rows.max()) + 1, c0:int(cols.max()) + 1])
+        return low.index_select(1, rows - r0).index_select(2, cols - c0).numpy()
+    r1, c1 = _Bilinear1D(probs.shape[1], int(size[0])), _Bilinear1D(probs.shape[2], int(size[1]))
+    ri0, ri1, ci0, ci1 = r1.i0[rows], r1.i1[rows], c1.i0[cols], c1.i1[cols]
+    # Only the grid cells these pixels read, converted: the intermediate then holds C × rows × the
+    # window's columns, not C × rows × the whole grid's width (a tall crop of a 4-megapixel grid
+    # took gigabytes), and a float16 grid is never converted whole.
+    r0, c0 = int(ri0.min()), int(ci0.min())
+    low = _as_tensor(probs[:, r0:int(ri1.max()) + 1, c0:int(ci1.max()) + 1])
     with torch.inference_mode():
-        r = torch.lerp(low.index_select(1, r1.i0[rows]), low.index_select(1, r1.i1[rows]), r1.w[rows].view(1, -1, 1))
-        out = torch.lerp(r.index_select(2, c1.i0[cols]), r.index_select(2, c1.i1[cols]), c1.w[cols].view(1, 1, -1))
+        r = torch.lerp(low.index_select(1, ri0 - r0), low.index_select(1, ri1 - r0), r1.w[rows].view(1, -1, 1))
+        out = torch.lerp(r.index_select(2, ci0 - c0), r.index_select(2, ci1 - c0), c1.w[cols].view(1, 1, -1))
     return out.numpy()
 
 

@@ -252,3 +252,22 @@ def test_a_reduction_keeps_a_stroke_thinner_than_its_pixels():
     assert small.shape == cut.size and cut.size[0] * cut.size[1] <= 150
     assert (small == 2).sum() >= cut.size[1] - 2 and (small == 1).sum() == 1
     assert set(np.unique(small).tolist()) == {1, 2, VOID}
+
+
+def test_preparing_a_snap_leaves_the_probabilities_to_the_worker(monkeypatch):
+    """prepare_snap (on the UI thread) only slices and copies; the crop's probabilities are read
+    when the worker runs the job, and come out as the full-size resize's values there."""
+    import engine
+    from deeplab_gui.editing.snap import prepare_snap
+    calls = []
+    real = engine.crop_at
+    monkeypatch.setattr(engine, "crop_at", lambda *a: calls.append(a[1:]) or real(*a))
+    probs = np.random.default_rng(0).dirichlet(np.ones(4), size=(H // 2, W // 2)).transpose(2, 0, 1)
+    scrib = np.full((H, W), VOID, np.uint8)
+    scrib[10:12, 10:30] = 1
+    job = prepare_snap(scrib, (10, 10, 12, 30), np.zeros((H, W, 3), np.uint8), probs.astype(np.float32),
+                       DEEPLAB_V1, 4, 2.0)
+    assert calls == [] and job.probs is None
+    crop = job.crop_probs()
+    assert calls == [((H, W), job.box)] and crop.shape == (4, job.box[2] - job.box[0], job.box[3] - job.box[1])
+    assert job.labels().shape == crop.shape[1:]

@@ -40,14 +40,25 @@ def snap_margin(radius: float) -> int:
 @dataclass(frozen=True)
 class SnapJob:
     """One CRF snap, cut out of the image: everything :meth:`labels` needs, so it can run in a worker
-    while the document stays with its owner. ``box``: the crop (y0, x0, y1, x1) in image pixels."""
+    while the document stays with its owner. ``box``: the crop (y0, x0, y1, x1) in image pixels.
+    The crop's probabilities are either given (``probs``) or read in the worker from the image's
+    own (``grid``: C×h'×w' on any grid, for an image of ``shape``), so the UI thread never makes them."""
     box: BBox
     image: np.ndarray        # h×w×3 uint8, the crop
-    probs: np.ndarray | None  # C×h×w float32 over the crop, or None (strokes alone)
+    probs: np.ndarray | None  # C×h×w float32 over the crop, or None (strokes alone, or from ``grid``)
     scribbles: np.ndarray    # h×w uint8 stroke class per marked pixel, VOID elsewhere
     params: Any              # engine.CRFParams
     num_classes: int
-    current: np.ndarray | None = None   # h×w labels the document has now (used without probs)
+    current: np.ndarray | None = None   # h×w labels the document has now (used without probabilities)
+    grid: Any = None                    # the image's probabilities (read-only), when ``probs`` is None
+    shape: tuple[int, int] | None = None   # the image's (H, W), with ``grid``
+
+    def crop_probs(self) -> np.ndarray | None:
+        """C×h×w probabilities over the crop (from ``grid`` when not given)."""
+        if self.probs is not None or self.grid is None:
+            return self.probs
+        from engine import crop_at
+        return crop_at(self.grid, self.shape, self.box)
 
     def labels(self) -> np.ndarray:
         """The dense CRF's labels over the crop with the strokes as hard evidence (the slow part).
@@ -55,8 +66,8 @@ class SnapJob:
         The strokes' colours shape the prior (engine.crf.stroke_prior): the stroke's class spreads
         over what looks like it; elsewhere the model's probabilities hold, or without a model the
         current labels."""
-        return _refine(self.image, self.probs, self.scribbles, self.current, self.params, self.num_classes
-                       ).argmax(0).astype(np.uint8)
+        return _refine(self.image, self.crop_probs(), self.scribbles, self.current, self.params,
+                       self.num_classes).argmax(0).astype(np.uint8)
 
     def apply(self, doc, labels: np.ndarray) -> BBox | None:
         """Apply :meth:`labels`' result to ``doc`` as one undo step (see :func:`apply_snap`)."""
@@ -75,8 +86,8 @@ def _refine(image: np.ndarray, probs: np.ndarray | None, scribbles: np.ndarray, 
 class ReducedSnapJob(SnapJob):
     """A snap whose crop is over :data:`SNAP_MAX_PIXELS` (a long stroke across a large photo): the
     CRF runs on the crop reduced to that size, its spatial widths scaled with it, and its answer is
-    enlarged bilinearly back to the crop. Here ``image`` and ``probs`` are the whole image's (the
-    worker reduces them; the UI thread only copies the crop's strokes and labels), ``cut`` the reduction.
+    enlarged bilinearly back to the crop. Here ``image`` is the whole image's (the worker reduces it
+    and reads ``grid``; the UI thread only copies the crop's strokes and labels), ``cut`` the reduction.
     Memory: the CRF of SNAP_MAX_PIXELS plus about two bytes a crop pixel (the labels, the strokes).
     """
     cut: Reduction | None = None
@@ -86,7 +97,7 @@ class ReducedSnapJob(SnapJob):
         y0, x0, y1, x1 = cut.box
         rows, cols = cut.middles()
         current = None if self.current is None else self.current[rows - y0][:, cols - x0]
-        probs = None if self.probs is None else cut.probs(self.probs)
+        probs = None if self.grid is None else cut.probs(self.grid)
         q = _refine(cut.image(self.image), probs, cut.marks(self.scribbles), current, self.params.scaled(cut.scale),
                     self.num_classes)
         out = np.empty(cut.crop, np.uint8)
@@ -101,24 +112,21 @@ def prepare_snap(scribbles: np.ndarray, bbox: BBox, image: np.ndarray, probs: An
 
     ``probs``: the image's C×h×w probabilities, at full size or on a smaller grid (a huge image's are),
     or None. ``current``: the document's H×W labels (the prior's fallback without probs).
-    Cheap: slicing, and for a reduced grid the bilinear values of the crop alone.
+    Cheap (slicing and copies of the crop's strokes and labels): the probabilities over the crop are
+    read in the worker (:meth:`SnapJob.labels`), and a crop over :data:`SNAP_MAX_PIXELS` is reduced there.
     """
     h, w = scribbles.shape
     m = snap_margin(radius)
     y0, x0, y1, x1 = bbox
-    y0, x0, y1, x1 = max(y0 - m, 0), max(x0 - m, 0), min(y1 + m, h), min(x1 + m, w)
-    cut = Reduction.fit((y0, x0, y1, x1), (h, w), SNAP_MAX_PIXELS)
-    if cut is not None:   # the reduction itself is the worker's (ReducedSnapJob.labels)
-        cur = None if current is None or probs is not None else np.array(current[y0:y1, x0:x1])
-        return ReducedSnapJob((y0, x0, y1, x1), image, probs, scribbles[y0:y1, x0:x1].copy(), params,
-                              int(num_classes), cur, cut)
-    crop = None
-    if probs is not None:  # a huge image's probabilities may be on a smaller grid: enlarge the box only
-        from engine import crop_at
-        crop = crop_at(probs, (h, w), (y0, x0, y1, x1))
-    cur = None if current is None or crop is not None else np.array(current[y0:y1, x0:x1])
-    return SnapJob((y0, x0, y1, x1), np.ascontiguousarray(image[y0:y1, x0:x1]), crop,
-                   scribbles[y0:y1, x0:x1].copy(), params, int(num_classes), cur)
+    box = max(y0 - m, 0), max(x0 - m, 0), min(y1 + m, h), min(x1 + m, w)
+    y0, x0, y1, x1 = box
+    cur = None if current is None or probs is not None else np.array(current[y0:y1, x0:x1])
+    strokes = scribbles[y0:y1, x0:x1].copy()
+    cut = Reduction.fit(box, (h, w), SNAP_MAX_PIXELS)
+    if cut is not None:
+        return ReducedSnapJob(box, image, None, strokes, params, int(num_classes), cur, probs, (h, w), cut)
+    return SnapJob(box, np.ascontiguousarray(image[y0:y1, x0:x1]), None, strokes, params, int(num_classes), cur,
+                   probs, (h, w))
 
 
 def _intersect(a: BBox, b: BBox) -> BBox | None:
