@@ -558,3 +558,24 @@ def test_document_modules_load_no_qt():
             "deeplab_gui.editing.uncertainty, deeplab_gui.editing.export_unsaved, deeplab_gui.editing.mask_names; "
             "sys.exit(any(m.split('.')[0] in ('PySide6', 'shiboken6', 'qtawesome') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_paint_region_within_a_box_equals_painting_the_same_region_over_the_image():
+    """A region given over its box alone (a few superpixels of a large photo) is the same step as the
+    full-size region: same pixels, confirmed, one undo step; a box off the image is refused."""
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 3, (30, 40)).astype(np.uint8)
+    region = np.zeros((30, 40), bool)
+    region[5:12, 8:20] = rng.random((7, 12)) < 0.6
+    whole, boxed = MaskDocument(mask), MaskDocument(mask)
+    a = whole.paint_region(region, 4)
+    b = boxed.paint_region(region[3:15, 6:25], 4, box=(3, 6, 15, 25))
+    assert a == b and np.array_equal(whole.mask, boxed.mask) and np.array_equal(whole.confirmed, boxed.confirmed)
+    assert boxed.undo_depth == 1
+    boxed.undo()
+    assert np.array_equal(boxed.mask, mask) and not boxed.confirmed.any()
+    assert boxed.paint_region(np.zeros((2, 2), bool), 4, box=(0, 0, 2, 2)) is None
+    with pytest.raises(ValueError):
+        boxed.paint_region(np.ones((5, 5), bool), 4, box=(28, 38, 33, 43))
+    with pytest.raises(ValueError):
+        boxed.paint_region(np.ones((5, 4), bool), 4, box=(0, 0, 5, 5))

@@ -377,19 +377,29 @@ class MaskDocument(BrushCanvas):
             return None
         return self._write(hit[0], hit[1], value, "Polygon")
 
-    def paint_region(self, region: np.ndarray, label: int, description: str = "Paint region") -> BBox | None:
+    def paint_region(self, region: np.ndarray, label: int, description: str = "Paint region",
+                     box: BBox | None = None) -> BBox | None:
         """Set ``label`` on every pixel of the H×W bool ``region`` as one undo step (whole superpixels,
         a selected region); every pixel of it is confirmed, relabelled or not, as a stroke's are.
-        Returns the changed box or None when nothing changed."""
+        ``box``: ``region`` covers only that box (y0, x0, y1, x1) of the image, so a small region of
+        a large photo costs its box, not the image. Returns the changed box or None when nothing changed."""
         value = check_label(label)
-        if not isinstance(region, np.ndarray) or region.shape != self.shape or region.dtype != np.bool_:
-            raise ValueError(f"region must be an H×W bool array of shape {self.shape}")
+        h, w = self.shape
+        if box is not None:
+            y0, x0, y1, x1 = (int(v) for v in box)
+            if not (0 <= y0 <= y1 <= h and 0 <= x0 <= x1 <= w):
+                raise ValueError(f"box {box} is outside the {w}x{h} image")
+            shape = (y1 - y0, x1 - x0)
+        else:
+            y0, x0, shape = 0, 0, self.shape
+        if not isinstance(region, np.ndarray) or region.shape != shape or region.dtype != np.bool_:
+            raise ValueError(f"region must be a bool array of shape {shape}")
         self.end_stroke()
-        bbox = bbox_of(region)
+        bbox = bbox_of(region, (y0, x0))
         if bbox is None:
             return None
-        y0, x0, y1, x1 = bbox
-        return self._write(bbox, region[y0:y1, x0:x1], value, description)
+        by0, bx0, by1, bx1 = bbox
+        return self._write(bbox, region[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0], value, description)
 
     def apply_labels(self, new_mask: np.ndarray, where: np.ndarray | None = None,
                      description: str = "") -> BBox | None:

@@ -17,11 +17,7 @@ from PySide6.QtCore import QPointF, Qt
 
 from ...editing.click import CRF_CLICK_DESCRIPTION, accept_region, crf_click_region
 from ...editing.raster import bbox_of, capsule_mask
-from ...editing.superpixels import (
-    SuperpixelParams,
-    compute_superpixels,
-    paint_superpixels,
-)
+from ...editing.superpixels import SUPERPIXEL_DESCRIPTION, SuperpixelParams, compute_superpixels
 from .tool_base import Tool
 from .toolview import RegionTarget
 
@@ -230,8 +226,11 @@ class SuperpixelTool(Tool):
             return None
         y0, y1 = min(s[0].start for s in boxes), max(s[0].stop for s in boxes)
         x0, x1 = min(s[1].start for s in boxes), max(s[1].stop for s in boxes)
-        ids = np.fromiter(self._ids, dtype=np.int32)
-        return (y0, x0, y1, x1), np.isin(seg[y0:y1, x0:x1], ids)
+        # A table lookup per pixel: np.isin sorts the box's ids on every pointer move (tens of ms over
+        # a drag across a large photo).
+        hit = np.zeros(len(slices) + 1, bool)
+        hit[np.fromiter(self._ids, dtype=np.int64)] = True
+        return (y0, x0, y1, x1), hit[seg[y0:y1, x0:x1]]
 
     def _show(self) -> None:
         got = self._region()
@@ -269,10 +268,8 @@ class SuperpixelTool(Tool):
             self.view.clear_region()
         if got is None or doc is None or seg.shape != doc.shape:
             return
-        (y0, x0, y1, x1), inside = got
-        footprint = np.zeros(seg.shape, bool)
-        footprint[y0:y1, x0:x1] = inside
-        paint_superpixels(doc, seg, footprint, self.target.current_label)
+        box, inside = got   # whole superpixels already: painted within their box, not over the image
+        doc.paint_region(inside, self.target.current_label, SUPERPIXEL_DESCRIPTION, box=box)
 
 
 class CRFClickTool(Tool):
