@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CRF_MAX_PIXELS_CPU",
     "TRACE_ENV",
     "PrelabelCounts",
     "PrelabelError",
@@ -46,6 +47,9 @@ __all__ = [
 # A file each process appends "<rank> <image id>" to after predicting an image: an audit of who
 # predicted what (and how often), used by the tests of resumed and distributed runs.
 TRACE_ENV = "DEEPLAB_GUI_PRELABEL_TRACE"
+# The CRF of a CPU pre-label sees at most this many pixels (the live CRF's budget in the app); a GPU
+# refines the whole grid.
+CRF_MAX_PIXELS_CPU = 2_000_000
 
 
 class PrelabelError(ValueError):
@@ -53,7 +57,7 @@ class PrelabelError(ValueError):
 
 
 def predict_for_store(predictor: Any, image: Any, refine: Callable[..., Any] | None,
-                      params: Any = None) -> tuple[np.ndarray, np.ndarray]:
+                      params: Any = None, crf_max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(H×W uint8 labels, C×h×w float32 probabilities on the store's capped grid) of one image.
 
     ``image``: a file path (read and checked here, named in errors) or an H×W×3 uint8 array already
@@ -61,13 +65,15 @@ def predict_for_store(predictor: Any, image: Any, refine: Callable[..., Any] | N
     it refines the grid: the image's own size when within the cap, else a reduced copy with the
     spatial widths scaled alike; the labels are its result enlarged band by band.  So no step holds
     C×H×W values of a huge image: memory stays at :meth:`engine.predictor.Predictor.predict_with_probs`'s
-    bound plus the decoded image.
+    bound plus the decoded image.  On a CPU (or with ``crf_max_pixels`` > 0) the CRF sees at most
+    :data:`CRF_MAX_PIXELS_CPU` pixels, its result enlarged back to the grid: at the 4-megapixel grid of
+    a large photo it took 25 s and 2.9 GB a process, as much as the live CRF's budget allows.
     """
     if refine is None:
         pred = predictor.predict_with_probs(image)  # a path is read (and checked) there, dropped early
         return pred.labels, pred.probs
     from .imageio import read_image
-    from .probgrid import labels_at, resize_image
+    from .probgrid import labels_at, resize_image, resize_probs
 
     if params is None:
         from .crf import CRFParams
@@ -79,11 +85,18 @@ def predict_for_store(predictor: Any, image: Any, refine: Callable[..., Any] | N
         predictor.check_image_size(*rgb.shape[:2], path=image)
     size = rgb.shape[:2]
     probs = predictor.predict_with_probs(rgb).probs
-    grid = probs.shape[1:]
-    if grid != size:
-        rgb = resize_image(rgb, grid)
-        params = params.scaled(math.sqrt(grid[0] * grid[1] / (size[0] * size[1])))
-    refined = np.asarray(refine(rgb, probs, params), dtype=np.float32)
+    grid = work = tuple(probs.shape[1:])
+    if crf_max_pixels is None:
+        crf_max_pixels = CRF_MAX_PIXELS_CPU if str(getattr(predictor, "device", "cpu")).startswith("cpu") else 0
+    if 0 < crf_max_pixels < grid[0] * grid[1]:
+        s = math.sqrt(crf_max_pixels / (grid[0] * grid[1]))
+        work = (max(1, int(grid[0] * s)), max(1, int(grid[1] * s)))
+    if work != size:
+        rgb = resize_image(rgb, work)
+        params = params.scaled(math.sqrt(work[0] * work[1] / (size[0] * size[1])))
+    refined = np.asarray(refine(rgb, resize_probs(probs, work), params), dtype=np.float32)
+    if work != grid:   # back on the cache's grid
+        refined = resize_probs(refined, grid)
     return labels_at(refined, size), refined
 
 

@@ -132,6 +132,30 @@ def test_prelabel_out_with_the_crf_refines_on_the_capped_grid(tmp_path, ckpt, ca
         assert im.size == (W, H)
 
 
+def test_a_cpu_crf_refines_a_grid_over_its_budget_at_a_reduced_size(model, capped, monkeypatch):
+    """On a CPU the pre-label's CRF sees at most CRF_MAX_PIXELS_CPU pixels: a larger grid is reduced
+    for it and its result enlarged back to the grid (the labels follow it); a GPU's budget is the grid."""
+    import engine.crf
+    import engine.prelabel_store as ps
+    monkeypatch.setattr(ps, "CRF_MAX_PIXELS_CPU", 120)
+    seen = []
+    monkeypatch.setattr(engine.crf, "refine", lambda img, probs, params, **kw: seen.append((img.shape, probs.shape,
+                                                                                            params)) or probs)
+    from functools import partial
+    predictor = Predictor(model, device="cpu")
+    labels, refined = ps.predict_for_store(predictor, _photo(H, W), partial(engine.crf.refine))
+    grid = probs_grid(H, W, CAP)
+    (img, probs, params), = seen
+    assert probs[1] * probs[2] <= 120 and img[:2] == probs[1:]
+    assert params.bilateral_xy < engine.crf.CRFParams().bilateral_xy
+    assert refined.shape == (21, *grid) and labels.shape == (H, W)
+    np.testing.assert_allclose(refined.sum(0), 1.0, atol=1e-4)
+    assert (labels == resize_probs(refined, (H, W)).argmax(0)).mean() > 0.99
+    seen.clear()
+    ps.predict_for_store(predictor, _photo(H, W), partial(engine.crf.refine), crf_max_pixels=0)   # no budget
+    assert seen[0][1] == (21, *grid)
+
+
 def test_the_app_pre_label_path_hands_on_capped_probabilities(tmp_path, model, capped):
     from deeplab_gui.state.models import predict_batch, predict_one
 
