@@ -579,3 +579,20 @@ def test_paint_region_within_a_box_equals_painting_the_same_region_over_the_imag
         boxed.paint_region(np.ones((5, 5), bool), 4, box=(28, 38, 33, 43))
     with pytest.raises(ValueError):
         boxed.paint_region(np.ones((5, 4), bool), 4, box=(0, 0, 5, 5))
+
+
+def test_a_polygon_around_most_of_a_large_image_is_filled_in_bounded_bands():
+    """The winding sums are made a band of rows at a time: a lasso around most of a 6-megapixel
+    image holds little beyond its own bool mask (whole-box int sums took over ten times that)."""
+    import tracemalloc
+    t = np.linspace(0, 2 * np.pi, 120, endpoint=False)
+    pts = np.c_[1500 + 1450 * np.cos(t), 1000 + 950 * np.sin(t)]
+    tracemalloc.start()
+    try:
+        box, inside = polygon_mask((2000, 3000), pts)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert inside.size > 5_000_000 and peak < 6 * inside.size
+    yy, xx = np.mgrid[box[0]:box[2], box[1]:box[3]]
+    assert inside[(xx - 1500) ** 2 / 1400 ** 2 + (yy - 1000) ** 2 / 900 ** 2 < 1].all()

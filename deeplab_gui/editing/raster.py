@@ -27,7 +27,8 @@ EMPTY_BBOX: BBox = (0, 0, 0, 0)
 _PIECE_RADII = 4.0
 _MIN_PIECE = 32.0
 TIE_SLACK = 1e-3   # added to r² in the brush's distance test (see capsule_mask)
-# Rows of a polygon rasterised together: bounds the (rows × edges) crossing table's memory.
+# Cells of a polygon's rows rasterised together: bounds the (rows × edges) crossing table and the
+# (rows × box width) winding sums (a lasso around most of a 12-megapixel photo took 200 MiB at once).
 _POLY_CELLS = 1 << 21
 
 
@@ -145,7 +146,7 @@ def polygon_mask(shape: tuple[int, int], points: Sequence[tuple[float, float]]
     slope = (xb - xa) / np.where(keep[keep], yb - ya, 1.0)
     bw = x1 - x0
     inside = np.zeros((y1 - y0, bw), dtype=bool)
-    step = max(1, _POLY_CELLS // max(1, xa.size))
+    step = max(1, _POLY_CELLS // max(1, xa.size, bw + 1))   # bounds the crossings and the row sums alike
     for r0 in range(y0, y1, step):
         r1 = min(r0 + step, y1)
         yc = (np.arange(r0, r1, dtype=np.float64) + 0.5)[:, None]
@@ -157,7 +158,7 @@ def polygon_mask(shape: tuple[int, int], points: Sequence[tuple[float, float]]
         col = np.clip(np.ceil(xc - 0.5).astype(np.int64) - x0, 0, bw)
         acc = np.zeros((r1 - r0, bw + 1), dtype=np.int32)
         np.add.at(acc, (rows, col), direction[edges])
-        inside[r0 - y0:r1 - y0] = np.cumsum(acc[:, :bw], axis=1) != 0
+        inside[r0 - y0:r1 - y0] = np.cumsum(acc[:, :bw], axis=1, dtype=np.int32) != 0
     tight = bbox_of(inside, (y0, x0))
     if tight is None:
         return None
