@@ -596,3 +596,23 @@ def test_a_polygon_around_most_of_a_large_image_is_filled_in_bounded_bands():
     assert inside.size > 5_000_000 and peak < 6 * inside.size
     yy, xx = np.mgrid[box[0]:box[2], box[1]:box[3]]
     assert inside[(xx - 1500) ** 2 / 1400 ** 2 + (yy - 1000) ** 2 / 900 ** 2 < 1].all()
+
+
+def test_apply_labels_within_a_box_equals_applying_them_over_the_image():
+    rng = np.random.default_rng(1)
+    mask = rng.integers(0, 3, (30, 40)).astype(np.uint8)
+    new = rng.integers(0, 5, (30, 40)).astype(np.int64)
+    where = rng.random((30, 40)) < 0.5
+    outside = np.zeros((30, 40), bool)
+    outside[4:20, 10:33] = True
+    whole, boxed = MaskDocument(mask), MaskDocument(mask)
+    a = whole.apply_labels(new, where=where & outside, description="Snap")
+    b = boxed.apply_labels(new[4:20, 10:33], where=where[4:20, 10:33], description="Snap", box=(4, 10, 20, 33))
+    assert a == b and np.array_equal(whole.mask, boxed.mask) and np.array_equal(whole.confirmed, boxed.confirmed)
+    assert boxed.undo_description == "Snap"
+    boxed.undo()
+    assert np.array_equal(boxed.mask, mask)
+    with pytest.raises(ValueError):
+        boxed.apply_labels(new[:5, :5], box=(0, 0, 6, 5))
+    with pytest.raises(ValueError):
+        boxed.apply_labels(new[:5, :5], box=(26, 36, 31, 41))

@@ -402,17 +402,27 @@ class MaskDocument(BrushCanvas):
         return self._write(bbox, region[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0], value, description)
 
     def apply_labels(self, new_mask: np.ndarray, where: np.ndarray | None = None,
-                     description: str = "") -> BBox | None:
+                     description: str = "", box: BBox | None = None) -> BBox | None:
         """Replace the labels by ``new_mask`` (everywhere, or where the H×W bool ``where`` is True) as
         one undo step; only the changed pixels' box is stored. Used for "apply CRF", pre-labelling
         this image and CRF-snap results.
 
         ``new_mask``: H×W integer array with values in 0..255 (e.g. an int64 argmax is fine).
+        ``box``: ``new_mask`` and ``where`` cover only that box (y0, x0, y1, x1) of the image (a
+        snap's crop: the step then costs the crop, not the image).
         Returns the changed box or None when nothing changed. Raises ValueError for a wrong
         shape/dtype/range.
         """
-        if not isinstance(new_mask, np.ndarray) or new_mask.shape != self.shape:
-            raise ValueError(f"new_mask must be an H×W array of shape {self.shape}, "
+        h, w = self.shape
+        if box is not None:
+            by0, bx0, by1, bx1 = (int(v) for v in box)
+            if not (0 <= by0 <= by1 <= h and 0 <= bx0 <= bx1 <= w):
+                raise ValueError(f"box {box} is outside the {w}x{h} image")
+        else:
+            by0, bx0, by1, bx1 = 0, 0, h, w
+        shape = (by1 - by0, bx1 - bx0)
+        if not isinstance(new_mask, np.ndarray) or new_mask.shape != shape:
+            raise ValueError(f"new_mask must be an array of shape {shape}, "
                              f"got {getattr(new_mask, 'shape', type(new_mask))}")
         if new_mask.dtype != np.uint8:
             if not np.issubdtype(new_mask.dtype, np.integer) or new_mask.dtype == np.bool_:
@@ -421,19 +431,20 @@ class MaskDocument(BrushCanvas):
                 raise ValueError("new_mask values must be in 0..255")
             new_mask = new_mask.astype(np.uint8)
         if where is not None:
-            if not isinstance(where, np.ndarray) or where.shape != self.shape or where.dtype != np.bool_:
-                raise ValueError(f"where must be an H×W bool array of shape {self.shape}")
+            if not isinstance(where, np.ndarray) or where.shape != shape or where.dtype != np.bool_:
+                raise ValueError(f"where must be a bool array of shape {shape}")
         self.end_stroke()
-        diff = self._data != new_mask
+        diff = self._data[by0:by1, bx0:bx1] != new_mask
         if where is not None:
             diff &= where
-        bbox = bbox_of(diff)
+        bbox = bbox_of(diff, (by0, bx0))
         if bbox is None:
             return None
         y0, x0, y1, x1 = bbox
+        sl = (slice(y0 - by0, y1 - by0), slice(x0 - bx0, x1 - bx0))
         region = self._data[y0:y1, x0:x1]
         old = region.copy()
-        np.copyto(region, new_mask[y0:y1, x0:x1], where=diff[y0:y1, x0:x1])
+        np.copyto(region, new_mask[sl], where=diff[sl])
         self._commit(bbox, old, region, description or "Apply labels")
         self._changed(bbox)
         return bbox

@@ -194,9 +194,4 @@ def apply_snap(doc, box: BBox, labels: np.ndarray, scribbles: np.ndarray,
     y0, x0, y1, x1 = box
     current = doc.mask[y0:y1, x0:x1]
     new, where = snap_region(labels, scribbles, current, person_set(doc, box))
-    # Full-size arrays, but only a copy and a fill: the document diffs and stores the changed box.
-    full_where = np.zeros(doc.shape, dtype=bool)
-    full_where[y0:y1, x0:x1] = where
-    target = np.array(doc.mask)
-    target[y0:y1, x0:x1] = new
-    return doc.apply_labels(target, where=full_where, description=description)
+    return doc.apply_labels(new, where=where, description=description, box=box)   # the crop's cost only
