@@ -616,3 +616,48 @@ def test_apply_labels_within_a_box_equals_applying_them_over_the_image():
         boxed.apply_labels(new[:5, :5], box=(0, 0, 6, 5))
     with pytest.raises(ValueError):
         boxed.apply_labels(new[:5, :5], box=(26, 36, 31, 41))
+
+
+@pytest.mark.parametrize("erase", [False, True])
+def test_a_long_stroke_is_recorded_tile_by_tile_as_one_step_like_a_single_box(monkeypatch, erase):
+    """A stroke across a large image is one undo step made of the tiles it touched (its cost follows
+    the painted area, not the box); labels and confirmed bits after it, after undo and after redo
+    are those of recording the whole box at once."""
+    import deeplab_gui.editing.stroke_tiles as tiles
+    rng = np.random.default_rng(5)
+    mask = rng.integers(0, 3, (300, 400)).astype(np.uint8)
+    confirmed = rng.random((300, 400)) < 0.3
+    path = [(10, 20), (390, 280), (200, 30), (205, 33)]   # a diagonal, a jump back, a wiggle
+
+    def run(tile):
+        monkeypatch.setattr(tiles, "STROKE_TILE", tile)
+        monkeypatch.setattr(tiles.stroke_blocks, "__defaults__", (tile,))
+        doc = MaskDocument(mask, confirmed=confirmed)
+        seen = []
+        doc.add_listener(seen.append)
+        if erase:
+            doc.begin_stroke(0, 4.0, erase_to=255)
+        else:
+            doc.begin_stroke(2, 4.0)
+        for x, y in path:
+            doc.stroke_to(x, y)
+        doc.end_stroke()
+        states = [(doc.mask.copy(), doc.confirmed.copy())]
+        step = doc._undo[-1]
+        seen.clear()
+        doc.undo()
+        states.append((doc.mask.copy(), doc.confirmed.copy()))
+        doc.redo()
+        states.append((doc.mask.copy(), doc.confirmed.copy()))
+        return doc, step, states, seen
+
+    whole_doc, whole_step, whole, _ = run(10**6)
+    tiled_doc, tiled_step, tiled, seen = run(32)
+    for (m1, c1), (m2, c2) in zip(whole, tiled):
+        assert np.array_equal(m1, m2) and np.array_equal(c1, c2)
+    assert np.array_equal(tiled[1][0], mask) and np.array_equal(tiled[1][1], confirmed)
+    assert tiled_doc.undo_depth == 1 and len(tiled_step.parts) > 4
+    area = sum((p.bbox[2] - p.bbox[0]) * (p.bbox[3] - p.bbox[1]) for p in tiled_step.parts)
+    y0, x0, y1, x1 = tiled_step.bbox
+    assert area < (y1 - y0) * (x1 - x0) / 3
+    assert max((b[2] - b[0]) * (b[3] - b[1]) for b in seen) <= 32 * 32   # undo repaints tile by tile

@@ -32,8 +32,9 @@ from engine import VOID
 
 from .brush import BrushCanvas, Listener, ScribbleLayer, check_label, check_point
 from .raster import BBox, bbox_of, bbox_union, flood_region, polygon_mask
+from .stroke_tiles import stroke_blocks
 
-__all__ = ["VOID", "PRELABEL", "BBox", "Listener", "StepListener", "Patch", "MaskDocument", "ScribbleLayer",
+__all__ = ["VOID", "PRELABEL", "BBox", "Listener", "StepListener", "Patch", "PatchGroup", "MaskDocument", "ScribbleLayer",
            "BrushCanvas"]
 
 # apply_labels steps with this description write the model's labels: their pixels are not a person's.
@@ -133,6 +134,26 @@ class Patch:
         return np.frombuffer(data, dtype=np.uint8).reshape(y1 - y0, x1 - x0)
 
 
+@dataclass
+class PatchGroup:
+    """One undo step made of several patches over separate boxes (a long stroke, recorded tile by
+    tile: see :mod:`.stroke_tiles`). ``bbox`` is their joint box."""
+    parts: list[Patch]
+    description: str = ""
+    token: int = field(default_factory=lambda: next(_tokens))
+
+    @property
+    def bbox(self) -> BBox:
+        box = None
+        for p in self.parts:
+            box = bbox_union(box, p.bbox)
+        return box
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+
 class MaskDocument(BrushCanvas):
     """The editable mask of one image. ``mask``: H×W uint8 class indices, 255 = void.
 
@@ -156,8 +177,8 @@ class MaskDocument(BrushCanvas):
         if max_history_bytes < 0:
             raise ValueError("max_history_bytes must be >= 0")
         self.max_history_bytes = int(max_history_bytes)
-        self._undo: list[Patch] = []
-        self._redo: list[Patch] = []
+        self._undo: list[Patch | PatchGroup] = []
+        self._redo: list[Patch | PatchGroup] = []
         self._bytes = 0
         self._base_token = 0      # state token below the oldest kept step (changes when one is dropped)
         self._saved_token = 0
@@ -236,7 +257,7 @@ class MaskDocument(BrushCanvas):
         return self._redo[-1].description if self._redo else ""
 
     # --- history ----------------------------------------------------------------------------------
-    def _push(self, patch: Patch) -> None:
+    def _push(self, patch: Patch | PatchGroup) -> None:
         for p in self._redo:
             self._bytes -= p.nbytes
         self._redo.clear()
@@ -253,6 +274,15 @@ class MaskDocument(BrushCanvas):
         """Record old→new of ``bbox`` (already written) trimmed to the pixels that really changed,
         and mark those pixels confirmed (unconfirmed for a pre-label step). ``foot`` (bool over
         ``bbox``): every pixel the edit covered, confirmed even where its label stayed."""
+        patch = self._record(bbox, old, new, description, foot)
+        if patch is None:
+            return None
+        self._push(patch)
+        return patch.bbox
+
+    def _record(self, bbox: BBox, old: np.ndarray, new: np.ndarray, description: str,
+                foot: np.ndarray | None = None) -> Patch | None:
+        """:meth:`_commit` without making it a history step: the patch (None when nothing changed)."""
         y0, x0, y1, x1 = bbox
         changed = old != new
         if foot is not None:
@@ -270,8 +300,7 @@ class MaskDocument(BrushCanvas):
         conf[changed[sl]] = patch.confirms
         if fs is not None:
             conf[fs] = True
-        self._push(patch)
-        return tight
+        return patch
 
     def _write(self, bbox: BBox, inside: np.ndarray, value: int, description: str) -> BBox | None:
         """Set ``value`` where ``inside`` within ``bbox`` as one step; listeners hear the tight box."""
@@ -292,27 +321,26 @@ class MaskDocument(BrushCanvas):
             bbox = bbox_union(bbox, box)
         if bbox is None:
             return
-        y0, x0, y1, x1 = bbox
-        new = self._data[y0:y1, x0:x1].copy()
-        old = new.copy()
-        for (sy0, sx0, sy1, sx1), block in reversed(saved):
-            old[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = block
-        covered, unseen = None, False
-        if foot:
-            covered = np.zeros(new.shape, bool)
-            for (sy0, sx0, sy1, sx1), inside in foot:
-                covered[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] |= inside
+        description = "Erase" if erase else "Paint"
+        parts = []
+        for box, old, new, covered in stroke_blocks(self._data, bbox, saved, foot):
+            y0, x0, y1, x1 = box
             # Relabelled pixels were repainted live; ones confirmed without a new label were not.
-            unseen = bool((covered & (old == new) & ~self._confirmed[y0:y1, x0:x1]).any())
-        tight = self._commit(bbox, old, new, "Erase" if erase else "Paint", covered)
-        if tight is not None and unseen:
-            self._changed(tight)
+            unseen = covered is not None and bool((covered & (old == new) & ~self._confirmed[y0:y1, x0:x1]).any())
+            patch = self._record(box, old, new, description, covered)
+            if patch is not None:
+                parts.append(patch)
+                if unseen:
+                    self._changed(patch.bbox)
+        if parts:
+            self._push(parts[0] if len(parts) == 1 else PatchGroup(parts, description))
 
-    def _apply(self, patch: Patch, which: str) -> BBox:
-        y0, x0, y1, x1 = patch.bbox
-        self._data[y0:y1, x0:x1] = patch.pixels(which)
-        patch.restore_confirmed(self._confirmed[y0:y1, x0:x1], which)
-        self._changed(patch.bbox)
+    def _apply(self, patch: Patch | PatchGroup, which: str) -> BBox:
+        for part in patch.parts if isinstance(patch, PatchGroup) else (patch,):
+            y0, x0, y1, x1 = part.bbox
+            self._data[y0:y1, x0:x1] = part.pixels(which)
+            part.restore_confirmed(self._confirmed[y0:y1, x0:x1], which)
+            self._changed(part.bbox)   # each part's box: a long stroke's joint box is most of the image
         return patch.bbox
 
     def undo(self) -> BBox | None:
