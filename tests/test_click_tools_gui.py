@@ -380,7 +380,7 @@ def test_superpixel_drag_paints_whole_superpixels_as_one_undo_step(qtbot, canvas
     tool.size = 8
     qtbot.waitUntil(lambda: tool.current() is not None, timeout=20_000)
     assert c.regions.overlay.isVisible()                   # the borders are shown
-    seg = tool.current()[0]
+    seg = tool.current()[0].full()
     QApplication.processEvents()   # let the view settle (a first show may still fit it) before mapping points
     c.fit()
     drag(c, [(5, 5), (12, 9), (18, 14)])
@@ -429,14 +429,14 @@ def test_superpixels_are_cached_per_image_and_size_and_recomputed_after_a_droppe
     c = canvas
     tool = use(c, "superpixel")
     qtbot.waitUntil(lambda: tool.current() is not None, timeout=20_000)
-    first = tool.current()[0]
+    first = tool.current()[0].full()
     tool.size = 6                                         # another granularity: computed anew...
     tool.size = 7                                         # ...and this one waits behind it
     c.set_tool(c.tools["brush"])                          # switched away: the waiting one is dropped
     assert not c.regions.overlay.isVisible()
     use(c, "superpixel")                                  # back: size 7 is asked for again
     qtbot.waitUntil(lambda: tool.current() is not None, timeout=20_000)
-    assert tool.current()[0].max() >= first.max()          # finer or as fine
+    assert tool.current()[0].count >= first.max() + 1      # finer or as fine
     seven = tool.current()[0]
     qtbot.waitUntil(lambda: not tool._queue.busy, timeout=20_000)
     tool.size = 6
@@ -564,3 +564,26 @@ def test_a_large_photos_candidates_show_reduced_and_enter_writes_the_full_size_m
     wait_idle(qtbot, tool)
     qtbot.waitUntil(lambda: bool(tool._polished), timeout=10_000)
     assert tool.shown_mask(preview=True).shape == (H, W) and item.transform().m11() == 1
+
+
+def test_a_large_images_superpixels_stay_on_their_grid_and_paint_whole_at_full_size(qtbot, canvas, monkeypatch):
+    """Over MAX_PIXELS the ids are kept on the reduced grid (no full-size id map), the borders are
+    drawn stretched over the image, and a drag still paints whole superpixels at the image's size."""
+    from deeplab_gui.editing import superpixels
+    monkeypatch.setattr(superpixels, "MAX_PIXELS", H * W // 4)
+    monkeypatch.setattr(superpixels.segment, "__defaults__", (superpixels.SuperpixelParams(), H * W // 4))
+    c, s = canvas, canvas.session
+    tool = use(c, "superpixel")
+    tool.size = 8
+    qtbot.waitUntil(lambda: tool.current() is not None, timeout=20_000)
+    sp = tool.current()[0]
+    assert sp.seg.shape == (H // 2, W // 2) and sp.shape == (H, W)
+    assert c.regions.overlay.transform().m11() == 2 and c.regions.overlay.transform().m22() == 2
+    seg = sp.full()
+    QApplication.processEvents()
+    c.fit()
+    drag(c, [(5, 5), (12, 9), (18, 14)])
+    painted = s.document.mask == 1
+    assert painted[5, 5] and painted[14, 18]
+    assert np.array_equal(painted, np.isin(seg, np.unique(seg[painted])))
+    assert s.document.undo_depth == 1

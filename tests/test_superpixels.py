@@ -65,3 +65,18 @@ def test_bad_parameters_and_images_are_refused():
         compute_superpixels(np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="does not match"):
         touched(np.zeros((2, 2), np.int32), np.zeros((3, 3), bool))
+
+
+def test_a_reduced_segmentation_gives_full_size_ids_and_boxes_on_demand():
+    from deeplab_gui.editing.raster import bbox_of
+    from deeplab_gui.editing.superpixels import segment
+    image = np.repeat(np.repeat(_two_colours(30, 40), 4, 0), 4, 1)[:117, :155]    # not a multiple of the grid
+    sp = segment(image, SuperpixelParams(size=16), max_pixels=30 * 40)
+    assert sp.shape == (117, 155) and sp.seg.size <= 30 * 40
+    full = sp.full()
+    assert np.array_equal(full, compute_superpixels(image, SuperpixelParams(size=16), max_pixels=30 * 40))
+    assert np.array_equal(sp.ids((10, 20, 50, 90)), full[10:50, 20:90])
+    boxes = sp.boxes()
+    assert len(boxes) == sp.count
+    for k in range(sp.count):
+        assert boxes[k] == bbox_of(full == k)

@@ -163,8 +163,9 @@ class Canvas(QGraphicsView):
     def clear_region(self) -> None:
         self.regions.clear_region()
 
-    def show_overlay(self, rgba_crop: np.ndarray, origin: tuple[int, int]) -> None:
-        self.regions.show_overlay(rgba_crop, origin)
+    def show_overlay(self, rgba_crop: np.ndarray, origin: tuple[float, float],
+                     scale: tuple[float, float] = (1.0, 1.0)) -> None:
+        self.regions.show_overlay(rgba_crop, origin, scale)
 
     def clear_overlay(self) -> None:
         self.regions.clear_overlay()

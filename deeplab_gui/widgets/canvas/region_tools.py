@@ -17,7 +17,7 @@ from PySide6.QtCore import QPointF, Qt
 
 from ...editing.click import CRF_CLICK_DESCRIPTION, accept_region, crf_click_region
 from ...editing.raster import bbox_of, capsule_mask
-from ...editing.superpixels import SUPERPIXEL_DESCRIPTION, SuperpixelParams, compute_superpixels
+from ...editing.superpixels import SUPERPIXEL_DESCRIPTION, SuperpixelParams, Superpixels, segment
 from .tool_base import Tool
 from .toolview import RegionTarget
 
@@ -92,12 +92,11 @@ def _borders(seg: np.ndarray) -> np.ndarray:
     return rgba
 
 
-def _segment(image: np.ndarray, size: int) -> tuple[np.ndarray, list, np.ndarray]:
-    """Superpixels of ``image``, each one's box (slices) and their borders' overlay; for a worker."""
-    from scipy import ndimage
-
-    seg = compute_superpixels(image, SuperpixelParams(size=size))
-    return seg, ndimage.find_objects(seg + 1), _borders(seg)
+def _segment(image: np.ndarray, size: int) -> tuple[Superpixels, list, np.ndarray]:
+    """Superpixels of ``image``, each one's box in image pixels and their borders' overlay (on the
+    grid they were segmented at, drawn stretched over the image); for a worker."""
+    sp = segment(image, SuperpixelParams(size=size))
+    return sp, sp.boxes(), _borders(sp.seg)
 
 
 class SuperpixelTool(Tool):
@@ -116,7 +115,7 @@ class SuperpixelTool(Tool):
     def __init__(self) -> None:
         super().__init__()
         self._size = SuperpixelParams().size   # the base set a brush radius
-        self._cache: OrderedDict[tuple, tuple[np.ndarray, list, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[tuple, tuple[Superpixels, list, np.ndarray]] = OrderedDict()
         self._queue = LatestQueue()
         self._asked: tuple | None = None     # the segmentation last asked for
         self._active = False
@@ -141,8 +140,9 @@ class SuperpixelTool(Tool):
         doc = t.document if t is not None else None
         return None if doc is None else (t.image_key, doc.shape, self._size)
 
-    def current(self) -> tuple[np.ndarray, list, np.ndarray] | None:
-        """The segmentation of the image on screen at the current size, if computed."""
+    def current(self) -> tuple[Superpixels, list, np.ndarray] | None:
+        """The segmentation of the image on screen at the current size, if computed: the
+        superpixels, each one's box and the borders' overlay."""
         key = self._key()
         return self._cache.get(key) if key is not None else None
 
@@ -155,7 +155,7 @@ class SuperpixelTool(Tool):
         entry = self._cache.get(key)
         if entry is not None:
             self._cache.move_to_end(key)
-            self.view.show_overlay(entry[2], (0, 0))
+            self._show_borders(entry)
             return None
         self.view.clear_overlay()
         if self._asked == key:
@@ -174,7 +174,7 @@ class SuperpixelTool(Tool):
             if self._asked == key:
                 self._asked = None
             if self._active and self._key() == key:
-                self.view.show_overlay(entry[2], (0, 0))
+                self._show_borders(entry)
 
         def failed(text: str) -> None:
             self._asked = None
@@ -187,6 +187,11 @@ class SuperpixelTool(Tool):
 
         self._queue.submit(start)
         return handle[0] if handle else None
+
+    def _show_borders(self, entry) -> None:
+        sp, _, borders = entry
+        (h, w), (gh, gw) = sp.shape, sp.seg.shape
+        self.view.show_overlay(borders, (0, 0), scale=(h / gh, w / gw))
 
     # -------------------------------------------------------------- events
     def activate(self, view, target) -> None:
@@ -211,26 +216,24 @@ class SuperpixelTool(Tool):
                 self.ensure()
 
     def _touch(self, a: tuple[float, float], b: tuple[float, float]) -> None:
-        seg = self.current()[0]
-        box, inside = capsule_mask(seg.shape, a, b, 0.5)
-        y0, x0, y1, x1 = box
+        sp = self.current()[0]
+        box, inside = capsule_mask(sp.shape, a, b, 0.5)
         if inside.size:
-            self._ids.update(np.unique(seg[y0:y1, x0:x1][inside]).tolist())
+            self._ids.update(np.unique(sp.ids(box)[inside]).tolist())
         self._last = b
 
     def _region(self) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
         """The touched superpixels: their joint box and the bool mask within it."""
-        seg, slices, _ = self.current()
-        boxes = [slices[i] for i in self._ids if i < len(slices) and slices[i] is not None]
-        if not boxes:
+        sp, boxes, _ = self.current()
+        got = [boxes[i] for i in self._ids if i < len(boxes) and boxes[i] is not None]
+        if not got:
             return None
-        y0, y1 = min(s[0].start for s in boxes), max(s[0].stop for s in boxes)
-        x0, x1 = min(s[1].start for s in boxes), max(s[1].stop for s in boxes)
+        box = (min(b[0] for b in got), min(b[1] for b in got), max(b[2] for b in got), max(b[3] for b in got))
         # A table lookup per pixel: np.isin sorts the box's ids on every pointer move (tens of ms over
         # a drag across a large photo).
-        hit = np.zeros(len(slices) + 1, bool)
+        hit = np.zeros(len(boxes) + 1, bool)
         hit[np.fromiter(self._ids, dtype=np.int64)] = True
-        return (y0, x0, y1, x1), hit[seg[y0:y1, x0:x1]]
+        return box, hit[sp.ids(box)]
 
     def _show(self) -> None:
         got = self._region()
@@ -262,11 +265,11 @@ class SuperpixelTool(Tool):
         if self._ids is None:
             return
         self._touch(self._last, (pos.x(), pos.y()))
-        got, doc, seg = self._region(), self.target.document, self.current()[0]
+        got, doc, sp = self._region(), self.target.document, self.current()[0]
         self._ids = self._last = None
         if self.view is not None:
             self.view.clear_region()
-        if got is None or doc is None or seg.shape != doc.shape:
+        if got is None or doc is None or sp.shape != doc.shape:
             return
         box, inside = got   # whole superpixels already: painted within their box, not over the image
         doc.paint_region(inside, self.target.current_label, SUPERPIXEL_DESCRIPTION, box=box)

@@ -145,8 +145,12 @@ class RegionItems:
         self.region.setVisible(False)
         self.label.setVisible(False)
 
-    def show_overlay(self, rgba: np.ndarray, origin: tuple[int, int]) -> None:
+    def show_overlay(self, rgba: np.ndarray, origin: tuple[float, float],
+                     scale: tuple[float, float] = (1.0, 1.0)) -> None:
+        """``rgba`` (h×w×4) with its top-left pixel at ``origin``, each pixel covering ``scale`` (sy, sx)
+        image pixels."""
         self.overlay.setPixmap(_pixmap(rgba))
+        self.overlay.setTransform(QTransform.fromScale(float(scale[1]), float(scale[0])))
         self.overlay.setPos(QPointF(float(origin[0]), float(origin[1])))
         self.overlay.setVisible(True)
 

@@ -55,9 +55,11 @@ class ToolView(Protocol):
     def clear_region(self) -> None:
         """Remove the proposed region, if any."""
 
-    def show_overlay(self, rgba_crop: np.ndarray, origin: tuple[int, int]) -> None:
+    def show_overlay(self, rgba_crop: np.ndarray, origin: tuple[float, float],
+                     scale: tuple[float, float] = (1.0, 1.0)) -> None:
         """Show an h×w×4 uint8 RGBA image (superpixel borders) with its top-left pixel at ``origin``,
-        under the previews.  Replaces the previous overlay."""
+        each pixel covering ``scale`` (sy, sx) image pixels, under the previews.  Replaces the
+        previous overlay."""
 
     def clear_overlay(self) -> None:
         """Remove the overlay, if any."""
