@@ -219,3 +219,22 @@ def test_real_torchvision_reads_the_export(store, tmp_path):
         np.testing.assert_array_equal(np.array(target), store.load_mask(back[vid]))
     assert tv is not None
 
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_void_border_marks_exactly_the_pixels_near_another_class(width):
+    """Against the definition, pixel by pixel: a labelled pixel becomes void when a labelled pixel of
+    another class lies within ``width`` (square window); void neighbours never count, class 254 included."""
+    rng = np.random.default_rng(width)
+    m = rng.choice([0, 1, 7, 254, 255], size=(5, 7), p=[.3, .2, .2, .15, .15]).astype(np.uint8)
+    m = np.repeat(np.repeat(m, 3, 0), 3, 1)
+    want = m.copy()
+    h, w = m.shape
+    for y in range(h):
+        for x in range(w):
+            if m[y, x] == 255:
+                continue
+            win = m[max(0, y - width):y + width + 1, max(0, x - width):x + width + 1]
+            if ((win != 255) & (win != m[y, x])).any():
+                want[y, x] = 255
+    np.testing.assert_array_equal(add_void_border(m, width), want)

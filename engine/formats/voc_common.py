@@ -64,14 +64,18 @@ def add_void_border(mask: np.ndarray, width: int) -> np.ndarray:
     m = np.asarray(mask, dtype=np.uint8)
     if width <= 0:
         return m.copy()
-    lab = m.astype(np.int16)
+    # All in bytes (a few bytes a pixel, not a dozen): void (255) is above every class, so it never
+    # lowers a neighbour's minimum; for the maximum the classes move up by one and void becomes 0.
     void = m == VOID
-    hi = np.where(void, -1, lab)    # void never raises a neighbour's maximum ...
-    lo = np.where(void, 256, lab)   # ... nor lowers its minimum
-    hi = _window(_window(hi, width, 0, np.maximum), width, 1, np.maximum)
-    lo = _window(_window(lo, width, 0, np.minimum), width, 1, np.minimum)
+    up = m + np.uint8(1)            # classes 0..254 -> 1..255; void wraps to 0
+    hi = _window(_window(up, width, 0, np.maximum), width, 1, np.maximum)
+    border = hi > up
+    del hi
+    lo = _window(_window(m, width, 0, np.minimum), width, 1, np.minimum)
+    border |= lo < m
+    del lo
     out = m.copy()
-    out[~void & ((hi > lab) | (lo < lab))] = VOID
+    out[border & ~void] = VOID
     return out
 
 
