@@ -321,3 +321,35 @@ def test_set_aside_keeps_every_damaged_copy(tmp_path):
         (tmp_path / "store.db").write_bytes(b"x")
         names.append(set_aside(tmp_path / "store.db", "corrupt"))
     assert len(set(names)) == 3 and all((tmp_path / n).exists() for n in names)
+
+
+def test_a_mask_with_no_pixel_a_person_set_is_the_models_again(folder):
+    """Saved with an empty confirmed map (every edit undone), a pre-labelled image stays pre-labelled,
+    an edited one becomes pre-labelled again (unlabelled when all void), so a later pre-label may
+    update it and training leaves it out; an accepted (reviewed) one stays reviewed."""
+    model = np.full((24, 32), 3, np.uint8)
+    none = np.zeros((24, 32), bool)
+    some = none.copy()
+    some[2:5, 2:5] = True
+    with AnnotationStore.open(folder) as st:
+        assert st.save_prediction("a.png", model, model_id="m")
+        st.save_mask("a.png", model, confirmed=none)
+        assert st.status("a.png") is Status.PRELABELED
+        edited = model.copy()
+        edited[2:5, 2:5] = 1
+        st.save_mask("a.png", edited, confirmed=some)
+        assert st.status("a.png") is Status.EDITED and not st.needs_prelabel("a.png")
+        st.save_mask("a.png", model, confirmed=none)            # the edit undone, autosaved
+        assert st.status("a.png") is Status.PRELABELED and st.needs_prelabel("a.png")
+        assert np.array_equal(st.load_mask("a.png"), model)
+        st.save_mask("b.png", np.full((24, 32), 2, np.uint8), confirmed=some)
+        st.save_mask("b.png", np.full((24, 32), 255, np.uint8), confirmed=none)
+        assert st.status("b.png") is Status.UNLABELED
+        st.save_mask("a.png", model, status=Status.REVIEWED)
+        st.save_mask("a.png", model, confirmed=none)
+        assert st.status("a.png") is Status.REVIEWED
+        st.save_mask("a.png", model)                            # no map given: a person's, as before
+        assert st.status("a.png") is Status.REVIEWED
+    with AnnotationStore.open(folder) as st:
+        st.save_mask("b.png", np.full((24, 32), 2, np.uint8))
+        assert st.status("b.png") is Status.EDITED

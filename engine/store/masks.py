@@ -121,7 +121,9 @@ class MaskMethods:
                   confirmed: np.ndarray | None = None) -> None:
         """Save a person's mask (cheap enough to call on every autosave tick).
 
-        ``status``: None means ``edited`` (``reviewed`` stays ``reviewed``).  ``confirmed``: H×W bool,
+        ``status``: None means ``edited`` (``reviewed`` stays ``reviewed``), except with a ``confirmed``
+        map that holds no pixel: no person's pixel, so the image stays (or, when every edit was
+        undone, becomes again) ``prelabeled``, or ``unlabeled`` for an all-void mask.  ``confirmed``: H×W bool,
         the pixels a person set; None keeps what the store had (for a mask that was not the person's
         yet, that means every pixel, as before the map existed).  Raises :class:`MaskError` for a
         mask that does not fit, :class:`StoreWriteError` when the disk refuses; in both cases the
@@ -145,6 +147,10 @@ class MaskMethods:
             old = self.status(image_id)
             new = Status(status) if status is not None else (
                 Status.REVIEWED if old is Status.REVIEWED else Status.EDITED)
+            if status is None and conf is not None and not conf.any() and old is not Status.REVIEWED:
+                # No pixel a person set (every edit undone, or only the model's labels applied): the
+                # model's image again, which a later pre-label may update and training leaves out.
+                new = Status.PRELABELED if old is Status.PRELABELED or bool((m != VOID).any()) else Status.UNLABELED
             path = self.mask_path(image_id)
             cpath = self.confirmed_path(image_id)
             after = None
