@@ -137,17 +137,23 @@ def test_a_second_visit_takes_the_embedding_from_memory_or_the_store(qtbot, sess
     s = sessions(folder)
     s.click.neighbours = False
     _choose(qtbot, s, toy())
+    first = None
     for k, image_id in enumerate(("a.png", "b.png", "c.png", "d.png"), 1):
         if image_id != "a.png":
             _go(qtbot, s, image_id)
-        _ready(qtbot, s, image_id)
+        got = _ready(qtbot, s, image_id)
+        if first is None:
+            first = {k: v.copy() for k, v in got.get_embedding().features.items()}
         assert s.click.encoder_calls == k
     _go(qtbot, s, "c.png")        # still in memory
     assert s.click.predictor("c.png") is not None
     _go(qtbot, s, "a.png")        # only in the store's cache by now
     assert s.click.predictor("a.png") is None   # being read back, not computed here
-    assert _ready(qtbot, s, "a.png") is not None
+    again = _ready(qtbot, s, "a.png")
+    assert again is not None
     assert s.click.encoder_calls == 4
+    # The first visit already used the features at the cache's precision: the same bits come back.
+    assert all(np.array_equal(v, again.get_embedding().features[k]) for k, v in first.items())
     assert len(s.click._ready) <= 3   # a few embeddings in memory, however many images were seen
 
 

@@ -121,6 +121,7 @@ def embed_image(store: Any, image_id: str, model: Any, model_id: str, image: np.
     the encoder on ``image`` (read from disk when None), then saved to the cache.  ``counted()`` is
     called before each encoder run.  Worker thread only."""
     from engine import ClickPredictor, ImageSignature, StoreError
+    from engine.store.embcache import as_stored
     predictor = ClickPredictor(model)
     cached = store.load_embedding(image_id, model_id)
     if cached is not None and cached.model == model.name:
@@ -136,9 +137,13 @@ def embed_image(store: Any, image_id: str, model: Any, model_id: str, image: np.
     if counted is not None:
         counted()
     predictor.set_image(pixels)
+    # At the cache's precision from the start: this visit's clicks then give what every later visit's
+    # (from the cache) give, to the pixel.
+    embedding = as_stored(predictor.get_embedding())
+    predictor.set_embedding(embedding)
     if not store.read_only:
         try:
-            store.save_embedding(image_id, predictor.get_embedding(), model_id=model_id, signature=signature)
+            store.save_embedding(image_id, embedding, model_id=model_id, signature=signature)
         except (StoreError, OSError) as exc:   # the cache is only a saving of time: the work goes on
             log.warning("click embedding of %s not cached: %s", image_id, exc)
     return Embedded(image_id, predictor, True)

@@ -22,6 +22,8 @@ the least recently used entries first, like :class:`~engine.store.probcache.Prob
 """
 from __future__ import annotations
 
+import dataclasses
+
 import errno
 import json
 import os
@@ -40,7 +42,7 @@ from .probcache import ImageSignature, evict_lru
 if TYPE_CHECKING:
     from ..click import ClickEmbedding
 
-__all__ = ["DEFAULT_EMBEDDINGS_BUDGET", "EMBEDDINGS_TABLE", "EmbeddingCache", "EmbeddingMethods",
+__all__ = ["DEFAULT_EMBEDDINGS_BUDGET", "EMBEDDINGS_TABLE", "EmbeddingCache", "EmbeddingMethods", "as_stored",
            "read_embedding_file", "write_embedding_file"]
 
 FORMAT = 1
@@ -61,6 +63,13 @@ def _on_disk(a: np.ndarray) -> np.ndarray:
         if finite and float(np.abs(a).max()) <= _F16_MAX:
             return a.astype("<f2")
     return a.astype("<f4")
+
+
+def as_stored(emb: ClickEmbedding) -> ClickEmbedding:
+    """``emb`` with its features at the precision the cache keeps them (float16 where they fit), as
+    float32: what reading its cache entry gives, so a first visit that uses it predicts exactly what
+    every later visit will (with the encoder's float32 features a mask could differ by a pixel)."""
+    return dataclasses.replace(emb, features={k: _on_disk(v).astype(np.float32) for k, v in emb.features.items()})
 
 
 def write_embedding_file(path: str | os.PathLike, emb: ClickEmbedding, *, model_id: str,
