@@ -251,3 +251,39 @@ def test_the_status_text_names_what_runs(qtbot, worker):
     gate.set()
     qtbot.waitUntil(lambda: all(h.done for h in handles), timeout=10_000)
     assert worker.busy_text() == ""
+
+
+@pytest.mark.parametrize("kind", ["result", "error", "yielded", "lane"])
+def test_a_finished_task_lets_go_of_its_handle_and_of_what_its_callbacks_hold(qtbot, worker, kind, monkeypatch):
+    """Once finished, the handle and everything its callbacks captured (a live CRF, click candidates)
+    can be freed: connected callables are held from the C++ side, out of the cycle collector's sight,
+    so a handle kept alive by its own callbacks once kept every task's results for good."""
+    import gc
+    import weakref
+    # The failure's log record (kept by pytest's log capture, not by the app) holds the traceback.
+    monkeypatch.setattr(logging.getLogger("deeplab_gui"), "propagate", False)
+
+    class Held:
+        pass
+
+    held = Held()
+
+    def fn():
+        if kind == "error":
+            raise ValueError("no")
+        if kind == "yielded":
+            yield "item"
+        return 1
+
+    keep = {"result": {"on_result": lambda v, held=held: None}, "error": {"on_error": lambda t, held=held: None},
+            "yielded": {"on_yielded": lambda v, held=held: None},
+            "lane": {"on_result": lambda v, held=held: None, "lane": "test"}}[kind]
+    handle = worker.run_task(fn, **keep)
+    handle.finished.connect(lambda h=handle, held=held: None)   # callers connect their own too
+    qtbot.waitUntil(lambda: handle.done, timeout=5000)
+    ref_handle, ref_held = weakref.ref(handle), weakref.ref(held)
+    del handle, held, keep
+    for _ in range(3):
+        qtbot.wait(10)
+        gc.collect()
+    assert ref_handle() is None and ref_held() is None
