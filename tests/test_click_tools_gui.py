@@ -401,6 +401,8 @@ def test_window_keys_choose_the_region_tools_and_the_click_toggles_show_with_the
     for key, name in ((Qt.Key.Key_X, "superpixel"), (Qt.Key.Key_R, "crfclick"), (Qt.Key.Key_C, "click")):
         qtbot.keyClick(win.canvas, key)
         assert win.canvas.tool is win.tools[name] and win.tool_actions[name].isChecked()
+        if name == "superpixel":   # the size box says what it sets
+            assert win.tool_options.size_label.text() == "Superpixel size"
     toggles = win.click_toggles
     assert all(a.isVisible() and a.isChecked() for a in toggles.values())
     toggles["auto_class"].setChecked(False)
@@ -409,6 +411,7 @@ def test_window_keys_choose_the_region_tools_and_the_click_toggles_show_with_the
     assert win.tools["click"].edge_polish is False
     qtbot.keyClick(win.canvas, Qt.Key.Key_B)
     assert not any(a.isVisible() for a in toggles.values())
+    assert win.tool_options.size_label.text() == "Radius"
 
 
 def test_in_the_window_without_a_click_model_the_click_tool_shows_the_click_states_own_line(

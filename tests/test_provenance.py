@@ -214,11 +214,14 @@ def test_cli_export_as_is_keeps_unconfirmed_pixels(store, tmp_path):
     from deeplab_gui.cli.parser import main
 
     store.save_prediction("a.png", np.ones((H, W), np.uint8))
-    store.save_mask("a.png", np.ones((H, W), np.uint8), confirmed=np.zeros((H, W), bool))
+    one = np.zeros((H, W), bool)
+    one[0, 0] = True                    # a person set one pixel: the rest is still the model's
+    store.save_mask("a.png", np.ones((H, W), np.uint8), confirmed=one)
     folder = store.folder
     store.close()
     assert main(["export-voc", str(folder), str(tmp_path / "void"), "--val-fraction", "0"]) == 0
-    assert (load_mask_png(tmp_path / "void" / "SegmentationClass" / "a.png") == 255).all()
+    exported = load_mask_png(tmp_path / "void" / "SegmentationClass" / "a.png")
+    assert exported[0, 0] == 1 and (exported[one == 0] == 255).all()
     assert main(["export-voc", str(folder), str(tmp_path / "asis"), "--val-fraction", "0", "--as-is"]) == 0
     assert (load_mask_png(tmp_path / "asis" / "SegmentationClass" / "a.png") == 1).all()
 

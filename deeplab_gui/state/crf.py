@@ -251,6 +251,9 @@ class CRFState(QObject):
         self.session.set_crf_labels(frame.labels)
         (self.full_ready if result.stage == "full" else self.preview_ready).emit(result)
         what = "preview" if result.stage == "preview" else "full size"
+        live = getattr(self._lanes, "live", None)
+        if result.stage != "preview" and live is not None and getattr(live, "scale", 1.0) < 1.0:
+            what = f"full, at {live.height * live.width / 1e6:.1f} MP"   # a large photo's reduced copy
         self._set_status(f"CRF {what}: {result.elapsed * 1000:.0f} ms")
 
     # ------------------------------------------------------------------ apply and shutdown

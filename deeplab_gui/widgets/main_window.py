@@ -281,6 +281,7 @@ class MainWindow(QMainWindow):
         tool = self.tools[name]
         self.canvas.set_tool(tool)
         self.tool_actions[name].setChecked(True)
+        self.tool_options.for_tool(name)
         if tool.sized:
             tool.size = self.session.settings.tool_size(name, tool.size)
             self.tool_options.size.blockSignals(True)

@@ -46,9 +46,11 @@ class ToolOptions(QWidget):
         self.view.setToolTip("what the overlay shows (Alt+1 to Alt+4)")
         row = QHBoxLayout(self)
         row.setContentsMargins(4, 0, 4, 0)
-        for label, w in (("Radius", self.size), ("Opacity", self.opacity), ("", self.outline), ("View", self.view)):
-            if label:
-                row.addWidget(QLabel(label))
+        self.size_label = QLabel("Radius")
+        for label, w in ((self.size_label, self.size), (QLabel("Opacity"), self.opacity), (None, self.outline),
+                         (QLabel("View"), self.view)):
+            if label is not None:
+                row.addWidget(label)
             row.addWidget(w)
             row.addSpacing(6)
         row.addStretch(1)
@@ -56,6 +58,13 @@ class ToolOptions(QWidget):
         self.outline.toggled.connect(session.set_outline)
         self.view.currentIndexChanged.connect(lambda _i: session.set_view_mode(self.view.currentData()))
         session.view_changed.connect(self._sync)
+
+    def for_tool(self, name: str) -> None:
+        """Name the size box after what it sets for tool ``name``: the superpixels' size, else a radius."""
+        superpixels = name == "superpixel"
+        self.size_label.setText("Superpixel size" if superpixels else "Radius")
+        self.size.setToolTip("a superpixel's typical side in image pixels ([ and ] change it)" if superpixels
+                             else "brush radius in image pixels ([ and ] change it)")
 
     def _sync(self) -> None:
         i = self.view.findData(self.session.view_mode)
