@@ -280,7 +280,10 @@ def test_a_finished_task_lets_go_of_its_handle_and_of_what_its_callbacks_hold(qt
             "lane": {"on_result": lambda v, held=held: None, "lane": "test"}}[kind]
     handle = worker.run_task(fn, **keep)
     handle.finished.connect(lambda h=handle, held=held: None)   # callers connect their own too
-    qtbot.waitUntil(lambda: handle.done, timeout=5000)
+    done = handle.finished
+    with qtbot.waitSignal(done, timeout=5000):
+        pass
+    del done
     ref_handle, ref_held = weakref.ref(handle), weakref.ref(held)
     del handle, held, keep
     for _ in range(3):
