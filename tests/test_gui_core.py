@@ -388,3 +388,27 @@ def test_neighbours_are_prefetched_and_shown_from_memory(qtbot, sessions, folder
     assert s.image_id == "img1.png" and s.image.shape == (H, W, 3)
     assert s.display.width() == W and s.display.height() == H
     assert set(s.prefetch.ready) <= {"img0.png", "img2.png"}  # bounded: the new neighbours only
+
+
+def test_a_refresh_in_bands_of_rows_draws_what_a_whole_one_does(qtbot, window, monkeypatch):
+    """The overlay is refreshed a band of rows at a time (bounded temporaries on large photos): in
+    every view, with outlines and dimmed pixels, tiny bands draw exactly what one band does."""
+    import deeplab_gui.widgets.canvas.canvas as canvas_mod
+    s, canvas = window.session, window.canvas
+    rng = np.random.default_rng(0)
+    s.document.apply_labels(rng.integers(0, 4, (H, W)).astype(np.uint8), description="pre-label")
+    s.document.polygon([(3, 3), (20, 4), (9, 17)], 2)
+    probs = rng.dirichlet(np.ones(3), size=(H, W)).transpose(2, 0, 1).astype(np.float32)
+    h = s.set_probs("img0.png", probs)
+    qtbot.waitUntil(lambda: h.done, timeout=WAIT)
+    for mode, outline, dim in (("mask", False, True), ("mask", True, True), ("raw", True, False),
+                               ("uncertainty", False, False)):
+        s.set_view_mode(mode)
+        s.set_outline(outline)
+        monkeypatch.setattr(s, "show_unconfirmed", dim, raising=False)
+        views = []
+        for band in (1 << 20, 7):
+            monkeypatch.setattr(canvas_mod, "_REFRESH_BAND_PIXELS", band)
+            canvas.refresh()
+            views.append(canvas.overlay.buffer().copy())
+        assert np.array_equal(views[0], views[1]), (mode, outline)
