@@ -53,6 +53,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,8 +167,36 @@ def _parent_gone() -> bool:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    _STOPPING.set()
     _quiet()  # one stop is enough: a second signal must not break the clean-up of the first
     raise KeyboardInterrupt
+
+
+_STOPPING = threading.Event()   # this process is stopping: its peers may vanish under its threads
+
+
+def _unexpected(exc_type: type, exc: BaseException, tb: Any, thread: Any = None) -> None:
+    """``sys.excepthook`` and ``threading.excepthook`` of ranks and loader workers. The helper
+    threads of torch and multiprocessing (multiprocessing's resource sharer hands each decoded image
+    from a loader worker to its rank, and reports its own failures through ``sys.excepthook``) fail
+    with connection errors when the other side goes away as a run stops: nothing for the person to
+    see. Anything else is one line, not a traceback."""
+    if issubclass(exc_type, (ConnectionError, EOFError)) and (_STOPPING.is_set() or _parent_gone()
+                                                              or _IN_LOADER_WORKER):
+        return
+    if issubclass(exc_type, (SystemExit, KeyboardInterrupt)):
+        return
+    from .errors import one_line
+    where = f" in {thread.name}" if thread is not None else ""
+    print(f"prelabel: unexpected error{where}: {one_line(exc) or exc_type.__name__}", file=sys.stderr)
+
+
+def _install_error_hooks() -> None:
+    sys.excepthook = _unexpected
+    threading.excepthook = lambda a: _unexpected(a.exc_type, a.exc_value, a.exc_traceback, a.thread)
+
+
+_IN_LOADER_WORKER = False
 
 
 def _quiet() -> None:
@@ -231,6 +260,9 @@ def _loader(items: list[tuple[str, str]], workers: int) -> Any:
 
 def _loader_worker_init(rank_pid: int, worker_id: int) -> None:
     from .prelabel_launch import die_with_parent
+    global _IN_LOADER_WORKER
+    _IN_LOADER_WORKER = True   # a connection lost under its threads means its rank is gone
+    _install_error_hooks()
     die_with_parent(rank_pid)
 
 
@@ -457,6 +489,7 @@ def run(cfg: PrelabelConfig) -> int:
     from .prelabel_store import PrelabelError
     signal.signal(signal.SIGTERM, _interrupt)  # torchrun stops its workers with SIGTERM
     signal.signal(signal.SIGINT, _interrupt)
+    _install_error_hooks()
     rank, world = _join()
     try:
         if rank == 0:
@@ -474,6 +507,7 @@ def run(cfg: PrelabelConfig) -> int:
                 return 1
         return _run_other(cfg, rank, world)
     finally:
+        _STOPPING.set()
         _quiet()  # the run is over (or cancelled): let the interpreter shut down undisturbed
         if world > 1:
             import torch.distributed as dist

@@ -464,3 +464,30 @@ def test_a_loader_worker_whose_rank_is_already_gone_exits(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert gone.returncode != 0 and "alive" not in gone.stdout
     assert there.returncode == 0 and "alive" in there.stdout, there.stderr
+
+
+def test_helper_thread_failures_are_quiet_while_stopping_and_one_line_otherwise(monkeypatch, capsys):
+    """multiprocessing's resource sharer (which hands a loader worker's images to its rank) reports a
+    peer that vanished as a run stops through sys.excepthook: no traceback for the person; anything
+    else unexpected is one line."""
+    import threading
+
+    import engine.prelabel as pl
+    monkeypatch.setattr(pl, "_STOPPING", threading.Event())
+    monkeypatch.setattr(pl, "_IN_LOADER_WORKER", False)
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer")
+    except ConnectionResetError as exc:
+        lost = (type(exc), exc, exc.__traceback__)
+    pl._unexpected(*lost)                                   # not stopping: said, in one line
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Connection reset by peer" in err and "Traceback" not in err
+    pl._STOPPING.set()
+    pl._unexpected(*lost)                                   # stopping: nothing
+    monkeypatch.setattr(pl, "_STOPPING", threading.Event())
+    monkeypatch.setattr(pl, "_IN_LOADER_WORKER", True)
+    pl._unexpected(*lost)                                   # a loader worker whose rank went away: nothing
+    assert capsys.readouterr().err == ""
+    pl._unexpected(ValueError, ValueError("bad value"), None, threading.current_thread())
+    err = capsys.readouterr().err
+    assert err.startswith("prelabel: unexpected error in MainThread: bad value") and "Traceback" not in err
