@@ -23,8 +23,8 @@ from .raster import BBox, bbox_of
 from .reduce import Reduction, cell_counts
 from .snap import SnapJob, grow_from
 
-__all__ = ["CANDIDATE_PIXELS", "CLICK_DESCRIPTION", "CRF_CLICK_DESCRIPTION", "Candidate", "ClickSession", "accept_region",
-           "crf_click_region", "polish_edges", "region_class"]
+__all__ = ["CANDIDATE_PIXELS", "CLICK_DESCRIPTION", "CRF_CLICK_DESCRIPTION", "Candidate", "ClickSession",
+           "accept_region", "crf_click_region", "polish_edges", "region_class"]
 
 CLICK_DESCRIPTION = "Click region"
 CRF_CLICK_DESCRIPTION = "CRF click"

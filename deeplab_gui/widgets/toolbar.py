@@ -40,7 +40,7 @@ class ToolBarSpec:
         ("auto_class", "mdi6.tag-text", "Auto class",
          "Click model: the region takes the class the model's probabilities favour there"),
         ("edge_polish", "mdi6.auto-fix", "Edge polish",
-         "Click model: the CRF moves an accepted region's border onto image edges"),
+         "Click model: the CRF moves the proposed region's border onto image edges (a moment after it shows)"),
     )
     undo: str = "fa5s.undo"
     redo: str = "fa5s.redo"
