@@ -242,3 +242,22 @@ def test_model_panel_lists_the_catalog_and_shows_the_status(qtbot, sessions, fol
         s.click.choose_file(str(path))
     qtbot.waitUntil(lambda: box.status.text() == "toy0.pt: ready", timeout=10_000)
     assert box.combo.currentData() == str(path.resolve()) and not box.button.isEnabled()
+
+
+def test_picking_from_file_asks_for_the_file_at_once_near_the_one_in_use(qtbot, sessions, folder, toy, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    from deeplab_gui.widgets.panels.click_model_box import FROM_FILE, ClickModelBox
+    s = sessions(folder)
+    box = ClickModelBox(s)
+    qtbot.addWidget(box)
+    path = toy()
+    with qtbot.waitSignal(s.click.changed, timeout=10_000):
+        s.click.choose_file(str(path))
+    asked = []
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        staticmethod(lambda parent, title, start, filters: asked.append(start) or ("", "")))
+    i = box.combo.findData(FROM_FILE)
+    box.combo.setCurrentIndex(i)
+    box.combo.activated.emit(i)                     # what a person's pick sends
+    assert asked == [str(path.resolve().parent)]

@@ -6,6 +6,8 @@ model and prepares each image's embedding in the background; the line under the 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
@@ -44,6 +46,7 @@ class ClickModelBox(QWidget):
         col.addWidget(self.status)
         self.fill()
         self.combo.currentIndexChanged.connect(self._update_button)
+        self.combo.activated.connect(self._picked)
         c.status_changed.connect(self.status.setText)
         c.changed.connect(self._show_loaded)
         c.changed.connect(self.fill)   # a download has put a file on this machine
@@ -90,11 +93,20 @@ class ClickModelBox(QWidget):
             self.button.setText("Use")
         self.button.setEnabled(not (data == self.click.spec and self.click.model is not None))
 
+    def _picked(self, index: int) -> None:
+        """A person picked an entry: "From file…" asks for the file at once (a second click on
+        "Choose…" would be a step for nothing)."""
+        if self.combo.itemData(index) == FROM_FILE:
+            self.use()
+
     def use(self):
-        """Load the selected entry (downloading it when needed) or, for "From file…", ask for a file."""
+        """Load the selected entry (downloading it when needed) or, for "From file…", ask for a file
+        (starting in the folder of the file in use, if any)."""
         data = self.combo.currentData()
         if data == FROM_FILE:
-            path, _ = QFileDialog.getOpenFileName(self, "Click model weights", "",
+            spec = self.click.spec or ""
+            start = str(Path(spec).parent) if spec and Path(spec).is_file() else ""
+            path, _ = QFileDialog.getOpenFileName(self, "Click model weights", start,
                                                   "Weights (*.pt *.pth *.safetensors *.bin *.ckpt);;All files (*)")
             return self.click.choose_file(path) if path else None
         if any(e.id == data for e in click_catalog()):
