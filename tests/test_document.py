@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from deeplab_gui.editing.document import MaskDocument, Patch, ScribbleLayer
+from deeplab_gui.editing.document import MaskDocument, Patch, ScribbleLayer, wait_for_compression
 from deeplab_gui.editing.raster import TIE_SLACK, capsule_pieces, flood_region, polygon_mask
 from deeplab_gui.editing.uncertainty import mean_uncertainty, uncertainty
 
@@ -339,6 +339,7 @@ def test_patch_memory_proportional_to_bbox():
     bbox = d._undo[-1].bbox
     assert (bbox[2] - bbox[0]) * (bbox[3] - bbox[1]) < 300
     d.fill(0, 0, 1)                            # full-image step: compressed to a sliver of 24 MB
+    wait_for_compression()                     # (by the background thread)
     assert d.history_bytes < 200_000
     d.undo()
     assert d.mask[0, 0] == 0 and d.mask[1500, 2000] == 5
@@ -661,3 +662,35 @@ def test_a_long_stroke_is_recorded_tile_by_tile_as_one_step_like_a_single_box(mo
     y0, x0, y1, x1 = tiled_step.bbox
     assert area < (y1 - y0) * (x1 - x0) / 3
     assert max((b[2] - b[0]) * (b[3] - b[1]) for b in seen) <= 32 * 32   # undo repaints tile by tile
+
+
+def test_a_large_step_is_whole_while_its_compression_waits_and_after():
+    """A large patch is kept raw until the background thread has compressed it: undo and redo give
+    the same pixels and confirmed bits before and after, and the history then shrinks to a sliver."""
+    import threading
+
+    from deeplab_gui.editing import patches
+    hold = threading.Event()
+    patches._compressor().submit(hold.wait)    # the compressor is busy: the next patch waits raw
+    try:
+        base = np.zeros((1500, 2000), np.uint8)
+        base[:, :1000] = 2
+        d = MaskDocument(base)
+        region = np.zeros((1500, 2000), bool)
+        region[50:1450, 100:1950] = True         # over 4 MiB of old and new pixels
+        d.paint_region(region, 5)
+        step = d._undo[-1]
+        assert not step.compressed and d.history_bytes > 4_000_000
+        after, conf = d.mask.copy(), d.confirmed.copy()
+        d.undo()
+        assert np.array_equal(d.mask, base) and not d.confirmed.any()
+        d.redo()
+        assert np.array_equal(d.mask, after) and np.array_equal(d.confirmed, conf)
+    finally:
+        hold.set()
+    wait_for_compression()
+    assert step.compressed and d.history_bytes < 100_000
+    d.undo()
+    assert np.array_equal(d.mask, base) and not d.confirmed.any()
+    d.redo()
+    assert np.array_equal(d.mask, after) and np.array_equal(d.confirmed, conf)

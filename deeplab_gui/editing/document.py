@@ -20,138 +20,32 @@ boxes half-open ``(y0, x0, y1, x1)``.
 """
 from __future__ import annotations
 
-import itertools
 import math
-import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from engine import VOID
 
 from .brush import BrushCanvas, Listener, ScribbleLayer, check_label, check_point
+from .patches import Patch, PatchGroup, wait_for_compression
 from .raster import BBox, bbox_of, bbox_union, flood_region, polygon_mask
 from .stroke_tiles import stroke_blocks
 
-__all__ = ["VOID", "PRELABEL", "BBox", "Listener", "StepListener", "Patch", "PatchGroup", "MaskDocument", "ScribbleLayer",
+__all__ = ["VOID", "PRELABEL", "BBox", "Listener", "StepListener", "Patch", "PatchGroup", "MaskDocument",
+           "wait_for_compression", "ScribbleLayer",
            "BrushCanvas"]
 
 # apply_labels steps with this description write the model's labels: their pixels are not a person's.
 PRELABEL = "pre-label"
 # ``fn(kind, description)`` after a step is made ("do"), undone ("undo") or redone ("redo").
 StepListener = Callable[[str, str], None]
-# Patches whose raw old+new pixels exceed this are compressed; below it zlib's overhead is not worth it.
-_COMPRESS_ABOVE = 8192
-_tokens = itertools.count(1)
-
-
 def _check_mask(mask, name: str = "mask") -> np.ndarray:
     if not isinstance(mask, np.ndarray) or mask.ndim != 2 or 0 in mask.shape:
         raise ValueError(f"{name} must be a non-empty H×W numpy array, got {getattr(mask, 'shape', type(mask))}")
     if mask.dtype != np.uint8:
         raise ValueError(f"{name} must be uint8 class indices (255 = void), got {mask.dtype}")
     return mask
-
-
-@dataclass
-class Patch:
-    """One undo step: the pixels of ``bbox`` before (``old``) and after (``new``) the edit.
-
-    ``old``/``new`` are stored raw (``bytes`` of a C-order uint8 block) or zlib-compressed;
-    ``nbytes`` is what the patch costs in memory. ``token`` names the document state after the edit.
-    ``confirms``: what the step made the confirmed bit of each pixel it changed (True for a person's
-    edit, False for a pre-label; None: the step leaves the confirmed map alone). ``conf_old`` holds
-    those pixels' bits before the step: a bool when they were all the same (the usual case, so a
-    step costs no more memory than its labels), else the box's bits packed.
-    """
-    bbox: BBox
-    old: bytes
-    new: bytes
-    compressed: bool
-    description: str = ""
-    token: int = field(default_factory=lambda: next(_tokens))
-    confirms: bool | None = None
-    conf_old: bytes | bool = False
-    # The edit's footprint within ``bbox``, packed bits (None: only the changed pixels). A stroke
-    # confirms every pixel it covered, relabelled or not, so undo must give those their bits back too.
-    foot: bytes | None = None
-
-    @classmethod
-    def make(cls, bbox: BBox, old: np.ndarray, new: np.ndarray, description: str = "",
-             confirms: bool | None = None, conf_old: np.ndarray | None = None,
-             foot: np.ndarray | None = None) -> "Patch":
-        o, n = np.ascontiguousarray(old), np.ascontiguousarray(new)
-        squeeze = o.nbytes + n.nbytes > _COMPRESS_ABOVE
-        changed = o != n if conf_old is not None else None
-        fb = None
-        if foot is not None and changed is not None:
-            changed = changed | foot
-            fb = np.packbits(foot, axis=None).tobytes()
-            fb = zlib.compress(fb, 1) if squeeze else fb
-        # zlib reads the arrays' buffers directly: no intermediate bytes copy of a large block.
-        o, n = (zlib.compress(o, 1), zlib.compress(n, 1)) if squeeze else (o.tobytes(), n.tobytes())
-        co: bytes | bool = False
-        if changed is not None:
-            bits = conf_old[changed]
-            if bits.all() or not bits.any():
-                co = bool(bits.all()) if bits.size else False
-            else:
-                co = np.packbits(conf_old, axis=None).tobytes()
-                co = zlib.compress(co, 1) if squeeze else co
-        return cls(bbox, o, n, squeeze, description, confirms=confirms, conf_old=co, foot=fb)
-
-    @property
-    def nbytes(self) -> int:
-        # The labels only: the packed confirmed bits, when a step holds any, are one bit per pixel
-        # against the labels' sixteen (old and new), so the history budget stays within a sixteenth.
-        return len(self.old) + len(self.new)
-
-    def _bits(self, data: bytes, shape: tuple[int, int]) -> np.ndarray:
-        data = zlib.decompress(data) if self.compressed else data
-        return np.unpackbits(np.frombuffer(data, np.uint8), count=shape[0] * shape[1]).astype(bool).reshape(shape)
-
-    def restore_confirmed(self, conf: np.ndarray, which: str) -> None:
-        """Set the changed pixels' bits in ``conf`` (this box's block) to their ``old``/``new`` state."""
-        if self.confirms is None:
-            return
-        changed = self.pixels("old") != self.pixels("new")
-        if self.foot is not None:
-            changed |= self._bits(self.foot, conf.shape)
-        if which == "new":
-            conf[changed] = self.confirms
-        elif isinstance(self.conf_old, bool):
-            conf[changed] = self.conf_old
-        else:
-            conf[changed] = self._bits(self.conf_old, conf.shape)[changed]
-
-    def pixels(self, which: str) -> np.ndarray:
-        """The ``old`` or ``new`` block as an (y1-y0)×(x1-x0) uint8 array."""
-        data = getattr(self, which)
-        if self.compressed:
-            data = zlib.decompress(data)
-        y0, x0, y1, x1 = self.bbox
-        return np.frombuffer(data, dtype=np.uint8).reshape(y1 - y0, x1 - x0)
-
-
-@dataclass
-class PatchGroup:
-    """One undo step made of several patches over separate boxes (a long stroke, recorded tile by
-    tile: see :mod:`.stroke_tiles`). ``bbox`` is their joint box."""
-    parts: list[Patch]
-    description: str = ""
-    token: int = field(default_factory=lambda: next(_tokens))
-
-    @property
-    def bbox(self) -> BBox:
-        box = None
-        for p in self.parts:
-            box = bbox_union(box, p.bbox)
-        return box
-
-    @property
-    def nbytes(self) -> int:
-        return sum(p.nbytes for p in self.parts)
 
 
 class MaskDocument(BrushCanvas):
@@ -179,7 +73,6 @@ class MaskDocument(BrushCanvas):
         self.max_history_bytes = int(max_history_bytes)
         self._undo: list[Patch | PatchGroup] = []
         self._redo: list[Patch | PatchGroup] = []
-        self._bytes = 0
         self._base_token = 0      # state token below the oldest kept step (changes when one is dropped)
         self._saved_token = 0
         self._step_listeners: list[StepListener] = []
@@ -246,7 +139,7 @@ class MaskDocument(BrushCanvas):
     @property
     def history_bytes(self) -> int:
         """Memory held by the undo and redo patches."""
-        return self._bytes
+        return sum(p.nbytes for p in self._undo) + sum(p.nbytes for p in self._redo)
 
     @property
     def undo_description(self) -> str:
@@ -258,14 +151,13 @@ class MaskDocument(BrushCanvas):
 
     # --- history ----------------------------------------------------------------------------------
     def _push(self, patch: Patch | PatchGroup) -> None:
-        for p in self._redo:
-            self._bytes -= p.nbytes
         self._redo.clear()
         self._undo.append(patch)
-        self._bytes += patch.nbytes
-        while self._bytes > self.max_history_bytes and len(self._undo) > 1:
+        # Summed afresh: a large patch shrinks once the background thread has compressed it.
+        total = self.history_bytes
+        while total > self.max_history_bytes and len(self._undo) > 1:
             old = self._undo.pop(0)
-            self._bytes -= old.nbytes
+            total -= old.nbytes
             self._base_token = old.token
         self._stepped("do", patch.description)
 
@@ -371,7 +263,6 @@ class MaskDocument(BrushCanvas):
         self._base_token = self._token
         self._undo.clear()
         self._redo.clear()
-        self._bytes = 0
 
     # --- edits ------------------------------------------------------------------------------------
     def fill(self, x: int, y: int, label: int) -> BBox | None:
