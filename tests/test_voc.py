@@ -238,3 +238,44 @@ def test_void_border_marks_exactly_the_pixels_near_another_class(width):
             if ((win != 255) & (win != m[y, x])).any():
                 want[y, x] = 255
     np.testing.assert_array_equal(add_void_border(m, width), want)
+
+
+def test_export_workers_hold_at_most_the_pixel_budget_and_a_larger_image_goes_alone(store, tmp_path, monkeypatch):
+    """The export's workers share a budget of pixels in flight: never more at once (an image larger
+    than the whole budget exports alone), and every image still comes out."""
+    import threading
+    import time
+
+    import engine.formats.voc as voc
+    peak, lock, inflight = [0], threading.Lock(), [0]
+
+    class Watched(voc.PixelBudget):
+        def take(self, pixels):
+            outer = super().take(pixels)
+
+            class Ctx:
+                def __enter__(self_):
+                    outer.__enter__()
+                    with lock:
+                        inflight[0] += 1
+                        peak[0] = max(peak[0], self.used)
+                    time.sleep(0.02)      # held long enough for the others to try
+
+                def __exit__(self_, *exc):
+                    with lock:
+                        inflight[0] -= 1
+                    return outer.__exit__(*exc)
+            return Ctx()
+
+    monkeypatch.setattr(voc, "PixelBudget", Watched)
+    monkeypatch.setattr(voc, "EXPORT_PIXELS", 24 * 32 + 20 * 30)   # the two largest images together
+    report = export_voc(store, tmp_path / "out", workers=4)
+    assert len(report.exported) == 5 and not report.skipped
+    assert 0 < peak[0] <= 24 * 32 + 20 * 30
+    monkeypatch.setattr(voc, "EXPORT_PIXELS", 100)                  # every image larger than the budget
+    report = export_voc(store, tmp_path / "alone", workers=4)
+    assert len(report.exported) == 5 and peak[0] <= 24 * 32 + 20 * 30
+    budget = voc.PixelBudget(100)
+    with budget.take(10_000):                                        # alone: takes the whole budget
+        assert budget.used == 100
+    assert budget.used == 0

@@ -28,6 +28,7 @@ a :class:`VOCError`.  Every file is written atomically.  Import lives in :mod:`e
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -41,7 +42,7 @@ from PIL import Image
 
 from ..errors import one_line
 from ..fileio import atomic_write_bytes
-from ..imageio import read_image
+from ..imageio import image_size, read_image
 from ..labels import save_mask_png
 from ..store.scan import natural_key
 from ..store.store import AnnotationStore
@@ -62,8 +63,8 @@ from .exporter import ExportSkip, check_out, export_ids, load_export_mask, prepa
 from .registry import FormatOption, LabelFormat, register
 from .voc_import import ImportReport, import_voc, voc_source
 
-__all__ = ["ExportReport", "ImportReport", "VOCError", "export_voc", "import_voc", "add_void_border",
-           "voc_ids", "split_ids", "rgb_mask_to_indices", "export_colors", "VOC_NUM_STANDARD"]
+__all__ = ["EXPORT_PIXELS", "ExportReport", "ImportReport", "PixelBudget", "VOCError", "export_voc", "import_voc",
+           "add_void_border", "voc_ids", "split_ids", "rgb_mask_to_indices", "export_colors", "VOC_NUM_STANDARD"]
 
 Progress = Callable[[int, int], None]
 
@@ -114,6 +115,34 @@ def export_voc(source: AnnotationStore | str | os.PathLike, out: str | os.PathLi
             store.close()
 
 
+# Pixels of images the export's workers hold at once: each holds its image decoded (3 bytes a pixel)
+# or its JPEG, and its mask with the void border (a few bytes a pixel); four workers on 250-megapixel
+# photos would otherwise hold several gigabytes together.
+EXPORT_PIXELS = 64_000_000
+
+
+class PixelBudget:
+    """Work on images shares at most ``limit`` pixels at once: :meth:`take` waits until an image's
+    pixels fit beside the others'; one larger than the whole budget waits to go alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = int(limit), 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self, pixels: int):
+        n = min(max(int(pixels), 0), self.limit)
+        with self._cond:
+            self._cond.wait_for(lambda: self.used + n <= self.limit)
+            self.used += n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
 _WRITES = ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation")
 
 
@@ -144,7 +173,17 @@ def _export(store, out, include_prelabeled, void_border, val_fraction, seed, wor
     colors = export_colors(classes)
     stop = threading.Event()
 
+    budget = PixelBudget(EXPORT_PIXELS)
+
     def one(image_id: str) -> tuple[str, str | None]:
+        try:
+            width, height = image_size(store.image_path(image_id))
+        except Exception:   # an unreadable header: the read below says why, in one line
+            width = height = 0
+        with budget.take(width * height):
+            return one_held(image_id)
+
+    def one_held(image_id: str) -> tuple[str, str | None]:
         if stop.is_set():
             return image_id, "not exported: the export stopped"
         vid = names[image_id]
