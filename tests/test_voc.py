@@ -244,26 +244,26 @@ def test_export_workers_hold_at_most_the_pixel_budget_and_a_larger_image_goes_al
     """The export's workers share a budget of pixels in flight: never more at once (an image larger
     than the whole budget exports alone), and every image still comes out."""
     import threading
-    import time
 
     import engine.formats.voc as voc
-    peak, lock, inflight = [0], threading.Lock(), [0]
+    peak, asked, cond = [0], [0], threading.Condition()
 
     class Watched(voc.PixelBudget):
         def take(self, pixels):
+            with cond:
+                asked[0] += 1
+                cond.notify_all()
             outer = super().take(pixels)
 
             class Ctx:
                 def __enter__(self_):
                     outer.__enter__()
-                    with lock:
-                        inflight[0] += 1
+                    with cond:
                         peak[0] = max(peak[0], self.used)
-                    time.sleep(0.02)      # held long enough for the others to try
+                        # Held until another worker has asked too, so they compete for the budget.
+                        cond.wait_for(lambda: asked[0] > 1, timeout=10)
 
                 def __exit__(self_, *exc):
-                    with lock:
-                        inflight[0] -= 1
                     return outer.__exit__(*exc)
             return Ctx()
 
