@@ -286,6 +286,7 @@ def test_bench_click_writes_rows_and_lists_a_failing_builder(tmp_path, monkeypat
     rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
     assert [(r["model"], r["device"], r["precision"]) for r in rows] == [("mobile_sam", "cpu", "fp32")]
     assert rows[0]["set_image_ms"] > 0 and rows[0]["predict_ms"] > 0 and rows[0]["error"] is None
+    assert rows[0]["settled_ms"] > 0
     assert "click" in rows[0]["goal"] and "encoder" in rows[0]["goal"]
     assert bench_click.main(["--models", "no_such_model", "--out", str(out)]) == 2
     assert "unknown click model" in capsys.readouterr().err

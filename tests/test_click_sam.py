@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
 
 from engine.checkpoints.limits import CheckpointError
 from engine.click import (
+    ClickPrediction,
     ClickPredictor,
     build_click_model,
     click_spec,
@@ -196,7 +197,7 @@ def test_predict_shapes_and_multimask_order(sam_b):
     # (predict uses the per-image prepared rows, this call does not: float32 rounding apart.)
     np.testing.assert_allclose(multi.low_res_logits, all_masks[0, 1:].numpy(), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(single.low_res_logits, all_masks[0, :1].numpy(), atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(multi.scores, all_iou[0, 1:].numpy(), atol=1e-6)
+    np.testing.assert_allclose(multi.scores, all_iou[0, 1:].numpy(), atol=1e-5, rtol=1e-5)
     # Masks are the upsampled logits above zero.
     full = model.postprocess(torch.from_numpy(multi.low_res_logits)[None], emb.input_size, emb.original_size)
     assert np.array_equal(multi.masks, (full[0] > 0).numpy())
@@ -233,6 +234,55 @@ def test_masks_at_a_smaller_size_and_any_of_them_at_full_size_later(sam_b):
             assert np.array_equal(small.full(k), whole.masks[k])
     finally:
         predictor.set_embedding(emb)
+
+
+@pytest.mark.parametrize("shape", ["landscape", "portrait"])
+def test_masks_come_first_and_the_paddings_logits_when_asked_for_as_a_whole_decode_gives(sam_b, monkeypatch,
+                                                                                         shape):
+    """On a CPU the masks are made from the logits over the image alone; the padding's logits (the
+    next click's mask input only) are made when first read or settled: the same values either way."""
+    import engine.click.sam_upscale as decoder
+    from engine.click.base import ClickModel
+    model, predictor, emb = sam_b
+    if shape == "portrait":   # the padding at the right: the first part spans whole columns
+        predictor.set_embedding(dataclasses.replace(emb, original_size=(64, 45), input_size=(1024, 720)))
+    try:
+        made = []
+        real = decoder.upscale_masks
+        monkeypatch.setattr(decoder, "upscale_masks",
+                            lambda keys, hw, *a, **k: made.append(hw) or real(keys, hw, *a, **k))
+        pred = predictor.predict([[20, 15]], [1], multimask=True, mask_input=None)
+        first = list(made)
+        assert len(first) == 1 and first[0][0] * first[0][1] < 64 * 64   # only the image's part so far
+        pred.settle()
+        assert len(made) == 2 and sum(h * w for h, w in made) == 64 * 64   # then the rest, once
+        low = pred.low_res_logits
+        assert len(made) == 2 and pred.low_res_logits is low
+        monkeypatch.setattr(type(model), "needed_low_res", ClickModel.needed_low_res)   # everything at once
+        whole = predictor.predict([[20, 15]], [1], multimask=True)
+        np.testing.assert_array_equal(pred.masks, whole.masks)
+        np.testing.assert_allclose(low, whole.low_res_logits, rtol=1e-6, atol=1e-6)
+        assert np.abs(low).max() > 0
+        # The next click's mask input reads them.
+        nxt = predictor.predict([[20, 15], [30, 20]], [1, 1], mask_input=pred.low_res_logits[:1], multimask=False)
+        assert nxt.masks.shape[1:] == whole.masks.shape[1:]
+    finally:
+        predictor.set_embedding(emb)
+
+
+def test_a_predictions_logits_are_made_once_across_threads():
+    from concurrent.futures import ThreadPoolExecutor
+    calls = []
+
+    def settle():
+        calls.append(1)
+        return np.ones((1, 256, 256), np.float32)
+    pred = ClickPrediction(np.zeros((1, 2, 2), bool), np.ones(1), settle=settle)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: pred.low_res_logits, range(8)))
+    assert calls == [1] and all(g is got[0] for g in got)
+    with pytest.raises(ValueError):
+        ClickPrediction(np.zeros((1, 2, 2), bool), np.ones(1))   # neither the logits nor a way to make them
 
 
 def test_negative_point_box_and_mask_input_change_the_answer(sam_b):

@@ -155,6 +155,36 @@ def test_click_previews_then_enter_writes_only_the_region_as_one_confirmed_undo_
     assert np.array_equal(s.document.mask, before)
 
 
+def test_a_clicks_remaining_logits_are_made_while_its_preview_shows(qtbot, canvas):
+    """A predictor may hand its masks back before all of the logits (engine.ClickPrediction): the
+    tool has them made in the click lane right after showing the candidates, so the next click
+    finds its mask input ready; that click then feeds them back."""
+    from engine.click import ClickPrediction
+    c = canvas
+    fake = with_fake_model(c)
+    made, inputs = [], []
+    plain = fake.predict
+
+    def predict(*a, mask_input=None, **k):
+        inputs.append(mask_input)
+        out = plain(*a, mask_input=mask_input, **k)
+        tag = float(fake.calls)
+
+        def settle():
+            made.append(threading.get_ident())
+            return np.full_like(out.low_res_logits, tag)
+        return ClickPrediction(out.masks, out.scores, settle=settle)
+    fake.predict = predict
+    tool = use(c, "click")
+    tool.edge_polish = False
+    click(c, 20, 20)
+    qtbot.waitUntil(lambda: previewed(c) and len(made) == 1, timeout=10_000)
+    assert made[0] != threading.get_ident()   # not on the UI thread
+    click(c, 30, 20)
+    qtbot.waitUntil(lambda: fake.calls == 2 and len(made) == 2, timeout=10_000)
+    assert inputs[0] is None and np.all(inputs[1] == 1.0)   # the first click's logits, shown candidate
+
+
 def test_negative_click_shrinks_the_candidate_and_tab_cycles(qtbot, canvas):
     c = canvas
     with_fake_model(c)

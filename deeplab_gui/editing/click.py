@@ -104,7 +104,7 @@ class ClickSession:
         self._labels: list[int] = []
         self._box: tuple[float, float, float, float] | None = None
         self._candidates: list[Candidate] = []
-        self._logits: np.ndarray | None = None     # K×256×256, in the candidates' order
+        self._logits: _Logits | None = None        # K×256×256, in the candidates' order
         self._index = 0
         self._before_point: tuple | None = None    # (candidates, logits, index) before the last point
 
@@ -185,6 +185,14 @@ class ClickSession:
             self._index = (self._index + 1) % len(self._candidates)
         return self._index
 
+    def settle(self) -> None:
+        """Have the shown candidates' low-resolution logits made now (the next prompt's mask input;
+        a predictor may hand its masks back before all of them are made, see
+        ``engine.ClickPrediction``). The app calls it in the worker after showing a click's
+        candidates, so the next click does not wait for them."""
+        if self._logits is not None:
+            self._logits.array  # noqa: B018
+
     def preview_size(self) -> tuple[int, int] | None:
         """The size the candidates are first made at, or None for the image's own size."""
         h, w = self.shape
@@ -211,9 +219,27 @@ class ClickSession:
         else:
             self._candidates = [Candidate(None, scores[k], preview=masks[k], make=functools.partial(pred.full, k))
                                 for k in order]
-        self._logits = np.asarray(pred.low_res_logits, dtype=np.float32)[order]
+        self._logits = _Logits(pred, order)
         self._index = 0
         return list(self._candidates)
+
+
+class _Logits:
+    """A prediction's low-resolution logits in the candidates' order, read from it when first
+    needed (a session's forks share it: the same array either way)."""
+    __slots__ = ("_pred", "_order", "_array")
+
+    def __init__(self, pred: Any, order: list[int]) -> None:
+        self._pred, self._order, self._array = pred, order, None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.asarray(self._pred.low_res_logits, dtype=np.float32)[self._order]
+        return self._array
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.array[index]
 
 
 def region_class(probs: np.ndarray | None, mask: np.ndarray, default: int) -> int:

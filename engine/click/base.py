@@ -13,11 +13,16 @@ decoder run per click. :class:`ClickModel` fixes the seams between the family-sp
 - :meth:`ClickModel.transform_coords`: image-pixel (x, y) points → the decoder's frame;
 - :meth:`ClickModel.decode`: embedding + prompts → 1×K×256×256 low-resolution mask logits and 1×K
   predicted IoU, in the family's own order (K = 3 with ``multimask``, else 1);
-- :meth:`ClickModel.postprocess`: low-resolution logits → logits at the image's own size.
+- :meth:`ClickModel.postprocess`: low-resolution logits → logits at the image's own size;
+- :meth:`ClickModel.needed_low_res` and :meth:`ClickModel.decode_first`: the part of the
+  low-resolution logits ``postprocess`` reads, made first (the rest, which only the next click's
+  mask input reads, when asked for).
 
 Coordinates are (x, y) pixels of the original image; a box is (x0, y0, x1, y1). No Qt.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -72,3 +77,19 @@ class ClickModel(nn.Module):
                     original_size: tuple[int, int]) -> torch.Tensor:
         """1×K×256×256 logits → 1×K×H×W logits at the original image size."""
         raise NotImplementedError
+
+    def needed_low_res(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        """The top-left (rows, columns) of the low-resolution logits that :meth:`postprocess` reads
+        for an image filling ``input_size`` of the encoder's input (all of them by default)."""
+        return LOW_RES, LOW_RES
+
+    def decode_first(self, features: dict[str, torch.Tensor], points: torch.Tensor | None,
+                     labels: torch.Tensor | None, box: torch.Tensor | None, mask_input: torch.Tensor | None,
+                     multimask: bool, prepared: object | None = None, *, needed: tuple[int, int] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, Callable[[], None] | None]:
+        """:meth:`decode`, for a caller that reads only the logits' top-left ``needed`` = (rows,
+        columns) at once: a model may make those first and return, third, a callable that writes
+        the rest in place (None: the logits are whole). The values are :meth:`decode`'s."""
+        extra = {} if prepared is None else {"prepared": prepared}   # (a model that prepares nothing may not take it)
+        raw, iou = self.decode(features, points, labels, box, mask_input, multimask, **extra)
+        return raw, iou, None

@@ -9,6 +9,8 @@ disk per image), so returning to an image never reruns the encoder. No Qt.
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,16 +27,37 @@ __all__ = ["SPLIT_MASKS_PIXELS", "ClickEmbedding", "ClickPrediction", "ClickPred
 SPLIT_MASKS_PIXELS = 4_000_000
 
 
-@dataclass
 class ClickPrediction:
     """``masks`` K×H×W bool at the image's size (or at the ``size`` asked for), ``scores`` K predicted
     IoU, ``low_res_logits`` K×256×256 float32 (the next round's ``mask_input``); K = 3 for
     multimask, else 1. ``full``: when the masks were made at another size, ``full(k)`` makes mask k
-    at the image's size, exactly as ``predict`` without ``size`` would have (from the same logits)."""
-    masks: np.ndarray
-    scores: np.ndarray
-    low_res_logits: np.ndarray
-    full: Callable[[int], np.ndarray] | None = None
+    at the image's size, exactly as ``predict`` without ``size`` would have (from the same logits).
+
+    ``settle``: a callable that returns the logits, for a prediction handed back before all of them
+    were made (on a CPU the logits over a non-square image's padding, which the masks do not read,
+    are made when first asked for: a few milliseconds off a click). :meth:`settle` makes them now
+    (the app does so while the person looks at the masks); reading ``low_res_logits`` does too.
+    Thread-safe."""
+    __slots__ = ("masks", "scores", "full", "_low", "_settle", "_lock")
+
+    def __init__(self, masks: np.ndarray, scores: np.ndarray, low_res_logits: np.ndarray | None = None,
+                 full: Callable[[int], np.ndarray] | None = None, *,
+                 settle: Callable[[], np.ndarray] | None = None) -> None:
+        if (low_res_logits is None) == (settle is None):
+            raise ValueError("a prediction needs its low-resolution logits or a way to make them, not both")
+        self.masks, self.scores, self.full = masks, scores, full
+        self._low, self._settle, self._lock = low_res_logits, settle, threading.Lock()
+
+    @property
+    def low_res_logits(self) -> np.ndarray:
+        with self._lock:
+            if self._low is None:
+                self._low, self._settle = self._settle(), None
+            return self._low
+
+    def settle(self) -> None:
+        """Make the low-resolution logits now, if they are not yet."""
+        self.low_res_logits  # noqa: B018
 
 
 @dataclass
@@ -175,12 +198,12 @@ class ClickPredictor:
 
         out_size = self._original if size is None else size
 
+        # (only models that prepare anything take ``prepared``)
+        extra = {} if self._prepared is None else {"prepared": self._prepared}
+
         def call(pts, lbl, bx, mi):
-            # (only models that prepare anything take ``prepared``)
-            extra = {} if self._prepared is None else {"prepared": self._prepared}
             raw, iou = m.decode(self._features, pts, lbl, bx, mi, multimask, **extra)
-            low = raw if m.low_res_limit is None else raw.clamp(-m.low_res_limit, m.low_res_limit)
-            return self._masks(raw, self._input, out_size), iou[0].float(), low[0].float(), raw
+            return self._masks(raw, self._input, out_size), iou[0].float(), self._low(raw), raw
 
         with torch.inference_mode():
             out = None
@@ -193,16 +216,35 @@ class ClickPredictor:
                     it = iter(tensors)
                     return call(*(next(it) if t is not None else None for t in (pts, lbl, bx, mi)))
                 out = self.graphs.run(key, replayable, given)
+            settle = None
             if out is None:
-                out = call(pts, lbl, bx, mi)
-            masks, iou, low, raw = out
+                # The logits the masks read first; the rest (a non-square image's padding) when asked for.
+                raw, iou, rest = m.decode_first(self._features, pts, lbl, bx, mi, multimask,
+                                                needed=m.needed_low_res(self._input), **extra)
+                masks, iou, low = self._masks(raw, self._input, out_size), iou[0].float(), None
+                settle = functools.partial(self._settled, raw, rest)
+            else:
+                masks, iou, low, raw = out
             full = None
             if size is not None:
                 # The unclamped logits (a replayed graph's outputs are overwritten by the next click)
                 # and this image's sizes (the predictor may hold another image when it is called).
                 raw, input_size, original = raw.clone(), self._input, self._original
                 full = lambda k: self._masks(raw[:, k:k + 1], input_size, original)[0].cpu().numpy()   # noqa: E731
-            return ClickPrediction(masks.cpu().numpy(), iou.cpu().numpy(), low.cpu().numpy(), full)
+            if low is not None:
+                return ClickPrediction(masks.cpu().numpy(), iou.cpu().numpy(), low.cpu().numpy(), full)
+            return ClickPrediction(masks.cpu().numpy(), iou.cpu().numpy(), full=full, settle=settle)
+
+    def _low(self, raw: torch.Tensor) -> torch.Tensor:
+        """1×K×256×256 logits → the K×256×256 handed back (clamped where the model does so)."""
+        limit = self.model.low_res_limit
+        return (raw if limit is None else raw.clamp(-limit, limit))[0].float()
+
+    def _settled(self, raw: torch.Tensor, rest: Callable[[], None] | None) -> np.ndarray:
+        with torch.inference_mode():
+            if rest is not None:
+                rest()
+            return self._low(raw).cpu().numpy()
 
     def _masks(self, raw: torch.Tensor, input_size: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
         """K×h×w bool masks at ``size`` from 1×K×256×256 unclamped logits of an image whose encoder

@@ -105,16 +105,19 @@ class MaskDecoder(nn.Module):
             side = prepared["side"]
         if side is None:
             side = self.transformer.image_side(image + dense, image_pe)
-        hs, keys = self.transformer(side, tokens, keep=2 + self.num_mask_tokens)
-        iou_out, mask_out = hs[:, 1], hs[:, 2:2 + self.num_mask_tokens]
+        # Multimask answers are tokens 1..3; a single answer may fall back on them, so needs all four.
+        # Only the IoU token and those come out of the final attention (the object-score token is
+        # video tracking's).
+        first = 1 if multimask else 0
+        hs, keys = self.transformer(side, tokens, keep=[1] + list(range(2 + first, 2 + self.num_mask_tokens)))
+        iou_out, mask_out = hs[:, 0], hs[:, 1:]
         if prepared:
             skip0, skip1 = prepared["skip0"], prepared["skip1"]
         else:
             skip0, skip1 = block_order(high_res[0], 2), block_order(high_res[1], 1)
         n = keys.shape[0]
-        # Multimask answers are tokens 1..3; a single answer may fall back on them, so needs all four.
-        mlps = list(enumerate(self.output_hypernetworks_mlps))[1 if multimask else 0:]
-        hyper = torch.stack([mlp(mask_out[:, i]) for i, mlp in mlps], dim=1)
+        hyper = torch.stack([mlp(mask_out[:, j]) for j, mlp in enumerate(self.output_hypernetworks_mlps[first:])],
+                            dim=1)
         masks = upscale_masks(keys, side.hw, self.output_upscaling, hyper,
                               skip1.expand(n, *skip1.shape[1:]), skip0.expand(n, *skip0.shape[1:]))
         iou = self.iou_prediction_head(iou_out)

@@ -1,6 +1,6 @@
-"""SAM's mask decoder: the two-way transformer between the prompt tokens and the image embedding,
-the output upscaling and the mask decoder itself (shared by SAM, MobileSAM and, with its own heads,
-SAM 2.1), with the layers they share (LayerNorm2d, MLPBlock, MLP).
+"""SAM's mask decoder: the two-way transformer between the prompt tokens and the image embedding
+and the mask decoder itself (shared by SAM, MobileSAM and, with its own heads, SAM 2.1), with the
+layers they share (LayerNorm2d, MLPBlock, MLP); the output upscaling is in ``sam_upscale.py``.
 
 Module and parameter names follow segment-anything's own modules key for key, so the authors' state
 dicts load unchanged. Arithmetic follows theirs too, with products reordered where that is cheaper
@@ -8,13 +8,14 @@ dicts load unchanged. Arithmetic follows theirs too, with products reordered whe
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .sam_upscale import UPSCALE_ROWS, block_order, upscale_masks, upscale_masks_first
 
 __all__ = [
     "MLP",
@@ -29,6 +30,7 @@ __all__ = [
     "TwoWayTransformer",
     "block_order",
     "upscale_masks",
+    "upscale_masks_first",
 ]
 
 PROMPT_DIM = 256        # channels of the image embedding and of every prompt token
@@ -114,20 +116,48 @@ class Attention(nn.Module):
         """A projection to the internal width as heads×d×C weights and heads×d biases."""
         return linear.weight.view(self.num_heads, -1, linear.in_features), linear.bias.view(self.num_heads, -1)
 
-    def tokens_to_image(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``forward`` for few queries (B×n×C tokens) over many keys and values (B×N×C image rows)."""
+    def tokens_to_image(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pe: torch.Tensor | None = None,
+                        pe_k: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` for few queries (B×n×C tokens) over many keys and values (B×N×C image rows).
+        With ``pe`` the keys are ``k`` + ``pe`` (B×N×C), and ``pe_k`` may give the key projection
+        of ``pe`` (:meth:`pe_projection`)."""
         b, n, c = q.shape
         if not self._few(n):
-            return self.forward(q, k, v)
+            return self.forward(q, k if pe is None else k + pe, v)
         h = self.num_heads
         wk, _ = self._split(self.k_proj)                                   # h×d×C
         wv, bv = self._split(self.v_proj)
         d = wk.shape[1]
         qh = self._heads(self.q_proj(q)) * d ** -0.5                        # B×h×n×d
         a = torch.einsum("bhnd,hdc->bhnc", qh, wk).reshape(b, h * n, c)     # queries in image channels
-        attn = torch.softmax(a @ k.transpose(1, 2), dim=-1)                 # B×(h·n)×N
+        if pe is None:
+            scores = torch.bmm(a, k.transpose(1, 2))
+        else:
+            scores = self._scores(a, k, pe, qh, pe_k)
+        attn = torch.softmax(scores, dim=-1)                                # B×(h·n)×N
         ctx = (attn @ v).view(b, h, n, c)                                   # attended image rows
         return self._merge(torch.einsum("bhnc,hdc->bhnd", ctx, wv) + bv[:, None, :])
+
+    def pe_projection(self, linear: nn.Linear, pe: torch.Tensor) -> torch.Tensor:
+        """``linear``'s weights (a projection to the internal width) times the positional encoding's
+        1×N×C rows: heads×d×N, made once per model (see :meth:`tokens_to_image`'s ``pe_k``)."""
+        w, _ = self._split(linear)
+        return w @ pe[0].t()
+
+    def _scores(self, a: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor | None, ph: torch.Tensor,
+                pe_proj: torch.Tensor | None, base: torch.Tensor | None = None) -> torch.Tensor:
+        """B×(h·n)×N scores a·(keys + pe)ᵀ (+ ``base``) of the heads-layout B×h×n×d rows ``ph`` whose
+        image-channel form is ``a`` (B×(h·n)×C). With ``pe_proj`` (:meth:`pe_projection`) the
+        encoding's part is ph·pe_proj, a product over d = 16 instead of a sum of two 4 MiB maps
+        first (the same values, float rounding apart)."""
+        b, hn, _ = a.shape
+        if pe_proj is None:
+            k = keys + pe
+            return torch.bmm(a, k.transpose(1, 2)) if base is None else torch.baddbmm(base, a, k.transpose(1, 2))
+        part = torch.matmul(ph, pe_proj).reshape(b, hn, -1)
+        if base is not None:
+            part += base
+        return torch.baddbmm(part, a, keys.transpose(1, 2))
 
     def projected_tokens_to_image(self, q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
         """``forward`` with the keys and values already projected (B×heads×N×d)."""
@@ -147,12 +177,14 @@ class Attention(nn.Module):
         return torch.bmm(weights, vo) if residual is None else torch.baddbmm(residual, weights, vo)
 
     def image_to_tokens(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        residual: torch.Tensor | None = None) -> torch.Tensor:
+                        residual: torch.Tensor | None = None, pe: torch.Tensor | None = None,
+                        pe_q: torch.Tensor | None = None) -> torch.Tensor:
         """``forward`` for many queries (B×N×C image rows) over few keys and values (B×n×C tokens),
-        plus ``residual`` (B×N×C) when given."""
+        plus ``residual`` (B×N×C) when given. With ``pe`` the queries are ``q`` + ``pe``, and
+        ``pe_q`` may give the query projection of ``pe`` (:meth:`pe_projection`)."""
         b, n, c = k.shape
         if not self._few(n):
-            out = self.forward(q, k, v)
+            out = self.forward(q if pe is None else q + pe, k, v)
             return out if residual is None else residual + out
         h = self.num_heads
         wq, bq = self._split(self.q_proj)
@@ -161,7 +193,11 @@ class Attention(nn.Module):
         bias = torch.einsum("bhnd,hd->bhn", kh, bq).reshape(b, h * n, 1)
         # Scores laid out B×h×n×N: softmax over the n tokens of each row is then a reduction over a
         # middle axis, several times faster than over a last axis of 5-15.
-        scores = torch.bmm(m, q.transpose(1, 2)).add_(bias).view(b, h, n, -1)
+        if pe is None:
+            scores = torch.bmm(m, q.transpose(1, 2)).add_(bias)
+        else:
+            scores = self._scores(m, q, pe, kh, pe_q, base=bias)
+        scores = scores.view(b, h, n, -1)
         return self._weigh_tokens(torch.softmax(scores, dim=2), v, residual)
 
     def projected_image_to_tokens(self, qp: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -206,7 +242,8 @@ class ImageSide:
     (:meth:`TwoWayTransformer.image_side` with ``project=True``): the key and value projections of
     its token-to-image attention (``kp``, ``vp``) and the query projection of its image-to-token
     attention (``qp``), all B×heads×N×d. A click then costs the first block a few million
-    multiply-adds instead of a few hundred million.
+    multiply-adds instead of a few hundred million. ``pe_proj`` spares the later blocks the sum of
+    their rows and the encoding.
     """
     keys: torch.Tensor
     key_pe: torch.Tensor
@@ -215,14 +252,18 @@ class ImageSide:
     kp: torch.Tensor | None = None
     vp: torch.Tensor | None = None
     qp: torch.Tensor | None = None
+    # The positional encoding through the later attentions' image-side projections (per block after
+    # the first: its token-to-image keys, its image-to-token queries; then the final attention's
+    # keys), each heads×d×N: the same for every click (see Attention.pe_projection).
+    pe_proj: tuple[torch.Tensor, ...] | None = None
 
     def batch(self, n: int) -> ImageSide:
         """The same rows for ``n`` prompt sets (one copy each)."""
         if self.keys.shape[0] == n:
             return self
         rep = {f: getattr(self, f) for f in ("keys", "key_pe", "k", "kp", "vp", "qp")}
-        return ImageSide(hw=self.hw, **{f: None if t is None else t.expand(n, *t.shape[1:]).contiguous()
-                                        for f, t in rep.items()})
+        return ImageSide(hw=self.hw, pe_proj=self.pe_proj,
+                         **{f: None if t is None else t.expand(n, *t.shape[1:]).contiguous() for f, t in rep.items()})
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -243,8 +284,11 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries: torch.Tensor, side: ImageSide, query_pe: torch.Tensor
+    def forward(self, queries: torch.Tensor, side: ImageSide, query_pe: torch.Tensor,
+                pe_k: torch.Tensor | None = None, pe_q: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``side.k`` may be None past the first block: the attentions then add the encoding
+        themselves (with its projections ``pe_k`` and ``pe_q`` when given)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -255,14 +299,19 @@ class TwoWayAttentionBlock(nn.Module):
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
         if side.kp is not None:
             attn = t2i.projected_tokens_to_image(queries + query_pe, side.kp, side.vp)
-        else:
+        elif side.k is not None:
             attn = t2i.tokens_to_image(queries + query_pe, side.k, side.keys)
+        else:
+            attn = t2i.tokens_to_image(queries + query_pe, side.keys, side.keys, pe=side.key_pe, pe_k=pe_k)
         queries = self.norm2(queries + attn)
         queries = self.norm3(queries + self.mlp(queries))
         if side.qp is not None:
             keys = i2t.projected_image_to_tokens(side.qp, queries + query_pe, queries, residual=side.keys)
-        else:
+        elif side.k is not None:
             keys = i2t.image_to_tokens(side.k, queries + query_pe, queries, residual=side.keys)
+        else:
+            keys = i2t.image_to_tokens(side.keys, queries + query_pe, queries, residual=side.keys,
+                                       pe=side.key_pe, pe_q=pe_q)
         return queries, self.norm4(keys)
 
 
@@ -293,8 +342,14 @@ class TwoWayTransformer(nn.Module):
         first = self.layers[0]
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
         heads = lambda attn, x: attn._heads(x).contiguous()
+        pe = key_pe[:1]
+        pe_proj = [p for layer in self.layers[1:] for p in (
+            layer.cross_attn_token_to_image.pe_projection(layer.cross_attn_token_to_image.k_proj, pe),
+            layer.cross_attn_image_to_token.pe_projection(layer.cross_attn_image_to_token.q_proj, pe))]
+        final = self.final_attn_token_to_image
+        pe_proj.append(final.pe_projection(final.k_proj, pe))
         return ImageSide(keys, key_pe, k, (h, w), kp=heads(t2i, t2i.k_proj(k)), vp=heads(t2i, t2i.v_proj(keys)),
-                         qp=heads(i2t, i2t.q_proj(k)))
+                         qp=heads(i2t, i2t.q_proj(k)), pe_proj=tuple(pe_proj))
 
     def with_dense(self, side: ImageSide, mask_features: torch.Tensor, conv: nn.Conv2d, no_mask: torch.Tensor
                    ) -> ImageSide:
@@ -323,95 +378,38 @@ class TwoWayTransformer(nn.Module):
         keys = side.keys + dk
         heads = lambda attn, base, d: base + attn._heads(d)                  # noqa: E731
         return ImageSide(keys, side.key_pe, None, side.hw, kp=heads(t2i, side.kp, dkp),
-                         vp=heads(t2i, side.vp, dvp), qp=heads(i2t, side.qp, dqp))
+                         vp=heads(t2i, side.vp, dvp), qp=heads(i2t, side.qp, dqp), pe_proj=side.pe_proj)
 
-    def forward(self, side: ImageSide, point_embedding: torch.Tensor, keep: int | None = None
+    def forward(self, side: ImageSide, point_embedding: torch.Tensor, keep: int | list[int] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image rows, B×T×C tokens) → (B×T×C tokens, B×N×C image rows). ``keep``: only the first
-        ``keep`` tokens are wanted back (the decoder's output tokens; the prompts' own tokens are
-        dropped), so the final attention is computed for those alone."""
+        """(image rows, B×T×C tokens) → (B×T×C tokens, B×N×C image rows). ``keep``: only these tokens
+        are wanted back (the first ``keep``, or a list of indices: the decoder's output tokens it
+        reads, not the prompts' own), so the final attention is computed for those alone (each
+        token attends to the image on its own)."""
         side = side.batch(point_embedding.shape[0])
+        proj = side.pe_proj or (None,) * (2 * len(self.layers) - 1)
         queries = point_embedding
         for i, layer in enumerate(self.layers):
-            queries, keys = layer(queries, side, point_embedding)
+            pe_k, pe_q = (proj[2 * i - 2], proj[2 * i - 1]) if i else (None, None)
+            queries, keys = layer(queries, side, point_embedding, pe_k, pe_q)
             if i + 1 < len(self.layers):
-                side = ImageSide(keys, side.key_pe, keys + side.key_pe, side.hw)
-        queries, pe = queries[:, :keep], point_embedding[:, :keep]
-        attn = self.final_attn_token_to_image.tokens_to_image(queries + pe, keys + side.key_pe, keys)
+                side = ImageSide(keys, side.key_pe, None, side.hw)
+        queries, pe = _tokens(queries, keep), _tokens(point_embedding, keep)
+        attn = self.final_attn_token_to_image.tokens_to_image(queries + pe, keys, keys, pe=side.key_pe, pe_k=proj[-1])
         return self.norm_final_attn(queries + attn), keys
 
 
-def _deconv_weights(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 2×2, stride-2 transposed convolution as a Cin×(2·2·Cout) matrix and its bias: each input
-    position becomes its 2×2 output block (row i, column j of the block, then the channels)."""
-    cin, cout = conv.weight.shape[:2]
-    return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)
-
-
-UPSCALE_ROWS = 512   # image rows per CPU pass of upscale_masks: its intermediates stay in a core's cache
-
-
-def upscale_masks(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.Sequential, hyper: torch.Tensor,
-                  skip1: torch.Tensor | None = None, skip0: torch.Tensor | None = None) -> torch.Tensor:
-    """The decoder's ending: image rows B×(h·w)×C through ``upscaling`` (transposed conv, LayerNorm2d,
-    GELU, transposed conv, GELU: 4× the side), each mask token's B×K×C/8 weights over the result →
-    B×K×4h×4w logits.
-
-    The same arithmetic as running the 2×2 transposed convolutions on the map, done as matrix
-    products on rows kept in block order (position, then its 2×2, then the next 2×2), so no step
-    transposes the 16 MiB of features; only the K masks are put back in raster order at the end.
-    The rows go through in passes of :data:`UPSCALE_ROWS`, whose intermediates (1 MiB) stay in
-    cache instead of streaming 40 MiB through memory. ``skip1`` / ``skip0``: SAM 2.1's
-    high-resolution features, added after each convolution, in that block order (:func:`block_order`).
-    """
-    dc1, ln1, act1, dc2, act2 = upscaling
-    (b, n, _), (h, w), k = keys.shape, hw, hyper.shape[1]
-    w1, b1 = _deconv_weights(dc1)
-    w2, b2 = _deconv_weights(dc2)
-    c4, c8 = w1.shape[1] // 4, w2.shape[1] // 4
-    # Mask-major (B×K×rows): the K weights times each pass's features transposed is a product of K
-    # long rows, which BLAS does at twice the speed of rows×K with K = 3 columns.
-    # MKL multiplies three rows by a long matrix at about half the speed of four: three masks get
-    # a fourth row of zero weights, dropped at the end.
-    rows = k + 1 if k == 3 and keys.device.type == "cpu" else k
-    if rows != k:
-        hyper = torch.cat([hyper, hyper.new_zeros(b, rows - k, hyper.shape[2])], dim=1)
-    out = keys.new_empty((b, rows, n * 16))
-    step = UPSCALE_ROWS if keys.device.type == "cpu" else n   # a GPU wants one big pass, not eight launches
-    for i in range(b):
-        for s in range(0, n, step):
-            e = min(n, s + step)
-            x = torch.addmm(b1, keys[i, s:e], w1).view(-1, 2, 2, c4)
-            if skip1 is not None:
-                x += skip1[i, s:e]
-            x = act1(F.layer_norm(x, (c4,), ln1.weight, ln1.bias, ln1.eps))
-            x = torch.addmm(b2, x.view(-1, c4), w2).view(-1, 2, 2, c8)
-            if skip0 is not None:
-                x += skip0[i, 4 * s:4 * e]
-            torch.mm(hyper[i], act2(x).view(-1, c8).t(), out=out[i, :, 16 * s:16 * e])
-    # Back to raster order by a gather: the 8-axis permute moves runs of two floats and costs
-    # several times more (about 1 ms for three masks on a CPU).
-    raster = out[:, :k].reshape(b * k, n * 16).index_select(1, _raster_index(h, w, str(keys.device)))
-    return raster.view(b, k, 4 * h, 4 * w)
-
-
-@functools.lru_cache(maxsize=8)
-def _raster_index(h: int, w: int, device: str) -> torch.Tensor:
-    """For each pixel of a 4h×4w raster, its place in :func:`upscale_masks`'s block order."""
-    with torch.inference_mode(False), torch.no_grad():   # a plain tensor: cached across modes
-        order = torch.arange(h * w * 16).view(h, w, 2, 2, 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(-1)
-    return order.to(device)
-
-
-def block_order(feature: torch.Tensor, levels: int) -> torch.Tensor:
-    """A B×C×(2ˡh)×(2ˡw) map (l = ``levels``, 1 or 2) in the row order of :func:`upscale_masks`."""
-    b, c, hh, ww = feature.shape
-    h, w = hh >> levels, ww >> levels
-    if levels == 1:
-        x = feature.view(b, c, h, 2, w, 2).permute(0, 2, 4, 3, 5, 1)
-    else:
-        x = feature.view(b, c, h, 2, 2, w, 2, 2).permute(0, 2, 5, 3, 6, 4, 7, 1)
-    return x.reshape(b, -1, 2, 2, c).contiguous()
+def _tokens(x: torch.Tensor, keep: int | list[int] | None) -> torch.Tensor:
+    """B×T×C tokens → the first ``keep`` or those listed, by slices (an index tensor made from a
+    list would be a host-to-device copy, which a recorded CUDA graph cannot hold)."""
+    if not isinstance(keep, list):
+        return x[:, :keep]
+    runs, start = [], 0
+    for i in range(1, len(keep) + 1):
+        if i == len(keep) or keep[i] != keep[i - 1] + 1:
+            runs.append(x[:, keep[start]:keep[i - 1] + 1])
+            start = i
+    return runs[0] if len(runs) == 1 else torch.cat(runs, dim=1)
 
 
 # --------------------------------------------------------------------------- mask decoder
@@ -454,12 +452,23 @@ class MaskDecoder(nn.Module):
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """All masks and IoU (token 0 single, 1..3 multimask), or the ``select``-ed ones (only those
         are upscaled)."""
+        masks, iou, _ = self.predict_masks_first(side, sparse_prompt_embeddings, select)
+        return masks, iou
+
+    def predict_masks_first(self, side: ImageSide, sparse_prompt_embeddings: torch.Tensor,
+                            select: slice = slice(None), first: tuple[int, int] | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, Callable[[], None] | None]:
+        """:meth:`predict_masks` with the masks made over the grid's top-left ``first`` = (rows,
+        columns) only, and a callable that makes the rest (see :func:`upscale_masks_first`; None
+        when nothing is left)."""
         tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
         tokens = torch.cat((tokens, sparse_prompt_embeddings), dim=1)
-        hs, keys = self.transformer(side, tokens, keep=1 + self.num_mask_tokens)
-        iou_out, mask_out = hs[:, 0, :], hs[:, 1:1 + self.num_mask_tokens, :]
+        # Only the IoU token and the selected masks' tokens come out (a mask token not asked for is
+        # not carried through the final attention).
         mlps = list(enumerate(self.output_hypernetworks_mlps))[select]
-        hyper = torch.stack([mlp(mask_out[:, i, :]) for i, mlp in mlps], dim=1)
-        masks = upscale_masks(keys, side.hw, self.output_upscaling, hyper)
-        return masks, self.iou_prediction_head(iou_out)[:, select]
+        hs, keys = self.transformer(side, tokens, keep=[0] + [1 + i for i, _ in mlps])
+        iou_out = hs[:, 0, :]
+        hyper = torch.stack([mlp(hs[:, 1 + j, :]) for j, (_, mlp) in enumerate(mlps)], dim=1)
+        masks, rest = upscale_masks_first(keys, side.hw, self.output_upscaling, hyper, first or side.hw)
+        return masks, self.iou_prediction_head(iou_out)[:, select], rest

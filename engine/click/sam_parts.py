@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .base import ClickModel
+from .base import LOW_RES, ClickModel
 from .sam_decoder import (  # noqa: F401  (re-exported: the decoder's names were defined here before)
     MLP,
     PROMPT_DIM,
@@ -226,7 +226,19 @@ class Sam(ClickModel):
         return self.mask_decoder.transformer.image_side(features["image_embed"] + dense,
                                                         self.prompt_encoder.get_dense_pe(), project=True)
 
+    def needed_low_res(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        # postprocess reads the logits over the image plus one row (column) for the bilinear
+        # upsampling's last taps (see its two paths); the rest covers the padding.
+        f = self.image_size // LOW_RES
+        return tuple(min(LOW_RES, -(-int(n) // f) + 1) for n in input_size)
+
     def decode(self, features, points, labels, box, mask_input, multimask, prepared=None):
+        raw, iou, rest = self.decode_first(features, points, labels, box, mask_input, multimask, prepared)
+        if rest is not None:
+            rest()
+        return raw, iou
+
+    def decode_first(self, features, points, labels, box, mask_input, multimask, prepared=None, *, needed=None):
         emb, pe = features["image_embed"], self.prompt_encoder
         side = prepared
         if prepared is not None and mask_input is not None:   # the prepared rows, changed by the mask
@@ -234,9 +246,14 @@ class Sam(ClickModel):
                 prepared, pe.mask_downscaling[:-1](mask_input), pe.mask_downscaling[-1], pe.no_mask_embed.weight)
             mask_input = None
         sparse, dense = pe(points=(points, labels) if points is not None else None, boxes=box, masks=mask_input)
-        return self.mask_decoder(image_embeddings=emb, image_pe=pe.get_dense_pe(),
-                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                 multimask_output=multimask, side=side)
+        dec = self.mask_decoder
+        if side is None:
+            side = dec.transformer.image_side(emb + dense, pe.get_dense_pe())
+        first = None
+        if needed is not None:   # the grid cells under the needed logits (4 logits a cell a side)
+            per = LOW_RES // side.hw[0]
+            first = (-(-int(needed[0]) // per), -(-int(needed[1]) // per))
+        return dec.predict_masks_first(side, sparse, slice(1, None) if multimask else slice(0, 1), first)
 
     def postprocess(self, low_res: torch.Tensor, input_size: tuple[int, int],
                     original_size: tuple[int, int]) -> torch.Tensor:

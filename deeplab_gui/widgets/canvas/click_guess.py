@@ -60,7 +60,7 @@ class _Guess:
 class GuessingClicks:
     """The guessing half of the click tool; the tool provides ``target``, ``session``, ``queue``,
     ``index``, ``cands``, ``classes``, ``_gen``, ``_round``, ``_polished``, ``_prompts``, ``_waiting``,
-    ``_press``, ``_box_end``, ``show()``, ``prompt()``, ``_on_image()`` and ``_note_click()``."""
+    ``_press``, ``_box_end``, ``show()``, ``prompt()``, ``_on_image()``, ``_note_click()`` and ``_settle()``."""
 
     def _init_guessing(self) -> None:
         self.guess_clicks = True                 # predict where the pointer rests (see the module)
@@ -214,6 +214,7 @@ class GuessingClicks:
         self._round += 1
         self._polished = {}
         self.show()
+        self._settle(session)
 
     def leave(self) -> None:
         self._rest.stop()

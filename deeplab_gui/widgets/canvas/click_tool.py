@@ -244,6 +244,8 @@ class ClickTool(GuessingClicks, Tool):
             self._round += 1
             self._polished = {}
             self.show(polish=not newer)
+            if not newer:
+                self._settle(session)
 
         def failed(text: str) -> None:
             if gen == self._gen and t.document is doc:
@@ -262,6 +264,14 @@ class ClickTool(GuessingClicks, Tool):
         # Worker.run_task); a click goes ahead of neighbours' embeddings waiting there.
         return t.run_task(job, on_result=done, on_error=failed, task_name="Click region",
                           lane=CLICK_LANE, priority=1)
+
+    def _settle(self, session: ClickSession) -> None:
+        """While the person looks at the candidates, have the rest of their logits made in the click
+        lane (the next click's mask input; see ClickSession.settle), ahead of neighbours' embeddings."""
+        t = self.target
+        if t is not None:
+            t.run_task(session.settle, on_result=lambda _: None, on_error=lambda _: None,
+                       task_name="Click region", lane=CLICK_LANE, priority=1, quiet=True)
 
     @property
     def current(self):
