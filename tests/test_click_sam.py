@@ -270,6 +270,25 @@ def test_masks_come_first_and_the_paddings_logits_when_asked_for_as_a_whole_deco
         predictor.set_embedding(emb)
 
 
+@pytest.mark.parametrize("original", [(45, 64), (64, 45), (1, 500), (375, 500), (768, 1024), (3000, 4000), (801, 33)])
+def test_postprocess_reads_only_the_logits_needed_low_res_names(original):
+    """What lies past needed_low_res (the padding's logits, made later: NaN here) never reaches the
+    masks, in either of postprocess's paths."""
+    model = build_click_model("mobile_sam")
+    input_size = preprocess_shape(*original, model.image_size)
+    rows, cols = model.needed_low_res(input_size)
+    assert rows == 256 or cols == 256
+    low = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    unmade = low.clone()
+    unmade[..., rows:, :] = float("nan")
+    unmade[..., :, cols:] = float("nan")
+    with torch.inference_mode():
+        want = model.postprocess(low, input_size, original)
+        got = model.postprocess(unmade, input_size, original)
+    assert torch.isfinite(got).all()
+    assert torch.equal(got, want)
+
+
 def test_a_predictions_logits_are_made_once_across_threads():
     from concurrent.futures import ThreadPoolExecutor
     calls = []

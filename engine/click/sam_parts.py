@@ -268,8 +268,10 @@ class Sam(ClickModel):
             # directly, without the 1024×1024 intermediate (float rounding apart, the same values).
             rows = _composed_taps(low, s, int(h), int(oh), str(low_res.device))
             cols = _composed_taps(low, s, int(w), int(ow), str(low_res.device))
-            x = _mix(low_res.float().transpose(-1, -2).contiguous(), *cols)      # B×K×W×low
-            return _mix(x.transpose(-1, -2).contiguous(), *rows)                # B×K×H×W
+            # Only the low-resolution rows and columns the taps read (not the padding's).
+            x = low_res[..., :rows[2], :cols[2]].float().transpose(-1, -2).contiguous()
+            x = _mix(x, *cols[:2])                                               # B×K×W×rows read
+            return _mix(x.transpose(-1, -2).contiguous(), *rows[:2])            # B×K×H×W
         # Larger images: only the low-resolution rows and columns the crop reads are upsampled
         # (one more than a quarter of it), then resized: the authors' values, less work.
         f = s // low
@@ -279,9 +281,10 @@ class Sam(ClickModel):
 
 
 @functools.lru_cache(maxsize=16)
-def _composed_taps(low: int, full: int, crop: int, out: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _composed_taps(low: int, full: int, crop: int, out: int, device: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     """For one axis: bilinear ``low`` → ``full``, keep the first ``crop``, bilinear → ``out`` (as
-    F.interpolate with align_corners=False does each). Returns (out×k low indices, out×k weights)."""
+    F.interpolate with align_corners=False does each). Returns (out×k low indices, out×k weights,
+    how many low positions from the first are read)."""
     def operator(n_in: int, n_out: int) -> torch.Tensor:   # n_out×n_in: F.interpolate's own weights
         eye = torch.eye(n_in, dtype=torch.float32).view(1, 1, n_in, n_in)
         return F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False)[0, 0]
@@ -289,7 +292,10 @@ def _composed_taps(low: int, full: int, crop: int, out: int, device: str) -> tup
         composed = operator(crop, out) @ operator(low, full)[:crop]
     k = int((composed != 0).sum(1).max())
     weights, index = composed.topk(k, dim=1)
-    return index.to(device), weights.to(device)
+    # A row with fewer taps than k reads its strongest one again at weight 0 (topk's zeros may name
+    # any position, such as the padding's, which may not be made yet: 0 × its value is no answer).
+    index = torch.where(weights > 0, index, index[:, :1])
+    return index.to(device), weights.to(device), int(index.max()) + 1
 
 
 def _mix(x: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
