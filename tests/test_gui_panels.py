@@ -55,6 +55,26 @@ def _idle(qtbot, session):
 
 
 # ------------------------------------------------------------------------------ model panel
+def test_load_checkpoint_opens_near_the_checkpoint_used_last_else_the_folders_versions(
+        qtbot, tmp_path, sessions, tiny_ckpt, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+    s = sessions(_folder(tmp_path))
+    panel = ModelPanel(s)
+    qtbot.addWidget(panel)
+    asked = []
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        staticmethod(lambda parent, title, start, filters: asked.append(start) or ("", "")))
+    s.settings.set_last_weights(None)
+    s.store.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    panel.choose_checkpoint()
+    s.settings.set_last_weights(str(tiny_ckpt))
+    panel.choose_checkpoint()
+    s.settings.set_last_weights(str(tmp_path / "gone.pth"))   # moved away since: the versions again
+    panel.choose_checkpoint()
+    assert asked == [str(s.store.checkpoints_dir), str(tiny_ckpt.resolve().parent), str(s.store.checkpoints_dir)]
+    _idle(qtbot, s)
+
+
 def test_banner_when_no_weights_then_checkpoint_loads(qtbot, tmp_path, sessions, tiny_ckpt):
     s = sessions(_folder(tmp_path))
     panel = ModelPanel(s)

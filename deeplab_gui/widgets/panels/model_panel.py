@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -339,8 +340,20 @@ class ModelPanel(QWidget):
         """Re-check which catalog weights are downloaded (in a worker), then autoload."""
         return self.models.refresh_catalog()
 
+    def checkpoint_folder(self) -> str:
+        """Where "Load checkpoint" opens: the folder of the checkpoint file used last, else this
+        folder's fine-tuned versions, else the dialog's own default ("")."""
+        s = self.session
+        last = s.settings.last_weights()
+        if last and not is_catalog_id(last) and Path(last).is_file():
+            return str(Path(last).resolve().parent)
+        store = s.store
+        if store is not None and store.checkpoints_dir.is_dir():
+            return str(store.checkpoints_dir)
+        return ""
+
     def choose_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load checkpoint", "",
+        path, _ = QFileDialog.getOpenFileName(self, "Load checkpoint", self.checkpoint_folder(),
                                               "Checkpoints (*.pth *.pt *.safetensors *.bin *.ckpt);;All files (*)")
         if path:
             self.load_weights(path)
