@@ -529,7 +529,9 @@ def main() -> int:
     only = [k for k in args.only.split(",") if k] or list(benches)
     if not set(only) <= set(benches):
         ap.error(f"--only takes {', '.join(benches)}")
-    results = json.loads(args.out.read_text()) if set(only) != set(benches) else {}
+    # The rows not run are kept from the existing file (none when there is no file yet).
+    keep = set(only) != set(benches) and args.out.is_file()
+    results = json.loads(args.out.read_text()) if keep else {}
     results.pop("goals", None)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -542,22 +544,28 @@ def main() -> int:
     results["machine"] = {"rerun": only, "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                           "qt_platform": os.environ.get("QT_QPA_PLATFORM"), "load_start": load0,
                           "load_end": os.getloadavg()[0], "quick": args.quick}
-    b, sw, op, crf = results["brush"]["radius_15"], results["switch"], results["open_folder"], results["crf_slider"]
-    rows = [
-        ("brush segment 4000x3000 (r=15) p95", b["segment_p95_ms"], 8, "ms"),
-        ("  same, radius 60, p95", results["brush"]["radius_60"]["segment_p95_ms"], 8, "ms"),
-        ("  same incl. repaint (r=15) p95", b["with_repaint_p95_ms"], None, "ms"),
-        ("switch to 12 MP JPEG p95 (first image on screen)", sw["p95_ms"], 150, "ms"),
-        ("  same, until full resolution on screen p95", sw["full_res_p95_ms"], None, "ms"),
-        *[(f"  {k} (median)", v, None, "ms") for k, v in sw["breakdown_median"].items()],
-        ("open 10,000 images: list usable (first open)", op["first_open"]["list_usable_ms"], 1000, "ms"),
-        ("open 10,000 images: list usable (reopen)", op["reopen"]["list_usable_ms"], 1000, "ms"),
-        ("  store open + scan alone (reopen)", op["store_open_and_scan_ms"], None, "ms"),
-        ("CRF slider -> preview on screen p95", crf["preview_on_screen_p95_ms"], 100, "ms"),
-        ("  engine part (LiveCRF submit -> preview) p95", crf["engine_preview_p95_ms"], None, "ms"),
-        ("  slider -> labels in the session p95", crf["delivered_p95_ms"], None, "ms"),
-        ("CRF slider -> full-size result p95", crf["full_p95_ms"], None, "ms"),
-    ]
+    rows = []   # (only the benchmarks run now or kept from the file)
+    if "brush" in results:
+        b = results["brush"]["radius_15"]
+        rows += [("brush segment 4000x3000 (r=15) p95", b["segment_p95_ms"], 8, "ms"),
+                 ("  same, radius 60, p95", results["brush"]["radius_60"]["segment_p95_ms"], 8, "ms"),
+                 ("  same incl. repaint (r=15) p95", b["with_repaint_p95_ms"], None, "ms")]
+    if "switch" in results:
+        sw = results["switch"]
+        rows += [("switch to 12 MP JPEG p95 (first image on screen)", sw["p95_ms"], 150, "ms"),
+                 ("  same, until full resolution on screen p95", sw["full_res_p95_ms"], None, "ms"),
+                 *[(f"  {k} (median)", v, None, "ms") for k, v in sw["breakdown_median"].items()]]
+    if "open_folder" in results:
+        op = results["open_folder"]
+        rows += [("open 10,000 images: list usable (first open)", op["first_open"]["list_usable_ms"], 1000, "ms"),
+                 ("open 10,000 images: list usable (reopen)", op["reopen"]["list_usable_ms"], 1000, "ms"),
+                 ("  store open + scan alone (reopen)", op["store_open_and_scan_ms"], None, "ms")]
+    if "crf_slider" in results:
+        crf = results["crf_slider"]
+        rows += [("CRF slider -> preview on screen p95", crf["preview_on_screen_p95_ms"], 100, "ms"),
+                 ("  engine part (LiveCRF submit -> preview) p95", crf["engine_preview_p95_ms"], None, "ms"),
+                 ("  slider -> labels in the session p95", crf["delivered_p95_ms"], None, "ms"),
+                 ("CRF slider -> full-size result p95", crf["full_p95_ms"], None, "ms")]
     if "click" in results:
         rows += [("click -> preview on screen, p95, cached embedding, CPU",
                   results["click"]["preview_on_screen_p95_ms"], 50, "ms"),
