@@ -176,6 +176,31 @@ def test_switching_back_before_the_write_lands_shows_the_strokes(qtbot, sessions
     assert (s.store.load_mask("img0.png") == 4).all()
 
 
+def test_switching_image_in_the_middle_of_a_stroke_keeps_it_as_a_persons_undo_step(qtbot, sessions, folder):
+    """A / D pressed while the brush is still down: the part painted so far is the person's (saved
+    as confirmed, so training and export count it), one undo step, and the image's earlier steps
+    stay for when the person comes back."""
+    s = sessions(folder)
+    doc = s.document
+    doc.begin_stroke(2, 3)
+    doc.stroke_to(5, 5)
+    doc.stroke_to(15, 5)
+    doc.end_stroke()
+    doc.begin_stroke(5, 3)
+    doc.stroke_to(5, 20)
+    doc.stroke_to(15, 20)                      # the button is still down
+    painted = doc.mask == 5
+    assert painted.any() and doc.undo_depth == 1
+    _select(qtbot, s, "img1.png")
+    assert not doc.in_stroke and doc.undo_depth == 2 and doc.confirmed[painted].all()
+    qtbot.waitUntil(lambda: s.saves.writer.pending == 0, timeout=WAIT)
+    assert s.store.load_confirmed("img0.png")[painted].all()
+    _select(qtbot, s, "img0.png")
+    assert s.document is doc and s.document.can_undo
+    s.history.undo()
+    assert not (s.document.mask == 5).any() and (s.document.mask == 2).any()
+
+
 def test_strokes_made_while_a_save_is_running_stay_unsaved_until_saved(qtbot, sessions, folder, monkeypatch):
     s = sessions(folder)
     gate, started = _hold_saves(monkeypatch, s.store)

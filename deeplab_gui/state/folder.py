@@ -90,6 +90,7 @@ class FolderMethods:
         """Save, then let go of the current folder (also what quitting calls)."""
         if self.store is None:
             return
+        self.end_stroke()
         self.saves.save_all()
         for task in (self._load, self._full):
             if task is not None:

@@ -170,6 +170,7 @@ class Session(QObject, FolderMethods, PredictionMethods):
         """Autosave the current image, then load ``image_id`` in a worker (``current_changed`` after)."""
         if self.store is None or image_id not in self._ids:
             return None
+        self.end_stroke()
         self.saves.save_current(wait=False)  # queued: the switch does not wait for the disk
         for task in (self._load, self._full):
             if task is not None:
@@ -191,6 +192,7 @@ class Session(QObject, FolderMethods, PredictionMethods):
     def _install(self, loaded: Loaded | None) -> None:
         if loaded is None or loaded.image_id != self._pending or self.store is None:
             return  # a newer selection superseded this one
+        self.end_stroke()
         self.saves.save_current(wait=False)  # edits made while the new image was loading
         if self.document is not None:
             self.document.remove_listener(self._on_doc_change)
@@ -219,6 +221,13 @@ class Session(QObject, FolderMethods, PredictionMethods):
             if loaded.image is not None:
                 self.image_ready.emit(loaded.image_id)
             self.prefetch.around(loaded.image_id)
+
+    def end_stroke(self) -> None:
+        """Finish a stroke still being dragged on the current image (the image is about to change or
+        the folder to close): it becomes an undo step of a person's pixels, as when the button comes
+        up. Left open, its pixels would be saved unconfirmed and its image's history dropped."""
+        if self.document is not None and self.document.in_stroke:
+            self.document.end_stroke()
 
     def _memory_doc(self, image_id: str) -> Any:
         """The in-memory document noted when ``image_id`` was selected, else one that has since become
