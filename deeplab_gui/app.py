@@ -9,11 +9,15 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
+import socket
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["demo_folder", "freeze_startup_objects", "install_excepthook", "main"]
+__all__ = ["QUIT_SIGNALS", "demo_folder", "freeze_startup_objects", "install_excepthook", "install_quit_signals",
+           "main"]
 
 log = logging.getLogger("deeplab_gui")
 
@@ -36,6 +40,71 @@ def install_excepthook(window=None) -> None:
                 log.debug("could not show the error in the window", exc_info=True)
         traceback.print_exception(exc_type, exc, tb)
     sys.excepthook = hook
+
+
+# Signals that ask the app to end (``kill``, a service manager, logout or shutdown, the terminal
+# closing): each closes the window as the person would, so the masks are saved first (or, where the
+# store cannot take them, the unsaved-changes question is asked) instead of the process just ending.
+QUIT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, name))
+
+
+def install_quit_signals(window, app) -> Callable[[], None]:
+    """Handle :data:`QUIT_SIGNALS` by closing ``window`` on the UI thread; returns a function that
+    puts the previous handlers back.
+
+    Python runs a signal's handler only between its own bytecodes, which never happen while Qt's
+    event loop waits in C++: the signal's number is also written to a socket (``set_wakeup_fd``)
+    that Qt watches, so the loop wakes and the handler runs at once."""
+    from PySide6.QtCore import QSocketNotifier, QTimer
+
+    asked: list[int] = []
+
+    def handler(signum, _frame) -> None:
+        if asked:
+            return   # already closing (the question may be on screen)
+        asked.append(signum)
+        log.info("closing on %s: saving first", signal.Signals(signum).name)
+
+        def close() -> None:
+            if not window.close():
+                asked.clear()   # the person chose Cancel in the question: a later signal asks again
+        QTimer.singleShot(0, close)
+
+    previous = {sig: signal.signal(sig, handler) for sig in QUIT_SIGNALS}
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    old_fd = signal.set_wakeup_fd(writer.fileno())
+    notifier = QSocketNotifier(reader.fileno(), QSocketNotifier.Type.Read, app)
+
+    def drain() -> None:
+        try:
+            while reader.recv(64):
+                pass
+            notifier.setEnabled(False)   # end of file: the other end is gone (would wake the loop forever)
+        except OSError:
+            pass   # nothing more to read now
+
+    notifier.activated.connect(drain)
+
+    def restore() -> None:
+        notifier.setEnabled(False)
+        notifier.deleteLater()
+        signal.set_wakeup_fd(old_fd)
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+        reader.close()
+        writer.close()
+        _held.remove(kept)
+
+    # Held for the app's life: a socket whose Python object is collected is closed, and a wake-up
+    # socket closed at one end reads as always ready (the loop would spin on it).
+    kept = (reader, writer, notifier, drain, restore)
+    _held.append(kept)
+    return restore
+
+
+_held: list[tuple] = []
 
 
 def freeze_startup_objects() -> int:
@@ -65,6 +134,7 @@ def main(folder: str | None = None) -> int:
     app.setOrganizationName("deeplab-gui")
     window = MainWindow()
     install_excepthook(window)
+    install_quit_signals(window, app)
     log.info("deeplab-gui started (log: %s)", log_path)
     window.show()
     freeze_startup_objects()

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -127,10 +128,18 @@ def test_failed_save_keeps_work_and_says_why(qtbot, window, monkeypatch):
     _select(qtbot, s, "img1.png")       # switching: the failed document stays in memory
     _select(qtbot, s, "img0.png")
     assert (s.document.mask == 2).all() and s.dirty
+    for _ in range(3):                  # the retries fail the same way: said once, one line in the box
+        s.autosave()
+        s.saves.writer.flush()
+    errors = [t for lv, t in window.messages if lv == "error"]
+    assert len(errors) == 1, errors
+    window.show_message("error", errors[0])
+    assert window._box.text().count("disk is full") == 1
     monkeypatch.undo()
     s.autosave()  # queued on the writer thread; the document is marked saved when it lands
     qtbot.waitUntil(lambda: not s.dirty, timeout=WAIT)
     assert (s.store.load_mask("img0.png") == 2).all()
+    qtbot.waitUntil(lambda: any(lv == "info" and "saved img0.png" in t for lv, t in window.messages), timeout=WAIT)
 
 
 def _hold_saves(monkeypatch, store):
@@ -199,6 +208,37 @@ def test_switching_image_in_the_middle_of_a_stroke_keeps_it_as_a_persons_undo_st
     assert s.document is doc and s.document.can_undo
     s.history.undo()
     assert not (s.document.mask == 5).any() and (s.document.mask == 2).any()
+
+
+def test_an_edit_is_on_disk_seconds_later_without_a_save_or_a_switch(qtbot, sessions, folder, monkeypatch):
+    """A kill loses at most a few seconds: the mask is saved a moment after the last edit, and while
+    edits keep coming, no later than a bound after the first unsaved one; not while a stroke is open."""
+    import deeplab_gui.state.session as session_module
+    monkeypatch.setattr(session_module, "IDLE_SAVE_MS", 60)
+    monkeypatch.setattr(session_module, "UNSAVED_MAX_MS", 400)
+    monkeypatch.setattr(session_module, "AUTOSAVE_MS", 10**9)
+    s = sessions(folder)
+    s._timer.stop()   # only the saves after edits
+    s.document.apply_labels(np.full((H, W), 3, np.uint8))
+    qtbot.waitUntil(lambda: s.store.status("img0.png") is Status.EDITED and not s.dirty, timeout=WAIT)
+    assert (s.store.load_mask("img0.png") == 3).all()
+    # Edits every 20 ms, each restarting the 60 ms wait: the bound saves them anyway.
+    doc, start, saved = s.document, time.monotonic(), []
+    s.saved.connect(lambda ok: saved.append(time.monotonic()))
+    while not saved and time.monotonic() - start < WAIT / 1000:
+        doc.apply_labels(np.full((H, W), 4 if (doc.mask == 5).all() else 5, np.uint8))
+        qtbot.wait(20)
+    assert saved and saved[0] - start < 5.0 and doc.undo_depth > 10   # edits were still coming
+    # A stroke still being dragged waits for the button to come up.
+    qtbot.waitUntil(lambda: not s.dirty, timeout=WAIT)
+    saved.clear()
+    doc.begin_stroke(7, 2)
+    doc.stroke_to(3, 3)
+    qtbot.wait(300)
+    assert not saved and s.dirty
+    doc.end_stroke()
+    qtbot.waitUntil(lambda: bool(saved) and not s.dirty, timeout=WAIT)
+    assert (s.store.load_mask("img0.png") == 7).any()
 
 
 def test_strokes_made_while_a_save_is_running_stay_unsaved_until_saved(qtbot, sessions, folder, monkeypatch):
@@ -398,6 +438,61 @@ def test_cli_runs_the_app_and_exits_by_itself(folder, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (folder / ".deeplab-gui" / "store.db").exists()
     assert "deeplab-gui started" in (tmp_path / "log" / "deeplab-gui.log").read_text()
+
+
+def _idle(pid: int) -> bool:
+    """Whether process ``pid``'s main thread is asleep (Qt's loop waiting in C++); True where /proc
+    is missing."""
+    stat = Path(f"/proc/{pid}/task/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] == "S"
+    except OSError:
+        return True
+
+
+def test_sigterm_closes_the_app_as_a_person_would(folder, tmp_path):
+    """``kill``, a service manager, logout: the app closes its window (saving, releasing the store)
+    instead of just ending; the signal reaches Python while Qt's loop waits in C++."""
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    env.pop("DEEPLAB_GUI_EXIT_AFTER_MS", None)
+    log = tmp_path / "log" / "deeplab-gui.log"
+    proc = subprocess.Popen([sys.executable, "-m", "deeplab_gui", str(folder)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, ready = time.monotonic() + 120, False
+        while time.monotonic() < deadline and proc.poll() is None and not ready:
+            time.sleep(0.1)   # polled: the app's start-up has no other signal to wait on
+            ready = ((folder / ".deeplab-gui" / "store.db").exists() and log.exists()
+                     and "started" in log.read_text() and _idle(proc.pid))
+        assert ready, "the app never went idle (its event loop spins?)"
+        proc.send_signal(__import__("signal").SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "closing on SIGTERM" in log.read_text()
+    from engine import AnnotationStore
+    with AnnotationStore.open(folder) as st:   # the lock was let go: it opens writable
+        assert not st.read_only
+
+
+def test_a_quit_signal_closes_the_window_which_saves_the_edits(qtbot, window, folder):
+    import signal
+
+    from deeplab_gui.app import install_quit_signals
+    s = window.session
+    s.document.apply_labels(np.full((H, W), 6, np.uint8))
+    assert s.dirty
+    restore = install_quit_signals(window, QApplication.instance())
+    try:
+        signal.raise_signal(signal.SIGTERM)
+        qtbot.waitUntil(lambda: not window.isVisible(), timeout=WAIT)
+    finally:
+        restore()
+    from engine import AnnotationStore
+    with AnnotationStore.open(folder) as st:
+        assert (st.load_mask("img0.png") == 6).all()
 
 
 def test_neighbours_are_prefetched_and_shown_from_memory(qtbot, sessions, folder, monkeypatch):

@@ -1,7 +1,8 @@
 """Saving masks for the Session: writes on one background thread, failures kept in memory.
 
 A 12-megapixel mask takes 30-50 ms to encode and write (PNG, fsync, rename). Autosaves happen on every
-image switch and every 30 s, so on the UI thread they would add that to each A/D press. Here the UI
+image switch, a few seconds after the last edit (see session.py) and every 30 s, so on the UI thread
+they would add that to each A/D press. Here the UI
 thread only copies the mask (a few ms) and a single writer thread saves the copies in submission order,
 so two saves of one image can never land out of order. Results come back to the UI thread, where a
 document is marked saved only if nobody painted on it since its copy was taken. Explicit saves
@@ -269,18 +270,23 @@ class SessionSaves:
         if queued is not None and queued[0] is doc and queued[1] == version:
             del self._queued[image_id]
         if error is not None:
+            why = one_line(error) or "the write failed"
+            # Said once: the autosaves that retry it every few seconds fail the same way until the
+            # disk or folder is fixed (the title's * and the question on closing still tell).
+            repeated = store is s.store and self.errors.get(image_id) == why
             if store is s.store:
                 self.unsaved[image_id] = doc
-                self.errors[image_id] = one_line(error) or "the write failed"
-            s._say("error", f"{error} (your changes are kept in memory)")
+                self.errors[image_id] = why
+            if not repeated:
+                s._say("error", f"{error} (your changes are kept in memory)")
             s.saved.emit(False)
             return
         if doc.version == version:
             doc.mark_saved()
         if self.unsaved.get(image_id) is doc and not doc.dirty:
             del self.unsaved[image_id]
-        if store is s.store:
-            self.errors.pop(image_id, None)
+        if store is s.store and self.errors.pop(image_id, None) is not None:
+            s._say("info", f"saved {image_id} (the earlier error is behind it)")
         s.saved.emit(True)
         s.statuses_changed.emit()
 

@@ -7,6 +7,7 @@ slow work (folder scan, image decoding, probability-cache IO, entropy) goes thro
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,16 @@ from .session_io import Loaded, load_image, read_for_display
 from .settings import Settings
 from .tasks import TaskHandle, Worker
 
-__all__ = ["AUTOSAVE_MS", "PREVIEW_SIDE", "VIEW_MODES", "Session"]
+__all__ = ["AUTOSAVE_MS", "IDLE_SAVE_MS", "PREVIEW_SIDE", "UNSAVED_MAX_MS", "VIEW_MODES", "Session"]
 
 log = logging.getLogger("deeplab_gui")
 
 VIEW_MODES = ("mask", "raw", "crf", "uncertainty")
-AUTOSAVE_MS = 30_000
+AUTOSAVE_MS = 30_000     # saves and retries of failed saves, whatever happens
+# A crash or kill loses at most about this much work: the current mask is saved this long after the
+# last edit, and at the latest this long after the first edit not yet saved, while edits keep coming.
+IDLE_SAVE_MS = 3_000
+UNSAVED_MAX_MS = 10_000
 # Longer side (px) of the reduced JPEG decode shown while the full one runs: a 4000×3000 photo decodes
 # at 1/4 (1000×750, ~40 ms instead of ~170 ms), about what a fitted view shows of it anyway.
 PREVIEW_SIDE = 960
@@ -111,6 +116,10 @@ class Session(QObject, FolderMethods, PredictionMethods):
         self._timer.setInterval(AUTOSAVE_MS)
         self._timer.timeout.connect(self.autosave)
         self._timer.start()
+        self._idle_save = QTimer(self)
+        self._idle_save.setSingleShot(True)
+        self._idle_save.timeout.connect(self._idle_saved)
+        self._unsaved_since: float | None = None   # monotonic time of the first edit since the last save
 
     # ------------------------------------------------------------------ small properties
     @property
@@ -158,6 +167,7 @@ class Session(QObject, FolderMethods, PredictionMethods):
 
     def shutdown(self, timeout_ms: int = 5000) -> None:
         self._timer.stop()
+        self._idle_save.stop()
         self.crf.shutdown()  # writes parameters still waiting for their debounce, stops the lanes
         self.close_store()
         self.saves.writer.close()
@@ -269,6 +279,25 @@ class Session(QObject, FolderMethods, PredictionMethods):
 
     def _on_doc_change(self, bbox: tuple) -> None:
         self.mask_changed.emit(tuple(int(v) for v in bbox))
+        self._save_soon()
+
+    def _save_soon(self) -> None:
+        """An edit: save IDLE_SAVE_MS after the last one, but no later than UNSAVED_MAX_MS after the
+        first one since the last save (a person painting without pause still has it saved)."""
+        now = time.monotonic()
+        if self._unsaved_since is None:
+            self._unsaved_since = now
+        left = UNSAVED_MAX_MS - (now - self._unsaved_since) * 1000.0
+        self._idle_save.start(max(0, int(min(IDLE_SAVE_MS, left))))
+
+    def _idle_saved(self) -> None:
+        if self.document is not None and self.document.in_stroke:
+            # Not in the middle of a drag (the copy would be a hitch under the pointer): again once
+            # the button is up (ending a stroke may tell no listener).
+            self._idle_save.start(IDLE_SAVE_MS)
+            return
+        self._unsaved_since = None
+        self.autosave()
 
     def _step(self, delta: int) -> None:
         if not self._ids:

@@ -317,7 +317,8 @@ class MainWindow(QMainWindow):
         if level not in ("warning", "error"):
             return
         if self._box is not None and self._box.isVisible():
-            self._box.setText(self._box.text() + "\n\n" + text)  # one box, not a pile of them
+            if text not in self._box.text().split("\n\n"):   # one box, not a pile of them; each line once
+                self._box.setText(self._box.text() + "\n\n" + text)
             return
         icon = QMessageBox.Icon.Critical if level == "error" else QMessageBox.Icon.Warning
         self._box = QMessageBox(icon, "deeplab-gui", text, QMessageBox.StandardButton.Ok, self)
