@@ -241,6 +241,31 @@ def test_an_edit_is_on_disk_seconds_later_without_a_save_or_a_switch(qtbot, sess
     assert (s.store.load_mask("img0.png") == 7).any()
 
 
+def test_rescan_lists_images_added_since_the_folder_opened(qtbot, sessions, folder):
+    s = sessions(folder)
+    _select(qtbot, s, "img1.png")
+    s.document.apply_labels(np.full((H, W), 2, np.uint8))
+    doc, said = s.document, []
+    s.message.connect(lambda level, text: said.append(text))
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(folder / "new_one.png")
+    with qtbot.waitSignal(s.folder_opened, timeout=WAIT):
+        s.rescan()
+    assert "new_one.png" in s.store.ids()
+    assert s.image_id == "img1.png" and s.document is doc and doc.can_undo   # the person stays where they were
+    qtbot.waitUntil(lambda: any("1 new" in t for t in said), timeout=WAIT)
+
+
+def test_f5_rescans_and_the_list_keeps_the_image_on_screen_selected(qtbot, window, folder):
+    s = window.session
+    _select(qtbot, s, "img2.png")
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(folder / "aa_first.png")
+    with qtbot.waitSignal(s.folder_opened, timeout=WAIT):
+        qtbot.keyClick(window, Qt.Key.Key_F5)
+    lst = window.image_list
+    assert lst.model.row_of("aa_first.png") >= 0
+    assert lst.view.currentIndex().row() == lst.model.row_of("img2.png")
+
+
 def test_strokes_made_while_a_save_is_running_stay_unsaved_until_saved(qtbot, sessions, folder, monkeypatch):
     s = sessions(folder)
     gate, started = _hold_saves(monkeypatch, s.store)

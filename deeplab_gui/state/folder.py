@@ -78,13 +78,23 @@ class FolderMethods:
         else:
             self._say("info", f"{store.folder} holds no images")
 
+    def rescan(self) -> TaskHandle | None:
+        """Look for images added to (or removed from) the open folder since it was opened (File ▸
+        Rescan folder). A folder open read-only is opened again: writable, if the other instance
+        has let go of it since."""
+        if self.folder is None:
+            return None
+        return self.open_folder(self.folder)
+
     def _rescanned(self, _result) -> None:
         ids = self.store.ids() if self.store is not None else []
+        added, gone = len(set(ids) - set(self._ids)), len(set(self._ids) - set(ids))
         if ids != self._ids:
             self._ids = ids
             self.folder_opened.emit()
             self.statuses_changed.emit()
-        self._say("info", f"{self.folder} is already open; its image list is up to date")
+        change = ", ".join(f"{n} {what}" for n, what in ((added, "new"), (gone, "gone")) if n)
+        self._say("info", f"{self.folder}: {len(ids)} images" + (f" ({change})" if change else ", none new"))
 
     def close_store(self) -> None:
         """Save, then let go of the current folder (also what quitting calls)."""

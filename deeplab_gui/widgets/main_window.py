@@ -167,6 +167,7 @@ class MainWindow(QMainWindow):
         self._action(f, "&Open folder...", self.ask_open_folder, QKeySequence.StandardKey.Open)
         self.recent_menu = f.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
+        self._action(f, "Rescan &folder (new images)", s.rescan, "F5")
         self._action(f, "&Save", lambda: save_and_report(self), "Ctrl+S")  # says what it did
         self.export_action = self._action(f, "&Export VOC...", self.open_export)
         self._action(f, "&Import labels...", lambda: self.open_labels_dialog("import"))

@@ -189,6 +189,7 @@ class ImageListPanel(QWidget):
     def _on_folder(self) -> None:
         self.model.reload()
         self._fill_filter_box()
+        self._show_current(self.session.image_id or "")   # a rescan keeps the image on screen selected
 
     def _on_statuses(self) -> None:
         self.model.update_statuses()
