@@ -73,9 +73,9 @@ def _progress(desc: str):
     state: dict[str, Any] = {}
 
     def progress(done: int, total: int) -> None:
-        if "bar" not in state:  # made on the first image, so a refusal prints its one line and nothing else
+        if "bar" not in state:  # made on the first image, shown after 0.5 s: a quick failure prints one line
             from tqdm import tqdm
-            state["bar"] = tqdm(total=total, file=sys.stderr, unit="img", desc=desc, dynamic_ncols=True)
+            state["bar"] = tqdm(total=total, file=sys.stderr, unit="img", desc=desc, dynamic_ncols=True, delay=0.5)
         state["bar"].update(done - state["bar"].n)
 
     def close() -> None:

@@ -87,9 +87,9 @@ def cmd_export_voc(args: argparse.Namespace) -> int:
 
     def progress(done: int, total: int) -> None:
         nonlocal bar
-        if bar is None:  # made on the first image, so a refusal prints its one line and nothing else
+        if bar is None:  # made on the first image and shown after 0.5 s: a refusal or a quick failure prints one line
             from tqdm import tqdm
-            bar = tqdm(total=total, file=sys.stderr, unit="img", desc="export-voc", dynamic_ncols=True)
+            bar = tqdm(total=total, file=sys.stderr, unit="img", desc="export-voc", dynamic_ncols=True, delay=0.5)
         bar.update(done - bar.n)
     try:
         rep = export_voc(args.folder, args.out, include_prelabeled=args.include_prelabeled,
