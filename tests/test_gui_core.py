@@ -369,6 +369,40 @@ def test_eraser_polygon_fill_picker_keys(qtbot, window):
     assert s.document.mask[5, 35] == 0
 
 
+def test_an_unfinished_polygon_waits_with_its_image_through_a_switch_and_a_tool_change(qtbot, window):
+    s, canvas = window.session, window.canvas
+    qtbot.keyClick(canvas, Qt.Key.Key_4)
+    qtbot.keyClick(canvas, Qt.Key.Key_P)
+
+    def click(x, y):
+        _mouse(canvas, QEvent.Type.MouseButtonPress, x, y)
+        _mouse(canvas, QEvent.Type.MouseButtonRelease, x, y, buttons=Qt.MouseButton.NoButton)
+    for x, y in ((2, 2), (20, 2)):
+        click(x, y)
+    with qtbot.waitSignal(s.current_changed, timeout=WAIT):
+        qtbot.keyClick(canvas, Qt.Key.Key_D)          # a stray "next image"
+    assert canvas.tool.points == []                    # none on the other image
+    click(30, 25)                                      # that image's own polygon
+    with qtbot.waitSignal(s.current_changed, timeout=WAIT):
+        qtbot.keyClick(canvas, Qt.Key.Key_A)
+    assert canvas.tool.points == [(2, 2), (20, 2)]     # back with its image
+    qtbot.keyClick(canvas, Qt.Key.Key_B)
+    qtbot.keyClick(canvas, Qt.Key.Key_P)               # a tool change and back
+    assert canvas.tool.points == [(2, 2), (20, 2)]
+    click(20, 20)
+    qtbot.keyClick(canvas, Qt.Key.Key_Return)
+    assert s.image_id == "img0.png" and s.document.mask[3, 15] == 4
+    with qtbot.waitSignal(s.current_changed, timeout=WAIT):
+        qtbot.keyClick(canvas, Qt.Key.Key_D)
+    assert canvas.tool.points == [(30, 25)]
+    qtbot.keyClick(canvas, Qt.Key.Key_Escape)          # Escape drops it for good
+    with qtbot.waitSignal(s.current_changed, timeout=WAIT):
+        qtbot.keyClick(canvas, Qt.Key.Key_A)
+    with qtbot.waitSignal(s.current_changed, timeout=WAIT):
+        qtbot.keyClick(canvas, Qt.Key.Key_D)
+    assert canvas.tool.points == []
+
+
 def test_switch_autosaves_and_keyboard_navigation(qtbot, window):
     s = window.session
     s.document.apply_labels(np.full((H, W), 2, np.uint8))

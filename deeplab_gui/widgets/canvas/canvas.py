@@ -188,7 +188,7 @@ class Canvas(QGraphicsView):
         self.overlay.resize(h, w)
         self.scene().setSceneRect(QRectF(0, 0, w, h))
         if self.tool is not None:
-            self.tool.reset()
+            self.tool.image_changed()
         self.refresh()
         self.fit()
 

@@ -37,6 +37,10 @@ class Tool:
     def reset(self) -> None:
         """Drop any half-done work (image switched, tool changed)."""
 
+    def image_changed(self) -> None:
+        """The target's document is now another image's (by default: :meth:`reset`)."""
+        self.reset()
+
     def press(self, pos: QPointF, modifiers: Any) -> None: ...
     def right_press(self, pos: QPointF, modifiers: Any) -> None: ...
     def move(self, pos: QPointF, pressed: bool) -> None: ...

@@ -11,6 +11,8 @@ tools (superpixels, CRF click, click model) live in :mod:`.region_tools` and :mo
 """
 from __future__ import annotations
 
+import weakref
+
 from typing import Any
 
 import numpy as np
@@ -142,7 +144,11 @@ class PickerTool(Tool):
 
 
 class PolygonTool(Tool):
-    """Click vertices; double-click or Enter fills the polygon, Escape or Backspace undoes points."""
+    """Click vertices; double-click or Enter fills the polygon, Escape or Backspace undoes points.
+
+    An unfinished polygon is kept with its image when the image or the tool changes (a stray A / D
+    in the middle of forty careful clicks loses none of them): it is back, to be finished, when that
+    image and this tool are. Escape drops it."""
 
     name = "polygon"
     rubber_band: tuple[int, int, int, int] = (255, 255, 0, 255)
@@ -150,8 +156,38 @@ class PolygonTool(Tool):
     def __init__(self) -> None:
         super().__init__()
         self.points: list[tuple[float, float]] = []
+        self._doc: Any = None      # the document the points were placed on
+        # Unfinished polygons by document (an image's document lives while its history is kept).
+        self._kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def activate(self, view, target) -> None:
+        super().activate(view, target)
+        self._take_kept()
+
+    def deactivate(self) -> None:
+        self._keep()
+        super().deactivate()
+
+    def image_changed(self) -> None:
+        self._keep()
+        self.reset()
+        self._take_kept()
+
+    def _keep(self) -> None:
+        if self.points and self._doc is not None:
+            self._kept[self._doc] = list(self.points)
+        self.points, self._doc = [], None
+
+    def _take_kept(self) -> None:
+        doc = self.target.document if self.target is not None else None
+        points = self._kept.pop(doc, None) if doc is not None else None
+        if points:
+            self.points, self._doc = points, doc
+            self._draw(None)
 
     def press(self, pos: QPointF, modifiers: Any) -> None:
+        if not self.points:
+            self._doc = self.target.document if self.target is not None else None
         self.points.append((pos.x(), pos.y()))
         self._draw(pos)
 
@@ -184,7 +220,7 @@ class PolygonTool(Tool):
             doc.polygon(pts, self.target.current_label)
 
     def reset(self) -> None:
-        self.points = []
+        self.points, self._doc = [], None
         if self.view is not None:
             self.view.clear_preview()
 
