@@ -66,6 +66,9 @@ def install_quit_signals(window, app) -> Callable[[], None]:
         log.info("closing on %s: saving first", signal.Signals(signum).name)
 
         def close() -> None:
+            if getattr(window, "_settling", False):
+                QTimer.singleShot(250, close)   # a question the person opened is on screen: after it
+                return
             if not window.close():
                 asked.clear()   # the person chose Cancel in the question: a later signal asks again
         QTimer.singleShot(0, close)
@@ -81,9 +84,12 @@ def install_quit_signals(window, app) -> Callable[[], None]:
         try:
             while reader.recv(64):
                 pass
-            notifier.setEnabled(False)   # end of file: the other end is gone (would wake the loop forever)
+        except BlockingIOError:
+            return   # nothing more to read now
         except OSError:
-            pass   # nothing more to read now
+            pass
+        # End of file or a broken socket: it would wake the loop forever.
+        notifier.setEnabled(False)
 
     notifier.activated.connect(drain)
 
@@ -134,7 +140,7 @@ def main(folder: str | None = None) -> int:
     app.setOrganizationName("deeplab-gui")
     window = MainWindow()
     install_excepthook(window)
-    install_quit_signals(window, app)
+    restore_signals = install_quit_signals(window, app)
     log.info("deeplab-gui started (log: %s)", log_path)
     window.show()
     freeze_startup_objects()
@@ -162,5 +168,8 @@ def main(folder: str | None = None) -> int:
         QTimer.singleShot(ms + 20_000 if target.is_dir() else ms, finish)
     app.setQuitOnLastWindowClosed(True)
     window.destroyed.connect(app.quit)
-    code = app.exec()
+    try:
+        code = app.exec()
+    finally:
+        restore_signals()   # a second kill or Ctrl+C during the last clean-up ends the process
     return int(code)

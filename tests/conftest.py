@@ -27,12 +27,22 @@ def _seed():
     yield
 
 
+def _no_idle_saves(monkeypatch) -> None:
+    """Sessions in tests save when the test says so: the app's save a few seconds after an edit
+    would otherwise land in the middle of tests that check what is not yet on disk (the idle save
+    has its own test, which sets these back)."""
+    import deeplab_gui.state.session as session_module
+    monkeypatch.setattr(session_module, "IDLE_SAVE_MS", 10**9)
+    monkeypatch.setattr(session_module, "UNSAVED_MAX_MS", 10**9)
+
+
 @pytest.fixture
-def sessions(qtbot, tmp_path):
+def sessions(qtbot, tmp_path, monkeypatch):
     """``sessions(folder)``: a deeplab_gui Session with its own settings file, the folder open and its
     first image current; every one made is shut down after the test."""
     from deeplab_gui.state.session import Session
     from deeplab_gui.state.settings import Settings
+    _no_idle_saves(monkeypatch)
 
     made = []
 
@@ -63,12 +73,13 @@ def _no_unanswered_unsaved_question(monkeypatch):
 
 
 @pytest.fixture
-def open_window(qtbot, tmp_path):
+def open_window(qtbot, tmp_path, monkeypatch):
     """``open_window(folder)``: the real main window (its own settings file) shown and active, the folder
     open, its first image current and the canvas focused; every session made is shut down after the test."""
     from deeplab_gui.state.session import Session
     from deeplab_gui.state.settings import Settings
     from deeplab_gui.widgets.main_window import MainWindow
+    _no_idle_saves(monkeypatch)
 
     made = []
 

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import pathlib
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -295,6 +296,7 @@ def test_a_predictions_logits_are_made_once_across_threads():
 
     def settle():
         calls.append(1)
+        time.sleep(0.05)   # long enough for the other threads to ask meanwhile
         return np.ones((1, 256, 256), np.float32)
     pred = ClickPrediction(np.zeros((1, 2, 2), bool), np.ones(1), settle=settle)
     with ThreadPoolExecutor(4) as pool:

@@ -498,6 +498,6 @@ def test_opening_the_folder_already_open_rescans_it_and_stays_writable(qtbot, se
     s = sessions(folder)
     store = s.store
     Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(folder / "new.png")
-    with qtbot.waitSignal(s.folder_opened, timeout=WAIT):
+    with qtbot.waitSignal(s.images_changed, timeout=WAIT):   # the same store: only its list changes
         s.open_folder(folder)
     assert s.store is store and not s.read_only and "new.png" in s.ids

@@ -80,18 +80,20 @@ class FolderMethods:
 
     def rescan(self) -> TaskHandle | None:
         """Look for images added to (or removed from) the open folder since it was opened (File ▸
-        Rescan folder). A folder open read-only is opened again: writable, if the other instance
-        has let go of it since."""
-        if self.folder is None:
+        Rescan folder): the same store, only its list of files read again (read-only folders too),
+        so histories, embeddings, the model and the image on screen stay as they are."""
+        store = self.store
+        if store is None:
             return None
-        return self.open_folder(self.folder)
+        return self.run_task(store.scan, on_result=self._rescanned, task_name="rescan folder",
+                             on_error=lambda t: self._say("error", f"cannot rescan {self.folder}: {t}"))
 
     def _rescanned(self, _result) -> None:
         ids = self.store.ids() if self.store is not None else []
         added, gone = len(set(ids) - set(self._ids)), len(set(self._ids) - set(ids))
         if ids != self._ids:
             self._ids = ids
-            self.folder_opened.emit()
+            self.images_changed.emit()
             self.statuses_changed.emit()
         change = ", ".join(f"{n} {what}" for n, what in ((added, "new"), (gone, "gone")) if n)
         self._say("info", f"{self.folder}: {len(ids)} images" + (f" ({change})" if change else ", none new"))
@@ -101,6 +103,7 @@ class FolderMethods:
         if self.store is None:
             return
         self.end_stroke()
+        self._idle_save.stop()
         self.saves.save_all()
         for task in (self._load, self._full):
             if task is not None:

@@ -50,6 +50,7 @@ class Session(QObject, FolderMethods, PredictionMethods):
     """Everything the app knows; see the module docstring.  Create on the UI thread."""
 
     folder_opened = Signal()
+    images_changed = Signal()   # a rescan of the open folder found images added or gone (same store)
     current_changed = Signal(str)      # id; ``image`` may still be None while a preview is shown
     image_ready = Signal(str)          # id: ``image`` now holds the full-resolution pixels
     mask_changed = Signal(tuple)       # (y0, x0, y1, x1), half-open
@@ -182,6 +183,8 @@ class Session(QObject, FolderMethods, PredictionMethods):
             return None
         self.end_stroke()
         self.saves.save_current(wait=False)  # queued: the switch does not wait for the disk
+        self._idle_save.stop()
+        self._unsaved_since = None
         for task in (self._load, self._full):
             if task is not None:
                 task.cancel()  # latest wins
@@ -297,7 +300,10 @@ class Session(QObject, FolderMethods, PredictionMethods):
             self._idle_save.start(IDLE_SAVE_MS)
             return
         self._unsaved_since = None
-        self.autosave()
+        if self.store is not None and not self.read_only:
+            # Only the current image: retrying failed saves of others (a full disk) stays with the
+            # 30 s timer, not every pause in editing.
+            self.saves.save_current(wait=False)
 
     def _step(self, delta: int) -> None:
         if not self._ids:

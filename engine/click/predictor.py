@@ -219,8 +219,9 @@ class ClickPredictor:
             settle = None
             if out is None:
                 # The logits the masks read first; the rest (a non-square image's padding) when asked for.
-                raw, iou, rest = m.decode_first(self._features, pts, lbl, bx, mi, multimask,
-                                                needed=m.needed_low_res(self._input), **extra)
+                # (On a CPU: a GPU, bound by kernel launches, makes them all at once.)
+                needed = m.needed_low_res(self._input) if self.device.type == "cpu" else None
+                raw, iou, rest = m.decode_first(self._features, pts, lbl, bx, mi, multimask, needed=needed, **extra)
                 masks, iou, low = self._masks(raw, self._input, out_size), iou[0].float(), None
                 settle = functools.partial(self._settled, raw, rest)
             else:

@@ -140,7 +140,8 @@ class Attention(nn.Module):
 
     def pe_projection(self, linear: nn.Linear, pe: torch.Tensor) -> torch.Tensor:
         """``linear``'s weights (a projection to the internal width) times the positional encoding's
-        1×N×C rows: heads×d×N, made once per model (see :meth:`tokens_to_image`'s ``pe_k``)."""
+        1×N×C rows: heads×d×N, made once per image with its prepared rows (see
+        :meth:`tokens_to_image`'s ``pe_k``)."""
         w, _ = self._split(linear)
         return w @ pe[0].t()
 

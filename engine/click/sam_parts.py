@@ -290,12 +290,12 @@ def _composed_taps(low: int, full: int, crop: int, out: int, device: str) -> tup
         return F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False)[0, 0]
     with torch.inference_mode(False), torch.no_grad():   # plain tensors: cached across modes
         composed = operator(crop, out) @ operator(low, full)[:crop]
-    k = int((composed != 0).sum(1).max())
-    weights, index = composed.topk(k, dim=1)
-    # A row with fewer taps than k reads its strongest one again at weight 0 (topk's zeros may name
-    # any position, such as the padding's, which may not be made yet: 0 × its value is no answer).
-    index = torch.where(weights > 0, index, index[:, :1])
-    return index.to(device), weights.to(device), int(index.max()) + 1
+        k = int((composed != 0).sum(1).max())
+        weights, index = composed.topk(k, dim=1)
+        # A row with fewer taps than k reads its strongest one again at weight 0 (topk's zeros may
+        # name any position, such as the padding's, which may not be made yet: 0 × it is no answer).
+        index = torch.where(weights > 0, index, index[:, :1])
+        return index.to(device), weights.to(device), int(index.max()) + 1
 
 
 def _mix(x: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -163,6 +163,7 @@ class ImageListPanel(QWidget):
         self.filter_box.currentIndexChanged.connect(self._on_filter)
         self.view.selectionModel().currentChanged.connect(self._on_row)
         session.folder_opened.connect(self._on_folder)
+        session.images_changed.connect(self._on_folder)
         session.statuses_changed.connect(self._on_statuses)
         session.current_changed.connect(self._show_current)
 
