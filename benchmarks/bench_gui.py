@@ -97,6 +97,21 @@ def open_session(app, folder: Path, settings_path: Path) -> Session:
     return s
 
 
+def open_canvas(app, tmp: Path, name: str, image: np.ndarray, filename: str, size: tuple[int, int] = (1000, 750),
+                **save) -> tuple[Session, Canvas]:
+    """A folder ``tmp/name`` holding ``image`` as ``filename`` (``save``: PIL's options), its session
+    open on it and a canvas of ``size`` showing it as the window would."""
+    folder = tmp / name
+    folder.mkdir()
+    Image.fromarray(image).save(folder / filename, **save)
+    s = open_session(app, folder, tmp / f"{name}.ini")
+    canvas = Canvas(s)
+    canvas.resize(*size)
+    canvas.show()
+    canvas._on_current(s.image_id)  # created after the image loaded: show it as the window would
+    return s, canvas
+
+
 def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A smooth colour field with noise: JPEG-compresses and decodes like a photograph of that size."""
     rng = np.random.default_rng(seed)
@@ -108,14 +123,7 @@ def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- 1. brush segment
 def bench_brush(app, tmp: Path, segments: int) -> dict:
-    folder = tmp / "brush"
-    folder.mkdir()
-    Image.fromarray(photo_like(3000, 4000, 1)).save(folder / "big.jpg", quality=90)
-    s = open_session(app, folder, tmp / "brush.ini")
-    canvas = Canvas(s)
-    canvas.resize(1280, 800)
-    canvas.show()
-    canvas._on_current(s.image_id)  # created after the image loaded: show it as the window would
+    s, canvas = open_canvas(app, tmp, "brush", photo_like(3000, 4000, 1), "big.jpg", (1280, 800), quality=90)
     tool = BrushTool()
     canvas.set_tool(tool)
     s.current_label = 15
@@ -256,14 +264,7 @@ def bench_open(app, tmp: Path, count: int) -> dict:
 # ---------------------------------------------------------------------------- 4. CRF slider
 def bench_crf(app, tmp: Path, moves: int) -> dict:
     scene = make_scene(375, 500, 21, active_classes=5, seed=5)
-    folder = tmp / "crf"
-    folder.mkdir()
-    Image.fromarray(scene.image).save(folder / "scene.png")
-    s = open_session(app, folder, tmp / "crf.ini")
-    canvas = Canvas(s)
-    canvas.resize(1000, 750)
-    canvas.show()
-    canvas._on_current(s.image_id)
+    s, canvas = open_canvas(app, tmp, "crf", scene.image, "scene.png")
     panel = CRFPanel(s)
     panel.show()
     panel.set_params(DEEPLAB_V1, submit=False)
@@ -323,14 +324,7 @@ def bench_click(app, tmp: Path, clicks: int) -> dict:
     from deeplab_gui.state.click_models import CLICK_LANE
     from engine.click import ClickPredictor, build_click_model
 
-    folder = tmp / "click"
-    folder.mkdir()
-    Image.fromarray(photo_like(375, 500, 3)).save(folder / "photo.png")
-    s = open_session(app, folder, tmp / "click.ini")
-    canvas = Canvas(s)
-    canvas.resize(1000, 750)
-    canvas.show()
-    canvas._on_current(s.image_id)
+    s, canvas = open_canvas(app, tmp, "click", photo_like(375, 500, 3), "photo.png")
     # Built in the worker's pool as the app loads it; encoded and decoded on the click lane.
     got: list = []
     built = s.run_task(lambda: ClickPredictor(build_click_model("mobile_sam")), task_name="build",
@@ -451,14 +445,7 @@ def bench_click_large(app, tmp: Path, clicks: int) -> dict:
     from engine.click import ClickPredictor, build_click_model
     from engine.probgrid import probs_grid
 
-    folder = tmp / "click_large"
-    folder.mkdir()
-    Image.fromarray(photo_like(3000, 4000, 5)).save(folder / "photo.jpg", quality=92)
-    s = open_session(app, folder, tmp / "click_large.ini")
-    canvas = Canvas(s)
-    canvas.resize(1000, 750)
-    canvas.show()
-    canvas._on_current(s.image_id)
+    s, canvas = open_canvas(app, tmp, "click_large", photo_like(3000, 4000, 5), "photo.jpg", quality=92)
     wait_until(app, lambda: s.image is not None and s.image.shape[:2] == (3000, 4000), timeout=120)
     grid = probs_grid(3000, 4000)
     probs = np.random.default_rng(0).dirichlet(np.ones(21), size=grid).transpose(2, 0, 1).astype(np.float32)

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import pathlib
 import sys
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -292,15 +292,23 @@ def test_postprocess_reads_only_the_logits_needed_low_res_names(original):
 
 def test_a_predictions_logits_are_made_once_across_threads():
     from concurrent.futures import ThreadPoolExecutor
-    calls = []
+    threads, calls, arrived = 8, [], []
+    everyone = threading.Condition()
 
     def settle():
         calls.append(1)
-        time.sleep(0.05)   # long enough for the other threads to ask meanwhile
+        with everyone:   # every thread is asking by now: without the lock, more would be in here
+            assert everyone.wait_for(lambda: len(arrived) == threads, timeout=30)
         return np.ones((1, 256, 256), np.float32)
     pred = ClickPrediction(np.zeros((1, 2, 2), bool), np.ones(1), settle=settle)
-    with ThreadPoolExecutor(4) as pool:
-        got = list(pool.map(lambda _: pred.low_res_logits, range(8)))
+
+    def ask(_):
+        with everyone:
+            arrived.append(1)
+            everyone.notify_all()
+        return pred.low_res_logits
+    with ThreadPoolExecutor(threads) as pool:
+        got = list(pool.map(ask, range(threads)))
     assert calls == [1] and all(g is got[0] for g in got)
     with pytest.raises(ValueError):
         ClickPrediction(np.zeros((1, 2, 2), bool), np.ones(1))   # neither the logits nor a way to make them

@@ -538,7 +538,10 @@ def test_sigterm_closes_the_app_as_a_person_would(folder, tmp_path):
     try:
         deadline, ready = time.monotonic() + 120, False
         while time.monotonic() < deadline and proc.poll() is None and not ready:
-            time.sleep(0.1)   # polled: the app's start-up has no other signal to wait on
+            try:   # the app's start-up has no other signal to wait on: its end, or 0.1 s, then look again
+                proc.wait(0.1)
+            except subprocess.TimeoutExpired:
+                pass
             ready = ((folder / ".deeplab-gui" / "store.db").exists() and log.exists()
                      and "started" in log.read_text() and _idle(proc.pid))
         assert ready, "the app never went idle (its event loop spins?)"
