@@ -112,6 +112,16 @@ def open_canvas(app, tmp: Path, name: str, image: np.ndarray, filename: str, siz
     return s, canvas
 
 
+def use_click_tool(canvas: Canvas, predictor) -> ClickTool:
+    """The click tool on ``canvas`` with ``predictor`` ready (no status to wait on), edge polish off."""
+    canvas.target.click_predictor = lambda: predictor
+    canvas.target.click_status = lambda: None
+    tool = ClickTool()
+    tool.edge_polish = False
+    canvas.set_tool(tool)
+    return tool
+
+
 def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A smooth colour field with noise: JPEG-compresses and decodes like a photograph of that size."""
     rng = np.random.default_rng(seed)
@@ -345,11 +355,7 @@ def bench_click(app, tmp: Path, clicks: int) -> dict:
         decode.append((time.perf_counter() - t) * 1000)
         return out
     predictor.predict = timed_predict
-    canvas.target.click_predictor = lambda: predictor
-    canvas.target.click_status = lambda: None
-    tool = ClickTool()
-    tool.edge_polish = False
-    canvas.set_tool(tool)
+    tool = use_click_tool(canvas, predictor)
     item, rng = canvas.regions.region, np.random.default_rng(3)
 
     def click(button: Qt.MouseButton, hold_ms: float = 0.0, rest_ms: float = 0.0, rest_off: float = 0.0) -> float:
@@ -457,11 +463,7 @@ def bench_click_large(app, tmp: Path, clicks: int) -> dict:
     predictor = got[0]
     made = s.run_task(predictor.set_image, s.image, lane=CLICK_LANE, task_name="embedding")
     wait_until(app, lambda: made.done, timeout=120)
-    canvas.target.click_predictor = lambda: predictor
-    canvas.target.click_status = lambda: None
-    tool = ClickTool()
-    tool.edge_polish = False
-    canvas.set_tool(tool)
+    tool = use_click_tool(canvas, predictor)
     item, rng = canvas.regions.region, np.random.default_rng(4)
     previews, accepts = [], []
     for i in range(clicks + 1):                     # the first warms up
