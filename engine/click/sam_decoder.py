@@ -130,11 +130,7 @@ class Attention(nn.Module):
         d = wk.shape[1]
         qh = self._heads(self.q_proj(q)) * d ** -0.5                        # B×h×n×d
         a = torch.einsum("bhnd,hdc->bhnc", qh, wk).reshape(b, h * n, c)     # queries in image channels
-        if pe is None:
-            scores = torch.bmm(a, k.transpose(1, 2))
-        else:
-            scores = self._scores(a, k, pe, qh, pe_k)
-        attn = torch.softmax(scores, dim=-1)                                # B×(h·n)×N
+        attn = torch.softmax(self._scores(a, k, pe, qh, pe_k), dim=-1)                                # B×(h·n)×N
         ctx = (attn @ v).view(b, h, n, c)                                   # attended image rows
         return self._merge(torch.einsum("bhnc,hdc->bhnd", ctx, wv) + bv[:, None, :])
 
@@ -148,13 +144,14 @@ class Attention(nn.Module):
     def _scores(self, a: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor | None, ph: torch.Tensor,
                 pe_proj: torch.Tensor | None, base: torch.Tensor | None = None) -> torch.Tensor:
         """B×(h·n)×N scores a·(keys + pe)ᵀ (+ ``base``) of the heads-layout B×h×n×d rows ``ph`` whose
-        image-channel form is ``a`` (B×(h·n)×C). With ``pe_proj`` (:meth:`pe_projection`) the
-        encoding's part is ph·pe_proj, a product over d = 16 instead of a sum of two 4 MiB maps
-        first (the same values, float rounding apart)."""
+        image-channel form is ``a`` (B×(h·n)×C); no ``pe``: a·keysᵀ. With ``pe_proj``
+        (:meth:`pe_projection`) the encoding's part is ph·pe_proj, a product over d = 16 instead of
+        a sum of two 4 MiB maps first (the same values, float rounding apart)."""
         b, hn, _ = a.shape
-        if pe_proj is None:
-            k = keys + pe
-            return torch.bmm(a, k.transpose(1, 2)) if base is None else torch.baddbmm(base, a, k.transpose(1, 2))
+        if pe is None or pe_proj is None:
+            k = keys if pe is None else keys + pe
+            scores = torch.bmm(a, k.transpose(1, 2))
+            return scores if base is None else scores.add_(base)
         part = torch.matmul(ph, pe_proj).reshape(b, hn, -1)
         if base is not None:
             part += base
@@ -194,11 +191,7 @@ class Attention(nn.Module):
         bias = torch.einsum("bhnd,hd->bhn", kh, bq).reshape(b, h * n, 1)
         # Scores laid out B×h×n×N: softmax over the n tokens of each row is then a reduction over a
         # middle axis, several times faster than over a last axis of 5-15.
-        if pe is None:
-            scores = torch.bmm(m, q.transpose(1, 2)).add_(bias)
-        else:
-            scores = self._scores(m, q, pe, kh, pe_q, base=bias)
-        scores = scores.view(b, h, n, -1)
+        scores = self._scores(m, q, pe, kh, pe_q, base=bias).view(b, h, n, -1)
         return self._weigh_tokens(torch.softmax(scores, dim=2), v, residual)
 
     def projected_image_to_tokens(self, qp: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -444,10 +437,20 @@ class MaskDecoder(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """→ (B×K×4h×4w mask logits, B×K predicted IoU), K = 3 with ``multimask_output``, else 1.
         ``side``: the image rows already made for this image and dense embedding (see :class:`ImageSide`)."""
+        masks, iou, _ = self.forward_first(image_embeddings, image_pe, sparse_prompt_embeddings,
+                                           dense_prompt_embeddings, multimask_output, side)
+        return masks, iou
+
+    def forward_first(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                      sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
+                      multimask_output: bool, side: ImageSide | None = None, first: tuple[int, int] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, Callable[[], None] | None]:
+        """:meth:`forward` with the masks made over the grid's top-left ``first`` cells only and a
+        callable that makes the rest (see :meth:`predict_masks_first`)."""
         if side is None:
             side = self.transformer.image_side(image_embeddings + dense_prompt_embeddings, image_pe)
-        return self.predict_masks(side, sparse_prompt_embeddings,
-                                  slice(1, None) if multimask_output else slice(0, 1))
+        return self.predict_masks_first(side, sparse_prompt_embeddings,
+                                        slice(1, None) if multimask_output else slice(0, 1), first)
 
     def predict_masks(self, side: ImageSide, sparse_prompt_embeddings: torch.Tensor, select: slice = slice(None)
                       ) -> tuple[torch.Tensor, torch.Tensor]:

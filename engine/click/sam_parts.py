@@ -246,14 +246,11 @@ class Sam(ClickModel):
                 prepared, pe.mask_downscaling[:-1](mask_input), pe.mask_downscaling[-1], pe.no_mask_embed.weight)
             mask_input = None
         sparse, dense = pe(points=(points, labels) if points is not None else None, boxes=box, masks=mask_input)
-        dec = self.mask_decoder
-        if side is None:
-            side = dec.transformer.image_side(emb + dense, pe.get_dense_pe())
         first = None
         if needed is not None:   # the grid cells under the needed logits (4 logits a cell a side)
-            per = LOW_RES // side.hw[0]
+            per = LOW_RES // emb.shape[-2]
             first = (-(-int(needed[0]) // per), -(-int(needed[1]) // per))
-        return dec.predict_masks_first(side, sparse, slice(1, None) if multimask else slice(0, 1), first)
+        return self.mask_decoder.forward_first(emb, pe.get_dense_pe(), sparse, dense, multimask, side, first)
 
     def postprocess(self, low_res: torch.Tensor, input_size: tuple[int, int],
                     original_size: tuple[int, int]) -> torch.Tensor:
