@@ -168,6 +168,33 @@ def test_predictions_match_peer_reference(fixed_predictor):
         _close(iou, exp["iou"], rtol=1e-4, atol_rel=1e-4)
 
 
+def test_inference_in_bands_equals_one_band(monkeypatch):
+    """Stage 0, the merges, the attention (a row of windows at a time) and the MLPs run in bands of
+    rows at inference; the smallest bands (uneven, with padded windows at the edges) give what one
+    band over the whole image gives."""
+    from engine.click import tinyvit
+
+    torch.manual_seed(0)
+    enc = TinyViT().eval()
+    with torch.no_grad():
+        for m in enc.modules():   # BatchNorm statistics and attention biases that matter
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.normal_()
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+            elif isinstance(m, tinyvit.Attention):
+                m.attention_biases.normal_()
+    x = torch.randn(1, 3, 160, 224)   # stages of 40×56, 20×28 and 10×14: no side a whole number of windows
+    with torch.no_grad():
+        monkeypatch.setattr(tinyvit, "BAND_BYTES", 1)
+        banded = enc(x)
+        monkeypatch.setattr(tinyvit, "BAND_BYTES", 1 << 40)
+        monkeypatch.setattr(tinyvit.TinyViTBlock, "_attention_in_bands", lambda blk, t: t + blk._windowed(t))
+        whole = enc(x)
+    assert banded.shape == whole.shape == (1, 256, 10, 14)
+    torch.testing.assert_close(banded, whole, rtol=1e-5, atol=1e-5)
+
+
 def test_encoder_takes_other_sizes_and_autocast():
     """The size comes from the input (windows padded as the authors pad them); under autocast the
     embedding comes out finite and float32 (the neck's LayerNorm runs in float32)."""

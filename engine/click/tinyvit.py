@@ -54,15 +54,59 @@ class Conv2dBN(nn.Sequential):
         nn.init.constant_(bn.bias, 0.0)
         self.add_module("bn", bn)
 
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The convolution's weight and bias with the BatchNorm's running statistics folded in."""
+        c, bn = self.c, self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        return c.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return super().forward(x)
-        # Inference: BatchNorm folded into the convolution, which saves a pass over the activations
-        # (the largest of the encoder: 256×256 positions in stage 0).
-        c, bn = self.c, self.bn
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        return F.conv2d(x, c.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale,
-                        c.stride, c.padding, c.dilation, c.groups)
+        # Inference: BatchNorm folded into the convolution, which saves a pass over the activations.
+        return F.conv2d(x, *self.folded(), self.c.stride, self.c.padding, self.c.dilation, self.c.groups)
+
+
+# At inference every stage runs in bands of rows: stage 0 and the merges, the attention one row of
+# windows at a time, the MLPs. Their full-size intermediates (up to 256 channels × 256 × 256 at
+# 1024², 64 MiB) would be fresh allocations on every image: a worker thread's allocator maps anything
+# that large from the system, and touching its new pages cost more than the arithmetic on them (about
+# 100 000 page faults an image on the 2-core machine; about 4 000 in bands). A band
+# of about 2 MiB is reused from the allocator's free lists and stays in the cache between the steps.
+# Every output row reads the same inputs with the same weights: at 1024² the embedding is the
+# whole-image computation's bit for bit (tests: equal to float rounding at other sizes and bands).
+BAND_BYTES = 2 << 20
+
+
+def _band_rows(channels: int, width: int) -> int:
+    return max(2, BAND_BYTES // (4 * channels * width))
+
+
+def _conv3_rows(x: torch.Tensor, first: int, total: int, conv: "Conv2dBN", r0: int, r1: int,
+                weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Rows ``r0:r1`` of ``conv`` (3×3, padding 1) over a tensor of ``total`` rows, from ``x``, which holds
+    its rows ``first:first + x.shape[2]`` (at least those the output rows read)."""
+    s = conv.c.stride[0]
+    need0, need1 = s * r0 - 1, s * (r1 - 1) + 2          # the input rows the output rows read
+    lo, hi = max(need0, 0), min(need1, total)
+    x = x[:, :, lo - first:hi - first]
+    if lo > need0 or hi < need1:                          # the zero padding at the top or bottom edge
+        x = F.pad(x, (0, 0, lo - need0, need1 - hi))
+    return F.conv2d(x, weight, bias, conv.c.stride, (0, 1), 1, conv.c.groups)
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU of a channels-last N×C×H×W tensor through its N×H×W×C view. PyTorch's CPU GELU takes a
+    scalar path on channels-last tensors, slower than its vectorised one and a rounding away from the
+    authors' (who run these stages on ordinary contiguous tensors, which take the vectorised path)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return F.gelu(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    return F.gelu(x)
+
+
+def _in_bands(rows: int, band: int, make) -> torch.Tensor:
+    """``make(r0, r1)`` for consecutive bands of output rows, joined along the rows."""
+    return torch.cat([make(r0, min(r0 + band, rows)) for r0 in range(0, rows, band)], dim=2)
 
 
 class PatchEmbed(nn.Module):
@@ -73,7 +117,20 @@ class PatchEmbed(nn.Module):
         self.seq = nn.Sequential(Conv2dBN(cin, dim // 2, 3, 2, 1), nn.GELU(), Conv2dBN(dim // 2, dim, 3, 2, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.seq(x)
+        if self.training:
+            return self.seq(x)
+        conv1, conv2 = self.seq[0], self.seq[2]
+        (w1, b1), (w2, b2) = conv1.folded(), conv2.folded()
+        h, w = x.shape[2], x.shape[3]
+        mid = (h + 1) // 2                                 # rows after the first convolution, then the second
+        out = (mid + 1) // 2
+
+        def band(r0: int, r1: int) -> torch.Tensor:
+            m0, m1 = max(2 * r0 - 1, 0), min(2 * r1, mid)   # the first convolution's rows the band reads
+            y = _gelu(_conv3_rows(x, 0, h, conv1, m0, m1, w1, b1))
+            return _conv3_rows(y, m0, mid, conv2, r0, r1, w2, b2)
+
+        return _in_bands(out, _band_rows(conv1.c.out_channels, (w + 1) // 2) // 2, band)
 
 
 class MBConv(nn.Module):
@@ -87,8 +144,19 @@ class MBConv(nn.Module):
         self.conv3 = Conv2dBN(hidden, dim, bn_weight_init=0.0)   # each block starts as the identity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.gelu(self.conv2(F.gelu(self.conv1(x))))
-        return F.gelu(self.conv3(y) + x)
+        if self.training:
+            y = F.gelu(self.conv2(F.gelu(self.conv1(x))))
+            return F.gelu(self.conv3(y) + x)
+        (w1, b1), (w2, b2), (w3, b3) = self.conv1.folded(), self.conv2.folded(), self.conv3.folded()
+        h = x.shape[2]
+
+        def band(r0: int, r1: int) -> torch.Tensor:
+            e0, e1 = max(r0 - 1, 0), min(r1 + 1, h)          # the expanded rows the depthwise reads
+            y = _gelu(F.conv2d(x[:, :, e0:e1], w1, b1))
+            y = _gelu(_conv3_rows(y, e0, h, self.conv2, r0, r1, w2, b2))
+            return _gelu(F.conv2d(y, w3, b3) + x[:, :, r0:r1])
+
+        return _in_bands(h, _band_rows(self.conv1.c.out_channels, x.shape[3]), band)
 
 
 class PatchMerging(nn.Module):
@@ -105,8 +173,19 @@ class PatchMerging(nn.Module):
         self.conv3 = Conv2dBN(out_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv3(F.gelu(self.conv2(F.gelu(self.conv1(x)))))
-        return x.permute(0, 2, 3, 1)
+        if self.training:
+            return self.conv3(F.gelu(self.conv2(F.gelu(self.conv1(x))))).permute(0, 2, 3, 1)
+        (w1, b1), (w2, b2), (w3, b3) = self.conv1.folded(), self.conv2.folded(), self.conv3.folded()
+        h, s = x.shape[2], self.conv2.c.stride[0]
+
+        def band(r0: int, r1: int) -> torch.Tensor:
+            e0, e1 = max(s * r0 - 1, 0), min(s * (r1 - 1) + 2, h)
+            y = _gelu(F.conv2d(x[:, :, e0:e1], w1, b1))
+            return F.conv2d(_gelu(_conv3_rows(y, e0, h, self.conv2, r0, r1, w2, b2)), w3, b3)
+
+        rows = (h - 1) // s + 1
+        return _in_bands(rows, max(1, _band_rows(self.conv1.c.out_channels, x.shape[3]) // s), band
+                         ).permute(0, 2, 3, 1)
 
 
 class ConvLayer(nn.Module):
@@ -156,12 +235,19 @@ class Attention(nn.Module):
         idx = (ys[:, None] - ys[None]).abs() * window + (xs[:, None] - xs[None]).abs()
         self.register_buffer("attention_bias_idxs", idx, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:   # B×N×C, N = window²
+    def bias(self) -> torch.Tensor:
+        """heads × window² × window²: the learned bias of every pair of positions."""
+        return self.attention_biases[:, self.attention_bias_idxs]
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:   # B×N×C, N = window²
         b, n, c = x.shape
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.key_dim).transpose(1, 2)
         q, k, v = qkv.split(self.key_dim, dim=3)
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        bias = (self.bias() if bias is None else bias).to(q.dtype)
+        # Written out as the authors write it: with a float mask, PyTorch's CPU attention takes a path
+        # that checks the mask for -inf rows on every call, and is slower than these three steps.
+        scores = torch.matmul(q, k.transpose(-2, -1)).mul_(self.key_dim ** -0.5).add_(bias)
+        out = torch.matmul(scores.softmax(-1), v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
@@ -188,14 +274,39 @@ class TinyViTBlock(nn.Module):
         ph, pw = h + pad_b, w + pad_r
         nh, nw = ph // ws, pw // ws
         win = x.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
-        win = self.attn(win)
-        x = win.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
+        x = self.attn(win).view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
         return x[:, :h, :w] if (pad_b or pad_r) else x
 
+    def _attention_in_bands(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + _windowed(x)`` one row of windows at a time (about 2 MiB of q, k and v in each stage
+        at 1024²), for the reason stage 0 runs in bands; the sum is written straight into the output."""
+        b, h, w, c = x.shape
+        ws = self.window
+        pad_r = (ws - w % ws) % ws
+        nw = (w + pad_r) // ws
+        bias = self.attn.bias()
+        out = torch.empty_like(x)
+        for r0 in range(0, h, ws):
+            r1 = min(r0 + ws, h)
+            band = x[:, r0:r1]
+            if pad_r or r1 - r0 < ws:
+                band = F.pad(band, (0, 0, 0, pad_r, 0, ws - (r1 - r0)))
+            win = band.view(b, ws, nw, ws, c).transpose(1, 2).reshape(b * nw, ws * ws, c)
+            y = self.attn(win, bias).view(b, nw, ws, ws, c).transpose(1, 2).reshape(b, ws, nw * ws, c)
+            torch.add(x[:, r0:r1], y[:, :r1 - r0, :w], out=out[:, r0:r1])
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self._windowed(x)
+        if self.training:
+            x = x + self._windowed(x)
+            x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            return x + self.mlp(x)
+        x = self._attention_in_bands(x)
         x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return x + self.mlp(x)
+        # The MLP is per position: in bands of rows, added in place to the convolution's output (ours).
+        for part in x.split(_band_rows(self.mlp.fc1.out_features, x.shape[2]), dim=1):
+            part.add_(self.mlp(part))
+        return x
 
 
 class BasicLayer(nn.Module):
