@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable as a plain script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from engine.allocator import keep_freed_memory
 from engine.click import ClickPredictor, build_click_model, list_click_models
 
 __all__ = ["Goals", "Row", "bench_click_model", "main"]
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print("CUDA requested but not available", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()   # as the app and the command line run (engine.allocator)
     configs = [] if args.device == "cuda" else [(torch.device("cpu"), "fp32")]
     if use_cuda:
         configs += [(torch.device("cuda"), "fp32"), (torch.device("cuda"), _cuda_half_name())]
@@ -219,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         "encoder_runs": args.encoder_runs, "predict_runs": args.predict_runs,
         "goals": {"predict_ms_cpu": GOALS.predict_ms_cpu, "encoder_ms_cpu": GOALS.encoder_ms_cpu},
         "cpu_count": os.cpu_count(), "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-        "note": args.note, "torch": torch.__version__, "python": platform.python_version(),
+        "note": args.note, "allocator_keeps_freed_memory": kept,
+        "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "gpu": torch.cuda.get_device_name(0) if use_cuda else None,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "rows": [asdict(r) for r in rows],

@@ -41,6 +41,7 @@ from deeplab_gui.widgets.canvas.tools import BrushTool, ClickTool  # noqa: E402
 from deeplab_gui.widgets.panels.crf_panel import PARAM_SPECS, CRFPanel  # noqa: E402
 from deeplab_gui.widgets.panels.image_list import ImageListPanel  # noqa: E402
 from engine import Status  # noqa: E402
+from engine.allocator import keep_freed_memory  # noqa: E402
 from engine.crf import DEEPLAB_V1  # noqa: E402
 from engine.crf.synthetic import make_scene  # noqa: E402
 
@@ -523,6 +524,7 @@ def main() -> int:
     results = json.loads(args.out.read_text()) if keep else {}
     results.pop("goals", None)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    kept = keep_freed_memory()   # as deeplab_gui.app.main does (engine.allocator)
     app = QApplication.instance() or QApplication(sys.argv[:1])
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_gui_") as d:
@@ -530,7 +532,8 @@ def main() -> int:
         os.environ["DEEPLAB_GUI_LOG_DIR"] = str(tmp / "log")
         for name in only:
             results[name] = benches[name](app, tmp)
-    results["machine"] = {"rerun": only, "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+    results["machine"] = {"rerun": only, "allocator_keeps_freed_memory": kept,
+                          "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                           "qt_platform": os.environ.get("QT_QPA_PLATFORM"), "load_start": load0,
                           "load_end": os.getloadavg()[0], "quick": args.quick}
     rows = []   # (only the benchmarks run now or kept from the file)

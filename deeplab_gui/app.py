@@ -16,6 +16,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.allocator import keep_freed_memory
+
 __all__ = ["QUIT_SIGNALS", "demo_folder", "freeze_startup_objects", "install_excepthook", "install_quit_signals",
            "main"]
 
@@ -135,6 +137,9 @@ def main(folder: str | None = None) -> int:
     from .widgets.main_window import MainWindow
 
     log_path = setup_logging()
+    # Large buffers (a 12 MP photo's) reused instead of fresh pages each time; the worker hands the
+    # free memory back after a while without tasks (see engine.allocator).
+    keep_freed_memory()
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "deeplab-gui"])
     app.setApplicationName("deeplab-gui")
     app.setOrganizationName("deeplab-gui")

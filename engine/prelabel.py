@@ -516,6 +516,8 @@ def run(cfg: PrelabelConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .allocator import keep_freed_memory
+    keep_freed_memory()   # one buffer size after another: reused, not fresh pages each time
     return run(_config(build_parser().parse_args(argv)))
 
 

@@ -290,3 +290,30 @@ def test_a_finished_task_lets_go_of_its_handle_and_of_what_its_callbacks_hold(qt
         qtbot.wait(10)
         gc.collect()
     assert ref_handle() is None and ref_held() is None
+
+
+def test_free_memory_goes_back_only_once_nothing_has_run_for_a_while(qtbot, monkeypatch):
+    """engine.allocator keeps freed memory for reuse while the app works; the worker hands it back
+    after release_idle_ms with no task in flight, never while one runs."""
+    from deeplab_gui.state import tasks
+
+    released = []
+    monkeypatch.setattr(tasks, "release_freed_memory", lambda: released.append(threading.current_thread()))
+    w = Worker(release_idle_ms=100)
+    gate = threading.Event()
+    handle = w.run_task(gate.wait, 10)
+    qtbot.wait(400)                       # a task in flight: nothing handed back
+    assert released == []
+    gate.set()
+    qtbot.waitUntil(lambda: len(released) == 1, timeout=5000)
+    assert released[0] is not threading.main_thread() and handle.done
+    qtbot.wait(300)                       # once per quiet spell, not every interval
+    assert len(released) == 1
+    w.run_task(lambda: None)              # the next quiet spell hands back again
+    qtbot.waitUntil(lambda: len(released) == 2, timeout=5000)
+    off = Worker(release_idle_ms=0)
+    off.run_task(lambda: None)
+    qtbot.wait(300)
+    assert len(released) == 2
+    w.wait(5000)
+    off.wait(5000)

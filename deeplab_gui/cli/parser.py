@@ -143,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.self_test:  # same code in source and frozen form; it prints its own report
         from .selftest import run_self_test
         return run_self_test()
+    # Many images of one size in a row: their buffers reused, not fresh pages each (engine.allocator).
+    from engine.allocator import keep_freed_memory
+    keep_freed_memory()
     try:
         return int(args.func(args))
     except CLIError as exc:

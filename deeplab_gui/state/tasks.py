@@ -19,9 +19,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal, Slot
 
-__all__ = ["LANE_IDLE_MS", "POOL_IDLE_MS", "TaskCancelled", "TaskHandle", "Worker", "one_line_error", "alongside"]
+from engine.allocator import release_freed_memory
+
+__all__ = ["LANE_IDLE_MS", "POOL_IDLE_MS", "RELEASE_IDLE_MS", "TaskCancelled", "TaskHandle", "Worker",
+           "alongside", "one_line_error"]
 
 log = logging.getLogger("deeplab_gui")
 
@@ -198,6 +201,9 @@ POOL_IDLE_MS = 1000
 # A lane's thread stays longer: a new thread's first click decode costs ~15 ms more (its team and
 # buffers are made on first use), so it lives while a person keeps clicking and goes when they stop.
 LANE_IDLE_MS = 5000
+# After this long with no task in flight, the free memory the C allocator keeps for reuse (see
+# engine.allocator, which the app turns on) goes back to the system, in a short-lived thread.
+RELEASE_IDLE_MS = 30_000
 
 
 class Worker(QObject):
@@ -212,8 +218,14 @@ class Worker(QObject):
     busy_changed = Signal(int)
 
     def __init__(self, parent: QObject | None = None, *, max_threads: int = 4, pool_idle_ms: int = POOL_IDLE_MS,
-                 lane_idle_ms: int = LANE_IDLE_MS) -> None:
+                 lane_idle_ms: int = LANE_IDLE_MS, release_idle_ms: int = RELEASE_IDLE_MS) -> None:
         super().__init__(parent)
+        # Free memory back to the system once nothing has run for a while (0: never).
+        self._release = QTimer(self)
+        self._release.setSingleShot(True)
+        self._release.setInterval(release_idle_ms)
+        self._release.timeout.connect(self._release_memory)
+        self._release_enabled = release_idle_ms > 0
         self.pool = QThreadPool(self)
         # A long pre-label run must not starve image loading: several threads, each mostly waiting
         # on torch (which has its own intra-op threads) or on disk.
@@ -267,7 +279,8 @@ class Worker(QObject):
             handle.finished.connect(lambda h=handle: self._retire(h))
             self.busy_changed.emit(len(self._active))
         self._all.add(handle)
-        handle.finished.connect(lambda h=handle: self._all.discard(h))
+        self._release.stop()
+        handle.finished.connect(lambda h=handle: self._forget(h))
         (self.pool if lane is None else self._lane(lane)).start(_Runnable(handle, fn, args, kw), priority)
         return handle
 
@@ -301,6 +314,15 @@ class Worker(QObject):
             return ""
         shown = ", ".join(parts[:3]) + (f" and {len(parts) - 3} more" if len(parts) > 3 else "")
         return f"running: {shown}…"
+
+    def _forget(self, handle: TaskHandle) -> None:
+        self._all.discard(handle)
+        if not self._all and self._release_enabled:
+            self._release.start()
+
+    def _release_memory(self) -> None:
+        if not self._all:
+            threading.Thread(target=release_freed_memory, name="deeplab-gui-release", daemon=True).start()
 
     def _retire(self, handle: TaskHandle) -> None:
         self._active.pop(handle, None)
