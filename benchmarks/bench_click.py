@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     if use_cuda:
         configs += [(torch.device("cuda"), "fp32"), (torch.device("cuda"), _cuda_half_name())]
 
+    speed = [machine_speed()]
+    print(f"machine before: {speed[0]}")
     print(_HEAD)
     print("-" * len(_HEAD))
     rows = []
@@ -213,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             row = bench_click_model(name, device, precision, args.encoder_runs, args.predict_runs)
             rows.append(row)
             print(_format_row(row), flush=True)
+    speed.append(machine_speed())
+    print(f"machine after: {speed[1]}")
 
     tag = "cuda" if use_cuda else "cpu"
     out = args.out or ROOT / "benchmarks" / "results" / f"click_{tag}.json"
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "encoder_runs": args.encoder_runs, "predict_runs": args.predict_runs,
         "goals": {"predict_ms_cpu": GOALS.predict_ms_cpu, "encoder_ms_cpu": GOALS.encoder_ms_cpu},
         "cpu_count": os.cpu_count(), "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-        "note": args.note, "allocator_keeps_freed_memory": kept,
+        "note": args.note, "allocator_keeps_freed_memory": kept, "machine_speed_before_after": speed,
         "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "gpu": torch.cuda.get_device_name(0) if use_cuda else None,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -230,6 +234,29 @@ def main(argv: list[str] | None = None) -> int:
     _write_json(out, payload)
     print(f"wrote {out}")
     return 0
+
+
+def machine_speed(repeats: int = 20) -> dict:
+    """How fast the shared machine is just now, in the benchmark's threads: a 1024² float32 matrix
+    product (GFLOP/s, median) and a 4 MiB add into a buffer already touched (GB/s read and written,
+    median). The same code runs up to 1.5× slower in this shared machine's slow phases; these say
+    which phase a run fell in (on the 2-core machine the product ran at 165-180 GFLOP/s while a
+    MobileSAM click took 27 ms, and at 130-145 GFLOP/s while it took 32-36 ms)."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    x, y = torch.randn(1 << 20), torch.empty(1 << 20)
+
+    def median_s(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    gemm = median_s(lambda: torch.mm(a, b))
+    add = median_s(lambda: torch.add(x, 1.0, out=y))
+    return {"gemm_gflops": round(2 * 1024 ** 3 / gemm / 1e9, 1), "add_gbs": round(8 * (1 << 20) / add / 1e9, 1)}
 
 
 if __name__ == "__main__":
