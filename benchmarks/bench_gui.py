@@ -93,6 +93,13 @@ def wait_until(app: QApplication, cond, timeout: float = 60.0, poll_ms: int = 1,
         raise TimeoutError("benchmark step did not finish")
 
 
+def pause(app: QApplication, ms: float, poll_ms: int = 10, since: float | None = None) -> None:
+    """Let the app's event loop run for ``ms`` (from ``since``, a perf_counter time, or now): a person
+    holding a button, resting the pointer or looking at the screen."""
+    end = (time.perf_counter() if since is None else since) + ms / 1000
+    wait_until(app, lambda: time.perf_counter() >= end, poll_ms=poll_ms)
+
+
 def open_session(app, folder: Path, settings_path: Path) -> Session:
     s = Session(Settings(settings_path))
     s.open_folder(folder)
@@ -369,8 +376,7 @@ def bench_click(app, tmp: Path, clicks: int) -> dict:
         there), on the spot or, with ``rest_off``, that many image pixels to its left. ``look_ms``:
         the person looks at what is on screen that long before pressing (no pointer motion)."""
         if look_ms:
-            end = time.perf_counter() + look_ms / 1000
-            wait_until(app, lambda: time.perf_counter() >= end, poll_ms=10)
+            pause(app, look_ms)
         x, y = float(rng.uniform(60, 440)), float(rng.uniform(60, 315))
         p = canvas.mapFromScene(QPointF(x, y))
         send = lambda kind, held, b=button, at=p: app.sendEvent(canvas.viewport(), QMouseEvent(  # noqa: E731
@@ -379,15 +385,13 @@ def bench_click(app, tmp: Path, clicks: int) -> dict:
         if rest_ms:
             send(QEvent.Type.MouseMove, Qt.MouseButton.NoButton, Qt.MouseButton.NoButton,
                  canvas.mapFromScene(QPointF(x - rest_off, y)))
-            end = time.perf_counter() + rest_ms / 1000
-            wait_until(app, lambda: time.perf_counter() >= end, poll_ms=5)
+            pause(app, rest_ms, poll_ms=5)
         painted, rounds = item.paints, tool._round
         shown = lambda: item.paints > painted or (tool._round > rounds and not item.isVisible())  # noqa: E731
         t0 = time.perf_counter()
         send(QEvent.Type.MouseButtonPress, button)
         if hold_ms:
-            end = t0 + hold_ms / 1000
-            wait_until(app, lambda: time.perf_counter() >= end, poll_ms=max(1, int(hold_ms)))
+            pause(app, hold_ms, poll_ms=max(1, int(hold_ms)), since=t0)
             t0 = time.perf_counter()
             if shown():
                 send(QEvent.Type.MouseButtonRelease, Qt.MouseButton.NoButton)
@@ -430,8 +434,7 @@ def bench_click(app, tmp: Path, clicks: int) -> dict:
     # Between objects a person takes a moment to move on (MOVE_ON_MS; the tool spaces its guesses).
     rested, guessed_runs = [], len(decode)
     for i in range(clicks):
-        end = time.perf_counter() + MOVE_ON_MS / 1000
-        wait_until(app, lambda: time.perf_counter() >= end, poll_ms=10)
+        pause(app, MOVE_ON_MS)
         rested.append(click(Qt.MouseButton.LeftButton, rest_ms=REST_BEFORE_MS))
         tool.key(Qt.Key.Key_Escape)
         app.processEvents()
@@ -499,8 +502,7 @@ def bench_click_large(app, tmp: Path, clicks: int) -> dict:
         send(QEvent.Type.MouseButtonRelease, Qt.MouseButton.NoButton)
         wait_until(app, shown, poll_ms=20, wake=lambda check: setattr(item, "on_paint", check))
         previews.append((time.perf_counter() - t0) * 1000)
-        end = time.perf_counter() + LOOK_MS / 1000
-        wait_until(app, lambda: time.perf_counter() >= end, poll_ms=10)
+        pause(app, LOOK_MS)
         version = s.document.version
         t0 = time.perf_counter()
         tool.key(Qt.Key.Key_Return)

@@ -225,7 +225,6 @@ class Worker(QObject):
         self._release.setSingleShot(True)
         self._release.setInterval(release_idle_ms)
         self._release.timeout.connect(self._release_memory)
-        self._release_enabled = release_idle_ms > 0
         self.pool = QThreadPool(self)
         # A long pre-label run must not starve image loading: several threads, each mostly waiting
         # on torch (which has its own intra-op threads) or on disk.
@@ -317,7 +316,7 @@ class Worker(QObject):
 
     def _forget(self, handle: TaskHandle) -> None:
         self._all.discard(handle)
-        if not self._all and self._release_enabled:
+        if not self._all and self._release.interval() > 0:
             self._release.start()
 
     def _release_memory(self) -> None:
