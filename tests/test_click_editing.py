@@ -149,6 +149,30 @@ def test_region_class_counts_every_pixel_at_the_cell_its_centre_falls_in(seed):
         assert (full == want).all()
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_cell_counts_in_blocks_equal_the_counts_per_cell_summed(seed):
+    """With max_cells, square blocks of cells: their counts are the per-cell counts summed, listed
+    at each block's middle cell, and there are at most max_cells of them."""
+    from deeplab_gui.editing.reduce import cell_counts
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        (H, W), (h, w) = rng.integers(1, 300, 2), rng.integers(1, 200, 2)
+        mask = rng.random((H, W)) < rng.random()
+        limit = int(rng.integers(1, 400))
+        got, blocks = cell_counts(mask, (h, w)), cell_counts(mask, (h, w), limit)
+        if got is None:
+            assert blocks is None and not mask.any()
+            continue
+        (counts, rows, cols), (bc, br, bk) = got, blocks
+        step = next(s for s in range(1, 10_000) if -(-len(rows) // s) * -(-len(cols) // s) <= limit)
+        assert bc.size <= limit
+        r, k = np.arange(0, len(rows), step), np.arange(0, len(cols), step)
+        want = np.add.reduceat(np.add.reduceat(counts, r, axis=0), k, axis=1)
+        assert np.array_equal(bc, want) and bc.sum() == mask.sum()
+        assert np.array_equal(br, rows[np.minimum(r + step // 2, len(rows) - 1)])
+        assert np.array_equal(bk, cols[np.minimum(k + step // 2, len(cols) - 1)])
+
+
 def test_region_class_of_a_region_over_many_cells_weighs_blocks_of_them(monkeypatch):
     """Above CLASS_CELLS cells the region is weighed in blocks; a region that leans to a class still
     gets it, and one sure cell does not outvote the rest."""

@@ -36,13 +36,17 @@ def cell_groups(n: int, cells: int, start: int, stop: int) -> tuple[np.ndarray, 
     return first, cell[first]
 
 
-def cell_counts(mask: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def cell_counts(mask: np.ndarray, grid: tuple[int, int], max_cells: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """How many of the mask's pixels fall in each ``grid`` cell, over the mask's bounding box: the
     counts (rows × columns of cells) and the cells' row and column indices; None for an empty mask.
+    ``max_cells``: where the box spans more cells, they are taken in square blocks of cells (the
+    fewest that keep the count within it), each block's count of pixels listed at its middle cell.
 
     Which cell a pixel falls in depends on its row and its column apart, so the counts are two
     sums of runs (rows of each cell row, then columns of each cell column): about 15 ms for a
     12-megapixel mask, where listing its pixels and counting them per cell took a third of a second.
+    Blocks are summed the same way, as longer runs, without the counts per cell first.
     """
     box = bbox_of(mask)
     if box is None:
@@ -51,8 +55,20 @@ def cell_counts(mask: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np
     y0, x0, y1, x1 = box
     row_first, rows = cell_groups(H, h, y0, y1)
     col_first, cols = cell_groups(W, w, x0, x1)
+    step = 1 if max_cells is None else max(1, math.ceil(math.sqrt(len(rows) * len(cols) / max_cells)))
+    while step > 1 and -(-len(rows) // step) * -(-len(cols) // step) > max_cells:
+        step += 1   # a partial block at an edge counts as one
+    if step > 1:
+        row_first, rows = _blocks(row_first, rows, step)
+        col_first, cols = _blocks(col_first, cols, step)
     per_row = _row_sums(mask[y0:y1, x0:x1], row_first)
     return np.add.reduceat(per_row, col_first, axis=1, dtype=np.int64), rows, cols
+
+
+def _blocks(first: np.ndarray, cells: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of ``step`` cells as one: each block's first pixel and its middle cell."""
+    starts = np.arange(0, len(cells), step)
+    return first[starts], cells[np.minimum(starts + step // 2, len(cells) - 1)]
 
 
 def _row_sums(block: np.ndarray, first: np.ndarray) -> np.ndarray:
