@@ -44,6 +44,7 @@ from deeplab_gui.widgets.panels.crf_panel import PARAM_SPECS, CRFPanel  # noqa: 
 from deeplab_gui.widgets.panels.image_list import ImageListPanel  # noqa: E402
 from engine import Status  # noqa: E402
 from engine.allocator import keep_freed_memory  # noqa: E402
+from engine.threads import own_threads  # noqa: E402
 from engine.crf import DEEPLAB_V1  # noqa: E402
 from engine.crf.synthetic import make_scene  # noqa: E402
 
@@ -490,6 +491,9 @@ def bench_click_large(app, tmp: Path, clicks: int) -> dict:
     item, rng = canvas.regions.region, np.random.default_rng(4)
     previews, accepts = [], []
     for i in range(clicks + 1):                     # the first warms up
+        # A person moves on to the next object after Enter (the undo's repaint of the photo is done
+        # by then, as the 500x375 rows look at the screen before each press).
+        pause(app, LOOK_MS)
         x, y = float(rng.uniform(400, 3600)), float(rng.uniform(300, 2700))
         p = canvas.mapFromScene(QPointF(x, y))
         send = lambda kind, held, b=Qt.MouseButton.LeftButton: app.sendEvent(canvas.viewport(), QMouseEvent(  # noqa: E731
@@ -546,6 +550,7 @@ def main() -> int:
     results.pop("goals", None)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     kept = keep_freed_memory()   # as deeplab_gui.app.main does (engine.allocator)
+    own_threads(1)               # ... and one torch thread for the UI thread (engine.threads)
     app = QApplication.instance() or QApplication(sys.argv[:1])
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_gui_") as d:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.allocator import keep_freed_memory
+from engine.threads import own_threads
 
 __all__ = ["QUIT_SIGNALS", "demo_folder", "freeze_startup_objects", "install_excepthook", "install_quit_signals",
            "main"]
@@ -140,6 +141,9 @@ def main(folder: str | None = None) -> int:
     # Large buffers (a 12 MP photo's) reused instead of fresh pages each time; the worker hands the
     # free memory back after a while without tasks (see engine.allocator).
     keep_freed_memory()
+    # The UI thread runs no heavy torch work; what little it does runs on one thread, so no OpenMP
+    # team of its own slows the workers' (see engine.threads).
+    own_threads(1)
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "deeplab-gui"])
     app.setApplicationName("deeplab-gui")
     app.setOrganizationName("deeplab-gui")

@@ -329,6 +329,45 @@ def test_auto_class_takes_the_probabilities_class_and_can_be_switched_off(qtbot,
     assert np.all(s.document.mask[disc(20, 20, R)] == 2)
 
 
+def test_only_the_shown_candidates_class_is_weighed_before_its_preview(qtbot, canvas, monkeypatch):
+    """The click's job weighs the class of the candidate it shows; the others are weighed while the
+    preview is looked at (the settle), or by Tab when it comes first; each candidate once."""
+    import deeplab_gui.editing.click as editing_click
+    c, s = canvas, canvas.session
+    with_fake_model(c)
+    classes = np.full((H, W), 3)
+    classes[disc(20, 20, R)] = 2                  # candidates R and R/2 lie in class 2; 2R mostly in 3
+    s.probs = probs_for(classes, len(s.class_names))
+    weighed = []
+    real = editing_click.region_class
+    monkeypatch.setattr(editing_click, "region_class",
+                        lambda *a, **kw: weighed.append(threading.current_thread()) or real(*a, **kw))
+    tool = use(c, "click")
+    tool.edge_polish = False
+    tool._settle_timer.setInterval(60_000)       # the settle only when the test says so
+    click(c, 20, 20)
+    qtbot.waitUntil(lambda: previewed(c), timeout=10_000)
+    wait_idle(qtbot, tool)
+    assert tool.label() == 2 and len(weighed) == 1 and weighed[0] is not threading.main_thread()
+    tool._settle_now()                            # what the timer does once the preview is painted
+    qtbot.waitUntil(lambda: len(weighed) == 3, timeout=10_000)
+    qtbot.keyClick(c, Qt.Key.Key_Tab)
+    qtbot.keyClick(c, Qt.Key.Key_Tab)
+    assert tool.label() == 3 and c.regions.label.text() == s.class_names[3] and len(weighed) == 3
+    # Tab before the settle: the shown candidate's class is weighed then, once.
+    qtbot.keyClick(c, Qt.Key.Key_Escape)
+    weighed.clear()
+    click(c, 20, 20)
+    qtbot.waitUntil(lambda: previewed(c) and tool.cands and len(weighed) == 1, timeout=10_000)
+    wait_idle(qtbot, tool)
+    tool._settle_timer.stop()
+    qtbot.keyClick(c, Qt.Key.Key_Tab)
+    qtbot.keyClick(c, Qt.Key.Key_Tab)
+    assert tool.label() == 3 and len(weighed) == 3
+    qtbot.keyClick(c, Qt.Key.Key_Tab)
+    assert tool.label() == 2 and len(weighed) == 3
+
+
 def test_edge_polish_runs_in_a_worker_and_changes_only_the_border_band(qtbot, canvas):
     c, s = canvas, canvas.session
     with_fake_model(c)
@@ -515,7 +554,7 @@ def test_clicks_queued_behind_a_prediction_survive_tab_and_the_edge_polish(qtbot
 
 
 def test_enter_while_a_prediction_runs_writes_what_is_on_screen(qtbot, canvas, monkeypatch):
-    import deeplab_gui.widgets.canvas.click_tool as click_tool
+    import deeplab_gui.editing.click as editing_click
     c, s = canvas, canvas.session
     with_fake_model(c)
     tool = use(c, "click")
@@ -529,7 +568,7 @@ def test_enter_while_a_prediction_runs_writes_what_is_on_screen(qtbot, canvas, m
         reached.set()
         held.wait(10)
         return None
-    monkeypatch.setattr(click_tool, "region_class", slow_class)
+    monkeypatch.setattr(editing_click, "region_class", slow_class)
     s.probs = probs_for(np.ones((H, W), int), len(s.class_names))
     before = s.document.mask.copy()
     click(c, 40, 30)

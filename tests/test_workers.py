@@ -213,6 +213,20 @@ def test_a_lane_runs_its_tasks_one_at_a_time_on_one_thread_higher_priority_first
     assert len(threads) == 1                 # the lane's thread outlives its tasks (while work keeps coming)
 
 
+def test_a_task_runs_with_the_torch_threads_it_asks_for_and_the_next_with_the_process_count(qtbot, worker):
+    import torch
+
+    from engine.threads import process_threads
+    seen = []
+    job = lambda: seen.append(torch.get_num_threads())   # noqa: E731
+    for kw in ({"threads": 1}, {}, {"threads": 1, "lane": "x"}, {"lane": "x"}):
+        h = worker.run_task(job, **kw)
+        qtbot.waitUntil(lambda h=h: h.done, timeout=5000)
+    n = process_threads()
+    assert seen == [1, n, 1, n]
+    assert torch.get_num_threads() == n      # the UI thread's own count is untouched
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc to see threads exit")
 def test_idle_pool_and_lane_threads_exit_and_take_their_torch_threads_with_them(qtbot):
     # An idle thread keeps its OpenMP team (which slows every other thread's torch work): idle pool

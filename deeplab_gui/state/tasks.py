@@ -22,6 +22,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal, Slot
 
 from engine.allocator import release_freed_memory
+from engine.threads import intraop_threads, process_threads
 
 __all__ = ["LANE_IDLE_MS", "POOL_IDLE_MS", "RELEASE_IDLE_MS", "TaskCancelled", "TaskHandle", "Worker",
            "alongside", "one_line_error"]
@@ -142,17 +143,18 @@ class TaskHandle(QObject):
 
 
 class _Runnable(QRunnable):
-    def __init__(self, handle: TaskHandle, fn: Callable, args: tuple, kwargs: dict) -> None:
+    def __init__(self, handle: TaskHandle, fn: Callable, args: tuple, kwargs: dict, threads: int) -> None:
         super().__init__()
         self.setAutoDelete(True)
-        self.handle, self.fn, self.args, self.kwargs = handle, fn, args, kwargs
+        self.handle, self.fn, self.args, self.kwargs, self.threads = handle, fn, args, kwargs, threads
 
     def run(self) -> None:  # pool thread
         h = self.handle
         try:
             if h.cancelled:
                 return
-            out = self.fn(*self.args, **self.kwargs)
+            with intraop_threads(self.threads):
+                out = self.fn(*self.args, **self.kwargs)
             if isinstance(out, types.GeneratorType):
                 out = self._drain(out)
             if not h.cancelled:
@@ -234,6 +236,8 @@ class Worker(QObject):
         self._lanes: dict[str, QThreadPool] = {}
         self._active: dict[TaskHandle, None] = {}  # counted for busy_changed, in start order
         self._all: set[TaskHandle] = set()     # every task in flight, quiet ones too (cancel_all)
+        # Each task sets the torch threads of the thread it runs on (see run_task's ``threads``).
+        self._threads = process_threads()
 
     @property
     def active(self) -> int:
@@ -245,7 +249,7 @@ class Worker(QObject):
                  on_progress: Callable[[int, int], Any] | None = None,
                  on_yielded: Callable[[Any], Any] | None = None,
                  parent: QObject | None = None, task_name: str = "", quiet: bool = False,
-                 lane: str | None = None, priority: int = 0, **kw: Any) -> TaskHandle:
+                 lane: str | None = None, priority: int = 0, threads: int | None = None, **kw: Any) -> TaskHandle:
         """Start ``fn(*args, **kw)`` in the pool and return its handle at once.
 
         ``fn`` gets ``progress=``, ``cancel=`` and ``emit=`` keyword callables when its signature names
@@ -257,6 +261,11 @@ class Worker(QObject):
         ``priority`` first among those waiting). The lane's thread stays while work keeps coming (up
         to ``lane_idle_ms`` idle), so one model's calls do not hop between threads, each making its own
         OpenMP team.
+
+        ``threads``: the CPU threads ``fn``'s torch operators use (default: the process's count). One
+        for work that runs beside a lane's model and is not waited on: a thread that has run torch
+        on several threads keeps an OpenMP team until it exits, and more such threads than cores
+        slow every team (see engine.threads).
         """
         handle = TaskHandle(task_name or getattr(fn, "__name__", ""), parent)
         if _accepts(fn, "progress"):
@@ -280,7 +289,8 @@ class Worker(QObject):
         self._all.add(handle)
         self._release.stop()
         handle.finished.connect(lambda h=handle: self._forget(h))
-        (self.pool if lane is None else self._lane(lane)).start(_Runnable(handle, fn, args, kw), priority)
+        runnable = _Runnable(handle, fn, args, kw, threads or self._threads)
+        (self.pool if lane is None else self._lane(lane)).start(runnable, priority)
         return handle
 
     def _lane(self, name: str) -> QThreadPool:

@@ -24,7 +24,7 @@ from typing import Any
 
 from PySide6.QtCore import QPointF, QTimer
 
-from ...editing.click import ClickSession, region_class
+from ...editing.click import ClickSession, RegionClasses
 from ...state.click_models import CLICK_LANE
 
 __all__ = ["GUESS_GAP_MS", "GUESS_SHARE", "REST_MS", "GuessingClicks"]
@@ -173,7 +173,9 @@ class GuessingClicks:
             session = base.fork()
             session.select(shown)
             cands = session.add_point(xy[0], xy[1], positive=True)
-            classes = [None if probs is None else region_class(probs, c.preview, default) for c in cands]
+            classes = RegionClasses(probs if cands else None, cands, default)
+            if cands:
+                classes[session.index]   # the shown one's; the others when settling (see ClickTool._settle)
             guess.ms = (time.perf_counter() - start) * 1000
             return session, cands, classes, session.index
 
@@ -210,11 +212,11 @@ class GuessingClicks:
         session, cands, classes, index = guess.result
         self._guess = None
         self.session = session
-        self.cands, self.classes, self.index = list(cands), list(classes), index
+        self.cands, self.classes, self.index = list(cands), classes, index
         self._round += 1
         self._polished = {}
         self.show()
-        self._settle(session)
+        self._settle(session, classes)
 
     def leave(self) -> None:
         self._rest.stop()

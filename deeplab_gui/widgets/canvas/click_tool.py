@@ -29,9 +29,9 @@ from PySide6.QtCore import QPointF, Qt, QTimer
 from ...editing.click import (
     CLICK_DESCRIPTION,
     ClickSession,
+    RegionClasses,
     accept_region,
     polish_edges,
-    region_class,
 )
 from ...state.click_models import CLICK_LANE
 from .click_guess import GuessingClicks
@@ -83,7 +83,7 @@ class ClickTool(GuessingClicks, Tool):
         self._settle_timer.setSingleShot(True)
         self._settle_timer.setInterval(SETTLE_AFTER_MS)
         self._settle_timer.timeout.connect(self._settle_now)
-        self._to_settle: ClickSession | None = None
+        self._to_settle: tuple[ClickSession, RegionClasses | None] | None = None
         self._init_guessing()
 
     # -------------------------------------------------------------- life cycle
@@ -242,7 +242,9 @@ class ClickTool(GuessingClicks, Tool):
                     cands = session.retract_point(prompt[1:])
                 else:
                     cands = session.add_point(prompt[1], prompt[2], positive=prompt[3])
-            classes = [None if probs is None else region_class(probs, c.preview, default) for c in cands]
+            classes = RegionClasses(probs if cands else None, cands, default)
+            if cands:
+                classes[session.index]   # the shown candidate's class now, the others later (see _settle)
             return cands, classes, session.index
 
         def done(result) -> None:
@@ -250,13 +252,13 @@ class ClickTool(GuessingClicks, Tool):
             self.queue.done()
             if gen != self._gen or t.document is not doc:
                 return
-            self.cands, self.classes = list(result[0]), list(result[1])
+            self.cands, self.classes = list(result[0]), result[1]
             self.index = result[2]   # 0 for new candidates; a retracted point's earlier choice
             self._round += 1
             self._polished = {}
             self.show(polish=not newer)
             if not newer:
-                self._settle(session)
+                self._settle(session, result[1])
 
         def failed(text: str) -> None:
             if gen == self._gen and t.document is doc:
@@ -276,18 +278,25 @@ class ClickTool(GuessingClicks, Tool):
         return t.run_task(job, on_result=done, on_error=failed, task_name="Click region",
                           lane=CLICK_LANE, priority=1)
 
-    def _settle(self, session: ClickSession) -> None:
+    def _settle(self, session: ClickSession, classes: RegionClasses | None = None) -> None:
         """While the person looks at the candidates, have the rest of their logits made in the click
-        lane (the next click's mask input; see ClickSession.settle), ahead of neighbours' embeddings.
-        It starts SETTLE_AFTER_MS later, once the preview is painted: started at once, its two
-        threads took the cores the paint needed. A click before then reads the logits itself."""
-        self._to_settle = session
+        lane (the next click's mask input; see ClickSession.settle), ahead of neighbours' embeddings,
+        and the other candidates' classes weighed (``classes``). It starts SETTLE_AFTER_MS later,
+        once the preview is painted: started at once, its two threads took the cores the paint
+        needed. A click before then reads the logits itself; Tab weighs the class it shows."""
+        self._to_settle = (session, classes)
         self._settle_timer.start()
 
     def _settle_now(self) -> None:
-        t, session, self._to_settle = self.target, self._to_settle, None
-        if t is not None and session is not None:
-            t.run_task(session.settle, on_result=lambda _: None, on_error=lambda _: None,
+        t, pending, self._to_settle = self.target, self._to_settle, None
+        if t is not None and pending is not None:
+            session, classes = pending
+
+            def settle() -> None:
+                session.settle()
+                if classes is not None:
+                    classes.fill()
+            t.run_task(settle, on_result=lambda _: None, on_error=lambda _: None,
                        task_name="Click region", lane=CLICK_LANE, priority=1, quiet=True)
 
     @property
@@ -332,8 +341,9 @@ class ClickTool(GuessingClicks, Tool):
         cand, t = self.current, self.target
         if cand is None or cand.ready or t is None:
             return
+        # One thread: it runs beside the click lane's decoder (see Worker.run_task's ``threads``).
         t.run_task(lambda: cand.mask, on_result=lambda _: None, on_error=lambda _: None,
-                   task_name="Click region at full size")
+                   task_name="Click region at full size", threads=1)
 
     def _polish_shown(self):
         """Polish the shown candidate's border in a worker (once per candidate and class); returns
@@ -363,8 +373,9 @@ class ClickTool(GuessingClicks, Tool):
                 t.report_error(f"Edge polish failed (the region stays as the model gave it): {text}")
 
         handle: list = []
+        # One thread, as the full-size candidate: the next click must not wait on its OpenMP team.
         self.polish_queue.submit(lambda: handle.append(t.run_task(polish, on_result=done, on_error=failed,
-                                                                  task_name="Edge polish")))
+                                                                  task_name="Edge polish", threads=1)))
         return handle[0] if handle else None
 
     # -------------------------------------------------------------- keys
