@@ -217,6 +217,19 @@ def test_polish_edges_moves_the_border_onto_the_edge_and_nothing_beyond_the_band
     assert np.array_equal(polish_edges(image, None, np.zeros_like(rough), 1, CRFParams(), 2), np.zeros_like(rough))
 
 
+@pytest.mark.parametrize("max_pixels", [None, 2000])
+def test_a_polish_stopped_by_cancel_returns_none(max_pixels):
+    image, truth = _square_image(np.random.default_rng(0), shape=(120, 160), box=(30, 40, 90, 110))
+    rough = np.zeros_like(truth)
+    rough[34:86, 36:104] = True
+    kw = {} if max_pixels is None else {"max_pixels": max_pixels}
+    asked = []
+    assert polish_edges(image, None, rough, 1, CRFParams(), 2, band=3, cancel=lambda: asked.append(1) or len(asked) > 2,
+                        **kw) is None
+    kept = polish_edges(image, None, rough, 1, CRFParams(), 2, band=3, cancel=lambda: False, **kw)
+    assert np.array_equal(kept, polish_edges(image, None, rough, 1, CRFParams(), 2, band=3, **kw))
+
+
 def test_a_large_region_is_polished_on_a_reduced_copy_within_a_scaled_band(monkeypatch):
     """Over max_pixels the CRF sees a reduced copy (never more than max_pixels); the border still
     moves onto the edge, the model's probabilities still count, and nothing changes farther than
@@ -230,7 +243,8 @@ def test_a_large_region_is_polished_on_a_reduced_copy_within_a_scaled_band(monke
     rough[34:86, 36:104] = True          # 4-6 px off on every side
     seen = []
     refine = __import__("engine.crf", fromlist=["refine"]).refine
-    monkeypatch.setattr("engine.crf.refine", lambda img, p, params: seen.append(img.shape[:2]) or refine(img, p, params))
+    monkeypatch.setattr("engine.crf.refine",
+                        lambda img, p, params, **kw: seen.append(img.shape[:2]) or refine(img, p, params, **kw))
     out = polish_edges(image, None, rough, 1, CRFParams(), 2, band=3, max_pixels=2000)
     assert seen and all(h * w <= 2000 for h, w in seen)
     changed = out != rough

@@ -4,6 +4,7 @@ and the superpixel brush.  Mouse and keys go through the canvas's own event hand
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -551,6 +552,32 @@ def test_clicks_queued_behind_a_prediction_survive_tab_and_the_edge_polish(qtbot
     wait_idle(qtbot, tool)
     assert tool.session.labels.tolist() == [1, 1, 0, 1]    # no prompt was dropped
     assert tool.session.points.tolist() == [[20, 20], [30, 20], [12, 20], [25, 30]]
+
+
+def test_a_new_click_stops_the_polish_of_the_candidates_it_replaces(qtbot, canvas, monkeypatch):
+    """The edge polish is background work for what is shown: the next prompt (or Escape) stops it
+    between its CRF steps, and the new candidates get their own polish."""
+    c, s = canvas, canvas.session
+    with_fake_model(c)
+    s.probs = probs_for(np.ones((H, W), int), len(s.class_names))
+    started, stopped = [], []
+
+    def slow_refine(img, p, params, cancel=None, **kw):   # a CRF that runs until told to stop
+        started.append(1)
+        while not cancel():
+            time.sleep(0.005)
+        stopped.append(1)
+        return None
+    monkeypatch.setattr("engine.crf.refine", slow_refine)
+    tool = use(c, "click")
+    click(c, 20, 20)
+    qtbot.waitUntil(lambda: len(started) == 1, timeout=10_000)
+    click(c, 30, 20, button=Qt.MouseButton.RightButton)
+    qtbot.waitUntil(lambda: len(stopped) == 1 and len(started) == 2, timeout=10_000)   # the next one's polish
+    assert tool.session.points.tolist() == [[20, 20], [30, 20]]
+    qtbot.keyClick(c, Qt.Key.Key_Escape)
+    qtbot.waitUntil(lambda: len(stopped) == 2 and not tool.polish_queue.busy, timeout=10_000)
+    assert not previewed(c) and tool._polished == {}
 
 
 def test_enter_while_a_prediction_runs_writes_what_is_on_screen(qtbot, canvas, monkeypatch):

@@ -129,6 +129,21 @@ def test_single_kernel_and_two_class_cases_agree():
         assert (ref.argmax(0) == ours.argmax(0)).mean() >= 0.99
 
 
+@pytest.mark.parametrize("stop_at", [1, 2, 5])
+def test_cancel_stops_the_refine_between_its_steps(scene, stop_at):
+    """``cancel`` is asked before the work, once the kernels are built and before each iteration;
+    the first True returns None. Never True: the same answer as without it."""
+    asked = []
+
+    def cancel() -> bool:
+        asked.append(1)
+        return len(asked) >= stop_at
+    assert refine(scene.image, scene.probs, DEEPLAB_V1, backend="torch", cancel=cancel) is None
+    assert len(asked) == stop_at
+    never = refine(scene.image, scene.probs, DEEPLAB_V1, backend="torch", cancel=lambda: False)
+    np.testing.assert_array_equal(never, refine(scene.image, scene.probs, DEEPLAB_V1, backend="torch"))
+
+
 def test_class_pruning_does_not_change_the_result():
     sc = make_scene(64, 80, 21, active_classes=3, seed=2)
     pruned = refine(sc.image, sc.probs, DEEPLAB_V1, backend="torch")

@@ -333,7 +333,8 @@ def _border_zone(inside: np.ndarray, band: int) -> np.ndarray:
 
 
 def polish_edges(image: np.ndarray, probs: Any, mask: np.ndarray, label: int, params: Any,
-                 num_classes: int, band: int = 3, max_pixels: int = POLISH_MAX_PIXELS) -> np.ndarray:
+                 num_classes: int, band: int = 3, max_pixels: int = POLISH_MAX_PIXELS,
+                 cancel: Callable[[], bool] | None = None) -> np.ndarray | None:
     """The region ``mask`` (H×W bool) with its border moved onto image edges by the dense CRF.
 
     Over a crop around the region the CRF decides "this class or not": the region is a strong prior
@@ -347,6 +348,9 @@ def polish_edges(image: np.ndarray, probs: Any, mask: np.ndarray, label: int, pa
     ``band``/s px of the photo, and the answer is enlarged bilinearly. Memory: the CRF of at most
     ``max_pixels`` (about 500 bytes a pixel) plus about one byte a pixel of the crop; a 12-megapixel
     region took minutes and 12 GB at full size.
+
+    ``cancel``: the CRF asks it between its steps; True stops the polish, which returns None (the
+    click tool's polish is background work that a new click makes useless).
     """
     region = np.asarray(mask, dtype=bool)
     if not 0 <= int(label) < int(num_classes):
@@ -361,24 +365,29 @@ def polish_edges(image: np.ndarray, probs: Any, mask: np.ndarray, label: int, pa
     out = region.copy()
     cut = Reduction.fit(box, region.shape, max_pixels)
     if cut is not None:
-        _polish_reduced(out, image, plane, cut, band, params)
-        return out
+        return out if _polish_reduced(out, image, plane, cut, band, params, cancel) else None
     from engine.crf import refine
     model = _crop_probs(plane, region.shape, box)
     p = _polish_prior(inside, None if model is None else model[0])
-    answer = refine(np.ascontiguousarray(image[y0:y1, x0:x1]), p, params).argmax(0).astype(bool)
-    out[y0:y1, x0:x1] = np.where(_border_zone(inside, band), answer, inside)
+    refined = refine(np.ascontiguousarray(image[y0:y1, x0:x1]), p, params, cancel=cancel)
+    if refined is None:
+        return None
+    out[y0:y1, x0:x1] = np.where(_border_zone(inside, band), refined.argmax(0).astype(bool), inside)
     return out
 
 
-def _polish_reduced(out: np.ndarray, image: np.ndarray, plane: Any, cut: Reduction, band: int, params: Any) -> None:
+def _polish_reduced(out: np.ndarray, image: np.ndarray, plane: Any, cut: Reduction, band: int, params: Any,
+                    cancel: Callable[[], bool] | None = None) -> bool:
     """:func:`polish_edges` of the crop ``cut.box`` of ``out`` (the region, changed in place) on the
-    reduced copy ``cut``."""
+    reduced copy ``cut``; False (``out`` unchanged) when ``cancel`` stopped it."""
     from engine.crf import refine
     y0, x0, y1, x1 = cut.box
     share = cut.share(out[y0:y1, x0:x1])                     # the region's share of each reduced pixel
     model = None if plane is None else cut.probs(plane)[0]
-    yes = refine(cut.image(image), _polish_prior(share, model), params.scaled(cut.scale))[1:]
+    refined = refine(cut.image(image), _polish_prior(share, model), params.scaled(cut.scale), cancel=cancel)
+    if refined is None:
+        return False
+    yes = refined[1:]
     zone = _border_zone(share >= 0.5, band) | ((share > 0) & (share < 1))   # split pixels are on the border
     # Back at the photo's size: the zone by the reduced pixel each photo pixel falls in, the answer bilinearly.
     cell_row, cell_col = cut.cells()
@@ -386,6 +395,7 @@ def _polish_reduced(out: np.ndarray, image: np.ndarray, plane: Any, cut: Reducti
         where = zone[cell_row[r0:r1]][:, cell_col]
         rows = out[y0 + r0:y0 + r1, x0:x1]
         rows[where] = answer[0][where] > 0.5
+    return True
 
 
 def crf_click_region(image: np.ndarray, probs: Any, seed_xy: tuple[float, float], label: int, params: Any,

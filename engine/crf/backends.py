@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -41,7 +42,8 @@ def resolve_backend(backend: str) -> str:
 
 
 def refine(image: np.ndarray, probs: np.ndarray, params: CRFParams = DEEPLAB_V1, backend: str = "auto", *,
-           device: str | torch.device | None = None, prune_tolerance: float = PRUNE_TOLERANCE) -> np.ndarray:
+           device: str | torch.device | None = None, prune_tolerance: float = PRUNE_TOLERANCE,
+           cancel: Callable[[], bool] | None = None) -> np.ndarray | None:
     """Refine per-pixel class probabilities with a fully-connected CRF.
 
     Args:
@@ -51,8 +53,12 @@ def refine(image: np.ndarray, probs: np.ndarray, params: CRFParams = DEEPLAB_V1,
         backend: "torch" (this project's lattice, CPU or CUDA), "pydensecrf", or "auto".
         device: torch backend only; None/"auto" picks CUDA when available.
         prune_tolerance: torch backend only; 0 disables class pruning.
+        cancel: asked before the work starts and, with the torch backend, once the kernels are
+            built and before each iteration; True stops it (background work the person no longer
+            waits for).
     Returns:
         C×H×W float32 refined probabilities. With ``params.iterations == 0``, a copy of ``probs``.
+        None when ``cancel`` stopped it.
     Raises:
         ValueError: malformed image or probabilities, size mismatch, unknown/unavailable backend.
     """
@@ -63,9 +69,11 @@ def refine(image: np.ndarray, probs: np.ndarray, params: CRFParams = DEEPLAB_V1,
     name = resolve_backend(backend)
     if params.iterations == 0:
         return p.copy()
+    if cancel is not None and cancel():
+        return None
     if name == "pydensecrf":
         return _refine_pydensecrf(img, p, params)
-    return _refine_torch(img, p, params, dense.pick_device(device), prune_tolerance)
+    return _refine_torch(img, p, params, dense.pick_device(device), prune_tolerance, cancel)
 
 
 def torch_kernels(image: torch.Tensor, params: CRFParams) -> list[tuple[dense.Kernel, float]]:
@@ -82,7 +90,7 @@ def torch_kernels(image: torch.Tensor, params: CRFParams) -> list[tuple[dense.Ke
 
 
 def _refine_torch(img: np.ndarray, p: np.ndarray, params: CRFParams, device: torch.device,
-                  tolerance: float) -> np.ndarray:
+                  tolerance: float, cancel: Callable[[], bool] | None = None) -> np.ndarray | None:
     c, h, w = p.shape
     with torch.inference_mode():
         # Read-only arrays (the app's images) make torch warn on from_numpy; the bytes are only read.
@@ -90,8 +98,12 @@ def _refine_torch(img: np.ndarray, p: np.ndarray, params: CRFParams, device: tor
                                                                                    dtype=torch.float32)
         logp = dense.log_unary(torch.from_numpy(p if p.flags.writeable else p.copy()).to(device))
         kernels = torch_kernels(image_t, params)
+        if cancel is not None and cancel():
+            return None
         keep = dense.prune(dense.class_ratios(logp), kernels, tolerance)
-        q = dense.mean_field(logp, kernels, params.iterations, keep=keep)
+        q = dense.mean_field(logp, kernels, params.iterations, keep=keep, cancel=cancel)
+        if q is None:
+            return None
         # q is this call's own tensor: the array may share its memory (one C×H×W copy, the transpose).
         return q.t().contiguous().reshape(c, h, w).cpu().numpy()
 

@@ -60,7 +60,8 @@ class _Guess:
 class GuessingClicks:
     """The guessing half of the click tool; the tool provides ``target``, ``session``, ``queue``,
     ``index``, ``cands``, ``classes``, ``_gen``, ``_round``, ``_polished``, ``_prompts``, ``_waiting``,
-    ``_press``, ``_box_end``, ``show()``, ``prompt()``, ``_on_image()``, ``_note_click()`` and ``_settle()``."""
+    ``_press``, ``_box_end``, ``show()``, ``prompt()``, ``_on_image()``, ``_note_click()``, ``_settle()`` and
+    ``_stop_polish()``."""
 
     def _init_guessing(self) -> None:
         self.guess_clicks = True                 # predict where the pointer rests (see the module)
@@ -215,6 +216,7 @@ class GuessingClicks:
         self.cands, self.classes, self.index = list(cands), classes, index
         self._round += 1
         self._polished = {}
+        self._stop_polish()   # the candidates it polished are replaced
         self.show()
         self._settle(session, classes)
 

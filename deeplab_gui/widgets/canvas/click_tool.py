@@ -70,6 +70,7 @@ class ClickTool(GuessingClicks, Tool):
         self.classes: list[int | None] = []
         self.queue = LatestQueue()           # prompts: one in flight, the newest waiting
         self.polish_queue = LatestQueue()    # edge polish of what is shown: never displaces a prompt
+        self._polishing = None                  # the polish task running, if any
         self._gen = 0                           # bumped when the prompts are dropped
         self._press: tuple[float, float, bool] | None = None
         self._box_end: tuple[float, float] | None = None
@@ -112,7 +113,7 @@ class ClickTool(GuessingClicks, Tool):
         self._drop_guess()
         self.leave()
         self.queue.drop_pending()
-        self.polish_queue.drop_pending()
+        self._stop_polish()
         if self.view is not None:
             self.view.clear_region()
             self.view.clear_preview()
@@ -213,6 +214,7 @@ class ClickTool(GuessingClicks, Tool):
             return
         self._prompts += prompts
         self._note_click()
+        self._stop_polish()   # for the candidates these prompts replace
         self.queue.submit(lambda: self._run_prompts(predictor, doc))
 
     def _note_click(self) -> None:
@@ -347,7 +349,8 @@ class ClickTool(GuessingClicks, Tool):
 
     def _polish_shown(self):
         """Polish the shown candidate's border in a worker (once per candidate and class); returns
-        the task handle when one started."""
+        the task handle when one started. A new prompt (or Escape, Enter, another image) stops it:
+        its answer would be for candidates no longer shown, and its CRF would slow the next click."""
         t, cand = self.target, self.current
         src = t.snap_input() if t is not None else None
         if not (self.edge_polish and cand is not None and src is not None and src.probs is not None):
@@ -356,27 +359,39 @@ class ClickTool(GuessingClicks, Tool):
         if self._polished.get(index, (None,))[0] == label:
             return None
 
-        def polish() -> np.ndarray:   # (a large photo's candidate is made at full size here, not on the UI thread)
-            return polish_edges(src.image, src.probs, cand.mask, label, src.params, src.num_classes)
+        def polish(cancel) -> np.ndarray | None:   # (a large photo's candidate is made at full size here, not on the UI thread)
+            return polish_edges(src.image, src.probs, cand.mask, label, src.params, src.num_classes, cancel=cancel)
 
-        def done(polished: np.ndarray) -> None:
-            self.polish_queue.done()
-            if rnd != self._round or t.document is not doc:
-                return   # other candidates (or none) by now
+        def done(polished: np.ndarray | None) -> None:
+            if polished is None or rnd != self._round or t.document is not doc:
+                return   # stopped, or other candidates (or none) by now
             self._polished[index] = (label, polished)
             if self.index == index:
                 self.show()
 
         def failed(text: str) -> None:
-            self.polish_queue.done()
             if rnd == self._round:
                 t.report_error(f"Edge polish failed (the region stays as the model gave it): {text}")
 
+        def start() -> None:
+            # One thread, as the full-size candidate: the next click must not wait on its OpenMP team.
+            h = t.run_task(polish, on_result=done, on_error=failed, task_name="Edge polish", threads=1)
+            self._polishing = h
+            # Finished comes after the result or error, and also when stopped before either.
+            h.finished.connect(self.polish_queue.done)
+            handle.append(h)
+
         handle: list = []
-        # One thread, as the full-size candidate: the next click must not wait on its OpenMP team.
-        self.polish_queue.submit(lambda: handle.append(t.run_task(polish, on_result=done, on_error=failed,
-                                                                  task_name="Edge polish", threads=1)))
+        self.polish_queue.submit(start)
         return handle[0] if handle else None
+
+    def _stop_polish(self) -> None:
+        """Stop the polish running (the queue starts the next one, if any, once it has stopped) and
+        drop the one waiting."""
+        self.polish_queue.drop_pending()
+        running, self._polishing = self._polishing, None
+        if running is not None and not running.done:
+            running.cancel()
 
     # -------------------------------------------------------------- keys
     def key(self, key: int) -> bool:
