@@ -213,18 +213,23 @@ def test_a_lane_runs_its_tasks_one_at_a_time_on_one_thread_higher_priority_first
     assert len(threads) == 1                 # the lane's thread outlives its tasks (while work keeps coming)
 
 
-def test_a_task_runs_with_the_torch_threads_it_asks_for_and_the_next_with_the_process_count(qtbot, worker):
+def test_a_task_runs_with_the_torch_threads_it_asks_for_and_the_next_with_the_process_count(qtbot):
     import torch
-
-    from engine.threads import process_threads
+    before = torch.get_num_threads()          # (the tests run torch on one thread)
+    torch.set_num_threads(2)
+    w = Worker()
     seen = []
     job = lambda: seen.append(torch.get_num_threads())   # noqa: E731
-    for kw in ({"threads": 1}, {}, {"threads": 1, "lane": "x"}, {"lane": "x"}):
-        h = worker.run_task(job, **kw)
-        qtbot.waitUntil(lambda h=h: h.done, timeout=5000)
-    n = process_threads()
-    assert seen == [1, n, 1, n]
-    assert torch.get_num_threads() == n      # the UI thread's own count is untouched
+    try:
+        for kw in ({"threads": 1}, {}, {"threads": 1, "lane": "x"}, {"lane": "x"}, {}):
+            h = w.run_task(job, **kw)
+            qtbot.waitUntil(lambda h=h: h.done, timeout=5000)
+        assert seen == [1, 2, 1, 2, 2]
+        assert torch.get_num_threads() == 2   # the UI thread's own count is untouched
+    finally:
+        w.cancel_all()
+        w.wait(5000)
+        torch.set_num_threads(before)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc to see threads exit")
