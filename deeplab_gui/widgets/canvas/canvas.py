@@ -107,6 +107,12 @@ class Canvas(QGraphicsView):
         session.classes_changed.connect(self.refresh)
 
     # ---------------------------------------------------------------- tools
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        # A canvas closed on its own (not the main window's, which lives as long as the app): its
+        # tool drops its work and stops its timers, so nothing it started reaches the closed view.
+        self.set_tool(None)
+        super().closeEvent(event)
+
     def set_tool(self, tool: Tool | None) -> None:
         if self.tool is not None:
             self.tool.deactivate()

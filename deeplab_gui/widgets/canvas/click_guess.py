@@ -11,9 +11,10 @@ press claims it and it shows as it comes in. Anything that changes what the clic
 (another prompt, Tab, the class, the probabilities, the model) makes the press predict afresh, and
 a claimed guess that fails or went stale becomes a real prompt, so a click is never lost. A guess
 dropped before it ran is cancelled; at most one runs at a time, and a new one starts no sooner
-than :data:`GUESS_GAP_MS`, or :data:`GUESS_SHARE` times the last guess's own time, after the last
-(a click on a 12-megapixel photo costs several times one on a small image), so a pointer wandering
-over the image takes at most about a third of the click lane's time.
+than :data:`GUESS_GAP_MS`, or :data:`GUESS_SHARE` times the last guess's own time (at most
+:data:`GUESS_WAIT_MAX_MS`: one guess slowed by other work must not stop guessing for long), after the
+last (a click on a 12-megapixel photo costs several times one on a small image), so a pointer
+wandering over the image takes at most about a third of the click lane's time.
 """
 from __future__ import annotations
 
@@ -27,13 +28,14 @@ from PySide6.QtCore import QPointF, QTimer
 from ...editing.click import ClickSession, RegionClasses
 from ...state.click_models import CLICK_LANE
 
-__all__ = ["GUESS_GAP_MS", "GUESS_SHARE", "REST_MS", "GuessingClicks"]
+__all__ = ["GUESS_GAP_MS", "GUESS_SHARE", "GUESS_WAIT_MAX_MS", "REST_MS", "GuessingClicks"]
 
 # The pointer resting this long on one image pixel starts a guessed click there. Shorter wastes more
 # predictions on a pointer that is only slowing down; a person who clicks usually rests longer.
 REST_MS = 40
 GUESS_GAP_MS = 150   # from one guess's start to the next's, at least
 GUESS_SHARE = 3      # ... and at least this many times the last guess took
+GUESS_WAIT_MAX_MS = 1000   # ... but never longer than this (one slow guess must not stop guessing)
 
 
 @dataclass
@@ -157,7 +159,8 @@ class GuessingClicks:
             return
         if g is not None and g.at(*xy) and self._guess_fits(g, predictor):
             return   # the one in hand is for this pixel
-        wait = max(GUESS_GAP_MS, GUESS_SHARE * self._guess_ms) - (time.monotonic() - self._last_guess) * 1000
+        spacing = max(GUESS_GAP_MS, min(GUESS_SHARE * self._guess_ms, GUESS_WAIT_MAX_MS))
+        wait = spacing - (time.monotonic() - self._last_guess) * 1000
         if wait > 0:
             self._rest.start(int(wait) + 1)
             return
