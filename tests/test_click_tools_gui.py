@@ -4,7 +4,6 @@ and the superpixel brush.  Mouse and keys go through the canvas's own event hand
 from __future__ import annotations
 
 import threading
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -562,10 +561,12 @@ def test_a_new_click_stops_the_polish_of_the_candidates_it_replaces(qtbot, canva
     s.probs = probs_for(np.ones((H, W), int), len(s.class_names))
     started, stopped = [], []
 
+    idle = threading.Event()                              # never set: the poll's pause between checks
+
     def slow_refine(img, p, params, cancel=None, **kw):   # a CRF that runs until told to stop
         started.append(1)
         while not cancel():
-            time.sleep(0.005)
+            idle.wait(0.005)
         stopped.append(1)
         return None
     monkeypatch.setattr("engine.crf.refine", slow_refine)
