@@ -67,7 +67,7 @@ class ClickTool(GuessingClicks, Tool):
         # candidate the probabilities' class, if any.
         self.cands: list = []
         self.index = 0
-        self.classes: list[int | None] = []
+        self.classes: RegionClasses | list[int | None] = []   # per candidate, weighed when first read
         self.queue = LatestQueue()           # prompts: one in flight, the newest waiting
         self.polish_queue = LatestQueue()    # edge polish of what is shown: never displaces a prompt
         self._polishing = None                  # the polish task running, if any
@@ -359,7 +359,8 @@ class ClickTool(GuessingClicks, Tool):
         if self._polished.get(index, (None,))[0] == label:
             return None
 
-        def polish(cancel) -> np.ndarray | None:   # (a large photo's candidate is made at full size here, not on the UI thread)
+        def polish(cancel) -> np.ndarray | None:
+            # (a large photo's candidate is made at full size here, not on the UI thread)
             return polish_edges(src.image, src.probs, cand.mask, label, src.params, src.num_classes, cancel=cancel)
 
         def done(polished: np.ndarray | None) -> None:
