@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 
 import pytest
@@ -230,6 +231,25 @@ def test_a_task_runs_with_the_torch_threads_it_asks_for_and_the_next_with_the_pr
         w.cancel_all()
         w.wait(5000)
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority") or not sys.platform.startswith("linux"),
+                    reason="a thread's own nice value is Linux's")
+def test_the_background_lane_runs_at_a_lower_priority_and_other_tasks_do_not(qtbot, worker):
+    from deeplab_gui.state.tasks import BACKGROUND_LANE, BACKGROUND_NICE
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    seen = {}
+
+    def job(name):
+        seen[name] = (os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), threading.get_native_id())
+    for name, kw in (("background", {"lane": BACKGROUND_LANE}), ("pool", {}), ("lane", {"lane": "x"}),
+                     ("again", {"lane": BACKGROUND_LANE})):
+        h = worker.run_task(job, name, **kw)
+        qtbot.waitUntil(lambda h=h: h.done, timeout=5000)
+    assert seen["background"][0] == max(base, BACKGROUND_NICE) == seen["again"][0]
+    assert seen["pool"][0] == base and seen["lane"][0] == base
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base   # the UI thread's own
+    assert seen["pool"][1] != seen["background"][1] and seen["lane"][1] != seen["background"][1]
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc to see threads exit")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import sys
 import threading
 import time
 import types
@@ -24,8 +26,8 @@ from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal, Slot
 from engine.allocator import release_freed_memory
 from engine.threads import intraop_threads, process_threads
 
-__all__ = ["LANE_IDLE_MS", "POOL_IDLE_MS", "RELEASE_IDLE_MS", "TaskCancelled", "TaskHandle", "Worker",
-           "alongside", "one_line_error"]
+__all__ = ["BACKGROUND_LANE", "BACKGROUND_NICE", "LANE_IDLE_MS", "POOL_IDLE_MS", "RELEASE_IDLE_MS", "TaskCancelled",
+           "TaskHandle", "Worker", "alongside", "one_line_error"]
 
 log = logging.getLogger("deeplab_gui")
 
@@ -142,17 +144,33 @@ class TaskHandle(QObject):
                     pass
 
 
+def _lower_priority(nice: int) -> None:
+    """Give the calling thread at least this nice value (Linux: a thread's own; elsewhere nothing)."""
+    if not sys.platform.startswith("linux"):
+        return   # (macOS and Windows have no per-thread nice value through os.setpriority)
+    tid = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError:
+        pass   # a sandbox that refuses it: the work still runs, at normal priority
+
+
 class _Runnable(QRunnable):
-    def __init__(self, handle: TaskHandle, fn: Callable, args: tuple, kwargs: dict, threads: int) -> None:
+    def __init__(self, handle: TaskHandle, fn: Callable, args: tuple, kwargs: dict, threads: int,
+                 nice: int = 0) -> None:
         super().__init__()
         self.setAutoDelete(True)
         self.handle, self.fn, self.args, self.kwargs, self.threads = handle, fn, args, kwargs, threads
+        self.nice = nice
 
     def run(self) -> None:  # pool thread
         h = self.handle
         try:
             if h.cancelled:
                 return
+            if self.nice:
+                _lower_priority(self.nice)
             with intraop_threads(self.threads):
                 out = self.fn(*self.args, **self.kwargs)
             if isinstance(out, types.GeneratorType):
@@ -203,6 +221,13 @@ POOL_IDLE_MS = 1000
 # A lane's thread stays longer: a new thread's first click decode costs ~15 ms more (its team and
 # buffers are made on first use), so it lives while a person keeps clicking and goes when they stop.
 LANE_IDLE_MS = 5000
+# Work nobody waits for, done ahead in case it is wanted (the click tool's edge polish and full-size
+# candidate): one lane whose thread runs at this nice value (Linux), so under contention the
+# scheduler gives the cores to what a person waits on (a CFS weight of about a tenth of a normal
+# thread's), and on an idle machine it runs at full speed. Raising a thread's nice value needs no
+# privilege; the lane's thread never runs anything else.
+BACKGROUND_LANE = "background"
+BACKGROUND_NICE = 10
 # After this long with no task in flight, the free memory the C allocator keeps for reuse (see
 # engine.allocator, which the app turns on) goes back to the system, in a short-lived thread.
 RELEASE_IDLE_MS = 30_000
@@ -260,7 +285,7 @@ class Worker(QObject):
         ``lane``: run on that lane's one thread instead of the shared pool, in start order (higher
         ``priority`` first among those waiting). The lane's thread stays while work keeps coming (up
         to ``lane_idle_ms`` idle), so one model's calls do not hop between threads, each making its own
-        OpenMP team.
+        OpenMP team. :data:`BACKGROUND_LANE` runs at a lower priority (see :data:`BACKGROUND_NICE`).
 
         ``threads``: the CPU threads ``fn``'s torch operators use (default: the process's count). One
         for work that runs beside a lane's model and is not waited on: a thread that has run torch
@@ -289,7 +314,8 @@ class Worker(QObject):
         self._all.add(handle)
         self._release.stop()
         handle.finished.connect(lambda h=handle: self._forget(h))
-        runnable = _Runnable(handle, fn, args, kw, threads or self._threads)
+        runnable = _Runnable(handle, fn, args, kw, threads or self._threads,
+                             BACKGROUND_NICE if lane == BACKGROUND_LANE else 0)
         (self.pool if lane is None else self._lane(lane)).start(runnable, priority)
         return handle
 

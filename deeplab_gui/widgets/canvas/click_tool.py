@@ -34,6 +34,7 @@ from ...editing.click import (
     polish_edges,
 )
 from ...state.click_models import CLICK_LANE
+from ...state.tasks import BACKGROUND_LANE
 from .click_guess import GuessingClicks
 from .region_tools import ACCEPT_KEYS, LatestQueue, class_look, show_mask
 from .tool_base import Tool
@@ -343,9 +344,10 @@ class ClickTool(GuessingClicks, Tool):
         cand, t = self.current, self.target
         if cand is None or cand.ready or t is None:
             return
-        # One thread: it runs beside the click lane's decoder (see Worker.run_task's ``threads``).
+        # Work ahead that nobody waits on yet: on the background lane, on one thread, so it takes
+        # no cores from the next click's decoder (see Worker.run_task's ``threads`` and lanes).
         t.run_task(lambda: cand.mask, on_result=lambda _: None, on_error=lambda _: None,
-                   task_name="Click region at full size", threads=1)
+                   task_name="Click region at full size", threads=1, lane=BACKGROUND_LANE)
 
     def _polish_shown(self):
         """Polish the shown candidate's border in a worker (once per candidate and class); returns
@@ -375,8 +377,9 @@ class ClickTool(GuessingClicks, Tool):
                 t.report_error(f"Edge polish failed (the region stays as the model gave it): {text}")
 
         def start() -> None:
-            # One thread, as the full-size candidate: the next click must not wait on its OpenMP team.
-            h = t.run_task(polish, on_result=done, on_error=failed, task_name="Edge polish", threads=1)
+            # As the full-size candidate: background lane, one thread (the next click comes first).
+            h = t.run_task(polish, on_result=done, on_error=failed, task_name="Edge polish", threads=1,
+                           lane=BACKGROUND_LANE)
             self._polishing = h
             # Finished comes after the result or error, and also when stopped before either.
             h.finished.connect(self.polish_queue.done)
