@@ -97,11 +97,23 @@ def fixed_model():
     return model.eval()
 
 
+PAUSES: list = []   # the fixed predictor's encoder pauses (set_image's ``between``)
+
+
 @pytest.fixture(scope="module")
 def fixed_predictor(fixed_model):
     pred = ClickPredictor(fixed_model)
-    pred.set_image(fixed_image())
+
+    def between():   # torch work of its own at each pause, as a click decoded there is
+        PAUSES.append(float((torch.ones(64, 64) @ torch.ones(64, 64)).sum()))
+    # The golden tests below then check that the paused encoder gives the authors' embedding.
+    pred.set_image(fixed_image(), between=between)
     return pred
+
+
+def test_the_encoder_pauses_after_each_block(fixed_predictor):
+    assert len(PAUSES) == len(fixed_predictor.model.encoder_steps()) == 12
+    assert not any(h for m in fixed_predictor.model.encoder_steps() for h in m._forward_hooks.values())
 
 
 def _run_cases(predict) -> dict:

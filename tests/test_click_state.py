@@ -183,6 +183,48 @@ def test_neighbours_wait_while_the_click_tool_is_in_use(qtbot, sessions, folder,
     assert s.click.encoder_calls == 2
 
 
+class PausingToy(Toy):
+    """Toy whose encoder has four (identity) blocks; while ``hold`` is closed a run waits after its first."""
+    hold: ClassVar[threading.Event | None] = None
+    order: ClassVar[list[str]] = []
+
+    def __init__(self, name: str = "toy") -> None:
+        super().__init__(name)
+        self.image_encoder = nn.Module()
+        self.image_encoder.blocks = nn.ModuleList(nn.Identity() for _ in range(4))
+
+    def encode(self, x):
+        for i, block in enumerate(self.image_encoder.blocks):
+            x = block(x)
+            if i == 0 and type(self).hold is not None:
+                type(self).order.append("encoder paused")
+                assert type(self).hold.wait(10)
+        type(self).order.append("encoder done")
+        return super().encode(x)
+
+
+def test_a_click_during_a_neighbours_encoder_run_is_answered_at_its_next_pause(qtbot, sessions, folder, toy,
+                                                                                 monkeypatch):
+    from deeplab_gui.state.click_models import CLICK_LANE
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    registry.register_click_model(ClickSpec("toy", "toy", PausingToy))
+    monkeypatch.setattr(PausingToy, "order", [])
+    s = sessions(folder)
+    s.click.neighbour_quiet_s = 0.3
+    _choose(qtbot, s, toy())
+    _ready(qtbot, s, "a.png")
+    monkeypatch.setattr(PausingToy, "hold", threading.Event())
+    qtbot.waitUntil(lambda: PausingToy.order[-1:] == ["encoder paused"], timeout=10_000)   # b.png's run
+    threads = []
+    click = s.run_task(lambda: PausingToy.order.append("click") or threads.append(threading.get_ident()),
+                       lane=CLICK_LANE, priority=1, task_name="Click region")
+    PausingToy.hold.set()
+    _ready(qtbot, s, "b.png")
+    qtbot.waitUntil(lambda: click.done, timeout=10_000)
+    assert PausingToy.order[-3:] == ["encoder paused", "click", "encoder done"]
+    assert threads == [Toy.threads[-1]]        # on the lane's thread, inside the encoder's run
+
+
 def test_a_model_change_drops_the_old_models_embeddings(qtbot, sessions, folder, toy):
     s = sessions(folder)
     s.click.neighbours = False

@@ -233,6 +233,36 @@ def test_a_task_runs_with_the_torch_threads_it_asks_for_and_the_next_with_the_pr
         torch.set_num_threads(before)
 
 
+def test_a_lane_task_runs_the_urgent_tasks_waiting_behind_it_at_its_pauses(qtbot, worker):
+    """A long task on a lane calls run_waiting at its pauses: the waiting tasks of priority 1 and up
+    run there, on its thread, highest first then in order; others wait for it to end."""
+    order, threads, reached, go = [], set(), threading.Event(), threading.Event()
+
+    def long_task():
+        threads.add(threading.get_ident())
+        order.append("long: first half")
+        reached.set()
+        assert go.wait(5)
+        ran = worker.run_waiting("x", 1)
+        order.append(f"long: second half after {ran}")
+
+    def job(name):
+        threads.add(threading.get_ident())
+        order.append(name)
+    handles = [worker.run_task(long_task, lane="x")]
+    assert reached.wait(5)
+    handles += [worker.run_task(job, "guess", lane="x", priority=0), worker.run_task(job, "click", lane="x", priority=1),
+                worker.run_task(job, "urgent", lane="x", priority=2), worker.run_task(job, "next click", lane="x",
+                                                                            priority=1)]
+    got = []
+    handles[2].result.connect(lambda _: got.append("click result"))
+    go.set()
+    qtbot.waitUntil(lambda: all(h.done for h in handles), timeout=5000)
+    assert order == ["long: first half", "urgent", "click", "next click", "long: second half after 3", "guess"]
+    assert len(threads) == 1 and got == ["click result"]
+    assert worker.run_waiting("x") == 0 and worker.run_waiting("no such lane") == 0
+
+
 @pytest.mark.skipif(not hasattr(os, "getpriority") or not sys.platform.startswith("linux"),
                     reason="a thread's own nice value is Linux's")
 def test_the_background_lane_runs_at_a_lower_priority_and_other_tasks_do_not(qtbot, worker):

@@ -10,6 +10,7 @@ the store's cache, so a second visit needs no encoder; in memory only a few are 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -39,9 +40,10 @@ KEEP = 3   # embeddings held in memory: the current image and its two neighbours
 # The worker lane every encoder and decoder call of the click model runs on (one thread, so one
 # OpenMP team: see Worker.run_task).
 CLICK_LANE = "click"
-# A neighbour's embedding (an encoder run that cannot be interrupted: 1 s for MobileSAM, up to
-# 18 s for SAM 2.1 large on a CPU) starts only once the current image's embedding has been ready,
-# and the click tool unused, for this long, so that it never holds up the clicks on the lane.
+# A neighbour's embedding (an encoder run: 1 s for MobileSAM, up to 18 s for SAM 2.1 large on a
+# CPU) starts only once the current image's embedding has been ready, and the click tool unused, for
+# this long; a click that comes during the run is decoded at its next pause between the encoder's
+# blocks (ClickPredictor.set_image's ``between``), not after the whole run.
 NEIGHBOUR_QUIET_S = 3.0
 
 
@@ -268,9 +270,13 @@ class ClickModelState(QObject):
 
     def _start(self, image_id: str, pixels: Any, may_encode: bool) -> None:
         gen = self._gen
+        # Between the encoder's blocks, clicks waiting on the lane (on the current image, during a
+        # neighbour's run) are decoded there and then (Worker.run_waiting): priority 1 and up.
+        worker = getattr(self.session, "worker", None)
+        between = None if worker is None else functools.partial(worker.run_waiting, CLICK_LANE, 1)
         handle = self.session.run_task(embed_image, self._store, image_id, self.model, self.model_id, pixels,
-                                       may_encode, counted=self._count, task_name="click embedding",
-                                       lane=CLICK_LANE)
+                                       may_encode, counted=self._count, between=between,
+                                       task_name="click embedding", lane=CLICK_LANE)
         self._job = (gen, image_id, handle)
         handle.result.connect(lambda e, g=gen: self._embedded(g, e))
         handle.error.connect(lambda text, g=gen, i=image_id: self._embed_failed(g, i, text))

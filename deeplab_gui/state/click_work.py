@@ -116,10 +116,11 @@ def _read_pixels(store: Any, image_id: str) -> np.ndarray:
 
 
 def embed_image(store: Any, image_id: str, model: Any, model_id: str, image: np.ndarray | None,
-                may_encode: bool = True, *, counted=None, cancel=None) -> Embedded:
+                may_encode: bool = True, *, counted=None, cancel=None, between=None) -> Embedded:
     """A predictor holding ``image_id``'s embedding: from the store's cache, else (``may_encode``) from
     the encoder on ``image`` (read from disk when None), then saved to the cache.  ``counted()`` is
-    called before each encoder run.  Worker thread only."""
+    called before each encoder run, ``between()`` after each of its blocks (see
+    ``ClickPredictor.set_image``).  Worker thread only."""
     from engine import ClickPredictor, ImageSignature, StoreError
     from engine.store.embcache import as_stored
     predictor = ClickPredictor(model)
@@ -136,7 +137,7 @@ def embed_image(store: Any, image_id: str, model: Any, model_id: str, image: np.
         return Embedded(image_id, None, False)
     if counted is not None:
         counted()
-    predictor.set_image(pixels)
+    predictor.set_image(pixels, between=between)
     # At the cache's precision from the start: this visit's clicks then give what every later visit's
     # (from the cache) give, to the pixel.
     embedding = as_stored(predictor.get_embedding())

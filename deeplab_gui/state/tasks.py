@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal, Slot
 
 from engine.allocator import release_freed_memory
@@ -156,6 +157,37 @@ def _lower_priority(nice: int) -> None:
         pass   # a sandbox that refuses it: the work still runs, at normal priority
 
 
+class _Waiting:
+    """A lane's tasks not started yet, with their priorities, in start order (see Worker.run_waiting)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: list[tuple[int, _Runnable]] = []
+
+    def add(self, priority: int, runnable: _Runnable) -> None:
+        with self._lock:
+            self._tasks.append((priority, runnable))
+
+    def started(self, runnable: _Runnable) -> None:
+        with self._lock:
+            self._tasks = [t for t in self._tasks if t[1] is not runnable]
+
+    def take(self, pool: QThreadPool, min_priority: int) -> _Runnable | None:
+        """The first waiting task of the highest priority (at least ``min_priority``), taken out of
+        ``pool``'s queue; None when there is none."""
+        with self._lock:
+            while True:
+                best = None
+                for i, (priority, runnable) in enumerate(self._tasks):
+                    if priority >= min_priority and (best is None or priority > self._tasks[best][0]):
+                        best = i
+                if best is None:
+                    return None
+                runnable = self._tasks.pop(best)[1]
+                if pool.tryTake(runnable):
+                    return runnable
+
+
 class _Runnable(QRunnable):
     def __init__(self, handle: TaskHandle, fn: Callable, args: tuple, kwargs: dict, threads: int,
                  nice: int = 0) -> None:
@@ -163,9 +195,12 @@ class _Runnable(QRunnable):
         self.setAutoDelete(True)
         self.handle, self.fn, self.args, self.kwargs, self.threads = handle, fn, args, kwargs, threads
         self.nice = nice
+        self.waiting: _Waiting | None = None   # a lane's list of its tasks not started yet
 
     def run(self) -> None:  # pool thread
         h = self.handle
+        if self.waiting is not None:
+            self.waiting.started(self)
         try:
             if h.cancelled:
                 return
@@ -259,6 +294,7 @@ class Worker(QObject):
         self.pool.setExpiryTimeout(pool_idle_ms)
         self._lane_idle_ms = lane_idle_ms
         self._lanes: dict[str, QThreadPool] = {}
+        self._waiting: dict[str, _Waiting] = {}
         self._active: dict[TaskHandle, None] = {}  # counted for busy_changed, in start order
         self._all: set[TaskHandle] = set()     # every task in flight, quiet ones too (cancel_all)
         # Each task sets the torch threads of the thread it runs on (see run_task's ``threads``).
@@ -316,13 +352,38 @@ class Worker(QObject):
         handle.finished.connect(lambda h=handle: self._forget(h))
         runnable = _Runnable(handle, fn, args, kw, threads or self._threads,
                              BACKGROUND_NICE if lane == BACKGROUND_LANE else 0)
-        (self.pool if lane is None else self._lane(lane)).start(runnable, priority)
+        if lane is None:
+            self.pool.start(runnable, priority)
+        else:
+            pool = self._lane(lane)
+            runnable.waiting = self._waiting[lane]
+            runnable.waiting.add(priority, runnable)
+            pool.start(runnable, priority)
         return handle
+
+    def run_waiting(self, lane: str, min_priority: int = 1) -> int:
+        """From inside a task on ``lane``: run the lane's tasks that wait with at least
+        ``min_priority`` here and now (highest priority first, then in start order), on this same
+        thread, before going on; returns how many ran. A long task calls it at its pauses (a
+        neighbouring image's click embedding, between the encoder's blocks) so that a click waiting
+        behind it is answered within one pause instead of after the whole run."""
+        waiting, pool = self._waiting.get(lane), self._lanes.get(lane)
+        ran = 0
+        while waiting is not None and pool is not None:
+            runnable = waiting.take(pool, min_priority)
+            if runnable is None:
+                break
+            runnable.run()
+            ran += 1
+            # Taken back from the pool, it is the caller's to delete (Qt's rule for tryTake).
+            shiboken6.delete(runnable)
+        return ran
 
     def _lane(self, name: str) -> QThreadPool:
         pool = self._lanes.get(name)
         if pool is None:
             pool = self._lanes[name] = QThreadPool(self)
+            self._waiting[name] = _Waiting()
             pool.setMaxThreadCount(1)
             pool.setExpiryTimeout(self._lane_idle_ms)
         return pool

@@ -22,6 +22,7 @@ Coordinates are (x, y) pixels of the original image; a box is (x0, y0, x1, y1). 
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -31,6 +32,7 @@ from torch import nn
 __all__ = ["LOW_RES", "ClickModel"]
 
 LOW_RES = 256   # side of the decoder's mask logits (and of ``mask_input``)
+_BLOCK = re.compile(r"(^|\.)blocks\.\d+$")   # an encoder block: an entry of a ModuleList named blocks
 
 
 class ClickModel(nn.Module):
@@ -77,6 +79,13 @@ class ClickModel(nn.Module):
                     original_size: tuple[int, int]) -> torch.Tensor:
         """1×K×256×256 logits → 1×K×H×W logits at the original image size."""
         raise NotImplementedError
+
+    def encoder_steps(self) -> list[nn.Module]:
+        """The image encoder's blocks, in order (an entry of any ``blocks`` list in ``image_encoder``:
+        SAM's ViT, MobileSAM's TinyViT stages, SAM 2.1's Hiera trunk): an encoder run may pause after
+        each (see :meth:`ClickPredictor.set_image`'s ``between``)."""
+        encoder = getattr(self, "image_encoder", None)
+        return [] if encoder is None else [m for name, m in encoder.named_modules() if _BLOCK.search(name)]
 
     def needed_low_res(self, input_size: tuple[int, int]) -> tuple[int, int]:
         """The top-left (rows, columns) of the low-resolution logits that :meth:`postprocess` reads

@@ -74,6 +74,13 @@ class ClickEmbedding:
         return sum(a.nbytes for a in self.features.values())
 
 
+def _paused(between: Callable[[], object]) -> None:
+    """An encoder's pause: ``between()`` runs as a caller's own code would (no autocast from the
+    encoder's context; its own result is not the block's output)."""
+    with torch.autocast("cpu", enabled=False):
+        between()
+
+
 def _check_image(image) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be an H×W×3 uint8 RGB array, got "
@@ -110,12 +117,24 @@ class ClickPredictor:
             return torch.autocast("cuda", dtype=dtype)
         return contextlib.nullcontext()
 
-    def set_image(self, image: np.ndarray) -> None:
-        """Compute and keep ``image``'s embedding (H×W×3 uint8 RGB)."""
+    def set_image(self, image: np.ndarray, between: Callable[[], object] | None = None) -> None:
+        """Compute and keep ``image``'s embedding (H×W×3 uint8 RGB).
+
+        ``between`` (on a CPU): called after each of the encoder's blocks (``ClickModel.encoder_steps``),
+        in this thread, where other work may run meanwhile: the app decodes a click that came during
+        a neighbouring image's encoder run there (a second or more on a CPU, which the click would
+        otherwise wait behind). The embedding is the same."""
         img = _check_image(image)
         x, input_size = self.model.preprocess(img)
-        with torch.inference_mode(), self._autocast():
-            feats = self.model.encode(x.to(self.device))
+        hooks = []
+        if between is not None and self.device.type == "cpu":
+            hooks = [m.register_forward_hook(lambda *_: _paused(between)) for m in self.model.encoder_steps()]
+        try:
+            with torch.inference_mode(), self._autocast():
+                feats = self.model.encode(x.to(self.device))
+        finally:
+            for hook in hooks:
+                hook.remove()
         # Contiguous once per image: the decoder then sees the same memory layout as after set_embedding
         # (and gives the same bits).
         self._install({k: v.float().contiguous() for k, v in feats.items()},
