@@ -21,36 +21,40 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-import torch
-
 __all__ = ["intraop_threads", "own_threads", "process_threads"]
 
 _process_default: int | None = None   # the count new threads start from, once own_threads changed one
 
 
 def process_threads() -> int:
-    """The count torch's threads start from in this process (what the app gives its workers)."""
+    """The count torch's threads start from in this process (what the app gives its workers); read
+    it on the thread that set it up (the UI thread, the main thread), not in a worker."""
+    import torch   # (torch loads when first needed: the app's window comes up without it)
     return _process_default if _process_default is not None else torch.get_num_threads()
 
 
 @contextlib.contextmanager
-def intraop_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` threads for the calling thread's torch operators, then put its
-    count (and the count new threads start from) back."""
+def intraop_threads(n: int, after: int | None = None) -> Iterator[None]:
+    """Run the block with ``n`` threads for the calling thread's torch operators, then set its
+    count, and the count new threads start from, to ``after`` (default: the thread's count before).
+    A worker passes the process's count as ``after``: a thread that started from a count another
+    thread had set for a moment must not hand that count on."""
+    import torch
     before = torch.get_num_threads()   # (this also fixes the thread's own count from now on)
-    if n == before:
-        yield
-        return
-    torch.set_num_threads(n)
+    after = before if after is None else after
+    if n != before:
+        torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        if n != after or n != before:
+            torch.set_num_threads(after)
 
 
 def own_threads(n: int) -> None:
     """Give the calling thread ``n`` threads for its torch operators from now on, leaving the count
     that other threads start from as it was."""
+    import torch
     global _process_default
     default = process_threads()
     if torch.get_num_threads() == n:

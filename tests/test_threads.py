@@ -45,6 +45,15 @@ _PROBE = textwrap.dedent("""
     out["main"] = torch.get_num_threads()
     in_thread(lambda: out.__setitem__("new_thread", torch.get_num_threads()))
     out["process"] = process_threads()
+    # A thread that starts while another has set one thread for a moment starts from one; a task
+    # that puts the process's count back afterwards (as the app's worker does) does not hand it on.
+    in_thread(lambda: torch.set_num_threads(1))
+    def task():
+        with intraop_threads(1, after=2):
+            pass
+        out["task_after"] = torch.get_num_threads()
+    in_thread(task)
+    in_thread(lambda: out.__setitem__("then_new", torch.get_num_threads()))
     print(" ".join(f"{k}={v}" for k, v in sorted(out.items())))
 """)
 
@@ -58,3 +67,4 @@ def test_one_thread_makes_no_team_and_new_threads_keep_the_process_count():
     assert out["one_made"] == "0"             # no OpenMP thread made for a one-thread block
     assert out["two_made"] == "1"             # the contrast: two threads make a team of one more
     assert out["main"] == "1" and out["new_thread"] == "2" and out["process"] == "2"
+    assert out["task_after"] == "2" and out["then_new"] == "2"

@@ -221,11 +221,16 @@ def test_a_task_runs_with_the_torch_threads_it_asks_for_and_the_next_with_the_pr
     w = Worker()
     seen = []
     job = lambda: seen.append(torch.get_num_threads())   # noqa: E731
+
+    def generator():   # its body runs as the worker drains it
+        seen.append(torch.get_num_threads())
+        yield (1, 1)
     try:
-        for kw in ({"threads": 1}, {}, {"threads": 1, "lane": "x"}, {"lane": "x"}, {}):
-            h = w.run_task(job, **kw)
+        for fn, kw in ((job, {"threads": 1}), (job, {}), (job, {"threads": 1, "lane": "x"}), (job, {"lane": "x"}),
+                       (job, {}), (generator, {"threads": 1})):
+            h = w.run_task(fn, **kw)
             qtbot.waitUntil(lambda h=h: h.done, timeout=5000)
-        assert seen == [1, 2, 1, 2, 2]
+        assert seen == [1, 2, 1, 2, 2, 1]
         assert torch.get_num_threads() == 2   # the UI thread's own count is untouched
     finally:
         w.cancel_all()

@@ -40,6 +40,11 @@ KEEP = 3   # embeddings held in memory: the current image and its two neighbours
 # The worker lane every encoder and decoder call of the click model runs on (one thread, so one
 # OpenMP team: see Worker.run_task).
 CLICK_LANE = "click"
+# The lane's priorities: a click (and the rest of its logits) goes ahead of a guessed click, which
+# goes ahead of the embeddings. Clicks and guesses are also answered at an encoder run's pauses
+# (see _start); embeddings never run inside another.
+CLICK_PRIORITY = 2
+GUESS_PRIORITY = 1
 # A neighbour's embedding (an encoder run: 1 s for MobileSAM, up to 18 s for SAM 2.1 large on a
 # CPU) starts only once the current image's embedding has been ready, and the click tool unused, for
 # this long; a click that comes during the run is decoded at its next pause between the encoder's
@@ -270,10 +275,10 @@ class ClickModelState(QObject):
 
     def _start(self, image_id: str, pixels: Any, may_encode: bool) -> None:
         gen = self._gen
-        # Between the encoder's blocks, clicks waiting on the lane (on the current image, during a
-        # neighbour's run) are decoded there and then (Worker.run_waiting): priority 1 and up.
+        # Between the encoder's blocks, clicks and guesses waiting on the lane (on the current image,
+        # during a neighbour's run) are decoded there and then (Worker.run_waiting).
         worker = getattr(self.session, "worker", None)
-        between = None if worker is None else functools.partial(worker.run_waiting, CLICK_LANE, 1)
+        between = None if worker is None else functools.partial(worker.run_waiting, CLICK_LANE, GUESS_PRIORITY)
         handle = self.session.run_task(embed_image, self._store, image_id, self.model, self.model_id, pixels,
                                        may_encode, counted=self._count, between=between,
                                        task_name="click embedding", lane=CLICK_LANE)

@@ -164,9 +164,11 @@ class _Waiting:
         self._lock = threading.Lock()
         self._tasks: list[tuple[int, _Runnable]] = []
 
-    def add(self, priority: int, runnable: _Runnable) -> None:
+    def start(self, pool: QThreadPool, runnable: _Runnable, priority: int) -> None:
+        """Listed and queued at once: :meth:`take` never sees a task that is not in the pool yet."""
         with self._lock:
             self._tasks.append((priority, runnable))
+            pool.start(runnable, priority)
 
     def started(self, runnable: _Runnable) -> None:
         with self._lock:
@@ -190,11 +192,11 @@ class _Waiting:
 
 class _Runnable(QRunnable):
     def __init__(self, handle: TaskHandle, fn: Callable, args: tuple, kwargs: dict, threads: int,
-                 nice: int = 0) -> None:
+                 nice: int = 0, default_threads: int | None = None) -> None:
         super().__init__()
         self.setAutoDelete(True)
         self.handle, self.fn, self.args, self.kwargs, self.threads = handle, fn, args, kwargs, threads
-        self.nice = nice
+        self.nice, self.default_threads = nice, default_threads
         self.waiting: _Waiting | None = None   # a lane's list of its tasks not started yet
 
     def run(self) -> None:  # pool thread
@@ -206,10 +208,11 @@ class _Runnable(QRunnable):
                 return
             if self.nice:
                 _lower_priority(self.nice)
-            with intraop_threads(self.threads):
+            # (a generator's body runs in _drain: within the same threads)
+            with intraop_threads(self.threads, after=self.default_threads):
                 out = self.fn(*self.args, **self.kwargs)
-            if isinstance(out, types.GeneratorType):
-                out = self._drain(out)
+                if isinstance(out, types.GeneratorType):
+                    out = self._drain(out)
             if not h.cancelled:
                 h._sig_result.emit(out)
         except TaskCancelled:
@@ -297,8 +300,9 @@ class Worker(QObject):
         self._waiting: dict[str, _Waiting] = {}
         self._active: dict[TaskHandle, None] = {}  # counted for busy_changed, in start order
         self._all: set[TaskHandle] = set()     # every task in flight, quiet ones too (cancel_all)
-        # Each task sets the torch threads of the thread it runs on (see run_task's ``threads``).
-        self._threads = process_threads()
+        # Each task sets the torch threads of the thread it runs on (see run_task's ``threads``): the
+        # process's count, read on this thread when the first task starts (torch loads then).
+        self._threads: int | None = None
 
     @property
     def active(self) -> int:
@@ -350,15 +354,16 @@ class Worker(QObject):
         self._all.add(handle)
         self._release.stop()
         handle.finished.connect(lambda h=handle: self._forget(h))
+        if self._threads is None:
+            self._threads = process_threads()
         runnable = _Runnable(handle, fn, args, kw, threads or self._threads,
-                             BACKGROUND_NICE if lane == BACKGROUND_LANE else 0)
+                             BACKGROUND_NICE if lane == BACKGROUND_LANE else 0, self._threads)
         if lane is None:
             self.pool.start(runnable, priority)
         else:
             pool = self._lane(lane)
             runnable.waiting = self._waiting[lane]
-            runnable.waiting.add(priority, runnable)
-            pool.start(runnable, priority)
+            runnable.waiting.start(pool, runnable, priority)
         return handle
 
     def run_waiting(self, lane: str, min_priority: int = 1) -> int:

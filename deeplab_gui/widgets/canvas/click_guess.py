@@ -26,7 +26,7 @@ from typing import Any
 from PySide6.QtCore import QPointF, QTimer
 
 from ...editing.click import ClickSession, RegionClasses
-from ...state.click_models import CLICK_LANE
+from ...state.click_models import CLICK_LANE, GUESS_PRIORITY
 
 __all__ = ["GUESS_GAP_MS", "GUESS_SHARE", "GUESS_WAIT_MAX_MS", "REST_MS", "GuessingClicks"]
 
@@ -191,7 +191,7 @@ class GuessingClicks:
 
         # Quiet: a guess is not work the status bar shows.
         guess.handle = t.run_task(job, on_result=lambda result: self._guessed(guess, result), on_error=failed,
-                                  task_name="Guessed click", lane=CLICK_LANE, priority=0, quiet=True)
+                                  task_name="Guessed click", lane=CLICK_LANE, priority=GUESS_PRIORITY, quiet=True)
 
     def _guessed(self, guess: _Guess, result: tuple) -> None:
         self._guess_ms = guess.ms

@@ -33,7 +33,7 @@ from ...editing.click import (
     accept_region,
     polish_edges,
 )
-from ...state.click_models import CLICK_LANE
+from ...state.click_models import CLICK_LANE, CLICK_PRIORITY
 from ...state.tasks import BACKGROUND_LANE
 from .click_guess import GuessingClicks
 from .region_tools import ACCEPT_KEYS, LatestQueue, class_look, show_mask
@@ -72,6 +72,7 @@ class ClickTool(GuessingClicks, Tool):
         self.queue = LatestQueue()           # prompts: one in flight, the newest waiting
         self.polish_queue = LatestQueue()    # edge polish of what is shown: never displaces a prompt
         self._polishing = None                  # the polish task running, if any
+        self._full_ahead = None                 # the last task making a candidate at full size
         self._gen = 0                           # bumped when the prompts are dropped
         self._press: tuple[float, float, bool] | None = None
         self._box_end: tuple[float, float] | None = None
@@ -279,7 +280,7 @@ class ClickTool(GuessingClicks, Tool):
         # The click model's lane: its encoder and decoder always run on one thread (see
         # Worker.run_task); a click goes ahead of neighbours' embeddings waiting there.
         return t.run_task(job, on_result=done, on_error=failed, task_name="Click region",
-                          lane=CLICK_LANE, priority=1)
+                          lane=CLICK_LANE, priority=CLICK_PRIORITY)
 
     def _settle(self, session: ClickSession, classes: RegionClasses | None = None) -> None:
         """While the person looks at the candidates, have the rest of their logits made in the click
@@ -300,7 +301,7 @@ class ClickTool(GuessingClicks, Tool):
                 if classes is not None:
                     classes.fill()
             t.run_task(settle, on_result=lambda _: None, on_error=lambda _: None,
-                       task_name="Click region", lane=CLICK_LANE, priority=1, quiet=True)
+                       task_name="Click region", lane=CLICK_LANE, priority=CLICK_PRIORITY, quiet=True)
 
     @property
     def current(self):
@@ -345,9 +346,12 @@ class ClickTool(GuessingClicks, Tool):
         if cand is None or cand.ready or t is None:
             return
         # Work ahead that nobody waits on yet: on the background lane, on one thread, so it takes
-        # no cores from the next click's decoder (see Worker.run_task's ``threads`` and lanes).
-        t.run_task(lambda: cand.mask, on_result=lambda _: None, on_error=lambda _: None,
-                   task_name="Click region at full size", threads=1, lane=BACKGROUND_LANE)
+        # no cores from the next click's decoder (see Worker.run_task's ``threads`` and lanes). One
+        # for another candidate that has not started is dropped (Tab through a large photo's three).
+        if self._full_ahead is not None and not self._full_ahead.done:
+            self._full_ahead.cancel()
+        self._full_ahead = t.run_task(lambda: cand.mask, on_result=lambda _: None, on_error=lambda _: None,
+                                      task_name="Click region at full size", threads=1, lane=BACKGROUND_LANE)
 
     def _polish_shown(self):
         """Polish the shown candidate's border in a worker (once per candidate and class); returns
