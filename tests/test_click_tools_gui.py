@@ -294,6 +294,25 @@ def test_a_failed_box_after_a_drag_shows_what_the_session_holds(qtbot, canvas):
     assert np.array_equal(tool.current.mask, first) and previewed(c)
 
 
+def test_after_a_failed_prompt_what_shows_keeps_its_class_and_is_polished_again(qtbot, canvas, monkeypatch):
+    """The refused box stopped the polish of the candidate on screen: it starts again for it, and the
+    candidate still gets the probabilities' class."""
+    c, s = canvas, canvas.session
+    s.probs = probs_for(np.full((H, W), 2), len(s.class_names))
+    polished = []
+    refine = __import__("engine.crf", fromlist=["refine"]).refine
+    monkeypatch.setattr("engine.crf.refine", lambda *a, **kw: polished.append(1) or refine(*a, **kw))
+    tool, _, errors = _after_one_click(qtbot, c)
+    tool.edge_polish = True
+    tool.show()                                            # the first click's polish
+    qtbot.waitUntil(lambda: len(polished) == 1 and not tool.polish_queue.busy, timeout=10_000)
+    drag(c, [(10, 10), (10.2, 30), (10.4, 60)])            # a box under a pixel wide: refused
+    wait_idle(qtbot, tool)
+    qtbot.waitUntil(lambda: len(polished) == 2 and not tool.polish_queue.busy, timeout=10_000)
+    assert errors and tool.label() == 2 and previewed(c)
+    assert tool._polished.get(tool.index, (None,))[0] == 2   # its polished mask is what Enter writes
+
+
 def test_a_retracted_point_that_never_ran_is_not_predicted(qtbot, canvas):
     c = canvas
     fake = GatedPredictor()

@@ -269,13 +269,14 @@ class ClickTool(GuessingClicks, Tool):
                 # The job may have run some prompts (a retraction before a failed box): show what
                 # the session now holds. Read before the queue starts the next job.
                 self.cands, self.index = session.candidates, session.index
-                self.classes = [None] * len(self.cands)
+                self.classes = RegionClasses(probs if self.cands else None, self.cands, default)
                 self._round += 1
                 self._polished = {}
             self.queue.done()
             if gen == self._gen:
                 t.report_error(f"Click model failed: {text}")
-                self.show(polish=False)
+                # What shows gets its class and its polish again (the prompt stopped the polish of it).
+                self.show()
 
         # The click model's lane: its encoder and decoder always run on one thread (see
         # Worker.run_task); a click goes ahead of neighbours' embeddings waiting there.
