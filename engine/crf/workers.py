@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..threads import own_threads
+
 __all__ = ["ENABLED", "SPLIT_COLUMNS", "MIN_POINTS", "use_workers", "run_all"]
 
 # Switch for tests and comparisons; the workers are used only where they can help (see use_workers).
@@ -39,16 +41,13 @@ class _Workers:
         self.pid = os.getpid()  # a forked child has the object but not the threads
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         started = threading.Barrier(count + 1)
-        default = torch.get_num_threads()
         for i in range(count):
             threading.Thread(target=self._run, args=(started,), daemon=True, name=f"crf-mf-{i}").start()
         started.wait()
-        # set_num_threads(1) in a worker sets that thread's OpenMP team size and also the process-wide
-        # default that new threads start from; put the default back (this thread's size is unchanged).
-        torch.set_num_threads(default)
 
     def _run(self, started: threading.Barrier) -> None:
-        torch.set_num_threads(1)
+        # One OpenMP thread for this thread, the count new threads start from left as it was.
+        own_threads(1)
         started.wait()
         while True:
             fn, future = self._jobs.get()
