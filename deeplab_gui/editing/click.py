@@ -272,12 +272,15 @@ class RegionClasses:
     person looks at it (:meth:`fill`, in a worker) or when Tab reaches them, whichever comes first
     (about 2 ms each at 500×375, 4-7 ms for a large photo's preview: the three at once delayed
     every preview). Without probabilities every entry is None (the current class applies).
-    Either thread may weigh an entry: both get the same class."""
+    Either thread may weigh an entry: both get the same class. ``shown``: weigh that one now."""
     __slots__ = ("_probs", "_cands", "_default", "_got")
 
-    def __init__(self, probs: np.ndarray | None, candidates: list[Candidate], default: int) -> None:
+    def __init__(self, probs: np.ndarray | None, candidates: list[Candidate], default: int,
+                 shown: int | None = None) -> None:
         self._probs, self._cands, self._default = probs, list(candidates), int(default)
         self._got: list[int | None] = [None] * len(self._cands)
+        if shown is not None and self._cands:
+            self[shown]
 
     def __len__(self) -> int:
         return len(self._cands)

@@ -327,10 +327,10 @@ class Worker(QObject):
         to ``lane_idle_ms`` idle), so one model's calls do not hop between threads, each making its own
         OpenMP team. :data:`BACKGROUND_LANE` runs at a lower priority (see :data:`BACKGROUND_NICE`).
 
-        ``threads``: the CPU threads ``fn``'s torch operators use (default: the process's count). One
-        for work that runs beside a lane's model and is not waited on: a thread that has run torch
-        on several threads keeps an OpenMP team until it exits, and more such threads than cores
-        slow every team (see engine.threads).
+        ``threads``: the CPU threads ``fn``'s torch operators use (default: the process's count; one
+        on the background lane, whose work runs beside a lane's model and is not waited on: a
+        thread that has run torch on several threads keeps an OpenMP team until it exits, and more
+        such threads than cores slow every team, see engine.threads).
         """
         handle = TaskHandle(task_name or getattr(fn, "__name__", ""), parent)
         if _accepts(fn, "progress"):
@@ -356,8 +356,9 @@ class Worker(QObject):
         handle.finished.connect(lambda h=handle: self._forget(h))
         if self._threads is None:
             self._threads = process_threads()
-        runnable = _Runnable(handle, fn, args, kw, threads or self._threads,
-                             BACKGROUND_NICE if lane == BACKGROUND_LANE else 0, self._threads)
+        background = lane == BACKGROUND_LANE
+        runnable = _Runnable(handle, fn, args, kw, threads or (1 if background else self._threads),
+                             BACKGROUND_NICE if background else 0, self._threads)
         if lane is None:
             self.pool.start(runnable, priority)
         else:

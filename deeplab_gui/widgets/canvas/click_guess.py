@@ -177,9 +177,8 @@ class GuessingClicks:
             session = base.fork()
             session.select(shown)
             cands = session.add_point(xy[0], xy[1], positive=True)
-            classes = RegionClasses(probs if cands else None, cands, default)
-            if cands:
-                classes[session.index]   # the shown one's; the others when settling (see ClickTool._settle)
+            # The shown one's class; the others when settling (see ClickTool._settle).
+            classes = RegionClasses(probs, cands, default, shown=session.index)
             guess.ms = (time.perf_counter() - start) * 1000
             return session, cands, classes, session.index
 

@@ -246,10 +246,8 @@ class ClickTool(GuessingClicks, Tool):
                     cands = session.retract_point(prompt[1:])
                 else:
                     cands = session.add_point(prompt[1], prompt[2], positive=prompt[3])
-            classes = RegionClasses(probs if cands else None, cands, default)
-            if cands:
-                classes[session.index]   # the shown candidate's class now, the others later (see _settle)
-            return cands, classes, session.index
+            # The shown candidate's class now, the others later (see _settle).
+            return cands, RegionClasses(probs, cands, default, shown=session.index), session.index
 
         def done(result) -> None:
             newer = self.queue.pending is not None   # these candidates are about to be replaced
@@ -269,7 +267,7 @@ class ClickTool(GuessingClicks, Tool):
                 # The job may have run some prompts (a retraction before a failed box): show what
                 # the session now holds. Read before the queue starts the next job.
                 self.cands, self.index = session.candidates, session.index
-                self.classes = RegionClasses(probs if self.cands else None, self.cands, default)
+                self.classes = RegionClasses(probs, self.cands, default)
                 self._round += 1
                 self._polished = {}
             self.queue.done()
@@ -346,13 +344,13 @@ class ClickTool(GuessingClicks, Tool):
         cand, t = self.current, self.target
         if cand is None or cand.ready or t is None:
             return
-        # Work ahead that nobody waits on yet: on the background lane, on one thread, so it takes
-        # no cores from the next click's decoder (see Worker.run_task's ``threads`` and lanes). One
+        # Work ahead that nobody waits on yet: on the background lane (one thread, low priority), so
+        # it takes no cores from the next click's decoder (see Worker.run_task). One
         # for another candidate that has not started is dropped (Tab through a large photo's three).
         if self._full_ahead is not None and not self._full_ahead.done:
             self._full_ahead.cancel()
         self._full_ahead = t.run_task(lambda: cand.mask, on_result=lambda _: None, on_error=lambda _: None,
-                                      task_name="Click region at full size", threads=1, lane=BACKGROUND_LANE)
+                                      task_name="Click region at full size", lane=BACKGROUND_LANE)
 
     def _polish_shown(self):
         """Polish the shown candidate's border in a worker (once per candidate and class); returns
@@ -382,9 +380,8 @@ class ClickTool(GuessingClicks, Tool):
                 t.report_error(f"Edge polish failed (the region stays as the model gave it): {text}")
 
         def start() -> None:
-            # As the full-size candidate: background lane, one thread (the next click comes first).
-            h = t.run_task(polish, on_result=done, on_error=failed, task_name="Edge polish", threads=1,
-                           lane=BACKGROUND_LANE)
+            # As the full-size candidate: the background lane (the next click comes first).
+            h = t.run_task(polish, on_result=done, on_error=failed, task_name="Edge polish", lane=BACKGROUND_LANE)
             self._polishing = h
             # Finished comes after the result or error, and also when stopped before either.
             h.finished.connect(self.polish_queue.done)
