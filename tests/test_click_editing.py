@@ -72,6 +72,44 @@ def test_click_session_prompts_candidates_and_the_logits_fed_back():
         s.add_point(40, 0)
 
 
+class LazyPredictor(FakePredictor):
+    """FakePredictor's answers from a predictor that makes a mask when it is first read (as
+    engine.ClickPredictor with ``lazy``); records which it made."""
+    predicts_lazily = True
+
+    def __init__(self, shape=SHAPE):
+        super().__init__(shape)
+        self.made = []
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=True, lazy=False):
+        out = super().predict(points, labels, box, mask_input, multimask)
+        assert lazy
+        best = int(np.argmax(out.scores))
+        self.made.append(best)
+
+        def mask(k):
+            if k != best:
+                self.made.append(k)
+            return out.masks[k]
+        return SimpleNamespace(mask=mask, scores=out.scores, low_res_logits=out.low_res_logits)
+
+
+def test_a_lazy_predictors_other_candidates_are_made_when_settled_or_shown():
+    lazy, fake = LazyPredictor(), FakePredictor()
+    s, eager = ClickSession(lazy, SHAPE), ClickSession(fake, SHAPE)
+    cands, want = s.add_point(5, 6), eager.add_point(5, 6)
+    assert lazy.made == [1]                                   # the best-scored one (0.9) only
+    assert [c.score for c in cands] == [c.score for c in want]
+    assert np.array_equal(cands[0].mask, want[0].mask) and cands[0].preview is cands[0].mask
+    assert s.cycle() == 1 and np.array_equal(s.current.preview, want[1].mask)   # Tab makes the one it shows
+    assert lazy.made == [1, 2]
+    s.settle()                                                # ... and settle the rest
+    assert sorted(lazy.made) == [0, 1, 2]
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(s.candidates, want))
+    s.add_point(20, 10, positive=False)                       # one candidate: made at once
+    assert len(s.candidates) == 1 and s.current.mask.shape == SHAPE
+
+
 def test_retract_point_restores_the_candidates_and_shown_one_before_the_last_point():
     fake = FakePredictor()
     s = ClickSession(fake, SHAPE)

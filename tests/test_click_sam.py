@@ -290,6 +290,47 @@ def test_postprocess_reads_only_the_logits_needed_low_res_names(original):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("original", [(45, 64), (64, 45), (1, 500), (375, 500), (500, 375), (768, 1024), (801, 33)])
+def test_postprocess_equals_the_authors_two_interpolations(original):
+    """Upsampled to the whole 1024×1024 input, cropped to the image's part, resized to the image:
+    the authors' steps, whichever of postprocess's paths (sparse taps on a CPU) gives it."""
+    import torch.nn.functional as F
+    model = build_click_model("mobile_sam")
+    h, w = preprocess_shape(*original, model.image_size)
+    low = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(1)) * 4
+    with torch.inference_mode():
+        up = F.interpolate(low, (model.image_size, model.image_size), mode="bilinear", align_corners=False)
+        want = F.interpolate(up[..., :h, :w], original, mode="bilinear", align_corners=False)
+        got = model.postprocess(low, (h, w), original)
+    assert got.shape == want.shape and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_lazy_prediction_makes_the_best_mask_first_and_the_others_when_read(sam_b, monkeypatch):
+    """predict(lazy=True): one full-size mask (the best-scored) before it returns; each other one
+    when first read; all of them the same bits as predict without lazy."""
+    _, predictor, _ = sam_b
+    eager = predictor.predict([[20, 15]], [1], multimask=True)
+    made = []
+    real = predictor._masks
+    monkeypatch.setattr(predictor, "_masks", lambda raw, *a: made.append(raw.shape[1]) or real(raw, *a))
+    lazy = predictor.predict([[20, 15]], [1], multimask=True, lazy=True)
+    assert made == [1]
+    best = int(np.argmax(lazy.scores))
+    np.testing.assert_array_equal(lazy.mask(best), eager.masks[best])
+    assert made == [1]                                         # read, not made again
+    other = (best + 1) % 3
+    np.testing.assert_array_equal(lazy.mask(other), eager.masks[other])
+    assert made == [1, 1]
+    np.testing.assert_array_equal(lazy.masks, eager.masks)     # the third made, the two kept
+    assert made == [1, 1, 1]
+    np.testing.assert_array_equal(lazy.low_res_logits, eager.low_res_logits)
+    with pytest.raises(IndexError):
+        predictor.predict([[20, 15]], [1], lazy=True).mask(3)
+    one = predictor.predict([[20, 15]], [1], multimask=False, lazy=True)   # one mask: nothing to defer
+    assert one.masks.shape == (1, *IMAGE_HW)
+
+
 def test_a_predictions_logits_are_made_once_across_threads():
     from concurrent.futures import ThreadPoolExecutor
     threads, calls, arrived = 8, [], []

@@ -47,17 +47,19 @@ class Candidate:
     weighs the class by; at the model's own resolution, 1024 pixels a side, nothing is lost) and
     ``mask`` is made from the same logits when first asked for (tens of milliseconds on a
     12-megapixel photo, where making all three candidates at full size took 100-200 ms a click).
-    Elsewhere ``preview`` is ``mask``.
+    Elsewhere ``preview`` is ``mask``. Either may be made when first read (``make``; ``preview``
+    may be a callable that makes it): a click's candidates other than the one shown first are
+    made after the preview is painted (ClickSession.settle) or when Tab shows them.
     """
-    __slots__ = ("score", "preview", "_mask", "_make")
+    __slots__ = ("score", "_preview", "_mask", "_make")
 
-    def __init__(self, mask: np.ndarray | None, score: float, *, preview: np.ndarray | None = None,
+    def __init__(self, mask: np.ndarray | None, score: float, *,
+                 preview: np.ndarray | Callable[[], np.ndarray] | None = None,
                  make: Callable[[], np.ndarray] | None = None) -> None:
-        if mask is None and (preview is None or make is None):
-            raise ValueError("a candidate needs its mask, or a preview and a way to make the mask")
+        if mask is None and make is None:
+            raise ValueError("a candidate needs its mask or a way to make it")
         self.score = float(score)
-        self._mask, self._make = mask, make
-        self.preview = mask if preview is None else preview
+        self._mask, self._make, self._preview = mask, make, preview
 
     @property
     def mask(self) -> np.ndarray:
@@ -65,6 +67,15 @@ class Candidate:
         if mask is None:   # two threads may both make it: the same bits either way
             mask = self._mask = np.asarray(self._make(), dtype=bool)
         return mask
+
+    @property
+    def preview(self) -> np.ndarray:
+        preview = self._preview
+        if preview is None:
+            return self.mask
+        if callable(preview):
+            preview = self._preview = np.asarray(preview(), dtype=bool)
+        return preview
 
     @property
     def ready(self) -> bool:
@@ -192,6 +203,8 @@ class ClickSession:
         candidates, so the next click does not wait for them."""
         if self._logits is not None:
             self._logits.array  # noqa: B018
+        for cand in self._candidates:   # the candidates Tab shows next (made when first read)
+            cand.preview  # noqa: B018
 
     def preview_size(self) -> tuple[int, int] | None:
         """The size the candidates are first made at, or None for the image's own size."""
@@ -205,23 +218,40 @@ class ClickSession:
         single_point = len(self._points) == 1 and self._box is None
         shown = None if self._logits is None else self._logits[self._index][None]
         size = self.preview_size()
+        # Only the candidate shown first is made at once where the predictor can (the others after
+        # the preview is painted, see settle).
+        lazy = bool(getattr(self.predictor, "predicts_lazily", False))
         pred = self.predictor.predict(points=self.points if self._points else None,
                                       labels=self.labels if self._points else None, box=self._box,
                                       mask_input=shown, multimask=single_point,
-                                      **({} if size is None else {"size": size}))
-        masks = np.asarray(pred.masks, dtype=bool)
+                                      **({} if size is None else {"size": size}), **({"lazy": True} if lazy else {}))
         scores = np.asarray(pred.scores, dtype=np.float64).reshape(-1)
-        if masks.ndim != 3 or masks.shape[1:] != (size or self.shape) or len(scores) != masks.shape[0]:
-            raise ValueError(f"the click model returned masks {masks.shape} for a {self.shape} image")
         order = np.argsort(-scores, kind="stable").tolist()
-        if size is None:
-            self._candidates = [Candidate(masks[k], scores[k]) for k in order]
+        if lazy:
+            made = functools.partial(_checked_mask, pred, size or self.shape)
+            masks = [made(order[0]) if i == 0 else functools.partial(made, k) for i, k in enumerate(order)]
         else:
-            self._candidates = [Candidate(None, scores[k], preview=masks[k], make=functools.partial(pred.full, k))
-                                for k in order]
+            got = np.asarray(pred.masks, dtype=bool)
+            if got.ndim != 3 or got.shape[1:] != (size or self.shape) or len(scores) != got.shape[0]:
+                raise ValueError(f"the click model returned masks {got.shape} for a {self.shape} image")
+            masks = [got[k] for k in order]
+        if size is None:
+            self._candidates = [Candidate(m, scores[k]) if not callable(m) else Candidate(None, scores[k], make=m)
+                                for k, m in zip(order, masks)]
+        else:
+            self._candidates = [Candidate(None, scores[k], preview=m, make=functools.partial(pred.full, k))
+                                for k, m in zip(order, masks)]
         self._logits = _Logits(pred, order)
         self._index = 0
         return list(self._candidates)
+
+
+def _checked_mask(pred: Any, shape: tuple[int, int], k: int) -> np.ndarray:
+    """Candidate ``k`` of a lazy prediction, checked to be an H×W mask of ``shape``."""
+    mask = np.asarray(pred.mask(k), dtype=bool)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"the click model returned a mask {mask.shape} for a {shape} image")
+    return mask
 
 
 class _Logits:

@@ -37,16 +37,42 @@ class ClickPrediction:
     were made (on a CPU the logits over a non-square image's padding, which the masks do not read,
     are made when first asked for: a few milliseconds off a click). :meth:`settle` makes them now
     (the app does so while the person looks at the masks); reading ``low_res_logits`` does too.
-    Thread-safe."""
-    __slots__ = ("masks", "scores", "full", "_low", "_settle", "_lock")
 
-    def __init__(self, masks: np.ndarray, scores: np.ndarray, low_res_logits: np.ndarray | None = None,
-                 full: Callable[[int], np.ndarray] | None = None, *,
-                 settle: Callable[[], np.ndarray] | None = None) -> None:
+    ``make``: with ``masks`` a dict of the masks made so far (by index), a callable that makes mask
+    k (``predict(lazy=True)``: only the best-scored one is made before it returns); :meth:`mask`
+    reads one, ``masks`` all of them (making what is missing). Thread-safe."""
+    __slots__ = ("scores", "full", "_masks", "_make", "_low", "_settle", "_lock")
+
+    def __init__(self, masks: np.ndarray | dict[int, np.ndarray], scores: np.ndarray,
+                 low_res_logits: np.ndarray | None = None, full: Callable[[int], np.ndarray] | None = None, *,
+                 settle: Callable[[], np.ndarray] | None = None, make: Callable[[int], np.ndarray] | None = None
+                 ) -> None:
         if (low_res_logits is None) == (settle is None):
             raise ValueError("a prediction needs its low-resolution logits or a way to make them, not both")
-        self.masks, self.scores, self.full = masks, scores, full
+        if isinstance(masks, dict) and make is None:
+            raise ValueError("a prediction with some of its masks needs a way to make the others")
+        self.scores, self.full = scores, full
+        self._masks, self._make = masks, make
         self._low, self._settle, self._lock = low_res_logits, settle, threading.Lock()
+
+    def mask(self, k: int) -> np.ndarray:
+        """Mask ``k`` (H×W bool), made now if it is not yet."""
+        masks = self._masks
+        if not isinstance(masks, dict):
+            return masks[k]
+        got = masks.get(k)
+        if got is None:   # two threads may both make it: the same bits either way
+            if not 0 <= k < len(self.scores):
+                raise IndexError(f"mask {k} of {len(self.scores)}")
+            got = masks[k] = self._make(k)
+        return got
+
+    @property
+    def masks(self) -> np.ndarray:
+        """K×H×W bool."""
+        if isinstance(self._masks, dict):
+            self._masks = np.stack([self.mask(k) for k in range(len(self.scores))])
+        return self._masks
 
     @property
     def low_res_logits(self) -> np.ndarray:
@@ -175,14 +201,17 @@ class ClickPredictor:
                       tuple(int(v) for v in embedding.input_size))
 
     predicts_at_size = True   # predict takes ``size`` (editing.click.ClickSession asks for it on large photos)
+    predicts_lazily = True    # predict takes ``lazy`` (ClickSession: only the candidate shown first is made at once)
 
     def predict(self, points=None, labels=None, box=None, mask_input=None, multimask: bool = True,
-                size: tuple[int, int] | None = None) -> ClickPrediction:
+                size: tuple[int, int] | None = None, lazy: bool = False) -> ClickPrediction:
         """Masks for the prompts: ``points`` N×2 (x, y) image pixels with ``labels`` N (1 positive, 0
         negative), ``box`` (x0, y0, x1, y1), ``mask_input`` the previous round's 1×256×256 (or
         256×256) low-resolution logits. At least one point or a box. ``size``: (h, w) to make the
         masks at instead of the image's size (the same logits resized there: a large photo's
-        preview); the prediction's ``full`` then makes any of them at the image's size."""
+        preview); the prediction's ``full`` then makes any of them at the image's size. ``lazy``:
+        only the best-scored mask is made before returning, the others when first read
+        (``ClickPrediction.mask``): a tool that shows one candidate at a time."""
         if self._features is None:
             raise RuntimeError("no image: call set_image (or set_embedding) first")
         if size is not None:
@@ -241,19 +270,31 @@ class ClickPredictor:
                 # (On a CPU: a GPU, bound by kernel launches, makes them all at once.)
                 needed = m.needed_low_res(self._input) if self.device.type == "cpu" else None
                 raw, iou, rest = m.decode_first(self._features, pts, lbl, bx, mi, multimask, needed=needed, **extra)
-                masks, iou, low = self._masks(raw, self._input, out_size), iou[0].float(), None
+                iou, low = iou[0].float(), None
+                masks = None if lazy and raw.shape[1] > 1 else self._masks(raw, self._input, out_size)
                 settle = functools.partial(self._settled, raw, rest)
             else:
                 masks, iou, low, raw = out
-            full = None
+            # What makes masks later reads the unclamped logits (a replayed graph's outputs are
+            # overwritten by the next click: a copy) and this image's sizes (the predictor may hold
+            # another image when it is called).
+            full = make = None
+            input_size, original = self._input, self._original
             if size is not None:
-                # The unclamped logits (a replayed graph's outputs are overwritten by the next click)
-                # and this image's sizes (the predictor may hold another image when it is called).
-                raw, input_size, original = raw.clone(), self._input, self._original
+                if out is not None:
+                    raw = raw.clone()
                 full = lambda k: self._masks(raw[:, k:k + 1], input_size, original)[0].cpu().numpy()   # noqa: E731
+            scores = iou.cpu().numpy()
+            if masks is None:
+                # Lazy: the best-scored mask now, the others when read.
+                best = int(np.argmax(scores))
+                make = lambda k: self._masks(raw[:, k:k + 1], input_size, out_size)[0].cpu().numpy()   # noqa: E731
+                masks = {best: make(best)}
+            else:
+                masks = masks.cpu().numpy()
             if low is not None:
-                return ClickPrediction(masks.cpu().numpy(), iou.cpu().numpy(), low.cpu().numpy(), full)
-            return ClickPrediction(masks.cpu().numpy(), iou.cpu().numpy(), full=full, settle=settle)
+                return ClickPrediction(masks, scores, low.cpu().numpy(), full, make=make)
+            return ClickPrediction(masks, scores, full=full, settle=settle, make=make)
 
     def _low(self, raw: torch.Tensor) -> torch.Tensor:
         """1×K×256×256 logits → the K×256×256 handed back (clamped where the model does so)."""
