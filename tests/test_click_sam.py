@@ -552,3 +552,54 @@ def test_a_mask_prompt_changes_the_prepared_rows_as_making_them_again_would(name
     np.testing.assert_allclose(fast.low_res_logits, slow.low_res_logits, rtol=1e-4, atol=1e-5 * scale)
     np.testing.assert_allclose(fast.scores, slow.scores, atol=1e-5)
     assert not np.allclose(fast.low_res_logits, first.low_res_logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["mobile_sam", "sam2.1_hiera_tiny"])   # SAM's decoder, SAM 2.1's
+def test_the_folded_first_upscaling_gives_what_the_final_rows_give(name, monkeypatch):
+    """On a CPU the upscaling's first product comes from the prepared rows and each block's change
+    (FoldedDeconv) instead of from the final rows: the same logits, with a mask prompt too, and a
+    click with more points than that path takes falls back to the rows."""
+    import engine.click.sam_upscale as upscale
+    torch.manual_seed(0)
+    model = build_click_model(name).eval()
+    with torch.no_grad():   # norms that are not the identity, so what is folded matters
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.3)
+    predictor = ClickPredictor(model)
+    predictor.set_image(np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    prepared = predictor._prepared if not isinstance(predictor._prepared, dict) else predictor._prepared["side"]
+    folded = prepared.folded
+    assert folded is not None
+    made = []
+    monkeypatch.setattr(upscale.FoldedDeconv, "rows", lambda self, *a, real=upscale.FoldedDeconv.rows:
+                        made.append(1) or real(self, *a))
+    many = np.random.default_rng(2).uniform(0, 40, (20, 2))   # 20 points: too many tokens to fold
+    prompts = [dict(points=[[20, 15]], labels=[1], multimask=True),
+               dict(points=[[20, 15], [50, 30]], labels=[1, 0], multimask=False, mask_input="first"),
+               dict(points=many, labels=np.arange(20) % 2, multimask=False)]
+
+    def run(fold: bool):
+        prepared.folded = folded if fold else None
+        outs, first = [], None
+        for kw in prompts:
+            kw = dict(kw)
+            if kw.get("mask_input") == "first":
+                kw["mask_input"] = first.low_res_logits[:1]
+            out = predictor.predict(**kw)
+            first = first or out
+            outs.append(out)
+        return outs
+
+    try:
+        plain = run(False)
+        assert made == []
+        fast = run(True)
+    finally:
+        prepared.folded = folded
+    assert len(made) >= 2   # the first two prompts folded (the third could not)
+    for a, b in zip(fast, plain):
+        scale = max(1.0, np.abs(b.low_res_logits).max())
+        np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, rtol=1e-4, atol=1e-5 * scale)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)

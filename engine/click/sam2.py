@@ -127,7 +127,7 @@ class SAM2(ClickModel):
         if prepared is not None and mask_input is not None:   # the prepared rows, changed by the mask
             side = self.sam_mask_decoder.transformer.with_dense(
                 prepared["side"], pe.mask_downscaling[:-1](mask_input), pe.mask_downscaling[-1],
-                pe.no_mask_embed.weight)
+                pe.no_mask_embed.weight, self.sam_mask_decoder.output_upscaling)
             mask_input = None
         sparse, dense = pe(torch.cat(pts, dim=1), torch.cat(lbl, dim=1), mask_input)
         return self.sam_mask_decoder(features["image_embed"], pe.dense_pe(), sparse, dense,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .sam_decoder import MLP, ImageSide, LayerNorm2d, TwoWayTransformer, block_order, upscale_masks
+from .sam_decoder import MLP, ImageSide, LayerNorm2d, TwoWayTransformer, block_order, folded_deconv, upscale_masks
 from .sam_parts import PositionEmbeddingRandom
 
 __all__ = ["MaskDecoder", "PromptEncoder", "sam2_transformer"]
@@ -90,7 +90,8 @@ class MaskDecoder(nn.Module):
         """What every click on this image shares: the image rows with the no-mask embedding
         (:class:`~engine.click.sam_decoder.ImageSide`, projected) and the high-resolution features in
         the upscaling's row order."""
-        return {"side": self.transformer.image_side(image + no_mask, image_pe, project=True),
+        return {"side": self.transformer.image_side(image + no_mask, image_pe, project=True,
+                                                    upscaling=self.output_upscaling),
                 "skip0": block_order(high_res[0], 2), "skip1": block_order(high_res[1], 1)}
 
     def forward(self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
@@ -109,7 +110,9 @@ class MaskDecoder(nn.Module):
         # Only the IoU token and those come out of the final attention (the object-score token is
         # video tracking's).
         first = 1 if multimask else 0
-        hs, keys = self.transformer(side, tokens, keep=[1] + list(range(2 + first, 2 + self.num_mask_tokens)))
+        steps = None if side.folded is None else []
+        hs, keys = self.transformer(side, tokens, keep=[1] + list(range(2 + first, 2 + self.num_mask_tokens)),
+                                    steps=steps)
         iou_out, mask_out = hs[:, 0], hs[:, 1:]
         if prepared:
             skip0, skip1 = prepared["skip0"], prepared["skip1"]
@@ -118,8 +121,10 @@ class MaskDecoder(nn.Module):
         n = keys.shape[0]
         hyper = torch.stack([mlp(mask_out[:, j]) for j, mlp in enumerate(self.output_hypernetworks_mlps[first:])],
                             dim=1)
+        folded = folded_deconv(side, steps, self.output_upscaling)
         masks = upscale_masks(keys, side.hw, self.output_upscaling, hyper,
-                              skip1.expand(n, *skip1.shape[1:]), skip0.expand(n, *skip0.shape[1:]))
+                              skip1.expand(n, *skip1.shape[1:]), skip0.expand(n, *skip0.shape[1:]),
+                              first=None if folded is None else folded.rows())
         iou = self.iou_prediction_head(iou_out)
         if multimask:
             return masks, iou[:, 1:]

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sam_upscale import UPSCALE_ROWS, block_order, upscale_masks, upscale_masks_first
+from .sam_upscale import UPSCALE_ROWS, FoldedDeconv, block_order, folded_weights, upscale_masks, upscale_masks_first
 
 __all__ = [
     "MLP",
     "PROMPT_DIM",
+    "FoldedDeconv",
     "UPSCALE_ROWS",
     "Attention",
     "ImageSide",
@@ -29,6 +30,7 @@ __all__ = [
     "TwoWayAttentionBlock",
     "TwoWayTransformer",
     "block_order",
+    "folded_deconv",
     "upscale_masks",
     "upscale_masks_first",
 ]
@@ -162,26 +164,33 @@ class Attention(nn.Module):
         qh = self._heads(self.q_proj(q)) * kp.shape[-1] ** -0.5
         return self._merge(torch.softmax(qh @ kp.transpose(-1, -2), dim=-1) @ vp)
 
-    def _weigh_tokens(self, attn: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    def _weigh_tokens(self, attn: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None,
+                      stash: list | None = None) -> torch.Tensor:
         """B×heads×n×N attention of N image rows over n tokens (softmax taken), token values B×n×C →
         B×N×C (plus ``residual``): each head's values are first carried through the out projection
         (heads·n rows). Each head's weights of a row sum to one, so adding a heads-th of the out
-        bias to every head's rows adds the bias once."""
+        bias to every head's rows adds the bias once. ``stash``: gets (the B×N×(heads·n) weights,
+        the B×(heads·n)×C values), whose product is what is added (see FoldedDeconv)."""
         b, h, n, big = attn.shape
         vh = self._heads(self.v_proj(v))                                    # B×h×n×d
         vo = torch.einsum("bhnd,chd->bhnc", vh, self.out_proj.weight.view(-1, h, vh.shape[-1]))
         vo = (vo + self.out_proj.bias / h).reshape(b, h * n, -1)
         weights = attn.reshape(b, h * n, big).transpose(1, 2)
+        if stash is not None:
+            stash.append((weights, vo))
         return torch.bmm(weights, vo) if residual is None else torch.baddbmm(residual, weights, vo)
 
     def image_to_tokens(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         residual: torch.Tensor | None = None, pe: torch.Tensor | None = None,
-                        pe_q: torch.Tensor | None = None) -> torch.Tensor:
+                        pe_q: torch.Tensor | None = None, stash: list | None = None) -> torch.Tensor:
         """``forward`` for many queries (B×N×C image rows) over few keys and values (B×n×C tokens),
         plus ``residual`` (B×N×C) when given. With ``pe`` the queries are ``q`` + ``pe``, and
-        ``pe_q`` may give the query projection of ``pe`` (:meth:`pe_projection`)."""
+        ``pe_q`` may give the query projection of ``pe`` (:meth:`pe_projection`). ``stash``: see
+        :meth:`_weigh_tokens` (None is put there when the tokens are too many for that path)."""
         b, n, c = k.shape
         if not self._few(n):
+            if stash is not None:
+                stash.append(None)
             out = self.forward(q if pe is None else q + pe, k, v)
             return out if residual is None else residual + out
         h = self.num_heads
@@ -192,15 +201,17 @@ class Attention(nn.Module):
         # Scores laid out B×h×n×N: softmax over the n tokens of each row is then a reduction over a
         # middle axis, several times faster than over a last axis of 5-15.
         scores = self._scores(m, q, pe, kh, pe_q, base=bias).view(b, h, n, -1)
-        return self._weigh_tokens(torch.softmax(scores, dim=2), v, residual)
+        return self._weigh_tokens(torch.softmax(scores, dim=2), v, residual, stash)
 
     def projected_image_to_tokens(self, qp: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                  residual: torch.Tensor | None = None) -> torch.Tensor:
+                                  residual: torch.Tensor | None = None, stash: list | None = None) -> torch.Tensor:
         """``image_to_tokens`` with the image rows' queries already projected (B×heads×N×d)."""
         kh = self._heads(self.k_proj(k)) * qp.shape[-1] ** -0.5             # B×h×n×d
         attn = torch.softmax(kh @ qp.transpose(-1, -2), dim=2)              # B×h×n×N
         if self._few(k.shape[1]):
-            return self._weigh_tokens(attn, v, residual)
+            return self._weigh_tokens(attn, v, residual, stash)
+        if stash is not None:
+            stash.append(None)
         out = self._merge(attn.transpose(-1, -2) @ self._heads(self.v_proj(v)))
         return out if residual is None else residual + out
 
@@ -250,12 +261,15 @@ class ImageSide:
     # the first: its token-to-image keys, its image-to-token queries; then the final attention's
     # keys), each heads×d×N: the same for every click (see Attention.pe_projection).
     pe_proj: tuple[torch.Tensor, ...] | None = None
+    # ``keys`` times the upscaling's first matrix with the blocks' norms folded in (B×N×C'; on a
+    # CPU, see FoldedDeconv): the click's first upscaling product then costs less than half.
+    folded: torch.Tensor | None = None
 
     def batch(self, n: int) -> ImageSide:
         """The same rows for ``n`` prompt sets (one copy each)."""
         if self.keys.shape[0] == n:
             return self
-        rep = {f: getattr(self, f) for f in ("keys", "key_pe", "k", "kp", "vp", "qp")}
+        rep = {f: getattr(self, f) for f in ("keys", "key_pe", "k", "kp", "vp", "qp", "folded")}
         return ImageSide(hw=self.hw, pe_proj=self.pe_proj,
                          **{f: None if t is None else t.expand(n, *t.shape[1:]).contiguous() for f, t in rep.items()})
 
@@ -279,10 +293,11 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(self, queries: torch.Tensor, side: ImageSide, query_pe: torch.Tensor,
-                pe_k: torch.Tensor | None = None, pe_q: torch.Tensor | None = None
+                pe_k: torch.Tensor | None = None, pe_q: torch.Tensor | None = None, steps: list | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``side.k`` may be None past the first block: the attentions then add the encoding
-        themselves (with its projections ``pe_k`` and ``pe_q`` when given)."""
+        themselves (with its projections ``pe_k`` and ``pe_q`` when given). ``steps``: gets how the
+        image rows changed, (weights, values, mean, inverse spread, norm) or None (FoldedDeconv)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -299,14 +314,21 @@ class TwoWayAttentionBlock(nn.Module):
             attn = t2i.tokens_to_image(queries + query_pe, side.keys, side.keys, pe=side.key_pe, pe_k=pe_k)
         queries = self.norm2(queries + attn)
         queries = self.norm3(queries + self.mlp(queries))
+        stash = None if steps is None else []
         if side.qp is not None:
-            keys = i2t.projected_image_to_tokens(side.qp, queries + query_pe, queries, residual=side.keys)
+            keys = i2t.projected_image_to_tokens(side.qp, queries + query_pe, queries, residual=side.keys, stash=stash)
         elif side.k is not None:
-            keys = i2t.image_to_tokens(side.k, queries + query_pe, queries, residual=side.keys)
+            keys = i2t.image_to_tokens(side.k, queries + query_pe, queries, residual=side.keys, stash=stash)
         else:
             keys = i2t.image_to_tokens(side.keys, queries + query_pe, queries, residual=side.keys,
-                                       pe=side.key_pe, pe_q=pe_q)
-        return queries, self.norm4(keys)
+                                       pe=side.key_pe, pe_q=pe_q, stash=stash)
+        if steps is None:
+            return queries, self.norm4(keys)
+        # The same LayerNorm, with its per-row statistics kept.
+        n4 = self.norm4
+        keys, mean, rstd = torch.native_layer_norm(keys, (keys.shape[-1],), n4.weight, n4.bias, n4.eps)
+        steps.append(None if stash[0] is None else (*stash[0], mean, rstd, n4))
+        return queries, keys
 
 
 class TwoWayTransformer(nn.Module):
@@ -324,9 +346,11 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def image_side(self, image: torch.Tensor, image_pe: torch.Tensor, project: bool = False) -> ImageSide:
+    def image_side(self, image: torch.Tensor, image_pe: torch.Tensor, project: bool = False,
+                   upscaling: nn.Sequential | None = None) -> ImageSide:
         """B×C×h×w image (+ dense prompt) and its 1×C×h×w encoding → rows; ``project``: also the first
-        block's image-only projections (when ``image`` is the same for every click)."""
+        block's image-only projections (when ``image`` is the same for every click) and, given the
+        decoder's ``upscaling`` on a CPU, the rows' folded product (ImageSide.folded)."""
         b, _, h, w = image.shape
         keys = image.flatten(2).transpose(1, 2).contiguous()
         key_pe = image_pe.flatten(2).transpose(1, 2).expand(b, -1, -1).contiguous()
@@ -342,11 +366,18 @@ class TwoWayTransformer(nn.Module):
             layer.cross_attn_image_to_token.pe_projection(layer.cross_attn_image_to_token.q_proj, pe))]
         final = self.final_attn_token_to_image
         pe_proj.append(final.pe_projection(final.k_proj, pe))
+        fold = self.fold_matrix(upscaling) if image.device.type == "cpu" else None
         return ImageSide(keys, key_pe, k, (h, w), kp=heads(t2i, t2i.k_proj(k)), vp=heads(t2i, t2i.v_proj(keys)),
-                         qp=heads(i2t, i2t.q_proj(k)), pe_proj=tuple(pe_proj))
+                         qp=heads(i2t, i2t.q_proj(k)), pe_proj=tuple(pe_proj),
+                         folded=None if fold is None else keys @ fold)
 
-    def with_dense(self, side: ImageSide, mask_features: torch.Tensor, conv: nn.Conv2d, no_mask: torch.Tensor
-                   ) -> ImageSide:
+    def fold_matrix(self, upscaling: nn.Sequential | None) -> torch.Tensor | None:
+        """The upscaling's first matrix with the blocks' norms folded in (:func:`folded_weights`), or
+        None (no upscaling given)."""
+        return None if upscaling is None else folded_weights([layer.norm4 for layer in self.layers], upscaling[0])
+
+    def with_dense(self, side: ImageSide, mask_features: torch.Tensor, conv: nn.Conv2d, no_mask: torch.Tensor,
+                   upscaling: nn.Sequential | None = None) -> ImageSide:
         """``side`` (made with ``project=True`` for the image plus the no-mask embedding ``no_mask``)
         with a mask prompt's dense embedding instead: ``conv`` (the mask encoder's last, 1×1
         convolution) of ``mask_features`` (B×c×h×w, what comes before it, c = 16).
@@ -362,35 +393,49 @@ class TwoWayTransformer(nn.Module):
         n, dim = side.keys.shape[1:]
         w = conv.weight.reshape(dim, c).t()                                  # c×C
         delta = conv.bias - no_mask.reshape(-1)                              # the constant's change, C
-        projections = [t2i.k_proj.weight, t2i.v_proj.weight, i2t.q_proj.weight]
-        mats = torch.cat([w] + [w @ p.t() for p in projections], dim=1)
-        consts = torch.cat([delta] + [delta @ p.t() for p in projections])
+        # (the folded product too, when the side has it: its matrix is C×C', from the same weights)
+        projections = [p.t() for p in (t2i.k_proj.weight, t2i.v_proj.weight, i2t.q_proj.weight)]
+        fold = self.fold_matrix(upscaling) if side.folded is not None else None
+        if fold is not None:
+            projections.append(fold)
+        mats = torch.cat([w] + [w @ p for p in projections], dim=1)
+        consts = torch.cat([delta] + [delta @ p for p in projections])
         rows = mask_features.flatten(2).transpose(1, 2).reshape(b * n, c)
         change = torch.addmm(consts, rows, mats).view(b, n, -1)
-        dk, dkp, dvp, dqp = change.split([dim] + [p.shape[0] for p in projections], dim=-1)
+        dk, dkp, dvp, dqp, *dfold = change.split([dim] + [p.shape[1] for p in projections], dim=-1)
         side = side.batch(b)
         keys = side.keys + dk
         heads = lambda attn, base, d: base + attn._heads(d)                  # noqa: E731
         return ImageSide(keys, side.key_pe, None, side.hw, kp=heads(t2i, side.kp, dkp),
-                         vp=heads(t2i, side.vp, dvp), qp=heads(i2t, side.qp, dqp), pe_proj=side.pe_proj)
+                         vp=heads(t2i, side.vp, dvp), qp=heads(i2t, side.qp, dqp), pe_proj=side.pe_proj,
+                         folded=side.folded + dfold[0] if dfold else None)
 
-    def forward(self, side: ImageSide, point_embedding: torch.Tensor, keep: int | list[int] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, side: ImageSide, point_embedding: torch.Tensor, keep: int | list[int] | None = None,
+                steps: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(image rows, B×T×C tokens) → (B×T×C tokens, B×N×C image rows). ``keep``: only these tokens
         are wanted back (the first ``keep``, or a list of indices: the decoder's output tokens it
         reads, not the prompts' own), so the final attention is computed for those alone (each
-        token attends to the image on its own)."""
+        token attends to the image on its own). ``steps``: gets each block's change of the image
+        rows (see TwoWayAttentionBlock.forward)."""
         side = side.batch(point_embedding.shape[0])
         proj = side.pe_proj or (None,) * (2 * len(self.layers) - 1)
         queries = point_embedding
         for i, layer in enumerate(self.layers):
             pe_k, pe_q = (proj[2 * i - 2], proj[2 * i - 1]) if i else (None, None)
-            queries, keys = layer(queries, side, point_embedding, pe_k, pe_q)
+            queries, keys = layer(queries, side, point_embedding, pe_k, pe_q, steps)
             if i + 1 < len(self.layers):
                 side = ImageSide(keys, side.key_pe, None, side.hw)
         queries, pe = _tokens(queries, keep), _tokens(point_embedding, keep)
         attn = self.final_attn_token_to_image.tokens_to_image(queries + pe, keys, keys, pe=side.key_pe, pe_k=proj[-1])
         return self.norm_final_attn(queries + attn), keys
+
+
+def folded_deconv(side: ImageSide, steps: list | None, upscaling: nn.Sequential) -> FoldedDeconv | None:
+    """The upscaling's first product made the folded way for a click whose transformer run filled
+    ``steps`` (None where it cannot be: no folded rows, or too many tokens for the few-token path)."""
+    if not steps or side.folded is None or any(step is None for step in steps):
+        return None
+    return FoldedDeconv(side.folded, steps, upscaling[0], side.hw)
 
 
 def _tokens(x: torch.Tensor, keep: int | list[int] | None) -> torch.Tensor:
@@ -471,8 +516,10 @@ class MaskDecoder(nn.Module):
         # Only the IoU token and the selected masks' tokens come out (a mask token not asked for is
         # not carried through the final attention).
         mlps = list(enumerate(self.output_hypernetworks_mlps))[select]
-        hs, keys = self.transformer(side, tokens, keep=[0] + [1 + i for i, _ in mlps])
+        steps = None if side.folded is None else []
+        hs, keys = self.transformer(side, tokens, keep=[0] + [1 + i for i, _ in mlps], steps=steps)
         iou_out = hs[:, 0, :]
         hyper = torch.stack([mlp(hs[:, 1 + j, :]) for j, (_, mlp) in enumerate(mlps)], dim=1)
-        masks, rest = upscale_masks_first(keys, side.hw, self.output_upscaling, hyper, first or side.hw)
+        masks, rest = upscale_masks_first(keys, side.hw, self.output_upscaling, hyper, first or side.hw,
+                                          folded_deconv(side, steps, self.output_upscaling))
         return masks, self.iou_prediction_head(iou_out)[:, select], rest

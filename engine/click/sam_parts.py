@@ -225,7 +225,8 @@ class Sam(ClickModel):
         every click that has no ``mask_input``)."""
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         return self.mask_decoder.transformer.image_side(features["image_embed"] + dense,
-                                                        self.prompt_encoder.get_dense_pe(), project=True)
+                                                        self.prompt_encoder.get_dense_pe(), project=True,
+                                                        upscaling=self.mask_decoder.output_upscaling)
 
     def needed_low_res(self, input_size: tuple[int, int]) -> tuple[int, int]:
         # postprocess reads the logits over the image plus one row (column) for the bilinear
@@ -244,7 +245,8 @@ class Sam(ClickModel):
         side = prepared
         if prepared is not None and mask_input is not None:   # the prepared rows, changed by the mask
             side = self.mask_decoder.transformer.with_dense(
-                prepared, pe.mask_downscaling[:-1](mask_input), pe.mask_downscaling[-1], pe.no_mask_embed.weight)
+                prepared, pe.mask_downscaling[:-1](mask_input), pe.mask_downscaling[-1], pe.no_mask_embed.weight,
+                self.mask_decoder.output_upscaling)
             mask_input = None
         sparse, dense = pe(points=(points, labels) if points is not None else None, boxes=box, masks=mask_input)
         first = None

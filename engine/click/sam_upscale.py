@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UPSCALE_ROWS", "block_order", "upscale_masks", "upscale_masks_first"]
+__all__ = ["UPSCALE_ROWS", "FoldedDeconv", "block_order", "folded_weights", "upscale_masks", "upscale_masks_first"]
 
 
 def _deconv_weights(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,8 +25,80 @@ def _deconv_weights(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tenso
 UPSCALE_ROWS = 512   # image rows per CPU pass of upscale_masks: its intermediates stay in a core's cache
 
 
+def folded_weights(norms: list[nn.LayerNorm], conv: nn.ConvTranspose2d) -> torch.Tensor | None:
+    """The first transposed convolution's C×(4·C/4) matrix with every block's final LayerNorm
+    scale folded in (rows times the product of their weights): what :class:`FoldedDeconv` needs
+    the image rows multiplied by once per image. None when a norm has no weight."""
+    if any(n.weight is None or n.bias is None for n in norms):
+        return None
+    w, _ = _deconv_weights(conv)
+    scale = torch.ones_like(norms[0].weight)
+    for n in norms:
+        scale = scale * n.weight
+    return scale[:, None] * w
+
+
+class FoldedDeconv:
+    """The upscaling's first product (the decoder's final image rows times the first transposed
+    convolution's matrix, plus its bias) made from how those rows came about, not from the rows.
+
+    Each two-way block ends with rows X_k = X_{k-1}' + A_k·V_k (its image-to-token attention: A_k
+    the N×(heads·tokens) weights, V_k the tokens' values through the out projection) and a
+    LayerNorm, X_k' = r_k ⊙ (X_k − μ_k) ⊙ γ_k + β_k. The per-row mean μ and inverse spread r are
+    scalars, so for any matrix H, X_k'·H = r_k ⊙ (X_{k-1}'·(γ_k H) + A_k·(V_k γ_k H) − μ_k·1ᵀ(γ_k H)) +
+    β_k H: unrolled down to the image's own rows X_0, whose product with the folded matrix is made
+    once per image (``base``, see :func:`folded_weights`), the click's part is a product of the N
+    rows with heads·tokens columns per block (2·56 for a click) instead of with C = 256: less than
+    half the multiply-adds. The same values, float rounding apart.
+
+    ``steps``: per block in order, (A B×N×m, V B×m×C, μ B×N×1, r B×N×1, the LayerNorm). ``base``:
+    B×N×C' image rows times :func:`folded_weights`. Rows are taken as the h×w grid ``hw``.
+    """
+
+    def __init__(self, base: torch.Tensor, steps: list[tuple], conv: nn.ConvTranspose2d,
+                 hw: tuple[int, int]) -> None:
+        w, b = _deconv_weights(conv)
+        h = w
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []   # (B×N×m rows, B×m×C' matrix)
+        small: list[tuple[torch.Tensor, torch.Tensor]] = []   # (B×N×1 rows, C' row)
+        rho = const = None
+        for weights, values, mean, rstd, norm in reversed(steps):
+            if const is None:   # the last block's shift stays outside every scale
+                const = norm.bias @ h + b
+            else:               # an earlier block: what came after is inside its scale
+                sigma = rstd.reciprocal()
+                pairs = [(rows * sigma, mat) for rows, mat in pairs]
+                small = [(rows * sigma, vec) for rows, vec in small] + [(sigma, norm.bias @ h)]
+            gh = norm.weight[:, None] * h
+            pairs.append((weights, values @ gh))
+            small.append((-mean, gh.sum(0)))
+            rho = rstd if rho is None else rho * rstd
+            h = gh
+        self.base, self.pairs, self.rho, self.const, self.hw = base, pairs, rho, const, hw
+        self.small_rows = torch.cat([r for r, _ in small], dim=-1)            # B×N×s
+        self.small_mat = torch.stack([v for _, v in small])                   # s×C'
+
+    def rows(self, r: slice | None = None, k: slice | None = None) -> torch.Tensor:
+        """B×n×C': the product for the grid's rows ``r`` and columns ``k`` (all when None), in the
+        order of the grid's cells there."""
+        gh, gw = self.hw
+
+        def part(t: torch.Tensor) -> torch.Tensor:
+            if r is None and k is None:
+                return t
+            g = t.reshape(t.shape[0], gh, gw, t.shape[-1])[:, r or slice(None), k or slice(None)]
+            return g.reshape(t.shape[0], -1, t.shape[-1])
+
+        out = None
+        for rows, mat in self.pairs:
+            out = torch.baddbmm(part(self.base), part(rows), mat) if out is None else out.baddbmm_(part(rows), mat)
+        out.baddbmm_(part(self.small_rows), self.small_mat.expand(out.shape[0], -1, -1))
+        return out.mul_(part(self.rho)).add_(self.const)
+
+
 def upscale_masks(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.Sequential, hyper: torch.Tensor,
-                  skip1: torch.Tensor | None = None, skip0: torch.Tensor | None = None) -> torch.Tensor:
+                  skip1: torch.Tensor | None = None, skip0: torch.Tensor | None = None,
+                  first: torch.Tensor | None = None) -> torch.Tensor:
     """The decoder's ending: image rows B×(h·w)×C through ``upscaling`` (transposed conv, LayerNorm2d,
     GELU, transposed conv, GELU: 4× the side), each mask token's B×K×C/8 weights over the result →
     B×K×4h×4w logits.
@@ -37,6 +109,8 @@ def upscale_masks(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.Sequent
     The rows go through in passes of :data:`UPSCALE_ROWS`, whose intermediates (1 MiB) stay in
     cache instead of streaming 40 MiB through memory. ``skip1`` / ``skip0``: SAM 2.1's
     high-resolution features, added after each convolution, in that block order (:func:`block_order`).
+    ``first``: the first convolution's output for these rows (B×n×(4·C/4), :class:`FoldedDeconv`),
+    made already; ``keys`` then only gives the shape.
     """
     dc1, ln1, act1, dc2, act2 = upscaling
     (b, n, _), (h, w), k = keys.shape, hw, hyper.shape[1]
@@ -55,7 +129,7 @@ def upscale_masks(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.Sequent
     for i in range(b):
         for s in range(0, n, step):
             e = min(n, s + step)
-            x = torch.addmm(b1, keys[i, s:e], w1).view(-1, 2, 2, c4)
+            x = (torch.addmm(b1, keys[i, s:e], w1) if first is None else first[i, s:e]).view(-1, 2, 2, c4)
             if skip1 is not None:
                 x += skip1[i, s:e]
             x = act1(F.layer_norm(x, (c4,), ln1.weight, ln1.bias, ln1.eps))
@@ -70,7 +144,8 @@ def upscale_masks(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.Sequent
 
 
 def upscale_masks_first(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.Sequential, hyper: torch.Tensor,
-                        first: tuple[int, int]) -> tuple[torch.Tensor, Callable[[], None] | None]:
+                        first: tuple[int, int], folded: FoldedDeconv | None = None
+                        ) -> tuple[torch.Tensor, Callable[[], None] | None]:
     """:func:`upscale_masks` in two parts: the masks over the top-left ``first`` = (rows, columns)
     of the h×w grid now, the rest when the returned callable is called (None: nothing left).
     Returns the B×K×4h×4w logits, whose part outside the first 4·rows × 4·columns is not written
@@ -80,10 +155,11 @@ def upscale_masks_first(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.S
     per-pixel LayerNorm and GELU, a per-pixel mask product), so each part's values are the same as
     the whole's. SAM pads a non-square image at the bottom or right: the masks at the image's size
     read only the logits over the image, the padding's logits only feed the next click's mask
-    input. ``first`` must span the whole width or the whole height."""
+    input. ``first`` must span the whole width or the whole height. ``folded``: the first
+    convolution made the folded way (:class:`FoldedDeconv`, for these rows)."""
     (h, w), (rows, cols) = hw, first
     if rows >= h and cols >= w:
-        return upscale_masks(keys, hw, upscaling, hyper), None
+        return upscale_masks(keys, hw, upscaling, hyper, first=None if folded is None else folded.rows()), None
     if rows < h and cols < w:
         raise ValueError(f"the first part {first} must span the whole width or height of {hw}")
     b, _, c = keys.shape
@@ -94,7 +170,7 @@ def upscale_masks_first(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.S
         sub = grid[:, r, k]
         hh, ww = sub.shape[1:3]
         out[..., 4 * r.start:4 * r.stop, 4 * k.start:4 * k.stop] = upscale_masks(
-            sub.reshape(b, hh * ww, c), (hh, ww), upscaling, hyper)
+            sub.reshape(b, hh * ww, c), (hh, ww), upscaling, hyper, first=None if folded is None else folded.rows(r, k))
 
     if rows < h:   # whole rows: the first part's rows are one contiguous run of the keys
         now, later = (slice(0, rows), slice(0, w)), (slice(rows, h), slice(0, w))
