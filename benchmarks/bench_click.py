@@ -7,7 +7,10 @@ error and skipped) on a 500×375 image:
   per image. Median of ``--encoder-runs`` after one warm-up; models over 50 M parameters get one
   run and no warm-up (tens of seconds each on a CPU; the spread is small next to that).
 - ``predict``: one positive click, three masks at image size (prompt encoder, mask decoder and the
-  upsampling), median of ``--predict-runs`` after two warm-ups: what a click waits for.
+  upsampling), median of ``--predict-runs``: what a click waits for. On the CPU the models' clicks
+  are timed in ``--rounds`` rounds, each a few clicks of every model after one warm-up, so the
+  machine's slow phases (it is shared) fall on all of them alike; CUDA rows time each model's
+  clicks in one go after two warm-ups.
 - ``settled``: the same click with its low-resolution logits over the padding made as well (on a
   CPU SAM and MobileSAM make those after the masks; the app does so while the person looks at the
   candidates, and the next click's mask input reads them).
@@ -104,8 +107,46 @@ def _goal_text(row: Row) -> str:
     return ", ".join(parts)
 
 
-def bench_click_model(name: str, device: torch.device, precision: str, encoder_runs: int,
-                      predict_runs: int) -> Row:
+class _Clicks:
+    """One model's predictor with the image's embedding made, and its click times so far (ms)."""
+
+    def __init__(self, row: Row, predictor: ClickPredictor, sync) -> None:
+        self.row, self.predictor, self.sync = row, predictor, sync
+        self.times: dict[str, list[float]] = {"predict": [], "settled": [], "followup": []}
+        pred, click = predictor, np.array([[IMAGE_HW[1] / 2, IMAGE_HW[0] / 2]])
+        first = pred.predict(click, [1])
+        best = first.low_res_logits[int(np.argmax(first.scores))][None]
+        two, labels = np.array([click[0], [IMAGE_HW[1] / 4, IMAGE_HW[0] / 4]]), [1, 0]
+        self.calls = {"predict": lambda: pred.predict(click, [1]),
+                      "settled": lambda: pred.predict(click, [1]).settle(),
+                      "followup": lambda: pred.predict(two, labels, mask_input=best, multimask=False)}
+
+    def run(self, warmup: int, runs: int) -> None:
+        """``warmup`` untimed then ``runs`` timed calls of each kind (a round)."""
+        for kind, call in self.calls.items():
+            for _ in range(warmup):
+                call()
+            self.sync()
+            for _ in range(runs):
+                t = time.perf_counter()
+                call()
+                self.sync()
+                self.times[kind].append((time.perf_counter() - t) * 1000)
+
+    def finish(self) -> Row:
+        r = self.row
+        r.predict_ms, r.settled_ms, r.followup_ms = (round(statistics.median(self.times[k]), 2)
+                                                     for k in ("predict", "settled", "followup"))
+        r.predict_runs = len(self.times["predict"])
+        if self.predictor.device.type == "cuda":
+            r.peak_mib = round(torch.cuda.max_memory_allocated(self.predictor.device) / 2**20, 1)
+        r.goal = _goal_text(r)
+        return r
+
+
+def _prepare(name: str, device: torch.device, precision: str, encoder_runs: int) -> tuple[Row, _Clicks | None]:
+    """Build ``name`` (random weights) and time ``set_image``; the row (with its error, if any) and
+    the model's clicks to time (None after an error)."""
     row = Row(name, device.type, precision)
     cuda = device.type == "cuda"
     try:
@@ -113,7 +154,8 @@ def bench_click_model(name: str, device: torch.device, precision: str, encoder_r
         model = build_click_model(name)
     except Exception as exc:  # noqa: BLE001 - a family still being written: list it, go on with the rest
         row.error = "builder failed: " + " ".join(str(exc).split())[:160]
-        return row
+        row.goal = _goal_text(row)
+        return row, None
     try:
         n_params = sum(p.numel() for p in model.parameters())
         row.params_m = round(n_params / 1e6, 3)
@@ -129,25 +171,52 @@ def bench_click_model(name: str, device: torch.device, precision: str, encoder_r
         runs = 1 if large else encoder_runs
         row.set_image_ms = round(_median_ms(lambda: pred.set_image(image), 0 if large else 1, runs, sync), 1)
         row.encoder_runs = runs
-        click = np.array([[IMAGE_HW[1] / 2, IMAGE_HW[0] / 2]])
-        row.predict_ms = round(_median_ms(lambda: pred.predict(click, [1]), 2, predict_runs, sync), 2)
-        row.predict_runs = predict_runs
-        row.settled_ms = round(_median_ms(lambda: pred.predict(click, [1]).settle(), 2, predict_runs, sync), 2)
-        first = pred.predict(click, [1])
-        best = first.low_res_logits[int(np.argmax(first.scores))][None]
-        two, labels = np.array([click[0], [IMAGE_HW[1] / 4, IMAGE_HW[0] / 4]]), [1, 0]
-        row.followup_ms = round(_median_ms(lambda: pred.predict(two, labels, mask_input=best, multimask=False),
-                                           2, predict_runs, sync), 2)
-        if cuda:
-            row.peak_mib = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        return row, _Clicks(row, pred, sync)
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory: record it, go on with the rest
         row.error = " ".join(str(exc).split())[:200]
+        row.goal = _goal_text(row)
+        return row, None
+
+
+def bench_click_model(name: str, device: torch.device, precision: str, encoder_runs: int,
+                      predict_runs: int) -> Row:
+    """One model's row, its clicks timed in one go (the CUDA rows; see :func:`bench_interleaved`)."""
+    row, clicks = _prepare(name, device, precision, encoder_runs)
+    if clicks is None:
+        return row
+    try:
+        clicks.run(2, predict_runs)
+        return clicks.finish()
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory: record it, go on with the rest
+        row.error = " ".join(str(exc).split())[:200]
+        row.goal = _goal_text(row)
+        return row
     finally:
-        del model
-        if cuda:
+        del clicks
+        if device.type == "cuda":
             torch.cuda.empty_cache()
-    row.goal = _goal_text(row)
-    return row
+
+
+def bench_interleaved(names: list[str], encoder_runs: int, predict_runs: int, rounds: int = 5,
+                      report=print) -> list[Row]:
+    """The CPU rows: every model's encoder in turn, then their clicks in ``rounds`` rounds, each
+    round a few clicks of every model (one warm-up each, as a click after another model's), so a
+    slow phase of the shared machine falls on all models alike instead of on whichever ran then."""
+    device = torch.device("cpu")
+    prepared = [_prepare(name, device, "fp32", encoder_runs) for name in names]
+    per_round = max(1, -(-predict_runs // rounds))
+    for _ in range(min(rounds, predict_runs)):
+        for row, clicks in prepared:
+            if clicks is not None and row.error is None:
+                try:
+                    clicks.run(1, per_round)
+                except Exception as exc:  # noqa: BLE001 - record it, go on with the rest
+                    row.error = " ".join(str(exc).split())[:200]
+    rows = []
+    for row, clicks in prepared:
+        rows.append(clicks.finish() if clicks is not None and row.error is None else row)
+        report(_format_row(rows[-1]))
+    return rows
 
 
 def _cuda_half_name() -> str:
@@ -183,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder-runs", type=int, default=3, help="timed set_image runs per small model (default 3)")
     ap.add_argument("--predict-runs", type=int, default=20, help="timed clicks per model (default 20)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="CPU: the clicks are timed in this many rounds over all models (default 5)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="auto: CPU rows, and CUDA rows when a GPU is present; cpu or cuda: that device's rows only")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. the machine's load)")
@@ -211,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(_HEAD))
     rows = []
     for device, precision in configs:
+        if device.type == "cpu":
+            rows += bench_interleaved(names, args.encoder_runs, args.predict_runs, args.rounds,
+                                      report=lambda line: print(line, flush=True))
+            continue
         for name in names:
             row = bench_click_model(name, device, precision, args.encoder_runs, args.predict_runs)
             rows.append(row)
@@ -222,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "benchmarks" / "results" / f"click_{tag}.json"
     payload = {
         "image": list(IMAGE_HW), "encoder_input": 1024, "cpu_threads": args.threads,
-        "encoder_runs": args.encoder_runs, "predict_runs": args.predict_runs,
+        "encoder_runs": args.encoder_runs, "predict_runs": args.predict_runs, "cpu_rounds": args.rounds,
         "goals": {"predict_ms_cpu": GOALS.predict_ms_cpu, "encoder_ms_cpu": GOALS.encoder_ms_cpu},
         "cpu_count": os.cpu_count(), "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         "note": args.note, "allocator_keeps_freed_memory": kept, "machine_speed_before_after": speed,
