@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from . import dense
+from .lattice import BuildCancelled
 from .params import DEEPLAB_V1, PROB_EPS, CRFParams, check_image, check_probs
 
 __all__ = ["refine", "available_backends", "resolve_backend", "BACKENDS", "PRUNE_TOLERANCE"]
@@ -53,9 +54,9 @@ def refine(image: np.ndarray, probs: np.ndarray, params: CRFParams = DEEPLAB_V1,
         backend: "torch" (this project's lattice, CPU or CUDA), "pydensecrf", or "auto".
         device: torch backend only; None/"auto" picks CUDA when available.
         prune_tolerance: torch backend only; 0 disables class pruning.
-        cancel: asked before the work starts and, with the torch backend, once the kernels are
-            built and before each iteration; True stops it (background work the person no longer
-            waits for).
+        cancel: asked before the work starts and, with the torch backend, between the steps of
+            the kernels' build and before each iteration; True stops it (background work the
+            person no longer waits for).
     Returns:
         C×H×W float32 refined probabilities. With ``params.iterations == 0``, a copy of ``probs``.
         None when ``cancel`` stopped it.
@@ -76,8 +77,10 @@ def refine(image: np.ndarray, probs: np.ndarray, params: CRFParams = DEEPLAB_V1,
     return _refine_torch(img, p, params, dense.pick_device(device), prune_tolerance, cancel)
 
 
-def torch_kernels(image: torch.Tensor, params: CRFParams) -> list[tuple[dense.Kernel, float]]:
-    """Build the (kernel, weight) pairs for ``params`` on an (H, W, 3) float32 image tensor."""
+def torch_kernels(image: torch.Tensor, params: CRFParams, cancel: Callable[[], bool] | None = None
+                  ) -> list[tuple[dense.Kernel, float]]:
+    """Build the (kernel, weight) pairs for ``params`` on an (H, W, 3) float32 image tensor.
+    ``cancel``: asked between the lattices' build steps; True raises ``lattice.BuildCancelled``."""
     h, w, _ = image.shape
     features, weights = [], []
     if params.gaussian_weight > 0:
@@ -86,7 +89,7 @@ def torch_kernels(image: torch.Tensor, params: CRFParams) -> list[tuple[dense.Ke
     if params.bilateral_weight > 0:
         features.append(dense.bilateral_features(image, params.bilateral_xy, params.bilateral_rgb))
         weights.append(params.bilateral_weight)
-    return list(zip(dense.kernels_from_features(features), weights))
+    return list(zip(dense.kernels_from_features(features, cancel), weights))
 
 
 def _refine_torch(img: np.ndarray, p: np.ndarray, params: CRFParams, device: torch.device,
@@ -97,8 +100,9 @@ def _refine_torch(img: np.ndarray, p: np.ndarray, params: CRFParams, device: tor
         image_t = torch.from_numpy(img if img.flags.writeable else img.copy()).to(device=device,
                                                                                    dtype=torch.float32)
         logp = dense.log_unary(torch.from_numpy(p if p.flags.writeable else p.copy()).to(device))
-        kernels = torch_kernels(image_t, params)
-        if cancel is not None and cancel():
+        try:
+            kernels = torch_kernels(image_t, params, cancel)
+        except BuildCancelled:
             return None
         keep = dense.prune(dense.class_ratios(logp), kernels, tolerance)
         q = dense.mean_field(logp, kernels, params.iterations, keep=keep, cancel=cancel)

@@ -27,7 +27,7 @@ import torch
 
 from . import lattice as lattice_mod
 from . import workers
-from .lattice import PermutohedralLattice
+from .lattice import BuildCancelled, PermutohedralLattice
 from .params import PROB_EPS
 
 __all__ = ["Kernel", "bilateral_kernel", "gaussian_kernel", "bilateral_features", "gaussian_features",
@@ -51,8 +51,10 @@ class Kernel:
     one filter pass, so it is computed on first use.
     """
 
-    def __init__(self, lattice: PermutohedralLattice):
+    def __init__(self, lattice: PermutohedralLattice, cancel: Cancel | None = None):
         self.lattice = lattice
+        if cancel is not None and cancel():
+            raise BuildCancelled
         norm = lattice.normalizer()
         self.splat_w = lattice.splat_weights(norm)  # (N*(d+1),) float32, includes n
         self.slice_w = lattice.slice_weights(norm)  # (N, d+1) float32, includes n and alpha
@@ -125,19 +127,20 @@ def bilateral_kernel(image: torch.Tensor, xy: float, rgb: float, max_vertices: i
     return Kernel.from_features(bilateral_features(image, xy, rgb), max_vertices)
 
 
-def kernels_from_features(features: list[torch.Tensor]) -> list[Kernel]:
+def kernels_from_features(features: list[torch.Tensor], cancel: Cancel | None = None) -> list[Kernel]:
     """One Kernel per (N, d) feature tensor. On the CPU with more than one torch thread allowed, the
     lattices are built concurrently on plain threads: their numpy build releases the GIL and starts
-    no torch thread pool, so two builds use the two cores a single build leaves half idle."""
+    no torch thread pool, so two builds use the two cores a single build leaves half idle.
+    ``cancel``: asked between the builds' steps; True raises ``lattice.BuildCancelled``."""
     concurrent = (len(features) > 1 and torch.get_num_threads() > 1 and lattice_mod.NUMPY_ON_CPU
                   and all(f.device.type == "cpu" for f in features))
     if not concurrent:
-        return [Kernel.from_features(f) for f in features]
+        return [Kernel(PermutohedralLattice(f, cancel=cancel), cancel) for f in features]
     with ThreadPoolExecutor(len(features) - 1, thread_name_prefix="crf-lattice") as pool:
-        others = [pool.submit(PermutohedralLattice, f) for f in features[1:]]
-        lattices = [PermutohedralLattice(features[0])] + [job.result() for job in others]
+        others = [pool.submit(PermutohedralLattice, f, cancel=cancel) for f in features[1:]]
+        lattices = [PermutohedralLattice(features[0], cancel=cancel)] + [job.result() for job in others]
     # Normalisers use torch's own thread pool: computed after the builds, one at a time.
-    return [Kernel(lat) for lat in lattices]
+    return [Kernel(lat, cancel) for lat in lattices]
 
 
 def log_unary(probs: torch.Tensor) -> torch.Tensor:
