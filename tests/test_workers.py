@@ -279,11 +279,13 @@ def test_the_background_lane_runs_at_a_lower_priority_and_other_tasks_do_not(qtb
         import torch
         seen[name] = (os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), threading.get_native_id())
         seen[name + " threads"] = torch.get_num_threads()
+        seen[name + " sched"] = os.sched_getscheduler(threading.get_native_id())
     for name, kw in (("background", {"lane": BACKGROUND_LANE}), ("pool", {}), ("lane", {"lane": "x"}),
                      ("again", {"lane": BACKGROUND_LANE})):
         h = worker.run_task(job, name, **kw)
         qtbot.waitUntil(lambda h=h: h.done, timeout=5000)
     assert seen["background"][0] == max(base, BACKGROUND_NICE) == seen["again"][0]
+    assert seen["background sched"] == os.SCHED_IDLE and seen["pool sched"] == seen["lane sched"] == os.SCHED_OTHER
     assert seen["pool"][0] == base and seen["lane"][0] == base
     assert seen["background threads"] == 1    # background work makes no OpenMP team (engine.threads)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base   # the UI thread's own
