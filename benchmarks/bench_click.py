@@ -201,8 +201,11 @@ def bench_interleaved(names: list[str], encoder_runs: int, predict_runs: int, ro
                       report=print) -> list[Row]:
     """The CPU rows: every model's encoder in turn, then their clicks in ``rounds`` rounds, each
     round a few clicks of every model (one warm-up each, as a click after another model's), so a
-    slow phase of the shared machine falls on all models alike instead of on whichever ran then."""
+    slow phase of the shared machine falls on all models alike instead of on whichever ran then.
+    Every model stays loaded meanwhile (all eight: about 6 GB); each gets ``predict_runs`` clicks
+    rounded up to a multiple of the rounds."""
     device = torch.device("cpu")
+    rounds, predict_runs = max(1, rounds), max(1, predict_runs)
     prepared = [_prepare(name, device, "fp32", encoder_runs) for name in names]
     per_round = max(1, -(-predict_runs // rounds))
     for _ in range(min(rounds, predict_runs)):

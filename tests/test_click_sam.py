@@ -329,6 +329,11 @@ def test_a_lazy_prediction_makes_the_best_mask_first_and_the_others_when_read(sa
         predictor.predict([[20, 15]], [1], lazy=True).mask(3)
     one = predictor.predict([[20, 15]], [1], multimask=False, lazy=True)   # one mask: nothing to defer
     assert one.masks.shape == (1, *IMAGE_HW)
+    np.testing.assert_array_equal(lazy.mask(-1), eager.masks[-1])
+    small = predictor.predict([[20, 15]], [1], size=(20, 30))                 # at a preview's size too
+    lazy_small = predictor.predict([[20, 15]], [1], size=(20, 30), lazy=True)
+    np.testing.assert_array_equal(lazy_small.masks, small.masks)
+    np.testing.assert_array_equal(lazy_small.full(2), eager.masks[2])
 
 
 def test_a_predictions_logits_are_made_once_across_threads():
@@ -554,8 +559,9 @@ def test_a_mask_prompt_changes_the_prepared_rows_as_making_them_again_would(name
     assert not np.allclose(fast.low_res_logits, first.low_res_logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["mobile_sam", "sam2.1_hiera_tiny"])   # SAM's decoder, SAM 2.1's
-def test_the_folded_first_upscaling_gives_what_the_final_rows_give(name, monkeypatch):
+@pytest.mark.parametrize("name,shape", [("mobile_sam", (48, 64)), ("mobile_sam", (64, 40)),
+                                        ("sam2.1_hiera_tiny", (48, 64))])   # SAM's decoder, SAM 2.1's
+def test_the_folded_first_upscaling_gives_what_the_final_rows_give(name, shape, monkeypatch):
     """On a CPU the upscaling's first product comes from the prepared rows and each block's change
     (FoldedDeconv) instead of from the final rows: the same logits, with a mask prompt too, and a
     click with more points than that path takes falls back to the rows."""
@@ -568,7 +574,8 @@ def test_the_folded_first_upscaling_gives_what_the_final_rows_give(name, monkeyp
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0, 0.3)
     predictor = ClickPredictor(model)
-    predictor.set_image(np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    # (a portrait image: SAM's masks come first over the grid's left columns, see upscale_masks_first)
+    predictor.set_image(np.random.default_rng(1).integers(0, 255, (*shape, 3), dtype=np.uint8))
     prepared = predictor._prepared if not isinstance(predictor._prepared, dict) else predictor._prepared["side"]
     folded = prepared.folded
     assert folded is not None

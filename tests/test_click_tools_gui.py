@@ -208,6 +208,59 @@ def test_negative_click_shrinks_the_candidate_and_tab_cycles(qtbot, canvas):
     assert not (tool.current.mask & disc(14, 20, R)).any()
 
 
+class LazyDiscPredictor(DiscPredictor):
+    """DiscPredictor's candidates made when first read (ClickPredictor's ``lazy``); records which it
+    made and, with ``broken``, fails to make any but the first."""
+    predicts_lazily = True
+
+    def __init__(self, broken: bool = False) -> None:
+        super().__init__()
+        self.made, self.broken = [], broken
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=True, lazy=False):
+        assert lazy
+        out = super().predict(points, labels, box, mask_input, multimask)
+
+        kept = {}
+
+        def mask(k):
+            if k not in kept:
+                if k and self.broken:
+                    raise RuntimeError("no such mask")
+                self.made.append(k)
+                kept[k] = out.masks[k]
+            return kept[k]
+        mask(0)   # the best-scored one, before returning
+        return SimpleNamespace(mask=mask, scores=out.scores, low_res_logits=out.low_res_logits)
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_tab_shows_a_candidate_made_after_the_preview_and_a_failure_to_make_it_is_reported(qtbot, canvas, broken):
+    c = canvas
+    fake = LazyDiscPredictor(broken)
+    c.target.click_predictor = lambda: fake
+    c.target.click_status = lambda: None
+    errors: list[str] = []
+    c.target.report_error = errors.append
+    tool = use(c, "click")
+    tool.edge_polish = False
+    click(c, 20, 20)
+    wait_idle(qtbot, tool)
+    assert np.array_equal(tool.current.mask, disc(20, 20, R)) and fake.made[0] == 0
+    qtbot.keyClick(c, Qt.Key.Key_Tab)   # made by the settle in the click lane by now, or here
+    if broken:
+        assert errors and "Click model failed" in errors[-1] and "no such mask" in errors[-1]
+        assert tool.current is None and not previewed(c)
+        click(c, 30, 20)                 # the next click starts a new object
+        wait_idle(qtbot, tool)
+        assert np.array_equal(tool.current.mask, disc(30, 20, R))
+    else:
+        assert errors == [] and np.array_equal(tool.current.mask, disc(20, 20, R / 2)) and previewed(c)
+        assert sorted(set(fake.made)) == sorted(fake.made)   # each made once
+        qtbot.keyClick(c, Qt.Key.Key_Tab)
+        assert np.array_equal(tool.current.mask, disc(20, 20, 2 * R)) and sorted(fake.made) == [0, 1, 2]
+
+
 def test_a_drag_is_a_box_prompt(qtbot, canvas):
     c = canvas
     with_fake_model(c)

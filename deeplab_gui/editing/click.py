@@ -87,7 +87,10 @@ class ClickSession:
     """The prompts for one object and the candidates they give.
 
     ``predictor``: has ``predict(points, labels, box, mask_input, multimask)`` returning masks K×H×W,
-    scores K and low_res_logits K×256×256 (``engine.ClickPredictor`` after ``set_image``).
+    scores K and low_res_logits K×256×256 (``engine.ClickPredictor`` after ``set_image``). One
+    with ``predicts_lazily`` takes ``lazy=True`` and hands back ``mask(k)`` instead of all the masks:
+    only the candidate shown first is made before the preview, the others in :meth:`settle` (or
+    when Tab shows them first).
     ``shape``: the image's (H, W). One call at a time (the app runs it in its worker queue).
 
     The first prompt, a single point, is ambiguous (a part or the whole?), so it asks for three
@@ -228,6 +231,8 @@ class ClickSession:
         scores = np.asarray(pred.scores, dtype=np.float64).reshape(-1)
         order = np.argsort(-scores, kind="stable").tolist()
         if lazy:
+            if scores.size < 1:
+                raise ValueError("the click model returned no candidates")
             made = functools.partial(_checked_mask, pred, size or self.shape)
             masks = [made(order[0]) if i == 0 else functools.partial(made, k) for i, k in enumerate(order)]
         else:

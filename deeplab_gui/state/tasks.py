@@ -270,8 +270,11 @@ LANE_IDLE_MS = 5000
 # value, so under contention the scheduler gives the cores to what a person waits on and on an idle
 # machine it runs at full speed. The nice value alone (a CFS weight of a tenth of a normal thread's)
 # still took a slice now and then from a click's decoder, whose two threads then waited for each
-# other: measured on 2 cores beside a running edge polish, a click took 40 ms (p95 115) niced, 37.5
-# (p95 55) idle-class, 38 (p95 48) alone. Neither needs a privilege; the lane's thread never runs
+# other: measured on 2 cores beside a running edge polish, a click's decoder took p50/p95 43/131 ms
+# niced 10, 39/99 at nice 19, 37/71 in SCHED_BATCH at nice 19, 37/45 idle-class, 36/45 alone. With
+# two busy processes outside the app, a thread waking every 2 ms (as the UI thread does) was at most
+# 6 ms late beside the idle-class polish and 20 ms beside the niced one: a starved idle-class thread
+# holding the GIL did not hold the others up. Neither needs a privilege; the lane's thread never runs
 # anything else.
 BACKGROUND_LANE = "background"
 BACKGROUND_NICE = 10

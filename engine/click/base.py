@@ -59,7 +59,8 @@ class ClickModel(nn.Module):
 
     def prepare(self, features: dict[str, torch.Tensor]) -> object | None:
         """Prompt-independent decoder work for this embedding, handed back to :meth:`decode` as
-        ``prepared`` on every click (None: nothing to prepare). Must not change any result."""
+        ``prepared`` on every click (None: nothing to prepare). Must not change any result beyond
+        float rounding (products associated another way)."""
         return None
 
     def transform_coords(self, xy: np.ndarray, original_size: tuple[int, int],

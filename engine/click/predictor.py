@@ -41,7 +41,7 @@ class ClickPrediction:
     ``make``: with ``masks`` a dict of the masks made so far (by index), a callable that makes mask
     k (``predict(lazy=True)``: only the best-scored one is made before it returns); :meth:`mask`
     reads one, ``masks`` all of them (making what is missing). Thread-safe."""
-    __slots__ = ("scores", "full", "_masks", "_make", "_low", "_settle", "_lock")
+    __slots__ = ("scores", "full", "_masks", "_make", "_low", "_settle", "_lock", "_mask_lock")
 
     def __init__(self, masks: np.ndarray | dict[int, np.ndarray], scores: np.ndarray,
                  low_res_logits: np.ndarray | None = None, full: Callable[[int], np.ndarray] | None = None, *,
@@ -54,17 +54,23 @@ class ClickPrediction:
         self.scores, self.full = scores, full
         self._masks, self._make = masks, make
         self._low, self._settle, self._lock = low_res_logits, settle, threading.Lock()
+        self._mask_lock = threading.Lock()
 
     def mask(self, k: int) -> np.ndarray:
-        """Mask ``k`` (H×W bool), made now if it is not yet."""
+        """Mask ``k`` (H×W bool; negative counts from the end), made now if it is not yet."""
         masks = self._masks
         if not isinstance(masks, dict):
             return masks[k]
+        n = len(self.scores)
+        if not -n <= k < n:
+            raise IndexError(f"mask {k} of {n}")
+        k %= n
         got = masks.get(k)
-        if got is None:   # two threads may both make it: the same bits either way
-            if not 0 <= k < len(self.scores):
-                raise IndexError(f"mask {k} of {len(self.scores)}")
-            got = masks[k] = self._make(k)
+        if got is None:
+            with self._mask_lock:   # one thread makes it (a Tab during the settle waits for it, not twice)
+                got = masks.get(k)
+                if got is None:
+                    got = masks[k] = self._make(k)
         return got
 
     @property
@@ -209,8 +215,8 @@ class ClickPredictor:
         negative), ``box`` (x0, y0, x1, y1), ``mask_input`` the previous round's 1×256×256 (or
         256×256) low-resolution logits. At least one point or a box. ``size``: (h, w) to make the
         masks at instead of the image's size (the same logits resized there: a large photo's
-        preview); the prediction's ``full`` then makes any of them at the image's size. ``lazy``:
-        only the best-scored mask is made before returning, the others when first read
+        preview); the prediction's ``full`` then makes any of them at the image's size. ``lazy``
+        (on a CPU): only the best-scored mask is made before returning, the others when first read
         (``ClickPrediction.mask``): a tool that shows one candidate at a time."""
         if self._features is None:
             raise RuntimeError("no image: call set_image (or set_embedding) first")
@@ -271,7 +277,9 @@ class ClickPredictor:
                 needed = m.needed_low_res(self._input) if self.device.type == "cpu" else None
                 raw, iou, rest = m.decode_first(self._features, pts, lbl, bx, mi, multimask, needed=needed, **extra)
                 iou, low = iou[0].float(), None
-                masks = None if lazy and raw.shape[1] > 1 else self._masks(raw, self._input, out_size)
+                # (lazy on a CPU only: on a GPU each mask made apart is its own launches and sync)
+                lazy = lazy and self.device.type == "cpu" and raw.shape[1] > 1
+                masks = None if lazy else self._masks(raw, self._input, out_size)
                 settle = functools.partial(self._settled, raw, rest)
             else:
                 masks, iou, low, raw = out

@@ -300,13 +300,16 @@ def _composed_taps(low: int, full: int, crop: int, out: int, device: str) -> tup
         return index.to(device), weights.to(device), int(index.max()) + 1
 
 
+# torch calls its sparse CSR tensors beta; the product used here (CSR times dense, CPU) is not.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
+
 @functools.lru_cache(maxsize=16)
 def _taps_operator(low: int, full: int, crop: int, out: int) -> torch.Tensor:
     """:func:`_composed_taps` on a CPU as an out×(inputs read) sparse (CSR) matrix: at most three
     entries a row, so applying it reads each input once."""
     index, weights, n_in = _composed_taps(low, full, crop, out, "cpu")
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)   # "sparse CSR support is in beta": its mm is not
+    with torch.inference_mode(False), torch.no_grad():
         dense = torch.zeros(index.shape[0], n_in, dtype=weights.dtype, device=index.device)
         dense.scatter_add_(1, index, weights)   # (a repeated index has weight 0: adds nothing)
         return dense.to_sparse_csr()

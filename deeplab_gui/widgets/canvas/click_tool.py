@@ -34,7 +34,7 @@ from ...editing.click import (
     polish_edges,
 )
 from ...state.click_models import CLICK_LANE, CLICK_PRIORITY
-from ...state.tasks import BACKGROUND_LANE
+from ...state.tasks import BACKGROUND_LANE, one_line_error
 from .click_guess import GuessingClicks
 from .region_tools import ACCEPT_KEYS, LatestQueue, class_look, show_mask
 from .tool_base import Tool
@@ -331,7 +331,14 @@ class ClickTool(GuessingClicks, Tool):
         full-size mask, so Enter finds it made. A click where the pointer rests would now start
         from what is shown: it is guessed again."""
         self._rearm()
-        mask = self.shown_mask(preview=True)
+        try:   # (a candidate Tab shows first is made here, from the model's logits)
+            mask = self.shown_mask(preview=True)
+        except Exception as exc:  # noqa: BLE001 - the app keeps running; the tool says what failed
+            target = self.target
+            self.reset()   # the object's prompts and candidates go: the next click starts afresh
+            if target is not None:
+                target.report_error(f"Click model failed: {one_line_error(exc)}")
+            return
         if self.view is None or self._box_end is not None:   # not while a box is being drawn
             return
         if mask is None or not show_mask(self.view, self.target, mask, self.label()):
@@ -406,6 +413,8 @@ class ClickTool(GuessingClicks, Tool):
         if key == Qt.Key.Key_Tab:
             self.index = (self.index + 1) % len(self.cands)
             self.show()
+            if not self.cands:   # the candidate could not be made (show reported it)
+                return True
             self.target.show_status(f"candidate {self.index + 1} of {len(self.cands)} "
                                     f"(the model's own score {self.cands[self.index].score:.2f}); Enter accepts it")
             return True
