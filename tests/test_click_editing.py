@@ -268,6 +268,31 @@ def test_a_polish_stopped_by_cancel_returns_none(max_pixels):
     assert np.array_equal(kept, polish_edges(image, None, rough, 1, CRFParams(), 2, band=3, **kw))
 
 
+def test_a_large_regions_polish_spans_its_border_not_its_box_and_moves_the_edge_alike(monkeypatch):
+    """A region whose border band is a small share of its crop gets a CRF over the pixels within
+    POLISH_REACH of its border only; the edge it finds is the whole crop's CRF's, a few pixels apart."""
+    from engine.crf import backends
+    from deeplab_gui.editing import click
+    image, truth = _square_image(np.random.default_rng(3), shape=(200, 240), box=(30, 40, 170, 200))
+    rough = np.zeros_like(truth)
+    rough[33:168, 37:203] = True                    # 2-3 px off on every side
+    seen = []
+    real = backends.refine
+
+    def spy(*a, where=None, **k):
+        seen.append(where)
+        return real(*a, where=where, **k)
+    monkeypatch.setattr(backends, "refine", spy)
+    monkeypatch.setattr("engine.crf.refine", spy)
+    ring = polish_edges(image, None, rough, 1, CRFParams(), 2)
+    assert seen[-1] is not None and seen[-1].mean() < click.POLISH_RING_SHARE
+    monkeypatch.setattr(click, "POLISH_RING_SHARE", 0.0)   # the whole crop
+    whole = polish_edges(image, None, rough, 1, CRFParams(), 2)
+    assert seen[-1] is None
+    assert (ring != truth).sum() < (rough != truth).sum() / 4
+    assert (ring != whole).sum() <= 0.02 * (rough != truth).sum()
+
+
 def test_a_large_region_is_polished_on_a_reduced_copy_within_a_scaled_band(monkeypatch):
     """Over max_pixels the CRF sees a reduced copy (never more than max_pixels); the border still
     moves onto the edge, the model's probabilities still count, and nothing changes farther than

@@ -292,3 +292,23 @@ def test_read_only_image_arrays_are_accepted(backend):
     probs /= probs.sum(0, keepdims=True)
     out = refine(image, probs, CRFParams(iterations=2), backend=backend)
     assert out.shape == (2, 12, 16)
+
+
+def test_refine_over_some_pixels_is_the_crf_of_those_pixels_and_leaves_the_others():
+    """``where``: the CRF spans only those pixels (fully connected among them, at their places in the
+    image): over the left half it is the CRF of the left half's crop; the right half keeps its input."""
+    sc = make_scene(40, 56, 3, seed=7)
+    left = np.zeros((40, 56), bool)
+    left[:, :28] = True
+    got = refine(sc.image, sc.probs, DEEPLAB_V1, backend="torch", where=left)
+    want = refine(np.ascontiguousarray(sc.image[:, :28]), np.ascontiguousarray(sc.probs[:, :, :28]), DEEPLAB_V1,
+                  backend="torch")
+    np.testing.assert_allclose(got[:, :, :28], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[:, :, 28:], sc.probs[:, :, 28:].astype(np.float32))
+    assert not np.allclose(got[:, :, :28], sc.probs[:, :, :28], atol=1e-3)
+    nothing = refine(sc.image, sc.probs, DEEPLAB_V1, backend="torch", where=np.zeros((40, 56), bool))
+    np.testing.assert_array_equal(nothing, sc.probs.astype(np.float32))
+    with pytest.raises(ValueError, match="where must be"):
+        refine(sc.image, sc.probs, DEEPLAB_V1, where=left[:, :20])
+    with pytest.raises(ValueError, match="torch backend"):
+        refine(sc.image, sc.probs, DEEPLAB_V1, backend="pydensecrf", where=left)

@@ -44,7 +44,7 @@ def resolve_backend(backend: str) -> str:
 
 def refine(image: np.ndarray, probs: np.ndarray, params: CRFParams = DEEPLAB_V1, backend: str = "auto", *,
            device: str | torch.device | None = None, prune_tolerance: float = PRUNE_TOLERANCE,
-           cancel: Callable[[], bool] | None = None) -> np.ndarray | None:
+           cancel: Callable[[], bool] | None = None, where: np.ndarray | None = None) -> np.ndarray | None:
     """Refine per-pixel class probabilities with a fully-connected CRF.
 
     Args:
@@ -57,6 +57,9 @@ def refine(image: np.ndarray, probs: np.ndarray, params: CRFParams = DEEPLAB_V1,
         cancel: asked before the work starts and, with the torch backend, between the steps of
             the kernels' build and before each iteration; True stops it (background work the
             person no longer waits for).
+        where: H×W bool (torch backend): the CRF over these pixels alone, fully connected among
+            them (their positions and colours as in the whole image); the others keep ``probs``.
+            A band along a region's border costs its own pixels, not its bounding box's.
     Returns:
         C×H×W float32 refined probabilities. With ``params.iterations == 0``, a copy of ``probs``.
         None when ``cancel`` stopped it.
@@ -68,19 +71,28 @@ def refine(image: np.ndarray, probs: np.ndarray, params: CRFParams = DEEPLAB_V1,
     img = check_image(image)
     p = check_probs(probs, img.shape)
     name = resolve_backend(backend)
+    if where is not None:
+        where = np.asarray(where)
+        if where.shape != img.shape[:2] or where.dtype != np.bool_:
+            raise ValueError(f"where must be an H×W bool array of shape {img.shape[:2]}, "
+                             f"got {where.shape} {where.dtype}")
+        if name == "pydensecrf" and backend != "auto":
+            raise ValueError("where needs the torch backend (pydensecrf runs over the whole image)")
+        name = "torch"
     if params.iterations == 0:
         return p.copy()
     if cancel is not None and cancel():
         return None
     if name == "pydensecrf":
         return _refine_pydensecrf(img, p, params)
-    return _refine_torch(img, p, params, dense.pick_device(device), prune_tolerance, cancel)
+    return _refine_torch(img, p, params, dense.pick_device(device), prune_tolerance, cancel, where)
 
 
-def torch_kernels(image: torch.Tensor, params: CRFParams, cancel: Callable[[], bool] | None = None
-                  ) -> list[tuple[dense.Kernel, float]]:
+def torch_kernels(image: torch.Tensor, params: CRFParams, cancel: Callable[[], bool] | None = None,
+                  pick: torch.Tensor | None = None) -> list[tuple[dense.Kernel, float]]:
     """Build the (kernel, weight) pairs for ``params`` on an (H, W, 3) float32 image tensor.
-    ``cancel``: asked between the lattices' build steps; True raises ``lattice.BuildCancelled``."""
+    ``cancel``: asked between the lattices' build steps; True raises ``lattice.BuildCancelled``.
+    ``pick``: the flat indices of the pixels the kernels span (default all)."""
     h, w, _ = image.shape
     features, weights = [], []
     if params.gaussian_weight > 0:
@@ -89,25 +101,37 @@ def torch_kernels(image: torch.Tensor, params: CRFParams, cancel: Callable[[], b
     if params.bilateral_weight > 0:
         features.append(dense.bilateral_features(image, params.bilateral_xy, params.bilateral_rgb))
         weights.append(params.bilateral_weight)
+    if pick is not None:
+        features = [f[pick] for f in features]
     return list(zip(dense.kernels_from_features(features, cancel), weights))
 
 
 def _refine_torch(img: np.ndarray, p: np.ndarray, params: CRFParams, device: torch.device,
-                  tolerance: float, cancel: Callable[[], bool] | None = None) -> np.ndarray | None:
+                  tolerance: float, cancel: Callable[[], bool] | None = None,
+                  where: np.ndarray | None = None) -> np.ndarray | None:
     c, h, w = p.shape
     with torch.inference_mode():
         # Read-only arrays (the app's images) make torch warn on from_numpy; the bytes are only read.
         image_t = torch.from_numpy(img if img.flags.writeable else img.copy()).to(device=device,
                                                                                    dtype=torch.float32)
         logp = dense.log_unary(torch.from_numpy(p if p.flags.writeable else p.copy()).to(device))
+        pick = None if where is None else torch.from_numpy(np.flatnonzero(where)).to(device)
+        if pick is not None and pick.numel() == 0:
+            return p.copy()
         try:
-            kernels = torch_kernels(image_t, params, cancel)
+            kernels = torch_kernels(image_t, params, cancel, pick)
         except BuildCancelled:
             return None
+        if pick is not None:
+            logp = logp[pick]
         keep = dense.prune(dense.class_ratios(logp), kernels, tolerance)
         q = dense.mean_field(logp, kernels, params.iterations, keep=keep, cancel=cancel)
         if q is None:
             return None
+        if pick is not None:   # the other pixels keep their probabilities
+            out = p.copy()
+            out.reshape(c, -1)[:, pick.cpu().numpy()] = q.t().cpu().numpy()
+            return out
         # q is this call's own tensor: the array may share its memory (one C×H×W copy, the transpose).
         return q.t().contiguous().reshape(c, h, w).cpu().numpy()
 
