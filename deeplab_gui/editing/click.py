@@ -396,7 +396,8 @@ def polish_edges(image: np.ndarray, probs: Any, mask: np.ndarray, label: int, pa
     for ``label`` (85 %) and the rest for the other classes, combined with the model's probability of
     ``label`` where ``probs`` (C×h×w, any grid) are given. Its answer is kept only within ``band`` px
     of the region's border, inside and outside: a polish moves an edge, it never adds or removes
-    anything farther away. Returns a new H×W bool array.
+    anything farther away. Where the pixels within :data:`POLISH_REACH` of the border are a small
+    share of the crop (a large region), the CRF spans those alone. Returns a new H×W bool array.
 
     A crop of more than ``max_pixels`` (a large region of a large photo) is polished on a copy
     reduced by s to that size: its CRF widths and ``band`` are the reduced copy's, so the band is
