@@ -146,8 +146,7 @@ class TaskHandle(QObject):
 
 
 def _lower_priority(nice: int) -> None:
-    """Give the calling thread at least this nice value and Linux's idle scheduling class (a
-    thread's own; elsewhere nothing)."""
+    """Give the calling thread at least this nice value (Linux: a thread's own; elsewhere nothing)."""
     if not sys.platform.startswith("linux"):
         return   # (macOS and Windows have no per-thread nice value through os.setpriority)
     tid = threading.get_native_id()
@@ -156,11 +155,6 @@ def _lower_priority(nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, nice)
     except OSError:
         pass   # a sandbox that refuses it: the work still runs, at normal priority
-    try:
-        if os.sched_getscheduler(tid) != os.SCHED_IDLE:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-    except (OSError, AttributeError):
-        pass   # the nice value alone, then
 
 
 class _Waiting:
@@ -266,16 +260,16 @@ POOL_IDLE_MS = 1000
 # buffers are made on first use), so it lives while a person keeps clicking and goes when they stop.
 LANE_IDLE_MS = 5000
 # Work nobody waits for, done ahead in case it is wanted (the click tool's edge polish and full-size
-# candidate): one lane whose thread runs in Linux's idle scheduling class (SCHED_IDLE) at this nice
-# value, so under contention the scheduler gives the cores to what a person waits on and on an idle
-# machine it runs at full speed. The nice value alone (a CFS weight of a tenth of a normal thread's)
-# still took a slice now and then from a click's decoder, whose two threads then waited for each
-# other: measured on 2 cores beside a running edge polish, a click's decoder took p50/p95 43/131 ms
-# niced 10, 39/99 at nice 19, 37/71 in SCHED_BATCH at nice 19, 37/45 idle-class, 36/45 alone. With
-# two busy processes outside the app, a thread waking every 2 ms (as the UI thread does) was at most
-# 6 ms late beside the idle-class polish and 20 ms beside the niced one: a starved idle-class thread
-# holding the GIL did not hold the others up. Neither needs a privilege; the lane's thread never runs
-# anything else.
+# candidate): one lane whose thread runs at this nice value (Linux), so under contention the
+# scheduler gives the cores to what a person waits on (a CFS weight of about a tenth of a normal
+# thread's), and on an idle machine it runs at full speed. Raising a thread's nice value needs no
+# privilege; the lane's thread never runs anything else. Not lower: the thread holds the GIL between
+# its numpy and torch calls, and a thread the scheduler starves while holding it stops every other
+# thread of the app. Linux's idle class (SCHED_IDLE) took fewer slices from a click's two decoder
+# threads beside a running polish (decoder p95 45 ms against 131 niced, 45 alone), but with two
+# busy processes outside, a thread waking every 2 ms (as the UI thread does) was up to 1.4 s late
+# beside an idle-class thread running Python, 55 ms beside a niced one (and a test suite's handle
+# release, waiting on the GIL, timed out after 10 s).
 BACKGROUND_LANE = "background"
 BACKGROUND_NICE = 10
 # After this long with no task in flight, the free memory the C allocator keeps for reuse (see
