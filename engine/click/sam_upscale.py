@@ -114,9 +114,9 @@ def upscale_masks(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.Sequent
     """
     dc1, ln1, act1, dc2, act2 = upscaling
     (b, n, _), (h, w), k = keys.shape, hw, hyper.shape[1]
-    w1, b1 = _deconv_weights(dc1)
+    w1, b1 = _deconv_weights(dc1) if first is None else (None, None)   # (a folded first product: made)
     w2, b2 = _deconv_weights(dc2)
-    c4, c8 = w1.shape[1] // 4, w2.shape[1] // 4
+    c4, c8 = dc1.weight.shape[1], w2.shape[1] // 4
     # Mask-major (B×K×rows): the K weights times each pass's features transposed is a product of K
     # long rows, which BLAS does at twice the speed of rows×K with K = 3 columns.
     # MKL multiplies three rows by a long matrix at about half the speed of four: three masks get
