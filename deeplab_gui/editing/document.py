@@ -188,10 +188,17 @@ class MaskDocument(BrushCanvas):
         sl = (slice(ty0 - y0, ty1 - y0), slice(tx0 - x0, tx1 - x0))
         conf = self._confirmed[ty0:ty1, tx0:tx1]
         fs = None if foot is None else np.ascontiguousarray(foot[sl])
-        patch = Patch.make(tight, old[sl], new[sl], description, description != PRELABEL, conf, fs)
-        conf[changed[sl]] = patch.confirms
+        ch = changed[sl]
+        patch = Patch.make(tight, old[sl], new[sl], description, description != PRELABEL, conf, fs,
+                           changed=ch if fs is None else ch | fs)
+        # (in place, whole-array operations: a boolean-mask assignment over a region of a large
+        # photo took several times as long)
+        if patch.confirms:
+            np.logical_or(conf, ch, out=conf)
+        else:
+            np.logical_and(conf, np.logical_not(ch), out=conf)
         if fs is not None:
-            conf[fs] = True
+            np.logical_or(conf, fs, out=conf)
         return patch
 
     def _write(self, bbox: BBox, inside: np.ndarray, value: int, description: str) -> BBox | None:
@@ -199,7 +206,7 @@ class MaskDocument(BrushCanvas):
         y0, x0, y1, x1 = bbox
         region = self._data[y0:y1, x0:x1]
         old = region.copy()
-        region[inside] = value
+        np.copyto(region, np.uint8(value), where=inside)
         tight = self._commit(bbox, old, region, description, inside)
         if tight is not None:
             self._changed(tight)

@@ -71,26 +71,28 @@ class Patch:
     @classmethod
     def make(cls, bbox: BBox, old: np.ndarray, new: np.ndarray, description: str = "",
              confirms: bool | None = None, conf_old: np.ndarray | None = None,
-             foot: np.ndarray | None = None) -> "Patch":
+             foot: np.ndarray | None = None, changed: np.ndarray | None = None) -> "Patch":
+        """``changed``: ``old != new`` (or'ed with ``foot``) when the caller has it already."""
         o, n = np.ascontiguousarray(old), np.ascontiguousarray(new)
         raw = o.nbytes + n.nbytes
         squeeze, later = raw > _COMPRESS_ABOVE, raw > _DEFER_ABOVE
         now = squeeze and not later
         pack = (lambda b: zlib.compress(b, 1)) if now else (lambda b: b)
-        changed = o != n if conf_old is not None else None
+        if conf_old is None:
+            changed = None
+        elif changed is None:
+            changed = o != n if foot is None else (o != n) | foot
         fb = None
         if foot is not None and changed is not None:
-            changed = changed | foot
             fb = pack(np.packbits(foot, axis=None).tobytes())
         # zlib reads the arrays' buffers directly: no intermediate bytes copy of a large block.
         o, n = (zlib.compress(o, 1), zlib.compress(n, 1)) if now else (o.tobytes(), n.tobytes())
         co: bytes | bool = False
         if changed is not None:
-            bits = conf_old[changed]
-            if bits.all() or not bits.any():
-                co = bool(bits.all()) if bits.size else False
-            else:
-                co = pack(np.packbits(conf_old, axis=None).tobytes())
+            # All the changed pixels' bits alike (the usual case): one bool; else all of them packed.
+            on = bool(np.logical_and(conf_old, changed).any())
+            off = bool(np.logical_and(changed, np.logical_not(conf_old)).any())
+            co = pack(np.packbits(conf_old, axis=None).tobytes()) if on and off else on
         patch = cls(bbox, o, n, now, description, confirms=confirms, conf_old=co, foot=fb)
         if later:
             _compressor().submit(patch._squeeze)
