@@ -610,3 +610,57 @@ def test_the_folded_first_upscaling_gives_what_the_final_rows_give(name, shape, 
         scale = max(1.0, np.abs(b.low_res_logits).max())
         np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, rtol=1e-4, atol=1e-5 * scale)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mobile_sam", "sam2.1_hiera_tiny"])
+def test_the_second_block_from_the_first_blocks_change_gives_what_the_rows_give(name, monkeypatch):
+    """On a CPU the second two-way block works from the image's own rows, projected once per image,
+    and the first block's change of them (NormedRows) instead of from the normed rows: the same
+    logits and scores, with a mask prompt (whose dense embedding changes those projections) too,
+    and a click with more points than that path takes falls back to the rows."""
+    from engine.click import sam_decoder
+    torch.manual_seed(0)
+    model = build_click_model(name).eval()
+    with torch.no_grad():   # norms that are not the identity, so what is folded in matters
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.3)
+    predictor = ClickPredictor(model)
+    predictor.set_image(np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    prepared = predictor._prepared if not isinstance(predictor._prepared, dict) else predictor._prepared["side"]
+    nproj = prepared.nproj
+    assert nproj is not None and all(t.shape[-2] == 64 * 64 for t in nproj)
+    used = []
+    real = sam_decoder.Attention.normed_scores
+    monkeypatch.setattr(sam_decoder.Attention, "normed_scores", lambda *a, **k: used.append(1) or real(*a, **k))
+    many = np.random.default_rng(2).uniform(0, 40, (20, 2))   # 20 points: too many tokens for that path
+    prompts = [dict(points=[[20, 15]], labels=[1], multimask=True),
+               dict(points=[[20, 15], [50, 30]], labels=[1, 0], multimask=False, mask_input="first"),
+               dict(box=[5, 5, 40, 30], multimask=True),
+               dict(points=many, labels=np.arange(20) % 2, multimask=False)]
+
+    def run(normed: bool):
+        prepared.nproj = nproj if normed else None
+        outs, first = [], None
+        for kw in prompts:
+            kw = dict(kw)
+            if kw.get("mask_input") == "first":
+                kw["mask_input"] = first.low_res_logits[:1]
+            out = predictor.predict(**kw)
+            first = first or out
+            outs.append(out)
+        return outs
+
+    try:
+        plain = run(False)
+        assert used == []
+        fast = run(True)
+    finally:
+        prepared.nproj = nproj
+    assert len(used) == 2 * 3   # the block's two attentions, for the three prompts that take the path
+    for a, b in zip(fast, plain):
+        scale = max(1.0, np.abs(b.low_res_logits).max())
+        np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, rtol=1e-4, atol=1e-5 * scale)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+        assert np.array_equal(a.masks, b.masks) or np.mean(a.masks != b.masks) < 1e-4

@@ -27,6 +27,7 @@ __all__ = [
     "LayerNorm2d",
     "MLPBlock",
     "MaskDecoder",
+    "NormedRows",
     "TwoWayAttentionBlock",
     "TwoWayTransformer",
     "block_order",
@@ -71,6 +72,39 @@ class MLPBlock(nn.Module):
 
 
 # --------------------------------------------------------------------------- two-way transformer
+
+def _bmm(a: torch.Tensor, b: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+    """torch.bmm / baddbmm, one batch as plain matrices: the CPU's bmm copies a transposed right
+    operand first (BLAS takes it as it is)."""
+    if a.shape[0] != 1:
+        return torch.bmm(a, b) if base is None else torch.baddbmm(base, a, b)
+    return (torch.mm(a[0], b[0]) if base is None else torch.addmm(base[0], a[0], b[0])).unsqueeze(0)
+
+
+@dataclass
+class NormedRows:
+    """A block's image rows after its LayerNorm, kept as how they came about instead of made:
+    X' = r ⊙ (K0 + R·M) ⊙ γ + β, with K0 the image's own rows (whose products are made once per
+    image, :attr:`ImageSide.nproj`), R·M the block's change less its per-row mean (R = [A | μ],
+    B×N×(m+1): the image-to-token attention's weights and the mean; M = [V; −1], B×(m+1)×C: the
+    tokens' values through the out projection), r the inverse spread (B×N×1) and γ, β the norm's
+    weight and bias. A product a·X'ᵀ of a few rows a is then ((aγ)·K0ᵀ + ((aγ)·Mᵀ)·Rᵀ) ⊙ rᵀ + a·β,
+    and a softmax-weighted sum w·X' is ((w⊙rᵀ)·K0 + ((w⊙rᵀ)·R)·M)·γ + β: products with m + 1 = 57
+    columns where the plain way has 256 (see :meth:`Attention.normed_scores`)."""
+    rstd: torch.Tensor
+    rows: torch.Tensor
+    mat: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    @staticmethod
+    def of(step: tuple) -> NormedRows:
+        """From a block's FoldedDeconv step (weights, values, mean, inverse spread, norm)."""
+        weights, values, mean, rstd, norm = step
+        minus = values.new_full((values.shape[0], 1, values.shape[2]), -1.0)
+        return NormedRows(rstd, torch.cat([weights, mean], dim=-1), torch.cat([values, minus], dim=1),
+                          norm.weight, norm.bias)
+
 
 class Attention(nn.Module):
     """Multi-head attention whose q/k/v projections may shrink the width by ``downsample_rate``.
@@ -159,6 +193,42 @@ class Attention(nn.Module):
             part += base
         return torch.baddbmm(part, a, keys.transpose(1, 2))
 
+    def normed_scores(self, ph: torch.Tensor, a: torch.Tensor, own: torch.Tensor, rows: NormedRows,
+                      pe_proj: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`_scores` over rows X' + pe given as ``rows`` (:class:`NormedRows`), not made: ``a``
+        the B×(h·n)×C rows in image channels (a = ph·W per head), ``ph`` their heads form
+        B×h×n×d, ``own`` the image's own rows through γ⊙W (B×h×N×d, made once per image),
+        ``pe_proj`` the encoding through W (h×d×N). Products over d = 16 and m + 1 = 57 columns
+        instead of C = 256 (the same values, float rounding apart)."""
+        b, hn, _ = a.shape
+        ag = a * rows.weight
+        scores = torch.matmul(ph, own.transpose(-1, -2)).view(b, hn, -1)                  # (aγ)·K0ᵀ
+        scores = _bmm(_bmm(ag, rows.mat.transpose(1, 2)), rows.rows.transpose(1, 2), scores)
+        scores.mul_(rows.rstd.transpose(1, 2))
+        shift = (a @ rows.bias).unsqueeze(-1)                                              # a·β
+        scores.add_(torch.matmul(ph, pe_proj).view(b, hn, -1)).add_(shift if base is None else base + shift)
+        return scores
+
+    def normed_tokens_to_image(self, q: torch.Tensor, own_k: torch.Tensor, own_v: torch.Tensor, rows: NormedRows,
+                               pe_k: torch.Tensor) -> torch.Tensor:
+        """:meth:`tokens_to_image` for few queries (B×n×C) over image rows X' (keys X' plus the
+        encoding, values X') given as ``rows`` (:class:`NormedRows`); ``own_k``, ``own_v``: the
+        image's own rows through γ times the key and value projections (B×h×N×d), ``pe_k`` the
+        encoding's key projection. Each softmax row sums to one, so β passes to the values whole."""
+        b, n, c = q.shape
+        h = self.num_heads
+        wk, _ = self._split(self.k_proj)
+        wv, bv = self._split(self.v_proj)
+        qh = self._heads(self.q_proj(q)) * wk.shape[1] ** -0.5                # B×h×n×d
+        a = torch.einsum("bhnd,hdc->bhnc", qh, wk).reshape(b, h * n, c)
+        attn = torch.softmax(self.normed_scores(qh, a, own_k, rows, pe_k), dim=-1)
+        attn.mul_(rows.rstd.transpose(1, 2))                                  # w ⊙ rᵀ
+        out = torch.matmul(attn.view(b, h, n, -1), own_v)                    # (w⊙rᵀ)·K0·(γWv)ᵀ
+        change = _bmm(_bmm(attn, rows.rows), rows.mat).view(b, h, n, c) * rows.weight
+        out += torch.einsum("bhnc,hdc->bhnd", change, wv)
+        out += (torch.einsum("c,hdc->hd", rows.bias, wv) + bv)[:, None, :]
+        return self._merge(out)
+
     def projected_tokens_to_image(self, q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
         """``forward`` with the keys and values already projected (B×heads×N×d)."""
         qh = self._heads(self.q_proj(q)) * kp.shape[-1] ** -0.5
@@ -182,11 +252,14 @@ class Attention(nn.Module):
 
     def image_to_tokens(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         residual: torch.Tensor | None = None, pe: torch.Tensor | None = None,
-                        pe_q: torch.Tensor | None = None, stash: list | None = None) -> torch.Tensor:
+                        pe_q: torch.Tensor | None = None, stash: list | None = None,
+                        normed: tuple[torch.Tensor, NormedRows] | None = None) -> torch.Tensor:
         """``forward`` for many queries (B×N×C image rows) over few keys and values (B×n×C tokens),
         plus ``residual`` (B×N×C) when given. With ``pe`` the queries are ``q`` + ``pe``, and
         ``pe_q`` may give the query projection of ``pe`` (:meth:`pe_projection`). ``stash``: see
-        :meth:`_weigh_tokens` (None is put there when the tokens are too many for that path)."""
+        :meth:`_weigh_tokens` (None is put there when the tokens are too many for that path).
+        ``normed``: (the image's own rows through γ times the query projection, B×h×N×d; ``q`` as
+        :class:`NormedRows`): the scores from those (:meth:`normed_scores`, needs ``pe_q``)."""
         b, n, c = k.shape
         if not self._few(n):
             if stash is not None:
@@ -200,7 +273,10 @@ class Attention(nn.Module):
         bias = torch.einsum("bhnd,hd->bhn", kh, bq).reshape(b, h * n, 1)
         # Scores laid out B×h×n×N: softmax over the n tokens of each row is then a reduction over a
         # middle axis, several times faster than over a last axis of 5-15.
-        scores = self._scores(m, q, pe, kh, pe_q, base=bias).view(b, h, n, -1)
+        if normed is not None and pe_q is not None:
+            scores = self.normed_scores(kh, m, normed[0], normed[1], pe_q, base=bias).view(b, h, n, -1)
+        else:
+            scores = self._scores(m, q, pe, kh, pe_q, base=bias).view(b, h, n, -1)
         return self._weigh_tokens(torch.softmax(scores, dim=2), v, residual, stash)
 
     def projected_image_to_tokens(self, qp: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -264,14 +340,21 @@ class ImageSide:
     # ``keys`` times the upscaling's first matrix with the blocks' norms folded in (B×N×C'; on a
     # CPU, see FoldedDeconv): the click's first upscaling product then costs less than half.
     folded: torch.Tensor | None = None
+    # ``keys`` through the first block's norm weight γ times the second block's image-side
+    # projections (its token-to-image keys and values, its image-to-token queries), each
+    # B×heads×N×d (on a CPU): the second block then works from the first one's change of the rows
+    # (``normed``, see NormedRows) instead of from the new rows, in products a quarter the size.
+    nproj: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    normed: NormedRows | None = None   # the rows as NormedRows (the side a later block gets)
 
     def batch(self, n: int) -> ImageSide:
         """The same rows for ``n`` prompt sets (one copy each)."""
         if self.keys.shape[0] == n:
             return self
         rep = {f: getattr(self, f) for f in ("keys", "key_pe", "k", "kp", "vp", "qp", "folded")}
-        return ImageSide(hw=self.hw, pe_proj=self.pe_proj,
-                         **{f: None if t is None else t.expand(n, *t.shape[1:]).contiguous() for f, t in rep.items()})
+        many = lambda t: None if t is None else t.expand(n, *t.shape[1:]).contiguous()   # noqa: E731
+        return ImageSide(hw=self.hw, pe_proj=self.pe_proj, nproj=None if self.nproj is None else
+                         tuple(many(t) for t in self.nproj), **{f: many(t) for f, t in rep.items()})
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -310,6 +393,8 @@ class TwoWayAttentionBlock(nn.Module):
             attn = t2i.projected_tokens_to_image(queries + query_pe, side.kp, side.vp)
         elif side.k is not None:
             attn = t2i.tokens_to_image(queries + query_pe, side.k, side.keys)
+        elif side.normed is not None and pe_k is not None and t2i._few(queries.shape[1]):
+            attn = t2i.normed_tokens_to_image(queries + query_pe, side.nproj[0], side.nproj[1], side.normed, pe_k)
         else:
             attn = t2i.tokens_to_image(queries + query_pe, side.keys, side.keys, pe=side.key_pe, pe_k=pe_k)
         queries = self.norm2(queries + attn)
@@ -321,7 +406,8 @@ class TwoWayAttentionBlock(nn.Module):
             keys = i2t.image_to_tokens(side.k, queries + query_pe, queries, residual=side.keys, stash=stash)
         else:
             keys = i2t.image_to_tokens(side.keys, queries + query_pe, queries, residual=side.keys,
-                                       pe=side.key_pe, pe_q=pe_q, stash=stash)
+                                       pe=side.key_pe, pe_q=pe_q, stash=stash,
+                                       normed=None if side.normed is None else (side.nproj[2], side.normed))
         if steps is None:
             return queries, self.norm4(keys)
         # The same LayerNorm, with its per-row statistics kept.
@@ -366,10 +452,24 @@ class TwoWayTransformer(nn.Module):
             layer.cross_attn_image_to_token.pe_projection(layer.cross_attn_image_to_token.q_proj, pe))]
         final = self.final_attn_token_to_image
         pe_proj.append(final.pe_projection(final.k_proj, pe))
-        fold = self.fold_matrix(upscaling) if image.device.type == "cpu" else None
+        cpu = image.device.type == "cpu"
+        fold = self.fold_matrix(upscaling) if cpu else None
+        nmats = self.normed_matrices() if cpu else None
         return ImageSide(keys, key_pe, k, (h, w), kp=heads(t2i, t2i.k_proj(k)), vp=heads(t2i, t2i.v_proj(keys)),
                          qp=heads(i2t, i2t.q_proj(k)), pe_proj=tuple(pe_proj),
-                         folded=None if fold is None else keys @ fold)
+                         folded=None if fold is None else keys @ fold,
+                         nproj=None if nmats is None else tuple(heads(a, keys @ m) for a, m in nmats))
+
+    def normed_matrices(self) -> list[tuple[Attention, torch.Tensor]] | None:
+        """The second block's image-side projections (token-to-image keys and values, image-to-token
+        queries) with the first block's norm weight folded in, each (its attention, a C×width
+        matrix): what :attr:`ImageSide.nproj` multiplies the image's rows by. None with one block."""
+        if len(self.layers) < 2:
+            return None
+        g = self.layers[0].norm4.weight
+        second = self.layers[1]
+        t2i, i2t = second.cross_attn_token_to_image, second.cross_attn_image_to_token
+        return [(att, (lin.weight * g).t()) for att, lin in ((t2i, t2i.k_proj), (t2i, t2i.v_proj), (i2t, i2t.q_proj))]
 
     def fold_matrix(self, upscaling: nn.Sequential | None) -> torch.Tensor | None:
         """The upscaling's first matrix with the blocks' norms folded in (:func:`folded_weights`), or
@@ -398,17 +498,22 @@ class TwoWayTransformer(nn.Module):
         fold = self.fold_matrix(upscaling) if side.folded is not None else None
         if fold is not None:
             projections.append(fold)
+        nmats = self.normed_matrices() if side.nproj is not None else None
+        projections += [m for _, m in nmats or ()]
         mats = torch.cat([w] + [w @ p for p in projections], dim=1)
         consts = torch.cat([delta] + [delta @ p for p in projections])
         rows = mask_features.flatten(2).transpose(1, 2).reshape(b * n, c)
         change = torch.addmm(consts, rows, mats).view(b, n, -1)
-        dk, dkp, dvp, dqp, *dfold = change.split([dim] + [p.shape[1] for p in projections], dim=-1)
+        dk, dkp, dvp, dqp, *rest = change.split([dim] + [p.shape[1] for p in projections], dim=-1)
+        dfold = rest.pop(0) if fold is not None else None
         side = side.batch(b)
         keys = side.keys + dk
         heads = lambda attn, base, d: base + attn._heads(d)                  # noqa: E731
         return ImageSide(keys, side.key_pe, None, side.hw, kp=heads(t2i, side.kp, dkp),
                          vp=heads(t2i, side.vp, dvp), qp=heads(i2t, side.qp, dqp), pe_proj=side.pe_proj,
-                         folded=side.folded + dfold[0] if dfold else None)
+                         folded=None if dfold is None else side.folded + dfold,
+                         nproj=None if nmats is None else
+                         tuple(heads(a, base, d) for (a, _), base, d in zip(nmats, side.nproj, rest)))
 
     def forward(self, side: ImageSide, point_embedding: torch.Tensor, keep: int | list[int] | None = None,
                 steps: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -422,9 +527,14 @@ class TwoWayTransformer(nn.Module):
         queries = point_embedding
         for i, layer in enumerate(self.layers):
             pe_k, pe_q = (proj[2 * i - 2], proj[2 * i - 1]) if i else (None, None)
-            queries, keys = layer(queries, side, point_embedding, pe_k, pe_q, steps)
+            # (the first block's change is wanted for the second's normed path, see NormedRows)
+            mine = [] if steps is not None or (i == 0 and side.nproj is not None) else None
+            queries, keys = layer(queries, side, point_embedding, pe_k, pe_q, mine)
+            if steps is not None:
+                steps.extend(mine)
             if i + 1 < len(self.layers):
-                side = ImageSide(keys, side.key_pe, None, side.hw)
+                normed = NormedRows.of(mine[0]) if i == 0 and side.nproj is not None and mine[0] else None
+                side = ImageSide(keys, side.key_pe, None, side.hw, nproj=side.nproj if normed else None, normed=normed)
         queries, pe = _tokens(queries, keep), _tokens(point_embedding, keep)
         attn = self.final_attn_token_to_image.tokens_to_image(queries + pe, keys, keys, pe=side.key_pe, pe_k=proj[-1])
         return self.norm_final_attn(queries + attn), keys
