@@ -14,6 +14,9 @@ error and skipped) on a 500×375 image:
 - ``settled``: the same click with its low-resolution logits over the padding made as well (on a
   CPU SAM and MobileSAM make those after the masks; the app does so while the person looks at the
   candidates, and the next click's mask input reads them).
+- ``--quiet GFLOPS``: the machine is shared and the same code runs up to half as long again in its
+  slow phases (:func:`machine_speed`); with this, each encoder and each round of clicks waits for a
+  quiet phase first, and the JSON keeps every reading, so a run says which machine it measured.
 - ``followup``: the next click on the same object (a negative one), one mask, with the first
   click's best low-resolution logits as the mask prompt: what most clicks of an object cost.
 
@@ -203,16 +206,49 @@ def bench_click_model(name: str, device: torch.device, precision: str, encoder_r
             torch.cuda.empty_cache()
 
 
+def wait_quiet(gflops: float, limit_s: float, report=print) -> dict:
+    """Wait, checking every 10 s and at most ``limit_s`` seconds, until two readings of
+    :func:`machine_speed` in a row show the shared machine's matrix product at ``gflops`` or more
+    (its quiet phase); 0 returns at once. Returns the last reading and the seconds waited; what
+    is timed after it is compared with the goals as on a machine to oneself, and the readings
+    say so in the JSON."""
+    t0, speed, ok = time.perf_counter(), machine_speed(10), 0
+    while gflops:
+        ok = ok + 1 if speed["gemm_gflops"] >= gflops else 0
+        if ok >= 2 or time.perf_counter() - t0 >= limit_s:
+            break
+        if ok == 0:
+            time.sleep(10)
+        speed = machine_speed(10)
+    waited = round(time.perf_counter() - t0, 1)
+    if waited > 5:
+        report(f"(waited {waited:.0f} s for the machine: {speed})")
+    return {**speed, "waited_s": waited}
+
+
 def bench_interleaved(names: list[str], encoder_runs: int, predict_runs: int, rounds: int = 5,
-                      report=print) -> list[Row]:
+                      report=print, quiet: tuple[float, float] = (0.0, 0.0), phases: list | None = None
+                      ) -> list[Row]:
     """The CPU rows: every model's encoder in turn, then their clicks in ``rounds`` rounds, each
     round a few clicks of every model (one warm-up each, as a click after another model's), so a
     slow phase of the shared machine falls on all models alike instead of on whichever ran then.
     Every model stays loaded meanwhile (all eight: about 6 GB); each gets ``predict_runs`` clicks
-    rounded up to a multiple of the rounds."""
+    rounded up to a multiple of the rounds.
+
+    ``quiet`` = (GFLOP/s, seconds): before each model's encoder and each round, wait up to that
+    long for the machine's quiet phase (:func:`wait_quiet`); ``phases`` gets each reading."""
     device = torch.device("cpu")
     rounds, predict_runs = max(1, rounds), max(1, predict_runs)
-    prepared = [_prepare(name, device, "fp32", encoder_runs) for name in names]
+    phases = [] if phases is None else phases
+
+    def gate(what: str) -> None:
+        if quiet[0]:
+            phases.append({"before": what, **wait_quiet(*quiet, report=report)})
+
+    prepared = []
+    for name in names:
+        gate(f"{name} encoder")
+        prepared.append(_prepare(name, device, "fp32", encoder_runs))
     per_round = max(1, -(-predict_runs // rounds))
     for row, clicks in prepared:   # first clicks after the encoder, as the sequential rows' two warm-ups
         if clicks is not None and row.error is None:
@@ -220,7 +256,8 @@ def bench_interleaved(names: list[str], encoder_runs: int, predict_runs: int, ro
                 clicks.run(2, 0)
             except Exception as exc:  # noqa: BLE001 - record it, go on with the rest
                 row.error = " ".join(str(exc).split())[:200]
-    for _ in range(min(rounds, predict_runs)):
+    for i in range(min(rounds, predict_runs)):
+        gate(f"click round {i + 1}")
         for row, clicks in prepared:
             if clicks is not None and row.error is None:
                 try:
@@ -271,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="CPU: the clicks are timed in this many rounds over all models (default 5)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="auto: CPU rows, and CUDA rows when a GPU is present; cpu or cuda: that device's rows only")
+    ap.add_argument("--quiet", type=float, default=0.0, metavar="GFLOPS",
+                    help="CPU: before each encoder and each round of clicks, wait for the shared machine's quiet "
+                         "phase, its 1024² product at this many GFLOP/s or more (this machine: 165 when quiet); "
+                         "each reading goes into the JSON (default 0: do not wait)")
+    ap.add_argument("--quiet-wait", type=float, default=600.0, metavar="S",
+                    help="at most this many seconds for each such wait (default 600)")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. the machine's load)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/click_<device>.json)")
     args = ap.parse_args(argv)
@@ -295,11 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine before: {speed[0]}")
     print(_HEAD)
     print("-" * len(_HEAD))
-    rows = []
+    rows, phases = [], []
     for device, precision in configs:
         if device.type == "cpu":
             rows += bench_interleaved(names, args.encoder_runs, args.predict_runs, args.rounds,
-                                      report=lambda line: print(line, flush=True))
+                                      report=lambda line: print(line, flush=True),
+                                      quiet=(args.quiet, args.quiet_wait), phases=phases)
             continue
         for name in names:
             row = bench_click_model(name, device, precision, args.encoder_runs, args.predict_runs)
@@ -320,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "goals": {"predict_ms_cpu": GOALS.predict_ms_cpu, "encoder_ms_cpu": GOALS.encoder_ms_cpu},
         "cpu_count": os.cpu_count(), "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         "note": args.note, "allocator_keeps_freed_memory": kept, "machine_speed_before_after": speed,
+        "quiet_gflops": args.quiet or None, "machine_speed_at_each_wait": phases,
         "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "gpu": torch.cuda.get_device_name(0) if use_cuda else None,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -48,6 +48,8 @@ from engine.threads import own_threads  # noqa: E402
 from engine.crf import DEEPLAB_V1  # noqa: E402
 from engine.crf.synthetic import make_scene  # noqa: E402
 
+from bench_click import machine_speed, wait_quiet  # noqa: E402  (this folder: the script's own)
+
 RESULTS = Path(__file__).resolve().parent / "results" / "gui.json"
 
 
@@ -408,6 +410,8 @@ def bench_click(app, tmp: Path, clicks: int) -> dict:
     # behind it in the click lane (the rest of its logits, see ClickTool._settle) is then done, as in
     # use. The back-to-back row below presses at once instead.
     times, followups, first_decode, followup_decode = [], [], [], []
+    # (--quiet: the goal's clicks wait for the shared machine's quiet phase, see bench_click.wait_quiet)
+    speed = [wait_quiet(*QUIET)] if QUIET[0] else []
     for i in range(clicks + 2):                     # the first two warm the decoder up
         times.append(click(Qt.MouseButton.LeftButton, look_ms=LOOK_MS))
         first_decode.append(decode[-1])
@@ -417,6 +421,8 @@ def bench_click(app, tmp: Path, clicks: int) -> dict:
         app.processEvents()
     times, followups, first_decode, followup_decode = (v[2:] for v in (times, followups, first_decode,
                                                                       followup_decode))
+    if speed:
+        speed.append(machine_speed(10))
     # Back to back: each press the moment the last preview is painted (faster than a person can see
     # it): a click may wait for the previous one's remaining work in the lane.
     rushed = []
@@ -477,7 +483,8 @@ def bench_click(app, tmp: Path, clicks: int) -> dict:
             "after_missed_guess_p50_ms": pct(missed, 50), "after_missed_guess_p95_ms": pct(missed, 95),
             "look_ms": LOOK_MS, "back_to_back_p50_ms": pct(rushed, 50), "back_to_back_p95_ms": pct(rushed, 95),
             "clicks": clicks, "encode_ms": encode_ms, "model": "mobile_sam (random weights)",
-            "image": "500x375", "threads": torch.get_num_threads()}
+            "image": "500x375", "threads": torch.get_num_threads(),
+            "machine_speed_before_after": speed or None}
 
 
 def bench_click_large(app, tmp: Path, clicks: int) -> dict:
@@ -543,15 +550,22 @@ def bench_click_large(app, tmp: Path, clicks: int) -> dict:
 
 
 LOOK_MS = 300.0   # how long a person looks at a proposed region before pressing Enter
+QUIET = (0.0, 0.0)   # --quiet, --quiet-wait
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--quiet", type=float, default=0.0, metavar="GFLOPS",
+                    help="click: its goal's clicks first wait for the shared machine's quiet phase, a 1024² "
+                         "product at this many GFLOP/s or more (as bench_click --quiet; default 0: do not wait)")
+    ap.add_argument("--quiet-wait", type=float, default=600.0, metavar="S", help="at most this long (default 600)")
     ap.add_argument("--only", default="", help="comma-separated subset of brush,switch,open_folder,"
                     "crf_slider,click,click_large; the other rows are kept from the existing --out file")
     args = ap.parse_args()
+    global QUIET
+    QUIET = (args.quiet, args.quiet_wait)
     benches = {"brush": lambda app, tmp: bench_brush(app, tmp, 200 if args.quick else 600),
                "switch": lambda app, tmp: bench_switch(app, tmp, 4 if args.quick else 10),
                "open_folder": lambda app, tmp: bench_open(app, tmp, 10_000),

@@ -335,3 +335,24 @@ def test_bench_click_writes_rows_and_lists_a_failing_builder(tmp_path, monkeypat
     monkeypatch.setattr(bench_click, "build_click_model", broken)
     row = bench_click.bench_click_model("mobile_sam", torch.device("cpu"), "fp32", 1, 1)
     assert row.error == "builder failed: not written yet" and row.set_image_ms is None
+
+
+def test_bench_click_waits_for_two_quiet_readings_in_a_row_and_no_longer_than_told(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_click
+    readings = iter([100.0, 170.0, 120.0, 170.0, 175.0, 90.0])
+    clock = {"t": 0.0}
+    monkeypatch.setattr(bench_click, "machine_speed", lambda repeats=20: {"gemm_gflops": next(readings), "add_gbs": 1})
+    monkeypatch.setattr(bench_click.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(bench_click.time, "sleep", lambda s: clock.__setitem__("t", clock["t"] + s))
+    got = bench_click.wait_quiet(165, 600, report=lambda line: None)
+    # 100 (sleep) 170 120 (sleep) 170 175: quiet twice in a row after two 10 s waits
+    assert got["gemm_gflops"] == 175.0 and got["waited_s"] == 20.0
+    # A machine that never quiets down: the wait ends at its limit, with the last reading.
+    readings = iter([100.0] * 50)
+    clock["t"] = 0.0
+    got = bench_click.wait_quiet(165, 35, report=lambda line: None)
+    assert got["gemm_gflops"] == 100.0 and 35 <= got["waited_s"] < 50
+    # 0: no wait at all.
+    readings = iter([100.0])
+    assert bench_click.wait_quiet(0, 600)["waited_s"] == 0.0
