@@ -630,7 +630,7 @@ def test_the_second_block_from_the_first_blocks_change_gives_what_the_rows_give(
     predictor.set_image(np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8))
     prepared = predictor._prepared if not isinstance(predictor._prepared, dict) else predictor._prepared["side"]
     nproj = prepared.nproj
-    assert nproj is not None and all(t.shape[-2] == 64 * 64 for t in nproj)
+    assert nproj is not None and len(nproj) == 5 and all(t.shape[-2] == 64 * 64 for t in nproj)
     used = []
     real = sam_decoder.Attention.normed_scores
     monkeypatch.setattr(sam_decoder.Attention, "normed_scores", lambda *a, **k: used.append(1) or real(*a, **k))
@@ -658,7 +658,7 @@ def test_the_second_block_from_the_first_blocks_change_gives_what_the_rows_give(
         fast = run(True)
     finally:
         prepared.nproj = nproj
-    assert len(used) == 2 * 3   # the block's two attentions, for the three prompts that take the path
+    assert len(used) == 3 * 3   # the second block's two attentions and the final one, for three prompts
     for a, b in zip(fast, plain):
         scale = max(1.0, np.abs(b.low_res_logits).max())
         np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, rtol=1e-4, atol=1e-5 * scale)

@@ -193,41 +193,59 @@ class Attention(nn.Module):
             part += base
         return torch.baddbmm(part, a, keys.transpose(1, 2))
 
-    def normed_scores(self, ph: torch.Tensor, a: torch.Tensor, own: torch.Tensor, rows: NormedRows,
-                      pe_proj: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
-        """:meth:`_scores` over rows X' + pe given as ``rows`` (:class:`NormedRows`), not made: ``a``
-        the B×(h·n)×C rows in image channels (a = ph·W per head), ``ph`` their heads form
-        B×h×n×d, ``own`` the image's own rows through γ⊙W (B×h×N×d, made once per image),
-        ``pe_proj`` the encoding through W (h×d×N). Products over d = 16 and m + 1 = 57 columns
-        instead of C = 256 (the same values, float rounding apart)."""
+    def normed_scores(self, ph: torch.Tensor, a: torch.Tensor, own: torch.Tensor, chain: list[NormedRows],
+                      pe_proj: torch.Tensor, base: torch.Tensor | None = None,
+                      dense: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """:meth:`_scores` over rows X' + pe given as ``chain`` (:class:`NormedRows`, the first over
+        the image's own rows K0, each later one over the rows the one before gives), not made:
+        ``a`` the B×(h·n)×C rows in image channels (a = ph·W per head), ``ph`` their heads form
+        B×h×n×d, ``own`` K0 through (the chain's γs)⊙W (B×h×N×d, made once per image),
+        ``pe_proj`` the encoding through W (h×d×N). Level k: S_k = (S_{k-1} + (a_k γ_k·M_kᵀ)·R_kᵀ)
+        ⊙ r_kᵀ + a_k·β_k with a_k = a times the γs of the levels after k, S_0 = (a·Πγ)·K0ᵀ =
+        ph·ownᵀ: products over d = 16 and m + 1 = 57 columns instead of C = 256 (the same values,
+        float rounding apart). ``dense``: (R0 B×N×k, M0 B×k×C), the rows K0 + R0·M0 instead of K0
+        (a mask prompt's dense embedding, see :attr:`ImageSide.dense`)."""
         b, hn, _ = a.shape
-        ag = a * rows.weight
-        scores = torch.matmul(ph, own.transpose(-1, -2)).view(b, hn, -1)                  # (aγ)·K0ᵀ
-        scores = _bmm(_bmm(ag, rows.mat.transpose(1, 2)), rows.rows.transpose(1, 2), scores)
-        scores.mul_(rows.rstd.transpose(1, 2))
-        shift = (a @ rows.bias).unsqueeze(-1)                                              # a·β
-        scores.add_(torch.matmul(ph, pe_proj).view(b, hn, -1)).add_(shift if base is None else base + shift)
-        return scores
+        outer, g = [], a
+        for rows in reversed(chain):          # a_k, from the last level in
+            outer.append(g)
+            g = g * rows.weight
+        scores = torch.matmul(ph, own.transpose(-1, -2)).view(b, hn, -1)
+        if dense is not None:
+            scores = _bmm(_bmm(g, dense[1].transpose(1, 2)), dense[0].transpose(1, 2), scores)
+        for rows, ak in zip(chain, reversed(outer)):
+            scores = _bmm(_bmm(ak * rows.weight, rows.mat.transpose(1, 2)), rows.rows.transpose(1, 2), scores)
+            scores.mul_(rows.rstd.transpose(1, 2)).add_((ak @ rows.bias).unsqueeze(-1))
+        scores.add_(torch.matmul(ph, pe_proj).view(b, hn, -1))
+        return scores if base is None else scores.add_(base)
 
-    def normed_tokens_to_image(self, q: torch.Tensor, own_k: torch.Tensor, own_v: torch.Tensor, rows: NormedRows,
-                               pe_k: torch.Tensor) -> torch.Tensor:
+    def normed_tokens_to_image(self, q: torch.Tensor, own_k: torch.Tensor, own_v: torch.Tensor,
+                               chain: list[NormedRows], pe_k: torch.Tensor,
+                               dense: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """:meth:`tokens_to_image` for few queries (B×n×C) over image rows X' (keys X' plus the
-        encoding, values X') given as ``rows`` (:class:`NormedRows`); ``own_k``, ``own_v``: the
-        image's own rows through γ times the key and value projections (B×h×N×d), ``pe_k`` the
-        encoding's key projection. Each softmax row sums to one, so β passes to the values whole."""
+        encoding, values X') given as ``chain`` (see :meth:`normed_scores`); ``own_k``, ``own_v``:
+        K0 through the chain's γs times the key and value projections (B×h×N×d), ``pe_k`` the
+        encoding's key projection. The softmax weights w (rows summing to one) give, level by
+        level from the last, w·X_k' = γ_k⊙((w_k⊙r_kᵀ)·X_{k-1}' + ((w_k⊙r_kᵀ)·R_k)·M_k) + (w_k·1)β_k."""
         b, n, c = q.shape
         h = self.num_heads
         wk, _ = self._split(self.k_proj)
         wv, bv = self._split(self.v_proj)
         qh = self._heads(self.q_proj(q)) * wk.shape[1] ** -0.5                # B×h×n×d
         a = torch.einsum("bhnd,hdc->bhnc", qh, wk).reshape(b, h * n, c)
-        attn = torch.softmax(self.normed_scores(qh, a, own_k, rows, pe_k), dim=-1)
-        attn.mul_(rows.rstd.transpose(1, 2))                                  # w ⊙ rᵀ
-        out = torch.matmul(attn.view(b, h, n, -1), own_v)                    # (w⊙rᵀ)·K0·(γWv)ᵀ
-        change = _bmm(_bmm(attn, rows.rows), rows.mat).view(b, h, n, c) * rows.weight
-        out += torch.einsum("bhnc,hdc->bhnd", change, wv)
-        out += (torch.einsum("c,hdc->hd", rows.bias, wv) + bv)[:, None, :]
-        return self._merge(out)
+        w = torch.softmax(self.normed_scores(qh, a, own_k, chain, pe_k, dense=dense), dim=-1)
+        total, scale = chain[-1].bias, None   # in image channels; scale: the γs of the levels done
+        for k, rows in enumerate(reversed(chain)):
+            if k:   # an earlier level: its shift weighs by w_k·1 (the rows no longer sum to one)
+                total = total + w.sum(-1, keepdim=True) * (rows.bias if scale is None else rows.bias * scale)
+            scale = rows.weight if scale is None else rows.weight * scale
+            w = w * rows.rstd.transpose(1, 2)                                 # w_{k-1} = w_k ⊙ r_kᵀ
+            total = total + _bmm(_bmm(w, rows.rows), rows.mat) * scale
+        if dense is not None:
+            total = total + _bmm(_bmm(w, dense[0]), dense[1]) * scale
+        out = torch.matmul(w.view(b, h, n, -1), own_v)                        # w_0·K0·(Πγ⊙Wv)ᵀ
+        out += torch.einsum("bhnc,hdc->bhnd", total.expand(b, h * n, c).reshape(b, h, n, c), wv)
+        return self._merge(out + bv[:, None, :])
 
     def projected_tokens_to_image(self, q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
         """``forward`` with the keys and values already projected (B×heads×N×d)."""
@@ -253,13 +271,14 @@ class Attention(nn.Module):
     def image_to_tokens(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         residual: torch.Tensor | None = None, pe: torch.Tensor | None = None,
                         pe_q: torch.Tensor | None = None, stash: list | None = None,
-                        normed: tuple[torch.Tensor, NormedRows] | None = None) -> torch.Tensor:
+                        normed: tuple | None = None) -> torch.Tensor:
         """``forward`` for many queries (B×N×C image rows) over few keys and values (B×n×C tokens),
         plus ``residual`` (B×N×C) when given. With ``pe`` the queries are ``q`` + ``pe``, and
         ``pe_q`` may give the query projection of ``pe`` (:meth:`pe_projection`). ``stash``: see
         :meth:`_weigh_tokens` (None is put there when the tokens are too many for that path).
         ``normed``: (the image's own rows through γ times the query projection, B×h×N×d; ``q`` as
-        :class:`NormedRows`): the scores from those (:meth:`normed_scores`, needs ``pe_q``)."""
+        :class:`NormedRows`; the side's ``dense``): the scores from those (:meth:`normed_scores`,
+        needs ``pe_q``)."""
         b, n, c = k.shape
         if not self._few(n):
             if stash is not None:
@@ -274,7 +293,8 @@ class Attention(nn.Module):
         # Scores laid out B×h×n×N: softmax over the n tokens of each row is then a reduction over a
         # middle axis, several times faster than over a last axis of 5-15.
         if normed is not None and pe_q is not None:
-            scores = self.normed_scores(kh, m, normed[0], normed[1], pe_q, base=bias).view(b, h, n, -1)
+            own, rows, dense = normed
+            scores = self.normed_scores(kh, m, own, [rows], pe_q, base=bias, dense=dense).view(b, h, n, -1)
         else:
             scores = self._scores(m, q, pe, kh, pe_q, base=bias).view(b, h, n, -1)
         return self._weigh_tokens(torch.softmax(scores, dim=2), v, residual, stash)
@@ -341,11 +361,16 @@ class ImageSide:
     # CPU, see FoldedDeconv): the click's first upscaling product then costs less than half.
     folded: torch.Tensor | None = None
     # ``keys`` through the first block's norm weight γ times the second block's image-side
-    # projections (its token-to-image keys and values, its image-to-token queries), each
-    # B×heads×N×d (on a CPU): the second block then works from the first one's change of the rows
-    # (``normed``, see NormedRows) instead of from the new rows, in products a quarter the size.
-    nproj: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    # projections (its token-to-image keys and values, its image-to-token queries) and, with two
+    # blocks, through both γs times the final attention's keys and values, each B×heads×N×d (on a
+    # CPU; TwoWayTransformer.normed_matrices): the later attentions then work from the blocks'
+    # changes of the rows (``normed``, see NormedRows) instead of from the new rows, in products a
+    # quarter the size.
+    nproj: tuple[torch.Tensor, ...] | None = None
     normed: NormedRows | None = None   # the rows as NormedRows (the side a later block gets)
+    # With ``nproj``, a mask prompt's change of the rows nproj was made from (TwoWayTransformer.with_dense):
+    # (R0 B×N×k, M0 B×k×C), ``keys`` being those rows plus R0·M0 (nproj itself is not remade).
+    dense: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def batch(self, n: int) -> ImageSide:
         """The same rows for ``n`` prompt sets (one copy each)."""
@@ -354,7 +379,9 @@ class ImageSide:
         rep = {f: getattr(self, f) for f in ("keys", "key_pe", "k", "kp", "vp", "qp", "folded")}
         many = lambda t: None if t is None else t.expand(n, *t.shape[1:]).contiguous()   # noqa: E731
         return ImageSide(hw=self.hw, pe_proj=self.pe_proj, nproj=None if self.nproj is None else
-                         tuple(many(t) for t in self.nproj), **{f: many(t) for f, t in rep.items()})
+                         tuple(many(t) for t in self.nproj),
+                         dense=None if self.dense is None else tuple(many(t) for t in self.dense),
+                         **{f: many(t) for f, t in rep.items()})
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -394,7 +421,8 @@ class TwoWayAttentionBlock(nn.Module):
         elif side.k is not None:
             attn = t2i.tokens_to_image(queries + query_pe, side.k, side.keys)
         elif side.normed is not None and pe_k is not None and t2i._few(queries.shape[1]):
-            attn = t2i.normed_tokens_to_image(queries + query_pe, side.nproj[0], side.nproj[1], side.normed, pe_k)
+            attn = t2i.normed_tokens_to_image(queries + query_pe, side.nproj[0], side.nproj[1], [side.normed], pe_k,
+                                              dense=side.dense)
         else:
             attn = t2i.tokens_to_image(queries + query_pe, side.keys, side.keys, pe=side.key_pe, pe_k=pe_k)
         queries = self.norm2(queries + attn)
@@ -407,7 +435,7 @@ class TwoWayAttentionBlock(nn.Module):
         else:
             keys = i2t.image_to_tokens(side.keys, queries + query_pe, queries, residual=side.keys,
                                        pe=side.key_pe, pe_q=pe_q, stash=stash,
-                                       normed=None if side.normed is None else (side.nproj[2], side.normed))
+                                       normed=None if side.normed is None else (side.nproj[2], side.normed, side.dense))
         if steps is None:
             return queries, self.norm4(keys)
         # The same LayerNorm, with its per-row statistics kept.
@@ -462,14 +490,19 @@ class TwoWayTransformer(nn.Module):
 
     def normed_matrices(self) -> list[tuple[Attention, torch.Tensor]] | None:
         """The second block's image-side projections (token-to-image keys and values, image-to-token
-        queries) with the first block's norm weight folded in, each (its attention, a C×width
+        queries) with the first block's norm weight folded in, and with two blocks the final
+        attention's keys and values with both blocks' norm weights, each (its attention, a C×width
         matrix): what :attr:`ImageSide.nproj` multiplies the image's rows by. None with one block."""
         if len(self.layers) < 2:
             return None
         g = self.layers[0].norm4.weight
         second = self.layers[1]
         t2i, i2t = second.cross_attn_token_to_image, second.cross_attn_image_to_token
-        return [(att, (lin.weight * g).t()) for att, lin in ((t2i, t2i.k_proj), (t2i, t2i.v_proj), (i2t, i2t.q_proj))]
+        mats = [(t2i, t2i.k_proj, g), (t2i, t2i.v_proj, g), (i2t, i2t.q_proj, g)]
+        if len(self.layers) == 2:
+            final, gg = self.final_attn_token_to_image, g * second.norm4.weight
+            mats += [(final, final.k_proj, gg), (final, final.v_proj, gg)]
+        return [(att, (lin.weight * scale).t()) for att, lin, scale in mats]
 
     def fold_matrix(self, upscaling: nn.Sequential | None) -> torch.Tensor | None:
         """The upscaling's first matrix with the blocks' norms folded in (:func:`folded_weights`), or
@@ -498,22 +531,24 @@ class TwoWayTransformer(nn.Module):
         fold = self.fold_matrix(upscaling) if side.folded is not None else None
         if fold is not None:
             projections.append(fold)
-        nmats = self.normed_matrices() if side.nproj is not None else None
-        projections += [m for _, m in nmats or ()]
         mats = torch.cat([w] + [w @ p for p in projections], dim=1)
         consts = torch.cat([delta] + [delta @ p for p in projections])
         rows = mask_features.flatten(2).transpose(1, 2).reshape(b * n, c)
         change = torch.addmm(consts, rows, mats).view(b, n, -1)
         dk, dkp, dvp, dqp, *rest = change.split([dim] + [p.shape[1] for p in projections], dim=-1)
-        dfold = rest.pop(0) if fold is not None else None
+        dfold = rest[0] if rest else None
         side = side.batch(b)
+        # (nproj stays the no-mask rows' own: the later attentions add the change as R0·M0 instead)
+        dense = None
+        if side.nproj is not None:
+            ones = rows.new_ones((b * n, 1))
+            dense = (torch.cat([rows, ones], dim=1).view(b, n, c + 1),
+                     torch.cat([w, delta[None]]).expand(b, c + 1, dim))
         keys = side.keys + dk
         heads = lambda attn, base, d: base + attn._heads(d)                  # noqa: E731
         return ImageSide(keys, side.key_pe, None, side.hw, kp=heads(t2i, side.kp, dkp),
                          vp=heads(t2i, side.vp, dvp), qp=heads(i2t, side.qp, dqp), pe_proj=side.pe_proj,
-                         folded=None if dfold is None else side.folded + dfold,
-                         nproj=None if nmats is None else
-                         tuple(heads(a, base, d) for (a, _), base, d in zip(nmats, side.nproj, rest)))
+                         folded=None if dfold is None else side.folded + dfold, nproj=side.nproj, dense=dense)
 
     def forward(self, side: ImageSide, point_embedding: torch.Tensor, keep: int | list[int] | None = None,
                 steps: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -524,19 +559,28 @@ class TwoWayTransformer(nn.Module):
         rows (see TwoWayAttentionBlock.forward)."""
         side = side.batch(point_embedding.shape[0])
         proj = side.pe_proj or (None,) * (2 * len(self.layers) - 1)
-        queries = point_embedding
+        queries, nproj, dense, chain = point_embedding, side.nproj, side.dense, []
         for i, layer in enumerate(self.layers):
             pe_k, pe_q = (proj[2 * i - 2], proj[2 * i - 1]) if i else (None, None)
-            # (the first block's change is wanted for the second's normed path, see NormedRows)
-            mine = [] if steps is not None or (i == 0 and side.nproj is not None) else None
+            # (each block's change of the rows is wanted by the normed paths after it, see NormedRows)
+            mine = [] if steps is not None or nproj is not None else None
             queries, keys = layer(queries, side, point_embedding, pe_k, pe_q, mine)
             if steps is not None:
                 steps.extend(mine)
+            if nproj is not None and mine[0] is not None and len(chain) == i:
+                chain.append(NormedRows.of(mine[0]))
             if i + 1 < len(self.layers):
-                normed = NormedRows.of(mine[0]) if i == 0 and side.nproj is not None and mine[0] else None
-                side = ImageSide(keys, side.key_pe, None, side.hw, nproj=side.nproj if normed else None, normed=normed)
+                normed = chain[0] if i == 0 and chain else None
+                side = ImageSide(keys, side.key_pe, None, side.hw, nproj=nproj if normed else None, normed=normed,
+                                 dense=side.dense if normed else None)
         queries, pe = _tokens(queries, keep), _tokens(point_embedding, keep)
-        attn = self.final_attn_token_to_image.tokens_to_image(queries + pe, keys, keys, pe=side.key_pe, pe_k=proj[-1])
+        final = self.final_attn_token_to_image
+        two = len(chain) == len(self.layers) == 2 == len(nproj) - 3
+        if two and proj[-1] is not None and final._few(queries.shape[1]):
+            # (the rows after both blocks, as the chain of their changes: see normed_matrices)
+            attn = final.normed_tokens_to_image(queries + pe, nproj[3], nproj[4], chain, proj[-1], dense=dense)
+        else:
+            attn = final.tokens_to_image(queries + pe, keys, keys, pe=side.key_pe, pe_k=proj[-1])
         return self.norm_final_attn(queries + attn), keys
 
 
