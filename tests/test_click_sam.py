@@ -664,3 +664,30 @@ def test_the_second_block_from_the_first_blocks_change_gives_what_the_rows_give(
         np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, rtol=1e-4, atol=1e-5 * scale)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
         assert np.array_equal(a.masks, b.masks) or np.mean(a.masks != b.masks) < 1e-4
+
+
+def test_the_normed_paths_give_the_rows_answer_for_several_mask_prompts_at_once():
+    """The two-way transformer alone, on a small grid: two mask prompts at once (a batch of two
+    sides from with_dense, each with its own dense change) through the normed paths give the
+    tokens and rows the materialised rows give."""
+    from engine.click.sam_decoder import TwoWayTransformer
+    torch.manual_seed(0)
+    tr = TwoWayTransformer(depth=2, embedding_dim=256, num_heads=8, mlp_dim=64).eval()
+    with torch.no_grad():
+        for m in tr.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.3)
+        image, pe = torch.randn(1, 256, 8, 8), torch.randn(1, 256, 8, 8)
+        no_mask = torch.randn(1, 256)
+        conv = torch.nn.Conv2d(16, 256, 1)
+        side = tr.image_side(image + no_mask.view(1, -1, 1, 1), pe, project=True)
+        assert side.nproj is not None and len(side.nproj) == 5
+        masked = tr.with_dense(side, torch.randn(2, 16, 8, 8), conv, no_mask)
+        assert masked.dense is not None and masked.dense[0].shape == (2, 64, 17)
+        tokens = torch.randn(2, 7, 256)
+        fast = tr(masked, tokens, keep=[0, 1, 2])
+        masked.nproj = None
+        plain = tr(masked, tokens, keep=[0, 1, 2])
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

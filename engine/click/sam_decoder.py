@@ -567,7 +567,7 @@ class TwoWayTransformer(nn.Module):
             queries, keys = layer(queries, side, point_embedding, pe_k, pe_q, mine)
             if steps is not None:
                 steps.extend(mine)
-            if nproj is not None and mine[0] is not None and len(chain) == i:
+            if nproj is not None and mine[0] is not None and len(chain) == i < 2:
                 chain.append(NormedRows.of(mine[0]))
             if i + 1 < len(self.layers):
                 normed = chain[0] if i == 0 and chain else None
