@@ -559,6 +559,26 @@ def test_a_mask_prompt_changes_the_prepared_rows_as_making_them_again_would(name
     assert not np.allclose(fast.low_res_logits, first.low_res_logits, atol=1e-3)
 
 
+def _predict_all(predictor, prompts: list[dict]) -> list:
+    """Each prompt's prediction in turn; ``mask_input="first"`` takes the first one's logits."""
+    outs, first = [], None
+    for kw in prompts:
+        kw = dict(kw)
+        if kw.get("mask_input") == "first":
+            kw["mask_input"] = first.low_res_logits[:1]
+        out = predictor.predict(**kw)
+        first = first or out
+        outs.append(out)
+    return outs
+
+
+def _assert_same_predictions(fast: list, plain: list) -> None:
+    for a, b in zip(fast, plain, strict=True):
+        scale = max(1.0, np.abs(b.low_res_logits).max())
+        np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, rtol=1e-4, atol=1e-5 * scale)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
 @pytest.mark.parametrize("name,shape", [("mobile_sam", (48, 64)), ("mobile_sam", (64, 40)),
                                         ("sam2.1_hiera_tiny", (48, 64))])   # SAM's decoder, SAM 2.1's
 def test_the_folded_first_upscaling_gives_what_the_final_rows_give(name, shape, monkeypatch):
@@ -589,15 +609,7 @@ def test_the_folded_first_upscaling_gives_what_the_final_rows_give(name, shape, 
 
     def run(fold: bool):
         prepared.folded = folded if fold else None
-        outs, first = [], None
-        for kw in prompts:
-            kw = dict(kw)
-            if kw.get("mask_input") == "first":
-                kw["mask_input"] = first.low_res_logits[:1]
-            out = predictor.predict(**kw)
-            first = first or out
-            outs.append(out)
-        return outs
+        return _predict_all(predictor, prompts)
 
     try:
         plain = run(False)
@@ -606,10 +618,7 @@ def test_the_folded_first_upscaling_gives_what_the_final_rows_give(name, shape, 
     finally:
         prepared.folded = folded
     assert len(made) >= 2   # the first two prompts folded (the third could not)
-    for a, b in zip(fast, plain):
-        scale = max(1.0, np.abs(b.low_res_logits).max())
-        np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, rtol=1e-4, atol=1e-5 * scale)
-        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+    _assert_same_predictions(fast, plain)
 
 
 @pytest.mark.parametrize("name", ["mobile_sam", "sam2.1_hiera_tiny"])
@@ -642,15 +651,7 @@ def test_the_second_block_from_the_first_blocks_change_gives_what_the_rows_give(
 
     def run(normed: bool):
         prepared.nproj = nproj if normed else None
-        outs, first = [], None
-        for kw in prompts:
-            kw = dict(kw)
-            if kw.get("mask_input") == "first":
-                kw["mask_input"] = first.low_res_logits[:1]
-            out = predictor.predict(**kw)
-            first = first or out
-            outs.append(out)
-        return outs
+        return _predict_all(predictor, prompts)
 
     try:
         plain = run(False)
@@ -659,10 +660,8 @@ def test_the_second_block_from_the_first_blocks_change_gives_what_the_rows_give(
     finally:
         prepared.nproj = nproj
     assert len(used) == 3 * 3   # the second block's two attentions and the final one, for three prompts
+    _assert_same_predictions(fast, plain)
     for a, b in zip(fast, plain):
-        scale = max(1.0, np.abs(b.low_res_logits).max())
-        np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, rtol=1e-4, atol=1e-5 * scale)
-        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
         assert np.array_equal(a.masks, b.masks) or np.mean(a.masks != b.masks) < 1e-4
 
 
