@@ -191,9 +191,20 @@ def _unexpected(exc_type: type, exc: BaseException, tb: Any, thread: Any = None)
     print(f"prelabel: unexpected error{where}: {one_line(exc) or exc_type.__name__}", file=sys.stderr)
 
 
+def _unraisable(u: Any) -> None:
+    """``sys.unraisablehook`` of ranks and loader workers: a clean-up (``__del__``) failing while the
+    run stops is nothing for the person to see (a Ctrl-C that lands while a DataLoader iterator is
+    being made leaves one whose ``__del__`` then fails on what it never set up; Python printed that
+    as a traceback); anything else is one line, as :func:`_unexpected`."""
+    if _STOPPING.is_set() or _parent_gone():
+        return
+    _unexpected(u.exc_type, u.exc_value, u.exc_traceback)
+
+
 def _install_error_hooks() -> None:
     sys.excepthook = _unexpected
     threading.excepthook = lambda a: _unexpected(a.exc_type, a.exc_value, a.exc_traceback, a.thread)
+    sys.unraisablehook = _unraisable
 
 
 _IN_LOADER_WORKER = False

@@ -491,3 +491,30 @@ def test_helper_thread_failures_are_quiet_while_stopping_and_one_line_otherwise(
     pl._unexpected(ValueError, ValueError("bad value"), None, threading.current_thread())
     err = capsys.readouterr().err
     assert err.startswith("prelabel: unexpected error in MainThread: bad value") and "Traceback" not in err
+
+
+def test_a_clean_up_failing_as_a_rank_stops_prints_nothing_and_otherwise_one_line(monkeypatch, capsys):
+    """A Ctrl-C that lands while a DataLoader iterator is being made leaves an object whose __del__
+    fails later: Python reports that through sys.unraisablehook, which a rank keeps quiet while it
+    stops (it printed a traceback) and turns into one line otherwise."""
+    import gc
+    from engine import prelabel
+
+    class Half:
+        def __del__(self):
+            raise AttributeError("'Half' object has no attribute '_workers_status'")
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(prelabel.threading, "excepthook", prelabel.threading.excepthook)
+    prelabel._install_error_hooks()
+    monkeypatch.setattr(prelabel, "_STOPPING", prelabel.threading.Event())
+    prelabel._STOPPING.set()
+    Half()
+    gc.collect()
+    assert capsys.readouterr().err == ""
+    prelabel._STOPPING.clear()
+    Half()
+    gc.collect()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and "_workers_status" in err
