@@ -572,11 +572,11 @@ class TwoWayTransformer(nn.Module):
             if i + 1 < len(self.layers):
                 normed = chain[0] if i == 0 and chain else None
                 side = ImageSide(keys, side.key_pe, None, side.hw, nproj=nproj if normed else None, normed=normed,
-                                 dense=side.dense if normed else None)
+                                 dense=dense if normed else None)
         queries, pe = _tokens(queries, keep), _tokens(point_embedding, keep)
         final = self.final_attn_token_to_image
-        two = len(chain) == len(self.layers) == 2 == len(nproj) - 3
-        if two and proj[-1] is not None and final._few(queries.shape[1]):
+        # (a chain of two: nproj holds the final attention's projections too, see normed_matrices)
+        if len(chain) == len(self.layers) == 2 and proj[-1] is not None and final._few(queries.shape[1]):
             # (the rows after both blocks, as the chain of their changes: see normed_matrices)
             attn = final.normed_tokens_to_image(queries + pe, nproj[3], nproj[4], chain, proj[-1], dense=dense)
         else:
