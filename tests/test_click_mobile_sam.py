@@ -356,3 +356,31 @@ def test_bench_click_waits_for_two_quiet_readings_in_a_row_and_no_longer_than_to
     # 0: no wait at all.
     readings = iter([100.0])
     assert bench_click.wait_quiet(0, 600)["waited_s"] == 0.0
+
+
+def test_bench_machine_speed_reads_the_benchmarks_threads_from_a_one_thread_caller(monkeypatch):
+    """bench_gui asks from its UI thread, which runs torch with one thread: the reading is still
+    the benchmark's (a thread of its own, with the count new threads start from), and the caller
+    keeps its one thread (a team made on it would stay and slow every later click)."""
+    import threading
+
+    from engine import threads
+    monkeypatch.setattr(threads, "_process_default", threads._process_default)   # (own_threads sets it)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_click
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    got = []
+
+    def ui_thread() -> None:
+        threads.own_threads(1)
+        got.append((bench_click.machine_speed(2), torch.get_num_threads()))
+    try:
+        caller = threading.Thread(target=ui_thread)
+        caller.start()
+        caller.join()
+    finally:
+        torch.set_num_threads(before)
+    speed, caller_threads = got[0]
+    assert speed["threads"] == 2 and caller_threads == 1
+    assert speed["gemm_gflops"] > 0 and speed["add_gbs"] > 0
