@@ -36,6 +36,30 @@ def test_region_rgba_of_a_full_crop_has_its_outline_on_the_crop_border():
     assert (out[0, 1:-1] == RING).all() and (out[1:-1, 0] == RING).all()
 
 
+def test_the_preview_pixmap_shows_what_region_rgba_describes(qtbot):
+    """The pixmap is made from the looks' codes through an indexed image (not from an RGBA array):
+    its pixels are region_rgba's, for odd widths (rows not a multiple of four bytes) and for a
+    strided view (every s-th pixel of a large region)."""
+    from PySide6.QtGui import QImage
+
+    from deeplab_gui.widgets.canvas.region_view import _pixmap, region_codes, region_pixmap
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:37, :53]
+    masks = [rng.random((5, 7)) < 0.5, (yy - 18) ** 2 + (xx - 26) ** 2 < 15 ** 2, np.ones((3, 3), bool),
+             (rng.random((40, 61)) < 0.7)[::2, ::3]]
+    for mask in masks:
+        color = (int(rng.integers(256)), 30, 200, int(rng.integers(1, 256)))
+        rgba = region_rgba(mask, color)
+        # (both pixmaps hold premultiplied pixels: compared as they are drawn)
+        want, got = (p.toImage().convertToFormat(QImage.Format.Format_ARGB32_Premultiplied)
+                     for p in (_pixmap(rgba), region_pixmap(mask, color)))
+        assert (got.width(), got.height()) == (rgba.shape[1], rgba.shape[0])
+        assert got == want
+        assert np.abs(np.frombuffer(got.constBits(), np.uint8).reshape(got.height(), -1)[:, :4 * got.width()]
+                      .reshape(got.height(), got.width(), 4)[..., 3].astype(int) - rgba[..., 3]).max() == 0
+        assert set(np.unique(region_codes(mask))) <= {0, 1, 2, 3}
+
+
 def test_a_large_region_is_previewed_at_a_reduced_resolution_over_the_same_place(qtbot):
     """A region of many megapixels is drawn from every s-th pixel and scaled by s (the UI thread
     would spend hundreds of milliseconds on the full one); a small one stays exact."""

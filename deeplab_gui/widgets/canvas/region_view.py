@@ -22,6 +22,7 @@ from PySide6.QtGui import (
     QPen,
     QPixmap,
     QTransform,
+    qRgba,
 )
 from PySide6.QtWidgets import (
     QGraphicsItem,
@@ -31,7 +32,7 @@ from PySide6.QtWidgets import (
     QStyleOptionGraphicsItem,
 )
 
-__all__ = ["PREVIEW_MAX_PIXELS", "RegionItems", "region_rgba"]
+__all__ = ["PREVIEW_MAX_PIXELS", "RegionItems", "region_codes", "region_pixmap", "region_rgba"]
 
 PREVIEW_MAX_PIXELS = 2_000_000   # a larger region's preview is drawn at a reduced resolution
 
@@ -39,30 +40,56 @@ FILL_ALPHA = 0.45      # share of the colour's alpha inside the region; the outl
 RING = (255, 255, 255, 200)   # the light line around the region's outside
 
 
-def region_rgba(mask: np.ndarray, color: tuple[int, int, int, int]) -> np.ndarray:
-    """(h+2)×(w+2)×4 uint8 for ``mask`` with a one-pixel margin: ``color`` at a fraction of its alpha
-    inside, at full alpha on its outline (pixels with a 4-neighbour outside, the crop's border
-    counting as outside), and a light ring just outside it, so a dark class (or a light one on a
-    pale picture) still shows where the region ends.
-
-    Built on the UI thread for every candidate shown: one byte per pixel says which of the four
-    looks it gets (0 none, 1 ring, 2 fill, 3 outline), then one lookup of packed 32-bit pixels
-    (a few milliseconds less than four masked RGBA assignments for a half-image region)."""
-    r, g, b, a = (int(v) for v in color)
+def region_codes(mask: np.ndarray) -> np.ndarray:
+    """(h+2)×(w+2) uint8 for ``mask`` with a one-pixel margin: which of the preview's four looks
+    each pixel gets: 0 none, 1 the ring (outside, with a 4-neighbour inside), 2 the fill (inside,
+    all four neighbours inside), 3 the outline (inside, on the border; the crop's border counts as
+    outside). Whole-array bit operations on bytes: no boolean-mask assignment, which took several
+    times as long (a 2-megapixel region: 5 ms -> 3)."""
     pad = np.pad(np.asarray(mask, dtype=bool), 1, constant_values=False)
     near = np.zeros_like(pad)           # a 4-neighbour is in the region
     np.logical_or(near[1:], pad[:-1], out=near[1:])
     near[:-1] |= pad[1:]
     near[:, 1:] |= pad[:, :-1]
     near[:, :-1] |= pad[:, 1:]
-    inner = pad.copy()                   # every 4-neighbour is in the region too
-    inner[1:-1, 1:-1] &= pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:]
-    inner[0], inner[-1], inner[:, 0], inner[:, -1] = False, False, False, False
-    code = near.view(np.uint8).copy()    # 1 where a neighbour is in (the ring, unless in itself)
-    code[pad] = 3                        # in the region: the outline ...
-    code[inner] = 2                      # ... unless inner: the fill
-    looks = np.array([(0, 0, 0, 0), RING, (r, g, b, round(a * FILL_ALPHA)), (r, g, b, a)], np.uint8)
-    return looks.view(np.uint32).reshape(4)[code].view(np.uint8).reshape(*pad.shape, 4)
+    inner = np.zeros_like(pad)          # in the region, and every 4-neighbour too
+    core = inner[1:-1, 1:-1]
+    np.logical_and(pad[:-2, 1:-1], pad[2:, 1:-1], out=core)
+    core &= pad[1:-1, :-2]
+    core &= pad[1:-1, 2:]
+    core &= pad[1:-1, 1:-1]
+    code = np.multiply(pad.view(np.uint8), 3, dtype=np.uint8)   # 3 in the region ...
+    code ^= inner.view(np.uint8)                                 # ... 2 where inner
+    near &= ~pad                                                 # the ring: a neighbour in, itself out
+    code |= near.view(np.uint8)
+    return code
+
+
+def _looks(color: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
+    """The RGBA of each :func:`region_codes` value for a region of ``color``."""
+    r, g, b, a = (int(v) for v in color)
+    return [(0, 0, 0, 0), RING, (r, g, b, round(a * FILL_ALPHA)), (r, g, b, a)]
+
+
+def region_rgba(mask: np.ndarray, color: tuple[int, int, int, int]) -> np.ndarray:
+    """(h+2)×(w+2)×4 uint8 for ``mask`` with a one-pixel margin: ``color`` at a fraction of its alpha
+    inside, at full alpha on its outline (pixels with a 4-neighbour outside, the crop's border
+    counting as outside), and a light ring just outside it, so a dark class (or a light one on a
+    pale picture) still shows where the region ends (the looks of :func:`region_codes`)."""
+    code = region_codes(mask)
+    looks = np.array(_looks(color), np.uint8)
+    return looks.view(np.uint32).reshape(4)[code].view(np.uint8).reshape(*code.shape, 4)
+
+
+def region_pixmap(mask: np.ndarray, color: tuple[int, int, int, int]) -> QPixmap:
+    """:func:`region_rgba` as a pixmap, built on the UI thread for every candidate shown: the codes
+    as an 8-bit indexed image with a four-colour table, which Qt turns into the pixmap's pixels in
+    one pass (no RGBA array made: a 2-megapixel region 8 ms -> 4.5, a 500×375 one 0.85 -> 0.5)."""
+    code = region_codes(mask)
+    h, w = code.shape
+    img = QImage(code.data, w, h, w, QImage.Format.Format_Indexed8)
+    img.setColorTable([qRgba(*look) for look in _looks(color)])
+    return QPixmap.fromImage(img)   # a copy: the codes may go
 
 
 def _pixmap(rgba: np.ndarray) -> QPixmap:
@@ -122,7 +149,7 @@ class RegionItems:
             self.clear_region()
             return
         step = max(1, math.ceil(math.sqrt(mask.size / PREVIEW_MAX_PIXELS)))
-        self.region.setPixmap(_pixmap(region_rgba(mask[::step, ::step], color)))
+        self.region.setPixmap(region_pixmap(mask[::step, ::step], color))
         # Each drawn pixel stands for step×step mask pixels, each mask pixel for sy×sx image pixels.
         sy, sx = (float(v) * step for v in scale)
         self.region.setTransform(QTransform.fromScale(sx, sy))
