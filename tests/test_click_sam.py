@@ -625,8 +625,9 @@ def test_the_folded_first_upscaling_gives_what_the_final_rows_give(name, shape, 
 def test_the_second_block_from_the_first_blocks_change_gives_what_the_rows_give(name, monkeypatch):
     """On a CPU the second two-way block works from the image's own rows, projected once per image,
     and the first block's change of them (NormedRows) instead of from the normed rows: the same
-    logits and scores, with a mask prompt (whose dense embedding changes those projections) too,
-    and a click with more points than that path takes falls back to the rows."""
+    logits and scores, with a mask prompt (whose dense embedding the first block then takes as a
+    change of its own, see ImageSide.dense) too, and a click with more points than that path takes
+    falls back to the rows."""
     from engine.click import sam_decoder
     torch.manual_seed(0)
     model = build_click_model(name).eval()
@@ -647,7 +648,8 @@ def test_the_second_block_from_the_first_blocks_change_gives_what_the_rows_give(
     prompts = [dict(points=[[20, 15]], labels=[1], multimask=True),
                dict(points=[[20, 15], [50, 30]], labels=[1, 0], multimask=False, mask_input="first"),
                dict(box=[5, 5, 40, 30], multimask=True),
-               dict(points=many, labels=np.arange(20) % 2, multimask=False)]
+               dict(points=many, labels=np.arange(20) % 2, multimask=False),
+               dict(points=many, labels=np.arange(20) % 2, multimask=False, mask_input="first")]
 
     def run(normed: bool):
         prepared.nproj = nproj if normed else None
@@ -667,8 +669,9 @@ def test_the_second_block_from_the_first_blocks_change_gives_what_the_rows_give(
 
 def test_the_normed_paths_give_the_rows_answer_for_several_mask_prompts_at_once():
     """The two-way transformer alone, on a small grid: two mask prompts at once (a batch of two
-    sides from with_dense, each with its own dense change) through the normed paths give the
-    tokens and rows the materialised rows give."""
+    sides from with_dense, each with its own dense change) through the normed paths, the change
+    handed to the first block as it is, give the tokens and rows that the rows and projections
+    made with the change give."""
     from engine.click.sam_decoder import TwoWayTransformer
     torch.manual_seed(0)
     tr = TwoWayTransformer(depth=2, embedding_dim=256, num_heads=8, mlp_dim=64).eval()
@@ -682,11 +685,15 @@ def test_the_normed_paths_give_the_rows_answer_for_several_mask_prompts_at_once(
         conv = torch.nn.Conv2d(16, 256, 1)
         side = tr.image_side(image + no_mask.view(1, -1, 1, 1), pe, project=True)
         assert side.nproj is not None and len(side.nproj) == 5
-        masked = tr.with_dense(side, torch.randn(2, 16, 8, 8), conv, no_mask)
+        features = torch.randn(2, 16, 8, 8)
+        masked = tr.with_dense(side, features, conv, no_mask)
         assert masked.dense is not None and masked.dense[0].shape == (2, 64, 17)
+        assert masked.keys is side.keys and masked.kp is side.kp   # nothing remade
         tokens = torch.randn(2, 7, 256)
         fast = tr(masked, tokens, keep=[0, 1, 2])
-        masked.nproj = None
-        plain = tr(masked, tokens, keep=[0, 1, 2])
+        side.nproj = None   # (no nproj: with_dense makes the rows and projections with the change)
+        made = tr.with_dense(side, features, conv, no_mask)
+        assert made.dense is None and made.keys.shape[0] == 2
+        plain = tr(made, tokens, keep=[0, 1, 2])
     for a, b in zip(fast, plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -194,8 +194,7 @@ class Attention(nn.Module):
         return torch.baddbmm(part, a, keys.transpose(1, 2))
 
     def normed_scores(self, ph: torch.Tensor, a: torch.Tensor, own: torch.Tensor, chain: list[NormedRows],
-                      pe_proj: torch.Tensor, base: torch.Tensor | None = None,
-                      dense: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                      pe_proj: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`_scores` over rows X' + pe given as ``chain`` (:class:`NormedRows`, the first over
         the image's own rows K0, each later one over the rows the one before gives), not made:
         ``a`` the B×(h·n)×C rows in image channels (a = ph·W per head), ``ph`` their heads form
@@ -203,16 +202,14 @@ class Attention(nn.Module):
         ``pe_proj`` the encoding through W (h×d×N). Level k: S_k = (S_{k-1} + (a_k γ_k·M_kᵀ)·R_kᵀ)
         ⊙ r_kᵀ + a_k·β_k with a_k = a times the γs of the levels after k, S_0 = (a·Πγ)·K0ᵀ =
         ph·ownᵀ: products over d = 16 and m + 1 = 57 columns instead of C = 256 (the same values,
-        float rounding apart). ``dense``: (R0 B×N×k, M0 B×k×C), the rows K0 + R0·M0 instead of K0
-        (a mask prompt's dense embedding, see :attr:`ImageSide.dense`)."""
+        float rounding apart). (A mask prompt's dense embedding is part of the first level's change,
+        see :attr:`ImageSide.dense`.)"""
         b, hn, _ = a.shape
         outer, g = [], a
         for rows in reversed(chain):          # a_k, from the last level in
             outer.append(g)
             g = g * rows.weight
         scores = torch.matmul(ph, own.transpose(-1, -2)).view(b, hn, -1)
-        if dense is not None:
-            scores = _bmm(_bmm(g, dense[1].transpose(1, 2)), dense[0].transpose(1, 2), scores)
         for rows, ak in zip(chain, reversed(outer)):
             scores = _bmm(_bmm(ak * rows.weight, rows.mat.transpose(1, 2)), rows.rows.transpose(1, 2), scores)
             scores.mul_(rows.rstd.transpose(1, 2)).add_((ak @ rows.bias).unsqueeze(-1))
@@ -220,8 +217,7 @@ class Attention(nn.Module):
         return scores if base is None else scores.add_(base)
 
     def normed_tokens_to_image(self, q: torch.Tensor, own_k: torch.Tensor, own_v: torch.Tensor,
-                               chain: list[NormedRows], pe_k: torch.Tensor,
-                               dense: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                               chain: list[NormedRows], pe_k: torch.Tensor) -> torch.Tensor:
         """:meth:`tokens_to_image` for few queries (B×n×C) over image rows X' (keys X' plus the
         encoding, values X') given as ``chain`` (see :meth:`normed_scores`); ``own_k``, ``own_v``:
         K0 through the chain's γs times the key and value projections (B×h×N×d), ``pe_k`` the
@@ -233,7 +229,7 @@ class Attention(nn.Module):
         wv, bv = self._split(self.v_proj)
         qh = self._heads(self.q_proj(q)) * wk.shape[1] ** -0.5                # B×h×n×d
         a = torch.einsum("bhnd,hdc->bhnc", qh, wk).reshape(b, h * n, c)
-        w = torch.softmax(self.normed_scores(qh, a, own_k, chain, pe_k, dense=dense), dim=-1)
+        w = torch.softmax(self.normed_scores(qh, a, own_k, chain, pe_k), dim=-1)
         total, scale = chain[-1].bias, None   # in image channels; scale: the γs of the levels done
         for k, rows in enumerate(reversed(chain)):
             if k:   # an earlier level: its shift weighs by w_k·1 (the rows no longer sum to one)
@@ -241,29 +237,46 @@ class Attention(nn.Module):
             scale = rows.weight if scale is None else rows.weight * scale
             w = w * rows.rstd.transpose(1, 2)                                 # w_{k-1} = w_k ⊙ r_kᵀ
             total = total + _bmm(_bmm(w, rows.rows), rows.mat) * scale
-        if dense is not None:
-            total = total + _bmm(_bmm(w, dense[0]), dense[1]) * scale
         out = torch.matmul(w.view(b, h, n, -1), own_v)                        # w_0·K0·(Πγ⊙Wv)ᵀ
         out += torch.einsum("bhnc,hdc->bhnd", total.expand(b, h * n, c).reshape(b, h, n, c), wv)
         return self._merge(out + bv[:, None, :])
 
-    def projected_tokens_to_image(self, q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
-        """``forward`` with the keys and values already projected (B×heads×N×d)."""
+    def projected_tokens_to_image(self, q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor,
+                                  dense: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``forward`` with the keys and values already projected (B×heads×N×d). ``dense``: (R B×N×k,
+        M B×k×C), the image rows' change R·M that ``kp`` and ``vp`` were not made with (a mask
+        prompt's, :attr:`ImageSide.dense`): its part of the scores is (qh·(M·Wk)ᵀ)·Rᵀ and of the
+        output (w·R)·(M·Wv), products with k = 17 columns instead of remaking the projections."""
         qh = self._heads(self.q_proj(q)) * kp.shape[-1] ** -0.5
-        return self._merge(torch.softmax(qh @ kp.transpose(-1, -2), dim=-1) @ vp)
+        scores = qh @ kp.transpose(-1, -2)                                  # B×h×n×N
+        if dense is None:
+            return self._merge(torch.softmax(scores, dim=-1) @ vp)
+        r, m = dense
+        b, h, n, big = scores.shape
+        mk = self._heads(m @ self.k_proj.weight.t())                        # B×h×k×d
+        scores = _bmm((qh @ mk.transpose(-1, -2)).reshape(b, h * n, -1), r.transpose(1, 2),
+                      scores.view(b, h * n, big)).view(b, h, n, big)
+        w = torch.softmax(scores, dim=-1)
+        out = w @ vp + _bmm(w.view(b, h * n, big), r).view(b, h, n, -1) @ self._heads(m @ self.v_proj.weight.t())
+        return self._merge(out)
 
     def _weigh_tokens(self, attn: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None,
-                      stash: list | None = None) -> torch.Tensor:
+                      stash: list | None = None, dense: tuple[torch.Tensor, torch.Tensor] | None = None
+                      ) -> torch.Tensor:
         """B×heads×n×N attention of N image rows over n tokens (softmax taken), token values B×n×C →
         B×N×C (plus ``residual``): each head's values are first carried through the out projection
         (heads·n rows). Each head's weights of a row sum to one, so adding a heads-th of the out
         bias to every head's rows adds the bias once. ``stash``: gets (the B×N×(heads·n) weights,
-        the B×(heads·n)×C values), whose product is what is added (see FoldedDeconv)."""
+        the B×(heads·n)×C values), whose product is what is added (see FoldedDeconv). ``dense``: (R
+        B×N×k, M B×k×C), a change of the rows not yet in ``residual`` (a mask prompt's,
+        :attr:`ImageSide.dense`): added in the same product, as k more columns of the weights."""
         b, h, n, big = attn.shape
         vh = self._heads(self.v_proj(v))                                    # B×h×n×d
         vo = torch.einsum("bhnd,chd->bhnc", vh, self.out_proj.weight.view(-1, h, vh.shape[-1]))
         vo = (vo + self.out_proj.bias / h).reshape(b, h * n, -1)
         weights = attn.reshape(b, h * n, big).transpose(1, 2)
+        if dense is not None:
+            weights, vo = torch.cat([weights, dense[0]], dim=2), torch.cat([vo, dense[1]], dim=1)
         if stash is not None:
             stash.append((weights, vo))
         return torch.bmm(weights, vo) if residual is None else torch.baddbmm(residual, weights, vo)
@@ -277,8 +290,7 @@ class Attention(nn.Module):
         ``pe_q`` may give the query projection of ``pe`` (:meth:`pe_projection`). ``stash``: see
         :meth:`_weigh_tokens` (None is put there when the tokens are too many for that path).
         ``normed``: (the image's own rows through γ times the query projection, B×h×N×d; ``q`` as
-        :class:`NormedRows`; the side's ``dense``): the scores from those (:meth:`normed_scores`,
-        needs ``pe_q``)."""
+        :class:`NormedRows`): the scores from those (:meth:`normed_scores`, needs ``pe_q``)."""
         b, n, c = k.shape
         if not self._few(n):
             if stash is not None:
@@ -293,21 +305,34 @@ class Attention(nn.Module):
         # Scores laid out B×h×n×N: softmax over the n tokens of each row is then a reduction over a
         # middle axis, several times faster than over a last axis of 5-15.
         if normed is not None and pe_q is not None:
-            own, rows, dense = normed
-            scores = self.normed_scores(kh, m, own, [rows], pe_q, base=bias, dense=dense).view(b, h, n, -1)
+            own, rows = normed
+            scores = self.normed_scores(kh, m, own, [rows], pe_q, base=bias).view(b, h, n, -1)
         else:
             scores = self._scores(m, q, pe, kh, pe_q, base=bias).view(b, h, n, -1)
         return self._weigh_tokens(torch.softmax(scores, dim=2), v, residual, stash)
 
     def projected_image_to_tokens(self, qp: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                  residual: torch.Tensor | None = None, stash: list | None = None) -> torch.Tensor:
-        """``image_to_tokens`` with the image rows' queries already projected (B×heads×N×d)."""
+                                  residual: torch.Tensor | None = None, stash: list | None = None,
+                                  dense: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``image_to_tokens`` with the image rows' queries already projected (B×heads×N×d).
+        ``dense``: (R B×N×k, M B×k×C), the rows' change R·M that ``qp`` and ``residual`` were not
+        made with (a mask prompt's, :attr:`ImageSide.dense`): its part of the scores is
+        R·(kh·(M·Wq)ᵀ)ᵀ, and the output takes R·M in (see :meth:`_weigh_tokens`)."""
         kh = self._heads(self.k_proj(k)) * qp.shape[-1] ** -0.5             # B×h×n×d
-        attn = torch.softmax(kh @ qp.transpose(-1, -2), dim=2)              # B×h×n×N
+        scores = kh @ qp.transpose(-1, -2)                                  # B×h×n×N
+        if dense is not None:
+            r, m = dense
+            b, h, n, big = scores.shape
+            mq = self._heads(m @ self.q_proj.weight.t())                    # B×h×k×d
+            scores = _bmm((kh @ mq.transpose(-1, -2)).reshape(b, h * n, -1), r.transpose(1, 2),
+                          scores.view(b, h * n, big)).view(b, h, n, big)
+        attn = torch.softmax(scores, dim=2)
         if self._few(k.shape[1]):
-            return self._weigh_tokens(attn, v, residual, stash)
+            return self._weigh_tokens(attn, v, residual, stash, dense)
         if stash is not None:
             stash.append(None)
+        if dense is not None:
+            residual = _bmm(dense[0], dense[1], residual)
         out = self._merge(attn.transpose(-1, -2) @ self._heads(self.v_proj(v)))
         return out if residual is None else residual + out
 
@@ -368,8 +393,11 @@ class ImageSide:
     # quarter the size.
     nproj: tuple[torch.Tensor, ...] | None = None
     normed: NormedRows | None = None   # the rows as NormedRows (the side a later block gets)
-    # With ``nproj``, a mask prompt's change of the rows nproj was made from (TwoWayTransformer.with_dense):
-    # (R0 B×N×k, M0 B×k×C), ``keys`` being those rows plus R0·M0 (nproj itself is not remade).
+    # With ``nproj``, a mask prompt's change of the rows (TwoWayTransformer.with_dense): (R0 B×N×k,
+    # M0 B×k×C), the rows being ``keys`` plus R0·M0; ``keys``, ``kp``, ``vp``, ``qp``, ``folded`` and
+    # ``nproj`` stay the no-mask rows' own. The first block takes it in as k more columns of its change
+    # (its attentions' products with R0, see Attention.projected_tokens_to_image), so NormedRows,
+    # FoldedDeconv and the later blocks see it as part of that change.
     dense: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def batch(self, n: int) -> ImageSide:
@@ -417,25 +445,25 @@ class TwoWayAttentionBlock(nn.Module):
         # The image side is unchanged until the last step: its positional sum serves both cross attentions.
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
         if side.kp is not None:
-            attn = t2i.projected_tokens_to_image(queries + query_pe, side.kp, side.vp)
+            attn = t2i.projected_tokens_to_image(queries + query_pe, side.kp, side.vp, dense=side.dense)
         elif side.k is not None:
             attn = t2i.tokens_to_image(queries + query_pe, side.k, side.keys)
         elif side.normed is not None and pe_k is not None and t2i._few(queries.shape[1]):
-            attn = t2i.normed_tokens_to_image(queries + query_pe, side.nproj[0], side.nproj[1], [side.normed], pe_k,
-                                              dense=side.dense)
+            attn = t2i.normed_tokens_to_image(queries + query_pe, side.nproj[0], side.nproj[1], [side.normed], pe_k)
         else:
             attn = t2i.tokens_to_image(queries + query_pe, side.keys, side.keys, pe=side.key_pe, pe_k=pe_k)
         queries = self.norm2(queries + attn)
         queries = self.norm3(queries + self.mlp(queries))
         stash = None if steps is None else []
         if side.qp is not None:
-            keys = i2t.projected_image_to_tokens(side.qp, queries + query_pe, queries, residual=side.keys, stash=stash)
+            keys = i2t.projected_image_to_tokens(side.qp, queries + query_pe, queries, residual=side.keys, stash=stash,
+                                                 dense=side.dense)
         elif side.k is not None:
             keys = i2t.image_to_tokens(side.k, queries + query_pe, queries, residual=side.keys, stash=stash)
         else:
             keys = i2t.image_to_tokens(side.keys, queries + query_pe, queries, residual=side.keys,
                                        pe=side.key_pe, pe_q=pe_q, stash=stash,
-                                       normed=None if side.normed is None else (side.nproj[2], side.normed, side.dense))
+                                       normed=None if side.normed is None else (side.nproj[2], side.normed))
         if steps is None:
             return queries, self.norm4(keys)
         # The same LayerNorm, with its per-row statistics kept.
@@ -515,17 +543,28 @@ class TwoWayTransformer(nn.Module):
         with a mask prompt's dense embedding instead: ``conv`` (the mask encoder's last, 1×1
         convolution) of ``mask_features`` (B×c×h×w, what comes before it, c = 16).
 
-        The dense embedding enters the first block only through the image rows and their three
-        linear projections, so each of those is the no-mask one plus the projection of the change
-        (c channels per row through a c×(C + 3·width) matrix, a few tens of millions of
-        multiply-adds) instead of being made again from the rows (several hundred million). The
-        same values, float rounding apart."""
+        The dense embedding changes the image rows by R·M, R the c features of each row and a one,
+        M the convolution's c×C weights and the change of its constant: rank c + 1 = 17. On a CPU
+        (the side has ``nproj``) that change is handed on as it is (:attr:`ImageSide.dense`): the
+        first block's attentions take it in as products with R (a few million multiply-adds), and
+        the side's rows, projections and folded product stay the no-mask ones, none of them remade
+        (a 4096×896 product and five passes over 2-4 MiB maps, about 4 ms a click, before). Elsewhere
+        the rows and their three linear projections (and the folded product) are the no-mask ones
+        plus the projection of the change, a c×(C + 3·width) matrix instead of the rows' several
+        hundred million multiply-adds. The same values, float rounding apart."""
         first = self.layers[0]
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
         b, c = mask_features.shape[:2]
         n, dim = side.keys.shape[1:]
         w = conv.weight.reshape(dim, c).t()                                  # c×C
         delta = conv.bias - no_mask.reshape(-1)                              # the constant's change, C
+        rows = mask_features.flatten(2).transpose(1, 2).reshape(b * n, c)
+        if side.nproj is not None:
+            ones = rows.new_ones((b * n, 1))
+            dense = (torch.cat([rows, ones], dim=1).view(b, n, c + 1),
+                     torch.cat([w, delta[None]]).expand(b, c + 1, dim))
+            return ImageSide(side.keys, side.key_pe, None, side.hw, kp=side.kp, vp=side.vp, qp=side.qp,
+                             pe_proj=side.pe_proj, folded=side.folded, nproj=side.nproj, dense=dense)
         # (the folded product too, when the side has it: its matrix is C×C', from the same weights)
         projections = [p.t() for p in (t2i.k_proj.weight, t2i.v_proj.weight, i2t.q_proj.weight)]
         fold = self.fold_matrix(upscaling) if side.folded is not None else None
@@ -533,22 +572,15 @@ class TwoWayTransformer(nn.Module):
             projections.append(fold)
         mats = torch.cat([w] + [w @ p for p in projections], dim=1)
         consts = torch.cat([delta] + [delta @ p for p in projections])
-        rows = mask_features.flatten(2).transpose(1, 2).reshape(b * n, c)
         change = torch.addmm(consts, rows, mats).view(b, n, -1)
         dk, dkp, dvp, dqp, *rest = change.split([dim] + [p.shape[1] for p in projections], dim=-1)
         dfold = rest[0] if rest else None
         side = side.batch(b)
-        # (nproj stays the no-mask rows' own: the later attentions add the change as R0·M0 instead)
-        dense = None
-        if side.nproj is not None:
-            ones = rows.new_ones((b * n, 1))
-            dense = (torch.cat([rows, ones], dim=1).view(b, n, c + 1),
-                     torch.cat([w, delta[None]]).expand(b, c + 1, dim))
         keys = side.keys + dk
         heads = lambda attn, base, d: base + attn._heads(d)                  # noqa: E731
         return ImageSide(keys, side.key_pe, None, side.hw, kp=heads(t2i, side.kp, dkp),
                          vp=heads(t2i, side.vp, dvp), qp=heads(i2t, side.qp, dqp), pe_proj=side.pe_proj,
-                         folded=None if dfold is None else side.folded + dfold, nproj=side.nproj, dense=dense)
+                         folded=None if dfold is None else side.folded + dfold)
 
     def forward(self, side: ImageSide, point_embedding: torch.Tensor, keep: int | list[int] | None = None,
                 steps: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -559,7 +591,7 @@ class TwoWayTransformer(nn.Module):
         rows (see TwoWayAttentionBlock.forward)."""
         side = side.batch(point_embedding.shape[0])
         proj = side.pe_proj or (None,) * (2 * len(self.layers) - 1)
-        queries, nproj, dense, chain = point_embedding, side.nproj, side.dense, []
+        queries, nproj, chain = point_embedding, side.nproj, []
         for i, layer in enumerate(self.layers):
             pe_k, pe_q = (proj[2 * i - 2], proj[2 * i - 1]) if i else (None, None)
             # (each block's change of the rows is wanted by the normed paths after it, see NormedRows)
@@ -571,14 +603,14 @@ class TwoWayTransformer(nn.Module):
                 chain.append(NormedRows.of(mine[0]))
             if i + 1 < len(self.layers):
                 normed = chain[0] if i == 0 and chain else None
-                side = ImageSide(keys, side.key_pe, None, side.hw, nproj=nproj if normed else None, normed=normed,
-                                 dense=dense if normed else None)
+                # (a mask prompt's change, side.dense, is in the first block's change from here on)
+                side = ImageSide(keys, side.key_pe, None, side.hw, nproj=nproj if normed else None, normed=normed)
         queries, pe = _tokens(queries, keep), _tokens(point_embedding, keep)
         final = self.final_attn_token_to_image
         # (a chain of two: nproj holds the final attention's projections too, see normed_matrices)
         if len(chain) == len(self.layers) == 2 and proj[-1] is not None and final._few(queries.shape[1]):
             # (the rows after both blocks, as the chain of their changes: see normed_matrices)
-            attn = final.normed_tokens_to_image(queries + pe, nproj[3], nproj[4], chain, proj[-1], dense=dense)
+            attn = final.normed_tokens_to_image(queries + pe, nproj[3], nproj[4], chain, proj[-1])
         else:
             attn = final.tokens_to_image(queries + pe, keys, keys, pe=side.key_pe, pe_k=proj[-1])
         return self.norm_final_attn(queries + attn), keys
