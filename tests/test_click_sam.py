@@ -442,15 +442,19 @@ def test_dense_positional_encoding_follows_the_loaded_matrix():
     torch.testing.assert_close(second, prompt.pe_layer((64, 64))[None])
 
 
-def test_layer_norm_2d_normalises_each_pixel_over_channels():
-    norm = LayerNorm2d(5)
+@pytest.mark.parametrize("channels", [5, 64])   # per pixel over the channel axis, and over rows
+def test_layer_norm_2d_normalises_each_pixel_over_channels(channels):
+    norm = LayerNorm2d(channels)
     with torch.no_grad():
-        norm.weight.copy_(torch.arange(1.0, 6.0))
+        norm.weight.copy_(torch.linspace(1.0, 5.0, channels))
         norm.bias.fill_(0.5)
-    x = torch.randn(2, 5, 3, 4) * 3 + 1
+    x = torch.randn(2, channels, 3, 4) * 3 + 1
     u = x.mean(1, keepdim=True)
     want = (x - u) / torch.sqrt((x - u).pow(2).mean(1, keepdim=True) + 1e-6) * norm.weight[:, None, None] + 0.5
     torch.testing.assert_close(norm(x), want)
+    got = norm(x.half())                    # half precision in: normalised in float32
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, norm(x.half().float()))
 
 
 def test_small_vit_windows_pad_and_work_under_autocast():
