@@ -530,7 +530,8 @@ def _idle(pid: int) -> bool:
 def test_sigterm_closes_the_app_as_a_person_would(folder, tmp_path):
     """``kill``, a service manager, logout: the app closes its window (saving, releasing the store)
     instead of just ending; the signal reaches Python while Qt's loop waits in C++."""
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    # (faulthandler: should the app not end, SIGABRT makes it print every thread's stack, for the failure)
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONFAULTHANDLER="1")
     env.pop("DEEPLAB_GUI_EXIT_AFTER_MS", None)
     log = tmp_path / "log" / "deeplab-gui.log"
     proc = subprocess.Popen([sys.executable, "-m", "deeplab_gui", str(folder)], cwd=ROOT, env=env,
@@ -546,7 +547,13 @@ def test_sigterm_closes_the_app_as_a_person_would(folder, tmp_path):
                      and "started" in log.read_text() and _idle(proc.pid))
         assert ready, "the app never went idle (its event loop spins?)"
         proc.send_signal(__import__("signal").SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(__import__("signal").SIGABRT)
+            out, err = proc.communicate(timeout=30)
+            raise AssertionError("the app did not end within 60 s of SIGTERM; its threads then:\n"
+                                 f"{err[-8000:]}\nits log:\n{log.read_text()[-3000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
