@@ -225,7 +225,7 @@ class _Runnable(QRunnable):
             # finished runnable's Python object once Qt has deleted the C++ one (measured: a quarter
             # to a third of them under load, kept for good), and one that still held its handle kept
             # the task's results and every callback's captures with it; emptied, one left behind
-            # is about 100 bytes.
+            # is 120 bytes (its object and empty dict).
             vars(self).clear()
             h._sig_finished.emit()
 
