@@ -701,3 +701,31 @@ def test_the_normed_paths_give_the_rows_answer_for_several_mask_prompts_at_once(
         plain = tr(made, tokens, keep=[0, 1, 2])
     for a, b in zip(fast, plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_normed_rows_are_joined_in_the_attentions_layout():
+    """NormedRows.of joins a block's weights (the attention's B×m×N, seen as N×m) and the row means
+    along the weights' own layout: R·ᵀ is then contiguous (one copy, not a gather of single
+    elements), with the same values as joining the N×m view, and a mask prompt's extra columns
+    join the same way."""
+    from engine.click.sam_decoder import NormedRows
+    torch.manual_seed(0)
+    attn = torch.rand(1, 8, 7, 64).softmax(dim=2)
+    weights = attn.reshape(1, 56, 64).transpose(1, 2)
+    values, mean, rstd = torch.randn(1, 56, 32), torch.randn(1, 64, 1), torch.rand(1, 64, 1)
+    norm = torch.nn.LayerNorm(32)
+    rows = NormedRows.of((weights, values, mean, rstd, norm))
+    assert rows.rows.transpose(1, 2).is_contiguous()
+    assert torch.equal(rows.rows, torch.cat([weights, mean], dim=-1))
+    assert torch.equal(rows.mat[:, -1], torch.full((1, 32), -1.0))
+    # A mask prompt's change (R N×k, M k×C) joins the weights as k more columns, in that layout too.
+    from engine.click.sam_decoder import Attention
+    att = Attention(32, 8, 2)
+    dense = (torch.rand(1, 64, 5), torch.randn(1, 5, 32))
+    stash = []
+    with torch.no_grad():
+        out = att._weigh_tokens(attn, torch.randn(1, 7, 32), None, stash, dense)
+    joined, vo = stash[0]
+    assert joined.shape == (1, 64, 61) and joined.transpose(1, 2).is_contiguous()
+    assert torch.equal(joined[..., 56:], dense[0]) and torch.equal(joined[..., :56], weights)
+    torch.testing.assert_close(out, joined @ vo)
