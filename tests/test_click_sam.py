@@ -729,3 +729,30 @@ def test_normed_rows_are_joined_in_the_attentions_layout():
     assert joined.shape == (1, 64, 61) and joined.transpose(1, 2).is_contiguous()
     assert torch.equal(joined[..., 56:], dense[0]) and torch.equal(joined[..., :56], weights)
     torch.testing.assert_close(out, joined @ vo)
+
+
+def test_the_transposed_convolutions_matrix_is_kept_only_while_its_weights_are_unchanged():
+    """The upscaling's 2×2 transposed convolution as a matrix is made once for inference and made
+    again when its weights are written to or replaced; with autograd it is made each time, so
+    gradients reach the weights."""
+    from engine.click.sam_upscale import _deconv_weights
+    conv = torch.nn.ConvTranspose2d(8, 4, kernel_size=2, stride=2)
+    x = torch.randn(1, 8, 3, 5)
+
+    def as_matrix_output() -> torch.Tensor:   # the convolution through its matrix, in block order
+        w, b = _deconv_weights(conv)
+        rows = x.flatten(2).transpose(1, 2) @ w + b                   # 1×15×(2·2·4)
+        return rows.view(1, 3, 5, 2, 2, 4).permute(0, 5, 1, 3, 2, 4).reshape(1, 4, 6, 10)
+
+    with torch.no_grad():
+        torch.testing.assert_close(as_matrix_output(), conv(x))
+        first = _deconv_weights(conv)[0]
+        assert _deconv_weights(conv)[0] is first                      # kept
+        conv.weight.mul_(2)                                           # written to: made again
+        torch.testing.assert_close(as_matrix_output(), conv(x))
+        conv.bias = torch.nn.Parameter(torch.randn(4))                # replaced: made again
+        torch.testing.assert_close(as_matrix_output(), conv(x))
+    with torch.inference_mode():
+        torch.testing.assert_close(as_matrix_output(), conv(x))
+    as_matrix_output().sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0

@@ -93,6 +93,16 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, base: torch.Tensor | None = None) -> 
     return (torch.mm(a[0], b[0]) if base is None else torch.addmm(base[0], a[0], b[0])).unsqueeze(0)
 
 
+def _bmm_into(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``base`` += a·b in place (batched; ``base`` a fresh tensor of the caller's own): the product
+    is added where it lies, where :func:`_bmm` with a base first copies the base to a new tensor
+    (a pass over the heads' scores, 1 MiB, twice a click with a mask prompt)."""
+    if a.shape[0] != 1:
+        return base.baddbmm_(a, b)
+    base[0].addmm_(a[0], b[0])
+    return base
+
+
 @dataclass
 class NormedRows:
     """A block's image rows after its LayerNorm, kept as how they came about instead of made:
@@ -269,8 +279,8 @@ class Attention(nn.Module):
         r, m = dense
         b, h, n, big = scores.shape
         mk = self._heads(m @ self.k_proj.weight.t())                        # B×h×k×d
-        scores = _bmm((qh @ mk.transpose(-1, -2)).reshape(b, h * n, -1), r.transpose(1, 2),
-                      scores.view(b, h * n, big)).view(b, h, n, big)
+        scores = _bmm_into(scores.view(b, h * n, big), (qh @ mk.transpose(-1, -2)).reshape(b, h * n, -1),
+                           r.transpose(1, 2)).view(b, h, n, big)
         w = torch.softmax(scores, dim=-1)
         out = w @ vp + _bmm(w.view(b, h * n, big), r).view(b, h, n, -1) @ self._heads(m @ self.v_proj.weight.t())
         return self._merge(out)
@@ -341,8 +351,8 @@ class Attention(nn.Module):
             r, m = dense
             b, h, n, big = scores.shape
             mq = self._heads(m @ self.q_proj.weight.t())                    # B×h×k×d
-            scores = _bmm((kh @ mq.transpose(-1, -2)).reshape(b, h * n, -1), r.transpose(1, 2),
-                          scores.view(b, h * n, big)).view(b, h, n, big)
+            scores = _bmm_into(scores.view(b, h * n, big), (kh @ mq.transpose(-1, -2)).reshape(b, h * n, -1),
+                               r.transpose(1, 2)).view(b, h, n, big)
         attn = torch.softmax(scores, dim=2)
         if self._few(k.shape[1]):
             return self._weigh_tokens(attn, v, residual, stash, dense)

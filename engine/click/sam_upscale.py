@@ -17,9 +17,21 @@ __all__ = ["UPSCALE_ROWS", "FoldedDeconv", "block_order", "folded_weights", "ups
 
 def _deconv_weights(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
     """A 2×2, stride-2 transposed convolution as a Cin×(2·2·Cout) matrix and its bias: each input
-    position becomes its 2×2 output block (row i, column j of the block, then the channels)."""
+    position becomes its 2×2 output block (row i, column j of the block, then the channels).
+
+    Without autograd (a click) the pair is kept on the module while its weights are unchanged
+    (the same tensors, not written to since): the permuted copy took 0.1 ms of every click."""
     cin, cout = conv.weight.shape[:2]
-    return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)
+    if torch.is_grad_enabled() and (conv.weight.requires_grad or conv.bias.requires_grad):
+        return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)
+    weight, bias = conv.weight, conv.bias
+    kept = getattr(conv, "_as_matrix", None)
+    if kept is None or kept[0] is not weight or kept[1] is not bias or kept[2] != (weight._version, bias._version):
+        with torch.inference_mode(False), torch.no_grad():   # plain tensors: usable in and out of inference mode
+            kept = (weight, bias, (weight._version, bias._version),
+                    weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout).contiguous(), bias.repeat(4))
+        conv._as_matrix = kept
+    return kept[3], kept[4]
 
 
 UPSCALE_ROWS = 512   # image rows per CPU pass of upscale_masks: its intermediates stay in a core's cache
