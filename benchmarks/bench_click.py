@@ -207,15 +207,17 @@ def bench_click_model(name: str, device: torch.device, precision: str, encoder_r
             torch.cuda.empty_cache()
 
 
-def wait_quiet(gflops: float, limit_s: float, report=print) -> dict:
+def wait_quiet(gflops: float, limit_s: float, report=print, gbs: float = 0.0) -> dict:
     """Wait, checking every 10 s and at most ``limit_s`` seconds, until two readings of
     :func:`machine_speed` in a row show the shared machine's matrix product at ``gflops`` or more
-    (its quiet phase); 0 returns at once. Returns the last reading and the seconds waited; what
-    is timed after it is compared with the goals as on a machine to oneself, and the readings
-    say so in the JSON."""
+    and, with ``gbs``, its memory at that many GB/s or more (its quiet phase: a click's decoder
+    streams more memory than it multiplies, and the memory's speed swings by 2× on its own); a
+    ``gflops`` of 0 returns at once. Returns the last reading and the seconds waited; what is
+    timed after it is compared with the goals as on a machine to oneself, and the readings say so
+    in the JSON."""
     t0, speed, ok = time.perf_counter(), machine_speed(10), 0
     while gflops:
-        ok = ok + 1 if speed["gemm_gflops"] >= gflops else 0
+        ok = ok + 1 if speed["gemm_gflops"] >= gflops and speed["add_gbs"] >= gbs else 0
         if ok >= 2 or time.perf_counter() - t0 >= limit_s:
             break
         if ok == 0:
@@ -228,7 +230,7 @@ def wait_quiet(gflops: float, limit_s: float, report=print) -> dict:
 
 
 def bench_interleaved(names: list[str], encoder_runs: int, predict_runs: int, rounds: int = 5,
-                      report=print, quiet: tuple[float, float] = (0.0, 0.0), phases: list | None = None
+                      report=print, quiet: tuple[float, float, float] = (0.0, 0.0, 0.0), phases: list | None = None
                       ) -> list[Row]:
     """The CPU rows: every model's encoder in turn, then their clicks in ``rounds`` rounds, each
     round a few clicks of every model (one warm-up each, as a click after another model's), so a
@@ -236,15 +238,15 @@ def bench_interleaved(names: list[str], encoder_runs: int, predict_runs: int, ro
     Every model stays loaded meanwhile (all eight: about 6 GB); each gets ``predict_runs`` clicks
     rounded up to a multiple of the rounds.
 
-    ``quiet`` = (GFLOP/s, seconds): before each model's encoder and each round, wait up to that
-    long for the machine's quiet phase (:func:`wait_quiet`); ``phases`` gets each reading."""
+    ``quiet`` = (GFLOP/s, seconds, GB/s): before each model's encoder and each round, wait up to
+    that long for the machine's quiet phase (:func:`wait_quiet`); ``phases`` gets each reading."""
     device = torch.device("cpu")
     rounds, predict_runs = max(1, rounds), max(1, predict_runs)
     phases = [] if phases is None else phases
 
     def gate(what: str) -> None:
         if quiet[0]:
-            phases.append({"before": what, **wait_quiet(*quiet, report=report)})
+            phases.append({"before": what, **wait_quiet(quiet[0], quiet[1], report=report, gbs=quiet[2])})
 
     prepared = []
     for name in names:
@@ -313,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="CPU: before each encoder and each round of clicks, wait for the shared machine's quiet "
                          "phase, its 1024² product at this many GFLOP/s or more (this machine: 165 when quiet); "
                          "each reading goes into the JSON (default 0: do not wait)")
+    ap.add_argument("--quiet-gbs", type=float, default=0.0, metavar="GBS",
+                    help="with --quiet: the quiet phase also has the machine's memory at this many GB/s or more "
+                         "(a 4 MiB add; this machine: 45-78 when quiet, 20-35 in its slow phases; default 0)")
     ap.add_argument("--quiet-wait", type=float, default=600.0, metavar="S",
                     help="at most this many seconds for each such wait (default 600)")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. the machine's load)")
@@ -344,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cpu":
             rows += bench_interleaved(names, args.encoder_runs, args.predict_runs, args.rounds,
                                       report=lambda line: print(line, flush=True),
-                                      quiet=(args.quiet, args.quiet_wait), phases=phases)
+                                      quiet=(args.quiet, args.quiet_wait, args.quiet_gbs), phases=phases)
             continue
         for name in names:
             row = bench_click_model(name, device, precision, args.encoder_runs, args.predict_runs)
@@ -365,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         "goals": {"predict_ms_cpu": GOALS.predict_ms_cpu, "encoder_ms_cpu": GOALS.encoder_ms_cpu},
         "cpu_count": os.cpu_count(), "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         "note": args.note, "allocator_keeps_freed_memory": kept, "machine_speed_before_after": speed,
-        "quiet_gflops": args.quiet or None, "machine_speed_at_each_wait": phases,
+        "quiet_gflops": args.quiet or None, "quiet_gbs": args.quiet_gbs or None, "machine_speed_at_each_wait": phases,
         "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "gpu": torch.cuda.get_device_name(0) if use_cuda else None,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -411,7 +411,7 @@ def bench_click(app, tmp: Path, clicks: int) -> dict:
     # use. The back-to-back row below presses at once instead.
     times, followups, first_decode, followup_decode = [], [], [], []
     # (--quiet: the goal's clicks wait for the shared machine's quiet phase, see bench_click.wait_quiet)
-    speed = [wait_quiet(*QUIET)] if QUIET[0] else []
+    speed = [wait_quiet(QUIET[0], QUIET[1], gbs=QUIET[2])] if QUIET[0] else []
     for i in range(clicks + 2):                     # the first two warm the decoder up
         times.append(click(Qt.MouseButton.LeftButton, look_ms=LOOK_MS))
         first_decode.append(decode[-1])
@@ -550,7 +550,7 @@ def bench_click_large(app, tmp: Path, clicks: int) -> dict:
 
 
 LOOK_MS = 300.0   # how long a person looks at a proposed region before pressing Enter
-QUIET = (0.0, 0.0)   # --quiet, --quiet-wait
+QUIET = (0.0, 0.0, 0.0)   # --quiet, --quiet-wait, --quiet-gbs
 
 
 def main() -> int:
@@ -561,11 +561,13 @@ def main() -> int:
                     help="click: its goal's clicks first wait for the shared machine's quiet phase, a 1024² "
                          "product at this many GFLOP/s or more (as bench_click --quiet; default 0: do not wait)")
     ap.add_argument("--quiet-wait", type=float, default=600.0, metavar="S", help="at most this long (default 600)")
+    ap.add_argument("--quiet-gbs", type=float, default=0.0, metavar="GBS",
+                    help="with --quiet: the memory at this many GB/s or more too (as bench_click --quiet-gbs)")
     ap.add_argument("--only", default="", help="comma-separated subset of brush,switch,open_folder,"
                     "crf_slider,click,click_large; the other rows are kept from the existing --out file")
     args = ap.parse_args()
     global QUIET
-    QUIET = (args.quiet, args.quiet_wait)
+    QUIET = (args.quiet, args.quiet_wait, args.quiet_gbs)
     benches = {"brush": lambda app, tmp: bench_brush(app, tmp, 200 if args.quick else 600),
                "switch": lambda app, tmp: bench_switch(app, tmp, 4 if args.quick else 10),
                "open_folder": lambda app, tmp: bench_open(app, tmp, 10_000),

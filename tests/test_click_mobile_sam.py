@@ -356,6 +356,13 @@ def test_bench_click_waits_for_two_quiet_readings_in_a_row_and_no_longer_than_to
     # 0: no wait at all.
     readings = iter([100.0])
     assert bench_click.wait_quiet(0, 600)["waited_s"] == 0.0
+    # With a memory speed to wait for too: a fast product on slow memory is not quiet.
+    pairs = iter([(170.0, 30.0), (170.0, 50.0), (170.0, 30.0), (170.0, 50.0), (168.0, 55.0)])
+    monkeypatch.setattr(bench_click, "machine_speed",
+                        lambda repeats=20: dict(zip(("gemm_gflops", "add_gbs"), next(pairs))))
+    clock["t"] = 0.0
+    got = bench_click.wait_quiet(165, 600, report=lambda line: None, gbs=45)
+    assert (got["gemm_gflops"], got["add_gbs"], got["waited_s"]) == (168.0, 55.0, 20.0)
 
 
 def test_bench_machine_speed_reads_the_benchmarks_threads_from_a_one_thread_caller(monkeypatch):
