@@ -752,6 +752,10 @@ def test_the_transposed_convolutions_matrix_is_kept_only_while_its_weights_are_u
         torch.testing.assert_close(as_matrix_output(), conv(x))
         conv.bias = torch.nn.Parameter(torch.randn(4))                # replaced: made again
         torch.testing.assert_close(as_matrix_output(), conv(x))
+        conv.double()                                                 # its data swapped (module.to)
+        x = x.double()
+        torch.testing.assert_close(as_matrix_output(), conv(x))
+        assert _deconv_weights(conv)[0].dtype == torch.float64
     with torch.inference_mode():
         torch.testing.assert_close(as_matrix_output(), conv(x))
     as_matrix_output().sum().backward()

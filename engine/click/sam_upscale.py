@@ -25,11 +25,13 @@ def _deconv_weights(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tenso
     if torch.is_grad_enabled() and (conv.weight.requires_grad or conv.bias.requires_grad):
         return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)
     weight, bias = conv.weight, conv.bias
+    # (``module.to`` swaps a parameter's data without a new version: its address says so)
+    state = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in (weight, bias))
     kept = getattr(conv, "_as_matrix", None)
-    if kept is None or kept[0] is not weight or kept[1] is not bias or kept[2] != (weight._version, bias._version):
+    if kept is None or kept[0] is not weight or kept[1] is not bias or kept[2] != state:
         with torch.inference_mode(False), torch.no_grad():   # plain tensors: usable in and out of inference mode
-            kept = (weight, bias, (weight._version, bias._version),
-                    weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout).contiguous(), bias.repeat(4))
+            kept = (weight, bias, state, weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout).contiguous(),
+                    bias.repeat(4))
         conv._as_matrix = kept
     return kept[3], kept[4]
 
