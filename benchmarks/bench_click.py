@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                          "each reading goes into the JSON (default 0: do not wait)")
     ap.add_argument("--quiet-gbs", type=float, default=0.0, metavar="GBS",
                     help="with --quiet: the quiet phase also has the machine's memory at this many GB/s or more "
-                         "(a 4 MiB add; this machine: 45-78 when quiet, 20-35 in its slow phases; default 0)")
+                         "(a 4 MiB add; this machine: 45-90 when quiet, 20-40 in its slow phases; default 0)")
     ap.add_argument("--quiet-wait", type=float, default=600.0, metavar="S",
                     help="at most this many seconds for each such wait (default 600)")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. the machine's load)")

@@ -103,6 +103,14 @@ def _bmm_into(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     return base
 
 
+def _join_columns(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Two B×N×· column blocks side by side, B×N×(m+k), made as the transpose of a contiguous
+    B×(m+k)×N: the layout a block's attention weights come in (B×heads×n×N), so joining them is one
+    contiguous copy, where joining their N×m view along its last axis gathered it element by
+    element (0.5 ms a block)."""
+    return torch.cat([left.transpose(1, 2), right.transpose(1, 2)], dim=1).transpose(1, 2)
+
+
 @dataclass
 class NormedRows:
     """A block's image rows after its LayerNorm, kept as how they came about instead of made:
@@ -121,14 +129,11 @@ class NormedRows:
 
     @staticmethod
     def of(step: tuple) -> NormedRows:
-        """From a block's FoldedDeconv step (weights, values, mean, inverse spread, norm). R is made
-        as the transpose of a contiguous B×(m+1)×N, the layout the weights come in (the attention's
-        B×heads×n×N): joined that way it is one contiguous copy, where joining the N×m view along its
-        last axis gathered it element by element (0.5 ms a block)."""
+        """From a block's FoldedDeconv step (weights, values, mean, inverse spread, norm)."""
         weights, values, mean, rstd, norm = step
         minus = values.new_full((values.shape[0], 1, values.shape[2]), -1.0)
-        rows = torch.cat([weights.transpose(1, 2), mean.transpose(1, 2)], dim=1).transpose(1, 2)
-        return NormedRows(rstd, rows, torch.cat([values, minus], dim=1), norm.weight, norm.bias)
+        return NormedRows(rstd, _join_columns(weights, mean), torch.cat([values, minus], dim=1), norm.weight,
+                          norm.bias)
 
 
 class Attention(nn.Module):
@@ -301,9 +306,7 @@ class Attention(nn.Module):
         vo = (vo + self.out_proj.bias / h).reshape(b, h * n, -1)
         weights = attn.reshape(b, h * n, big).transpose(1, 2)
         if dense is not None:
-            # (joined in the weights' own layout, B×m×N, as NormedRows.of does)
-            weights = torch.cat([weights.transpose(1, 2), dense[0].transpose(1, 2)], dim=1).transpose(1, 2)
-            vo = torch.cat([vo, dense[1]], dim=1)
+            weights, vo = _join_columns(weights, dense[0]), torch.cat([vo, dense[1]], dim=1)
         if stash is not None:
             stash.append((weights, vo))
         return torch.bmm(weights, vo) if residual is None else torch.baddbmm(residual, weights, vo)

@@ -21,17 +21,20 @@ def _deconv_weights(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tenso
 
     Without autograd (a click) the pair is kept on the module while its weights are unchanged
     (the same tensors, not written to since): the permuted copy took 0.1 ms of every click."""
-    cin, cout = conv.weight.shape[:2]
-    if torch.is_grad_enabled() and (conv.weight.requires_grad or conv.bias.requires_grad):
-        return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)
     weight, bias = conv.weight, conv.bias
+    cin, cout = weight.shape[:2]
+
+    def made() -> tuple[torch.Tensor, torch.Tensor]:
+        return weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), bias.repeat(4)
+
+    if torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad):
+        return made()
     # (``module.to`` swaps a parameter's data without a new version: its address says so)
     state = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in (weight, bias))
     kept = getattr(conv, "_as_matrix", None)
     if kept is None or kept[0] is not weight or kept[1] is not bias or kept[2] != state:
         with torch.inference_mode(False), torch.no_grad():   # plain tensors: usable in and out of inference mode
-            kept = (weight, bias, state, weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout).contiguous(),
-                    bias.repeat(4))
+            kept = (weight, bias, state, *made())
         conv._as_matrix = kept
     return kept[3], kept[4]
 
