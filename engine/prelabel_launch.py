@@ -90,6 +90,10 @@ def launch_local(args: Sequence[str], workers: int, *, module: str = "engine.pre
             signal.signal(s, h)
     codes = [p.returncode for p in procs]
     if stopping:
+        if not codes or codes[0] != 130:
+            # Rank 0 did not say so itself: killed after the grace period (a loaded machine), or
+            # gone before it noticed. The person who pressed Ctrl-C still gets the one line.
+            print(f"{module.rsplit('.', 1)[-1]}: cancelled", file=sys.stderr)
         return 130
     if codes and codes[0] != 0:
         return codes[0] if codes[0] > 0 else 1

@@ -518,3 +518,25 @@ def test_a_clean_up_failing_as_a_rank_stops_prints_nothing_and_otherwise_one_lin
     gc.collect()
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("\n") == 1 and "_workers_status" in err
+
+
+def test_a_stopped_run_says_cancelled_even_when_rank_0_had_to_be_killed(tmp_path):
+    """Ctrl-C to the launcher: a rank that does not end within the grace period is killed, and the
+    launcher then says 'cancelled' itself (rank 0 never got to), with the cancelled exit status."""
+    (tmp_path / "stubborn.py").write_text(
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"pathlib.Path({str(tmp_path / 'ready')!r}).touch()\n"
+        "time.sleep(60)\n")
+    code = ("import sys; import engine.prelabel_launch as launch; launch._GRACE_S = 0.5; "
+            "sys.exit(launch.launch_local([], 1, module='stubborn'))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "ready").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert (tmp_path / "ready").exists(), "the rank never started"
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "stubborn: cancelled", err
