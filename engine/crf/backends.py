@@ -70,14 +70,14 @@ def refine(image: np.ndarray, probs: np.ndarray, params: CRFParams = DEEPLAB_V1,
         raise ValueError(f"params must be a CRFParams, got {type(params).__name__}")
     img = check_image(image)
     p = check_probs(probs, img.shape)
+    if where is not None and backend == "pydensecrf":   # (said whether pydensecrf is installed or not)
+        raise ValueError("where needs the torch backend (pydensecrf runs over the whole image)")
     name = resolve_backend(backend)
     if where is not None:
         where = np.asarray(where)
         if where.shape != img.shape[:2] or where.dtype != np.bool_:
             raise ValueError(f"where must be an H×W bool array of shape {img.shape[:2]}, "
                              f"got {where.shape} {where.dtype}")
-        if name == "pydensecrf" and backend != "auto":
-            raise ValueError("where needs the torch backend (pydensecrf runs over the whole image)")
         name = "torch"
     if params.iterations == 0:
         return p.copy()
