@@ -2,41 +2,48 @@
 
 On a GPU the prompt decoder is launch-bound: its few hundred small kernels cost more in launch overhead
 (Python, dispatcher, driver) than in arithmetic, so a click took 4-7 ms on an H200 whatever the model.
-A CUDA graph records the kernels of one call once and replays them with a single launch.
+A CUDA graph records the kernels of one call once and replays them with a single launch (1.1-1.3 ms a
+click on the H200, every model: benchmarks/results/click_cuda.json).
 
-A graph is recorded per *signature* (number of points, box or not, mask input or not, multimask, input and
-image sizes), since a graph's shapes are fixed. Its inputs (prompt tensors) are copied into the recorded
-ones before each replay; the image's features stay in the same tensors for every image of a model
-(:func:`copy_into` refills them in place on ``set_image``), so a signature recorded on one image replays on
-the next. The outputs are the graph's own tensors, valid until the next replay: callers copy them out
-(the predictor turns them into numpy at once).
+One :class:`DecoderGraphs` serves every predictor of a model on a device (:func:`graphs_for`): the app
+makes a predictor per image, and a graph recorded on one image must replay on the next, or nearly every
+click (a new number of points, a mask prompt or not) would pay a recording, three times an eager call.
+So the graphs read the image's features and prepared decoder work from tensors of the bank's own, into
+which a predictor's are copied when it replays after another predictor (a device-to-device copy of a few
+tens of MB, microseconds); that copy of one image (about 20-50 MB) is the bank's memory beside the
+graphs'. A graph records the decoder alone: its logits and scores, keyed by the prompt's *signature*
+(number of points, box or not, mask input or not, multimask), none of which depends on the image or its
+size; the masks are made from the logits eagerly (a few kernels). Each replay's outputs are copied out
+before the bank's lock is released, so a prediction never sees a later click's.
 
 Recording needs a warm-up call on a side stream first (lazy one-time work such as cached interpolation
-taps must not happen during capture). Anything that goes wrong while recording disables graphs for that
-predictor, which then runs eagerly as before, with one warning. At most ``MAX_GRAPHS`` signatures are
-kept (least recently used first out); each holds its own small memory pool.
+taps must not happen during capture). It is recorded in thread-local capture mode: other threads (the
+DeepLab model, the CRF) may use the GPU meanwhile. Anything that goes wrong while recording disables the
+bank's graphs, and every predictor of the model then decodes eagerly as before, with one warning. At most
+``MAX_GRAPHS`` signatures are kept (least recently used first out), in one memory pool.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
-__all__ = ["DecoderGraphs", "copy_into", "graphs_enabled", "MAX_GRAPHS"]
+__all__ = ["DecoderGraphs", "copy_into", "graphs_enabled", "graphs_for", "MAX_GRAPHS"]
 
 log = logging.getLogger(__name__)
 MAX_GRAPHS = 24
 
 
 def graphs_enabled(device: torch.device) -> bool:
-    """CUDA only, and for now only with ``DEEPLAB_GUI_CUDA_GRAPHS=1``: the first GPU run found a recording
-    stopped by a hidden device sync (SAM's boolean-mask point embedding, since replaced) and has not yet
-    confirmed replays equal eager calls; tests/test_click_graphs.py checks that where CUDA is."""
-    return device.type == "cuda" and os.environ.get("DEEPLAB_GUI_CUDA_GRAPHS", "0") == "1"
+    """On CUDA unless ``DEEPLAB_GUI_CUDA_GRAPHS=0``. Verified on an H200 (2026-11-30): replays equal eager
+    calls (tests/test_click_graphs.py, which runs where CUDA is) and a click takes 1.1-1.3 ms on every
+    model, against 3.8-6.5 ms eagerly (benchmarks/results/click_cuda.json)."""
+    return device.type == "cuda" and os.environ.get("DEEPLAB_GUI_CUDA_GRAPHS", "1") != "0"
 
 
 def copy_into(old: Any, new: Any) -> bool:
@@ -85,58 +92,109 @@ def refill(old: Any, new: Any) -> bool:
         return copy_into(old, new)
 
 
+def clone_tree(x: Any) -> Any:
+    """``x`` with every tensor in it (dicts, lists, tuples, dataclasses) cloned; anything else kept."""
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, dict):
+        return {k: clone_tree(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(clone_tree(v) for v in x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: clone_tree(getattr(x, f.name)) for f in dataclasses.fields(x)
+                                         if f.init})
+    return x
+
+
 class DecoderGraphs:
-    """Recorded decoder calls by signature (see the module docstring)."""
+    """Recorded decoder calls of one model on one device, by prompt signature (see the module docstring)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.failed: str | None = None          # why graphs were given up, if they were
+        self.recorded = 0                        # graphs recorded so far (tests, benchmarks)
         self._graphs: OrderedDict[Hashable, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], Any]] = OrderedDict()
         self._pool = None
+        self._image: Any = None                  # the bank's copy of an image's tensors, which the graphs read
+        self._holder: object | None = None       # whose image is in it (a predictor's token for its embedding)
+        self._lock = threading.Lock()
 
     def clear(self) -> None:
-        self._graphs.clear()
+        with self._lock:
+            self._graphs.clear()
 
     def __len__(self) -> int:
         return len(self._graphs)
 
-    def run(self, key: Hashable, fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> Any | None:
-        """``fn(*inputs)`` through the graph for ``key`` (recorded on first use). None when graphs are off
-        or recording failed: the caller then calls ``fn`` itself."""
-        if self.failed is not None:
-            return None
-        hit = self._graphs.get(key)
-        if hit is not None:
-            graph, static, out = hit
-            self._graphs.move_to_end(key)
-            for s, x in zip(static, inputs):
-                s.copy_(x)
-            graph.replay()
-            return out
-        try:
-            return self._record(key, fn, inputs)
-        except Exception as exc:  # noqa: BLE001 - anything: fall back to eager calls for good
-            self.failed = " ".join(str(exc).split())[:200] or type(exc).__name__
-            self._graphs.clear()
-            log.warning("click decoder: CUDA graphs disabled (%s); running it eagerly", self.failed)
-            torch.cuda.synchronize(self.device)
-            return None
+    def run(self, key: Hashable, fn: Callable[..., Any], image: Any, holder: object,
+            inputs: Sequence[torch.Tensor]) -> Any | None:
+        """``fn(image, *inputs)`` through the graph for ``key`` (recorded on first use), its outputs
+        cloned. ``image``: the image's tensors (features, prepared work) in a structure that is the same
+        for every image of the model; ``holder``: an object that stands for them (the same object for
+        the same tensors). None when recording failed, now or before: the caller then calls ``fn``."""
+        with self._lock:
+            if self.failed is not None:
+                return None
+            try:
+                if self._image is None or holder is not self._holder:
+                    if not refill(self._image, image):
+                        self._graphs.clear()   # another structure: graphs read the old tensors
+                        self._image = clone_tree(image)
+                    self._holder = holder
+                hit = self._graphs.get(key)
+                if hit is not None:
+                    graph, static, out = hit
+                    self._graphs.move_to_end(key)
+                    for s, x in zip(static, inputs):
+                        s.copy_(x)
+                    graph.replay()
+                    return clone_tree(out)
+                return clone_tree(self._record(key, fn, inputs))
+            except Exception as exc:  # noqa: BLE001 - anything: fall back to eager calls for good
+                self.failed = " ".join(str(exc).split())[:200] or type(exc).__name__
+                self._graphs.clear()
+                self._image = self._holder = None
+                log.warning("click decoder: CUDA graphs disabled (%s); running it eagerly", self.failed)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                return None
 
     def _record(self, key: Hashable, fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> Any:
         static = [x.clone() for x in inputs]
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):   # lazy one-time work (caches, cuBLAS handles) happens here, not in capture
-                fn(*static)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = fn(*static)
+        graph, out = self._capture(lambda: fn(self._image, *static))
         self._graphs[key] = (graph, static, out)
+        self.recorded += 1
         while len(self._graphs) > MAX_GRAPHS:
             self._graphs.popitem(last=False)
         graph.replay()   # the recorded run did not compute anything: this one does
         return out
+
+    def _capture(self, call: Callable[[], Any]) -> tuple[Any, Any]:
+        """``call``'s kernels recorded: (the graph, its outputs). (Tests on a CPU stand in for this.)"""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):   # lazy one-time work (caches, cuBLAS handles) happens here, not in capture
+                call()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        # Thread-local: the app's other threads (DeepLab, the CRF) may launch and allocate meanwhile.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            out = call()
+        return graph, out
+
+
+_BANKS_LOCK = threading.Lock()
+
+
+def graphs_for(model: torch.nn.Module, device: torch.device) -> DecoderGraphs:
+    """The decoder graphs every predictor of ``model`` on ``device`` shares (made on first use, kept on
+    the model: they go with it)."""
+    with _BANKS_LOCK:
+        banks = model.__dict__.setdefault("_decoder_graphs", {})
+        key = str(device)
+        if key not in banks:
+            banks[key] = DecoderGraphs(device)
+        return banks[key]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .base import LOW_RES, ClickModel
-from .graphs import DecoderGraphs, graphs_enabled, refill
+from .graphs import graphs_enabled, graphs_for
 
 __all__ = ["SPLIT_MASKS_PIXELS", "ClickEmbedding", "ClickPrediction", "ClickPredictor"]
 
@@ -133,9 +133,10 @@ class ClickPredictor:
         self._features: dict[str, torch.Tensor] | None = None
         self._prepared: object | None = None     # the model's per-image decoder work (ClickModel.prepare)
         self._original: tuple[int, int] | None = None
-        # CUDA: decoder calls replay recorded graphs (engine/click/graphs.py); the image's features then
-        # live in the same tensors for every image (refilled in place), which the graphs read.
-        self.graphs = DecoderGraphs(self.device) if graphs_enabled(self.device) else None
+        # CUDA: decoder calls replay recorded graphs (engine/click/graphs.py), shared by every predictor
+        # of this model; ``_holder`` stands for this predictor's current embedding there.
+        self.graphs = graphs_for(self.model, self.device) if graphs_enabled(self.device) else None
+        self._holder = object()
         self._input: tuple[int, int] | None = None
 
     @property
@@ -176,20 +177,13 @@ class ClickPredictor:
                  ) -> None:
         with torch.inference_mode():
             prepared = self.model.prepare(features)
-        if self.graphs is not None:
-            if (original, input_size) != (self._original, self._input):
-                self.graphs.clear()   # recorded for another image size: their outputs' memory goes too
-            if not (refill(self._features, features) and refill(self._prepared, prepared)):
-                self.graphs.clear()   # new tensors: graphs recorded on the old ones must not replay
-                self._features, self._prepared = features, prepared
-        else:
-            self._features, self._prepared = features, prepared
+        self._features, self._prepared = features, prepared
         self._original, self._input = original, input_size
+        self._holder = object()   # new tensors: the graphs' copy of the old ones is not this image's
 
     def reset_image(self) -> None:
         self._features = self._prepared = self._original = self._input = None
-        if self.graphs is not None:
-            self.graphs.clear()
+        self._holder = object()
 
     def get_embedding(self) -> ClickEmbedding:
         if self._features is None:
@@ -255,42 +249,40 @@ class ClickPredictor:
         # (only models that prepare anything take ``prepared``)
         extra = {} if self._prepared is None else {"prepared": self._prepared}
 
-        def call(pts, lbl, bx, mi):
-            raw, iou = m.decode(self._features, pts, lbl, bx, mi, multimask, **extra)
-            return self._masks(raw, self._input, out_size), iou[0].float(), self._low(raw), raw
-
         with torch.inference_mode():
             out = None
             if self.graphs is not None:
+                # The graph decodes (logits and scores, whatever the image's size); masks are made below.
                 given = [t for t in (pts, lbl, bx, mi) if t is not None]
-                key = (tuple(pts.shape) if pts is not None else None, bx is not None, mi is not None, multimask,
-                       self._input, self._original, out_size)
+                key = (tuple(pts.shape) if pts is not None else None, bx is not None, mi is not None, multimask)
 
-                def replayable(*tensors):
+                def replayable(image, *tensors):
+                    features, prepared = image
                     it = iter(tensors)
-                    return call(*(next(it) if t is not None else None for t in (pts, lbl, bx, mi)))
-                out = self.graphs.run(key, replayable, given)
+                    pts_, lbl_, bx_, mi_ = (next(it) if t is not None else None for t in (pts, lbl, bx, mi))
+                    return m.decode(features, pts_, lbl_, bx_, mi_, multimask,
+                                    **({} if prepared is None else {"prepared": prepared}))
+                out = self.graphs.run(key, replayable, (self._features, self._prepared), self._holder, given)
             settle = None
             if out is None:
                 # The logits the masks read first; the rest (a non-square image's padding) when asked for.
                 # (On a CPU: a GPU, bound by kernel launches, makes them all at once.)
                 needed = m.needed_low_res(self._input) if self.device.type == "cpu" else None
                 raw, iou, rest = m.decode_first(self._features, pts, lbl, bx, mi, multimask, needed=needed, **extra)
-                iou, low = iou[0].float(), None
+                iou = iou[0].float()
                 # (lazy on a CPU only: on a GPU each mask made apart is its own launches and sync)
                 lazy = lazy and self.device.type == "cpu" and raw.shape[1] > 1
                 masks = None if lazy else self._masks(raw, self._input, out_size)
                 settle = functools.partial(self._settled, raw, rest)
             else:
-                masks, iou, low, raw = out
-            # What makes masks later reads the unclamped logits (a replayed graph's outputs are
-            # overwritten by the next click: a copy) and this image's sizes (the predictor may hold
-            # another image when it is called).
+                raw, iou = out   # (the graph's outputs copied: the next replay overwrites them)
+                iou = iou[0].float()
+                masks, low = self._masks(raw, self._input, out_size), self._low(raw)
+            # What makes masks later reads the unclamped logits and this image's sizes (the predictor
+            # may hold another image when it is called).
             full = make = None
             input_size, original = self._input, self._original
             if size is not None:
-                if out is not None:
-                    raw = raw.clone()
                 full = lambda k: self._masks(raw[:, k:k + 1], input_size, original)[0].cpu().numpy()   # noqa: E731
             scores = iou.cpu().numpy()
             if masks is None:
@@ -300,7 +292,7 @@ class ClickPredictor:
                 masks = {best: make(best)}
             else:
                 masks = masks.cpu().numpy()
-            if low is not None:
+            if out is not None:
                 return ClickPrediction(masks, scores, low.cpu().numpy(), full, make=make)
             return ClickPrediction(masks, scores, full=full, settle=settle, make=make)
 
