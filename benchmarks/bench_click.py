@@ -19,6 +19,10 @@ error and skipped) on a 500×375 image:
   quiet phase first, and the JSON keeps every reading, so a run says which machine it measured.
 - ``followup``: the next click on the same object (a negative one), one mask, with the first
   click's best low-resolution logits as the mask prompt: what most clicks of an object cost.
+- ``objects`` (CUDA): clicks as the app makes them, a predictor per image, four clicks an object
+  (1-4 points, a mask prompt after the first), over six images: median / slowest click in ms. With
+  the decoder's CUDA graphs (``--cuda-graphs``, both ways by default) this counts the recording of
+  each new prompt signature, which the predictors of a model share.
 
 CPU: ``--threads`` threads (default 2, this project's build machines). CUDA, when present: fp32
 (autocast off) and the predictor's own half precision (bfloat16 where supported, else float16),
@@ -51,6 +55,7 @@ if str(ROOT) not in sys.path:  # runnable as a plain script from anywhere
 
 from engine.allocator import keep_freed_memory
 from engine.click import ClickPredictor, build_click_model, list_click_models
+from engine.click.graphs import DecoderGraphs
 
 __all__ = ["Goals", "Row", "bench_click_model", "main"]
 
@@ -84,6 +89,15 @@ class Row:
     settled_ms: float | None = None    # predict plus the rest of its logits (the next click's mask input)
     followup_ms: float | None = None   # a second click on the object: one mask, the first's logits as prompt
     peak_mib: float | None = None   # CUDA: max allocated over both measurements
+    # CUDA: the decoder replayed recorded graphs (engine/click/graphs.py) or ran eagerly; None on a CPU
+    cuda_graphs: bool | None = None
+    graphs_failed: str | None = None   # why the predictor gave graphs up (then its clicks ran eagerly)
+    # CUDA: clicks as the app makes them, a predictor per image (:meth:`_Clicks.objects`): median and
+    # slowest click, first recordings included, and how many graphs were recorded meanwhile
+    object_click_ms: float | None = None
+    object_click_max_ms: float | None = None
+    object_clicks: int = 0
+    object_recordings: int | None = None
     goal: str = ""               # the CPU goals this row meets or misses, in words
     error: str | None = None
 
@@ -143,6 +157,34 @@ class _Clicks:
         if runs:
             self.row.predict_round_ms.append(round(statistics.median(self.times["predict"][start:]), 2))
 
+    def objects(self, images: int = 6, clicks: int = 4) -> None:
+        """Clicks as the app makes them: a predictor per image (the same embedding: the speed does not
+        depend on it), on each one object of ``clicks`` clicks, the k-th with k points and, after the
+        first, the previous click's best logits as the mask prompt. A decoder replaying graphs records
+        each new signature once, on the first image (the predictors share the model's graphs)."""
+        model, device = self.predictor.model, self.predictor.device
+        embedding = self.predictor.get_embedding()
+        before = self.predictor.graphs.recorded if self.predictor.graphs is not None else None
+        rng, times = np.random.default_rng(0), []
+        for _ in range(images):
+            pred = ClickPredictor(model, device)
+            pred.graphs = self.predictor.graphs
+            pred.set_embedding(embedding)
+            prev = None
+            points = rng.uniform(20, 300, (clicks, 2))
+            for k in range(1, clicks + 1):
+                self.sync()
+                t = time.perf_counter()
+                got = pred.predict(points[:k], [1] + [0] * (k - 1), mask_input=prev, multimask=k == 1)
+                self.sync()
+                times.append((time.perf_counter() - t) * 1000)
+                prev = got.low_res_logits[int(np.argmax(got.scores))][None]
+        r = self.row
+        r.object_click_ms, r.object_click_max_ms = round(statistics.median(times), 2), round(max(times), 2)
+        r.object_clicks = len(times)
+        if before is not None:
+            r.object_recordings = self.predictor.graphs.recorded - before
+
     def finish(self) -> Row:
         r = self.row
         r.predict_ms, r.settled_ms, r.followup_ms = (round(statistics.median(self.times[k]), 2)
@@ -150,18 +192,26 @@ class _Clicks:
         r.predict_runs = len(self.times["predict"])
         if self.predictor.device.type == "cuda":
             r.peak_mib = round(torch.cuda.max_memory_allocated(self.predictor.device) / 2**20, 1)
+            graphs = self.predictor.graphs
+            r.graphs_failed = graphs.failed if graphs is not None else None
         r.goal = _goal_text(r)
         return r
 
 
-def _prepare(name: str, device: torch.device, precision: str, encoder_runs: int) -> tuple[Row, _Clicks | None]:
+def _prepare(name: str, device: torch.device, precision: str, encoder_runs: int, graphs: bool = False,
+             model: torch.nn.Module | None = None) -> tuple[Row, _Clicks | None]:
     """Build ``name`` (random weights) and time ``set_image``; the row (with its error, if any) and
-    the model's clicks to time (None after an error)."""
+    the model's clicks to time (None after an error). ``graphs`` (CUDA): the decoder replays recorded
+    CUDA graphs, else it runs eagerly, whatever the predictor's default. ``model``: ``name`` already
+    built (the CUDA rows build each model once for all their rows)."""
     row = Row(name, device.type, precision)
     cuda = device.type == "cuda"
+    if cuda:
+        row.cuda_graphs = graphs
     try:
-        torch.manual_seed(0)
-        model = build_click_model(name)
+        if model is None:
+            torch.manual_seed(0)
+            model = build_click_model(name)
     except Exception as exc:  # noqa: BLE001 - a family still being written: list it, go on with the rest
         row.error = "builder failed: " + " ".join(str(exc).split())[:160]
         row.goal = _goal_text(row)
@@ -172,6 +222,8 @@ def _prepare(name: str, device: torch.device, precision: str, encoder_runs: int)
         pred = ClickPredictor(model, device)
         if cuda and precision == "fp32":
             pred._autocast = contextlib.nullcontext   # the predictor half-casts on CUDA by default
+        if cuda:
+            pred.graphs = DecoderGraphs(device) if graphs else None
         image = np.random.default_rng(0).integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8)
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         if cuda:
@@ -189,13 +241,15 @@ def _prepare(name: str, device: torch.device, precision: str, encoder_runs: int)
 
 
 def bench_click_model(name: str, device: torch.device, precision: str, encoder_runs: int,
-                      predict_runs: int) -> Row:
+                      predict_runs: int, graphs: bool = False, model: torch.nn.Module | None = None) -> Row:
     """One model's row, its clicks timed in one go (the CUDA rows; see :func:`bench_interleaved`)."""
-    row, clicks = _prepare(name, device, precision, encoder_runs)
+    row, clicks = _prepare(name, device, precision, encoder_runs, graphs, model)
     if clicks is None:
         return row
     try:
         clicks.run(2, predict_runs)
+        if device.type == "cuda":
+            clicks.objects()
         return clicks.finish()
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory: record it, go on with the rest
         row.error = " ".join(str(exc).split())[:200]
@@ -278,17 +332,22 @@ def _cuda_half_name() -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-_HEAD = (f"{'model':<22} {'dev':<4} {'prec':<4} {'Mparams':>8} {'set_image ms':>13} {'n':>2} "
-         f"{'click ms':>9} {'n':>3} {'settled':>8} {'next ms':>8} {'peakMiB':>8}  goals")
+_HEAD = (f"{'model':<22} {'dev':<4} {'prec':<4} {'decoder':<7} {'Mparams':>8} {'set_image ms':>13} {'n':>2} "
+         f"{'click ms':>9} {'n':>3} {'settled':>8} {'next ms':>8} {'objects':>13} {'peakMiB':>8}  goals")
 
 
 def _format_row(r: Row) -> str:
     def f(v, fmt: str) -> str:
         return format(v, fmt) if v is not None else "-".rjust(int(fmt.split(".")[0]))
     tail = f"  ERROR: {r.error}" if r.error else f"  {r.goal}"
-    return (f"{r.model:<22} {r.device:<4} {r.precision:<4} {f(r.params_m, '8.2f')} {f(r.set_image_ms, '13.1f')} "
+    if r.graphs_failed:
+        tail += f"  (graphs given up: {r.graphs_failed})"
+    decoder = "" if r.cuda_graphs is None else "graph" if r.cuda_graphs else "eager"
+    objects = "-" if r.object_click_ms is None else f"{r.object_click_ms:.2f}/{r.object_click_max_ms:.1f}"
+    return (f"{r.model:<22} {r.device:<4} {r.precision:<4} {decoder:<7} {f(r.params_m, '8.2f')} "
+            f"{f(r.set_image_ms, '13.1f')} "
             f"{r.encoder_runs:>2} {f(r.predict_ms, '9.2f')} {r.predict_runs:>3} {f(r.settled_ms, '8.2f')} "
-            f"{f(r.followup_ms, '8.2f')} "
+            f"{f(r.followup_ms, '8.2f')} {objects:>13} "
             f"{f(r.peak_mib, '8.0f')}{tail}")
 
 
@@ -320,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(a 4 MiB add; this machine: 45-90 when quiet, 20-40 in its slow phases; default 0)")
     ap.add_argument("--quiet-wait", type=float, default=600.0, metavar="S",
                     help="at most this many seconds for each such wait (default 600)")
+    ap.add_argument("--cuda-graphs", choices=["both", "on", "off"], default="both",
+                    help="CUDA: time the decoder replaying recorded CUDA graphs (on), eagerly (off), or each model "
+                         "both ways (default)")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. the machine's load)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/click_<device>.json)")
     args = ap.parse_args(argv)
@@ -337,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     kept = keep_freed_memory()   # as the app and the command line run (engine.allocator)
     configs = [] if args.device == "cuda" else [(torch.device("cpu"), "fp32")]
+    graph_modes = {"both": [False, True], "on": [True], "off": [False]}[args.cuda_graphs]
     if use_cuda:
         configs += [(torch.device("cuda"), "fp32"), (torch.device("cuda"), _cuda_half_name())]
 
@@ -345,16 +408,25 @@ def main(argv: list[str] | None = None) -> int:
     print(_HEAD)
     print("-" * len(_HEAD))
     rows, phases = [], []
-    for device, precision in configs:
-        if device.type == "cpu":
-            rows += bench_interleaved(names, args.encoder_runs, args.predict_runs, args.rounds,
-                                      report=lambda line: print(line, flush=True),
-                                      quiet=(args.quiet, args.quiet_wait, args.quiet_gbs), phases=phases)
-            continue
-        for name in names:
-            row = bench_click_model(name, device, precision, args.encoder_runs, args.predict_runs)
-            rows.append(row)
-            print(_format_row(row), flush=True)
+    if configs and configs[0][0].type == "cpu":
+        rows += bench_interleaved(names, args.encoder_runs, args.predict_runs, args.rounds,
+                                  report=lambda line: print(line, flush=True),
+                                  quiet=(args.quiet, args.quiet_wait, args.quiet_gbs), phases=phases)
+    cuda_configs = [(d, p) for d, p in configs if d.type == "cuda"]
+    for name in names if cuda_configs else []:
+        try:   # once for all its CUDA rows (ViT-H's random initialisation alone takes seconds)
+            torch.manual_seed(0)
+            model = build_click_model(name)
+        except Exception:  # noqa: BLE001 - each row then builds it and reports the builder's error
+            model = None
+        for device, precision in cuda_configs:
+            for graphs in graph_modes:
+                row = bench_click_model(name, device, precision, args.encoder_runs, args.predict_runs, graphs,
+                                        model)
+                rows.append(row)
+                print(_format_row(row), flush=True)
+        del model
+        torch.cuda.empty_cache()
     speed.append(machine_speed())
     print(f"machine after: {speed[1]}")
     cpu_rows = [r for r in rows if r.device == "cpu" and r.predict_round_ms]
