@@ -29,7 +29,7 @@ class ConstSeg(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         red = x[:, :1]  # normalised red; class by thresholds
-        centers = torch.linspace(-2.0, 2.2, self.meta.num_classes).view(1, -1, 1, 1)
+        centers = torch.linspace(-2.0, 2.2, self.meta.num_classes, device=x.device).view(1, -1, 1, 1)
         return -(red - centers) ** 2 * 50 + self.dummy
 
 
