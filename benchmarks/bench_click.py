@@ -22,7 +22,9 @@ error and skipped) on a 500×375 image:
 - ``objects`` (CUDA): clicks as the app makes them, a predictor per image, four clicks an object
   (1-4 points, a mask prompt after the first), over six images: median / slowest click in ms. With
   the decoder's CUDA graphs (``--cuda-graphs``, both ways by default) this counts the recording of
-  each new prompt signature, which the predictors of a model share.
+  each new prompt signature, which the predictors of a model share. (Eagerly, the copy of the
+  low-resolution logits to the CPU for the next click's prompt falls outside the timing; with graphs
+  ``predict`` makes it.)
 
 CPU: ``--threads`` threads (default 2, this project's build machines). CUDA, when present: fp32
 (autocast off) and the predictor's own half precision (bfloat16 where supported, else float16),

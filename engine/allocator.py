@@ -23,8 +23,10 @@ import ctypes.util
 import functools
 import logging
 import sys
+import threading
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory", "release_freed_memory"]
+__all__ = ["CUDA_CAPTURE_LOCK", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "empty_cuda_cache", "keep_freed_memory",
+           "release_freed_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +68,17 @@ def release_freed_memory() -> bool:
     when some memory went back. Takes each heap's lock in turn: call it off the UI thread."""
     libc = _glibc()
     return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+# Torch's CUDA caching allocator asserts that no CUDA graph is being recorded when it empties its cache,
+# from whichever thread: the click decoder's recordings (engine.click.graphs) hold this lock, and so does
+# emptying the cache (the DeepLab predictor's out-of-memory retry). One recording at a time, too: they
+# all use torch's one capture stream.
+CUDA_CAPTURE_LOCK = threading.Lock()
+
+
+def empty_cuda_cache() -> None:
+    """``torch.cuda.empty_cache()``, never while a CUDA graph is being recorded."""
+    import torch
+    with CUDA_CAPTURE_LOCK:
+        torch.cuda.empty_cache()

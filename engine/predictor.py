@@ -381,7 +381,8 @@ class Predictor:
 
     def _free_cache(self) -> None:
         if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+            from .allocator import empty_cuda_cache
+            empty_cuda_cache()   # (not while a click's decoder graph is being recorded)
 
     def _run(self, rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         """C×h×w float32 CPU probabilities of one image at the inference size ``size``."""

@@ -143,6 +143,43 @@ def test_every_predictor_of_a_model_replays_the_same_graphs_with_its_own_image(m
     assert (a.masks == b.masks).all() and all((a.full(k) == b.full(k)).all() for k in range(3))
 
 
+def test_images_of_another_structure_are_recorded_afresh_and_of_the_same_one_copied_in(monkeypatch):
+    """A graph reads the tensors it was recorded on: an image whose tensors differ in shape cannot be
+    copied into them (the graphs are dropped and recorded again on a copy of it); one that matches is."""
+    _cpu_graphs(monkeypatch)
+    bank = DecoderGraphs(torch.device("cpu"))
+
+    def fn(image, x):
+        return image["a"].sum() * x
+    one = torch.ones(1)
+    assert float(bank.run("k", fn, {"a": torch.ones(2, 2)}, object(), [one])) == 4
+    assert float(bank.run("k", fn, {"a": torch.ones(3, 3)}, object(), [one])) == 9
+    assert bank.recorded == 2
+    third = {"a": torch.full((3, 3), 2.0)}
+    assert float(bank.run("k", fn, third, object(), [one])) == 18 and bank.recorded == 2
+    third["a"] += 1   # a holder stands for its tensors as they are: the bank's copy is not refreshed
+    holder = object()
+    assert float(bank.run("k", fn, third, holder, [one])) == 27
+    assert float(bank.run("k", fn, third, holder, [2 * one])) == 54 and bank.recorded == 2
+
+
+def test_running_out_of_gpu_memory_decodes_that_click_eagerly_and_keeps_the_graphs(monkeypatch):
+    _cpu_graphs(monkeypatch)
+    real = DecoderGraphs._capture
+    bank = DecoderGraphs(torch.device("cpu"))
+    fn = lambda image, x: image * x   # noqa: E731
+    assert float(bank.run("a", fn, torch.ones(1), "h", [torch.ones(1)])) == 1
+
+    def oom(self, call):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+    monkeypatch.setattr(DecoderGraphs, "_capture", oom)
+    assert bank.run("b", fn, torch.ones(1), "h", [torch.ones(1)]) is None
+    assert bank.failed is None and len(bank) == 1
+    monkeypatch.setattr(DecoderGraphs, "_capture", real)
+    _cpu_graphs(monkeypatch)
+    assert float(bank.run("b", fn, torch.full((1,), 3.0), "h2", [torch.ones(1)])) == 3 and len(bank) == 2
+
+
 def test_a_failed_recording_leaves_every_predictor_of_the_model_decoding_eagerly(monkeypatch, caplog):
     def broken(self, call):
         raise RuntimeError("operation not permitted when stream is capturing")
@@ -164,8 +201,12 @@ def test_graph_banks_go_with_their_model():
     import weakref
     torch.manual_seed(0)
     model = build_click_model("mobile_sam")
-    bank = weakref.ref(graphs_for(model, torch.device("cpu")))
-    assert graphs_for(model, torch.device("cpu")) is bank() and graphs_for(model, torch.device("meta")) is not bank()
+    first = graphs_for(model, torch.device("cpu"))
+    assert graphs_for(model, "cpu") is first and graphs_for(model, torch.device("meta")) is not first
+    model.double()   # weights moved: graphs recorded on the old ones must not replay
+    bank = weakref.ref(graphs_for(model, "cpu"))
+    assert bank() is not first and graphs_for(model, "cpu") is bank()
+    del first
     del model
     gc.collect()
     assert bank() is None

@@ -24,14 +24,18 @@ bank's graphs, and every predictor of the model then decodes eagerly as before, 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, Sequence
 
 import torch
+
+from ..allocator import CUDA_CAPTURE_LOCK
 
 __all__ = ["DecoderGraphs", "copy_into", "graphs_enabled", "graphs_for", "MAX_GRAPHS"]
 
@@ -101,8 +105,10 @@ def clone_tree(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return type(x)(clone_tree(v) for v in x)
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return dataclasses.replace(x, **{f.name: clone_tree(getattr(x, f.name)) for f in dataclasses.fields(x)
-                                         if f.init})
+        new = copy.copy(x)
+        for f in dataclasses.fields(x):   # (frozen ones and fields outside __init__ too)
+            object.__setattr__(new, f.name, clone_tree(getattr(x, f.name)))
+        return new
     return x
 
 
@@ -118,6 +124,7 @@ class DecoderGraphs:
         self._image: Any = None                  # the bank's copy of an image's tensors, which the graphs read
         self._holder: object | None = None       # whose image is in it (a predictor's token for its embedding)
         self._lock = threading.Lock()
+        self.weights: tuple | None = None         # where the model's weights were when this was made
 
     def clear(self) -> None:
         with self._lock:
@@ -131,14 +138,17 @@ class DecoderGraphs:
         """``fn(image, *inputs)`` through the graph for ``key`` (recorded on first use), its outputs
         cloned. ``image``: the image's tensors (features, prepared work) in a structure that is the same
         for every image of the model; ``holder``: an object that stands for them (the same object for
-        the same tensors). None when recording failed, now or before: the caller then calls ``fn``."""
+        the same tensors). None when recording failed, now or before, or the GPU's memory ran out: the
+        caller then calls ``fn``."""
         with self._lock:
             if self.failed is not None:
                 return None
             try:
                 if self._image is None or holder is not self._holder:
+                    self._holder = None   # (until the copy is whole)
                     if not refill(self._image, image):
                         self._graphs.clear()   # another structure: graphs read the old tensors
+                        self._image = None
                         self._image = clone_tree(image)
                     self._holder = holder
                 hit = self._graphs.get(key)
@@ -150,7 +160,14 @@ class DecoderGraphs:
                     graph.replay()
                     return clone_tree(out)
                 return clone_tree(self._record(key, fn, inputs))
-            except Exception as exc:  # noqa: BLE001 - anything: fall back to eager calls for good
+            except torch.cuda.OutOfMemoryError:
+                # Passing (DeepLab may hold the memory just now): this click decodes eagerly, the
+                # graphs stay, and the image is copied in again next time.
+                self._graphs.pop(key, None)
+                self._holder = None
+                log.info("click decoder: out of GPU memory for a graph; this click runs eagerly")
+                return None
+            except Exception as exc:  # noqa: BLE001 - anything else: fall back to eager calls for good
                 self.failed = " ".join(str(exc).split())[:200] or type(exc).__name__
                 self._graphs.clear()
                 self._image = self._holder = None
@@ -161,7 +178,8 @@ class DecoderGraphs:
 
     def _record(self, key: Hashable, fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> Any:
         static = [x.clone() for x in inputs]
-        graph, out = self._capture(lambda: fn(self._image, *static))
+        image = self._image   # bound now, as a graph binds its tensors' addresses when recorded
+        graph, out = self._capture(lambda: fn(image, *static))
         self._graphs[key] = (graph, static, out)
         self.recorded += 1
         while len(self._graphs) > MAX_GRAPHS:
@@ -171,30 +189,45 @@ class DecoderGraphs:
 
     def _capture(self, call: Callable[[], Any]) -> tuple[Any, Any]:
         """``call``'s kernels recorded: (the graph, its outputs). (Tests on a CPU stand in for this.)"""
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):   # lazy one-time work (caches, cuBLAS handles) happens here, not in capture
-                call()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        # Thread-local: the app's other threads (DeepLab, the CRF) may launch and allocate meanwhile.
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            out = call()
-        return graph, out
+        with torch.cuda.device(self.device):
+            before = torch.cuda.current_stream()
+            try:
+                stream = torch.cuda.Stream()
+                stream.wait_stream(before)
+                with torch.cuda.stream(stream):
+                    for _ in range(2):   # lazy one-time work (caches, cuBLAS handles) happens here, not in capture
+                        call()
+                before.wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                if self._pool is None:
+                    self._pool = torch.cuda.graph_pool_handle()
+                # Thread-local: the app's other threads (DeepLab, the CRF) may launch and allocate meanwhile;
+                # the lock keeps their emptying of torch's cache (and other recordings) out of it.
+                with CUDA_CAPTURE_LOCK, torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                    out = call()
+                return graph, out
+            finally:
+                # A recording that fails in torch.cuda.graph's exit leaves its capture stream current.
+                torch.cuda.set_stream(before)
 
 
+# model -> {device: its graphs}; a bank holds nothing of its model's, so it goes with the model.
+_BANKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _BANKS_LOCK = threading.Lock()
 
 
-def graphs_for(model: torch.nn.Module, device: torch.device) -> DecoderGraphs:
-    """The decoder graphs every predictor of ``model`` on ``device`` shares (made on first use, kept on
-    the model: they go with it)."""
+def graphs_for(model: torch.nn.Module, device: torch.device | str) -> DecoderGraphs:
+    """The decoder graphs every predictor of ``model`` on ``device`` shares (made on first use). New ones
+    when the model's weights were moved since (recorded graphs read the weights where they were)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())   # "cuda" and "cuda:0": one set
+    first = next(model.parameters(), None)
+    weights = None if first is None else (first.data_ptr(), first.device, first.dtype)
     with _BANKS_LOCK:
-        banks = model.__dict__.setdefault("_decoder_graphs", {})
-        key = str(device)
-        if key not in banks:
-            banks[key] = DecoderGraphs(device)
-        return banks[key]
+        banks = _BANKS.setdefault(model, {})
+        bank = banks.get(str(device))
+        if bank is None or bank.weights != weights:
+            bank = banks[str(device)] = DecoderGraphs(device)
+            bank.weights = weights
+        return bank
