@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -524,18 +525,20 @@ def test_a_stopped_run_says_cancelled_even_when_rank_0_had_to_be_killed(tmp_path
     """Ctrl-C to the launcher: a rank that does not end within the grace period is killed, and the
     launcher then says 'cancelled' itself (rank 0 never got to), with the cancelled exit status."""
     (tmp_path / "stubborn.py").write_text(
-        "import pathlib, signal, sys, time\n"
+        "import signal, sys\n"
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-        f"pathlib.Path({str(tmp_path / 'ready')!r}).touch()\n"
-        "time.sleep(60)\n")
+        "print('ready', file=sys.stderr, flush=True)\n"
+        "while True:\n"
+        "    signal.pause()\n")
     code = ("import sys; import engine.prelabel_launch as launch; launch._GRACE_S = 0.5; "
             "sys.exit(launch.launch_local([], 1, module='stubborn'))")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "ready").exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert (tmp_path / "ready").exists(), "the rank never started"
+    first: list[str] = []   # the rank's first line (it shares the launcher's stderr), read with a time limit
+    reader = threading.Thread(target=lambda: first.append(proc.stderr.readline()), daemon=True)
+    reader.start()
+    reader.join(60)
+    assert first == ["ready\n"], ("the rank never started", first)
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, err
