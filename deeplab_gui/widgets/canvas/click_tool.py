@@ -434,7 +434,7 @@ class ClickTool(GuessingClicks, Tool):
         label = self.label()
         self.reset()
         accept_region(doc, mask, label, CLICK_DESCRIPTION)
-        self.target.show_status(f"{int(mask.sum())} pixels set to {class_look(self.target, label)[1]} "
+        self.target.show_status(f"{int(np.count_nonzero(mask))} pixels set to {class_look(self.target, label)[1]} "
                                 "(Ctrl+Z undoes)")
 
 
