@@ -2,7 +2,7 @@
 
 On a GPU the prompt decoder is launch-bound: its few hundred small kernels cost more in launch overhead
 (Python, dispatcher, driver) than in arithmetic, so a click took 4-7 ms on an H200 whatever the model.
-A CUDA graph records the kernels of one call once and replays them with a single launch (1.1-1.3 ms a
+A CUDA graph records the kernels of one call once and replays them with a single launch (1.1-1.4 ms a
 click on the H200, every model: benchmarks/results/click_cuda.json).
 
 One :class:`DecoderGraphs` serves every predictor of a model on a device (:func:`graphs_for`): the app
@@ -18,8 +18,9 @@ before the bank's lock is released, so a prediction never sees a later click's.
 
 Recording needs a warm-up call on a side stream first (lazy one-time work such as cached interpolation
 taps must not happen during capture). It is recorded in thread-local capture mode: other threads (the
-DeepLab model, the CRF) may use the GPU meanwhile. Anything that goes wrong while recording disables the
-bank's graphs, and every predictor of the model then decodes eagerly as before, with one warning. At most
+DeepLab model, the CRF) may use the GPU meanwhile. Running out of GPU memory decodes that one click
+eagerly; anything else that goes wrong disables the bank's graphs, and every predictor of the model then
+decodes eagerly as before, with one warning. At most
 ``MAX_GRAPHS`` signatures are kept (least recently used first out), in one memory pool.
 """
 from __future__ import annotations
@@ -45,8 +46,8 @@ MAX_GRAPHS = 24
 
 def graphs_enabled(device: torch.device) -> bool:
     """On CUDA unless ``DEEPLAB_GUI_CUDA_GRAPHS=0``. Verified on an H200 (2026-11-30): replays equal eager
-    calls (tests/test_click_graphs.py, which runs where CUDA is) and a click takes 1.1-1.3 ms on every
-    model, against 3.8-6.5 ms eagerly (benchmarks/results/click_cuda.json)."""
+    calls (tests/test_click_graphs.py, which runs where CUDA is) and a click takes 1.1-1.4 ms on every
+    model, against 3.5-6.2 ms eagerly (benchmarks/results/click_cuda.json)."""
     return device.type == "cuda" and os.environ.get("DEEPLAB_GUI_CUDA_GRAPHS", "1") != "0"
 
 
@@ -115,8 +116,9 @@ def clone_tree(x: Any) -> Any:
 class DecoderGraphs:
     """Recorded decoder calls of one model on one device, by prompt signature (see the module docstring)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, weights: tuple | None = None) -> None:
         self.device = device
+        self.weights = weights                   # where the model's weights were when this was made
         self.failed: str | None = None          # why graphs were given up, if they were
         self.recorded = 0                        # graphs recorded so far (tests, benchmarks)
         self._graphs: OrderedDict[Hashable, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], Any]] = OrderedDict()
@@ -124,11 +126,6 @@ class DecoderGraphs:
         self._image: Any = None                  # the bank's copy of an image's tensors, which the graphs read
         self._holder: object | None = None       # whose image is in it (a predictor's token for its embedding)
         self._lock = threading.Lock()
-        self.weights: tuple | None = None         # where the model's weights were when this was made
-
-    def clear(self) -> None:
-        with self._lock:
-            self._graphs.clear()
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -148,7 +145,7 @@ class DecoderGraphs:
                     self._holder = None   # (until the copy is whole)
                     if not refill(self._image, image):
                         self._graphs.clear()   # another structure: graphs read the old tensors
-                        self._image = None
+                        self._image = None     # (so a copy that fails half way leaves none)
                         self._image = clone_tree(image)
                     self._holder = holder
                 hit = self._graphs.get(key)
@@ -228,6 +225,5 @@ def graphs_for(model: torch.nn.Module, device: torch.device | str) -> DecoderGra
         banks = _BANKS.setdefault(model, {})
         bank = banks.get(str(device))
         if bank is None or bank.weights != weights:
-            bank = banks[str(device)] = DecoderGraphs(device)
-            bank.weights = weights
+            bank = banks[str(device)] = DecoderGraphs(device, weights)
         return bank
