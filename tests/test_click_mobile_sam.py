@@ -365,6 +365,34 @@ def test_bench_click_waits_for_two_quiet_readings_in_a_row_and_no_longer_than_to
     assert (got["gemm_gflops"], got["add_gbs"], got["waited_s"]) == (168.0, 55.0, 20.0)
 
 
+def test_bench_click_waits_before_the_rounds_and_the_goal_encoder_only(monkeypatch):
+    """--quiet waits before every round of clicks and before MobileSAM's encoder (the one with a
+    goal); the other encoders run as the machine is, with a reading kept beside them."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_click
+    waits = []
+    monkeypatch.setattr(bench_click, "wait_quiet", lambda gflops, limit, report=print, gbs=0.0:
+                        waits.append((gflops, limit, gbs)) or {"gemm_gflops": 170.0, "add_gbs": 60.0, "waited_s": 3.0})
+    monkeypatch.setattr(bench_click, "machine_speed", lambda repeats=20: {"gemm_gflops": 99.0, "add_gbs": 20.0})
+    monkeypatch.setattr(bench_click, "_prepare", lambda name, device, precision, runs:
+                        (bench_click.Row(name, "cpu", precision, error="skipped here"), None))
+    phases = []
+    rows = bench_click.bench_interleaved(["sam_vit_b", "mobile_sam", "sam2.1_hiera_tiny"], 1, 6, rounds=3,
+                                         report=lambda line: None, quiet=(155.0, 600.0, 55.0), phases=phases)
+    assert [r.model for r in rows] == ["sam_vit_b", "mobile_sam", "sam2.1_hiera_tiny"]
+    assert [p["before"] for p in phases] == ["sam_vit_b encoder", "mobile_sam encoder", "sam2.1_hiera_tiny encoder",
+                                             "click round 1", "click round 2", "click round 3"]
+    assert len(waits) == 4 and set(waits) == {(155.0, 600.0, 55.0)}    # MobileSAM's encoder and the 3 rounds
+    assert [p["waited_s"] for p in phases] == [0.0, 3.0, 0.0, 3.0, 3.0, 3.0]
+    assert phases[0]["gemm_gflops"] == 99.0 and phases[1]["gemm_gflops"] == 170.0
+    # Without --quiet nothing waits and nothing is read.
+    waits.clear()
+    phases = []
+    bench_click.bench_interleaved(["sam_vit_b", "mobile_sam"], 1, 2, rounds=2, report=lambda line: None,
+                                  phases=phases)
+    assert waits == [] and phases == []
+
+
 def test_bench_machine_speed_reads_the_benchmarks_threads_from_a_one_thread_caller(monkeypatch):
     """bench_gui asks from its UI thread, which runs torch with one thread: the reading is still
     the benchmark's (a thread of its own, with the count new threads start from), and the caller
