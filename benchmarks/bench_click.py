@@ -304,16 +304,16 @@ def bench_interleaved(names: list[str], encoder_runs: int, predict_runs: int, ro
     rounds, predict_runs = max(1, rounds), max(1, predict_runs)
     phases = [] if phases is None else phases
 
-    def gate(what: str) -> None:
+    def gate(what: str, wait: bool = True) -> None:
+        """With ``quiet``: wait for the quiet phase (or, not ``wait``, only read the machine's speed)."""
         if quiet[0]:
-            phases.append({"before": what, **wait_quiet(quiet[0], quiet[1], report=report, gbs=quiet[2])})
+            speed = (wait_quiet(quiet[0], quiet[1], report=report, gbs=quiet[2]) if wait
+                     else {**machine_speed(10), "waited_s": 0.0})
+            phases.append({"before": what, **speed})
 
     prepared = []
     for name in names:
-        if name in GOALS.encoder_ms_cpu:
-            gate(f"{name} encoder")
-        elif quiet[0]:
-            phases.append({"before": f"{name} encoder", **machine_speed(10), "waited_s": 0.0})
+        gate(f"{name} encoder", wait=name in GOALS.encoder_ms_cpu)
         prepared.append(_prepare(name, device, "fp32", encoder_runs))
     per_round = max(1, -(-predict_runs // rounds))
     for row, clicks in prepared:   # first clicks after the encoder, as the sequential rows' two warm-ups
