@@ -604,8 +604,8 @@ def test_the_folded_first_upscaling_gives_what_the_final_rows_give(name, shape, 
     folded = prepared.folded
     assert folded is not None
     made = []
-    monkeypatch.setattr(upscale.FoldedDeconv, "rows", lambda self, *a, real=upscale.FoldedDeconv.rows:
-                        made.append(1) or real(self, *a))
+    monkeypatch.setattr(upscale.FoldedDeconv, "rows", lambda self, *a, real=upscale.FoldedDeconv.rows, **kw:
+                        made.append(1) or real(self, *a, **kw))
     many = np.random.default_rng(2).uniform(0, 40, (20, 2))   # 20 points: too many tokens to fold
     prompts = [dict(points=[[20, 15]], labels=[1], multimask=True),
                dict(points=[[20, 15], [50, 30]], labels=[1, 0], multimask=False, mask_input="first"),

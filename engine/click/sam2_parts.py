@@ -13,6 +13,7 @@ from torch import nn
 
 from .sam_decoder import MLP, ImageSide, LayerNorm2d, TwoWayTransformer, block_order, folded_deconv, upscale_masks
 from .sam_parts import PositionEmbeddingRandom
+from .sam_upscale import upscale_constant
 
 __all__ = ["MaskDecoder", "PromptEncoder", "sam2_transformer"]
 
@@ -89,10 +90,17 @@ class MaskDecoder(nn.Module):
                 high_res: tuple[torch.Tensor, torch.Tensor]) -> dict[str, object]:
         """What every click on this image shares: the image rows with the no-mask embedding
         (:class:`~engine.click.sam_decoder.ImageSide`, projected) and the high-resolution features in
-        the upscaling's row order."""
-        return {"side": self.transformer.image_side(image + no_mask, image_pe, project=True,
-                                                    upscaling=self.output_upscaling),
-                "skip0": block_order(high_res[0], 2), "skip1": block_order(high_res[1], 1)}
+        the upscaling's row order. Where the click's first upscaling product is made the folded way
+        (a CPU, :class:`~engine.click.sam_upscale.FoldedDeconv`), the features hold the upscaling's
+        constants too (``skip0_biased``: the second convolution's bias; ``skip1_shifted``: the
+        folded product's constant part), each added once here instead of on every click."""
+        side = self.transformer.image_side(image + no_mask, image_pe, project=True, upscaling=self.output_upscaling)
+        skip0, skip1 = block_order(high_res[0], 2), block_order(high_res[1], 1)
+        if side.folded is None:
+            return {"side": side, "skip0": skip0, "skip1": skip1}
+        shift = upscale_constant(self.transformer.layers[-1].norm4, self.output_upscaling[0])
+        return {"side": side, "skip0_biased": skip0 + self.output_upscaling[3].bias,
+                "skip1_shifted": skip1 + shift.view(2, 2, -1)}
 
     def forward(self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
                 high_res: tuple[torch.Tensor, torch.Tensor], multimask: bool, prepared: dict | None = None,
@@ -114,17 +122,27 @@ class MaskDecoder(nn.Module):
         hs, keys = self.transformer(side, tokens, keep=[1] + list(range(2 + first, 2 + self.num_mask_tokens)),
                                     steps=steps)
         iou_out, mask_out = hs[:, 0], hs[:, 1:]
-        if prepared:
-            skip0, skip1 = prepared["skip0"], prepared["skip1"]
-        else:
-            skip0, skip1 = block_order(high_res[0], 2), block_order(high_res[1], 1)
         n = keys.shape[0]
         hyper = torch.stack([mlp(mask_out[:, j]) for j, mlp in enumerate(self.output_hypernetworks_mlps[first:])],
                             dim=1)
         folded = folded_deconv(side, steps, self.output_upscaling)
-        masks = upscale_masks(keys, side.hw, self.output_upscaling, hyper,
-                              skip1.expand(n, *skip1.shape[1:]), skip0.expand(n, *skip0.shape[1:]),
-                              first=None if folded is None else folded.rows())
+        many = lambda t: t.expand(n, *t.shape[1:])   # noqa: E731
+        if prepared and "skip1_shifted" in prepared:   # the upscaling's constants are in (see prepare)
+            skip0, skip1 = many(prepared["skip0_biased"]), many(prepared["skip1_shifted"])
+            if folded is None:   # (too many tokens for the folded product: the plain one adds its own)
+                shift = upscale_constant(self.transformer.layers[-1].norm4, self.output_upscaling[0])
+                skip1, first_rows = skip1 - shift.view(2, 2, -1), None
+            else:
+                skip1, first_rows = None, folded.rows(shift=skip1.reshape(n, skip1.shape[1], -1))
+            masks = upscale_masks(keys, side.hw, self.output_upscaling, hyper, skip1, skip0, first=first_rows,
+                                  skip0_biased=True)
+        else:
+            if prepared:
+                skip0, skip1 = prepared["skip0"], prepared["skip1"]
+            else:
+                skip0, skip1 = block_order(high_res[0], 2), block_order(high_res[1], 1)
+            masks = upscale_masks(keys, side.hw, self.output_upscaling, hyper, many(skip1), many(skip0),
+                                  first=None if folded is None else folded.rows())
         iou = self.iou_prediction_head(iou_out)
         if multimask:
             return masks, iou[:, 1:]

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UPSCALE_ROWS", "FoldedDeconv", "block_order", "folded_weights", "upscale_masks", "upscale_masks_first"]
+__all__ = ["UPSCALE_ROWS", "FoldedDeconv", "block_order", "folded_weights", "upscale_constant", "upscale_masks",
+           "upscale_masks_first"]
 
 
 def _deconv_weights(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,14 +75,13 @@ class FoldedDeconv:
 
     def __init__(self, base: torch.Tensor, steps: list[tuple], conv: nn.ConvTranspose2d,
                  hw: tuple[int, int]) -> None:
-        w, b = _deconv_weights(conv)
-        h = w
+        h, _ = _deconv_weights(conv)
         pairs: list[tuple[torch.Tensor, torch.Tensor]] = []   # (B×N×m rows, B×m×C' matrix)
         small: list[tuple[torch.Tensor, torch.Tensor]] = []   # (B×N×1 rows, C' row)
         rho = const = None
         for weights, values, mean, rstd, norm in reversed(steps):
             if const is None:   # the last block's shift stays outside every scale
-                const = norm.bias @ h + b
+                const = upscale_constant(norm, conv)
             else:               # an earlier block: what came after is inside its scale
                 sigma = rstd.reciprocal()
                 pairs = [(rows * sigma, mat) for rows, mat in pairs]
@@ -95,9 +95,12 @@ class FoldedDeconv:
         self.small_rows = torch.cat([r for r, _ in small], dim=-1)            # B×N×s
         self.small_mat = torch.stack([v for _, v in small])                   # s×C'
 
-    def rows(self, r: slice | None = None, k: slice | None = None) -> torch.Tensor:
+    def rows(self, r: slice | None = None, k: slice | None = None, shift: torch.Tensor | None = None
+             ) -> torch.Tensor:
         """B×n×C': the product for the grid's rows ``r`` and columns ``k`` (all when None), in the
-        order of the grid's cells there."""
+        order of the grid's cells there. ``shift``: B×n×C' to add instead of the product's constant
+        part (:func:`upscale_constant`), which it holds already (SAM 2.1's high-resolution features
+        plus that constant, made once per image: a pass over the product fewer a click)."""
         gh, gw = self.hw
 
         def part(t: torch.Tensor) -> torch.Tensor:
@@ -110,12 +113,21 @@ class FoldedDeconv:
         for rows, mat in self.pairs:
             out = torch.baddbmm(part(self.base), part(rows), mat) if out is None else out.baddbmm_(part(rows), mat)
         out.baddbmm_(part(self.small_rows), self.small_mat.expand(out.shape[0], -1, -1))
-        return out.mul_(part(self.rho)).add_(self.const)
+        # (scale and shift in one pass)
+        return torch.addcmul(self.const if shift is None else shift, out, part(self.rho), out=out)
+
+
+def upscale_constant(norm: nn.LayerNorm, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """The constant part of :class:`FoldedDeconv`'s product, C' (the last block's norm bias through
+    the first transposed convolution, plus its bias), in the columns' order (2×2 position, then
+    channel)."""
+    w, b = _deconv_weights(conv)
+    return norm.bias @ w + b
 
 
 def upscale_masks(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.Sequential, hyper: torch.Tensor,
                   skip1: torch.Tensor | None = None, skip0: torch.Tensor | None = None,
-                  first: torch.Tensor | None = None) -> torch.Tensor:
+                  first: torch.Tensor | None = None, skip0_biased: bool = False) -> torch.Tensor:
     """The decoder's ending: image rows B×(h·w)×C through ``upscaling`` (transposed conv, LayerNorm2d,
     GELU, transposed conv, GELU: 4× the side), each mask token's B×K×C/8 weights over the result →
     B×K×4h×4w logits.
@@ -127,7 +139,9 @@ def upscale_masks(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.Sequent
     cache instead of streaming 40 MiB through memory. ``skip1`` / ``skip0``: SAM 2.1's
     high-resolution features, added after each convolution, in that block order (:func:`block_order`).
     ``first``: the first convolution's output for these rows (B×n×(4·C/4), :class:`FoldedDeconv`),
-    made already; ``keys`` then only gives the shape.
+    made already; ``keys`` then only gives the shape. ``skip0_biased``: ``skip0`` holds the second
+    convolution's bias already (made once per image): it is then the product's starting value, one
+    pass over the features fewer a click.
     """
     dc1, ln1, act1, dc2, act2 = upscaling
     (b, n, _), (h, w), k = keys.shape, hw, hyper.shape[1]
@@ -150,9 +164,12 @@ def upscale_masks(keys: torch.Tensor, hw: tuple[int, int], upscaling: nn.Sequent
             if skip1 is not None:
                 x += skip1[i, s:e]
             x = act1(F.layer_norm(x, (c4,), ln1.weight, ln1.bias, ln1.eps))
-            x = torch.addmm(b2, x.view(-1, c4), w2).view(-1, 2, 2, c8)
-            if skip0 is not None:
-                x += skip0[i, 4 * s:4 * e]
+            if skip0 is not None and skip0_biased:
+                x = torch.addmm(skip0[i, 4 * s:4 * e].view(-1, 4 * c8), x.view(-1, c4), w2).view(-1, 2, 2, c8)
+            else:
+                x = torch.addmm(b2, x.view(-1, c4), w2).view(-1, 2, 2, c8)
+                if skip0 is not None:
+                    x += skip0[i, 4 * s:4 * e]
             torch.mm(hyper[i], act2(x).view(-1, c8).t(), out=out[i, :, 16 * s:16 * e])
     # Back to raster order by a gather: the 8-axis permute moves runs of two floats and costs
     # several times more (about 1 ms for three masks on a CPU).
