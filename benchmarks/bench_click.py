@@ -381,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto: CPU rows, and CUDA rows when a GPU is present; cpu or cuda: that device's rows only")
     ap.add_argument("--quiet", type=float, default=0.0, metavar="GFLOPS",
                     help="CPU: before each round of clicks and each encoder with a goal, wait for the shared "
-                         "machine's quiet phase, its 1024² product at this many GFLOP/s or more (this machine: 165 "
-                         "when quiet); each reading goes into the JSON (default 0: do not wait)")
+                         "machine's quiet phase, its 1024² product at this many GFLOP/s or more (an AMD EPYC host: "
+                         "165 when quiet; an Intel Xeon host with AVX-512: 190-300); each reading goes into the "
+                         "JSON (default 0: do not wait)")
     ap.add_argument("--quiet-gbs", type=float, default=0.0, metavar="GBS",
                     help="with --quiet: the quiet phase also has the machine's memory at this many GB/s or more "
                          "(a 4 MiB add; this machine: 45-90 when quiet, 20-40 in its slow phases; default 0)")
@@ -453,13 +454,26 @@ def main(argv: list[str] | None = None) -> int:
         "note": args.note, "allocator_keeps_freed_memory": kept, "machine_speed_before_after": speed,
         "quiet_gflops": args.quiet or None, "quiet_gbs": args.quiet_gbs or None, "machine_speed_at_each_wait": phases,
         "torch": torch.__version__, "python": platform.python_version(),
-        "machine": platform.machine(), "gpu": torch.cuda.get_device_name(0) if use_cuda else None,
+        "machine": platform.machine(), "cpu": cpu_name(), "gpu": torch.cuda.get_device_name(0) if use_cuda else None,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "rows": [asdict(r) for r in rows],
     }
     _write_json(out, payload)
     print(f"wrote {out}")
     return 0
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what ``platform`` says: the shared
+    build machines are not always the same processor, and the timings depend on it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine_speed(repeats: int = 20) -> dict:

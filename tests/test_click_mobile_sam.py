@@ -322,7 +322,9 @@ def test_bench_click_writes_rows_and_lists_a_failing_builder(tmp_path, monkeypat
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
-    rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
+    payload = json.loads(out.read_text(encoding="utf-8"))
+    rows = payload["rows"]
+    assert isinstance(payload["cpu"], str) and payload["cpu"]   # which processor: the timings depend on it
     assert [(r["model"], r["device"], r["precision"]) for r in rows] == [("mobile_sam", "cpu", "fp32")]
     assert rows[0]["set_image_ms"] > 0 and rows[0]["predict_ms"] > 0 and rows[0]["error"] is None
     assert rows[0]["settled_ms"] > 0
