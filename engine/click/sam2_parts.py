@@ -98,9 +98,12 @@ class MaskDecoder(nn.Module):
         skip0, skip1 = block_order(high_res[0], 2), block_order(high_res[1], 1)
         if side.folded is None:
             return {"side": side, "skip0": skip0, "skip1": skip1}
-        shift = upscale_constant(self.transformer.layers[-1].norm4, self.output_upscaling[0])
         return {"side": side, "skip0_biased": skip0 + self.output_upscaling[3].bias,
-                "skip1_shifted": skip1 + shift.view(2, 2, -1)}
+                "skip1_shifted": skip1 + self._upscale_shift()}
+
+    def _upscale_shift(self) -> torch.Tensor:
+        """The folded first upscaling product's constant part as 2×2×C/4, the layout of ``skip1``."""
+        return upscale_constant(self.transformer.layers[-1].norm4, self.output_upscaling[0]).view(2, 2, -1)
 
     def forward(self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
                 high_res: tuple[torch.Tensor, torch.Tensor], multimask: bool, prepared: dict | None = None,
@@ -130,8 +133,7 @@ class MaskDecoder(nn.Module):
         if prepared and "skip1_shifted" in prepared:   # the upscaling's constants are in (see prepare)
             skip0, skip1 = many(prepared["skip0_biased"]), many(prepared["skip1_shifted"])
             if folded is None:   # (too many tokens for the folded product: the plain one adds its own)
-                shift = upscale_constant(self.transformer.layers[-1].norm4, self.output_upscaling[0])
-                skip1, first_rows = skip1 - shift.view(2, 2, -1), None
+                skip1, first_rows = skip1 - self._upscale_shift(), None
             else:
                 skip1, first_rows = None, folded.rows(shift=skip1.reshape(n, skip1.shape[1], -1))
             masks = upscale_masks(keys, side.hw, self.output_upscaling, hyper, skip1, skip0, first=first_rows,
