@@ -107,6 +107,31 @@ def test_stroke_prior_grows_a_stroke_over_what_looks_like_it_and_stops_at_the_ed
     assert (flood == 1).mean() > 0.9
 
 
+@pytest.mark.parametrize("unlabelled", ["none given", "all void"])
+def test_a_stroke_on_an_image_nobody_labelled_stops_at_the_edge_among_many_classes(unlabelled):
+    """With 21 classes and no labels, the 95 % a stroke leaves must not be spread over the twenty
+    others (each then under the stroke's 5 %, and the stroke floods its crop): unlabelled pixels
+    give it to one class no stroke has."""
+    from engine.crf import stroke_prior
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[0:80, 0:100]
+    disc = (yy - 40) ** 2 + (xx - 45) ** 2 <= 20 ** 2
+    image = np.clip(np.where(disc[..., None], (200, 60, 50), (70, 90, 80)) + rng.normal(0, 8, (80, 100, 3)),
+                    0, 255).astype(np.uint8)
+    scribbles = np.full((80, 100), VOID, np.uint8)
+    scribbles[38:42, 35:55] = 15
+    current = None if unlabelled == "none given" else np.full((80, 100), VOID, np.uint8)
+    prior = stroke_prior(image, scribbles, current, 21)
+    assert np.allclose(prior.sum(0), 1, atol=1e-5)
+    labels = refine_with_scribbles(image, prior, scribbles, CRFParams()).argmax(0)
+    assert ((labels == 15) == disc).mean() > 0.99
+    # Every class stroked (two classes, both marked): the strokes compete among themselves.
+    both = np.where(scribbles == 15, 1, VOID).astype(np.uint8)
+    both[5:8, 5:30] = 0
+    two = refine_with_scribbles(image, stroke_prior(image, both, current, 2), both, CRFParams()).argmax(0)
+    assert ((two == 1) == disc).mean() > 0.99
+
+
 def test_a_stroke_wins_over_a_confidently_wrong_model_where_the_image_agrees_with_it():
     from engine.crf import stroke_prior
     rng = np.random.default_rng(1)

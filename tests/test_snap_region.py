@@ -24,14 +24,14 @@ class Target:
     """What the snap tool edits; its task runs at once."""
 
     def __init__(self, doc: MaskDocument, label: int, image: np.ndarray, probs=None,
-                 params=DEEPLAB_V1) -> None:
+                 params=DEEPLAB_V1, num_classes: int = 4) -> None:
         self.document, self.current_label, self.image = doc, label, image
-        self.probs, self.params = probs, params
+        self.probs, self.params, self.num_classes = probs, params, num_classes
         self.class_colors = [(0, 0, 0), (200, 0, 0), (0, 200, 0), (0, 0, 200)]
         self.errors: list[str] = []
 
     def snap_input(self):
-        return SnapInput(self.image, self.probs, self.params, 4)
+        return SnapInput(self.image, self.probs, self.params, self.num_classes)
 
     def run_task(self, fn, *, on_result, on_error, task_name):
         on_result(fn())
@@ -185,6 +185,20 @@ def test_real_crf_snap_leaves_a_look_alike_far_object_alone():
     assert (doc.mask[4:14, 4:14] == 1).all()            # the stroked object snaps to its edges
     assert (doc.mask[26:36, 36:46] == 0).all()          # the look-alike is not relabelled
     assert (doc.mask[~bright] == 0).all()
+
+
+def test_real_crf_snap_on_an_unlabelled_image_of_21_classes_stays_on_the_object():
+    """No model and no labels yet (the app's first images): the snap follows the stroked object's
+    edges instead of giving its class to the whole crop around the stroke."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:H, 0:W]
+    face = (yy - 20) ** 2 + (xx - 25) ** 2 <= 9 ** 2
+    image = np.clip(np.where(face[..., None], (210, 160, 130), (90, 110, 150)) + rng.normal(0, 6, (H, W, 3)),
+                    0, 255).astype(np.uint8)
+    doc = MaskDocument(np.full((H, W), VOID, np.uint8))
+    _snap(doc, 15, [(22.5, 20.5), (27.5, 20.5)], image=image, size=2.0, num_classes=21)
+    assert (doc.mask[face] == 15).mean() > 0.95
+    assert (doc.mask[~face] == VOID).mean() > 0.98   # the rest of the crop stays unlabelled
 
 
 def test_person_set_comes_from_the_stored_provenance_of_a_reopened_image():

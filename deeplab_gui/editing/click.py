@@ -481,15 +481,9 @@ def crf_click_region(image: np.ndarray, probs: Any, seed_xy: tuple[float, float]
     disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= SEED_RADIUS ** 2
     scribbles = np.where(disc, np.uint8(label), np.uint8(VOID))
     crop = _crop_probs(probs, (h, w), box)
-    cur = None
-    if crop is None:
-        # Unlabelled pixels compete as one "something else" class. Left unlabelled, the colour prior
-        # spreads what the clicked class leaves evenly over every other class, none of which then
-        # outweighs it, and the click floods its whole window on an image nobody has labelled yet.
-        cur = (np.full((y1 - y0, x1 - x0), VOID, np.uint8) if current is None
-               else np.array(current[y0:y1, x0:x1], dtype=np.uint8))
-        if num_classes > 1:
-            cur[cur == VOID] = 1 if int(label) == 0 else 0
+    # (without probabilities the colour prior reads the current labels; unlabelled pixels compete as
+    # one "something else" class there, see engine.crf.stroke_prior)
+    cur = None if crop is not None or current is None else np.array(current[y0:y1, x0:x1], dtype=np.uint8)
     job = SnapJob(box, np.ascontiguousarray(image[y0:y1, x0:x1]), crop, scribbles, params, int(num_classes), cur)
     labels = job.labels()
     reached = grow_from((labels == int(label)) | disc, disc)

@@ -73,9 +73,12 @@ def stroke_prior(image: np.ndarray, scribbles: np.ndarray, current: np.ndarray |
     prior that trusts the current labels lets it win none. Instead each stroked class gets a Gaussian
     colour model from the pixels under its strokes (mean and per-channel deviation). A pixel's
     probability of the stroke class it looks most like follows that likeness (from 5 % to 95 %); the
-    rest goes to the other classes, mostly to the pixel's current label (evenly where it has none
-    or where that label is the stroke's class). The CRF then grows the strokes over pixels that look
-    like them and stops at edges.
+    rest goes to the other classes, mostly to the pixel's current label (evenly where that label is
+    the stroke's class). A pixel with no label (none given, or ``VOID``) gives that share to one
+    class no stroke has, standing for "something else": spread evenly over twenty classes, the 95 %
+    a stroke leaves would give none of them more than the stroke's 5 %, and a stroke on an image
+    nobody has labelled yet would flood its whole crop. The CRF then grows the strokes over pixels
+    that look like them and stops at edges.
 
     With a model's ``probs`` the two are blended by that likeness: a pixel that looks like the stroke
     follows the stroke's colour model, one that does not keeps the model's probabilities. A stroke
@@ -90,10 +93,11 @@ def stroke_prior(image: np.ndarray, scribbles: np.ndarray, current: np.ndarray |
     img = check_image(image).astype(np.float32)
     h, w = img.shape[:2]
     c = int(num_classes)
-    like = np.zeros((h, w), np.float32)
-    best = np.zeros((h, w), np.int64)
     marked = scribbles != VOID
-    for k in np.unique(scribbles[marked]).tolist():
+    stroked = np.unique(scribbles[marked]).tolist()
+    like = np.zeros((h, w), np.float32)
+    best = np.full((h, w), stroked[0] if stroked else 0, np.int64)
+    for k in stroked:
         if k >= c:
             raise ValueError(f"scribble class {k} is out of range for {c} classes")
         colours = img[scribbles == k]
@@ -112,10 +116,15 @@ def stroke_prior(image: np.ndarray, scribbles: np.ndarray, current: np.ndarray |
         return like[None] * stroke + (1.0 - like[None]) * p
     # The other classes share what the stroke class leaves: the current label most of it.
     rest = np.full((c, h, w), 1.0, dtype=np.float32)
+    unlabelled = np.ones((h, w), bool)
     if current is not None:
         cur = np.asarray(current).astype(np.int64)
-        ys, xs = np.nonzero(cur < c)
+        unlabelled = cur >= c
+        ys, xs = np.nonzero(~unlabelled)
         rest[cur[ys, xs], ys, xs] += 9.0 * max(c - 1, 1)
+    spare = next((k for k in range(c) if k not in stroked), None)
+    if spare is not None:   # (every class stroked: the strokes compete among themselves)
+        rest[spare][unlabelled] += 9.0 * max(c - 1, 1)
     if c > 1:
         np.put_along_axis(rest, best[None], 0.0, 0)
     rest /= rest.sum(0, keepdims=True)
