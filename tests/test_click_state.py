@@ -263,10 +263,14 @@ def test_without_a_model_the_status_says_how_to_get_one(qtbot, sessions, folder,
     assert s.click.predictor("a.png") is None and s.click.model_name is None
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
+    said = []
+    s.message.connect(lambda level, text: said.append((level, text)))
     s.click.choose_file(str(bad))
     qtbot.waitUntil(lambda: not s.click.busy, timeout=10_000)
     assert s.click.model is None and "broken.pt" in s.click.status_text
     assert "Error" not in s.click.status_text and "\n" not in s.click.status_text
+    # The panel's one line cuts it: the whole message goes to the window's message box too.
+    assert said == [("error", s.click.error)]
 
 
 def test_model_panel_lists_the_catalog_and_shows_the_status(qtbot, sessions, folder, toy):

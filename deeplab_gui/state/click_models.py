@@ -198,6 +198,9 @@ class ClickModelState(QObject):
     def _fail(self, text: str) -> None:
         self.error = text
         self._say()
+        # The panel's line has room for part of it: a failed download's message (the URL, and where
+        # to put the file by hand) is read in full in the window's message box.
+        self.session.message.emit("error", text)
 
     def _set_model(self, loaded: LoadedClick | None) -> None:
         self.model = loaded.model if loaded else None
