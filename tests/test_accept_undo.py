@@ -49,10 +49,16 @@ def test_accept_and_next_marks_reviewed_saves_and_moves_within_the_filter(qtbot,
     assert s.image_id == "img2.png"  # the next image the filtered list shows, not img1
     assert s.store.status("img0.png") is Status.REVIEWED
     assert s.store.load_mask("img0.png")[5, 5] == 2  # saved with the stroke
+    # img2 has no label at all: accepting it is refused, saying why, and nothing moves.
+    qtbot.keyClick(window.canvas, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    assert s.image_id == "img2.png" and s.store.status("img2.png") is not Status.REVIEWED
+    assert window.statusBar().currentMessage().startswith("img2.png has no labels yet")
+    s.document.apply_labels(np.zeros((H, W), np.uint8))   # a fill with background: nothing in it
     with qtbot.waitSignal(s.current_changed, timeout=WAIT):
         qtbot.keyClick(window.canvas, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
     assert s.image_id == "img3.png" and s.store.status("img2.png") is Status.REVIEWED
     # Ctrl+R still only marks reviewed: it stays on the image.
+    _paint(s, 1, 3, 3)
     qtbot.keyClick(window.canvas, Qt.Key.Key_R, Qt.KeyboardModifier.ControlModifier)
     assert s.image_id == "img3.png" and s.store.status("img3.png") is Status.REVIEWED
 
@@ -67,6 +73,7 @@ def test_accept_and_next_follows_the_uncertainty_queue(qtbot, sessions, folder):
     with qtbot.waitSignal(s.current_changed, timeout=WAIT):
         s.review.next_most_uncertain()
     assert s.image_id == "img3.png"
+    _paint(s, 1, 3, 3)
     with qtbot.waitSignal(s.current_changed, timeout=WAIT):
         assert s.review.accept_and_next()
     assert s.image_id == "img1.png"  # the next most uncertain, not img0 (the next in the list's order)

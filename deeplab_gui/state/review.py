@@ -14,6 +14,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject
 
+from engine import VOID
+
 __all__ = ["ReviewState"]
 
 
@@ -48,9 +50,18 @@ class ReviewState(QObject):
         return next((i for i in ids[start:] if i in shown and i != cur), None)
 
     def mark_reviewed(self) -> bool:
-        """Save the current mask as reviewed and record it as accepted (the effort meter's "done")."""
+        """Save the current mask as reviewed and record it as accepted (the effort meter's "done").
+        A mask with no label at all is not accepted (saying why): a reviewed image is ground truth
+        and goes into the exported dataset, and an empty one is a slip of the key, not a label."""
         s = self.s
         image_id = s.image_id
+        doc = s.document
+        # (VOID is the largest value: an all-void mask's minimum is VOID; one pass, no temporary)
+        if doc is not None and image_id is not None and not s.read_only and int(doc.mask.min()) == VOID:
+            # (the status bar, not a box to dismiss: the image staying on screen shows it too)
+            s._say("info", f"{image_id} has no labels yet: label it (a fill with background for an image "
+                              "with nothing in it) before accepting it")
+            return False
         if not s.mark_reviewed():
             return False
         s.effort.note_accepted(image_id)
