@@ -92,6 +92,21 @@ def test_reopening_a_folder_selects_the_last_image(qtbot, sessions, folder):
     assert s3.image_id == "img0.png"
 
 
+def test_reopening_a_folder_paints_with_its_last_class(qtbot, sessions, folder, tmp_path):
+    s = sessions(folder)
+    assert s.current_label == 1   # a folder's first opening: the first class after background
+    s.current_label = 3
+    s.shutdown()
+    s2 = sessions(folder)
+    assert s2.current_label == 3
+    s2.shutdown()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.png").write_bytes((folder / "img0.png").read_bytes())
+    s3 = sessions(other)
+    assert s3.current_label == 1   # another folder keeps its own
+
+
 def test_undo_after_switching_away_and_back_restores_the_earlier_stroke(qtbot, sessions, folder):
     s = sessions(folder)
     _paint(s, 4, 3, 3)

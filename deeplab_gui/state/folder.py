@@ -68,10 +68,14 @@ class FolderMethods:
         if skipped:
             names = ", ".join(f"{p} ({why})" for p, why in skipped[:3])
             self._say("warning", f"{len(skipped)} file(s) skipped: {names}" + (" ..." if len(skipped) > 3 else ""))
+        remembered = self.settings.last_class(store.folder)   # the class this folder was painted with last
+        if remembered is not None and (remembered == VOID or 0 <= remembered < len(store.class_names)):
+            self._label = remembered
         if self._label >= len(store.class_names) and self._label != VOID:
             self._label = min(1, len(store.class_names) - 1)
         self.folder_opened.emit()
         self.classes_changed.emit()
+        self.label_changed.emit(self._label)
         self.statuses_changed.emit()
         if self._ids:
             self.select(self.settings.last_image(store.folder, self._ids))  # where the person stopped

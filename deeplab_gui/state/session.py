@@ -141,6 +141,8 @@ class Session(QObject, FolderMethods, PredictionMethods):
         label = int(label)
         if label == VOID or 0 <= label < max(n, 1):
             self._label = label
+            if self.folder is not None:   # the next start paints with it again
+                self.settings.set_last_class(self.folder, label)
             self.label_changed.emit(label)
 
     @property

@@ -125,25 +125,39 @@ class Settings:
         all_[str(folder)] = dict(params)
         self.set("crf_params", all_)
 
-    # ---------------------------------------------------------------- per-folder last image
+    # ---------------------------------------------------------------- per-folder last image and class
+    def _folder_value(self, key: str, folder: str | os.PathLike) -> Any:
+        all_ = self.get(key, {})
+        return all_.get(str(folder)) if isinstance(all_, dict) else None
+
+    def _set_folder_value(self, key: str, folder: str | os.PathLike, value: Any) -> None:
+        all_ = self.get(key, {})
+        all_ = all_ if isinstance(all_, dict) else {}
+        if all_.get(str(folder)) == value:
+            return
+        all_.pop(str(folder), None)
+        all_[str(folder)] = value  # most recent last: the oldest folders are forgotten first
+        self.set(key, dict(list(all_.items())[-MAX_LAST_IMAGES:]))
+
     def last_image(self, folder: str | os.PathLike, ids: list[str] | None = None) -> str | None:
         """The image ``folder`` last had open; with ``ids``, one of them: the remembered one while the
         folder still holds it, else the first (None for an empty list)."""
-        all_ = self.get("last_image", {})
-        v = all_.get(str(folder)) if isinstance(all_, dict) else None
+        v = self._folder_value("last_image", folder)
         v = v if isinstance(v, str) else None
         if ids is None:
             return v
         return v if v in ids else (ids[0] if ids else None)
 
     def set_last_image(self, folder: str | os.PathLike, image_id: str) -> None:
-        all_ = self.get("last_image", {})
-        all_ = all_ if isinstance(all_, dict) else {}
-        if all_.get(str(folder)) == image_id:
-            return
-        all_.pop(str(folder), None)
-        all_[str(folder)] = str(image_id)  # most recent last: the oldest folders are forgotten first
-        self.set("last_image", dict(list(all_.items())[-MAX_LAST_IMAGES:]))
+        self._set_folder_value("last_image", folder, str(image_id))
+
+    def last_class(self, folder: str | os.PathLike) -> int | None:
+        """The class ``folder``'s person last painted with (None: never chosen there)."""
+        v = self._folder_value("last_class", folder)
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+    def set_last_class(self, folder: str | os.PathLike, label: int) -> None:
+        self._set_folder_value("last_class", folder, int(label))
 
     # ---------------------------------------------------------------- model
     def last_weights(self) -> str | None:
